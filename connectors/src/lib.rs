@@ -1,0 +1,69 @@
+//! Connectors turn what each outside system says into movements on Kafka.
+//!
+//! - [`Connector`]: what every connector implements: a long-running task, and optionally
+//!   HTTP routes (webhooks, store feeds) served by the API.
+//! - [`ConnectorContext`]: what a connector gets: the Kafka producer and topics, the
+//!   shutdown signal and the metrics.
+//! - [`registry`]: the explicit list of connectors, built from the configuration.
+//!
+//! Each connector lives in a folder of its own with the same files: `config.rs` (typed,
+//! `deny_unknown_fields`), `source.rs` (the task reading the outside system), `mapping.rs`
+//! (pure functions from the outside format to movements) and `tests.rs`.
+
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use axum::Router;
+use onhand_core::{
+    config::{Config, Topics},
+    telemetry::Metrics,
+};
+use rdkafka::producer::FutureProducer;
+use tokio_util::sync::CancellationToken;
+
+/// A connector failed. `retryable` says whether running it again may succeed (the outside
+/// system or Kafka was unreachable) or a person must act (bad configuration).
+#[derive(Debug, thiserror::Error)]
+#[error("connector {connector}: {message}")]
+pub struct ConnectorError {
+    pub connector: &'static str,
+    pub message: String,
+    pub retryable: bool,
+}
+
+/// What a connector gets from the process that runs it.
+#[derive(Clone)]
+pub struct ConnectorContext {
+    /// Idempotent, `acks=all`: a movement is accepted once this producer's send resolved.
+    pub producer: FutureProducer,
+    pub topics: Topics,
+    pub shutdown: CancellationToken,
+    pub metrics: Metrics,
+}
+
+impl std::fmt::Debug for ConnectorContext {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ConnectorContext").field("topics", &self.topics).finish_non_exhaustive()
+    }
+}
+
+#[async_trait]
+pub trait Connector: Send + Sync + std::fmt::Debug {
+    /// A short, stable name: `shopify`, `pos`, `erp`, `wms`.
+    fn name(&self) -> &'static str;
+
+    /// Routes served by the HTTP API for this connector, if it receives pushes.
+    fn routes(&self, _context: &ConnectorContext) -> Option<Router> {
+        None
+    }
+
+    /// Runs until `context.shutdown` fires.
+    async fn run(self: Arc<Self>, context: ConnectorContext) -> Result<(), ConnectorError>;
+}
+
+/// Every connector this build knows, configured from `config`: the one place a new
+/// connector is added. None is enabled yet; the connector issues add Shopify, POS, ERP
+/// and WMS here.
+pub fn registry(_config: &Config) -> Vec<Arc<dyn Connector>> {
+    Vec::new()
+}

@@ -1,0 +1,90 @@
+//! The HTTP API (axum). Routes: `POST /v1/movements`, `GET /v1/stock/{sku}`, `GET /healthz`,
+//! `GET /readyz`, `GET /metrics`; see `docs/api.md`.
+//!
+//! - `error`: the table from errors to status and stable code.
+//! - `movements`: ingest of movements onto Kafka.
+//! - `stock`: reads of stock levels.
+
+mod error;
+mod movements;
+mod stock;
+
+use std::{sync::Arc, time::Duration};
+
+use axum::{
+    extract::{DefaultBodyLimit, State},
+    http::{header::CONTENT_TYPE, StatusCode, Uri},
+    response::IntoResponse,
+    routing::{get, post},
+    Json, Router,
+};
+use rdkafka::producer::FutureProducer;
+use serde_json::json;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+use tower_http::trace::TraceLayer;
+
+pub use self::error::{error_body, ApiError};
+use crate::{
+    config::{HttpConfig, Topics},
+    store::Store,
+    telemetry::Metrics,
+};
+
+/// What every handler shares.
+#[derive(Clone)]
+pub struct ApiState {
+    pub store: Arc<dyn Store>,
+    pub producer: FutureProducer,
+    pub topics: Topics,
+    pub metrics: Metrics,
+    pub http: HttpConfig,
+    pub produce_timeout_ms: u64,
+}
+
+impl std::fmt::Debug for ApiState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ApiState").field("topics", &self.topics).finish_non_exhaustive()
+    }
+}
+
+pub fn router(state: ApiState) -> Router {
+    Router::new()
+        .route("/v1/movements", post(movements::post))
+        .route("/v1/stock/{sku}", get(stock::get))
+        .route("/healthz", get(healthz))
+        .route("/readyz", get(readyz))
+        .route("/metrics", get(metrics))
+        .fallback(not_found)
+        // The movements route reads its body itself, to answer 413 with a stable code;
+        // every other route takes a small body at most.
+        .layer(DefaultBodyLimit::max(64 * 1024))
+        .layer(TraceLayer::new_for_http())
+        .with_state(state)
+}
+
+/// Serves until `shutdown` fires, then finishes the requests in flight.
+pub async fn serve(listener: TcpListener, router: Router, shutdown: CancellationToken) -> std::io::Result<()> {
+    axum::serve(listener, router).with_graceful_shutdown(async move { shutdown.cancelled().await }).await
+}
+
+/// Liveness: the process answers. Cheap on purpose; `/readyz` checks dependencies.
+async fn healthz() -> impl IntoResponse {
+    Json(json!({ "status": "ok", "version": env!("CARGO_PKG_VERSION") }))
+}
+
+/// Readiness: the database answers within a second.
+async fn readyz(State(state): State<ApiState>) -> impl IntoResponse {
+    let database = matches!(tokio::time::timeout(Duration::from_secs(1), state.store.ping()).await, Ok(Ok(())));
+    let status = if database { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
+    let text = |ok: bool| if ok { "ok" } else { "unavailable" };
+    (status, Json(json!({ "status": text(database), "database": text(database) })))
+}
+
+async fn metrics(State(state): State<ApiState>) -> impl IntoResponse {
+    ([(CONTENT_TYPE, "text/plain; version=0.0.4")], state.metrics.render())
+}
+
+async fn not_found(uri: Uri) -> ApiError {
+    ApiError::NotFound(uri.path().to_string())
+}

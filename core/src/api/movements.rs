@@ -1,0 +1,207 @@
+//! `POST /v1/movements`: a JSON array or NDJSON of movements. Each item is checked on its
+//! own; the valid ones are produced to Kafka and the answer comes after Kafka acknowledged
+//! them, with one result per item.
+
+use std::time::Duration;
+
+use axum::{
+    body::{Body, Bytes},
+    extract::State,
+    http::{header::CONTENT_TYPE, HeaderMap, StatusCode},
+    response::{IntoResponse, Response},
+    Json,
+};
+use chrono::Utc;
+use futures::future::join_all;
+use rdkafka::producer::FutureRecord;
+use serde::Serialize;
+use tracing::warn;
+
+use super::{error::ApiError, ApiState};
+use crate::event::{InvalidMovement, Movement};
+
+#[derive(Debug, Serialize)]
+struct ItemResult {
+    index: usize,
+    status: &'static str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    event_id: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    error: Option<ItemError>,
+}
+
+#[derive(Debug, Serialize)]
+struct ItemError {
+    code: &'static str,
+    message: String,
+}
+
+#[derive(Debug, Serialize)]
+struct PostResponse {
+    accepted: usize,
+    rejected: usize,
+    failed: usize,
+    results: Vec<ItemResult>,
+}
+
+pub(super) async fn post(State(state): State<ApiState>, headers: HeaderMap, body: Body) -> Result<Response, ApiError> {
+    let ndjson = content_is_ndjson(&headers)?;
+    let limit_bytes = state.http.body_bytes_max;
+    let bytes = axum::body::to_bytes(body, limit_bytes).await.map_err(|e| {
+        if is_length_limit(&e) {
+            ApiError::BodyTooLarge { limit_bytes }
+        } else {
+            ApiError::InvalidBody(e.to_string())
+        }
+    })?;
+    let items = parse_items(&bytes, ndjson, state.http.movements_per_request_max)?;
+
+    let mut results: Vec<ItemResult> = Vec::with_capacity(items.len());
+    let mut valid = Vec::with_capacity(items.len());
+    for (index, item) in items.into_iter().enumerate() {
+        match item {
+            Ok(movement) => valid.push((index, movement)),
+            Err(e) => results.push(rejected(index, e)),
+        }
+    }
+    results.extend(produce(&state, valid).await);
+    results.sort_by_key(|r| r.index);
+    Ok(respond(&state, results))
+}
+
+/// NDJSON when the client says so; otherwise JSON, whose body may also be NDJSON.
+fn content_is_ndjson(headers: &HeaderMap) -> Result<bool, ApiError> {
+    let Some(value) = headers.get(CONTENT_TYPE) else { return Ok(false) };
+    let media = value.to_str().unwrap_or_default().split(';').next().unwrap_or_default().trim();
+    match media.to_ascii_lowercase().as_str() {
+        "application/x-ndjson" | "application/ndjson" | "application/jsonl" | "application/json-seq" => Ok(true),
+        "application/json" | "text/plain" | "" => Ok(false),
+        other => Err(ApiError::UnsupportedMediaType(other.to_string())),
+    }
+}
+
+fn is_length_limit(e: &axum::Error) -> bool {
+    let mut source: Option<&(dyn std::error::Error + 'static)> = Some(e);
+    while let Some(err) = source {
+        if err.is::<http_body_util::LengthLimitError>() {
+            return true;
+        }
+        source = err.source();
+    }
+    false
+}
+
+/// Splits the body into items, each parsed into a movement or the reason it is refused.
+/// A body that starts with `[` is one JSON array; anything else is one movement per line.
+fn parse_items(bytes: &Bytes, ndjson: bool, max: usize) -> Result<Vec<Result<Movement, InvalidMovement>>, ApiError> {
+    let now = Utc::now();
+    let starts_array = bytes.iter().find(|b| !b.is_ascii_whitespace()) == Some(&b'[');
+    let items: Vec<Result<Movement, InvalidMovement>> = if starts_array && !ndjson {
+        let values: Vec<serde_json::Value> =
+            serde_json::from_slice(bytes).map_err(|e| ApiError::InvalidBody(e.to_string()))?;
+        check_count(values.len(), max)?;
+        values.into_iter().map(|v| Movement::accept_value(v, now)).collect()
+    } else {
+        let lines: Vec<&[u8]> =
+            bytes.split(|b| *b == b'\n').filter(|line| line.iter().any(|b| !b.is_ascii_whitespace())).collect();
+        check_count(lines.len(), max)?;
+        lines.into_iter().map(|line| Movement::accept_json(line, now)).collect()
+    };
+    if items.is_empty() {
+        return Err(ApiError::NoMovements);
+    }
+    Ok(items)
+}
+
+fn check_count(count: usize, max: usize) -> Result<(), ApiError> {
+    if count > max {
+        return Err(ApiError::TooManyMovements { count, max });
+    }
+    Ok(())
+}
+
+fn rejected(index: usize, e: InvalidMovement) -> ItemResult {
+    ItemResult {
+        index,
+        status: "rejected",
+        event_id: None,
+        error: Some(ItemError { code: e.code.as_str(), message: e.message }),
+    }
+}
+
+/// Produces the valid movements, keyed by SKU, and waits for Kafka's acknowledgements.
+async fn produce(state: &ApiState, valid: Vec<(usize, Movement)>) -> Vec<ItemResult> {
+    let timeout = Duration::from_millis(state.produce_timeout_ms);
+    let sends = valid.iter().map(|(index, movement)| async move {
+        let payload = movement.to_json();
+        let record = FutureRecord::to(&state.topics.movements).key(movement.kafka_key()).payload(&payload);
+        let delivered = state.producer.send(record, timeout).await;
+        let event_id = Some(movement.event_id.to_string());
+        match delivered {
+            Ok(_) => ItemResult { index: *index, status: "accepted", event_id, error: None },
+            Err((e, _)) => {
+                warn!(error = %e, event_id = %movement.event_id, "movement not acknowledged by kafka");
+                ItemResult {
+                    index: *index,
+                    status: "failed",
+                    event_id,
+                    error: Some(ItemError {
+                        code: "kafka_unavailable",
+                        message: "kafka did not acknowledge the movement; retry it with the same event_id".into(),
+                    }),
+                }
+            }
+        }
+    });
+    join_all(sends).await
+}
+
+/// 202 when every item was accepted, 503 when Kafka failed any (retrying is safe: event
+/// ids make it idempotent), otherwise 422 with the reason of each refused item.
+fn respond(state: &ApiState, results: Vec<ItemResult>) -> Response {
+    let count = |status: &str| results.iter().filter(|r| r.status == status).count();
+    let (accepted, rejected, failed) = (count("accepted"), count("rejected"), count("failed"));
+    let metric = &state.metrics.api_movements_total;
+    metric.with_label_values(&["accepted"]).inc_by(accepted as u64);
+    metric.with_label_values(&["rejected"]).inc_by(rejected as u64);
+    metric.with_label_values(&["failed"]).inc_by(failed as u64);
+    let status = if failed > 0 {
+        StatusCode::SERVICE_UNAVAILABLE
+    } else if rejected > 0 {
+        StatusCode::UNPROCESSABLE_ENTITY
+    } else {
+        StatusCode::ACCEPTED
+    };
+    let body = PostResponse { accepted, rejected, failed, results };
+    (status, Json(body)).into_response()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::event::RejectCode;
+
+    fn item(id: &str) -> String {
+        format!(
+            r#"{{"event_id":"{id}","source":{{"system":"api","instance":"t","ref":"r"}},"sku":"S1","location":"l1","kind":"receipt","quantity":1,"occurred_at":"2026-11-20T10:00:00Z"}}"#
+        )
+    }
+
+    #[test]
+    fn arrays_and_ndjson_are_split_into_items() {
+        let array = Bytes::from(format!("[{},{}]", item("a"), item("b")));
+        assert_eq!(parse_items(&array, false, 10).unwrap().len(), 2);
+        let lines = Bytes::from(format!("{}\n\n{}\nnot json\n", item("a"), item("b")));
+        let parsed = parse_items(&lines, true, 10).unwrap();
+        assert_eq!(parsed.len(), 3);
+        assert_eq!(parsed[2].as_ref().unwrap_err().code, RejectCode::NotJson);
+    }
+
+    #[test]
+    fn bodies_that_cannot_be_split_are_refused() {
+        assert!(matches!(parse_items(&Bytes::from("[{"), false, 10), Err(ApiError::InvalidBody(_))));
+        assert!(matches!(parse_items(&Bytes::from(" \n "), false, 10), Err(ApiError::NoMovements)));
+        let many = Bytes::from(format!("[{}]", vec![item("a"); 3].join(",")));
+        assert!(matches!(parse_items(&many, false, 2), Err(ApiError::TooManyMovements { count: 3, max: 2 })));
+    }
+}

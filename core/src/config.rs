@@ -1,0 +1,177 @@
+//! The configuration of onhand: typed, documented, every field defaulted. `onhand serve`
+//! reads a TOML file and then environment overrides (`ONHAND_SECTION__FIELD`, and
+//! `DATABASE_URL`); `onhand dev` builds one in code. `deploy/onhand.toml` shows every field.
+
+use std::{collections::BTreeMap, net::SocketAddr, path::Path};
+
+use figment::{
+    providers::{Env, Format, Serialized, Toml},
+    Figment,
+};
+use serde::{Deserialize, Serialize};
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    pub database: DatabaseConfig,
+    pub kafka: KafkaConfig,
+    pub ledger: LedgerConfig,
+    pub http: HttpConfig,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct DatabaseConfig {
+    /// `postgres://user:password@host/db` in production, `sqlite://path` for development.
+    pub url: String,
+    pub connections_max: u32,
+}
+
+impl Default for DatabaseConfig {
+    fn default() -> Self {
+        Self { url: String::new(), connections_max: 16 }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct KafkaConfig {
+    /// The bootstrap servers, comma-separated `host:port`.
+    pub brokers: String,
+    pub topics: Topics,
+    /// Partitions of the topics onhand creates when they are missing.
+    pub partitions: i32,
+    /// Replication factor of the topics onhand creates; 3 on a production cluster.
+    pub replication_factor: i32,
+    /// How long a produce may wait for the brokers' acknowledgement.
+    pub produce_timeout_ms: u64,
+    /// Extra librdkafka properties for every client (TLS, SASL, ...).
+    pub client: BTreeMap<String, String>,
+}
+
+impl Default for KafkaConfig {
+    fn default() -> Self {
+        Self {
+            brokers: String::new(),
+            topics: Topics::default(),
+            partitions: 12,
+            replication_factor: 1,
+            produce_timeout_ms: 10_000,
+            client: BTreeMap::new(),
+        }
+    }
+}
+
+/// The topic names; see `docs/events.md`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Topics {
+    /// Movements, keyed by SKU.
+    pub movements: String,
+    /// Stock levels after each change, compacted, keyed by `sku@location`.
+    pub stock: String,
+    /// Records the ledger could not read, with the reason in headers.
+    pub dlq: String,
+}
+
+impl Default for Topics {
+    fn default() -> Self {
+        Self {
+            movements: "onhand.movements.v1".into(),
+            stock: "onhand.stock.v1".into(),
+            dlq: "onhand.movements.dlq.v1".into(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LedgerConfig {
+    /// Run the ledger consumer in this process.
+    pub enabled: bool,
+    /// The Kafka consumer group; its offsets live in the database.
+    pub group_id: String,
+    /// The most movements applied in one transaction.
+    pub batch_size_max: usize,
+    /// How long a batch waits to fill once its first movement arrived.
+    pub linger_ms: u64,
+}
+
+impl Default for LedgerConfig {
+    fn default() -> Self {
+        Self { enabled: true, group_id: "onhand-ledger".into(), batch_size_max: 2_000, linger_ms: 20 }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct HttpConfig {
+    pub listen: SocketAddr,
+    /// The largest request body accepted, in bytes.
+    pub body_bytes_max: usize,
+    /// The most movements in one `POST /v1/movements`.
+    pub movements_per_request_max: usize,
+}
+
+impl Default for HttpConfig {
+    fn default() -> Self {
+        Self {
+            listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
+            body_bytes_max: 4 * 1024 * 1024,
+            movements_per_request_max: 1_000,
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("config: {0}")]
+    Load(#[from] Box<figment::Error>),
+    #[error("config file {0} does not exist")]
+    MissingFile(String),
+    #[error("config: {0}")]
+    Invalid(String),
+}
+
+impl Config {
+    /// Reads the file (if given), then the environment, and checks the result.
+    pub fn load(file: Option<&Path>) -> Result<Self, ConfigError> {
+        let mut figment = Figment::from(Serialized::defaults(Config::default()));
+        if let Some(file) = file {
+            if !file.exists() {
+                return Err(ConfigError::MissingFile(file.display().to_string()));
+            }
+            figment = figment.merge(Toml::file(file));
+        }
+        // Only `ONHAND_SECTION__FIELD` names are configuration; other ONHAND_ variables
+        // (ONHAND_CONFIG, a test suite's own) are left alone.
+        figment = figment.merge(Env::prefixed("ONHAND_").filter(|key| key.as_str().contains("__")).split("__"));
+        if let Ok(url) = std::env::var("DATABASE_URL") {
+            figment = figment.merge(Serialized::default("database.url", url));
+        }
+        let config: Config = figment.extract().map_err(Box::new)?;
+        config.check()?;
+        Ok(config)
+    }
+
+    /// Refuses a configuration that cannot work, with the reason.
+    pub fn check(&self) -> Result<(), ConfigError> {
+        let invalid = |m: &str| Err(ConfigError::Invalid(m.to_string()));
+        if self.database.url.is_empty() {
+            return invalid("database.url is not set (or set DATABASE_URL)");
+        }
+        if self.kafka.brokers.trim().is_empty() {
+            return invalid("kafka.brokers is not set (or set ONHAND_KAFKA__BROKERS)");
+        }
+        if self.kafka.partitions < 1 {
+            return invalid("kafka.partitions must be 1 or more");
+        }
+        if self.ledger.batch_size_max == 0 || self.ledger.batch_size_max > 50_000 {
+            return invalid("ledger.batch_size_max must be 1 to 50000");
+        }
+        if self.http.movements_per_request_max == 0 {
+            return invalid("http.movements_per_request_max must be 1 or more");
+        }
+        Ok(())
+    }
+}

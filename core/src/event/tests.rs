@@ -1,0 +1,156 @@
+use std::path::Path;
+
+use chrono::{TimeZone, Utc};
+use serde_json::{json, Value};
+
+use super::*;
+
+fn valid() -> Value {
+    json!({
+        "event_id": "pos:store-001:T1001:1",
+        "source": { "system": "pos", "instance": "store-001", "ref": "T1001/1" },
+        "sku": "SKU-001",
+        "location": "store-001",
+        "kind": "sale",
+        "quantity": 2,
+        "occurred_at": "2026-11-20T10:15:00.123456789Z",
+        "recorded_at": "2026-11-20T10:15:01Z"
+    })
+}
+
+fn with(field: &str, value: Value) -> Vec<u8> {
+    let mut m = valid();
+    m[field] = value;
+    serde_json::to_vec(&m).unwrap()
+}
+
+fn code_of(bytes: &[u8]) -> RejectCode {
+    Movement::from_json(bytes).expect_err("must be refused").code
+}
+
+#[test]
+fn a_valid_movement_is_read_and_kept_to_the_microsecond() {
+    let m = Movement::from_json(&serde_json::to_vec(&valid()).unwrap()).unwrap();
+    assert_eq!(m.sku.as_str(), "SKU-001");
+    assert_eq!(m.delta(), Some(-2));
+    assert_eq!(
+        m.occurred_at,
+        Utc.with_ymd_and_hms(2026, 11, 20, 10, 15, 0).unwrap() + chrono::Duration::microseconds(123_456)
+    );
+    let again = Movement::from_json(&m.to_json()).unwrap();
+    assert_eq!(again, m);
+}
+
+#[test]
+fn each_kind_has_its_sign_rule() {
+    let cases: &[(&str, i64, Option<Option<i64>>)] = &[
+        // (kind, quantity, Some(delta) when accepted, None when refused)
+        ("receipt", 5, Some(Some(5))),
+        ("receipt", 0, None),
+        ("return", 1, Some(Some(1))),
+        ("transfer_in", 3, Some(Some(3))),
+        ("sale", 2, Some(Some(-2))),
+        ("sale", -2, None),
+        ("transfer_out", 4, Some(Some(-4))),
+        ("damage", 1, Some(Some(-1))),
+        ("damage", 0, None),
+        ("adjustment", -3, Some(Some(-3))),
+        ("adjustment", 7, Some(Some(7))),
+        ("adjustment", 0, None),
+        ("count", 0, Some(None)),
+        ("count", 12, Some(None)),
+        ("count", -1, None),
+    ];
+    for (kind, quantity, expected) in cases {
+        let mut m = valid();
+        m["kind"] = json!(kind);
+        m["quantity"] = json!(quantity);
+        let result = Movement::from_json(&serde_json::to_vec(&m).unwrap());
+        match expected {
+            Some(delta) => assert_eq!(result.unwrap().delta(), *delta, "{kind} {quantity}"),
+            None => assert_eq!(result.unwrap_err().code, RejectCode::InvalidQuantity, "{kind} {quantity}"),
+        }
+    }
+}
+
+#[test]
+fn bad_input_is_refused_with_a_stable_code() {
+    let long = "x".repeat(200);
+    let cases: Vec<(Vec<u8>, RejectCode)> = vec![
+        (b"not json".to_vec(), RejectCode::NotJson),
+        (b"{\"event_id\":".to_vec(), RejectCode::NotJson),
+        (b"[1,2]".to_vec(), RejectCode::SchemaViolation),
+        (with("quantity", json!("two")), RejectCode::SchemaViolation),
+        (with("quantity", json!(1.5)), RejectCode::SchemaViolation),
+        (with("unknown_field", json!(1)), RejectCode::SchemaViolation),
+        (with("occurred_at", json!("yesterday")), RejectCode::SchemaViolation),
+        (with("kind", json!("theft")), RejectCode::UnknownKind),
+        (with("event_id", json!("")), RejectCode::InvalidEventId),
+        (with("event_id", json!(long)), RejectCode::InvalidEventId),
+        (with("event_id", json!("has space")), RejectCode::InvalidEventId),
+        (with("sku", json!("")), RejectCode::InvalidSku),
+        (with("sku", json!("a/b")), RejectCode::InvalidSku),
+        (with("sku", json!("a@b")), RejectCode::InvalidSku),
+        (with("location", json!("x".repeat(65))), RejectCode::InvalidLocation),
+        (with("source", json!({"system": "pos", "instance": "", "ref": "r"})), RejectCode::InvalidSource),
+        (with("source", json!({"system": "fax", "instance": "i", "ref": "r"})), RejectCode::SchemaViolation),
+        (with("actor", json!("")), RejectCode::InvalidField),
+        (with("reason", json!(long.repeat(10))), RejectCode::InvalidField),
+        (with("attributes", json!({"k": "v".repeat(300)})), RejectCode::InvalidField),
+        (with("reason", json!("r".repeat(MOVEMENT_BYTES_MAX))), RejectCode::Oversized),
+    ];
+    for (bytes, code) in cases {
+        assert_eq!(code_of(&bytes), code, "{}", String::from_utf8_lossy(&bytes));
+    }
+}
+
+#[test]
+fn recorded_at_is_required_on_kafka_and_stamped_on_acceptance() {
+    let mut m = valid();
+    m.as_object_mut().unwrap().remove("recorded_at");
+    let bytes = serde_json::to_vec(&m).unwrap();
+    assert_eq!(code_of(&bytes), RejectCode::SchemaViolation);
+
+    let now = Utc.with_ymd_and_hms(2026, 11, 22, 8, 0, 0).unwrap();
+    assert_eq!(Movement::accept_json(&bytes, now).unwrap().recorded_at, now);
+    // A client's recorded_at is replaced: onhand says when it accepted a movement.
+    let stamped = Movement::accept_json(&serde_json::to_vec(&valid()).unwrap(), now).unwrap();
+    assert_eq!(stamped.recorded_at, now);
+}
+
+#[test]
+fn reject_codes_are_unique() {
+    let mut codes: Vec<&str> = RejectCode::ALL.iter().map(|c| c.as_str()).collect();
+    codes.sort_unstable();
+    codes.dedup();
+    assert_eq!(codes.len(), RejectCode::ALL.len());
+}
+
+/// The committed schemas are generated from these types; run with `UPDATE_SCHEMAS=1` to
+/// regenerate them after a change.
+#[test]
+fn committed_schemas_are_up_to_date() {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../schemas");
+    let update = std::env::var_os("UPDATE_SCHEMAS").is_some();
+    for (name, generated) in schemas() {
+        let path = dir.join(name);
+        if update {
+            std::fs::write(&path, &generated).unwrap();
+            continue;
+        }
+        let committed = std::fs::read_to_string(&path).unwrap_or_default();
+        assert!(
+            committed == generated,
+            "schemas/{name} is stale: run `UPDATE_SCHEMAS=1 cargo test -p onhand-core committed_schemas` and commit it"
+        );
+    }
+}
+
+#[test]
+fn the_schema_carries_the_quantity_rules() {
+    let (_, text) = &schemas()[0];
+    let schema: Value = serde_json::from_str(text).unwrap();
+    assert_eq!(schema["$id"], MOVEMENT_SCHEMA);
+    assert_eq!(schema["allOf"].as_array().unwrap().len(), 3);
+    assert_eq!(schema["properties"]["sku"]["$ref"], "#/$defs/Sku");
+}

@@ -1,0 +1,481 @@
+//! The ledger consumer: reads movements from Kafka in batches, applies each batch exactly
+//! once in one database transaction (offsets included), then publishes the new levels.
+//!
+//! - `rules`: how a movement changes a level (pure functions).
+//! - this module: the consumer loop, which runs on a thread of its own because librdkafka
+//!   calls the rebalance callback from `poll`, and the callback must read the partition
+//!   offsets from the database before the partitions are assigned.
+//!
+//! Exactly-once lives in the database: the consumer's Kafka commits are only a courtesy to
+//! Kafka tooling (lag dashboards); on every assignment it seeks to the offsets saved with
+//! the effects.
+
+pub mod rules;
+
+use std::{
+    collections::{BTreeMap, BTreeSet},
+    sync::{
+        atomic::{AtomicU64, Ordering},
+        Arc, Mutex, PoisonError,
+    },
+    thread,
+    time::{Duration, Instant},
+};
+
+use chrono::Utc;
+use futures::future::join_all;
+use rdkafka::{
+    consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext},
+    error::KafkaError,
+    message::{BorrowedMessage, Header, OwnedHeaders},
+    producer::{FutureProducer, FutureRecord},
+    statistics::Statistics,
+    types::RDKafkaRespErr,
+    ClientContext, Message, Offset, TopicPartitionList,
+};
+use tokio::runtime::Handle;
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, error, info, warn};
+
+use crate::{
+    config::{KafkaConfig, LedgerConfig},
+    event::{InvalidMovement, Movement, RejectCode},
+    kafka,
+    store::{Applied, Batch, Envelope, PartitionOffset, Store, StoreError},
+    telemetry::Metrics,
+};
+
+#[derive(Debug, thiserror::Error)]
+pub enum LedgerError {
+    #[error("ledger: kafka: {0}")]
+    Kafka(#[from] KafkaError),
+    #[error("ledger: {0}")]
+    Store(#[from] StoreError),
+    #[error("ledger: stopped on purpose after {0} committed batches (fault injection)")]
+    InjectedCrash(u64),
+    #[error("ledger: the consumer thread panicked")]
+    Panicked,
+}
+
+/// Test hooks that make the ledger fail at chosen points.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct FaultInjection {
+    /// Stop right after the Nth database commit, before publishing levels or committing
+    /// offsets to Kafka, as a process killed at that instant would.
+    pub crash_after_commits: Option<u64>,
+}
+
+/// A running ledger consumer.
+#[derive(Debug)]
+pub struct LedgerHandle {
+    thread: thread::JoinHandle<Result<(), LedgerError>>,
+    assignment: Arc<Mutex<BTreeSet<i32>>>,
+}
+
+impl LedgerHandle {
+    /// The partitions this consumer owns now.
+    pub fn assignment(&self) -> BTreeSet<i32> {
+        self.assignment.lock().unwrap_or_else(PoisonError::into_inner).clone()
+    }
+
+    pub fn is_finished(&self) -> bool {
+        self.thread.is_finished()
+    }
+
+    /// Waits for the consumer to stop (after the shutdown token fired, or on a fatal error).
+    pub async fn join(self) -> Result<(), LedgerError> {
+        tokio::task::spawn_blocking(move || self.thread.join().unwrap_or(Err(LedgerError::Panicked)))
+            .await
+            .unwrap_or(Err(LedgerError::Panicked))
+    }
+}
+
+/// Starts the ledger consumer on a thread of its own.
+pub fn spawn(
+    kafka_config: &KafkaConfig,
+    config: &LedgerConfig,
+    store: Arc<dyn Store>,
+    metrics: Metrics,
+    shutdown: CancellationToken,
+    faults: FaultInjection,
+) -> Result<LedgerHandle, LedgerError> {
+    let assignment = Arc::new(Mutex::new(BTreeSet::new()));
+    let context = LedgerContext {
+        store: Arc::clone(&store),
+        runtime: Handle::current(),
+        group_id: config.group_id.clone(),
+        topic: kafka_config.topics.movements.clone(),
+        generation: AtomicU64::new(0),
+        assignment: Arc::clone(&assignment),
+        metrics: metrics.clone(),
+        shutdown: shutdown.clone(),
+    };
+    let consumer: BaseConsumer<LedgerContext> = kafka::client_config(kafka_config)
+        .set("group.id", &config.group_id)
+        .set("enable.auto.commit", "false")
+        .set("enable.auto.offset.store", "false")
+        .set("auto.offset.reset", "earliest")
+        // Eager rebalancing: every rebalance revokes everything, and the callback seeks
+        // each newly assigned partition to the offset saved in the database.
+        .set("partition.assignment.strategy", "roundrobin")
+        .set("session.timeout.ms", "10000")
+        .set("statistics.interval.ms", "5000")
+        .create_with_context(context)?;
+    consumer.subscribe(&[&kafka_config.topics.movements])?;
+    let ledger = Ledger {
+        consumer,
+        producer: kafka::producer(kafka_config)?,
+        store,
+        metrics,
+        shutdown,
+        faults,
+        runtime: Handle::current(),
+        group_id: config.group_id.clone(),
+        topics: kafka_config.topics.clone(),
+        batch_size_max: config.batch_size_max,
+        linger: Duration::from_millis(config.linger_ms),
+        commits: 0,
+    };
+    let thread =
+        thread::Builder::new().name("ledger".into()).spawn(move || ledger.run()).map_err(|_| LedgerError::Panicked)?;
+    Ok(LedgerHandle { thread, assignment })
+}
+
+/// The consumer's context: seeks assigned partitions to the offsets saved in the
+/// database, and counts rebalances so that the loop can drop a batch that straddles one.
+struct LedgerContext {
+    store: Arc<dyn Store>,
+    runtime: Handle,
+    group_id: String,
+    topic: String,
+    generation: AtomicU64,
+    assignment: Arc<Mutex<BTreeSet<i32>>>,
+    metrics: Metrics,
+    shutdown: CancellationToken,
+}
+
+impl ClientContext for LedgerContext {
+    fn stats(&self, statistics: Statistics) {
+        let Some(topic) = statistics.topics.get(&self.topic) else { return };
+        let assigned = self.assignment.lock().unwrap_or_else(PoisonError::into_inner).clone();
+        for (partition, stats) in &topic.partitions {
+            if assigned.contains(partition) && stats.consumer_lag >= 0 {
+                self.metrics
+                    .ledger_consumer_lag_messages
+                    .with_label_values(&[&partition.to_string()])
+                    .set(stats.consumer_lag);
+            }
+        }
+    }
+}
+
+impl ConsumerContext for LedgerContext {
+    fn rebalance(&self, consumer: &BaseConsumer<Self>, err: RDKafkaRespErr, tpl: &mut TopicPartitionList) {
+        self.generation.fetch_add(1, Ordering::SeqCst);
+        self.assignment.lock().unwrap_or_else(PoisonError::into_inner).clear();
+        if err != RDKafkaRespErr::RD_KAFKA_RESP_ERR__ASSIGN_PARTITIONS {
+            if err != RDKafkaRespErr::RD_KAFKA_RESP_ERR__REVOKE_PARTITIONS {
+                error!(?err, "rebalance failed; dropping the assignment");
+            }
+            if let Err(e) = consumer.unassign() {
+                error!(error = %e, "unassign failed");
+            }
+            return;
+        }
+        let saved = self.saved_offsets();
+        let mut assignment = self.assignment.lock().unwrap_or_else(PoisonError::into_inner);
+        let partitions: Vec<(String, i32)> =
+            tpl.elements().iter().map(|e| (e.topic().to_string(), e.partition())).collect();
+        for (topic, partition) in partitions {
+            let offset = saved.get(&partition).map_or(Offset::Beginning, |o| Offset::Offset(*o));
+            assignment.insert(partition);
+            if let Err(e) = tpl.set_partition_offset(&topic, partition, offset) {
+                error!(error = %e, partition, "cannot set the start offset");
+            }
+        }
+        info!(partitions = ?assignment, "partitions assigned, resuming from the offsets saved in the database");
+        if let Err(e) = consumer.assign(tpl) {
+            error!(error = %e, "assign failed");
+        }
+    }
+}
+
+impl LedgerContext {
+    /// Reads the saved offsets, retrying while the database is unreachable: assigning a
+    /// partition anywhere else could skip or repeat movements.
+    fn saved_offsets(&self) -> BTreeMap<i32, i64> {
+        let mut backoff = Backoff::default();
+        loop {
+            match self.runtime.block_on(self.store.consumer_offsets(&self.group_id, &self.topic)) {
+                Ok(offsets) => return offsets.into_iter().map(|o| (o.partition, o.next_offset)).collect(),
+                Err(e) if !self.shutdown.is_cancelled() => {
+                    warn!(error = %e, "cannot read the saved offsets; retrying");
+                    backoff.wait();
+                }
+                Err(_) => return BTreeMap::new(),
+            }
+        }
+    }
+}
+
+/// A record the ledger cannot apply, bound for the dead-letter topic with its reason.
+struct Rejected {
+    partition: i32,
+    offset: i64,
+    key: Option<Vec<u8>>,
+    payload: Vec<u8>,
+    reason: InvalidMovement,
+}
+
+/// Reads one record of the movements topic into a movement, or the reason it is refused.
+fn read(message: &BorrowedMessage<'_>) -> Result<Envelope, Rejected> {
+    let (partition, offset) = (message.partition(), message.offset());
+    let movement = match message.payload() {
+        Some(bytes) => Movement::from_json(bytes).map_err(|reason| (reason, bytes.to_vec())),
+        None => Err((
+            InvalidMovement { code: RejectCode::SchemaViolation, message: "the record has no value".into() },
+            Vec::new(),
+        )),
+    };
+    movement.map(|movement| Envelope { movement, partition, offset }).map_err(|(reason, payload)| Rejected {
+        partition,
+        offset,
+        key: message.key().map(<[u8]>::to_vec),
+        payload,
+        reason,
+    })
+}
+
+struct Ledger {
+    consumer: BaseConsumer<LedgerContext>,
+    producer: FutureProducer,
+    store: Arc<dyn Store>,
+    metrics: Metrics,
+    shutdown: CancellationToken,
+    faults: FaultInjection,
+    runtime: Handle,
+    group_id: String,
+    topics: crate::config::Topics,
+    batch_size_max: usize,
+    linger: Duration,
+    commits: u64,
+}
+
+impl Ledger {
+    fn run(mut self) -> Result<(), LedgerError> {
+        info!(group = %self.group_id, topic = %self.topics.movements, "ledger started");
+        while !self.shutdown.is_cancelled() {
+            let records = self.next_batch();
+            if !records.is_empty() {
+                self.process(records)?;
+            }
+        }
+        info!("ledger stopped");
+        Ok(())
+    }
+
+    /// Polls until the batch is full or its linger time is over. A rebalance during the
+    /// poll drops what was gathered: the new assignment resumes from the database.
+    fn next_batch(&self) -> Vec<Result<Envelope, Rejected>> {
+        let context = self.consumer.context();
+        let mut generation = context.generation.load(Ordering::SeqCst);
+        let mut records = Vec::new();
+        let mut first_at: Option<Instant> = None;
+        while records.len() < self.batch_size_max && !self.shutdown.is_cancelled() {
+            let timeout = match first_at {
+                None => Duration::from_millis(100),
+                Some(at) => match self.linger.checked_sub(at.elapsed()) {
+                    Some(left) if !left.is_zero() => left,
+                    _ => break,
+                },
+            };
+            let polled = self.consumer.poll(timeout);
+            let now = context.generation.load(Ordering::SeqCst);
+            if now != generation {
+                generation = now;
+                records.clear();
+                first_at = None;
+            }
+            match polled {
+                Some(Ok(message)) => {
+                    records.push(read(&message));
+                    first_at.get_or_insert_with(Instant::now);
+                }
+                Some(Err(e)) => warn!(error = %e, "kafka consumer error"),
+                None => {}
+            }
+        }
+        if self.shutdown.is_cancelled() {
+            // Nothing of this batch is applied; the next owner reads it again.
+            records.clear();
+        }
+        records
+    }
+
+    fn process(&mut self, records: Vec<Result<Envelope, Rejected>>) -> Result<(), LedgerError> {
+        let mut offsets: BTreeMap<i32, i64> = BTreeMap::new();
+        for (partition, offset) in records.iter().map(|r| match r {
+            Ok(e) => (e.partition, e.offset),
+            Err(r) => (r.partition, r.offset),
+        }) {
+            let next = offsets.entry(partition).or_insert(0);
+            *next = (*next).max(offset + 1);
+        }
+        let (movements, rejected): (Vec<_>, Vec<_>) = records.into_iter().partition(Result::is_ok);
+        let movements: Vec<Envelope> = movements.into_iter().flatten().collect();
+        let rejected: Vec<Rejected> = rejected.into_iter().filter_map(Result::err).collect();
+        // Dead letters are acknowledged before the offsets that skip them are saved, so a
+        // rejected record is never lost (a crash in between may send it twice).
+        self.dead_letter(&rejected);
+
+        let batch = Batch {
+            group_id: self.group_id.clone(),
+            topic: self.topics.movements.clone(),
+            offsets: offsets
+                .iter()
+                .map(|(&partition, &next_offset)| PartitionOffset { partition, next_offset })
+                .collect(),
+            movements,
+        };
+        let started = Instant::now();
+        let Some(applied) = self.apply(&batch)? else {
+            return Ok(());
+        };
+        self.record_metrics(&batch, &applied, started.elapsed());
+        self.commits += 1;
+        if self.faults.crash_after_commits == Some(self.commits) {
+            return Err(LedgerError::InjectedCrash(self.commits));
+        }
+        self.publish(&applied);
+        self.commit_to_kafka(&offsets);
+        Ok(())
+    }
+
+    /// Applies a batch, retrying with backoff while the database is unavailable. `None`
+    /// when shutdown came first: nothing was applied and the batch will be read again.
+    fn apply(&self, batch: &Batch) -> Result<Option<Applied>, LedgerError> {
+        let mut backoff = Backoff::default();
+        loop {
+            match self.runtime.block_on(self.store.apply_batch(batch)) {
+                Ok(applied) => return Ok(Some(applied)),
+                Err(e) if e.is_retryable() => {
+                    self.metrics.ledger_batch_retries_total.inc();
+                    warn!(error = %e, movements = batch.movements.len(), "batch not applied; retrying");
+                    if self.shutdown.is_cancelled() {
+                        return Ok(None);
+                    }
+                    backoff.wait();
+                }
+                Err(e) => return Err(e.into()),
+            }
+        }
+    }
+
+    fn dead_letter(&self, rejected: &[Rejected]) {
+        if rejected.is_empty() {
+            return;
+        }
+        let mut backoff = Backoff::default();
+        let failed_at = Utc::now().to_rfc3339();
+        for Rejected { partition, offset, key, payload, reason } in rejected {
+            warn!(partition, offset, reason = %reason, "movement rejected to the dead-letter topic");
+            let (partition_text, offset_text) = (partition.to_string(), offset.to_string());
+            let headers = OwnedHeaders::new()
+                .insert(Header { key: "onhand.dlq.reason_code", value: Some(reason.code.as_str()) })
+                .insert(Header { key: "onhand.dlq.reason", value: Some(reason.message.as_str()) })
+                .insert(Header { key: "onhand.dlq.topic", value: Some(self.topics.movements.as_str()) })
+                .insert(Header { key: "onhand.dlq.partition", value: Some(partition_text.as_str()) })
+                .insert(Header { key: "onhand.dlq.offset", value: Some(offset_text.as_str()) })
+                .insert(Header { key: "onhand.dlq.failed_at", value: Some(failed_at.as_str()) });
+            loop {
+                let mut record = FutureRecord::to(&self.topics.dlq).payload(payload).headers(headers.clone());
+                if let Some(key) = key {
+                    record = record.key(key);
+                }
+                let delivered = self.runtime.block_on(self.producer.send(record, Duration::from_secs(5)));
+                match delivered {
+                    Ok(_) => break,
+                    Err((e, _)) => {
+                        warn!(error = %e, "cannot write to the dead-letter topic; retrying");
+                        if self.shutdown.is_cancelled() {
+                            return;
+                        }
+                        backoff.wait();
+                    }
+                }
+            }
+            self.metrics.ledger_dlq_records_total.with_label_values(&[reason.code.as_str()]).inc();
+        }
+    }
+
+    /// Publishes the new levels. A level that cannot be published is counted and logged:
+    /// the database stays the truth, and the next change of that level publishes again.
+    fn publish(&self, applied: &Applied) {
+        let mut failures = 0;
+        let mut sends = Vec::with_capacity(applied.levels.len());
+        for level in &applied.levels {
+            let key = level.kafka_key();
+            let value = serde_json::to_vec(level).expect("a level always serializes");
+            match self.producer.send_result(FutureRecord::to(&self.topics.stock).key(&key).payload(&value)) {
+                Ok(delivery) => sends.push(delivery),
+                Err(_) => failures += 1,
+            }
+        }
+        failures += self
+            .runtime
+            .block_on(join_all(sends))
+            .into_iter()
+            .filter(|delivered| !matches!(delivered, Ok(Ok(_))))
+            .count();
+        if failures > 0 {
+            self.metrics.ledger_stock_publish_failures_total.inc_by(failures as u64);
+            warn!(failures, "stock levels not published");
+        }
+    }
+
+    fn commit_to_kafka(&self, offsets: &BTreeMap<i32, i64>) {
+        let mut tpl = TopicPartitionList::new();
+        for (&partition, &next) in offsets {
+            let _ = tpl.add_partition_offset(&self.topics.movements, partition, Offset::Offset(next));
+        }
+        if let Err(e) = self.consumer.commit(&tpl, CommitMode::Async) {
+            debug!(error = %e, "kafka offset commit failed (the database holds the offsets)");
+        }
+    }
+
+    fn record_metrics(&self, batch: &Batch, applied: &Applied, elapsed: Duration) {
+        let m = &self.metrics;
+        m.ledger_movements_applied_total.inc_by(applied.applied);
+        m.ledger_movements_superseded_total.inc_by(applied.superseded);
+        m.ledger_duplicates_skipped_total.inc_by(applied.duplicates);
+        m.ledger_conflicts_retried_total.inc_by(applied.conflicts_retried);
+        m.ledger_batch_size_movements.observe(batch.movements.len() as f64);
+        m.ledger_apply_duration_seconds.observe(elapsed.as_secs_f64());
+        debug!(
+            movements = batch.movements.len(),
+            applied = applied.applied,
+            duplicates = applied.duplicates,
+            elapsed_ms = elapsed.as_millis() as u64,
+            "batch applied"
+        );
+    }
+}
+
+/// Exponential backoff from 100 ms to 5 s, for waits on a blocking thread.
+#[derive(Debug)]
+struct Backoff {
+    next: Duration,
+}
+
+impl Default for Backoff {
+    fn default() -> Self {
+        Self { next: Duration::from_millis(100) }
+    }
+}
+
+impl Backoff {
+    fn wait(&mut self) {
+        thread::sleep(self.next);
+        self.next = (self.next * 2).min(Duration::from_secs(5));
+    }
+}

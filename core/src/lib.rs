@@ -1,0 +1,22 @@
+//! onhand's engine, in the order data flows through it:
+//!
+//! - [`event`]: the wire types (`onhand.movement.v1`, `onhand.stock-level.v1`) and the
+//!   newtypes that make their fields valid.
+//! - [`kafka`]: client settings, the idempotent producer, topic creation, the embedded
+//!   mock cluster of `onhand dev`.
+//! - [`ledger`]: the consumer that applies movements exactly once, and its rules.
+//! - [`store`]: the `Store` trait and its PostgreSQL and SQLite implementations.
+//! - [`api`]: the HTTP API.
+//! - [`telemetry`]: every metric, in one place.
+//! - [`config`]: typed configuration, from a file and the environment.
+//! - [`testing`]: helpers for tests against the real servers of `scripts/test`.
+
+pub mod api;
+pub mod config;
+pub mod event;
+pub mod kafka;
+pub mod ledger;
+pub mod store;
+pub mod telemetry;
+#[doc(hidden)]
+pub mod testing;

@@ -1,0 +1,268 @@
+//! Where stock lives: one [`Store`] trait, with a PostgreSQL implementation for production
+//! and an SQLite one for `onhand dev`. Both run the same batch algorithm ([`apply_batch`])
+//! over their own SQL, and one contract test suite (`store/tests.rs`) runs on both.
+//!
+//! A batch is applied in one transaction: new movements are inserted (a duplicate
+//! `event_id` is skipped), the levels they touch are written with a compare-and-set on
+//! `version` (retried on conflict), and the consumer's offsets are saved, all or nothing.
+
+mod postgres;
+mod sqlite;
+
+use std::{
+    collections::{BTreeMap, HashMap, HashSet},
+    sync::Arc,
+};
+
+use async_trait::async_trait;
+use chrono::{DateTime, SubsecRound, Utc};
+
+pub use self::{postgres::PostgresStore, sqlite::SqliteStore};
+use crate::{
+    event::{EventId, Movement, Sku, StockLevel},
+    ledger::rules::{plan_key, KeyPlan, LevelKey, LevelState},
+};
+
+/// How many rounds of compare-and-set conflicts a batch rides out before it gives up and
+/// the whole transaction is retried by the ledger.
+const CONFLICT_ROUNDS_MAX: u32 = 32;
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("database error: {0}")]
+    Database(#[from] sqlx::Error),
+    #[error("database migration failed: {0}")]
+    Migrate(#[from] sqlx::migrate::MigrateError),
+    #[error("stock levels kept changing under this batch after {CONFLICT_ROUNDS_MAX} rounds")]
+    Contended,
+    #[error("unsupported database url {0:?}: expected postgres://... or sqlite://...")]
+    UnsupportedUrl(String),
+    #[error("stored data is not valid: {0}")]
+    Corrupt(String),
+}
+
+impl StoreError {
+    /// Retrying the same operation later may succeed: the database was unreachable, busy or
+    /// contended. Anything else needs a person.
+    pub fn is_retryable(&self) -> bool {
+        match self {
+            StoreError::Database(e) => !matches!(e, sqlx::Error::Configuration(_) | sqlx::Error::Migrate(_)),
+            StoreError::Contended => true,
+            StoreError::Migrate(_) | StoreError::UnsupportedUrl(_) | StoreError::Corrupt(_) => false,
+        }
+    }
+}
+
+/// A movement with the Kafka coordinates it was read from.
+#[derive(Debug, Clone)]
+pub struct Envelope {
+    pub movement: Movement,
+    pub partition: i32,
+    pub offset: i64,
+}
+
+/// The next offset to read from a partition.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PartitionOffset {
+    pub partition: i32,
+    pub next_offset: i64,
+}
+
+/// What one ledger batch carries into a transaction.
+#[derive(Debug, Clone)]
+pub struct Batch {
+    pub group_id: String,
+    pub topic: String,
+    pub movements: Vec<Envelope>,
+    /// Saved in the same transaction; a partition's offset never moves backwards.
+    pub offsets: Vec<PartitionOffset>,
+}
+
+/// What a committed batch did.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Applied {
+    /// New movements that changed a level.
+    pub applied: u64,
+    /// New movements recorded without changing a level (see the count rule).
+    pub superseded: u64,
+    /// Movements skipped because their event_id was already recorded.
+    pub duplicates: u64,
+    /// Level writes that lost a compare-and-set and were redone.
+    pub conflicts_retried: u64,
+    /// The levels as written, one per sku@location the batch changed.
+    pub levels: Vec<StockLevel>,
+}
+
+#[async_trait]
+pub trait Store: Send + Sync + std::fmt::Debug {
+    /// Applies a batch exactly once, in one transaction.
+    async fn apply_batch(&self, batch: &Batch) -> Result<Applied, StoreError>;
+    /// The saved next offsets of a consumer group on a topic.
+    async fn consumer_offsets(&self, group_id: &str, topic: &str) -> Result<Vec<PartitionOffset>, StoreError>;
+    /// Forgets the saved offsets of a consumer group on a topic, so that it starts over
+    /// from the beginning. Applied movements stay recorded, so nothing counts twice.
+    async fn reset_consumer_offsets(&self, group_id: &str, topic: &str) -> Result<(), StoreError>;
+    /// The levels of a SKU at every location, ordered by location.
+    async fn stock_by_sku(&self, sku: &Sku) -> Result<Vec<StockLevel>, StoreError>;
+    /// How many movements are recorded.
+    async fn movement_count(&self) -> Result<i64, StoreError>;
+    /// Checks that the database answers.
+    async fn ping(&self) -> Result<(), StoreError>;
+}
+
+/// Opens the store named by `url` (`postgres://` or `sqlite://`) and runs its migrations.
+pub async fn open(url: &str, connections_max: u32) -> Result<Arc<dyn Store>, StoreError> {
+    if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+        Ok(Arc::new(PostgresStore::connect(url, connections_max).await?))
+    } else if url.starts_with("sqlite:") {
+        Ok(Arc::new(SqliteStore::connect(url).await?))
+    } else {
+        Err(StoreError::UnsupportedUrl(url.to_string()))
+    }
+}
+
+/// A level as stored, with the version its next write must compare against.
+#[derive(Debug, Clone)]
+struct StoredLevel {
+    state: LevelState,
+    version: i64,
+}
+
+/// A compare-and-set write: `expected_version` `None` inserts a row that must not exist yet.
+#[derive(Debug, Clone)]
+struct LevelWrite {
+    key: LevelKey,
+    expected_version: Option<i64>,
+    state: LevelState,
+}
+
+impl LevelWrite {
+    fn level(&self, updated_at: DateTime<Utc>) -> StockLevel {
+        StockLevel {
+            sku: self.key.0.clone(),
+            location: self.key.1.clone(),
+            on_hand: self.state.on_hand,
+            version: self.expected_version.map_or(1, |v| v + 1),
+            last_movement_at: self.state.last_movement_at,
+            last_event_id: self.state.last_event_id.clone(),
+            last_count_at: self.state.last_count.as_ref().map(|c| c.at),
+            updated_at,
+        }
+    }
+}
+
+/// The steps of a ledger transaction, each one statement or a few; the algorithm that
+/// strings them together is [`apply_batch`], shared by every store.
+#[async_trait]
+trait LedgerTx: Send {
+    /// Inserts the movements whose event_id is new and returns those ids.
+    async fn insert_movements(&mut self, movements: &[&Envelope]) -> Result<HashSet<EventId>, StoreError>;
+    async fn load_levels(&mut self, keys: &[&LevelKey]) -> Result<HashMap<LevelKey, StoredLevel>, StoreError>;
+    /// For each count, the sum of the deltas recorded for its level that occurred after it,
+    /// leaving out the movements of this batch.
+    async fn recorded_later(
+        &mut self,
+        counts: &[&Movement],
+        batch_ids: &[&EventId],
+    ) -> Result<HashMap<EventId, i64>, StoreError>;
+    /// Writes the levels whose version still matches and returns the keys written.
+    async fn write_levels(
+        &mut self,
+        writes: &[LevelWrite],
+        updated_at: DateTime<Utc>,
+    ) -> Result<HashSet<LevelKey>, StoreError>;
+    async fn mark_superseded(&mut self, event_ids: &[EventId]) -> Result<(), StoreError>;
+    async fn save_offsets(
+        &mut self,
+        group_id: &str,
+        topic: &str,
+        offsets: &[PartitionOffset],
+    ) -> Result<(), StoreError>;
+    async fn commit(self: Box<Self>) -> Result<(), StoreError>;
+}
+
+/// Applies a batch inside `tx`: the one algorithm of every store.
+async fn apply_batch(mut tx: Box<dyn LedgerTx + '_>, batch: &Batch) -> Result<Applied, StoreError> {
+    let mut outcome = Applied::default();
+
+    // A re-delivery can put the same event twice in one batch: keep the first.
+    let mut seen = HashSet::with_capacity(batch.movements.len());
+    let unique: Vec<&Envelope> = batch.movements.iter().filter(|e| seen.insert(&e.movement.event_id)).collect();
+    outcome.duplicates = (batch.movements.len() - unique.len()) as u64;
+
+    // Inserting in event_id order means two transactions that share events wait for each
+    // other in the same order, instead of deadlocking.
+    let mut by_id = unique.clone();
+    by_id.sort_by(|a, b| a.movement.event_id.cmp(&b.movement.event_id));
+    let new_ids = tx.insert_movements(&by_id).await?;
+    outcome.duplicates += (unique.len() - new_ids.len()) as u64;
+
+    let mut by_key: BTreeMap<LevelKey, Vec<&Movement>> = BTreeMap::new();
+    for envelope in unique.iter().filter(|e| new_ids.contains(&e.movement.event_id)) {
+        let m = &envelope.movement;
+        by_key.entry((m.sku.clone(), m.location.clone())).or_default().push(m);
+    }
+    let batch_ids: Vec<&EventId> = unique.iter().map(|e| &e.movement.event_id).collect();
+    let updated_at = Utc::now().trunc_subsecs(6);
+
+    let mut pending: Vec<&LevelKey> = by_key.keys().collect();
+    let mut superseded = Vec::new();
+    for round in 0.. {
+        if pending.is_empty() {
+            break;
+        }
+        if round == CONFLICT_ROUNDS_MAX {
+            return Err(StoreError::Contended);
+        }
+        let stored = tx.load_levels(&pending).await?;
+        let counts: Vec<&Movement> =
+            pending.iter().flat_map(|k| by_key[*k].iter().copied()).filter(|m| m.delta().is_none()).collect();
+        let later = if counts.is_empty() { HashMap::new() } else { tx.recorded_later(&counts, &batch_ids).await? };
+
+        let mut plans: HashMap<&LevelKey, KeyPlan> = HashMap::with_capacity(pending.len());
+        let mut writes = Vec::new();
+        for key in &pending {
+            let prior = stored.get(*key);
+            let plan = plan_key(prior.map(|s| &s.state), &by_key[*key], &later);
+            if let Some(state) = &plan.state {
+                writes.push(LevelWrite {
+                    key: (*key).clone(),
+                    expected_version: prior.map(|s| s.version),
+                    state: state.clone(),
+                });
+            }
+            plans.insert(*key, plan);
+        }
+        let written = tx.write_levels(&writes, updated_at).await?;
+
+        let mut conflicts = Vec::new();
+        for key in pending {
+            let plan = plans.remove(key).expect("every pending key has a plan");
+            let lost = plan.state.is_some() && !written.contains(key);
+            if lost {
+                conflicts.push(key);
+                continue;
+            }
+            outcome.applied += plan.applied;
+            outcome.superseded += plan.superseded.len() as u64;
+            superseded.extend(plan.superseded);
+        }
+        outcome.levels.extend(writes.iter().filter(|w| written.contains(&w.key)).map(|w| w.level(updated_at)));
+        outcome.conflicts_retried += conflicts.len() as u64;
+        pending = conflicts;
+    }
+
+    if !superseded.is_empty() {
+        tx.mark_superseded(&superseded).await?;
+    }
+    tx.save_offsets(&batch.group_id, &batch.topic, &batch.offsets).await?;
+    tx.commit().await?;
+    Ok(outcome)
+}
+
+fn corrupt(what: impl std::fmt::Display) -> StoreError {
+    StoreError::Corrupt(what.to_string())
+}
+
+#[cfg(test)]
+mod tests;

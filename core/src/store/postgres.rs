@@ -1,0 +1,333 @@
+//! The production store. Each step of a batch is one set-based statement over `UNNEST`ed
+//! arrays, so a batch costs a handful of round trips whatever its size.
+
+use std::collections::{HashMap, HashSet};
+
+use async_trait::async_trait;
+use chrono::{DateTime, Utc};
+use sqlx::{postgres::PgPoolOptions, PgPool, Postgres, Row, Transaction};
+
+use super::{
+    apply_batch, corrupt, Applied, Batch, Envelope, LedgerTx, LevelWrite, PartitionOffset, Store, StoreError,
+    StoredLevel,
+};
+use crate::{
+    event::{EventId, LocationId, Movement, Sku, StockLevel},
+    ledger::rules::{CountMark, LevelKey, LevelState},
+};
+
+#[derive(Debug, Clone)]
+pub struct PostgresStore {
+    pool: PgPool,
+}
+
+impl PostgresStore {
+    /// Connects and runs the migrations under `migrations/postgres`.
+    pub async fn connect(url: &str, connections_max: u32) -> Result<Self, StoreError> {
+        let pool = PgPoolOptions::new()
+            .max_connections(connections_max)
+            .acquire_timeout(std::time::Duration::from_secs(5))
+            .connect(url)
+            .await?;
+        sqlx::migrate!("../migrations/postgres").run(&pool).await?;
+        Ok(Self { pool })
+    }
+
+    pub fn pool(&self) -> &PgPool {
+        &self.pool
+    }
+}
+
+#[async_trait]
+impl Store for PostgresStore {
+    async fn apply_batch(&self, batch: &Batch) -> Result<Applied, StoreError> {
+        let tx = self.pool.begin().await?;
+        apply_batch(Box::new(PgLedgerTx { tx }), batch).await
+    }
+
+    async fn consumer_offsets(&self, group_id: &str, topic: &str) -> Result<Vec<PartitionOffset>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT partition, next_offset FROM consumer_offsets WHERE group_id = $1 AND topic = $2 ORDER BY partition",
+        )
+        .bind(group_id)
+        .bind(topic)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter()
+            .map(|r| Ok(PartitionOffset { partition: r.try_get("partition")?, next_offset: r.try_get("next_offset")? }))
+            .collect()
+    }
+
+    async fn reset_consumer_offsets(&self, group_id: &str, topic: &str) -> Result<(), StoreError> {
+        sqlx::query("DELETE FROM consumer_offsets WHERE group_id = $1 AND topic = $2")
+            .bind(group_id)
+            .bind(topic)
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
+    async fn stock_by_sku(&self, sku: &Sku) -> Result<Vec<StockLevel>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT sku, location, on_hand, version, last_movement_at, last_event_id, last_count_at, updated_at
+             FROM stock_levels WHERE sku = $1 ORDER BY location",
+        )
+        .bind(sku.as_str())
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter().map(stock_level).collect()
+    }
+
+    async fn movement_count(&self) -> Result<i64, StoreError> {
+        Ok(sqlx::query_scalar("SELECT count(*) FROM movements").fetch_one(&self.pool).await?)
+    }
+
+    async fn ping(&self) -> Result<(), StoreError> {
+        sqlx::query("SELECT 1").execute(&self.pool).await?;
+        Ok(())
+    }
+}
+
+fn stock_level(row: &sqlx::postgres::PgRow) -> Result<StockLevel, StoreError> {
+    Ok(StockLevel {
+        sku: Sku::parse(row.try_get::<String, _>("sku")?).map_err(corrupt)?,
+        location: LocationId::parse(row.try_get::<String, _>("location")?).map_err(corrupt)?,
+        on_hand: row.try_get("on_hand")?,
+        version: row.try_get("version")?,
+        last_movement_at: row.try_get("last_movement_at")?,
+        last_event_id: EventId::parse(row.try_get::<String, _>("last_event_id")?).map_err(corrupt)?,
+        last_count_at: row.try_get("last_count_at")?,
+        updated_at: row.try_get("updated_at")?,
+    })
+}
+
+struct PgLedgerTx {
+    tx: Transaction<'static, Postgres>,
+}
+
+fn keys_as_columns<'a>(keys: impl Iterator<Item = &'a LevelKey>) -> (Vec<&'a str>, Vec<&'a str>) {
+    keys.map(|(s, l)| (s.as_str(), l.as_str())).unzip()
+}
+
+#[async_trait]
+impl LedgerTx for PgLedgerTx {
+    async fn insert_movements(&mut self, movements: &[&Envelope]) -> Result<HashSet<EventId>, StoreError> {
+        let n = movements.len();
+        let (mut ids, mut skus, mut locations, mut kinds) =
+            (Vec::with_capacity(n), Vec::with_capacity(n), Vec::with_capacity(n), Vec::with_capacity(n));
+        let (mut quantities, mut deltas, mut occurred, mut recorded) =
+            (Vec::with_capacity(n), Vec::with_capacity(n), Vec::with_capacity(n), Vec::with_capacity(n));
+        let (mut partitions, mut offsets, mut events) =
+            (Vec::with_capacity(n), Vec::with_capacity(n), Vec::with_capacity(n));
+        for e in movements {
+            let m = &e.movement;
+            ids.push(m.event_id.as_str());
+            skus.push(m.sku.as_str());
+            locations.push(m.location.as_str());
+            kinds.push(m.kind.as_str());
+            quantities.push(m.quantity);
+            deltas.push(m.delta());
+            occurred.push(m.occurred_at);
+            recorded.push(m.recorded_at);
+            partitions.push(e.partition);
+            offsets.push(e.offset);
+            events.push(serde_json::to_string(m).expect("a movement always serializes"));
+        }
+        let inserted: Vec<String> = sqlx::query_scalar(
+            "INSERT INTO movements (event_id, sku, location, kind, quantity, delta, occurred_at, recorded_at,
+                                    kafka_partition, kafka_offset, event)
+             SELECT id, sku, location, kind, quantity, delta, occurred_at, recorded_at, part, off, event::jsonb
+             FROM UNNEST($1::text[], $2::text[], $3::text[], $4::text[], $5::int8[], $6::int8[],
+                         $7::timestamptz[], $8::timestamptz[], $9::int4[], $10::int8[], $11::text[])
+                  AS t(id, sku, location, kind, quantity, delta, occurred_at, recorded_at, part, off, event)
+             ON CONFLICT (event_id) DO NOTHING
+             RETURNING event_id",
+        )
+        .bind(&ids)
+        .bind(&skus)
+        .bind(&locations)
+        .bind(&kinds)
+        .bind(&quantities)
+        .bind(&deltas)
+        .bind(&occurred)
+        .bind(&recorded)
+        .bind(&partitions)
+        .bind(&offsets)
+        .bind(&events)
+        .fetch_all(&mut *self.tx)
+        .await?;
+        inserted.into_iter().map(|id| EventId::parse(id).map_err(corrupt)).collect()
+    }
+
+    async fn load_levels(&mut self, keys: &[&LevelKey]) -> Result<HashMap<LevelKey, StoredLevel>, StoreError> {
+        let (skus, locations) = keys_as_columns(keys.iter().copied());
+        let rows = sqlx::query(
+            "SELECT s.sku, s.location, s.on_hand, s.version, s.last_movement_at, s.last_event_id,
+                    s.last_count_at, s.last_count_event_id
+             FROM stock_levels s
+             JOIN UNNEST($1::text[], $2::text[]) AS k(sku, location) USING (sku, location)",
+        )
+        .bind(&skus)
+        .bind(&locations)
+        .fetch_all(&mut *self.tx)
+        .await?;
+        rows.iter()
+            .map(|row| {
+                let key = (
+                    Sku::parse(row.try_get::<String, _>("sku")?).map_err(corrupt)?,
+                    LocationId::parse(row.try_get::<String, _>("location")?).map_err(corrupt)?,
+                );
+                let count_at: Option<DateTime<Utc>> = row.try_get("last_count_at")?;
+                let count_id: Option<String> = row.try_get("last_count_event_id")?;
+                let last_count = match (count_at, count_id) {
+                    (Some(at), Some(id)) => Some(CountMark { at, event_id: EventId::parse(id).map_err(corrupt)? }),
+                    _ => None,
+                };
+                let state = LevelState {
+                    on_hand: row.try_get("on_hand")?,
+                    last_movement_at: row.try_get("last_movement_at")?,
+                    last_event_id: EventId::parse(row.try_get::<String, _>("last_event_id")?).map_err(corrupt)?,
+                    last_count,
+                };
+                Ok((key, StoredLevel { state, version: row.try_get("version")? }))
+            })
+            .collect()
+    }
+
+    async fn recorded_later(
+        &mut self,
+        counts: &[&Movement],
+        batch_ids: &[&EventId],
+    ) -> Result<HashMap<EventId, i64>, StoreError> {
+        let ids: Vec<&str> = counts.iter().map(|m| m.event_id.as_str()).collect();
+        let skus: Vec<&str> = counts.iter().map(|m| m.sku.as_str()).collect();
+        let locations: Vec<&str> = counts.iter().map(|m| m.location.as_str()).collect();
+        let times: Vec<DateTime<Utc>> = counts.iter().map(|m| m.occurred_at).collect();
+        let exclude: Vec<&str> = batch_ids.iter().map(|id| id.as_str()).collect();
+        let rows = sqlx::query(
+            "SELECT c.id, COALESCE(SUM(m.delta), 0)::int8 AS later
+             FROM UNNEST($1::text[], $2::text[], $3::text[], $4::timestamptz[]) AS c(id, sku, location, at)
+             LEFT JOIN movements m
+               ON m.sku = c.sku AND m.location = c.location AND m.occurred_at > c.at
+              AND m.delta IS NOT NULL AND m.event_id <> ALL($5::text[])
+             GROUP BY c.id",
+        )
+        .bind(&ids)
+        .bind(&skus)
+        .bind(&locations)
+        .bind(&times)
+        .bind(&exclude)
+        .fetch_all(&mut *self.tx)
+        .await?;
+        rows.iter()
+            .map(|row| {
+                let id = EventId::parse(row.try_get::<String, _>("id")?).map_err(corrupt)?;
+                Ok((id, row.try_get("later")?))
+            })
+            .collect()
+    }
+
+    async fn write_levels(
+        &mut self,
+        writes: &[LevelWrite],
+        updated_at: DateTime<Utc>,
+    ) -> Result<HashSet<LevelKey>, StoreError> {
+        let (updates, inserts): (Vec<&LevelWrite>, Vec<&LevelWrite>) =
+            writes.iter().partition(|w| w.expected_version.is_some());
+        let mut written = HashSet::with_capacity(writes.len());
+        for (sql, group) in [(UPDATE_LEVELS, updates), (INSERT_LEVELS, inserts)] {
+            if group.is_empty() {
+                continue;
+            }
+            let (skus, locations) = keys_as_columns(group.iter().map(|w| &w.key));
+            let expected: Vec<i64> = group.iter().map(|w| w.expected_version.unwrap_or(0)).collect();
+            let on_hand: Vec<i64> = group.iter().map(|w| w.state.on_hand).collect();
+            let last_at: Vec<DateTime<Utc>> = group.iter().map(|w| w.state.last_movement_at).collect();
+            let last_id: Vec<&str> = group.iter().map(|w| w.state.last_event_id.as_str()).collect();
+            let count_at: Vec<Option<DateTime<Utc>>> =
+                group.iter().map(|w| w.state.last_count.as_ref().map(|c| c.at)).collect();
+            let count_id: Vec<Option<&str>> =
+                group.iter().map(|w| w.state.last_count.as_ref().map(|c| c.event_id.as_str())).collect();
+            let rows = sqlx::query(sql)
+                .bind(&skus)
+                .bind(&locations)
+                .bind(&expected)
+                .bind(&on_hand)
+                .bind(&last_at)
+                .bind(&last_id)
+                .bind(&count_at)
+                .bind(&count_id)
+                .bind(updated_at)
+                .fetch_all(&mut *self.tx)
+                .await?;
+            for row in rows {
+                written.insert((
+                    Sku::parse(row.try_get::<String, _>(0)?).map_err(corrupt)?,
+                    LocationId::parse(row.try_get::<String, _>(1)?).map_err(corrupt)?,
+                ));
+            }
+        }
+        Ok(written)
+    }
+
+    async fn mark_superseded(&mut self, event_ids: &[EventId]) -> Result<(), StoreError> {
+        let ids: Vec<&str> = event_ids.iter().map(|id| id.as_str()).collect();
+        sqlx::query("UPDATE movements SET effect = 'superseded' WHERE event_id = ANY($1::text[])")
+            .bind(&ids)
+            .execute(&mut *self.tx)
+            .await?;
+        Ok(())
+    }
+
+    async fn save_offsets(
+        &mut self,
+        group_id: &str,
+        topic: &str,
+        offsets: &[PartitionOffset],
+    ) -> Result<(), StoreError> {
+        let partitions: Vec<i32> = offsets.iter().map(|o| o.partition).collect();
+        let next: Vec<i64> = offsets.iter().map(|o| o.next_offset).collect();
+        sqlx::query(
+            "INSERT INTO consumer_offsets (group_id, topic, partition, next_offset)
+             SELECT $1, $2, p, o FROM UNNEST($3::int4[], $4::int8[]) AS t(p, o)
+             ON CONFLICT (group_id, topic, partition) DO UPDATE
+             SET next_offset = GREATEST(consumer_offsets.next_offset, EXCLUDED.next_offset), updated_at = now()",
+        )
+        .bind(group_id)
+        .bind(topic)
+        .bind(&partitions)
+        .bind(&next)
+        .execute(&mut *self.tx)
+        .await?;
+        Ok(())
+    }
+
+    async fn commit(self: Box<Self>) -> Result<(), StoreError> {
+        self.tx.commit().await?;
+        Ok(())
+    }
+}
+
+/// A row is written only if its version is still the one the batch read; the rows not
+/// returned lost the race and are planned again.
+const UPDATE_LEVELS: &str = "
+    UPDATE stock_levels s
+    SET on_hand = u.on_hand, version = s.version + 1, last_movement_at = u.last_at,
+        last_event_id = u.last_id, last_count_at = u.count_at, last_count_event_id = u.count_id,
+        updated_at = $9
+    FROM UNNEST($1::text[], $2::text[], $3::int8[], $4::int8[], $5::timestamptz[], $6::text[],
+                $7::timestamptz[], $8::text[])
+         AS u(sku, location, expected, on_hand, last_at, last_id, count_at, count_id)
+    WHERE s.sku = u.sku AND s.location = u.location AND s.version = u.expected
+    RETURNING s.sku, s.location";
+
+/// A new row is written only if no other writer created it first.
+const INSERT_LEVELS: &str = "
+    INSERT INTO stock_levels (sku, location, on_hand, version, last_movement_at, last_event_id,
+                              last_count_at, last_count_event_id, updated_at)
+    SELECT sku, location, on_hand, 1, last_at, last_id, count_at, count_id, $9
+    FROM UNNEST($1::text[], $2::text[], $3::int8[], $4::int8[], $5::timestamptz[], $6::text[],
+                $7::timestamptz[], $8::text[])
+         AS u(sku, location, expected, on_hand, last_at, last_id, count_at, count_id)
+    ON CONFLICT (sku, location) DO NOTHING
+    RETURNING sku, location";

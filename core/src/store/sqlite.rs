@@ -1,0 +1,305 @@
+//! The embedded store of `onhand dev`: one SQLite file in WAL mode. SQLite has one writer
+//! at a time (`BEGIN IMMEDIATE`), so its statements go row by row, which is fast in process.
+
+use std::{
+    collections::{HashMap, HashSet},
+    str::FromStr,
+    time::Duration,
+};
+
+use async_trait::async_trait;
+use chrono::{DateTime, Utc};
+use sqlx::{
+    sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteRow, SqliteSynchronous},
+    Row, Sqlite, SqlitePool, Transaction,
+};
+
+use super::{
+    apply_batch, corrupt, Applied, Batch, Envelope, LedgerTx, LevelWrite, PartitionOffset, Store, StoreError,
+    StoredLevel,
+};
+use crate::{
+    event::{EventId, LocationId, Movement, Sku, StockLevel},
+    ledger::rules::{CountMark, LevelKey, LevelState},
+};
+
+#[derive(Debug, Clone)]
+pub struct SqliteStore {
+    pool: SqlitePool,
+}
+
+impl SqliteStore {
+    /// Opens (creating when missing) the database file of `url` and runs the migrations
+    /// under `migrations/sqlite`.
+    pub async fn connect(url: &str) -> Result<Self, StoreError> {
+        let options = SqliteConnectOptions::from_str(url)?
+            .create_if_missing(true)
+            .journal_mode(SqliteJournalMode::Wal)
+            .synchronous(SqliteSynchronous::Normal)
+            .busy_timeout(Duration::from_secs(10));
+        let pool = SqlitePoolOptions::new().max_connections(4).connect_with(options).await?;
+        sqlx::migrate!("../migrations/sqlite").run(&pool).await?;
+        Ok(Self { pool })
+    }
+}
+
+fn micros(t: DateTime<Utc>) -> i64 {
+    t.timestamp_micros()
+}
+
+fn time(micros: i64) -> Result<DateTime<Utc>, StoreError> {
+    DateTime::from_timestamp_micros(micros).ok_or_else(|| corrupt(format!("time {micros} is out of range")))
+}
+
+fn time_at(row: &SqliteRow, column: &str) -> Result<DateTime<Utc>, StoreError> {
+    time(row.try_get(column)?)
+}
+
+fn key_at(row: &SqliteRow) -> Result<LevelKey, StoreError> {
+    Ok((
+        Sku::parse(row.try_get::<String, _>("sku")?).map_err(corrupt)?,
+        LocationId::parse(row.try_get::<String, _>("location")?).map_err(corrupt)?,
+    ))
+}
+
+#[async_trait]
+impl Store for SqliteStore {
+    async fn apply_batch(&self, batch: &Batch) -> Result<Applied, StoreError> {
+        let tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
+        apply_batch(Box::new(SqliteLedgerTx { tx }), batch).await
+    }
+
+    async fn consumer_offsets(&self, group_id: &str, topic: &str) -> Result<Vec<PartitionOffset>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT partition, next_offset FROM consumer_offsets WHERE group_id = ? AND topic = ? ORDER BY partition",
+        )
+        .bind(group_id)
+        .bind(topic)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter()
+            .map(|r| Ok(PartitionOffset { partition: r.try_get("partition")?, next_offset: r.try_get("next_offset")? }))
+            .collect()
+    }
+
+    async fn reset_consumer_offsets(&self, group_id: &str, topic: &str) -> Result<(), StoreError> {
+        sqlx::query("DELETE FROM consumer_offsets WHERE group_id = ? AND topic = ?")
+            .bind(group_id)
+            .bind(topic)
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
+    async fn stock_by_sku(&self, sku: &Sku) -> Result<Vec<StockLevel>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT sku, location, on_hand, version, last_movement_at, last_event_id, last_count_at, updated_at
+             FROM stock_levels WHERE sku = ? ORDER BY location",
+        )
+        .bind(sku.as_str())
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter()
+            .map(|row| {
+                let (sku, location) = key_at(row)?;
+                Ok(StockLevel {
+                    sku,
+                    location,
+                    on_hand: row.try_get("on_hand")?,
+                    version: row.try_get("version")?,
+                    last_movement_at: time_at(row, "last_movement_at")?,
+                    last_event_id: EventId::parse(row.try_get::<String, _>("last_event_id")?).map_err(corrupt)?,
+                    last_count_at: row.try_get::<Option<i64>, _>("last_count_at")?.map(time).transpose()?,
+                    updated_at: time_at(row, "updated_at")?,
+                })
+            })
+            .collect()
+    }
+
+    async fn movement_count(&self) -> Result<i64, StoreError> {
+        Ok(sqlx::query_scalar("SELECT count(*) FROM movements").fetch_one(&self.pool).await?)
+    }
+
+    async fn ping(&self) -> Result<(), StoreError> {
+        sqlx::query("SELECT 1").execute(&self.pool).await?;
+        Ok(())
+    }
+}
+
+struct SqliteLedgerTx {
+    tx: Transaction<'static, Sqlite>,
+}
+
+#[async_trait]
+impl LedgerTx for SqliteLedgerTx {
+    async fn insert_movements(&mut self, movements: &[&Envelope]) -> Result<HashSet<EventId>, StoreError> {
+        let now = micros(Utc::now());
+        let mut inserted = HashSet::with_capacity(movements.len());
+        for e in movements {
+            let m = &e.movement;
+            let done = sqlx::query(
+                "INSERT INTO movements (event_id, sku, location, kind, quantity, delta, occurred_at, recorded_at,
+                                        applied_at, kafka_partition, kafka_offset, event)
+                 VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
+                 ON CONFLICT (event_id) DO NOTHING",
+            )
+            .bind(m.event_id.as_str())
+            .bind(m.sku.as_str())
+            .bind(m.location.as_str())
+            .bind(m.kind.as_str())
+            .bind(m.quantity)
+            .bind(m.delta())
+            .bind(micros(m.occurred_at))
+            .bind(micros(m.recorded_at))
+            .bind(now)
+            .bind(e.partition)
+            .bind(e.offset)
+            .bind(serde_json::to_string(m).expect("a movement always serializes"))
+            .execute(&mut *self.tx)
+            .await?;
+            if done.rows_affected() == 1 {
+                inserted.insert(m.event_id.clone());
+            }
+        }
+        Ok(inserted)
+    }
+
+    async fn load_levels(&mut self, keys: &[&LevelKey]) -> Result<HashMap<LevelKey, StoredLevel>, StoreError> {
+        let mut levels = HashMap::with_capacity(keys.len());
+        for (sku, location) in keys {
+            let row = sqlx::query(
+                "SELECT sku, location, on_hand, version, last_movement_at, last_event_id, last_count_at, last_count_event_id
+                 FROM stock_levels WHERE sku = ? AND location = ?",
+            )
+            .bind(sku.as_str())
+            .bind(location.as_str())
+            .fetch_optional(&mut *self.tx)
+            .await?;
+            let Some(row) = row else { continue };
+            let last_count = match (
+                row.try_get::<Option<i64>, _>("last_count_at")?,
+                row.try_get::<Option<String>, _>("last_count_event_id")?,
+            ) {
+                (Some(at), Some(id)) => {
+                    Some(CountMark { at: time(at)?, event_id: EventId::parse(id).map_err(corrupt)? })
+                }
+                _ => None,
+            };
+            let state = LevelState {
+                on_hand: row.try_get("on_hand")?,
+                last_movement_at: time_at(&row, "last_movement_at")?,
+                last_event_id: EventId::parse(row.try_get::<String, _>("last_event_id")?).map_err(corrupt)?,
+                last_count,
+            };
+            levels.insert(key_at(&row)?, StoredLevel { state, version: row.try_get("version")? });
+        }
+        Ok(levels)
+    }
+
+    async fn recorded_later(
+        &mut self,
+        counts: &[&Movement],
+        batch_ids: &[&EventId],
+    ) -> Result<HashMap<EventId, i64>, StoreError> {
+        let batch: HashSet<&str> = batch_ids.iter().map(|id| id.as_str()).collect();
+        let mut sums = HashMap::with_capacity(counts.len());
+        for count in counts {
+            let rows = sqlx::query(
+                "SELECT event_id, delta FROM movements
+                 WHERE sku = ? AND location = ? AND occurred_at > ? AND delta IS NOT NULL",
+            )
+            .bind(count.sku.as_str())
+            .bind(count.location.as_str())
+            .bind(micros(count.occurred_at))
+            .fetch_all(&mut *self.tx)
+            .await?;
+            let mut sum = 0i64;
+            for row in rows {
+                if !batch.contains(row.try_get::<&str, _>("event_id")?) {
+                    sum += row.try_get::<i64, _>("delta")?;
+                }
+            }
+            sums.insert(count.event_id.clone(), sum);
+        }
+        Ok(sums)
+    }
+
+    async fn write_levels(
+        &mut self,
+        writes: &[LevelWrite],
+        updated_at: DateTime<Utc>,
+    ) -> Result<HashSet<LevelKey>, StoreError> {
+        let mut written = HashSet::with_capacity(writes.len());
+        for w in writes {
+            let sql = match w.expected_version {
+                Some(_) => {
+                    "UPDATE stock_levels
+                     SET on_hand = ?3, version = version + 1, last_movement_at = ?4, last_event_id = ?5,
+                         last_count_at = ?6, last_count_event_id = ?7, updated_at = ?8
+                     WHERE sku = ?1 AND location = ?2 AND version = ?9"
+                }
+                None => {
+                    "INSERT INTO stock_levels (sku, location, on_hand, version, last_movement_at, last_event_id,
+                                               last_count_at, last_count_event_id, updated_at)
+                     VALUES (?1, ?2, ?3, 1, ?4, ?5, ?6, ?7, ?8)
+                     ON CONFLICT (sku, location) DO NOTHING"
+                }
+            };
+            let done = sqlx::query(sql)
+                .bind(w.key.0.as_str())
+                .bind(w.key.1.as_str())
+                .bind(w.state.on_hand)
+                .bind(micros(w.state.last_movement_at))
+                .bind(w.state.last_event_id.as_str())
+                .bind(w.state.last_count.as_ref().map(|c| micros(c.at)))
+                .bind(w.state.last_count.as_ref().map(|c| c.event_id.as_str()))
+                .bind(micros(updated_at))
+                .bind(w.expected_version)
+                .execute(&mut *self.tx)
+                .await?;
+            if done.rows_affected() == 1 {
+                written.insert(w.key.clone());
+            }
+        }
+        Ok(written)
+    }
+
+    async fn mark_superseded(&mut self, event_ids: &[EventId]) -> Result<(), StoreError> {
+        for id in event_ids {
+            sqlx::query("UPDATE movements SET effect = 'superseded' WHERE event_id = ?")
+                .bind(id.as_str())
+                .execute(&mut *self.tx)
+                .await?;
+        }
+        Ok(())
+    }
+
+    async fn save_offsets(
+        &mut self,
+        group_id: &str,
+        topic: &str,
+        offsets: &[PartitionOffset],
+    ) -> Result<(), StoreError> {
+        for o in offsets {
+            sqlx::query(
+                "INSERT INTO consumer_offsets (group_id, topic, partition, next_offset, updated_at)
+                 VALUES (?, ?, ?, ?, ?)
+                 ON CONFLICT (group_id, topic, partition) DO UPDATE
+                 SET next_offset = max(next_offset, excluded.next_offset), updated_at = excluded.updated_at",
+            )
+            .bind(group_id)
+            .bind(topic)
+            .bind(o.partition)
+            .bind(o.next_offset)
+            .bind(micros(Utc::now()))
+            .execute(&mut *self.tx)
+            .await?;
+        }
+        Ok(())
+    }
+
+    async fn commit(self: Box<Self>) -> Result<(), StoreError> {
+        self.tx.commit().await?;
+        Ok(())
+    }
+}

@@ -1,0 +1,180 @@
+//! The contract every store keeps, run on SQLite and on PostgreSQL.
+
+use std::sync::Arc;
+
+use super::*;
+use crate::{
+    event::MovementKind::{self, *},
+    testing::{at, fresh_postgres_url, movement},
+};
+
+fn envelope(id: &str, location: &str, kind: MovementKind, quantity: i64, second: i64) -> Envelope {
+    Envelope { movement: movement(id, "SKU-1", location, kind, quantity, at(second)), partition: 0, offset: 0 }
+}
+
+fn batch(movements: Vec<Envelope>, next_offset: i64) -> Batch {
+    Batch {
+        group_id: "ledger".into(),
+        topic: "movements".into(),
+        movements,
+        offsets: vec![PartitionOffset { partition: 0, next_offset }],
+    }
+}
+
+async fn on_hand(store: &dyn Store, location: &str) -> Option<i64> {
+    let levels = store.stock_by_sku(&Sku::parse("SKU-1").unwrap()).await.unwrap();
+    levels.iter().find(|l| l.location.as_str() == location).map(|l| l.on_hand)
+}
+
+async fn deltas_are_applied_and_levels_returned(store: Arc<dyn Store>) {
+    let applied = store
+        .apply_batch(&batch(
+            vec![
+                envelope("a", "s1", Receipt, 10, 0),
+                envelope("b", "s1", Sale, 3, 1),
+                envelope("c", "s2", Receipt, 4, 2),
+            ],
+            3,
+        ))
+        .await
+        .unwrap();
+    assert_eq!((applied.applied, applied.duplicates, applied.superseded), (3, 0, 0));
+    let mut levels: Vec<(String, i64, i64)> =
+        applied.levels.iter().map(|l| (l.location.to_string(), l.on_hand, l.version)).collect();
+    levels.sort();
+    assert_eq!(levels, vec![("s1".into(), 7, 1), ("s2".into(), 4, 1)]);
+
+    let stored = store.stock_by_sku(&Sku::parse("SKU-1").unwrap()).await.unwrap();
+    assert_eq!(stored.len(), 2);
+    assert_eq!(stored[0].last_event_id.as_str(), "b");
+    assert_eq!(stored[0].last_movement_at, at(1));
+    assert_eq!(store.movement_count().await.unwrap(), 3);
+}
+
+async fn a_movement_delivered_three_times_counts_once(store: Arc<dyn Store>) {
+    let first = store.apply_batch(&batch(vec![envelope("a", "s1", Receipt, 5, 0)], 1)).await.unwrap();
+    let again = store
+        .apply_batch(&batch(vec![envelope("a", "s1", Receipt, 5, 0), envelope("a", "s1", Receipt, 5, 0)], 3))
+        .await
+        .unwrap();
+    assert_eq!((first.applied, again.applied, again.duplicates), (1, 0, 2));
+    assert!(again.levels.is_empty(), "a duplicate changes no level");
+    assert_eq!(on_hand(&*store, "s1").await, Some(5));
+    assert_eq!(store.movement_count().await.unwrap(), 1);
+}
+
+async fn a_batch_applied_twice_equals_it_applied_once(store: Arc<dyn Store>) {
+    let movements = vec![
+        envelope("a", "s1", Receipt, 10, 0),
+        envelope("b", "s1", Count, 4, 5),
+        envelope("c", "s1", Sale, 1, 3),
+        envelope("d", "s2", Adjustment, -2, 1),
+    ];
+    store.apply_batch(&batch(movements.clone(), 4)).await.unwrap();
+    let before = store.stock_by_sku(&Sku::parse("SKU-1").unwrap()).await.unwrap();
+    let replay = store.apply_batch(&batch(movements, 4)).await.unwrap();
+    assert_eq!(replay.duplicates, 4);
+    assert_eq!(store.stock_by_sku(&Sku::parse("SKU-1").unwrap()).await.unwrap(), before);
+    assert_eq!(on_hand(&*store, "s1").await, Some(4));
+    assert_eq!(on_hand(&*store, "s2").await, Some(-2));
+}
+
+async fn offsets_are_saved_and_never_go_back(store: Arc<dyn Store>) {
+    assert!(store.consumer_offsets("ledger", "movements").await.unwrap().is_empty());
+    store.apply_batch(&batch(vec![envelope("a", "s1", Receipt, 1, 0)], 42)).await.unwrap();
+    // A late batch from a consumer that lost the partition must not rewind it.
+    store.apply_batch(&batch(vec![], 7)).await.unwrap();
+    let offsets = store.consumer_offsets("ledger", "movements").await.unwrap();
+    assert_eq!(offsets, vec![PartitionOffset { partition: 0, next_offset: 42 }]);
+    assert!(store.consumer_offsets("other-group", "movements").await.unwrap().is_empty());
+    store.reset_consumer_offsets("ledger", "movements").await.unwrap();
+    assert!(store.consumer_offsets("ledger", "movements").await.unwrap().is_empty());
+}
+
+async fn the_count_rule_holds_across_batches(store: Arc<dyn Store>) {
+    // A sale at t=20 arrives first; the count taken at t=10 arrives later and keeps it.
+    store.apply_batch(&batch(vec![envelope("sale-20", "s1", Sale, 2, 20)], 1)).await.unwrap();
+    store.apply_batch(&batch(vec![envelope("count-10", "s1", Count, 50, 10)], 2)).await.unwrap();
+    assert_eq!(on_hand(&*store, "s1").await, Some(48));
+    // A receipt that occurred before the count is recorded but changes nothing.
+    let late = store.apply_batch(&batch(vec![envelope("receipt-5", "s1", Receipt, 9, 5)], 3)).await.unwrap();
+    assert_eq!((late.applied, late.superseded), (0, 1));
+    assert_eq!(on_hand(&*store, "s1").await, Some(48));
+    // An older count changes nothing; a newer one sets the level.
+    store.apply_batch(&batch(vec![envelope("count-1", "s1", Count, 1, 1)], 4)).await.unwrap();
+    assert_eq!(on_hand(&*store, "s1").await, Some(48));
+    store
+        .apply_batch(&batch(vec![envelope("sale-40", "s1", Sale, 5, 40), envelope("count-30", "s1", Count, 30, 30)], 6))
+        .await
+        .unwrap();
+    assert_eq!(on_hand(&*store, "s1").await, Some(25));
+    let level = &store.stock_by_sku(&Sku::parse("SKU-1").unwrap()).await.unwrap()[0];
+    assert_eq!(level.last_count_at, Some(at(30)));
+}
+
+async fn two_writers_on_one_row_lose_no_update(store: Arc<dyn Store>) {
+    let writer = |name: &'static str| {
+        let store = Arc::clone(&store);
+        tokio::spawn(async move {
+            let mut conflicts = 0;
+            for i in 0..100 {
+                let e = envelope(&format!("{name}-{i}"), "s1", Receipt, 1, i);
+                let mut b = batch(vec![e], 1);
+                b.group_id = name.into();
+                loop {
+                    match store.apply_batch(&b).await {
+                        Ok(applied) => {
+                            conflicts += applied.conflicts_retried;
+                            break;
+                        }
+                        Err(e) if e.is_retryable() => continue,
+                        Err(e) => panic!("{e}"),
+                    }
+                }
+            }
+            conflicts
+        })
+    };
+    let (a, b) = (writer("a"), writer("b"));
+    let _conflicts = a.await.unwrap() + b.await.unwrap();
+    assert_eq!(on_hand(&*store, "s1").await, Some(200));
+    let level = &store.stock_by_sku(&Sku::parse("SKU-1").unwrap()).await.unwrap()[0];
+    assert_eq!(level.version, 200, "every write bumps the version once");
+}
+
+macro_rules! contract {
+    ($backend:ident, $open:expr) => {
+        mod $backend {
+            use super::*;
+            contract!(@each $open;
+                deltas_are_applied_and_levels_returned,
+                a_movement_delivered_three_times_counts_once,
+                a_batch_applied_twice_equals_it_applied_once,
+                offsets_are_saved_and_never_go_back,
+                the_count_rule_holds_across_batches,
+                two_writers_on_one_row_lose_no_update);
+        }
+    };
+    (@each $open:expr; $($case:ident),*) => {
+        $(
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn $case() {
+                let (store, _dir) = $open.await;
+                super::$case(store).await;
+            }
+        )*
+    };
+}
+
+async fn open_sqlite() -> (Arc<dyn Store>, tempfile::TempDir) {
+    let dir = tempfile::tempdir().unwrap();
+    let url = format!("sqlite://{}", dir.path().join("onhand.db").display());
+    (open(&url, 4).await.unwrap(), dir)
+}
+
+async fn open_postgres() -> (Arc<dyn Store>, ()) {
+    (open(&fresh_postgres_url().await, 8).await.unwrap(), ())
+}
+
+contract!(sqlite, open_sqlite());
+contract!(postgres, open_postgres());

@@ -1,0 +1,114 @@
+//! Every metric of onhand, defined in one place, named `onhand_<component>_<noun>_<unit>`.
+//! Labels come from small fixed sets (reject codes, partitions, outcomes), never from SKUs
+//! or error text. Each [`Metrics`] has its own registry, so several instances can live in
+//! one process (as they do in tests).
+
+use prometheus::{
+    exponential_buckets, Encoder, Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGaugeVec, Opts, Registry,
+    TextEncoder,
+};
+
+#[derive(Debug, Clone)]
+pub struct Metrics {
+    registry: Registry,
+    pub ledger_movements_applied_total: IntCounter,
+    pub ledger_movements_superseded_total: IntCounter,
+    pub ledger_duplicates_skipped_total: IntCounter,
+    pub ledger_conflicts_retried_total: IntCounter,
+    pub ledger_batch_retries_total: IntCounter,
+    pub ledger_dlq_records_total: IntCounterVec,
+    pub ledger_batch_size_movements: Histogram,
+    pub ledger_apply_duration_seconds: Histogram,
+    pub ledger_consumer_lag_messages: IntGaugeVec,
+    pub ledger_stock_publish_failures_total: IntCounter,
+    pub api_movements_total: IntCounterVec,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Metrics {
+    pub fn new() -> Self {
+        let registry = Registry::new();
+        let counter = |name: &str, help: &str| {
+            let c = IntCounter::new(name, help).expect("a valid metric");
+            registry.register(Box::new(c.clone())).expect("a metric registered once");
+            c
+        };
+        let counter_vec = |name: &str, help: &str, labels: &[&str]| {
+            let c = IntCounterVec::new(Opts::new(name, help), labels).expect("a valid metric");
+            registry.register(Box::new(c.clone())).expect("a metric registered once");
+            c
+        };
+        let histogram = |name: &str, help: &str, buckets: Vec<f64>| {
+            let h = Histogram::with_opts(HistogramOpts::new(name, help).buckets(buckets)).expect("a valid metric");
+            registry.register(Box::new(h.clone())).expect("a metric registered once");
+            h
+        };
+        let lag = IntGaugeVec::new(
+            Opts::new("onhand_ledger_consumer_lag_messages", "Movements on a partition not applied yet."),
+            &["partition"],
+        )
+        .expect("a valid metric");
+        registry.register(Box::new(lag.clone())).expect("a metric registered once");
+
+        Self {
+            ledger_movements_applied_total: counter(
+                "onhand_ledger_movements_applied_total",
+                "Movements that changed a stock level.",
+            ),
+            ledger_movements_superseded_total: counter(
+                "onhand_ledger_movements_superseded_total",
+                "Movements recorded without changing a level because a newer count covers them.",
+            ),
+            ledger_duplicates_skipped_total: counter(
+                "onhand_ledger_duplicates_skipped_total",
+                "Movements skipped because their event_id was already recorded.",
+            ),
+            ledger_conflicts_retried_total: counter(
+                "onhand_ledger_conflicts_retried_total",
+                "Stock level writes that lost an optimistic-concurrency check and were redone.",
+            ),
+            ledger_batch_retries_total: counter(
+                "onhand_ledger_batch_retries_total",
+                "Batches whose transaction failed and was retried.",
+            ),
+            ledger_dlq_records_total: counter_vec(
+                "onhand_ledger_dlq_records_total",
+                "Records sent to the dead-letter topic, by reject code.",
+                &["reason"],
+            ),
+            ledger_batch_size_movements: histogram(
+                "onhand_ledger_batch_size_movements",
+                "Records per applied batch.",
+                exponential_buckets(1.0, 4.0, 9).expect("valid buckets"),
+            ),
+            ledger_apply_duration_seconds: histogram(
+                "onhand_ledger_apply_duration_seconds",
+                "Time to apply one batch in the database, commit included.",
+                exponential_buckets(0.000_5, 2.0, 16).expect("valid buckets"),
+            ),
+            ledger_consumer_lag_messages: lag,
+            ledger_stock_publish_failures_total: counter(
+                "onhand_ledger_stock_publish_failures_total",
+                "Stock levels that could not be published to the stock topic.",
+            ),
+            api_movements_total: counter_vec(
+                "onhand_api_movements_total",
+                "Movements posted to the HTTP API, by outcome (accepted, rejected, failed).",
+                &["outcome"],
+            ),
+            registry,
+        }
+    }
+
+    /// The Prometheus text exposition of every metric.
+    pub fn render(&self) -> String {
+        let mut out = Vec::new();
+        TextEncoder::new().encode(&self.registry.gather(), &mut out).expect("the text encoder writes to memory");
+        String::from_utf8(out).expect("the text format is UTF-8")
+    }
+}

@@ -1,0 +1,75 @@
+//! Helpers for tests that run against the real servers started by `scripts/test`:
+//! a fresh PostgreSQL database and unique Kafka topic names per test.
+
+use std::{
+    env,
+    sync::atomic::{AtomicU32, Ordering},
+};
+
+use chrono::{DateTime, TimeZone, Utc};
+use sqlx::{Connection, PgConnection};
+
+use crate::event::{EventId, LocationId, Movement, MovementKind, Sku, Source, SourceSystem};
+
+/// The PostgreSQL server of the test suite: an admin URL whose database may be replaced.
+pub fn postgres_admin_url() -> String {
+    env::var("ONHAND_TEST_DATABASE_URL")
+        .expect("ONHAND_TEST_DATABASE_URL is not set: run the suite with scripts/test, which starts PostgreSQL")
+}
+
+/// The Kafka-protocol broker of the test suite.
+pub fn kafka_brokers() -> String {
+    env::var("ONHAND_TEST_KAFKA_BROKERS")
+        .expect("ONHAND_TEST_KAFKA_BROKERS is not set: run the suite with scripts/test, which starts the broker")
+}
+
+/// A name no other test of any process uses, for databases, topics and consumer groups.
+pub fn unique_name(prefix: &str) -> String {
+    static NEXT: AtomicU32 = AtomicU32::new(0);
+    format!(
+        "{prefix}_{}_{}_{}",
+        std::process::id(),
+        NEXT.fetch_add(1, Ordering::Relaxed),
+        uuid::Uuid::new_v4().simple().to_string().get(..8).unwrap_or_default()
+    )
+}
+
+/// Creates an empty database for one test and returns its URL.
+pub async fn fresh_postgres_url() -> String {
+    let admin = postgres_admin_url();
+    let name = unique_name("onhand_test");
+    let mut conn = PgConnection::connect(&admin).await.expect("connect to the test PostgreSQL server");
+    sqlx::query(&format!("CREATE DATABASE {name}")).execute(&mut conn).await.expect("create a test database");
+    let base = admin.rsplit_once('/').map_or(admin.as_str(), |(base, _)| base);
+    format!("{base}/{name}")
+}
+
+/// A fixed instant plus `seconds`, for movements whose order in time matters.
+pub fn at(seconds: i64) -> DateTime<Utc> {
+    Utc.with_ymd_and_hms(2026, 11, 20, 9, 0, 0).single().expect("a valid date") + chrono::Duration::seconds(seconds)
+}
+
+/// A valid movement from the API source.
+pub fn movement(
+    event_id: &str,
+    sku: &str,
+    location: &str,
+    kind: MovementKind,
+    quantity: i64,
+    occurred_at: DateTime<Utc>,
+) -> Movement {
+    Movement {
+        event_id: EventId::parse(event_id).expect("a valid test event id"),
+        source: Source { system: SourceSystem::Api, instance: "test".into(), reference: event_id.into() },
+        sku: Sku::parse(sku).expect("a valid test sku"),
+        location: LocationId::parse(location).expect("a valid test location"),
+        kind,
+        quantity,
+        occurred_at,
+        recorded_at: occurred_at,
+        actor: None,
+        reason: None,
+        correlation_id: None,
+        attributes: Default::default(),
+    }
+}

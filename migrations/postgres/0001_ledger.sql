@@ -1,0 +1,47 @@
+-- The ledger: an append-only log of movements, the stock levels they produce, and the
+-- ledger consumer's Kafka offsets, all written in one transaction per batch.
+
+CREATE TABLE movements (
+    event_id        TEXT PRIMARY KEY,
+    sku             TEXT NOT NULL,
+    location        TEXT NOT NULL,
+    kind            TEXT NOT NULL,
+    quantity        BIGINT NOT NULL,
+    -- The signed change to on_hand; NULL for a count, which sets it instead.
+    delta           BIGINT,
+    occurred_at     TIMESTAMPTZ NOT NULL,
+    recorded_at     TIMESTAMPTZ NOT NULL,
+    applied_at      TIMESTAMPTZ NOT NULL DEFAULT now(),
+    -- 'applied', or 'superseded' when a count made it irrelevant (docs/consistency.md).
+    effect          TEXT NOT NULL DEFAULT 'applied',
+    kafka_partition INTEGER NOT NULL,
+    kafka_offset    BIGINT NOT NULL,
+    -- The whole event as received, for audit and replay.
+    event           JSONB NOT NULL
+);
+
+-- The count rule sums the deltas of one level that occurred after a count.
+CREATE INDEX movements_level_time ON movements (sku, location, occurred_at);
+
+CREATE TABLE stock_levels (
+    sku                 TEXT NOT NULL,
+    location            TEXT NOT NULL,
+    on_hand             BIGINT NOT NULL,
+    -- Compared and incremented by every write (optimistic concurrency).
+    version             BIGINT NOT NULL,
+    last_movement_at    TIMESTAMPTZ NOT NULL,
+    last_event_id       TEXT NOT NULL,
+    last_count_at       TIMESTAMPTZ,
+    last_count_event_id TEXT,
+    updated_at          TIMESTAMPTZ NOT NULL,
+    PRIMARY KEY (sku, location)
+);
+
+CREATE TABLE consumer_offsets (
+    group_id    TEXT NOT NULL,
+    topic       TEXT NOT NULL,
+    partition   INTEGER NOT NULL,
+    next_offset BIGINT NOT NULL,
+    updated_at  TIMESTAMPTZ NOT NULL DEFAULT now(),
+    PRIMARY KEY (group_id, topic, partition)
+);

@@ -1,0 +1,230 @@
+//! Starting and stopping onhand: the store, Kafka topics, the ledger, the connectors and
+//! the HTTP API, in that order, all stopped by one shutdown token.
+
+use std::{net::SocketAddr, path::Path, sync::Arc, time::Duration};
+
+use onhand_connectors::{registry, ConnectorContext};
+use onhand_core::{
+    api::{self, ApiState},
+    config::Config,
+    kafka::{self, EmbeddedKafka, KafkaSetupError},
+    ledger::{self, FaultInjection, LedgerError, LedgerHandle},
+    store::{self, Store, StoreError},
+    telemetry::Metrics,
+};
+use rdkafka::{
+    error::KafkaError,
+    producer::{FutureProducer, Producer},
+    types::RDKafkaErrorCode,
+};
+use tokio::{net::TcpListener, task::JoinHandle};
+use tokio_util::sync::CancellationToken;
+use tracing::{error, info};
+
+/// Why onhand refused to start; each message names the dependency and what to check.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error(transparent)]
+    Config(#[from] onhand_core::config::ConfigError),
+    #[error("database {url} is unreachable or refused the migrations: {source}")]
+    Database { url: String, source: StoreError },
+    #[error("kafka brokers {brokers} are unreachable: {source}")]
+    KafkaUnreachable { brokers: String, source: KafkaError },
+    #[error(transparent)]
+    KafkaSetup(#[from] KafkaSetupError),
+    #[error("kafka: {0}")]
+    Kafka(#[from] KafkaError),
+    #[error(transparent)]
+    Ledger(#[from] LedgerError),
+    #[error("cannot listen on {addr}: {source}")]
+    Bind { addr: SocketAddr, source: std::io::Error },
+}
+
+/// Test hooks; production starts with the default.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct StartOptions {
+    pub faults: FaultInjection,
+}
+
+/// A running onhand.
+#[derive(Debug)]
+pub struct App {
+    pub local_addr: SocketAddr,
+    pub config: Config,
+    pub metrics: Metrics,
+    pub store: Arc<dyn Store>,
+    shutdown: CancellationToken,
+    ledger: Option<LedgerHandle>,
+    tasks: Vec<JoinHandle<()>>,
+    server: JoinHandle<std::io::Result<()>>,
+    _embedded: Option<EmbeddedKafka>,
+}
+
+impl App {
+    /// `onhand serve`: connects to the configured Kafka cluster and PostgreSQL, creates
+    /// missing topics and runs the migrations; refuses to start when either is unreachable.
+    pub async fn serve(config: Config, options: StartOptions) -> Result<App, StartError> {
+        config.check()?;
+        let store = open_store(&config).await?;
+        let producer = kafka::producer(&config.kafka)?;
+        check_brokers(&config, &producer).await?;
+        tokio::time::timeout(Duration::from_secs(30), kafka::ensure_topics(&config.kafka)).await.map_err(|_| {
+            StartError::KafkaUnreachable {
+                brokers: config.kafka.brokers.clone(),
+                source: KafkaError::AdminOpCreation("creating topics timed out".into()),
+            }
+        })??;
+        Self::start(config, store, producer, None, options).await
+    }
+
+    /// `onhand dev`: Kafka in process (librdkafka's mock cluster), an SQLite file in
+    /// `data_dir`, and everything else as in production.
+    pub async fn dev(listen: SocketAddr, data_dir: &Path) -> Result<App, StartError> {
+        std::fs::create_dir_all(data_dir).map_err(|source| StartError::Database {
+            url: data_dir.display().to_string(),
+            source: StoreError::Database(sqlx::Error::Io(source)),
+        })?;
+        let mut config = Config::default();
+        config.http.listen = listen;
+        config.database.url = format!("sqlite://{}", data_dir.join("onhand.db").display());
+        let topics = &config.kafka.topics;
+        let embedded = EmbeddedKafka::start(&[&topics.movements, &topics.stock, &topics.dlq], config.kafka.partitions)?;
+        config.kafka.brokers = embedded.brokers().to_string();
+        let store = open_store(&config).await?;
+        // The embedded Kafka starts empty every run, so offsets saved by an earlier run
+        // point nowhere; the movements that run applied stay recorded in SQLite.
+        store
+            .reset_consumer_offsets(&config.ledger.group_id, &config.kafka.topics.movements)
+            .await
+            .map_err(|source| StartError::Database { url: config.database.url.clone(), source })?;
+        let producer = kafka::producer(&config.kafka)?;
+        Self::start(config, store, producer, Some(embedded), StartOptions::default()).await
+    }
+
+    async fn start(
+        config: Config,
+        store: Arc<dyn Store>,
+        producer: FutureProducer,
+        embedded: Option<EmbeddedKafka>,
+        options: StartOptions,
+    ) -> Result<App, StartError> {
+        let shutdown = CancellationToken::new();
+        let metrics = Metrics::new();
+        let ledger = if config.ledger.enabled {
+            Some(ledger::spawn(
+                &config.kafka,
+                &config.ledger,
+                Arc::clone(&store),
+                metrics.clone(),
+                shutdown.child_token(),
+                options.faults,
+            )?)
+        } else {
+            None
+        };
+
+        let context = ConnectorContext {
+            producer: producer.clone(),
+            topics: config.kafka.topics.clone(),
+            shutdown: shutdown.child_token(),
+            metrics: metrics.clone(),
+        };
+        let mut router = api::router(ApiState {
+            store: Arc::clone(&store),
+            producer,
+            topics: config.kafka.topics.clone(),
+            metrics: metrics.clone(),
+            http: config.http.clone(),
+            produce_timeout_ms: config.kafka.produce_timeout_ms,
+        });
+        let mut tasks = Vec::new();
+        for connector in registry(&config) {
+            if let Some(routes) = connector.routes(&context) {
+                router = router.merge(routes);
+            }
+            let context = context.clone();
+            tasks.push(tokio::spawn(async move {
+                let name = connector.name();
+                if let Err(e) = connector.run(context).await {
+                    error!(connector = name, error = %e, "connector stopped");
+                }
+            }));
+        }
+
+        let addr = config.http.listen;
+        let listener = TcpListener::bind(addr).await.map_err(|source| StartError::Bind { addr, source })?;
+        let local_addr = listener.local_addr().map_err(|source| StartError::Bind { addr, source })?;
+        let server = tokio::spawn(api::serve(listener, router, shutdown.child_token()));
+        info!(%local_addr, "http api listening");
+        Ok(App { local_addr, config, metrics, store, shutdown, ledger, tasks, server, _embedded: embedded })
+    }
+
+    pub fn ledger(&self) -> Option<&LedgerHandle> {
+        self.ledger.as_ref()
+    }
+
+    /// Fires when a component stopped on its own (the ledger died, the server failed).
+    pub async fn failed(&self) {
+        loop {
+            let ledger_done = self.ledger.as_ref().is_some_and(LedgerHandle::is_finished);
+            if ledger_done || self.server.is_finished() {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+
+    /// Stops every component and waits for them; the ledger's result tells whether it
+    /// had stopped on an error before.
+    pub async fn stop(self) -> Result<(), LedgerError> {
+        self.shutdown.cancel();
+        for task in self.tasks {
+            let _ = task.await;
+        }
+        let _ = self.server.await;
+        match self.ledger {
+            Some(ledger) => ledger.join().await,
+            None => Ok(()),
+        }
+    }
+}
+
+async fn open_store(config: &Config) -> Result<Arc<dyn Store>, StartError> {
+    let url = &config.database.url;
+    store::open(url, config.database.connections_max)
+        .await
+        .map_err(|source| StartError::Database { url: redact(url), source })
+}
+
+/// Asks the brokers for metadata, so that a wrong address fails at start, not later.
+async fn check_brokers(config: &Config, producer: &FutureProducer) -> Result<(), StartError> {
+    let producer = producer.clone();
+    let probe = tokio::task::spawn_blocking(move || {
+        producer.client().fetch_metadata(None, Duration::from_secs(10)).map(|_| ())
+    });
+    probe
+        .await
+        .unwrap_or(Err(KafkaError::MetadataFetch(RDKafkaErrorCode::Fail)))
+        .map_err(|source| StartError::KafkaUnreachable { brokers: config.kafka.brokers.clone(), source })
+}
+
+/// The URL without its password, for messages.
+fn redact(url: &str) -> String {
+    match (url.find("://"), url.rfind('@')) {
+        (Some(scheme_end), Some(at)) if at > scheme_end => {
+            let credentials = &url[scheme_end + 3..at];
+            let user = credentials.split(':').next().unwrap_or_default();
+            format!("{}{user}:***{}", &url[..scheme_end + 3], &url[at..])
+        }
+        _ => url.to_string(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn passwords_are_not_shown() {
+        assert_eq!(super::redact("postgres://u:secret@h:5432/db"), "postgres://u:***@h:5432/db");
+        assert_eq!(super::redact("sqlite:///tmp/x.db"), "sqlite:///tmp/x.db");
+    }
+}

@@ -1,0 +1,7 @@
+//! The onhand process: wires the engine (`onhand-core`) and the connectors
+//! (`onhand-connectors`) into the two ways of running it.
+//!
+//! - [`app`]: starts and stops every component: `onhand serve` (Kafka cluster and
+//!   PostgreSQL) and `onhand dev` (embedded Kafka and SQLite, nothing to install).
+
+pub mod app;

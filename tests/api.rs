@@ -1,0 +1,124 @@
+//! The HTTP API of `onhand serve` against the real broker and PostgreSQL: what a client
+//! sees for good and bad input.
+
+mod common;
+
+use common::*;
+use serde_json::{json, Value};
+
+fn item(id: &str, sku: &str, kind: &str, quantity: i64) -> Value {
+    json!({
+        "event_id": id,
+        "source": { "system": "api", "instance": "test", "ref": id },
+        "sku": sku,
+        "location": "store-7",
+        "kind": kind,
+        "quantity": quantity,
+        "occurred_at": "2026-11-20T10:00:00Z"
+    })
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn posted_movements_are_acknowledged_then_applied_and_readable() {
+    let config = test_config(3).await;
+    let app = serve(&config).await;
+    let body = json!([item("api-1", "SKU-H", "receipt", 12), item("api-2", "SKU-H", "sale", 5)]);
+    let (status, answer) = http_post(app.local_addr, "/v1/movements", "application/json", body.to_string()).await;
+    assert_eq!(status, 202, "{answer}");
+    assert_eq!(answer["accepted"], 2);
+    assert_eq!(answer["results"][1], json!({ "index": 1, "status": "accepted", "event_id": "api-2" }));
+
+    let stock = eventually("the level over http", 60, || async {
+        let (status, body) = http_get(app.local_addr, "/v1/stock/SKU-H").await;
+        (status == 200 && body["on_hand_total"] == 7).then_some(body)
+    })
+    .await;
+    assert_eq!(stock["sku"], "SKU-H");
+    assert_eq!(stock["locations"][0]["location"], "store-7");
+    assert_eq!(stock["locations"][0]["on_hand"], 7);
+    assert!(stock["locations"][0]["version"].as_i64().unwrap() >= 1);
+    assert!(stock["locations"][0]["updated_at"].is_string());
+    app.stop().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn ndjson_items_are_judged_one_by_one() {
+    let config = test_config(1).await;
+    let app = serve(&config).await;
+    let body = [
+        item("nd-1", "SKU-N", "receipt", 4).to_string(),
+        "{not json".to_string(),
+        item("nd-3", "SKU-N", "sale", 0).to_string(),
+        item("nd-4", "SKU N", "sale", 1).to_string(),
+    ]
+    .join("\n");
+    let (status, answer) = http_post(app.local_addr, "/v1/movements", "application/x-ndjson", body).await;
+    assert_eq!(status, 422, "{answer}");
+    assert_eq!((answer["accepted"].as_i64(), answer["rejected"].as_i64()), (Some(1), Some(3)));
+    let codes: Vec<&str> = answer["results"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["error"]["code"].as_str().unwrap_or(r["status"].as_str().unwrap()))
+        .collect();
+    assert_eq!(codes, ["accepted", "not_json", "invalid_quantity", "invalid_sku"]);
+    // The valid item was accepted all the same.
+    eventually("the accepted item applied", 60, || async {
+        (levels(&app, "SKU-N").await.get("store-7") == Some(&4)).then_some(())
+    })
+    .await;
+    app.stop().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn bad_requests_get_a_status_and_a_stable_code() {
+    let mut config = test_config(1).await;
+    config.http.movements_per_request_max = 3;
+    config.http.body_bytes_max = 4_096;
+    let app = serve(&config).await;
+    let addr = app.local_addr;
+    let four = json!([
+        item("a", "S", "receipt", 1),
+        item("b", "S", "receipt", 1),
+        item("c", "S", "receipt", 1),
+        item("d", "S", "receipt", 1)
+    ]);
+    let cases: Vec<(&str, String, u16, &str)> = vec![
+        ("application/json", "[{\"event_id\":".into(), 400, "invalid_body"),
+        ("application/json", "   ".into(), 422, "no_movements"),
+        ("application/json", four.to_string(), 413, "too_many_movements"),
+        ("application/json", format!("[{}]", "1,".repeat(3_000) + "1"), 413, "body_too_large"),
+        ("application/xml", "<movement/>".into(), 415, "unsupported_media_type"),
+    ];
+    for (content_type, body, status, code) in cases {
+        let (actual, answer) = http_post(addr, "/v1/movements", content_type, body).await;
+        assert_eq!((actual, answer["error"]["code"].as_str()), (status, Some(code)), "{answer}");
+        assert!(answer["error"]["message"].as_str().is_some_and(|m| !m.is_empty()));
+    }
+    assert_eq!(
+        http_get(addr, "/v1/stock/NOPE").await,
+        (404, json!({"error": {"code": "sku_not_found", "message": "no stock is recorded for sku \"NOPE\""}}))
+    );
+    assert_eq!(http_get(addr, "/v1/stock/a@b").await.1["error"]["code"], "invalid_sku");
+    assert_eq!(http_get(addr, "/v2/nothing").await.1["error"]["code"], "not_found");
+    app.stop().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn health_readiness_and_metrics_answer() {
+    let config = test_config(1).await;
+    let app = serve(&config).await;
+    assert_eq!(http_get(app.local_addr, "/healthz").await.0, 200);
+    assert_eq!(http_get(app.local_addr, "/readyz").await, (200, json!({"status": "ok", "database": "ok"})));
+    let text = reqwest::get(format!("http://{}/metrics", app.local_addr)).await.unwrap().text().await.unwrap();
+    for name in [
+        "onhand_ledger_movements_applied_total",
+        "onhand_ledger_duplicates_skipped_total",
+        "onhand_ledger_conflicts_retried_total",
+        "onhand_ledger_batch_size_movements_bucket",
+        "onhand_ledger_apply_duration_seconds_bucket",
+    ] {
+        assert!(text.contains(name), "{name} missing from /metrics");
+    }
+    app.stop().await.unwrap();
+}

@@ -1,0 +1,114 @@
+//! The `onhand` binary as a user runs it: `onhand dev` with nothing installed, and
+//! `onhand serve` refusing a configuration that cannot work.
+
+mod common;
+
+use std::{
+    io::{BufRead, BufReader},
+    process::{Child, Command, Stdio},
+};
+
+use common::*;
+use serde_json::json;
+
+struct Running(Child);
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn onhand_dev_takes_a_movement_and_shows_the_new_level() {
+    let data_dir = tempfile::tempdir().unwrap();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_onhand"))
+        .args(["dev", "--listen", "127.0.0.1:0", "--data-dir"])
+        .arg(data_dir.path())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let stdout = BufReader::new(child.stdout.take().unwrap());
+    let _running = Running(child);
+    // Keep draining stdout after the address shows up: a closed pipe would kill onhand.
+    let (found, address) = tokio::sync::oneshot::channel();
+    std::thread::spawn(move || {
+        let mut found = Some(found);
+        for line in stdout.lines().map_while(Result::ok) {
+            if let Some(addr) = line.trim().strip_prefix("http api   http://") {
+                if let Some(found) = found.take() {
+                    let _ = found.send(addr.to_string());
+                }
+            }
+        }
+    });
+    let addr = tokio::time::timeout(std::time::Duration::from_secs(60), address)
+        .await
+        .expect("onhand dev prints where its api listens")
+        .unwrap();
+    let addr = addr.parse().unwrap();
+
+    let movement = json!({
+        "event_id": "dev-1",
+        "source": { "system": "api", "instance": "readme", "ref": "r-1" },
+        "sku": "SKU-1", "location": "store-001", "kind": "receipt", "quantity": 10,
+        "occurred_at": "2026-11-22T10:00:00Z"
+    });
+    let (status, answer) = http_post(addr, "/v1/movements", "application/json", json!([movement]).to_string()).await;
+    assert_eq!(status, 202, "{answer}");
+    let stock = eventually("the level over http", 60, || async {
+        let (status, body) = http_get(addr, "/v1/stock/SKU-1").await;
+        (status == 200).then_some(body)
+    })
+    .await;
+    assert_eq!(stock["locations"][0]["on_hand"], 10);
+    assert_eq!(stock["locations"][0]["location"], "store-001");
+}
+
+fn serve_fails(envs: &[(&str, &str)], args: &[&str]) -> String {
+    let output = Command::new(env!("CARGO_BIN_EXE_onhand"))
+        .arg("serve")
+        .args(args)
+        .env_remove("DATABASE_URL")
+        .envs(envs.iter().copied())
+        .output()
+        .unwrap();
+    assert!(!output.status.success(), "onhand serve must refuse to start");
+    String::from_utf8_lossy(&output.stderr).into_owned()
+}
+
+#[test]
+fn onhand_serve_refuses_to_start_with_a_clear_message() {
+    let brokers = onhand_core::testing::kafka_brokers();
+    let no_database = serve_fails(&[("ONHAND_KAFKA__BROKERS", &brokers)], &[]);
+    assert!(no_database.contains("database.url is not set"), "{no_database}");
+
+    let unreachable = serve_fails(
+        &[("DATABASE_URL", "postgres://onhand:pw@127.0.0.1:1/onhand"), ("ONHAND_KAFKA__BROKERS", &brokers)],
+        &[],
+    );
+    assert!(unreachable.contains("database postgres://onhand:***@127.0.0.1:1/onhand is unreachable"), "{unreachable}");
+    assert!(!unreachable.contains("pw@"), "the password is not shown");
+
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("onhand.toml");
+    std::fs::write(&file, "[ledger]\nbatch_size = 10\n").unwrap();
+    let unknown_field = serve_fails(&[], &["--config", file.to_str().unwrap()]);
+    assert!(unknown_field.contains("batch_size"), "{unknown_field}");
+
+    let missing = serve_fails(&[], &["--config", "/nonexistent/onhand.toml"]);
+    assert!(missing.contains("/nonexistent/onhand.toml does not exist"), "{missing}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn onhand_serve_refuses_unreachable_kafka() {
+    let url = onhand_core::testing::fresh_postgres_url().await;
+    let output = tokio::task::spawn_blocking(move || {
+        serve_fails(&[("DATABASE_URL", url.as_str()), ("ONHAND_KAFKA__BROKERS", "127.0.0.1:1")], &[])
+    })
+    .await
+    .unwrap();
+    assert!(output.contains("kafka brokers 127.0.0.1:1 are unreachable"), "{output}");
+}

@@ -1,0 +1,164 @@
+//! What the end-to-end tests share: configurations on their own topics and database,
+//! a raw Kafka producer and consumer, HTTP helpers and a patient `eventually`.
+
+#![allow(dead_code)] // each test binary uses its own part of this module
+
+use std::{collections::HashMap, future::Future, net::SocketAddr, time::Duration};
+
+use onhand::app::{App, StartOptions};
+use onhand_core::{
+    config::Config,
+    event::{MovementKind, Sku},
+    testing::{at, fresh_postgres_url, kafka_brokers, movement, unique_name},
+};
+use rdkafka::{
+    consumer::{BaseConsumer, Consumer},
+    producer::{FutureProducer, FutureRecord},
+    ClientConfig,
+};
+use serde_json::Value;
+
+/// A configuration for one test: the suite's broker, a fresh database, topics and a
+/// consumer group no other test uses, the HTTP API on a free port.
+pub async fn test_config(partitions: i32) -> Config {
+    let mut config = Config::default();
+    config.database.url = fresh_postgres_url().await;
+    config.database.connections_max = 8;
+    config.kafka.brokers = kafka_brokers();
+    config.kafka.partitions = partitions;
+    let prefix = unique_name("t");
+    config.kafka.topics.movements = format!("{prefix}.movements");
+    config.kafka.topics.stock = format!("{prefix}.stock");
+    config.kafka.topics.dlq = format!("{prefix}.dlq");
+    config.ledger.group_id = format!("{prefix}.ledger");
+    config.http.listen = SocketAddr::from(([127, 0, 0, 1], 0));
+    config
+}
+
+pub async fn serve(config: &Config) -> App {
+    serve_with(config, StartOptions::default()).await
+}
+
+pub async fn serve_with(config: &Config, options: StartOptions) -> App {
+    App::serve(config.clone(), options).await.expect("onhand serve starts")
+}
+
+pub fn producer() -> FutureProducer {
+    ClientConfig::new()
+        .set("bootstrap.servers", kafka_brokers())
+        .set("linger.ms", "20")
+        .set("partitioner", "murmur2_random")
+        .create()
+        .expect("a test producer")
+}
+
+/// Produces raw records and waits for every acknowledgement.
+pub async fn produce(producer: &FutureProducer, topic: &str, records: &[(String, Vec<u8>)]) {
+    let sends = records.iter().map(|(key, payload)| {
+        producer.send(FutureRecord::to(topic).key(key).payload(payload), Duration::from_secs(30))
+    });
+    for result in futures::future::join_all(sends).await {
+        result.expect("the test broker acknowledges");
+    }
+}
+
+/// A JSON movement as a connector would produce it, recorded now.
+pub fn movement_json(
+    id: &str,
+    sku: &str,
+    location: &str,
+    kind: MovementKind,
+    quantity: i64,
+    second: i64,
+) -> (String, Vec<u8>) {
+    let m = movement(id, sku, location, kind, quantity, at(second));
+    (sku.to_string(), m.to_json())
+}
+
+/// Reads every record of `topic` from the beginning until `count` arrived.
+pub fn consume_all(topic: &str, count: usize) -> Vec<rdkafka::message::OwnedMessage> {
+    let consumer: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", kafka_brokers())
+        .set("group.id", unique_name("reader"))
+        .set("auto.offset.reset", "earliest")
+        .set("enable.auto.commit", "false")
+        .create()
+        .expect("a test consumer");
+    consumer.subscribe(&[topic]).expect("subscribe");
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    let mut out = Vec::new();
+    while out.len() < count && std::time::Instant::now() < deadline {
+        if let Some(Ok(message)) = consumer.poll(Duration::from_millis(200)) {
+            out.push(message.detach());
+        }
+    }
+    assert_eq!(out.len(), count, "records read from {topic}");
+    out
+}
+
+/// Polls `check` until it returns `Some`, or fails the test after `seconds`.
+pub async fn eventually<T, F, Fut>(what: &str, seconds: u64, mut check: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Option<T>>,
+{
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(seconds);
+    loop {
+        if let Some(value) = check().await {
+            return value;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "timed out after {seconds}s waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// Waits until the store holds `count` movements.
+pub async fn until_recorded(app: &App, count: i64, seconds: u64) {
+    eventually(&format!("{count} movements recorded"), seconds, || async {
+        (app.store.movement_count().await.ok()? == count).then_some(())
+    })
+    .await;
+}
+
+/// on_hand per location of a SKU, as the store has it.
+pub async fn levels(app: &App, sku: &str) -> HashMap<String, i64> {
+    app.store
+        .stock_by_sku(&Sku::parse(sku).expect("a valid sku"))
+        .await
+        .expect("stock read")
+        .into_iter()
+        .map(|l| (l.location.to_string(), l.on_hand))
+        .collect()
+}
+
+/// A metric's value, read from the app's `/metrics` exposition.
+pub fn metric(app: &App, name: &str) -> f64 {
+    app.metrics
+        .render()
+        .lines()
+        .find_map(|line| line.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
+        .unwrap_or(0.0)
+}
+
+pub async fn http_post(
+    app_addr: SocketAddr,
+    path: &str,
+    content_type: &str,
+    body: impl Into<reqwest::Body>,
+) -> (u16, Value) {
+    let response = reqwest::Client::new()
+        .post(format!("http://{app_addr}{path}"))
+        .header("content-type", content_type)
+        .body(body)
+        .send()
+        .await
+        .expect("the api answers");
+    let status = response.status().as_u16();
+    (status, response.json().await.unwrap_or(Value::Null))
+}
+
+pub async fn http_get(app_addr: SocketAddr, path: &str) -> (u16, Value) {
+    let response = reqwest::get(format!("http://{app_addr}{path}")).await.expect("the api answers");
+    let status = response.status().as_u16();
+    (status, response.json().await.unwrap_or(Value::Null))
+}

@@ -1,0 +1,183 @@
+//! The ledger against the real broker and PostgreSQL: exactly-once under re-delivery,
+//! crashes and consumer-group rebalances, and dead letters.
+
+mod common;
+
+use std::collections::HashMap;
+
+use common::*;
+use onhand::app::StartOptions;
+use onhand_core::{
+    event::{MovementKind::*, StockLevel},
+    ledger::{FaultInjection, LedgerError},
+};
+use rdkafka::message::{Headers, Message};
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn the_same_movement_delivered_three_times_counts_once() {
+    let config = test_config(3).await;
+    let app = serve(&config).await;
+    let record = movement_json("pos:store-1:T9:1", "SKU-A", "store-1", Receipt, 7, 0);
+    let producer = producer();
+    for _ in 0..3 {
+        produce(&producer, &config.kafka.topics.movements, std::slice::from_ref(&record)).await;
+    }
+    eventually("two duplicates skipped", 60, || async {
+        (metric(&app, "onhand_ledger_duplicates_skipped_total") == 2.0).then_some(())
+    })
+    .await;
+    assert_eq!(app.store.movement_count().await.unwrap(), 1);
+    assert_eq!(levels(&app, "SKU-A").await, HashMap::from([("store-1".into(), 7)]));
+    assert_eq!(metric(&app, "onhand_ledger_movements_applied_total"), 1.0);
+
+    // The level after the change is published on the stock topic, keyed sku@location.
+    let published = consume_all(&config.kafka.topics.stock, 1);
+    assert_eq!(published[0].key(), Some(&b"SKU-A@store-1"[..]));
+    let level: StockLevel = serde_json::from_slice(published[0].payload().unwrap()).unwrap();
+    assert_eq!((level.on_hand, level.version), (7, 1));
+    app.stop().await.unwrap();
+}
+
+/// on_hand per (sku, location).
+type Levels = HashMap<(String, String), i64>;
+
+/// Movements over 20 SKUs x 4 locations, keyed records ready to produce, and the
+/// on_hand each level must end with.
+fn workload(prefix: &str, count: usize) -> (Vec<(String, Vec<u8>)>, Levels) {
+    let mut records = Vec::with_capacity(count);
+    let mut expected = Levels::new();
+    for i in 0..count {
+        let sku = format!("SKU-{}", i % 20);
+        let location = format!("store-{}", (i / 20) % 4);
+        let (kind, quantity, delta) = if i % 3 == 0 { (Sale, 2, -2) } else { (Receipt, 5, 5) };
+        records.push(movement_json(&format!("{prefix}-{i}"), &sku, &location, kind, quantity, i as i64));
+        *expected.entry((sku, location)).or_default() += delta;
+    }
+    (records, expected)
+}
+
+async fn assert_levels(app: &onhand::app::App, expected: &Levels) {
+    let mut skus: Vec<&String> = expected.keys().map(|(sku, _)| sku).collect();
+    skus.sort();
+    skus.dedup();
+    for sku in skus {
+        let actual = levels(app, sku).await;
+        for ((s, location), on_hand) in expected.iter().filter(|((s, _), _)| s == sku) {
+            assert_eq!(actual.get(location), Some(on_hand), "{s}@{location}");
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_ledger_killed_after_its_database_commit_restarts_without_loss_or_double_count() {
+    let mut config = test_config(3).await;
+    config.ledger.batch_size_max = 100;
+    let (records, expected) = workload("crash", 1_000);
+    onhand_core::kafka::ensure_topics(&config.kafka).await.unwrap();
+    produce(&producer(), &config.kafka.topics.movements, &records).await;
+    let options = StartOptions { faults: FaultInjection { crash_after_commits: Some(1) } };
+    let crashing = serve_with(&config, options).await;
+    eventually("the ledger to die after its first commit", 60, || async {
+        crashing.ledger().unwrap().is_finished().then_some(())
+    })
+    .await;
+    let applied_before_crash = crashing.store.movement_count().await.unwrap();
+    assert!(matches!(crashing.stop().await, Err(LedgerError::InjectedCrash(1))));
+    assert!(
+        (1..1_000).contains(&applied_before_crash),
+        "one batch was committed before the crash: {applied_before_crash}"
+    );
+
+    // The restarted ledger resumes from the offsets saved with that batch.
+    let restarted = serve(&config).await;
+    until_recorded(&restarted, 1_000, 120).await;
+    assert_levels(&restarted, &expected).await;
+    assert_eq!(
+        metric(&restarted, "onhand_ledger_movements_applied_total") as i64,
+        1_000 - applied_before_crash,
+        "the restarted ledger applied exactly what the crashed one had not"
+    );
+    restarted.stop().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn two_ledgers_in_one_group_split_six_partitions_and_the_levels_are_exact() {
+    let config = test_config(6).await;
+    let first = serve(&config).await;
+    let second = serve(&config).await;
+    let (a, b) = eventually("both ledgers to own partitions", 90, || async {
+        let (a, b) = (first.ledger()?.assignment(), second.ledger()?.assignment());
+        (!a.is_empty() && !b.is_empty() && a.len() + b.len() == 6).then_some((a, b))
+    })
+    .await;
+    assert!(a.is_disjoint(&b), "{a:?} and {b:?} overlap");
+
+    let (records, expected) = workload("split", 10_000);
+    produce(&producer(), &config.kafka.topics.movements, &records).await;
+    until_recorded(&first, 10_000, 180).await;
+    assert_levels(&first, &expected).await;
+    let (applied_a, applied_b) = (
+        metric(&first, "onhand_ledger_movements_applied_total"),
+        metric(&second, "onhand_ledger_movements_applied_total"),
+    );
+    assert!(applied_a > 0.0 && applied_b > 0.0, "both ledgers applied movements: {applied_a} {applied_b}");
+    assert_eq!(applied_a + applied_b, 10_000.0);
+    first.stop().await.unwrap();
+    second.stop().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn malformed_records_go_to_the_dead_letter_topic_and_the_ledger_goes_on() {
+    let config = test_config(1).await;
+    let app = serve(&config).await;
+    let valid = movement_json("good-1", "SKU-D", "dc", Receipt, 3, 0);
+    let mut wrong_sign: serde_json::Value = serde_json::from_slice(&valid.1).unwrap();
+    wrong_sign["event_id"] = "bad-sign".into();
+    wrong_sign["kind"] = "sale".into();
+    wrong_sign["quantity"] = (-4).into();
+    let mut unknown_kind = wrong_sign.clone();
+    unknown_kind["kind"] = "theft".into();
+    let mut zero = wrong_sign.clone();
+    zero["kind"] = "adjustment".into();
+    zero["quantity"] = 0.into();
+    let mut oversized = wrong_sign.clone();
+    oversized["reason"] = "x".repeat(20_000).into();
+    let bad: Vec<(&str, Vec<u8>)> = vec![
+        ("not_json", b"{oops".to_vec()),
+        ("schema_violation", br#"{"event_id": "x"}"#.to_vec()),
+        ("unknown_kind", serde_json::to_vec(&unknown_kind).unwrap()),
+        ("invalid_quantity", serde_json::to_vec(&wrong_sign).unwrap()),
+        ("invalid_quantity", serde_json::to_vec(&zero).unwrap()),
+        ("oversized", serde_json::to_vec(&oversized).unwrap()),
+    ];
+    let mut records: Vec<(String, Vec<u8>)> =
+        bad.iter().map(|(_, bytes)| ("SKU-D".to_string(), bytes.clone())).collect();
+    records.push(valid);
+    produce(&producer(), &config.kafka.topics.movements, &records).await;
+
+    until_recorded(&app, 1, 60).await;
+    assert_eq!(levels(&app, "SKU-D").await, HashMap::from([("dc".into(), 3)]));
+    let dead = consume_all(&config.kafka.topics.dlq, bad.len());
+    for (message, (code, bytes)) in dead.iter().zip(&bad) {
+        let header = |name: &str| {
+            let headers = message.headers().expect("dead letters carry headers");
+            let found = headers.iter().find(|h| h.key == name).and_then(|h| h.value).expect(name);
+            String::from_utf8(found.to_vec()).unwrap()
+        };
+        assert_eq!(message.payload(), Some(&bytes[..]), "the original bytes are kept");
+        assert_eq!(header("onhand.dlq.reason_code"), *code);
+        assert!(!header("onhand.dlq.reason").is_empty());
+        assert_eq!(header("onhand.dlq.topic"), config.kafka.topics.movements);
+        assert_eq!(header("onhand.dlq.partition"), "0");
+    }
+    let offsets: Vec<String> = dead
+        .iter()
+        .map(|m| {
+            let h = m.headers().unwrap();
+            String::from_utf8(h.iter().find(|h| h.key == "onhand.dlq.offset").unwrap().value.unwrap().to_vec()).unwrap()
+        })
+        .collect();
+    assert_eq!(offsets, ["0", "1", "2", "3", "4", "5"]);
+    assert_eq!(metric(&app, "onhand_ledger_dlq_records_total{reason=\"invalid_quantity\"}"), 2.0);
+    app.stop().await.unwrap();
+}
