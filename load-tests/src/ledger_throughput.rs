@@ -1,1 +1,192 @@
-fn main() {}
+//! Ledger throughput: produces N movements to the broker, then starts the ledger on an
+//! empty PostgreSQL database and times how long it takes to apply them all. Prints one
+//! JSON object. Run it against the test servers with:
+//!
+//! ```text
+//! scripts/services run cargo run --release -p onhand-load-tests --bin ledger-throughput
+//! ```
+
+use std::{
+    sync::Arc,
+    time::{Duration, Instant},
+};
+
+use anyhow::Context;
+use chrono::Utc;
+use clap::Parser;
+use futures::{stream, StreamExt};
+use onhand_core::{
+    config::{KafkaConfig, LedgerConfig},
+    event::{EventId, LocationId, Movement, MovementKind, Sku, Source, SourceSystem},
+    kafka, ledger, store,
+    telemetry::Metrics,
+    testing::unique_name,
+};
+use rand::{rngs::StdRng, Rng, SeedableRng};
+use rand_distr::{Distribution, Zipf};
+use rdkafka::producer::{FutureProducer, FutureRecord};
+use serde_json::json;
+use tokio_util::sync::CancellationToken;
+
+#[derive(Debug, Parser)]
+struct Args {
+    /// Movements to produce and apply.
+    #[arg(long, default_value_t = 200_000)]
+    movements: u64,
+    /// Distinct SKUs, drawn with a Zipf distribution (a few best sellers, a long tail).
+    #[arg(long, default_value_t = 50_000)]
+    skus: u64,
+    /// Locations: 20 stores, the distribution centre and the web store.
+    #[arg(long, default_value_t = 22)]
+    locations: u64,
+    #[arg(long, default_value_t = 12)]
+    partitions: i32,
+    #[arg(long, default_value_t = 2_000)]
+    batch_size_max: usize,
+    #[arg(long, env = "ONHAND_TEST_KAFKA_BROKERS")]
+    brokers: String,
+    /// A PostgreSQL server URL; the benchmark creates a database of its own there.
+    #[arg(long, env = "ONHAND_TEST_DATABASE_URL")]
+    database_url: String,
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    tracing_subscriber::fmt().with_env_filter("warn").with_writer(std::io::stderr).init();
+    let args = Args::parse();
+    let prefix = unique_name("bench");
+    let mut kafka_config =
+        KafkaConfig { brokers: args.brokers.clone(), partitions: args.partitions, ..Default::default() };
+    kafka_config.topics.movements = format!("{prefix}.movements");
+    kafka_config.topics.stock = format!("{prefix}.stock");
+    kafka_config.topics.dlq = format!("{prefix}.dlq");
+    kafka::ensure_topics(&kafka_config).await?;
+
+    let produce_started = Instant::now();
+    produce(&kafka_config, &args).await?;
+    let produce_seconds = produce_started.elapsed().as_secs_f64();
+
+    let database_url = fresh_database(&args.database_url, &prefix).await?;
+    let store = store::open(&database_url, 8).await?;
+    let ledger_config = LedgerConfig {
+        group_id: format!("{prefix}.ledger"),
+        batch_size_max: args.batch_size_max,
+        ..Default::default()
+    };
+    let shutdown = CancellationToken::new();
+    let metrics = Metrics::new();
+    let apply_started = Instant::now();
+    let handle = ledger::spawn(
+        &kafka_config,
+        &ledger_config,
+        Arc::clone(&store),
+        metrics.clone(),
+        shutdown.clone(),
+        Default::default(),
+    )?;
+    let expected = i64::try_from(args.movements)?;
+    loop {
+        let recorded = store.movement_count().await?;
+        if recorded >= expected {
+            break;
+        }
+        anyhow::ensure!(!handle.is_finished(), "the ledger stopped after {recorded} movements");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let apply_seconds = apply_started.elapsed().as_secs_f64();
+    shutdown.cancel();
+    handle.join().await?;
+
+    let report = json!({
+        "benchmark": "ledger_throughput",
+        "movements": args.movements,
+        "skus": args.skus,
+        "locations": args.locations,
+        "partitions": args.partitions,
+        "batch_size_max": args.batch_size_max,
+        "produce_seconds": round(produce_seconds),
+        "produce_movements_per_s": round(args.movements as f64 / produce_seconds),
+        "apply_seconds": round(apply_seconds),
+        "movements_per_s": round(args.movements as f64 / apply_seconds),
+        "target_movements_per_s": 20_000,
+        "batches": metrics.ledger_apply_duration_seconds.get_sample_count(),
+        "database_seconds": round(metrics.ledger_apply_duration_seconds.get_sample_sum()),
+    });
+    println!("{}", serde_json::to_string_pretty(&report)?);
+    Ok(())
+}
+
+fn round(x: f64) -> f64 {
+    (x * 100.0).round() / 100.0
+}
+
+/// Mostly sales, some receipts and returns, a few transfers, damages, adjustments and counts.
+fn kind_of(roll: u32) -> (MovementKind, i64) {
+    match roll {
+        0..=64 => (MovementKind::Sale, 1),
+        65..=84 => (MovementKind::Receipt, 24),
+        85..=89 => (MovementKind::Return, 1),
+        90..=93 => (MovementKind::TransferOut, 6),
+        94..=96 => (MovementKind::TransferIn, 6),
+        97 => (MovementKind::Damage, 1),
+        98 => (MovementKind::Adjustment, -2),
+        _ => (MovementKind::Count, 40),
+    }
+}
+
+async fn produce(config: &KafkaConfig, args: &Args) -> anyhow::Result<()> {
+    let producer: FutureProducer = kafka::client_config(config)
+        .set("enable.idempotence", "true")
+        .set("acks", "all")
+        .set("partitioner", "murmur2_random")
+        .set("linger.ms", "20")
+        .set("batch.size", "1000000")
+        .create()?;
+    let zipf = Zipf::new(args.skus as f64, 1.03)?;
+    let mut rng = StdRng::seed_from_u64(42);
+    let started = Utc::now();
+    let movements: Vec<Movement> = (0..args.movements)
+        .map(|i| {
+            let sku = zipf.sample(&mut rng) as u64;
+            let location = rng.random_range(0..args.locations);
+            let (kind, quantity) = kind_of(rng.random_range(0..100));
+            let at = started + chrono::Duration::milliseconds(i as i64);
+            let id = format!("bench-{i}");
+            Ok(Movement {
+                event_id: EventId::parse(id.clone())?,
+                source: Source { system: SourceSystem::Pos, instance: format!("store-{location:02}"), reference: id },
+                sku: Sku::parse(format!("SKU-{sku:06}"))?,
+                location: LocationId::parse(format!("loc-{location:02}"))?,
+                kind,
+                quantity,
+                occurred_at: at,
+                recorded_at: at,
+                actor: None,
+                reason: None,
+                correlation_id: None,
+                attributes: Default::default(),
+            })
+        })
+        .collect::<anyhow::Result<_>>()?;
+    let topic = &config.topics.movements;
+    let mut sends = stream::iter(movements.iter().map(|m| {
+        let payload = m.to_json();
+        let producer = &producer;
+        async move {
+            producer.send(FutureRecord::to(topic).key(m.kafka_key()).payload(&payload), Duration::from_secs(60)).await
+        }
+    }))
+    .buffer_unordered(20_000);
+    while let Some(result) = sends.next().await {
+        result.map_err(|(e, _)| e).context("produce a movement")?;
+    }
+    Ok(())
+}
+
+async fn fresh_database(server_url: &str, prefix: &str) -> anyhow::Result<String> {
+    use sqlx::Connection;
+    let mut conn = sqlx::PgConnection::connect(server_url).await?;
+    sqlx::query(&format!("CREATE DATABASE {prefix}")).execute(&mut conn).await?;
+    let base = server_url.rsplit_once('/').map_or(server_url, |(base, _)| base);
+    Ok(format!("{base}/{prefix}"))
+}

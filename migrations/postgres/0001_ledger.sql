@@ -29,6 +29,9 @@ CREATE TABLE stock_levels (
     on_hand             BIGINT NOT NULL,
     -- Compared and incremented by every write (optimistic concurrency).
     version             BIGINT NOT NULL,
+    -- The newest version acknowledged on the stock topic; a smaller value than version
+    -- means the level still has to be published (after a crash, at the next start).
+    published_version   BIGINT NOT NULL DEFAULT 0,
     last_movement_at    TIMESTAMPTZ NOT NULL,
     last_event_id       TEXT NOT NULL,
     last_count_at       TIMESTAMPTZ,

@@ -24,6 +24,7 @@ CREATE TABLE stock_levels (
     location            TEXT NOT NULL,
     on_hand             INTEGER NOT NULL,
     version             INTEGER NOT NULL,
+    published_version   INTEGER NOT NULL DEFAULT 0,
     last_movement_at    INTEGER NOT NULL,
     last_event_id       TEXT NOT NULL,
     last_count_at       INTEGER,

@@ -40,6 +40,14 @@ pub async fn serve(config: &Config) -> App {
 }
 
 pub async fn serve_with(config: &Config, options: StartOptions) -> App {
+    // Logs go to the test's captured output (shown when it fails); RUST_LOG filters them.
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
+        )
+        .with_test_writer()
+        .try_init();
     App::serve(config.clone(), options).await.expect("onhand serve starts")
 }
 

@@ -30,18 +30,18 @@ use rdkafka::{
     message::{BorrowedMessage, Header, OwnedHeaders},
     producer::{FutureProducer, FutureRecord},
     statistics::Statistics,
-    types::RDKafkaRespErr,
+    types::{RDKafkaErrorCode, RDKafkaRespErr},
     ClientContext, Message, Offset, TopicPartitionList,
 };
-use tokio::runtime::Handle;
+use tokio::{runtime::Handle, sync::mpsc};
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, error, info, warn};
 
 use crate::{
     config::{KafkaConfig, LedgerConfig},
-    event::{InvalidMovement, Movement, RejectCode},
+    event::{InvalidMovement, Movement, RejectCode, StockLevel},
     kafka,
-    store::{Applied, Batch, Envelope, PartitionOffset, Store, StoreError},
+    store::{Applied, Batch, Envelope, PartitionOffset, Published, Store, StoreError},
     telemetry::Metrics,
 };
 
@@ -122,6 +122,8 @@ pub fn spawn(
         .set("statistics.interval.ms", "5000")
         .create_with_context(context)?;
     consumer.subscribe(&[&kafka_config.topics.movements])?;
+    // Bounded: when the database falls behind on recording publications, publishing waits.
+    let (acknowledged_tx, acknowledged_rx) = mpsc::channel(64);
     let ledger = Ledger {
         consumer,
         producer: kafka::producer(kafka_config)?,
@@ -135,6 +137,8 @@ pub fn spawn(
         batch_size_max: config.batch_size_max,
         linger: Duration::from_millis(config.linger_ms),
         commits: 0,
+        acknowledged_tx,
+        acknowledged_rx,
     };
     let thread =
         thread::Builder::new().name("ledger".into()).spawn(move || ledger.run()).map_err(|_| LedgerError::Panicked)?;
@@ -259,14 +263,22 @@ struct Ledger {
     batch_size_max: usize,
     linger: Duration,
     commits: u64,
+    acknowledged_tx: mpsc::Sender<Vec<Published>>,
+    acknowledged_rx: mpsc::Receiver<Vec<Published>>,
 }
+
+/// The most unacknowledged levels republished at start; the rest go out at their next change.
+const UNPUBLISHED_AT_START_MAX: i64 = 100_000;
 
 impl Ledger {
     fn run(mut self) -> Result<(), LedgerError> {
         info!(group = %self.group_id, topic = %self.topics.movements, "ledger started");
+        self.publish_unacknowledged();
         while !self.shutdown.is_cancelled() {
             let records = self.next_batch();
-            if !records.is_empty() {
+            if records.is_empty() {
+                self.record_acknowledged()?;
+            } else {
                 self.process(records)?;
             }
         }
@@ -302,6 +314,8 @@ impl Ledger {
                     first_at.get_or_insert_with(Instant::now);
                 }
                 Some(Err(e)) => warn!(error = %e, "kafka consumer error"),
+                // Idle: hand back, so that the loop can record acknowledged publications.
+                None if first_at.is_none() => break,
                 None => {}
             }
         }
@@ -329,6 +343,7 @@ impl Ledger {
         self.dead_letter(&rejected);
 
         let batch = Batch {
+            published: self.take_acknowledged(),
             group_id: self.group_id.clone(),
             topic: self.topics.movements.clone(),
             offsets: offsets
@@ -346,7 +361,7 @@ impl Ledger {
         if self.faults.crash_after_commits == Some(self.commits) {
             return Err(LedgerError::InjectedCrash(self.commits));
         }
-        self.publish(&applied);
+        self.publish(&applied.levels);
         self.commit_to_kafka(&offsets);
         Ok(())
     }
@@ -408,29 +423,85 @@ impl Ledger {
         }
     }
 
-    /// Publishes the new levels. A level that cannot be published is counted and logged:
-    /// the database stays the truth, and the next change of that level publishes again.
-    fn publish(&self, applied: &Applied) {
-        let mut failures = 0;
-        let mut sends = Vec::with_capacity(applied.levels.len());
-        for level in &applied.levels {
+    /// Publishes levels without waiting: a task collects the acknowledgements, which the
+    /// next batch records in the database. A level whose publication failed or was never
+    /// recorded stays unpublished there, and is published again when the ledger starts.
+    fn publish(&self, levels: &[StockLevel]) {
+        let mut sends = Vec::with_capacity(levels.len());
+        for level in levels {
             let key = level.kafka_key();
             let value = serde_json::to_vec(level).expect("a level always serializes");
-            match self.producer.send_result(FutureRecord::to(&self.topics.stock).key(&key).payload(&value)) {
-                Ok(delivery) => sends.push(delivery),
-                Err(_) => failures += 1,
+            let mut record = FutureRecord::to(&self.topics.stock).key(&key).payload(&value);
+            let delivery = loop {
+                match self.producer.send_result(record) {
+                    Ok(delivery) => break Some(delivery),
+                    // The producer's queue is full: wait for it to drain.
+                    Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), back)) => {
+                        record = back;
+                        thread::sleep(Duration::from_millis(10));
+                    }
+                    Err((e, _)) => {
+                        warn!(error = %e, "stock level not published");
+                        self.metrics.ledger_stock_publish_failures_total.inc();
+                        break None;
+                    }
+                }
+            };
+            let Some(delivery) = delivery else { continue };
+            let published =
+                Published { sku: level.sku.clone(), location: level.location.clone(), version: level.version };
+            sends.push(async move { delivery.await.ok()?.ok().map(|_| published) });
+        }
+        let (acknowledged, metrics) = (self.acknowledged_tx.clone(), self.metrics.clone());
+        self.runtime.spawn(async move {
+            let results = join_all(sends).await;
+            let total = results.len();
+            let published: Vec<Published> = results.into_iter().flatten().collect();
+            if published.len() < total {
+                metrics.ledger_stock_publish_failures_total.inc_by((total - published.len()) as u64);
+                warn!(failures = total - published.len(), "stock levels not published");
             }
+            let _ = acknowledged.send(published).await;
+        });
+    }
+
+    /// Publishes the levels a previous run wrote but never saw acknowledged.
+    fn publish_unacknowledged(&self) {
+        match self.runtime.block_on(self.store.unpublished_levels(UNPUBLISHED_AT_START_MAX)) {
+            Ok(levels) if !levels.is_empty() => {
+                info!(levels = levels.len(), "publishing levels not acknowledged before the last stop");
+                self.publish(&levels);
+            }
+            Ok(_) => {}
+            Err(e) => warn!(error = %e, "cannot read unpublished levels; they are published at their next change"),
         }
-        failures += self
-            .runtime
-            .block_on(join_all(sends))
-            .into_iter()
-            .filter(|delivered| !matches!(delivered, Ok(Ok(_))))
-            .count();
-        if failures > 0 {
-            self.metrics.ledger_stock_publish_failures_total.inc_by(failures as u64);
-            warn!(failures, "stock levels not published");
+    }
+
+    /// While idle, records the publications acknowledged since the last batch in a batch
+    /// of their own, so that a quiet ledger leaves nothing to republish.
+    fn record_acknowledged(&mut self) -> Result<(), LedgerError> {
+        let published = self.take_acknowledged();
+        if published.is_empty() {
+            return Ok(());
         }
+        let batch = Batch {
+            group_id: self.group_id.clone(),
+            topic: self.topics.movements.clone(),
+            movements: Vec::new(),
+            offsets: Vec::new(),
+            published,
+        };
+        self.apply(&batch)?;
+        Ok(())
+    }
+
+    /// The publications acknowledged since the last batch, to record with the next one.
+    fn take_acknowledged(&mut self) -> Vec<Published> {
+        let mut published = Vec::new();
+        while let Ok(mut more) = self.acknowledged_rx.try_recv() {
+            published.append(&mut more);
+        }
+        published
     }
 
     fn commit_to_kafka(&self, offsets: &BTreeMap<i32, i64>) {

@@ -19,7 +19,7 @@ use chrono::{DateTime, SubsecRound, Utc};
 
 pub use self::{postgres::PostgresStore, sqlite::SqliteStore};
 use crate::{
-    event::{EventId, Movement, Sku, StockLevel},
+    event::{EventId, LocationId, Movement, Sku, StockLevel},
     ledger::rules::{plan_key, KeyPlan, LevelKey, LevelState},
 };
 
@@ -76,6 +76,16 @@ pub struct Batch {
     pub movements: Vec<Envelope>,
     /// Saved in the same transaction; a partition's offset never moves backwards.
     pub offsets: Vec<PartitionOffset>,
+    /// Levels whose publication on the stock topic was acknowledged since the last batch.
+    pub published: Vec<Published>,
+}
+
+/// A level version that reached the stock topic.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Published {
+    pub sku: Sku,
+    pub location: LocationId,
+    pub version: i64,
 }
 
 /// What a committed batch did.
@@ -102,6 +112,8 @@ pub trait Store: Send + Sync + std::fmt::Debug {
     /// Forgets the saved offsets of a consumer group on a topic, so that it starts over
     /// from the beginning. Applied movements stay recorded, so nothing counts twice.
     async fn reset_consumer_offsets(&self, group_id: &str, topic: &str) -> Result<(), StoreError>;
+    /// Levels written but not acknowledged on the stock topic yet, at most `limit`.
+    async fn unpublished_levels(&self, limit: i64) -> Result<Vec<StockLevel>, StoreError>;
     /// The levels of a SKU at every location, ordered by location.
     async fn stock_by_sku(&self, sku: &Sku) -> Result<Vec<StockLevel>, StoreError>;
     /// How many movements are recorded.
@@ -172,6 +184,8 @@ trait LedgerTx: Send {
         updated_at: DateTime<Utc>,
     ) -> Result<HashSet<LevelKey>, StoreError>;
     async fn mark_superseded(&mut self, event_ids: &[EventId]) -> Result<(), StoreError>;
+    /// Records publications; a level's published version never moves backwards.
+    async fn mark_published(&mut self, published: &[Published]) -> Result<(), StoreError>;
     async fn save_offsets(
         &mut self,
         group_id: &str,
@@ -255,9 +269,26 @@ async fn apply_batch(mut tx: Box<dyn LedgerTx + '_>, batch: &Batch) -> Result<Ap
     if !superseded.is_empty() {
         tx.mark_superseded(&superseded).await?;
     }
+    if !batch.published.is_empty() {
+        tx.mark_published(&newest_publications(&batch.published)).await?;
+    }
     tx.save_offsets(&batch.group_id, &batch.topic, &batch.offsets).await?;
     tx.commit().await?;
     Ok(outcome)
+}
+
+/// The newest acknowledged version of each level: one statement that updates a row from
+/// two source rows applies just one of them, maybe the older.
+fn newest_publications(published: &[Published]) -> Vec<Published> {
+    let mut newest: HashMap<(&Sku, &LocationId), i64> = HashMap::with_capacity(published.len());
+    for p in published {
+        let version = newest.entry((&p.sku, &p.location)).or_default();
+        *version = (*version).max(p.version);
+    }
+    newest
+        .into_iter()
+        .map(|((sku, location), version)| Published { sku: sku.clone(), location: location.clone(), version })
+        .collect()
 }
 
 fn corrupt(what: impl std::fmt::Display) -> StoreError {

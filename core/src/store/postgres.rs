@@ -8,8 +8,8 @@ use chrono::{DateTime, Utc};
 use sqlx::{postgres::PgPoolOptions, PgPool, Postgres, Row, Transaction};
 
 use super::{
-    apply_batch, corrupt, Applied, Batch, Envelope, LedgerTx, LevelWrite, PartitionOffset, Store, StoreError,
-    StoredLevel,
+    apply_batch, corrupt, Applied, Batch, Envelope, LedgerTx, LevelWrite, PartitionOffset, Published, Store,
+    StoreError, StoredLevel,
 };
 use crate::{
     event::{EventId, LocationId, Movement, Sku, StockLevel},
@@ -65,6 +65,17 @@ impl Store for PostgresStore {
             .execute(&self.pool)
             .await?;
         Ok(())
+    }
+
+    async fn unpublished_levels(&self, limit: i64) -> Result<Vec<StockLevel>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT sku, location, on_hand, version, last_movement_at, last_event_id, last_count_at, updated_at
+             FROM stock_levels WHERE published_version < version ORDER BY updated_at LIMIT $1",
+        )
+        .bind(limit)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter().map(stock_level).collect()
     }
 
     async fn stock_by_sku(&self, sku: &Sku) -> Result<Vec<StockLevel>, StoreError> {
@@ -276,6 +287,23 @@ impl LedgerTx for PgLedgerTx {
             .bind(&ids)
             .execute(&mut *self.tx)
             .await?;
+        Ok(())
+    }
+
+    async fn mark_published(&mut self, published: &[Published]) -> Result<(), StoreError> {
+        let skus: Vec<&str> = published.iter().map(|p| p.sku.as_str()).collect();
+        let locations: Vec<&str> = published.iter().map(|p| p.location.as_str()).collect();
+        let versions: Vec<i64> = published.iter().map(|p| p.version).collect();
+        sqlx::query(
+            "UPDATE stock_levels s SET published_version = u.version
+             FROM UNNEST($1::text[], $2::text[], $3::int8[]) AS u(sku, location, version)
+             WHERE s.sku = u.sku AND s.location = u.location AND s.published_version < u.version",
+        )
+        .bind(&skus)
+        .bind(&locations)
+        .bind(&versions)
+        .execute(&mut *self.tx)
+        .await?;
         Ok(())
     }
 

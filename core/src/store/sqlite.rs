@@ -15,8 +15,8 @@ use sqlx::{
 };
 
 use super::{
-    apply_batch, corrupt, Applied, Batch, Envelope, LedgerTx, LevelWrite, PartitionOffset, Store, StoreError,
-    StoredLevel,
+    apply_batch, corrupt, Applied, Batch, Envelope, LedgerTx, LevelWrite, PartitionOffset, Published, Store,
+    StoreError, StoredLevel,
 };
 use crate::{
     event::{EventId, LocationId, Movement, Sku, StockLevel},
@@ -91,6 +91,17 @@ impl Store for SqliteStore {
         Ok(())
     }
 
+    async fn unpublished_levels(&self, limit: i64) -> Result<Vec<StockLevel>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT sku, location, on_hand, version, last_movement_at, last_event_id, last_count_at, updated_at
+             FROM stock_levels WHERE published_version < version ORDER BY updated_at LIMIT ?",
+        )
+        .bind(limit)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter().map(stock_level).collect()
+    }
+
     async fn stock_by_sku(&self, sku: &Sku) -> Result<Vec<StockLevel>, StoreError> {
         let rows = sqlx::query(
             "SELECT sku, location, on_hand, version, last_movement_at, last_event_id, last_count_at, updated_at
@@ -99,21 +110,7 @@ impl Store for SqliteStore {
         .bind(sku.as_str())
         .fetch_all(&self.pool)
         .await?;
-        rows.iter()
-            .map(|row| {
-                let (sku, location) = key_at(row)?;
-                Ok(StockLevel {
-                    sku,
-                    location,
-                    on_hand: row.try_get("on_hand")?,
-                    version: row.try_get("version")?,
-                    last_movement_at: time_at(row, "last_movement_at")?,
-                    last_event_id: EventId::parse(row.try_get::<String, _>("last_event_id")?).map_err(corrupt)?,
-                    last_count_at: row.try_get::<Option<i64>, _>("last_count_at")?.map(time).transpose()?,
-                    updated_at: time_at(row, "updated_at")?,
-                })
-            })
-            .collect()
+        rows.iter().map(stock_level).collect()
     }
 
     async fn movement_count(&self) -> Result<i64, StoreError> {
@@ -124,6 +121,20 @@ impl Store for SqliteStore {
         sqlx::query("SELECT 1").execute(&self.pool).await?;
         Ok(())
     }
+}
+
+fn stock_level(row: &SqliteRow) -> Result<StockLevel, StoreError> {
+    let (sku, location) = key_at(row)?;
+    Ok(StockLevel {
+        sku,
+        location,
+        on_hand: row.try_get("on_hand")?,
+        version: row.try_get("version")?,
+        last_movement_at: time_at(row, "last_movement_at")?,
+        last_event_id: EventId::parse(row.try_get::<String, _>("last_event_id")?).map_err(corrupt)?,
+        last_count_at: row.try_get::<Option<i64>, _>("last_count_at")?.map(time).transpose()?,
+        updated_at: time_at(row, "updated_at")?,
+    })
 }
 
 struct SqliteLedgerTx {
@@ -270,6 +281,21 @@ impl LedgerTx for SqliteLedgerTx {
                 .bind(id.as_str())
                 .execute(&mut *self.tx)
                 .await?;
+        }
+        Ok(())
+    }
+
+    async fn mark_published(&mut self, published: &[Published]) -> Result<(), StoreError> {
+        for p in published {
+            sqlx::query(
+                "UPDATE stock_levels SET published_version = ?3
+                 WHERE sku = ?1 AND location = ?2 AND published_version < ?3",
+            )
+            .bind(p.sku.as_str())
+            .bind(p.location.as_str())
+            .bind(p.version)
+            .execute(&mut *self.tx)
+            .await?;
         }
         Ok(())
     }

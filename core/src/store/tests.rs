@@ -18,6 +18,7 @@ fn batch(movements: Vec<Envelope>, next_offset: i64) -> Batch {
         topic: "movements".into(),
         movements,
         offsets: vec![PartitionOffset { partition: 0, next_offset }],
+        published: Vec::new(),
     }
 }
 
@@ -142,6 +143,33 @@ async fn two_writers_on_one_row_lose_no_update(store: Arc<dyn Store>) {
     assert_eq!(level.version, 200, "every write bumps the version once");
 }
 
+async fn levels_stay_unpublished_until_their_publication_is_recorded(store: Arc<dyn Store>) {
+    store
+        .apply_batch(&batch(vec![envelope("a", "s1", Receipt, 5, 0), envelope("b", "s2", Receipt, 6, 1)], 2))
+        .await
+        .unwrap();
+    let pending = store.unpublished_levels(100).await.unwrap();
+    assert_eq!(pending.len(), 2);
+    // s1 changes again in the batch that records both publications: only s2 is done.
+    let mut next = batch(vec![envelope("c", "s1", Sale, 1, 3)], 3);
+    next.published = pending
+        .iter()
+        .map(|l| Published { sku: l.sku.clone(), location: l.location.clone(), version: l.version })
+        .collect();
+    store.apply_batch(&next).await.unwrap();
+    let pending = store.unpublished_levels(100).await.unwrap();
+    assert_eq!(pending.iter().map(|l| (l.location.as_str(), l.version)).collect::<Vec<_>>(), [("s1", 2)]);
+    // Acknowledgements of two versions in one batch, the newer first: the newer one counts,
+    // and an older one arriving later does not move the level backwards.
+    let ack = |version| Published { sku: pending[0].sku.clone(), location: pending[0].location.clone(), version };
+    let mut late = batch(vec![], 3);
+    late.published = vec![ack(2), ack(1)];
+    store.apply_batch(&late).await.unwrap();
+    late.published = vec![ack(1)];
+    store.apply_batch(&late).await.unwrap();
+    assert!(store.unpublished_levels(100).await.unwrap().is_empty());
+}
+
 macro_rules! contract {
     ($backend:ident, $open:expr) => {
         mod $backend {
@@ -152,6 +180,7 @@ macro_rules! contract {
                 a_batch_applied_twice_equals_it_applied_once,
                 offsets_are_saved_and_never_go_back,
                 the_count_rule_holds_across_batches,
+                levels_stay_unpublished_until_their_publication_is_recorded,
                 two_writers_on_one_row_lose_no_update);
         }
     };
