@@ -21,6 +21,10 @@ use tokio::{net::TcpListener, task::JoinHandle};
 use tokio_util::sync::CancellationToken;
 use tracing::{error, info};
 
+/// How long the API's producer gathers movements into one request: a client waits for
+/// Kafka's acknowledgement, so this stays short.
+const API_LINGER: Duration = Duration::from_millis(5);
+
 /// Why onhand refused to start; each message names the dependency and what to check.
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
@@ -66,7 +70,7 @@ impl App {
     pub async fn serve(config: Config, options: StartOptions) -> Result<App, StartError> {
         config.check()?;
         let store = open_store(&config).await?;
-        let producer = kafka::producer(&config.kafka)?;
+        let producer = kafka::producer(&config.kafka, API_LINGER)?;
         check_brokers(&config, &producer).await?;
         tokio::time::timeout(Duration::from_secs(30), kafka::ensure_topics(&config.kafka)).await.map_err(|_| {
             StartError::KafkaUnreachable {
@@ -97,7 +101,7 @@ impl App {
             .reset_consumer_offsets(&config.ledger.group_id, &config.kafka.topics.movements)
             .await
             .map_err(|source| StartError::Database { url: config.database.url.clone(), source })?;
-        let producer = kafka::producer(&config.kafka)?;
+        let producer = kafka::producer(&config.kafka, API_LINGER)?;
         Self::start(config, store, producer, Some(embedded), StartOptions::default()).await
     }
 

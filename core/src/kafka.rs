@@ -38,13 +38,13 @@ pub fn client_config(config: &KafkaConfig) -> ClientConfig {
 
 /// An idempotent producer that waits for every in-sync replica (`acks=all`), and that
 /// partitions by key like the Java client, so that any producer of a SKU hits the same
-/// partition.
-pub fn producer(config: &KafkaConfig) -> Result<FutureProducer, KafkaError> {
+/// partition. `linger` trades latency for fewer, larger produce requests.
+pub fn producer(config: &KafkaConfig, linger: Duration) -> Result<FutureProducer, KafkaError> {
     client_config(config)
         .set("enable.idempotence", "true")
         .set("acks", "all")
         .set("partitioner", "murmur2_random")
-        .set("linger.ms", "5")
+        .set("linger.ms", linger.as_millis().to_string())
         .set("message.timeout.ms", config.produce_timeout_ms.to_string())
         .create()
 }

@@ -1,10 +1,13 @@
 -- The ledger: an append-only log of movements, the stock levels they produce, and the
 -- ledger consumer's Kafka offsets, all written in one transaction per batch.
+--
+-- Identifiers (event ids, SKUs, locations) are codes, not words: they compare byte by
+-- byte (COLLATE "C"), which keeps their indexes fast whatever the database's locale.
 
 CREATE TABLE movements (
-    event_id        TEXT PRIMARY KEY,
-    sku             TEXT NOT NULL,
-    location        TEXT NOT NULL,
+    event_id        TEXT COLLATE "C" PRIMARY KEY,
+    sku             TEXT COLLATE "C" NOT NULL,
+    location        TEXT COLLATE "C" NOT NULL,
     kind            TEXT NOT NULL,
     quantity        BIGINT NOT NULL,
     -- The signed change to on_hand; NULL for a count, which sets it instead.
@@ -17,15 +20,15 @@ CREATE TABLE movements (
     kafka_partition INTEGER NOT NULL,
     kafka_offset    BIGINT NOT NULL,
     -- The whole event as received, for audit and replay.
-    event           JSONB NOT NULL
+    event           JSON NOT NULL
 );
 
 -- The count rule sums the deltas of one level that occurred after a count.
 CREATE INDEX movements_level_time ON movements (sku, location, occurred_at);
 
 CREATE TABLE stock_levels (
-    sku                 TEXT NOT NULL,
-    location            TEXT NOT NULL,
+    sku                 TEXT COLLATE "C" NOT NULL,
+    location            TEXT COLLATE "C" NOT NULL,
     on_hand             BIGINT NOT NULL,
     -- Compared and incremented by every write (optimistic concurrency).
     version             BIGINT NOT NULL,
@@ -38,7 +41,7 @@ CREATE TABLE stock_levels (
     last_count_event_id TEXT,
     updated_at          TIMESTAMPTZ NOT NULL,
     PRIMARY KEY (sku, location)
-);
+) WITH (fillfactor = 80);
 
 CREATE TABLE consumer_offsets (
     group_id    TEXT NOT NULL,

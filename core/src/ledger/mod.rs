@@ -126,7 +126,9 @@ pub fn spawn(
     let (acknowledged_tx, acknowledged_rx) = mpsc::channel(64);
     let ledger = Ledger {
         consumer,
-        producer: kafka::producer(kafka_config)?,
+        // Levels are not latency-critical (the target is seconds): bigger produce batches
+        // cost the brokers less.
+        producer: kafka::producer(kafka_config, Duration::from_millis(50))?,
         store,
         metrics,
         shutdown,
@@ -271,16 +273,27 @@ struct Ledger {
 const UNPUBLISHED_AT_START_MAX: i64 = 100_000;
 
 impl Ledger {
+    /// The loop is a two-stage pipeline: while the database applies one batch, the next
+    /// one is polled and parsed. Applying a batch whose partitions were revoked meanwhile
+    /// is harmless: movements are idempotent, the rules do not depend on arrival order, and
+    /// saved offsets never move backwards.
     fn run(mut self) -> Result<(), LedgerError> {
         info!(group = %self.group_id, topic = %self.topics.movements, "ledger started");
         self.publish_unacknowledged();
+        let mut in_flight: Option<InFlight> = None;
         while !self.shutdown.is_cancelled() {
             let records = self.next_batch();
+            if let Some(previous) = in_flight.take() {
+                self.finish(previous)?;
+            }
             if records.is_empty() {
                 self.record_acknowledged()?;
             } else {
-                self.process(records)?;
+                in_flight = Some(self.start(records));
             }
+        }
+        if let Some(previous) = in_flight.take() {
+            self.finish(previous)?;
         }
         info!("ledger stopped");
         Ok(())
@@ -326,7 +339,8 @@ impl Ledger {
         records
     }
 
-    fn process(&mut self, records: Vec<Result<Envelope, Rejected>>) -> Result<(), LedgerError> {
+    /// Dead-letters what cannot be applied, then starts applying the rest in the database.
+    fn start(&mut self, records: Vec<Result<Envelope, Rejected>>) -> InFlight {
         let mut offsets: BTreeMap<i32, i64> = BTreeMap::new();
         for (partition, offset) in records.iter().map(|r| match r {
             Ok(e) => (e.partition, e.offset),
@@ -352,11 +366,22 @@ impl Ledger {
                 .collect(),
             movements,
         };
-        let started = Instant::now();
-        let Some(applied) = self.apply(&batch)? else {
+        let movements = batch.movements.len();
+        let (store, metrics, shutdown) = (Arc::clone(&self.store), self.metrics.clone(), self.shutdown.clone());
+        let task = self.runtime.spawn(async move { apply(&*store, &batch, &metrics, &shutdown).await });
+        InFlight { task, offsets, movements, started: Instant::now() }
+    }
+
+    /// Waits for a batch being applied, then publishes its levels and commits its offsets
+    /// to Kafka.
+    fn finish(&mut self, in_flight: InFlight) -> Result<(), LedgerError> {
+        let InFlight { task, offsets, movements, started } = in_flight;
+        let applied = self.runtime.block_on(task).map_err(|_| LedgerError::Panicked)??;
+        let Some(applied) = applied else {
+            // Shutdown came first: nothing was applied, and the batch will be read again.
             return Ok(());
         };
-        self.record_metrics(&batch, &applied, started.elapsed());
+        self.record_metrics(movements, &applied, started.elapsed());
         self.commits += 1;
         if self.faults.crash_after_commits == Some(self.commits) {
             return Err(LedgerError::InjectedCrash(self.commits));
@@ -364,26 +389,6 @@ impl Ledger {
         self.publish(&applied.levels);
         self.commit_to_kafka(&offsets);
         Ok(())
-    }
-
-    /// Applies a batch, retrying with backoff while the database is unavailable. `None`
-    /// when shutdown came first: nothing was applied and the batch will be read again.
-    fn apply(&self, batch: &Batch) -> Result<Option<Applied>, LedgerError> {
-        let mut backoff = Backoff::default();
-        loop {
-            match self.runtime.block_on(self.store.apply_batch(batch)) {
-                Ok(applied) => return Ok(Some(applied)),
-                Err(e) if e.is_retryable() => {
-                    self.metrics.ledger_batch_retries_total.inc();
-                    warn!(error = %e, movements = batch.movements.len(), "batch not applied; retrying");
-                    if self.shutdown.is_cancelled() {
-                        return Ok(None);
-                    }
-                    backoff.wait();
-                }
-                Err(e) => return Err(e.into()),
-            }
-        }
     }
 
     fn dead_letter(&self, rejected: &[Rejected]) {
@@ -491,7 +496,7 @@ impl Ledger {
             offsets: Vec::new(),
             published,
         };
-        self.apply(&batch)?;
+        self.runtime.block_on(apply(&*self.store, &batch, &self.metrics, &self.shutdown))?;
         Ok(())
     }
 
@@ -514,21 +519,55 @@ impl Ledger {
         }
     }
 
-    fn record_metrics(&self, batch: &Batch, applied: &Applied, elapsed: Duration) {
+    fn record_metrics(&self, movements: usize, applied: &Applied, elapsed: Duration) {
         let m = &self.metrics;
         m.ledger_movements_applied_total.inc_by(applied.applied);
         m.ledger_movements_superseded_total.inc_by(applied.superseded);
         m.ledger_duplicates_skipped_total.inc_by(applied.duplicates);
         m.ledger_conflicts_retried_total.inc_by(applied.conflicts_retried);
-        m.ledger_batch_size_movements.observe(batch.movements.len() as f64);
+        m.ledger_batch_size_movements.observe(movements as f64);
         m.ledger_apply_duration_seconds.observe(elapsed.as_secs_f64());
         debug!(
-            movements = batch.movements.len(),
+            movements,
             applied = applied.applied,
             duplicates = applied.duplicates,
             elapsed_ms = elapsed.as_millis() as u64,
             "batch applied"
         );
+    }
+}
+
+/// A batch being applied in the database while the next one is read.
+struct InFlight {
+    task: tokio::task::JoinHandle<Result<Option<Applied>, StoreError>>,
+    offsets: BTreeMap<i32, i64>,
+    movements: usize,
+    started: Instant,
+}
+
+/// Applies a batch, retrying with backoff while the database is unavailable or the batch
+/// lost too many races. `None` when shutdown came first: nothing was applied.
+async fn apply(
+    store: &dyn Store,
+    batch: &Batch,
+    metrics: &Metrics,
+    shutdown: &CancellationToken,
+) -> Result<Option<Applied>, StoreError> {
+    let mut backoff = Duration::from_millis(100);
+    loop {
+        match store.apply_batch(batch).await {
+            Ok(applied) => return Ok(Some(applied)),
+            Err(e) if e.is_retryable() => {
+                metrics.ledger_batch_retries_total.inc();
+                warn!(error = %e, movements = batch.movements.len(), "batch not applied; retrying");
+                tokio::select! {
+                    _ = shutdown.cancelled() => return Ok(None),
+                    _ = tokio::time::sleep(backoff) => {}
+                }
+                backoff = (backoff * 2).min(Duration::from_secs(5));
+            }
+            Err(e) => return Err(e),
+        }
     }
 }
 

@@ -147,7 +147,7 @@ impl LedgerTx for PgLedgerTx {
         let inserted: Vec<String> = sqlx::query_scalar(
             "INSERT INTO movements (event_id, sku, location, kind, quantity, delta, occurred_at, recorded_at,
                                     kafka_partition, kafka_offset, event)
-             SELECT id, sku, location, kind, quantity, delta, occurred_at, recorded_at, part, off, event::jsonb
+             SELECT id, sku, location, kind, quantity, delta, occurred_at, recorded_at, part, off, event::json
              FROM UNNEST($1::text[], $2::text[], $3::text[], $4::text[], $5::int8[], $6::int8[],
                          $7::timestamptz[], $8::timestamptz[], $9::int4[], $10::int8[], $11::text[])
                   AS t(id, sku, location, kind, quantity, delta, occurred_at, recorded_at, part, off, event)
