@@ -111,6 +111,12 @@ async fn health_readiness_and_metrics_answer() {
     assert_eq!(http_get(app.local_addr, "/healthz").await.0, 200);
     assert_eq!(http_get(app.local_addr, "/readyz").await, (200, json!({"status": "ok", "database": "ok"})));
     let text = reqwest::get(format!("http://{}/metrics", app.local_addr)).await.unwrap().text().await.unwrap();
+    // Lag comes from librdkafka's statistics, every 5 seconds, for every owned partition.
+    eventually("consumer lag per partition", 30, || async {
+        let text = reqwest::get(format!("http://{}/metrics", app.local_addr)).await.ok()?.text().await.ok()?;
+        text.contains("onhand_ledger_consumer_lag_messages{partition=\"0\"} 0").then_some(())
+    })
+    .await;
     for name in [
         "onhand_ledger_movements_applied_total",
         "onhand_ledger_duplicates_skipped_total",

@@ -175,3 +175,32 @@ impl Config {
         Ok(())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::path::Path;
+
+    use figment::{providers::Format, Figment};
+
+    use super::*;
+
+    /// `deploy/onhand.toml` documents every field with its default value.
+    #[test]
+    fn the_example_file_is_valid_and_shows_the_defaults() {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/onhand.toml");
+        let config: Config = Figment::from(Toml::file(&path)).extract().expect("deploy/onhand.toml is valid");
+        let mut expected = Config::default();
+        expected.http.listen = SocketAddr::from(([0, 0, 0, 0], 8080));
+        assert_eq!(config, expected);
+    }
+
+    #[test]
+    fn a_config_without_database_or_brokers_is_refused() {
+        let mut config = Config::default();
+        assert!(matches!(config.check(), Err(ConfigError::Invalid(m)) if m.contains("database.url")));
+        config.database.url = "postgres://localhost/onhand".into();
+        assert!(matches!(config.check(), Err(ConfigError::Invalid(m)) if m.contains("kafka.brokers")));
+        config.kafka.brokers = "localhost:9092".into();
+        assert!(config.check().is_ok());
+    }
+}

@@ -359,13 +359,6 @@ impl Movement {
         Self::check(raw, now)
     }
 
-    /// Like [`Movement::accept_json`], for an item already parsed as part of a JSON array.
-    pub fn accept_value(value: serde_json::Value, now: DateTime<Utc>) -> Result<Self, InvalidMovement> {
-        let raw: RawMovement = serde_json::from_value(value)
-            .map_err(|e| InvalidMovement::new(RejectCode::SchemaViolation, e.to_string()))?;
-        Self::check(raw, now)
-    }
-
     fn read_raw(bytes: &[u8]) -> Result<RawMovement, InvalidMovement> {
         if bytes.len() > MOVEMENT_BYTES_MAX {
             return Err(InvalidMovement::new(

@@ -97,10 +97,11 @@ fn parse_items(bytes: &Bytes, ndjson: bool, max: usize) -> Result<Vec<Result<Mov
     let now = Utc::now();
     let starts_array = bytes.iter().find(|b| !b.is_ascii_whitespace()) == Some(&b'[');
     let items: Vec<Result<Movement, InvalidMovement>> = if starts_array && !ndjson {
-        let values: Vec<serde_json::Value> =
+        // Each item is checked from its own bytes, with the same size limit as the ledger's.
+        let items: Vec<&serde_json::value::RawValue> =
             serde_json::from_slice(bytes).map_err(|e| ApiError::InvalidBody(e.to_string()))?;
-        check_count(values.len(), max)?;
-        values.into_iter().map(|v| Movement::accept_value(v, now)).collect()
+        check_count(items.len(), max)?;
+        items.into_iter().map(|item| Movement::accept_json(item.get().as_bytes(), now)).collect()
     } else {
         let lines: Vec<&[u8]> =
             bytes.split(|b| *b == b'\n').filter(|line| line.iter().any(|b| !b.is_ascii_whitespace())).collect();
@@ -195,6 +196,14 @@ mod tests {
         let parsed = parse_items(&lines, true, 10).unwrap();
         assert_eq!(parsed.len(), 3);
         assert_eq!(parsed[2].as_ref().unwrap_err().code, RejectCode::NotJson);
+    }
+
+    #[test]
+    fn an_oversized_item_of_an_array_is_refused_like_on_kafka() {
+        let big = item("a").replace(r#""quantity":1"#, &format!(r#""quantity":1,"reason":"{}""#, "r".repeat(20_000)));
+        let parsed = parse_items(&Bytes::from(format!("[{big},{}]", item("b"))), false, 10).unwrap();
+        assert_eq!(parsed[0].as_ref().unwrap_err().code, RejectCode::Oversized);
+        assert!(parsed[1].is_ok());
     }
 
     #[test]

@@ -154,3 +154,18 @@ fn the_schema_carries_the_quantity_rules() {
     assert_eq!(schema["allOf"].as_array().unwrap().len(), 3);
     assert_eq!(schema["properties"]["sku"]["$ref"], "#/$defs/Sku");
 }
+
+/// Every ```json block of docs/events.md is a movement that passes validation, and
+/// together they show every kind.
+#[test]
+fn the_documented_examples_are_valid_movements() {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../docs/events.md");
+    let doc = std::fs::read_to_string(&path).expect("docs/events.md exists");
+    let mut kinds = std::collections::BTreeSet::new();
+    for block in doc.split("```json\n").skip(1) {
+        let json = block.split("```").next().unwrap_or_default();
+        let movement = Movement::from_json(json.as_bytes()).unwrap_or_else(|e| panic!("{e}\n{json}"));
+        kinds.insert(movement.kind.as_str());
+    }
+    assert_eq!(kinds.len(), MovementKind::ALL.len(), "one example per kind, found {kinds:?}");
+}

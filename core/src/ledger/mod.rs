@@ -164,13 +164,14 @@ impl ClientContext for LedgerContext {
     fn stats(&self, statistics: Statistics) {
         let Some(topic) = statistics.topics.get(&self.topic) else { return };
         let assigned = self.assignment.lock().unwrap_or_else(PoisonError::into_inner).clone();
-        for (partition, stats) in &topic.partitions {
-            if assigned.contains(partition) && stats.consumer_lag >= 0 {
-                self.metrics
-                    .ledger_consumer_lag_messages
-                    .with_label_values(&[&partition.to_string()])
-                    .set(stats.consumer_lag);
-            }
+        for (partition, stats) in topic.partitions.iter().filter(|(p, _)| assigned.contains(*p)) {
+            // Until a first commit, librdkafka knows no lag: everything retained is due.
+            let lag = match (stats.consumer_lag, stats.hi_offset) {
+                (lag, _) if lag >= 0 => lag,
+                (_, high) if high >= 0 => high - stats.lo_offset.max(0),
+                _ => continue,
+            };
+            self.metrics.ledger_consumer_lag_messages.with_label_values(&[&partition.to_string()]).set(lag);
         }
     }
 }

@@ -207,3 +207,69 @@ async fn open_postgres() -> (Arc<dyn Store>, ()) {
 
 contract!(sqlite, open_sqlite());
 contract!(postgres, open_postgres());
+
+mod properties {
+    use proptest::prelude::*;
+
+    use super::*;
+
+    fn arb_envelopes() -> impl Strategy<Value = Vec<Envelope>> {
+        let kinds = vec![Receipt, Sale, Return, TransferOut, TransferIn, Damage, Adjustment, Count];
+        prop::collection::vec(
+            (prop::sample::select(kinds), 1i64..30, prop::sample::select(vec!["s1", "s2"]), 0i64..20),
+            1..30,
+        )
+        .prop_map(|items| {
+            items
+                .into_iter()
+                .enumerate()
+                .map(|(i, (kind, quantity, location, second))| {
+                    envelope(&format!("e{i}"), location, kind, quantity, second)
+                })
+                .collect()
+        })
+    }
+
+    /// Applies the movements in batches of `size` and returns (location, on_hand) pairs.
+    fn levels_after(batches: &[Vec<Envelope>], times: usize) -> Vec<(String, i64)> {
+        let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+        runtime.block_on(async {
+            let (store, _dir) = open_sqlite().await;
+            for _ in 0..times {
+                for b in batches {
+                    store.apply_batch(&batch(b.clone(), 1)).await.unwrap();
+                }
+            }
+            let mut levels: Vec<(String, i64)> = store
+                .stock_by_sku(&Sku::parse("SKU-1").unwrap())
+                .await
+                .unwrap()
+                .into_iter()
+                .map(|l| (l.location.to_string(), l.on_hand))
+                .collect();
+            levels.sort();
+            levels
+        })
+    }
+
+    fn chunks(movements: &[Envelope], size: usize) -> Vec<Vec<Envelope>> {
+        movements.chunks(size).map(<[Envelope]>::to_vec).collect()
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(32))]
+
+        /// Through the real store: any order and any batching of the same movements give
+        /// the same levels, and applying every batch twice equals applying it once.
+        #[test]
+        fn order_batching_and_repetition_do_not_change_the_levels(
+            (movements, shuffled) in arb_envelopes().prop_flat_map(|m| (Just(m.clone()), Just(m).prop_shuffle())),
+            size_a in 1usize..8,
+            size_b in 1usize..8,
+        ) {
+            let once = levels_after(&chunks(&movements, size_a), 1);
+            prop_assert_eq!(&once, &levels_after(&chunks(&shuffled, size_b), 1));
+            prop_assert_eq!(&once, &levels_after(&chunks(&movements, size_a), 2));
+        }
+    }
+}
