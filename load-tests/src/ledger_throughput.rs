@@ -17,10 +17,10 @@ use clap::Parser;
 use futures::{stream, StreamExt};
 use onhand_core::{
     config::{KafkaConfig, LedgerConfig},
-    event::{EventId, LocationId, Movement, MovementKind, Sku, Source, SourceSystem},
+    event::{Movement, MovementKind},
     kafka, ledger, store,
     telemetry::Metrics,
-    testing::unique_name,
+    testing::{self, unique_name},
 };
 use rand::{rngs::StdRng, Rng, SeedableRng};
 use rand_distr::{Distribution, Zipf};
@@ -151,23 +151,10 @@ async fn produce(config: &KafkaConfig, args: &Args) -> anyhow::Result<()> {
             let location = rng.random_range(0..args.locations);
             let (kind, quantity) = kind_of(rng.random_range(0..100));
             let at = started + chrono::Duration::milliseconds(i as i64);
-            let id = format!("bench-{i}");
-            Ok(Movement {
-                event_id: EventId::parse(id.clone())?,
-                source: Source { system: SourceSystem::Pos, instance: format!("store-{location:02}"), reference: id },
-                sku: Sku::parse(format!("SKU-{sku:06}"))?,
-                location: LocationId::parse(format!("loc-{location:02}"))?,
-                kind,
-                quantity,
-                occurred_at: at,
-                recorded_at: at,
-                actor: None,
-                reason: None,
-                correlation_id: None,
-                attributes: Default::default(),
-            })
+            let sku = format!("SKU-{sku:06}");
+            testing::movement(&format!("bench-{i}"), &sku, &format!("loc-{location:02}"), kind, quantity, at)
         })
-        .collect::<anyhow::Result<_>>()?;
+        .collect();
     let topic = &config.topics.movements;
     let mut sends = stream::iter(movements.iter().map(|m| {
         let payload = m.to_json();

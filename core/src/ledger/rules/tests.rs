@@ -1,27 +1,12 @@
 use std::collections::{HashMap, HashSet};
 
-use chrono::{Duration, TimeZone, Utc};
 use proptest::prelude::*;
 
 use super::*;
-use crate::event::{MovementKind, Source, SourceSystem};
+use crate::{event::MovementKind, testing};
 
 fn movement(id: &str, location: &str, kind: MovementKind, quantity: i64, minute: i64) -> Movement {
-    let at = Utc.with_ymd_and_hms(2026, 11, 20, 10, 0, 0).unwrap() + Duration::minutes(minute);
-    Movement {
-        event_id: EventId::parse(id).unwrap(),
-        source: Source { system: SourceSystem::Api, instance: "test".into(), reference: id.into() },
-        sku: Sku::parse("SKU-1").unwrap(),
-        location: LocationId::parse(location).unwrap(),
-        kind,
-        quantity,
-        occurred_at: at,
-        recorded_at: at,
-        actor: None,
-        reason: None,
-        correlation_id: None,
-        attributes: Default::default(),
-    }
+    testing::movement(id, "SKU-1", location, kind, quantity, testing::at(minute * 60))
 }
 
 /// The reference model: movements arrive one at a time, duplicates are skipped, and a
