@@ -113,6 +113,8 @@ impl App {
         options: StartOptions,
     ) -> Result<App, StartError> {
         let shutdown = CancellationToken::new();
+        // Until the app is fully started, a failure stops what already runs.
+        let stop_on_failure = shutdown.clone().drop_guard();
         let metrics = Metrics::new();
         let ledger = if config.ledger.enabled {
             Some(ledger::spawn(
@@ -140,6 +142,7 @@ impl App {
             metrics: metrics.clone(),
             http: config.http.clone(),
             produce_timeout_ms: config.kafka.produce_timeout_ms,
+            ledger: ledger.as_ref().map(LedgerHandle::running),
         });
         let mut tasks = Vec::new();
         for connector in registry(&config) {
@@ -158,7 +161,8 @@ impl App {
         let addr = config.http.listen;
         let listener = TcpListener::bind(addr).await.map_err(|source| StartError::Bind { addr, source })?;
         let local_addr = listener.local_addr().map_err(|source| StartError::Bind { addr, source })?;
-        let server = tokio::spawn(api::serve(listener, router, shutdown.child_token()));
+        let server = tokio::spawn(api::serve(listener, api::finish(router), shutdown.child_token()));
+        stop_on_failure.disarm();
         info!(%local_addr, "http api listening");
         Ok(App { local_addr, config, metrics, store, shutdown, ledger, tasks, server, _embedded: embedded })
     }

@@ -109,7 +109,10 @@ async fn health_readiness_and_metrics_answer() {
     let config = test_config(1).await;
     let app = serve(&config).await;
     assert_eq!(http_get(app.local_addr, "/healthz").await.0, 200);
-    assert_eq!(http_get(app.local_addr, "/readyz").await, (200, json!({"status": "ok", "database": "ok"})));
+    assert_eq!(
+        http_get(app.local_addr, "/readyz").await,
+        (200, json!({"status": "ok", "database": "ok", "ledger": "running"}))
+    );
     let text = reqwest::get(format!("http://{}/metrics", app.local_addr)).await.unwrap().text().await.unwrap();
     // Lag comes from librdkafka's statistics, every 5 seconds, for every owned partition.
     eventually("consumer lag per partition", 30, || async {

@@ -163,6 +163,12 @@ impl Config {
         if self.kafka.brokers.trim().is_empty() {
             return invalid("kafka.brokers is not set (or set ONHAND_KAFKA__BROKERS)");
         }
+        if self.database.connections_max == 0 {
+            return invalid("database.connections_max must be 1 or more");
+        }
+        if self.kafka.produce_timeout_ms == 0 {
+            return invalid("kafka.produce_timeout_ms must be 1 or more (0 would wait forever)");
+        }
         if self.kafka.partitions < 1 {
             return invalid("kafka.partitions must be 1 or more");
         }

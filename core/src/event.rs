@@ -25,6 +25,14 @@ const SOURCE_REF_LEN_MAX: usize = 128;
 const TEXT_LEN_MAX: usize = 256;
 const REASON_LEN_MAX: usize = 1024;
 const ATTRIBUTES_MAX: usize = 32;
+/// The largest quantity of one movement. Far above any real movement, and small enough
+/// that no sum of a level's movements overflows.
+pub const QUANTITY_MAX: i64 = 1_000_000_000;
+/// How far in the future of `recorded_at` an `occurred_at` may be: source clocks drift,
+/// but a count dated next year would freeze its level until a later count.
+pub const OCCURRED_AHEAD_MAX: chrono::Duration = chrono::Duration::hours(24);
+/// The earliest `occurred_at` accepted (2000-01-01T00:00:00Z).
+pub const OCCURRED_SINCE_UNIX_SECONDS: i64 = 946_684_800;
 
 /// Why a movement was refused. `code` is stable and documented; `message` is for people.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -52,11 +60,12 @@ pub enum RejectCode {
     UnknownKind,
     InvalidQuantity,
     InvalidField,
+    InvalidTime,
     Oversized,
 }
 
 impl RejectCode {
-    pub const ALL: [RejectCode; 10] = [
+    pub const ALL: [RejectCode; 11] = [
         RejectCode::NotJson,
         RejectCode::SchemaViolation,
         RejectCode::InvalidEventId,
@@ -66,6 +75,7 @@ impl RejectCode {
         RejectCode::UnknownKind,
         RejectCode::InvalidQuantity,
         RejectCode::InvalidField,
+        RejectCode::InvalidTime,
         RejectCode::Oversized,
     ];
 
@@ -80,6 +90,7 @@ impl RejectCode {
             RejectCode::UnknownKind => "unknown_kind",
             RejectCode::InvalidQuantity => "invalid_quantity",
             RejectCode::InvalidField => "invalid_field",
+            RejectCode::InvalidTime => "invalid_time",
             RejectCode::Oversized => "oversized",
         }
     }
@@ -250,6 +261,9 @@ impl MovementKind {
 
     /// Checks `quantity` against the kind's sign rule.
     fn check_quantity(self, quantity: i64) -> Result<(), &'static str> {
+        if quantity.abs() > QUANTITY_MAX {
+            return Err("must be within -1000000000 and 1000000000");
+        }
         match self {
             MovementKind::Adjustment if quantity == 0 => Err("an adjustment must not be 0"),
             MovementKind::Adjustment => Ok(()),
@@ -278,7 +292,8 @@ pub struct Movement {
     pub kind: MovementKind,
     /// Units. receipt, return and transfer_in add it; sale, transfer_out and damage
     /// subtract it (both > 0); adjustment is a signed delta (not 0); count is the
-    /// on-hand quantity observed (>= 0).
+    /// on-hand quantity observed (>= 0). At most 1,000,000,000 either way.
+    #[schemars(range(min = -1_000_000_000, max = 1_000_000_000))]
     pub quantity: i64,
     /// When it happened at the source (RFC 3339, kept to the microsecond).
     pub occurred_at: DateTime<Utc>,
@@ -354,9 +369,19 @@ impl Movement {
     }
 
     /// Reads and checks a movement submitted to onhand, stamping it as recorded at `now`.
+    /// The movement as it will travel (with `recorded_at`) must fit the size limit too,
+    /// or the ledger would refuse what was accepted here.
     pub fn accept_json(bytes: &[u8], now: DateTime<Utc>) -> Result<Self, InvalidMovement> {
         let raw = Self::read_raw(bytes)?;
-        Self::check(raw, now)
+        let movement = Self::check(raw, now)?;
+        let encoded_len = movement.to_json().len();
+        if encoded_len > MOVEMENT_BYTES_MAX {
+            return Err(InvalidMovement::new(
+                RejectCode::Oversized,
+                format!("movement is {encoded_len} bytes with recorded_at, at most {MOVEMENT_BYTES_MAX} are accepted"),
+            ));
+        }
+        Ok(movement)
     }
 
     fn read_raw(bytes: &[u8]) -> Result<RawMovement, InvalidMovement> {
@@ -382,6 +407,7 @@ impl Movement {
         kind.check_quantity(raw.quantity).map_err(|rule| {
             InvalidMovement::new(RejectCode::InvalidQuantity, format!("quantity {} for {kind}: {rule}", raw.quantity))
         })?;
+        check_time(raw.occurred_at, recorded_at)?;
         check_source(&raw.source)?;
         check_text("actor", raw.actor.as_deref(), TEXT_LEN_MAX)?;
         check_text("reason", raw.reason.as_deref(), REASON_LEN_MAX)?;
@@ -429,6 +455,23 @@ impl<'de> Deserialize<'de> for Movement {
         let recorded_at = raw.recorded_at.ok_or_else(|| serde::de::Error::missing_field("recorded_at"))?;
         Movement::check(raw, recorded_at).map_err(serde::de::Error::custom)
     }
+}
+
+fn check_time(occurred_at: DateTime<Utc>, recorded_at: DateTime<Utc>) -> Result<(), InvalidMovement> {
+    let earliest = DateTime::from_timestamp(OCCURRED_SINCE_UNIX_SECONDS, 0).unwrap_or_default();
+    if occurred_at < earliest {
+        return Err(InvalidMovement::new(
+            RejectCode::InvalidTime,
+            format!("occurred_at {occurred_at} is before 2000-01-01"),
+        ));
+    }
+    if occurred_at > recorded_at + OCCURRED_AHEAD_MAX {
+        return Err(InvalidMovement::new(
+            RejectCode::InvalidTime,
+            format!("occurred_at {occurred_at} is more than 24 hours after recorded_at {recorded_at}"),
+        ));
+    }
+    Ok(())
 }
 
 fn check_source(source: &Source) -> Result<(), InvalidMovement> {

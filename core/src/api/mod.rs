@@ -27,6 +27,7 @@ use tower_http::trace::TraceLayer;
 pub use self::error::{error_body, ApiError};
 use crate::{
     config::{HttpConfig, Topics},
+    ledger::LedgerRunning,
     store::Store,
     telemetry::Metrics,
 };
@@ -40,6 +41,8 @@ pub struct ApiState {
     pub metrics: Metrics,
     pub http: HttpConfig,
     pub produce_timeout_ms: u64,
+    /// The ledger of this process, if it runs one.
+    pub ledger: Option<LedgerRunning>,
 }
 
 impl std::fmt::Debug for ApiState {
@@ -48,6 +51,7 @@ impl std::fmt::Debug for ApiState {
     }
 }
 
+/// The routes of the API, to which connectors may add theirs before [`finish`] wraps them.
 pub fn router(state: ApiState) -> Router {
     Router::new()
         .route("/v1/movements", post(movements::post))
@@ -55,12 +59,18 @@ pub fn router(state: ApiState) -> Router {
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))
+        .with_state(state)
+}
+
+/// Wraps every route with the common layers. Layers apply to the routes present when they
+/// are added, so this comes after every `merge`.
+pub fn finish(router: Router) -> Router {
+    router
         .fallback(not_found)
         // The movements route reads its body itself, to answer 413 with a stable code;
         // every other route takes a small body at most.
         .layer(DefaultBodyLimit::max(64 * 1024))
         .layer(TraceLayer::new_for_http())
-        .with_state(state)
 }
 
 /// Serves until `shutdown` fires, then finishes the requests in flight.
@@ -73,12 +83,20 @@ async fn healthz() -> impl IntoResponse {
     Json(json!({ "status": "ok", "version": env!("CARGO_PKG_VERSION") }))
 }
 
-/// Readiness: the database answers within a second.
+/// Readiness: the database answers within a second, and the ledger (if this process runs
+/// one) has not stopped.
 async fn readyz(State(state): State<ApiState>) -> impl IntoResponse {
     let database = matches!(tokio::time::timeout(Duration::from_secs(1), state.store.ping()).await, Ok(Ok(())));
-    let status = if database { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
+    let ledger = state.ledger.as_ref().map(LedgerRunning::get);
+    let ready = database && ledger != Some(false);
+    let status = if ready { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
     let text = |ok: bool| if ok { "ok" } else { "unavailable" };
-    (status, Json(json!({ "status": text(database), "database": text(database) })))
+    let ledger = match ledger {
+        Some(true) => "running",
+        Some(false) => "stopped",
+        None => "not in this process",
+    };
+    (status, Json(json!({ "status": text(ready), "database": text(database), "ledger": ledger })))
 }
 
 async fn metrics(State(state): State<ApiState>) -> impl IntoResponse {

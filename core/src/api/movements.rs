@@ -7,7 +7,10 @@ use std::time::Duration;
 use axum::{
     body::{Body, Bytes},
     extract::State,
-    http::{header::CONTENT_TYPE, HeaderMap, StatusCode},
+    http::{
+        header::{CONTENT_TYPE, RETRY_AFTER},
+        HeaderMap, StatusCode,
+    },
     response::{IntoResponse, Response},
     Json,
 };
@@ -95,8 +98,13 @@ fn is_length_limit(e: &axum::Error) -> bool {
 /// A body that starts with `[` is one JSON array; anything else is one movement per line.
 fn parse_items(bytes: &Bytes, ndjson: bool, max: usize) -> Result<Vec<Result<Movement, InvalidMovement>>, ApiError> {
     let now = Utc::now();
-    let starts_array = bytes.iter().find(|b| !b.is_ascii_whitespace()) == Some(&b'[');
-    let items: Vec<Result<Movement, InvalidMovement>> = if starts_array && !ndjson {
+    let first = bytes.iter().find(|b| !b.is_ascii_whitespace());
+    // A single object, possibly spread over lines, when the whole JSON body is one value.
+    let single =
+        !ndjson && first == Some(&b'{') && serde_json::from_slice::<&serde_json::value::RawValue>(bytes).is_ok();
+    let items: Vec<Result<Movement, InvalidMovement>> = if single {
+        vec![Movement::accept_json(bytes.trim_ascii(), now)]
+    } else if first == Some(&b'[') && !ndjson {
         // Each item is checked from its own bytes, with the same size limit as the ledger's.
         let items: Vec<&serde_json::value::RawValue> =
             serde_json::from_slice(bytes).map_err(|e| ApiError::InvalidBody(e.to_string()))?;
@@ -166,15 +174,12 @@ fn respond(state: &ApiState, results: Vec<ItemResult>) -> Response {
     metric.with_label_values(&["accepted"]).inc_by(accepted as u64);
     metric.with_label_values(&["rejected"]).inc_by(rejected as u64);
     metric.with_label_values(&["failed"]).inc_by(failed as u64);
-    let status = if failed > 0 {
-        StatusCode::SERVICE_UNAVAILABLE
-    } else if rejected > 0 {
-        StatusCode::UNPROCESSABLE_ENTITY
-    } else {
-        StatusCode::ACCEPTED
-    };
-    let body = PostResponse { accepted, rejected, failed, results };
-    (status, Json(body)).into_response()
+    let body = Json(PostResponse { accepted, rejected, failed, results });
+    if failed > 0 {
+        return (StatusCode::SERVICE_UNAVAILABLE, [(RETRY_AFTER, "1")], body).into_response();
+    }
+    let status = if rejected > 0 { StatusCode::UNPROCESSABLE_ENTITY } else { StatusCode::ACCEPTED };
+    (status, body).into_response()
 }
 
 #[cfg(test)]
@@ -204,6 +209,15 @@ mod tests {
         let parsed = parse_items(&Bytes::from(format!("[{big},{}]", item("b"))), false, 10).unwrap();
         assert_eq!(parsed[0].as_ref().unwrap_err().code, RejectCode::Oversized);
         assert!(parsed[1].is_ok());
+    }
+
+    #[test]
+    fn a_single_object_may_span_lines() {
+        let pretty =
+            serde_json::to_string_pretty(&serde_json::from_str::<serde_json::Value>(&item("a")).unwrap()).unwrap();
+        let parsed = parse_items(&Bytes::from(pretty), false, 10).unwrap();
+        assert_eq!(parsed.len(), 1);
+        assert!(parsed[0].is_ok());
     }
 
     #[test]

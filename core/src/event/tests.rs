@@ -98,6 +98,10 @@ fn bad_input_is_refused_with_a_stable_code() {
         (with("reason", json!(long.repeat(10))), RejectCode::InvalidField),
         (with("attributes", json!({"k": "v".repeat(300)})), RejectCode::InvalidField),
         (with("reason", json!("r".repeat(MOVEMENT_BYTES_MAX))), RejectCode::Oversized),
+        (with("quantity", json!(QUANTITY_MAX + 1)), RejectCode::InvalidQuantity),
+        (with("occurred_at", json!("-5000-01-01T00:00:00Z")), RejectCode::InvalidTime),
+        (with("occurred_at", json!("1999-12-31T23:59:59Z")), RejectCode::InvalidTime),
+        (with("occurred_at", json!("2026-11-21T10:15:02Z")), RejectCode::InvalidTime),
     ];
     for (bytes, code) in cases {
         assert_eq!(code_of(&bytes), code, "{}", String::from_utf8_lossy(&bytes));
@@ -116,6 +120,29 @@ fn recorded_at_is_required_on_kafka_and_stamped_on_acceptance() {
     // A client's recorded_at is replaced: onhand says when it accepted a movement.
     let stamped = Movement::accept_json(&serde_json::to_vec(&valid()).unwrap(), now).unwrap();
     assert_eq!(stamped.recorded_at, now);
+}
+
+#[test]
+fn an_accepted_movement_fits_on_kafka_once_stamped() {
+    let mut m = valid();
+    m.as_object_mut().unwrap().remove("recorded_at");
+    // Attributes of multi-byte characters fill it to just under the limit as sent; it is
+    // over the limit once onhand adds recorded_at.
+    let mut attributes = serde_json::Map::new();
+    let len = |m: &Value| serde_json::to_vec(m).unwrap().len();
+    for i in 0.. {
+        let left = MOVEMENT_BYTES_MAX - 10 - len(&m);
+        if left < 16 {
+            break;
+        }
+        let value = if left > 800 { "€".repeat(256) } else { "x".repeat((left - 10).min(256)) };
+        attributes.insert(format!("a{i:02}"), json!(value));
+        m["attributes"] = Value::Object(attributes.clone());
+    }
+    let bytes = serde_json::to_vec(&m).unwrap();
+    assert!((MOVEMENT_BYTES_MAX - 30..=MOVEMENT_BYTES_MAX).contains(&bytes.len()), "{}", bytes.len());
+    let now = Utc.with_ymd_and_hms(2026, 11, 22, 8, 0, 0).unwrap();
+    assert_eq!(Movement::accept_json(&bytes, now).unwrap_err().code, RejectCode::Oversized);
 }
 
 #[test]

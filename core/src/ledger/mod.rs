@@ -22,13 +22,13 @@ use std::{
     time::{Duration, Instant},
 };
 
-use chrono::Utc;
+use chrono::{DateTime, Utc};
 use futures::future::join_all;
 use rdkafka::{
     consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext},
     error::KafkaError,
     message::{BorrowedMessage, Header, OwnedHeaders},
-    producer::{FutureProducer, FutureRecord},
+    producer::{FutureProducer, FutureRecord, Producer},
     statistics::Statistics,
     types::{RDKafkaErrorCode, RDKafkaRespErr},
     ClientContext, Message, Offset, TopicPartitionList,
@@ -70,9 +70,24 @@ pub struct FaultInjection {
 pub struct LedgerHandle {
     thread: thread::JoinHandle<Result<(), LedgerError>>,
     assignment: Arc<Mutex<BTreeSet<i32>>>,
+    running: LedgerRunning,
+}
+
+/// Whether the ledger's thread still runs, for readiness checks.
+#[derive(Debug, Clone, Default)]
+pub struct LedgerRunning(Arc<std::sync::atomic::AtomicBool>);
+
+impl LedgerRunning {
+    pub fn get(&self) -> bool {
+        self.0.load(Ordering::SeqCst)
+    }
 }
 
 impl LedgerHandle {
+    pub fn running(&self) -> LedgerRunning {
+        self.running.clone()
+    }
+
     /// The partitions this consumer owns now.
     pub fn assignment(&self) -> BTreeSet<i32> {
         self.assignment.lock().unwrap_or_else(PoisonError::into_inner).clone()
@@ -100,51 +115,38 @@ pub fn spawn(
     faults: FaultInjection,
 ) -> Result<LedgerHandle, LedgerError> {
     let assignment = Arc::new(Mutex::new(BTreeSet::new()));
-    let context = LedgerContext {
-        store: Arc::clone(&store),
-        runtime: Handle::current(),
-        group_id: config.group_id.clone(),
-        topic: kafka_config.topics.movements.clone(),
-        generation: AtomicU64::new(0),
-        assignment: Arc::clone(&assignment),
-        metrics: metrics.clone(),
-        shutdown: shutdown.clone(),
-    };
-    let consumer: BaseConsumer<LedgerContext> = kafka::client_config(kafka_config)
-        .set("group.id", &config.group_id)
-        .set("enable.auto.commit", "false")
-        .set("enable.auto.offset.store", "false")
-        .set("auto.offset.reset", "earliest")
-        // Eager rebalancing: every rebalance revokes everything, and the callback seeks
-        // each newly assigned partition to the offset saved in the database.
-        .set("partition.assignment.strategy", "roundrobin")
-        .set("session.timeout.ms", "10000")
-        .set("statistics.interval.ms", "5000")
-        .create_with_context(context)?;
-    consumer.subscribe(&[&kafka_config.topics.movements])?;
-    // Bounded: when the database falls behind on recording publications, publishing waits.
-    let (acknowledged_tx, acknowledged_rx) = mpsc::channel(64);
-    let ledger = Ledger {
-        consumer,
-        // Levels are not latency-critical (the target is seconds): bigger produce batches
-        // cost the brokers less.
-        producer: kafka::producer(kafka_config, Duration::from_millis(50))?,
-        store,
-        metrics,
-        shutdown,
-        faults,
-        runtime: Handle::current(),
-        group_id: config.group_id.clone(),
-        topics: kafka_config.topics.clone(),
-        batch_size_max: config.batch_size_max,
-        linger: Duration::from_millis(config.linger_ms),
-        commits: 0,
-        acknowledged_tx,
-        acknowledged_rx,
-    };
-    let thread =
-        thread::Builder::new().name("ledger".into()).spawn(move || ledger.run()).map_err(|_| LedgerError::Panicked)?;
-    Ok(LedgerHandle { thread, assignment })
+    let (kafka_config, config, owned_assignment) = (kafka_config.clone(), config.clone(), Arc::clone(&assignment));
+    let runtime = Handle::current();
+    let running = LedgerRunning::default();
+    running.0.store(true, Ordering::SeqCst);
+    let still_running = running.clone();
+    // The consumer lives and dies on the ledger thread: closing it may run the rebalance
+    // callback, which must never run on a runtime worker.
+    let (started_tx, started_rx) = std::sync::mpsc::channel();
+    let thread = thread::Builder::new()
+        .name("ledger".into())
+        .spawn(move || {
+            let setup =
+                Ledger::new(&kafka_config, &config, store, metrics, shutdown, faults, runtime, owned_assignment);
+            let result = match setup {
+                Ok(ledger) => {
+                    let _ = started_tx.send(Ok(()));
+                    ledger.run()
+                }
+                Err(e) => {
+                    let _ = started_tx.send(Err(e));
+                    Ok(())
+                }
+            };
+            if let Err(e) = &result {
+                error!(error = %e, "ledger stopped on an error");
+            }
+            still_running.0.store(false, Ordering::SeqCst);
+            result
+        })
+        .map_err(|_| LedgerError::Panicked)?;
+    started_rx.recv().map_err(|_| LedgerError::Panicked)??;
+    Ok(LedgerHandle { thread, assignment, running })
 }
 
 /// The consumer's context: seeks assigned partitions to the offsets saved in the
@@ -268,34 +270,106 @@ struct Ledger {
     commits: u64,
     acknowledged_tx: mpsc::Sender<Vec<Published>>,
     acknowledged_rx: mpsc::Receiver<Vec<Published>>,
+    /// The tasks collecting acknowledgements of publications.
+    acknowledging: Vec<tokio::task::JoinHandle<()>>,
+    swept_at: Instant,
 }
 
-/// The most unacknowledged levels republished at start; the rest go out at their next change.
-const UNPUBLISHED_AT_START_MAX: i64 = 100_000;
+/// The most unacknowledged levels republished at once; a following sweep takes the rest.
+const UNPUBLISHED_SWEEP_MAX: i64 = 100_000;
+/// How often an idle ledger looks for levels whose publication failed, and how old such a
+/// level must be (younger ones may still be waiting for their acknowledgement).
+const SWEEP_INTERVAL: Duration = Duration::from_secs(30);
 
 impl Ledger {
+    #[allow(clippy::too_many_arguments)]
+    fn new(
+        kafka_config: &KafkaConfig,
+        config: &LedgerConfig,
+        store: Arc<dyn Store>,
+        metrics: Metrics,
+        shutdown: CancellationToken,
+        faults: FaultInjection,
+        runtime: Handle,
+        assignment: Arc<Mutex<BTreeSet<i32>>>,
+    ) -> Result<Self, LedgerError> {
+        let context = LedgerContext {
+            store: Arc::clone(&store),
+            runtime: runtime.clone(),
+            group_id: config.group_id.clone(),
+            topic: kafka_config.topics.movements.clone(),
+            generation: AtomicU64::new(0),
+            assignment,
+            metrics: metrics.clone(),
+            shutdown: shutdown.clone(),
+        };
+        let consumer: BaseConsumer<LedgerContext> = kafka::client_config(kafka_config)
+            .set("group.id", &config.group_id)
+            .set("enable.auto.commit", "false")
+            .set("enable.auto.offset.store", "false")
+            .set("auto.offset.reset", "earliest")
+            // Eager rebalancing: every rebalance revokes everything, and the callback seeks
+            // each newly assigned partition to the offset saved in the database.
+            .set("partition.assignment.strategy", "roundrobin")
+            .set("session.timeout.ms", "10000")
+            .set("statistics.interval.ms", "5000")
+            .create_with_context(context)?;
+        consumer.subscribe(&[&kafka_config.topics.movements])?;
+        // Bounded: when the database falls behind on recording publications, publishing waits.
+        let (acknowledged_tx, acknowledged_rx) = mpsc::channel(64);
+        Ok(Ledger {
+            consumer,
+            // Levels are not latency-critical (the target is seconds): bigger produce
+            // batches cost the brokers less.
+            producer: kafka::producer(kafka_config, Duration::from_millis(50))?,
+            store,
+            metrics,
+            shutdown,
+            faults,
+            runtime,
+            group_id: config.group_id.clone(),
+            topics: kafka_config.topics.clone(),
+            batch_size_max: config.batch_size_max,
+            linger: Duration::from_millis(config.linger_ms),
+            commits: 0,
+            acknowledged_tx,
+            acknowledged_rx,
+            acknowledging: Vec::new(),
+            swept_at: Instant::now(),
+        })
+    }
+
     /// The loop is a two-stage pipeline: while the database applies one batch, the next
     /// one is polled and parsed. Applying a batch whose partitions were revoked meanwhile
     /// is harmless: movements are idempotent, the rules do not depend on arrival order, and
     /// saved offsets never move backwards.
     fn run(mut self) -> Result<(), LedgerError> {
         info!(group = %self.group_id, topic = %self.topics.movements, "ledger started");
-        self.publish_unacknowledged();
+        self.publish_unacknowledged(Utc::now());
         let mut in_flight: Option<InFlight> = None;
         while !self.shutdown.is_cancelled() {
             let records = self.next_batch();
+            // A batch starts only after the one before it committed: otherwise its saved
+            // offsets could pass movements that were never recorded.
             if let Some(previous) = in_flight.take() {
-                self.finish(previous)?;
+                if !self.finish(previous)? {
+                    break;
+                }
             }
+            self.sweep_unpublished();
             if records.is_empty() {
                 self.record_acknowledged()?;
             } else {
-                in_flight = Some(self.start(records));
+                match self.start(records) {
+                    Some(started) => in_flight = Some(started),
+                    None => break,
+                }
             }
         }
         if let Some(previous) = in_flight.take() {
             self.finish(previous)?;
         }
+        self.settle_publications();
         info!("ledger stopped");
         Ok(())
     }
@@ -341,7 +415,8 @@ impl Ledger {
     }
 
     /// Dead-letters what cannot be applied, then starts applying the rest in the database.
-    fn start(&mut self, records: Vec<Result<Envelope, Rejected>>) -> InFlight {
+    /// `None` when shutdown interrupted the dead letters: the batch is left to be read again.
+    fn start(&mut self, records: Vec<Result<Envelope, Rejected>>) -> Option<InFlight> {
         let mut offsets: BTreeMap<i32, i64> = BTreeMap::new();
         for (partition, offset) in records.iter().map(|r| match r {
             Ok(e) => (e.partition, e.offset),
@@ -355,7 +430,9 @@ impl Ledger {
         let rejected: Vec<Rejected> = rejected.into_iter().filter_map(Result::err).collect();
         // Dead letters are acknowledged before the offsets that skip them are saved, so a
         // rejected record is never lost (a crash in between may send it twice).
-        self.dead_letter(&rejected);
+        if !self.dead_letter(&rejected) {
+            return None;
+        }
 
         let batch = Batch {
             published: self.take_acknowledged(),
@@ -370,17 +447,16 @@ impl Ledger {
         let movements = batch.movements.len();
         let (store, metrics, shutdown) = (Arc::clone(&self.store), self.metrics.clone(), self.shutdown.clone());
         let task = self.runtime.spawn(async move { apply(&*store, &batch, &metrics, &shutdown).await });
-        InFlight { task, offsets, movements, started: Instant::now() }
+        Some(InFlight { task, offsets, movements, started: Instant::now() })
     }
 
     /// Waits for a batch being applied, then publishes its levels and commits its offsets
-    /// to Kafka.
-    fn finish(&mut self, in_flight: InFlight) -> Result<(), LedgerError> {
+    /// to Kafka. `false` when shutdown came first and nothing was applied.
+    fn finish(&mut self, in_flight: InFlight) -> Result<bool, LedgerError> {
         let InFlight { task, offsets, movements, started } = in_flight;
         let applied = self.runtime.block_on(task).map_err(|_| LedgerError::Panicked)??;
         let Some(applied) = applied else {
-            // Shutdown came first: nothing was applied, and the batch will be read again.
-            return Ok(());
+            return Ok(false);
         };
         self.record_metrics(movements, &applied, started.elapsed());
         self.commits += 1;
@@ -389,13 +465,12 @@ impl Ledger {
         }
         self.publish(&applied.levels);
         self.commit_to_kafka(&offsets);
-        Ok(())
+        Ok(true)
     }
 
-    fn dead_letter(&self, rejected: &[Rejected]) {
-        if rejected.is_empty() {
-            return;
-        }
+    /// Sends rejected records to the dead-letter topic, retrying until Kafka acknowledges
+    /// each. `false` when shutdown came first.
+    fn dead_letter(&self, rejected: &[Rejected]) -> bool {
         let mut backoff = Backoff::default();
         let failed_at = Utc::now().to_rfc3339();
         for Rejected { partition, offset, key, payload, reason } in rejected {
@@ -419,7 +494,7 @@ impl Ledger {
                     Err((e, _)) => {
                         warn!(error = %e, "cannot write to the dead-letter topic; retrying");
                         if self.shutdown.is_cancelled() {
-                            return;
+                            return false;
                         }
                         backoff.wait();
                     }
@@ -427,12 +502,13 @@ impl Ledger {
             }
             self.metrics.ledger_dlq_records_total.with_label_values(&[reason.code.as_str()]).inc();
         }
+        true
     }
 
     /// Publishes levels without waiting: a task collects the acknowledgements, which the
     /// next batch records in the database. A level whose publication failed or was never
     /// recorded stays unpublished there, and is published again when the ledger starts.
-    fn publish(&self, levels: &[StockLevel]) {
+    fn publish(&mut self, levels: &[StockLevel]) {
         let mut sends = Vec::with_capacity(levels.len());
         for level in levels {
             let key = level.kafka_key();
@@ -459,7 +535,8 @@ impl Ledger {
             sends.push(async move { delivery.await.ok()?.ok().map(|_| published) });
         }
         let (acknowledged, metrics) = (self.acknowledged_tx.clone(), self.metrics.clone());
-        self.runtime.spawn(async move {
+        self.acknowledging.retain(|task| !task.is_finished());
+        self.acknowledging.push(self.runtime.spawn(async move {
             let results = join_all(sends).await;
             let total = results.len();
             let published: Vec<Published> = results.into_iter().flatten().collect();
@@ -468,18 +545,55 @@ impl Ledger {
                 warn!(failures = total - published.len(), "stock levels not published");
             }
             let _ = acknowledged.send(published).await;
-        });
+        }));
     }
 
-    /// Publishes the levels a previous run wrote but never saw acknowledged.
-    fn publish_unacknowledged(&self) {
-        match self.runtime.block_on(self.store.unpublished_levels(UNPUBLISHED_AT_START_MAX)) {
+    /// Publishes levels written before `written_before` but never acknowledged on the
+    /// stock topic: at start, those a previous run left; later, those whose publication
+    /// failed.
+    fn publish_unacknowledged(&mut self, written_before: DateTime<Utc>) {
+        let unpublished = self.store.unpublished_levels(written_before, UNPUBLISHED_SWEEP_MAX);
+        match self.runtime.block_on(unpublished) {
             Ok(levels) if !levels.is_empty() => {
-                info!(levels = levels.len(), "publishing levels not acknowledged before the last stop");
+                info!(levels = levels.len(), "publishing levels whose publication was never acknowledged");
                 self.publish(&levels);
             }
             Ok(_) => {}
-            Err(e) => warn!(error = %e, "cannot read unpublished levels; they are published at their next change"),
+            Err(e) => warn!(error = %e, "cannot read unpublished levels; the next sweep tries again"),
+        }
+    }
+
+    /// Every so often, republishes levels whose publication failed (the stock topic was
+    /// down longer than the producer's timeout).
+    fn sweep_unpublished(&mut self) {
+        if self.swept_at.elapsed() < SWEEP_INTERVAL {
+            return;
+        }
+        self.swept_at = Instant::now();
+        let grace = chrono::Duration::from_std(SWEEP_INTERVAL).unwrap_or_default();
+        self.publish_unacknowledged(Utc::now() - grace);
+    }
+
+    /// At shutdown: waits (a little) for the publications in flight and records them, so
+    /// that a clean stop leaves nothing to republish.
+    fn settle_publications(&mut self) {
+        let _ = self.producer.flush(Duration::from_secs(5));
+        let tasks = std::mem::take(&mut self.acknowledging);
+        // The timer must be made inside the runtime, hence the async block.
+        let _ = self.runtime.block_on(async { tokio::time::timeout(Duration::from_secs(5), join_all(tasks)).await });
+        let batch = Batch {
+            group_id: self.group_id.clone(),
+            topic: self.topics.movements.clone(),
+            movements: Vec::new(),
+            offsets: Vec::new(),
+            published: self.take_acknowledged(),
+        };
+        if !batch.published.is_empty() {
+            // Shutdown is already cancelled, so this is one attempt: a failure only means
+            // that the next start publishes these levels again.
+            if let Err(e) = self.runtime.block_on(self.store.apply_batch(&batch)) {
+                warn!(error = %e, "cannot record the last publications; they are published again at the next start");
+            }
         }
     }
 

@@ -43,9 +43,19 @@ pub enum StoreError {
 
 impl StoreError {
     /// Retrying the same operation later may succeed: the database was unreachable, busy or
-    /// contended. Anything else needs a person.
+    /// contended. Bad data or a bug (a constraint, a value out of range, bad SQL) fails the
+    /// same way every time, and needs a person.
     pub fn is_retryable(&self) -> bool {
         match self {
+            StoreError::Database(sqlx::Error::Database(e)) => match e.code() {
+                // A PostgreSQL SQLSTATE: data exceptions, integrity violations, syntax or
+                // access-rule errors are permanent.
+                Some(code) if code.len() == 5 => !matches!(&code[..2], "22" | "23" | "42"),
+                // An SQLite result code: busy and locked are passing; too big, constraint,
+                // mismatch and range are permanent.
+                Some(code) => !matches!(code.parse::<i32>().map(|c| c & 0xff), Ok(18 | 19 | 20 | 25)),
+                None => true,
+            },
             StoreError::Database(e) => !matches!(e, sqlx::Error::Configuration(_) | sqlx::Error::Migrate(_)),
             StoreError::Contended => true,
             StoreError::Migrate(_) | StoreError::UnsupportedUrl(_) | StoreError::Corrupt(_) => false,
@@ -112,8 +122,13 @@ pub trait Store: Send + Sync + std::fmt::Debug {
     /// Forgets the saved offsets of a consumer group on a topic, so that it starts over
     /// from the beginning. Applied movements stay recorded, so nothing counts twice.
     async fn reset_consumer_offsets(&self, group_id: &str, topic: &str) -> Result<(), StoreError>;
-    /// Levels written but not acknowledged on the stock topic yet, at most `limit`.
-    async fn unpublished_levels(&self, limit: i64) -> Result<Vec<StockLevel>, StoreError>;
+    /// Levels written before `written_before` but not acknowledged on the stock topic yet,
+    /// oldest first, at most `limit`.
+    async fn unpublished_levels(
+        &self,
+        written_before: DateTime<Utc>,
+        limit: i64,
+    ) -> Result<Vec<StockLevel>, StoreError>;
     /// The levels of a SKU at every location, ordered by location.
     async fn stock_by_sku(&self, sku: &Sku) -> Result<Vec<StockLevel>, StoreError>;
     /// How many movements are recorded.
@@ -216,7 +231,9 @@ async fn apply_batch(mut tx: Box<dyn LedgerTx + '_>, batch: &Batch) -> Result<Ap
         let m = &envelope.movement;
         by_key.entry((m.sku.clone(), m.location.clone())).or_default().push(m);
     }
-    let batch_ids: Vec<&EventId> = unique.iter().map(|e| &e.movement.event_id).collect();
+    // Only this batch's new movements are left out of the recorded deltas a count adds
+    // (plan_key adds them itself); a re-delivered one was recorded before and counts.
+    let batch_ids: Vec<&EventId> = new_ids.iter().collect();
     let updated_at = Utc::now().trunc_subsecs(6);
 
     let mut pending: Vec<&LevelKey> = by_key.keys().collect();

@@ -91,11 +91,16 @@ impl Store for SqliteStore {
         Ok(())
     }
 
-    async fn unpublished_levels(&self, limit: i64) -> Result<Vec<StockLevel>, StoreError> {
+    async fn unpublished_levels(
+        &self,
+        written_before: DateTime<Utc>,
+        limit: i64,
+    ) -> Result<Vec<StockLevel>, StoreError> {
         let rows = sqlx::query(
             "SELECT sku, location, on_hand, version, last_movement_at, last_event_id, last_count_at, updated_at
-             FROM stock_levels WHERE published_version < version ORDER BY updated_at LIMIT ?",
+             FROM stock_levels WHERE published_version < version AND updated_at < ? ORDER BY updated_at LIMIT ?",
         )
+        .bind(micros(written_before))
         .bind(limit)
         .fetch_all(&self.pool)
         .await?;

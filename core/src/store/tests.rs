@@ -80,6 +80,17 @@ async fn a_batch_applied_twice_equals_it_applied_once(store: Arc<dyn Store>) {
     assert_eq!(on_hand(&*store, "s2").await, Some(-2));
 }
 
+async fn a_late_count_keeps_a_sale_that_is_delivered_again_beside_it(store: Arc<dyn Store>) {
+    store.apply_batch(&batch(vec![envelope("sale-30", "s1", Sale, 2, 30)], 1)).await.unwrap();
+    // A replay brings the sale again, in the batch of a count taken before it.
+    let replay = store
+        .apply_batch(&batch(vec![envelope("sale-30", "s1", Sale, 2, 30), envelope("count-10", "s1", Count, 50, 10)], 2))
+        .await
+        .unwrap();
+    assert_eq!((replay.applied, replay.duplicates), (1, 1));
+    assert_eq!(on_hand(&*store, "s1").await, Some(48));
+}
+
 async fn offsets_are_saved_and_never_go_back(store: Arc<dyn Store>) {
     assert!(store.consumer_offsets("ledger", "movements").await.unwrap().is_empty());
     store.apply_batch(&batch(vec![envelope("a", "s1", Receipt, 1, 0)], 42)).await.unwrap();
@@ -148,7 +159,7 @@ async fn levels_stay_unpublished_until_their_publication_is_recorded(store: Arc<
         .apply_batch(&batch(vec![envelope("a", "s1", Receipt, 5, 0), envelope("b", "s2", Receipt, 6, 1)], 2))
         .await
         .unwrap();
-    let pending = store.unpublished_levels(100).await.unwrap();
+    let pending = store.unpublished_levels(Utc::now(), 100).await.unwrap();
     assert_eq!(pending.len(), 2);
     // s1 changes again in the batch that records both publications: only s2 is done.
     let mut next = batch(vec![envelope("c", "s1", Sale, 1, 3)], 3);
@@ -157,7 +168,7 @@ async fn levels_stay_unpublished_until_their_publication_is_recorded(store: Arc<
         .map(|l| Published { sku: l.sku.clone(), location: l.location.clone(), version: l.version })
         .collect();
     store.apply_batch(&next).await.unwrap();
-    let pending = store.unpublished_levels(100).await.unwrap();
+    let pending = store.unpublished_levels(Utc::now(), 100).await.unwrap();
     assert_eq!(pending.iter().map(|l| (l.location.as_str(), l.version)).collect::<Vec<_>>(), [("s1", 2)]);
     // Acknowledgements of two versions in one batch, the newer first: the newer one counts,
     // and an older one arriving later does not move the level backwards.
@@ -167,7 +178,7 @@ async fn levels_stay_unpublished_until_their_publication_is_recorded(store: Arc<
     store.apply_batch(&late).await.unwrap();
     late.published = vec![ack(1)];
     store.apply_batch(&late).await.unwrap();
-    assert!(store.unpublished_levels(100).await.unwrap().is_empty());
+    assert!(store.unpublished_levels(Utc::now(), 100).await.unwrap().is_empty());
 }
 
 macro_rules! contract {
@@ -180,6 +191,7 @@ macro_rules! contract {
                 a_batch_applied_twice_equals_it_applied_once,
                 offsets_are_saved_and_never_go_back,
                 the_count_rule_holds_across_batches,
+                a_late_count_keeps_a_sale_that_is_delivered_again_beside_it,
                 levels_stay_unpublished_until_their_publication_is_recorded,
                 two_writers_on_one_row_lose_no_update);
         }
