@@ -21,6 +21,7 @@ pub struct Metrics {
     pub ledger_apply_duration_seconds: Histogram,
     pub ledger_consumer_lag_messages: IntGaugeVec,
     pub ledger_stock_publish_failures_total: IntCounter,
+    pub ledger_offset_gaps_total: IntCounter,
     pub api_movements_total: IntCounterVec,
 }
 
@@ -95,6 +96,10 @@ impl Metrics {
             ledger_stock_publish_failures_total: counter(
                 "onhand_ledger_stock_publish_failures_total",
                 "Stock levels that could not be published to the stock topic.",
+            ),
+            ledger_offset_gaps_total: counter(
+                "onhand_ledger_offset_gaps_total",
+                "Movements that expired from Kafka before the ledger read them (retention shorter than an outage).",
             ),
             api_movements_total: counter_vec(
                 "onhand_api_movements_total",

@@ -197,6 +197,9 @@ impl ConsumerContext for LedgerContext {
             tpl.elements().iter().map(|e| (e.topic().to_string(), e.partition())).collect();
         for (topic, partition) in partitions {
             let offset = saved.get(&partition).map_or(Offset::Beginning, |o| Offset::Offset(*o));
+            if let Some(&next) = saved.get(&partition) {
+                self.check_retention(consumer, &topic, partition, next);
+            }
             assignment.insert(partition);
             if let Err(e) = tpl.set_partition_offset(&topic, partition, offset) {
                 error!(error = %e, partition, "cannot set the start offset");
@@ -210,6 +213,20 @@ impl ConsumerContext for LedgerContext {
 }
 
 impl LedgerContext {
+    /// Reports movements lost to retention: the saved offset is below the first one the
+    /// broker still has (the ledger was down longer than the topic keeps records). The
+    /// consumer then starts at the first one there is; the gap needs a person.
+    fn check_retention(&self, consumer: &BaseConsumer<Self>, topic: &str, partition: i32, next: i64) {
+        match consumer.fetch_watermarks(topic, partition, Duration::from_secs(5)) {
+            Ok((low, _)) if next < low => {
+                error!(partition, saved = next, first_retained = low, "movements expired before the ledger read them");
+                self.metrics.ledger_offset_gaps_total.inc_by((low - next) as u64);
+            }
+            Ok(_) => {}
+            Err(e) => warn!(error = %e, partition, "cannot check the partition's retention"),
+        }
+    }
+
     /// Reads the saved offsets, retrying while the database is unreachable: assigning a
     /// partition anywhere else could skip or repeat movements.
     fn saved_offsets(&self) -> BTreeMap<i32, i64> {
