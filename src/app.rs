@@ -6,6 +6,7 @@ use std::{net::SocketAddr, path::Path, sync::Arc, time::Duration};
 use onhand_connectors::{registry, ConnectorContext};
 use onhand_core::{
     api::{self, ApiState},
+    cache::{self, StockCache},
     config::Config,
     kafka::{self, EmbeddedKafka, KafkaSetupError},
     ledger::{self, FaultInjection, LedgerError, LedgerHandle},
@@ -129,6 +130,8 @@ impl App {
             None
         };
 
+        let cache = StockCache::new(Arc::clone(&store), &config.query, metrics.clone());
+        let mut tasks = Vec::new();
         let context = ConnectorContext {
             producer: producer.clone(),
             topics: config.kafka.topics.clone(),
@@ -143,8 +146,11 @@ impl App {
             http: config.http.clone(),
             produce_timeout_ms: config.kafka.produce_timeout_ms,
             ledger: ledger.as_ref().map(LedgerHandle::running),
+            cache: cache.clone(),
+            query: config.query.clone(),
+            channels: config.channels.clone(),
         });
-        let mut tasks = Vec::new();
+        tasks.push(tokio::spawn(cache::follow_stock_topic(config.kafka.clone(), cache, shutdown.child_token())));
         for connector in registry(&config) {
             if let Some(routes) = connector.routes(&context) {
                 router = router.merge(routes);

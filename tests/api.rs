@@ -30,7 +30,7 @@ async fn posted_movements_are_acknowledged_then_applied_and_readable() {
 
     let stock = eventually("the level over http", 60, || async {
         let (status, body) = http_get(app.local_addr, "/v1/stock/SKU-H").await;
-        (status == 200 && body["on_hand_total"] == 7).then_some(body)
+        (status == 200 && body["on_hand"] == 7).then_some(body)
     })
     .await;
     assert_eq!(stock["sku"], "SKU-H");

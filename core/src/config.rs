@@ -10,13 +10,32 @@ use figment::{
 };
 use serde::{Deserialize, Serialize};
 
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct Config {
     pub database: DatabaseConfig,
     pub kafka: KafkaConfig,
     pub ledger: LedgerConfig,
     pub http: HttpConfig,
+    pub query: QueryConfig,
+    /// Which locations serve each sales channel, by channel name.
+    pub channels: BTreeMap<String, ChannelConfig>,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            database: DatabaseConfig::default(),
+            kafka: KafkaConfig::default(),
+            ledger: LedgerConfig::default(),
+            http: HttpConfig::default(),
+            query: QueryConfig::default(),
+            channels: BTreeMap::from([(
+                "all".to_string(),
+                ChannelConfig { all_locations: true, locations: Vec::new() },
+            )]),
+        }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -123,6 +142,44 @@ impl Default for HttpConfig {
     }
 }
 
+/// The stock read path: a cache kept fresh by the stock topic, in front of the database.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct QueryConfig {
+    /// How long a stock read may wait for the database before answering from the cache,
+    /// marked stale.
+    pub database_budget_ms: u64,
+    /// SKUs kept in the cache (each with all its locations).
+    pub cache_skus_max: u64,
+    /// After this long, a cached SKU is read again from the database even though the
+    /// stock topic keeps it fresh: a safety net, not the way changes arrive.
+    pub cache_ttl_s: u64,
+    /// The most SKUs in one `POST /v1/stock/query`.
+    pub query_skus_max: usize,
+}
+
+impl Default for QueryConfig {
+    fn default() -> Self {
+        Self { database_budget_ms: 150, cache_skus_max: 200_000, cache_ttl_s: 60, query_skus_max: 500 }
+    }
+}
+
+/// The locations whose stock a sales channel may sell.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
+#[serde(deny_unknown_fields, default)]
+pub struct ChannelConfig {
+    /// Every location serves the channel.
+    pub all_locations: bool,
+    /// The locations that serve it, when not all do.
+    pub locations: Vec<String>,
+}
+
+impl ChannelConfig {
+    pub fn serves(&self, location: &str) -> bool {
+        self.all_locations || self.locations.iter().any(|l| l == location)
+    }
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
     #[error("config: {0}")]
@@ -174,6 +231,16 @@ impl Config {
         }
         if self.ledger.batch_size_max == 0 || self.ledger.batch_size_max > 50_000 {
             return invalid("ledger.batch_size_max must be 1 to 50000");
+        }
+        for (name, channel) in &self.channels {
+            if !channel.all_locations && channel.locations.is_empty() {
+                return Err(ConfigError::Invalid(format!(
+                    "channel {name} has no location (set locations or all_locations)"
+                )));
+            }
+        }
+        if self.query.query_skus_max == 0 || self.query.cache_skus_max == 0 {
+            return invalid("query.query_skus_max and query.cache_skus_max must be 1 or more");
         }
         if self.http.movements_per_request_max == 0 {
             return invalid("http.movements_per_request_max must be 1 or more");

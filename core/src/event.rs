@@ -523,15 +523,27 @@ pub struct StockLevel {
     pub location: LocationId,
     /// May go below 0 when sales are recorded before the receipt that covered them.
     pub on_hand: i64,
+    /// Units held by checkouts that have not been sold yet.
+    #[serde(default)]
+    pub reserved: i64,
+    /// Units kept back from every channel.
+    #[serde(default)]
+    pub safety_stock: i64,
+    /// At or below this on_hand the location is low on stock; absent: the default.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reorder_point: Option<i64>,
     /// Grows by one with every write of this row (optimistic concurrency).
     pub version: i64,
-    /// `occurred_at` of the newest movement applied.
-    pub last_movement_at: DateTime<Utc>,
-    pub last_event_id: EventId,
+    /// `occurred_at` of the newest movement applied; absent for a level that only has a
+    /// stock policy so far.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_movement_at: Option<DateTime<Utc>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_event_id: Option<EventId>,
     /// `occurred_at` of the count on_hand is based on, if any.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_count_at: Option<DateTime<Utc>>,
-    /// When the ledger wrote this level.
+    /// When this level was last written.
     pub updated_at: DateTime<Utc>,
 }
 
@@ -540,6 +552,11 @@ fn stock_level_id(schema: &mut Schema) {
 }
 
 impl StockLevel {
+    /// What a channel may sell here: on_hand less reserved and safety stock, never below 0.
+    pub fn available(&self) -> i64 {
+        (self.on_hand - self.reserved - self.safety_stock).max(0)
+    }
+
     /// The key on `onhand.stock.v1`.
     pub fn kafka_key(&self) -> String {
         format!("{}@{}", self.sku, self.location)

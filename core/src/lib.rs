@@ -6,12 +6,14 @@
 //!   mock cluster of `onhand dev`.
 //! - [`ledger`]: the consumer that applies movements exactly once, and its rules.
 //! - [`store`]: the `Store` trait and its PostgreSQL and SQLite implementations.
+//! - [`cache`]: the read side's cache of stock levels, kept fresh by the stock topic.
 //! - [`api`]: the HTTP API.
 //! - [`telemetry`]: every metric, in one place.
 //! - [`config`]: typed configuration, from a file and the environment.
 //! - [`testing`]: helpers for tests against the real servers of `scripts/test`.
 
 pub mod api;
+pub mod cache;
 pub mod config;
 pub mod event;
 pub mod kafka;

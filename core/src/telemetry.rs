@@ -23,6 +23,7 @@ pub struct Metrics {
     pub ledger_stock_publish_failures_total: IntCounter,
     pub ledger_offset_gaps_total: IntCounter,
     pub api_movements_total: IntCounterVec,
+    pub query_reads_total: IntCounterVec,
 }
 
 impl Default for Metrics {
@@ -105,6 +106,11 @@ impl Metrics {
                 "onhand_api_movements_total",
                 "Movements posted to the HTTP API, by outcome (accepted, rejected, failed).",
                 &["outcome"],
+            ),
+            query_reads_total: counter_vec(
+                "onhand_query_reads_total",
+                "Stock reads by where the answer came from (cache, database, stale).",
+                &["source"],
             ),
             registry,
         }

@@ -24,6 +24,20 @@ pub enum ApiError {
     InvalidSku(String),
     #[error("no stock is recorded for sku {0:?}")]
     SkuNotFound(String),
+    #[error("sku {0:?} has no stock level at location {1:?}")]
+    LocationNotFound(String, String),
+    #[error("{0}")]
+    InvalidLocation(String),
+    #[error("no channel {0:?} is configured")]
+    UnknownChannel(String),
+    #[error("the query parameter channel is required")]
+    MissingChannel,
+    #[error("the database is unavailable and sku {0:?} was never read before; retry later")]
+    StockUnavailable(String),
+    #[error("{count} skus in one query, at most {max} are accepted")]
+    TooManySkus { count: usize, max: usize },
+    #[error("{0}")]
+    InvalidRequest(String),
     #[error("no route for {0}")]
     NotFound(String),
     #[error("{0} is unavailable, retry later")]
@@ -31,6 +45,11 @@ pub enum ApiError {
 }
 
 impl ApiError {
+    /// The stable code clients program against.
+    pub fn code(&self) -> &'static str {
+        self.status_and_code().1
+    }
+
     /// The status and stable code of each error: the contract clients program against.
     fn status_and_code(&self) -> (StatusCode, &'static str) {
         match self {
@@ -41,6 +60,13 @@ impl ApiError {
             ApiError::UnsupportedMediaType(_) => (StatusCode::UNSUPPORTED_MEDIA_TYPE, "unsupported_media_type"),
             ApiError::InvalidSku(_) => (StatusCode::BAD_REQUEST, "invalid_sku"),
             ApiError::SkuNotFound(_) => (StatusCode::NOT_FOUND, "sku_not_found"),
+            ApiError::LocationNotFound(..) => (StatusCode::NOT_FOUND, "location_not_found"),
+            ApiError::InvalidLocation(_) => (StatusCode::BAD_REQUEST, "invalid_location"),
+            ApiError::UnknownChannel(_) => (StatusCode::NOT_FOUND, "unknown_channel"),
+            ApiError::MissingChannel => (StatusCode::BAD_REQUEST, "missing_channel"),
+            ApiError::StockUnavailable(_) => (StatusCode::SERVICE_UNAVAILABLE, "stock_unavailable"),
+            ApiError::TooManySkus { .. } => (StatusCode::PAYLOAD_TOO_LARGE, "too_many_skus"),
+            ApiError::InvalidRequest(_) => (StatusCode::UNPROCESSABLE_ENTITY, "invalid_request"),
             ApiError::NotFound(_) => (StatusCode::NOT_FOUND, "not_found"),
             ApiError::Unavailable(_) => (StatusCode::SERVICE_UNAVAILABLE, "unavailable"),
         }

@@ -1,21 +1,23 @@
-//! The HTTP API (axum). Routes: `POST /v1/movements`, `GET /v1/stock/{sku}`, `GET /healthz`,
-//! `GET /readyz`, `GET /metrics`; see `docs/api.md`.
+//! The HTTP API (axum). Routes: `POST /v1/movements`; stock reads `GET /v1/stock/{sku}`,
+//! `GET /v1/stock/{sku}/{location}`, `POST /v1/stock/query`,
+//! `GET /v1/availability/{sku}?channel=NAME`; `PUT /v1/stock/{sku}/{location}/policy`;
+//! `GET /healthz`, `GET /readyz`, `GET /metrics`.
 //!
 //! - `error`: the table from errors to status and stable code.
 //! - `movements`: ingest of movements onto Kafka.
-//! - `stock`: reads of stock levels.
+//! - `stock`: stock reads through the cache, channel availability, stock policies.
 
 mod error;
 mod movements;
 mod stock;
 
-use std::{sync::Arc, time::Duration};
+use std::{collections::BTreeMap, sync::Arc, time::Duration};
 
 use axum::{
     extract::{DefaultBodyLimit, State},
     http::{header::CONTENT_TYPE, StatusCode, Uri},
     response::IntoResponse,
-    routing::{get, post},
+    routing::{get, post, put},
     Json, Router,
 };
 use rdkafka::producer::FutureProducer;
@@ -26,7 +28,8 @@ use tower_http::trace::TraceLayer;
 
 pub use self::error::{error_body, ApiError};
 use crate::{
-    config::{HttpConfig, Topics},
+    cache::StockCache,
+    config::{ChannelConfig, HttpConfig, QueryConfig, Topics},
     ledger::LedgerRunning,
     store::Store,
     telemetry::Metrics,
@@ -43,6 +46,9 @@ pub struct ApiState {
     pub produce_timeout_ms: u64,
     /// The ledger of this process, if it runs one.
     pub ledger: Option<LedgerRunning>,
+    pub cache: StockCache,
+    pub query: QueryConfig,
+    pub channels: BTreeMap<String, ChannelConfig>,
 }
 
 impl std::fmt::Debug for ApiState {
@@ -55,7 +61,11 @@ impl std::fmt::Debug for ApiState {
 pub fn router(state: ApiState) -> Router {
     Router::new()
         .route("/v1/movements", post(movements::post))
-        .route("/v1/stock/{sku}", get(stock::get))
+        .route("/v1/stock/query", post(stock::query))
+        .route("/v1/stock/{sku}", get(stock::get_sku))
+        .route("/v1/stock/{sku}/{location}", get(stock::get_level))
+        .route("/v1/stock/{sku}/{location}/policy", put(stock::put_policy))
+        .route("/v1/availability/{sku}", get(stock::availability))
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))

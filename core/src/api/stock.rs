@@ -1,57 +1,229 @@
-//! `GET /v1/stock/{sku}`: the level of a SKU at every location (the query API issue adds
-//! the cache, reservations and availability).
+//! Stock reads and the stock policy: `GET /v1/stock/{sku}`, `GET /v1/stock/{sku}/{location}`,
+//! `POST /v1/stock/query`, `GET /v1/availability/{sku}?channel=NAME` and
+//! `PUT /v1/stock/{sku}/{location}/policy`. Reads go through the cache; every answer says
+//! as of when it holds and whether it is stale.
+
+use std::time::Duration;
 
 use axum::{
-    extract::{Path, State},
+    body::Bytes,
+    extract::{Path, Query, State},
     Json,
 };
 use chrono::{DateTime, Utc};
-use serde::Serialize;
+use futures::future::join_all;
+use rdkafka::producer::FutureRecord;
+use serde::{Deserialize, Serialize};
+use serde_json::{json, Value};
 use tracing::warn;
 
 use super::{error::ApiError, ApiState};
-use crate::event::Sku;
+use crate::{
+    cache::{ReadError, SkuStock},
+    event::{LocationId, Sku, StockLevel, QUANTITY_MAX},
+    store::{Published, StockPolicy},
+};
 
 #[derive(Debug, Serialize)]
-pub(super) struct SkuStock {
+pub(super) struct SkuBody {
     sku: String,
-    on_hand_total: i64,
-    locations: Vec<LocationStock>,
+    as_of: DateTime<Utc>,
+    stale: bool,
+    on_hand: i64,
+    reserved: i64,
+    available: i64,
+    locations: Vec<LevelBody>,
 }
 
 #[derive(Debug, Serialize)]
-struct LocationStock {
+pub(super) struct LevelBody {
     location: String,
     on_hand: i64,
-    version: i64,
-    last_movement_at: DateTime<Utc>,
+    reserved: i64,
+    safety_stock: i64,
+    available: i64,
     #[serde(skip_serializing_if = "Option::is_none")]
-    last_count_at: Option<DateTime<Utc>>,
+    reorder_point: Option<i64>,
+    version: i64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    last_movement_at: Option<DateTime<Utc>>,
     updated_at: DateTime<Utc>,
 }
 
-pub(super) async fn get(State(state): State<ApiState>, Path(sku): Path<String>) -> Result<Json<SkuStock>, ApiError> {
+impl From<&StockLevel> for LevelBody {
+    fn from(l: &StockLevel) -> Self {
+        LevelBody {
+            location: l.location.to_string(),
+            on_hand: l.on_hand,
+            reserved: l.reserved,
+            safety_stock: l.safety_stock,
+            available: l.available(),
+            reorder_point: l.reorder_point,
+            version: l.version,
+            last_movement_at: l.last_movement_at,
+            updated_at: l.updated_at,
+        }
+    }
+}
+
+impl SkuBody {
+    fn new(sku: &Sku, stock: &SkuStock) -> Self {
+        SkuBody {
+            sku: sku.to_string(),
+            as_of: stock.as_of,
+            stale: stock.stale,
+            on_hand: stock.levels.iter().map(|l| l.on_hand).sum(),
+            reserved: stock.levels.iter().map(|l| l.reserved).sum(),
+            available: stock.levels.iter().map(StockLevel::available).sum(),
+            locations: stock.levels.iter().map(LevelBody::from).collect(),
+        }
+    }
+}
+
+/// Reads a SKU through the cache, turning each way it can fail into its API error.
+async fn read(state: &ApiState, sku: &str) -> Result<(Sku, SkuStock), ApiError> {
     let sku = Sku::parse(sku).map_err(|e| ApiError::InvalidSku(e.message))?;
-    let levels = state.store.stock_by_sku(&sku).await.map_err(|e| {
-        warn!(error = %e, "stock read failed");
+    match state.cache.get(&sku).await {
+        Ok(stock) => Ok((sku, stock)),
+        Err(ReadError::NotFound) => Err(ApiError::SkuNotFound(sku.to_string())),
+        Err(ReadError::Unavailable) => Err(ApiError::StockUnavailable(sku.to_string())),
+    }
+}
+
+pub(super) async fn get_sku(State(state): State<ApiState>, Path(sku): Path<String>) -> Result<Json<SkuBody>, ApiError> {
+    let (sku, stock) = read(&state, &sku).await?;
+    Ok(Json(SkuBody::new(&sku, &stock)))
+}
+
+pub(super) async fn get_level(
+    State(state): State<ApiState>,
+    Path((sku, location)): Path<(String, String)>,
+) -> Result<Json<Value>, ApiError> {
+    let location = LocationId::parse(location).map_err(|e| ApiError::InvalidLocation(e.message))?;
+    let (sku, stock) = read(&state, &sku).await?;
+    let level = stock
+        .levels
+        .iter()
+        .find(|l| l.location == location)
+        .ok_or_else(|| ApiError::LocationNotFound(sku.to_string(), location.to_string()))?;
+    let mut body = serde_json::to_value(LevelBody::from(level)).expect("a level body always serializes");
+    body["sku"] = json!(sku.as_str());
+    body["as_of"] = json!(stock.as_of);
+    body["stale"] = json!(stock.stale);
+    Ok(Json(body))
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct QueryRequest {
+    skus: Vec<String>,
+    /// Only these locations, when given.
+    #[serde(default)]
+    locations: Option<Vec<String>>,
+}
+
+/// A batch of SKUs in one request; each SKU answers on its own, found or with its error.
+pub(super) async fn query(State(state): State<ApiState>, body: Bytes) -> Result<Json<Value>, ApiError> {
+    let request: QueryRequest = serde_json::from_slice(&body).map_err(|e| ApiError::InvalidRequest(e.to_string()))?;
+    let max = state.query.query_skus_max;
+    if request.skus.len() > max {
+        return Err(ApiError::TooManySkus { count: request.skus.len(), max });
+    }
+    let locations: Option<Vec<LocationId>> = request
+        .locations
+        .map(|ls| {
+            ls.into_iter().map(|l| LocationId::parse(l).map_err(|e| ApiError::InvalidLocation(e.message))).collect()
+        })
+        .transpose()?;
+    let (state, locations) = (&state, &locations);
+    let results = join_all(request.skus.iter().map(|sku| async move {
+        match read(state, sku).await {
+            Ok((sku, mut stock)) => {
+                if let Some(locations) = locations {
+                    stock.levels.retain(|l: &StockLevel| locations.contains(&l.location));
+                }
+                json!({ "status": "ok", "stock": SkuBody::new(&sku, &stock) })
+            }
+            Err(e) => json!({ "status": "error", "sku": sku, "error": { "code": e.code(), "message": e.to_string() } }),
+        }
+    }))
+    .await;
+    Ok(Json(json!({ "results": results })))
+}
+
+#[derive(Debug, Deserialize)]
+pub(super) struct ChannelParam {
+    channel: Option<String>,
+}
+
+/// What a channel may sell of a SKU: the availability at the locations that serve it.
+pub(super) async fn availability(
+    State(state): State<ApiState>,
+    Path(sku): Path<String>,
+    Query(param): Query<ChannelParam>,
+) -> Result<Json<Value>, ApiError> {
+    let name = param.channel.ok_or(ApiError::MissingChannel)?;
+    let channel = state.channels.get(&name).ok_or_else(|| ApiError::UnknownChannel(name.clone()))?;
+    let (sku, stock) = read(&state, &sku).await?;
+    let serving: Vec<&StockLevel> = stock.levels.iter().filter(|l| channel.serves(l.location.as_str())).collect();
+    let locations: Vec<Value> =
+        serving.iter().map(|l| json!({ "location": l.location.as_str(), "available": l.available() })).collect();
+    Ok(Json(json!({
+        "sku": sku.as_str(),
+        "channel": name,
+        "available": serving.iter().map(|l| l.available()).sum::<i64>(),
+        "locations": locations,
+        "as_of": stock.as_of,
+        "stale": stock.stale,
+    })))
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct PolicyRequest {
+    safety_stock: i64,
+    #[serde(default)]
+    reorder_point: Option<i64>,
+}
+
+/// Sets a level's stock policy, publishes the level and answers it.
+pub(super) async fn put_policy(
+    State(state): State<ApiState>,
+    Path((sku, location)): Path<(String, String)>,
+    body: Bytes,
+) -> Result<Json<LevelBody>, ApiError> {
+    let sku = Sku::parse(sku).map_err(|e| ApiError::InvalidSku(e.message))?;
+    let location = LocationId::parse(location).map_err(|e| ApiError::InvalidLocation(e.message))?;
+    let request: PolicyRequest = serde_json::from_slice(&body).map_err(|e| ApiError::InvalidRequest(e.to_string()))?;
+    let in_range = |v: i64| (0..=QUANTITY_MAX).contains(&v);
+    if !in_range(request.safety_stock) || !request.reorder_point.is_none_or(in_range) {
+        return Err(ApiError::InvalidRequest(format!(
+            "safety_stock and reorder_point must be within 0 and {QUANTITY_MAX}"
+        )));
+    }
+    let policy = StockPolicy { safety_stock: request.safety_stock, reorder_point: request.reorder_point };
+    let level = state.store.set_policy(&(sku, location), policy).await.map_err(|e| {
+        warn!(error = %e, "policy write failed");
         ApiError::Unavailable("the database")
     })?;
-    if levels.is_empty() {
-        return Err(ApiError::SkuNotFound(sku.to_string()));
+    publish(&state, &level).await;
+    state.cache.apply(level.clone()).await;
+    Ok(Json(LevelBody::from(&level)))
+}
+
+/// Publishes a level written by the API. A failure is logged, not answered: the level
+/// stays unpublished in the database and the ledger's sweep publishes it.
+async fn publish(state: &ApiState, level: &StockLevel) {
+    let value = serde_json::to_vec(level).expect("a level always serializes");
+    let key = level.kafka_key();
+    let record = FutureRecord::to(&state.topics.stock).key(&key).payload(&value);
+    let timeout = Duration::from_millis(state.produce_timeout_ms);
+    if let Err((e, _)) = state.producer.send(record, timeout).await {
+        warn!(error = %e, "level not published; the ledger's sweep will");
+        return;
     }
-    Ok(Json(SkuStock {
-        sku: sku.to_string(),
-        on_hand_total: levels.iter().map(|l| l.on_hand).sum(),
-        locations: levels
-            .into_iter()
-            .map(|l| LocationStock {
-                location: l.location.to_string(),
-                on_hand: l.on_hand,
-                version: l.version,
-                last_movement_at: l.last_movement_at,
-                last_count_at: l.last_count_at,
-                updated_at: l.updated_at,
-            })
-            .collect(),
-    }))
+    let published = Published { sku: level.sku.clone(), location: level.location.clone(), version: level.version };
+    if let Err(e) = state.store.record_published(vec![published]).await {
+        warn!(error = %e, "publication not recorded; the level may be published again");
+    }
 }

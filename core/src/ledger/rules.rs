@@ -23,10 +23,11 @@ pub struct CountMark {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct LevelState {
     pub on_hand: i64,
-    /// The newest `occurred_at` among the movements recorded for this level.
-    pub last_movement_at: DateTime<Utc>,
+    /// The newest `occurred_at` among the movements recorded for this level; `None` for a
+    /// level created by its stock policy before any movement.
+    pub last_movement_at: Option<DateTime<Utc>>,
     /// The last movement that was applied, in arrival order.
-    pub last_event_id: EventId,
+    pub last_event_id: Option<EventId>,
     pub last_count: Option<CountMark>,
 }
 
@@ -59,7 +60,7 @@ pub fn apply(state: Option<&LevelState>, m: &Movement, later_deltas: i64) -> (Le
         (None, Some(count)) if (m.occurred_at, &m.event_id) <= (count.at, &count.event_id) => Effect::Superseded,
         _ => Effect::Applied,
     };
-    let last_movement_at = state.map_or(m.occurred_at, |s| s.last_movement_at.max(m.occurred_at));
+    let last_movement_at = state.and_then(|s| s.last_movement_at).max(Some(m.occurred_at));
     let next = match (effect, state) {
         (Effect::Superseded, Some(s)) => LevelState { last_movement_at, ..s.clone() },
         (Effect::Superseded, None) => unreachable!("only a level with a count can supersede"),
@@ -69,7 +70,7 @@ pub fn apply(state: Option<&LevelState>, m: &Movement, later_deltas: i64) -> (Le
                 None => m.quantity + later_deltas,
             },
             last_movement_at,
-            last_event_id: m.event_id.clone(),
+            last_event_id: Some(m.event_id.clone()),
             last_count: match m.delta() {
                 Some(_) => last_count.cloned(),
                 None => Some(CountMark { at: m.occurred_at, event_id: m.event_id.clone() }),

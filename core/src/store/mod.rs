@@ -90,6 +90,13 @@ pub struct Batch {
     pub published: Vec<Published>,
 }
 
+/// How much of a level is kept back from every channel, and when it is low.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct StockPolicy {
+    pub safety_stock: i64,
+    pub reorder_point: Option<i64>,
+}
+
 /// A level version that reached the stock topic.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Published {
@@ -131,6 +138,20 @@ pub trait Store: Send + Sync + std::fmt::Debug {
     ) -> Result<Vec<StockLevel>, StoreError>;
     /// The levels of a SKU at every location, ordered by location.
     async fn stock_by_sku(&self, sku: &Sku) -> Result<Vec<StockLevel>, StoreError>;
+    /// Sets the stock policy of a level, creating the level (with nothing on hand) when no
+    /// movement reached it yet. Bumps the version like every other write of the level.
+    async fn set_policy(&self, key: &LevelKey, policy: StockPolicy) -> Result<StockLevel, StoreError>;
+    /// Records publications outside a ledger batch (the policy API publishes its levels).
+    async fn record_published(&self, published: Vec<Published>) -> Result<(), StoreError> {
+        let batch = Batch {
+            group_id: String::new(),
+            topic: String::new(),
+            movements: Vec::new(),
+            offsets: Vec::new(),
+            published,
+        };
+        self.apply_batch(&batch).await.map(|_| ())
+    }
     /// How many movements are recorded.
     async fn movement_count(&self) -> Result<i64, StoreError>;
     /// Checks that the database answers.
@@ -148,10 +169,20 @@ pub async fn open(url: &str, connections_max: u32) -> Result<Arc<dyn Store>, Sto
     }
 }
 
+/// The columns of a level that writers other than the ledger own: units reserved by
+/// checkouts, and the stock policy. The ledger reads them only to publish whole levels.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+struct Allocation {
+    reserved: i64,
+    safety_stock: i64,
+    reorder_point: Option<i64>,
+}
+
 /// A level as stored, with the version its next write must compare against.
 #[derive(Debug, Clone)]
 struct StoredLevel {
     state: LevelState,
+    allocation: Allocation,
     version: i64,
 }
 
@@ -161,6 +192,7 @@ struct LevelWrite {
     key: LevelKey,
     expected_version: Option<i64>,
     state: LevelState,
+    allocation: Allocation,
 }
 
 impl LevelWrite {
@@ -169,6 +201,9 @@ impl LevelWrite {
             sku: self.key.0.clone(),
             location: self.key.1.clone(),
             on_hand: self.state.on_hand,
+            reserved: self.allocation.reserved,
+            safety_stock: self.allocation.safety_stock,
+            reorder_point: self.allocation.reorder_point,
             version: self.expected_version.map_or(1, |v| v + 1),
             last_movement_at: self.state.last_movement_at,
             last_event_id: self.state.last_event_id.clone(),
@@ -260,6 +295,7 @@ async fn apply_batch(mut tx: Box<dyn LedgerTx + '_>, batch: &Batch) -> Result<Ap
                     key: (*key).clone(),
                     expected_version: prior.map(|s| s.version),
                     state: state.clone(),
+                    allocation: prior.map(|s| s.allocation).unwrap_or_default(),
                 });
             }
             plans.insert(*key, plan);
@@ -306,6 +342,10 @@ fn newest_publications(published: &[Published]) -> Vec<Published> {
         .into_iter()
         .map(|((sku, location), version)| Published { sku: sku.clone(), location: location.clone(), version })
         .collect()
+}
+
+fn optional_event_id(id: Option<String>) -> Result<Option<EventId>, StoreError> {
+    id.map(|id| EventId::parse(id).map_err(corrupt)).transpose()
 }
 
 fn corrupt(what: impl std::fmt::Display) -> StoreError {

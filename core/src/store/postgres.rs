@@ -4,12 +4,12 @@
 use std::collections::{HashMap, HashSet};
 
 use async_trait::async_trait;
-use chrono::{DateTime, Utc};
+use chrono::{DateTime, SubsecRound, Utc};
 use sqlx::{postgres::PgPoolOptions, PgPool, Postgres, Row, Transaction};
 
 use super::{
-    apply_batch, corrupt, Applied, Batch, Envelope, LedgerTx, LevelWrite, PartitionOffset, Published, Store,
-    StoreError, StoredLevel,
+    apply_batch, corrupt, optional_event_id, Allocation, Applied, Batch, Envelope, LedgerTx, LevelWrite,
+    PartitionOffset, Published, StockPolicy, Store, StoreError, StoredLevel,
 };
 use crate::{
     event::{EventId, LocationId, Movement, Sku, StockLevel},
@@ -73,7 +73,8 @@ impl Store for PostgresStore {
         limit: i64,
     ) -> Result<Vec<StockLevel>, StoreError> {
         let rows = sqlx::query(
-            "SELECT sku, location, on_hand, version, last_movement_at, last_event_id, last_count_at, updated_at
+            "SELECT sku, location, on_hand, reserved, safety_stock, reorder_point, version, last_movement_at,
+                    last_event_id, last_count_at, updated_at
              FROM stock_levels WHERE published_version < version AND updated_at < $1 ORDER BY updated_at LIMIT $2",
         )
         .bind(written_before)
@@ -85,13 +86,34 @@ impl Store for PostgresStore {
 
     async fn stock_by_sku(&self, sku: &Sku) -> Result<Vec<StockLevel>, StoreError> {
         let rows = sqlx::query(
-            "SELECT sku, location, on_hand, version, last_movement_at, last_event_id, last_count_at, updated_at
+            "SELECT sku, location, on_hand, reserved, safety_stock, reorder_point, version, last_movement_at,
+                    last_event_id, last_count_at, updated_at
              FROM stock_levels WHERE sku = $1 ORDER BY location",
         )
         .bind(sku.as_str())
         .fetch_all(&self.pool)
         .await?;
         rows.iter().map(stock_level).collect()
+    }
+
+    async fn set_policy(&self, (sku, location): &LevelKey, policy: StockPolicy) -> Result<StockLevel, StoreError> {
+        let row = sqlx::query(
+            "INSERT INTO stock_levels (sku, location, on_hand, version, safety_stock, reorder_point, updated_at)
+             VALUES ($1, $2, 0, 1, $3, $4, $5)
+             ON CONFLICT (sku, location) DO UPDATE
+             SET safety_stock = EXCLUDED.safety_stock, reorder_point = EXCLUDED.reorder_point,
+                 version = stock_levels.version + 1, updated_at = EXCLUDED.updated_at
+             RETURNING sku, location, on_hand, reserved, safety_stock, reorder_point, version, last_movement_at,
+                       last_event_id, last_count_at, updated_at",
+        )
+        .bind(sku.as_str())
+        .bind(location.as_str())
+        .bind(policy.safety_stock)
+        .bind(policy.reorder_point)
+        .bind(Utc::now().trunc_subsecs(6))
+        .fetch_one(&self.pool)
+        .await?;
+        stock_level(&row)
     }
 
     async fn movement_count(&self) -> Result<i64, StoreError> {
@@ -109,9 +131,12 @@ fn stock_level(row: &sqlx::postgres::PgRow) -> Result<StockLevel, StoreError> {
         sku: Sku::parse(row.try_get::<String, _>("sku")?).map_err(corrupt)?,
         location: LocationId::parse(row.try_get::<String, _>("location")?).map_err(corrupt)?,
         on_hand: row.try_get("on_hand")?,
+        reserved: row.try_get("reserved")?,
+        safety_stock: row.try_get("safety_stock")?,
+        reorder_point: row.try_get("reorder_point")?,
         version: row.try_get("version")?,
         last_movement_at: row.try_get("last_movement_at")?,
-        last_event_id: EventId::parse(row.try_get::<String, _>("last_event_id")?).map_err(corrupt)?,
+        last_event_id: optional_event_id(row.try_get("last_event_id")?)?,
         last_count_at: row.try_get("last_count_at")?,
         updated_at: row.try_get("updated_at")?,
     })
@@ -178,8 +203,8 @@ impl LedgerTx for PgLedgerTx {
     async fn load_levels(&mut self, keys: &[&LevelKey]) -> Result<HashMap<LevelKey, StoredLevel>, StoreError> {
         let (skus, locations) = keys_as_columns(keys.iter().copied());
         let rows = sqlx::query(
-            "SELECT s.sku, s.location, s.on_hand, s.version, s.last_movement_at, s.last_event_id,
-                    s.last_count_at, s.last_count_event_id
+            "SELECT s.sku, s.location, s.on_hand, s.reserved, s.safety_stock, s.reorder_point, s.version,
+                    s.last_movement_at, s.last_event_id, s.last_count_at, s.last_count_event_id
              FROM stock_levels s
              JOIN UNNEST($1::text[], $2::text[]) AS k(sku, location) USING (sku, location)",
         )
@@ -202,10 +227,15 @@ impl LedgerTx for PgLedgerTx {
                 let state = LevelState {
                     on_hand: row.try_get("on_hand")?,
                     last_movement_at: row.try_get("last_movement_at")?,
-                    last_event_id: EventId::parse(row.try_get::<String, _>("last_event_id")?).map_err(corrupt)?,
+                    last_event_id: optional_event_id(row.try_get("last_event_id")?)?,
                     last_count,
                 };
-                Ok((key, StoredLevel { state, version: row.try_get("version")? }))
+                let allocation = Allocation {
+                    reserved: row.try_get("reserved")?,
+                    safety_stock: row.try_get("safety_stock")?,
+                    reorder_point: row.try_get("reorder_point")?,
+                };
+                Ok((key, StoredLevel { state, allocation, version: row.try_get("version")? }))
             })
             .collect()
     }
@@ -258,8 +288,9 @@ impl LedgerTx for PgLedgerTx {
             let (skus, locations) = keys_as_columns(group.iter().map(|w| &w.key));
             let expected: Vec<i64> = group.iter().map(|w| w.expected_version.unwrap_or(0)).collect();
             let on_hand: Vec<i64> = group.iter().map(|w| w.state.on_hand).collect();
-            let last_at: Vec<DateTime<Utc>> = group.iter().map(|w| w.state.last_movement_at).collect();
-            let last_id: Vec<&str> = group.iter().map(|w| w.state.last_event_id.as_str()).collect();
+            let last_at: Vec<Option<DateTime<Utc>>> = group.iter().map(|w| w.state.last_movement_at).collect();
+            let last_id: Vec<Option<&str>> =
+                group.iter().map(|w| w.state.last_event_id.as_ref().map(EventId::as_str)).collect();
             let count_at: Vec<Option<DateTime<Utc>>> =
                 group.iter().map(|w| w.state.last_count.as_ref().map(|c| c.at)).collect();
             let count_id: Vec<Option<&str>> =

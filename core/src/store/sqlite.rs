@@ -15,8 +15,8 @@ use sqlx::{
 };
 
 use super::{
-    apply_batch, corrupt, Applied, Batch, Envelope, LedgerTx, LevelWrite, PartitionOffset, Published, Store,
-    StoreError, StoredLevel,
+    apply_batch, corrupt, optional_event_id, Allocation, Applied, Batch, Envelope, LedgerTx, LevelWrite,
+    PartitionOffset, Published, StockPolicy, Store, StoreError, StoredLevel,
 };
 use crate::{
     event::{EventId, LocationId, Movement, Sku, StockLevel},
@@ -53,6 +53,10 @@ fn time(micros: i64) -> Result<DateTime<Utc>, StoreError> {
 
 fn time_at(row: &SqliteRow, column: &str) -> Result<DateTime<Utc>, StoreError> {
     time(row.try_get(column)?)
+}
+
+fn optional_time_at(row: &SqliteRow, column: &str) -> Result<Option<DateTime<Utc>>, StoreError> {
+    row.try_get::<Option<i64>, _>(column)?.map(time).transpose()
 }
 
 fn key_at(row: &SqliteRow) -> Result<LevelKey, StoreError> {
@@ -97,7 +101,8 @@ impl Store for SqliteStore {
         limit: i64,
     ) -> Result<Vec<StockLevel>, StoreError> {
         let rows = sqlx::query(
-            "SELECT sku, location, on_hand, version, last_movement_at, last_event_id, last_count_at, updated_at
+            "SELECT sku, location, on_hand, reserved, safety_stock, reorder_point, version, last_movement_at,
+                    last_event_id, last_count_at, updated_at
              FROM stock_levels WHERE published_version < version AND updated_at < ? ORDER BY updated_at LIMIT ?",
         )
         .bind(micros(written_before))
@@ -109,13 +114,34 @@ impl Store for SqliteStore {
 
     async fn stock_by_sku(&self, sku: &Sku) -> Result<Vec<StockLevel>, StoreError> {
         let rows = sqlx::query(
-            "SELECT sku, location, on_hand, version, last_movement_at, last_event_id, last_count_at, updated_at
+            "SELECT sku, location, on_hand, reserved, safety_stock, reorder_point, version, last_movement_at,
+                    last_event_id, last_count_at, updated_at
              FROM stock_levels WHERE sku = ? ORDER BY location",
         )
         .bind(sku.as_str())
         .fetch_all(&self.pool)
         .await?;
         rows.iter().map(stock_level).collect()
+    }
+
+    async fn set_policy(&self, (sku, location): &LevelKey, policy: StockPolicy) -> Result<StockLevel, StoreError> {
+        let row = sqlx::query(
+            "INSERT INTO stock_levels (sku, location, on_hand, version, safety_stock, reorder_point, updated_at)
+             VALUES (?1, ?2, 0, 1, ?3, ?4, ?5)
+             ON CONFLICT (sku, location) DO UPDATE
+             SET safety_stock = excluded.safety_stock, reorder_point = excluded.reorder_point,
+                 version = version + 1, updated_at = excluded.updated_at
+             RETURNING sku, location, on_hand, reserved, safety_stock, reorder_point, version, last_movement_at,
+                       last_event_id, last_count_at, updated_at",
+        )
+        .bind(sku.as_str())
+        .bind(location.as_str())
+        .bind(policy.safety_stock)
+        .bind(policy.reorder_point)
+        .bind(micros(Utc::now()))
+        .fetch_one(&self.pool)
+        .await?;
+        stock_level(&row)
     }
 
     async fn movement_count(&self) -> Result<i64, StoreError> {
@@ -134,10 +160,13 @@ fn stock_level(row: &SqliteRow) -> Result<StockLevel, StoreError> {
         sku,
         location,
         on_hand: row.try_get("on_hand")?,
+        reserved: row.try_get("reserved")?,
+        safety_stock: row.try_get("safety_stock")?,
+        reorder_point: row.try_get("reorder_point")?,
         version: row.try_get("version")?,
-        last_movement_at: time_at(row, "last_movement_at")?,
-        last_event_id: EventId::parse(row.try_get::<String, _>("last_event_id")?).map_err(corrupt)?,
-        last_count_at: row.try_get::<Option<i64>, _>("last_count_at")?.map(time).transpose()?,
+        last_movement_at: optional_time_at(row, "last_movement_at")?,
+        last_event_id: optional_event_id(row.try_get("last_event_id")?)?,
+        last_count_at: optional_time_at(row, "last_count_at")?,
         updated_at: time_at(row, "updated_at")?,
     })
 }
@@ -184,7 +213,8 @@ impl LedgerTx for SqliteLedgerTx {
         let mut levels = HashMap::with_capacity(keys.len());
         for (sku, location) in keys {
             let row = sqlx::query(
-                "SELECT sku, location, on_hand, version, last_movement_at, last_event_id, last_count_at, last_count_event_id
+                "SELECT sku, location, on_hand, reserved, safety_stock, reorder_point, version, last_movement_at,
+                        last_event_id, last_count_at, last_count_event_id
                  FROM stock_levels WHERE sku = ? AND location = ?",
             )
             .bind(sku.as_str())
@@ -203,11 +233,16 @@ impl LedgerTx for SqliteLedgerTx {
             };
             let state = LevelState {
                 on_hand: row.try_get("on_hand")?,
-                last_movement_at: time_at(&row, "last_movement_at")?,
-                last_event_id: EventId::parse(row.try_get::<String, _>("last_event_id")?).map_err(corrupt)?,
+                last_movement_at: optional_time_at(&row, "last_movement_at")?,
+                last_event_id: optional_event_id(row.try_get("last_event_id")?)?,
                 last_count,
             };
-            levels.insert(key_at(&row)?, StoredLevel { state, version: row.try_get("version")? });
+            let allocation = Allocation {
+                reserved: row.try_get("reserved")?,
+                safety_stock: row.try_get("safety_stock")?,
+                reorder_point: row.try_get("reorder_point")?,
+            };
+            levels.insert(key_at(&row)?, StoredLevel { state, allocation, version: row.try_get("version")? });
         }
         Ok(levels)
     }
@@ -265,8 +300,8 @@ impl LedgerTx for SqliteLedgerTx {
                 .bind(w.key.0.as_str())
                 .bind(w.key.1.as_str())
                 .bind(w.state.on_hand)
-                .bind(micros(w.state.last_movement_at))
-                .bind(w.state.last_event_id.as_str())
+                .bind(w.state.last_movement_at.map(micros))
+                .bind(w.state.last_event_id.as_ref().map(EventId::as_str))
                 .bind(w.state.last_count.as_ref().map(|c| micros(c.at)))
                 .bind(w.state.last_count.as_ref().map(|c| c.event_id.as_str()))
                 .bind(micros(updated_at))

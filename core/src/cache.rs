@@ -1,0 +1,212 @@
+//! The read side's cache of stock levels, between the store and the HTTP API.
+//!
+//! Every API instance keeps its own bounded cache (moka) and follows the stock topic, so a
+//! level the ledger commits reaches every replica's cache within a second; a time-to-live
+//! stays as a safety net. A read that misses, or finds an entry older than the TTL, goes
+//! to the database within a time budget; when the database is slow or down, the last
+//! known levels answer, marked stale. Instances share nothing but Kafka and the database.
+
+use std::{
+    sync::Arc,
+    time::{Duration, Instant},
+};
+
+use chrono::{DateTime, SubsecRound, Utc};
+use moka::future::Cache;
+use rdkafka::{
+    consumer::{Consumer, StreamConsumer},
+    ClientConfig, Message, Offset, TopicPartitionList,
+};
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, info, warn};
+
+use crate::{
+    config::{KafkaConfig, QueryConfig},
+    event::{Sku, StockLevel},
+    kafka,
+    store::Store,
+    telemetry::Metrics,
+};
+
+/// The levels of one SKU at every location where it has one.
+#[derive(Debug, Clone)]
+pub struct SkuStock {
+    pub levels: Vec<StockLevel>,
+    /// When these levels were last known to be current: the database read, or the
+    /// newest level that arrived from the stock topic since.
+    pub as_of: DateTime<Utc>,
+    /// Whether the answer comes from the cache because the database could not.
+    pub stale: bool,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum ReadError {
+    #[error("no stock is recorded for this sku")]
+    NotFound,
+    #[error("the database did not answer in time and this sku was never read before")]
+    Unavailable,
+}
+
+#[derive(Debug)]
+struct Entry {
+    levels: Vec<StockLevel>,
+    as_of: DateTime<Utc>,
+    loaded_at: Instant,
+}
+
+#[derive(Debug, Clone)]
+pub struct StockCache {
+    store: Arc<dyn Store>,
+    entries: Cache<Sku, Arc<Entry>>,
+    ttl: Duration,
+    budget: Duration,
+    metrics: Metrics,
+}
+
+impl StockCache {
+    pub fn new(store: Arc<dyn Store>, config: &QueryConfig, metrics: Metrics) -> Self {
+        Self {
+            store,
+            // No time-based eviction: an old entry is still the last known value when the
+            // database is down. Age is checked on read instead.
+            entries: Cache::new(config.cache_skus_max),
+            ttl: Duration::from_secs(config.cache_ttl_s),
+            budget: Duration::from_millis(config.database_budget_ms),
+            metrics,
+        }
+    }
+
+    /// The levels of `sku`: from the cache while it is fresh, else from the database within
+    /// the time budget, else the last known levels marked stale.
+    pub async fn get(&self, sku: &Sku) -> Result<SkuStock, ReadError> {
+        let cached = self.entries.get(sku).await;
+        if let Some(entry) = cached.as_ref().filter(|e| e.loaded_at.elapsed() < self.ttl) {
+            self.metrics.query_reads_total.with_label_values(&["cache"]).inc();
+            return Ok(SkuStock { levels: entry.levels.clone(), as_of: entry.as_of, stale: false });
+        }
+        match tokio::time::timeout(self.budget, self.store.stock_by_sku(sku)).await {
+            Ok(Ok(levels)) if levels.is_empty() => {
+                self.metrics.query_reads_total.with_label_values(&["database"]).inc();
+                Err(ReadError::NotFound)
+            }
+            Ok(Ok(levels)) => {
+                self.metrics.query_reads_total.with_label_values(&["database"]).inc();
+                let entry = self.remember(sku, levels, cached.as_deref()).await;
+                Ok(SkuStock { levels: entry.levels.clone(), as_of: entry.as_of, stale: false })
+            }
+            failed => {
+                match failed {
+                    Ok(Err(e)) => warn!(error = %e, "stock read failed; answering from the cache"),
+                    _ => debug!("stock read over its time budget; answering from the cache"),
+                }
+                self.metrics.query_reads_total.with_label_values(&["stale"]).inc();
+                let entry = cached.ok_or(ReadError::Unavailable)?;
+                Ok(SkuStock { levels: entry.levels.clone(), as_of: entry.as_of, stale: true })
+            }
+        }
+    }
+
+    /// Caches levels read from the database, keeping any newer version that arrived from
+    /// the stock topic while the read was under way.
+    async fn remember(&self, sku: &Sku, mut levels: Vec<StockLevel>, cached: Option<&Entry>) -> Arc<Entry> {
+        let mut as_of = Utc::now().trunc_subsecs(6);
+        if let Some(cached) = cached {
+            for level in &mut levels {
+                if let Some(newer) =
+                    cached.levels.iter().find(|c| c.location == level.location && c.version > level.version)
+                {
+                    *level = newer.clone();
+                    as_of = as_of.max(newer.updated_at);
+                }
+            }
+        }
+        let entry = Arc::new(Entry { levels, as_of, loaded_at: Instant::now() });
+        self.entries.insert(sku.clone(), Arc::clone(&entry)).await;
+        entry
+    }
+
+    /// Applies a level from the stock topic (or written by this instance) to a cached SKU.
+    /// An older or equal version changes nothing; an uncached SKU is left to its next read.
+    pub async fn apply(&self, level: StockLevel) {
+        let Some(entry) = self.entries.get(&level.sku).await else { return };
+        let mut levels = entry.levels.clone();
+        match levels.iter_mut().find(|l| l.location == level.location) {
+            Some(current) if current.version >= level.version => return,
+            Some(current) => *current = level.clone(),
+            None => {
+                levels.push(level.clone());
+                levels.sort_by(|a, b| a.location.cmp(&b.location));
+            }
+        }
+        let as_of = entry.as_of.max(level.updated_at);
+        let updated = Entry { levels, as_of, loaded_at: entry.loaded_at };
+        self.entries.insert(level.sku, Arc::new(updated)).await;
+    }
+}
+
+/// Follows the stock topic from its end and applies every level to the cache, until
+/// `shutdown`. It reads every partition (no consumer group): each instance needs all.
+pub async fn follow_stock_topic(config: KafkaConfig, cache: StockCache, shutdown: CancellationToken) {
+    let mut backoff = Duration::from_millis(200);
+    loop {
+        match subscribe_from_end(&config).await {
+            Ok(consumer) => {
+                info!(topic = %config.topics.stock, "following the stock topic");
+                follow(&consumer, &cache, &shutdown).await;
+                return;
+            }
+            Err(e) => {
+                warn!(error = %e, "cannot follow the stock topic; retrying");
+                tokio::select! {
+                    _ = shutdown.cancelled() => return,
+                    _ = tokio::time::sleep(backoff) => {}
+                }
+                backoff = (backoff * 2).min(Duration::from_secs(10));
+            }
+        }
+    }
+}
+
+async fn subscribe_from_end(config: &KafkaConfig) -> Result<StreamConsumer, rdkafka::error::KafkaError> {
+    let consumer: StreamConsumer = kafka::client_config(config)
+        .set("group.id", "onhand-stock-cache")
+        .set("enable.auto.commit", "false")
+        .set("enable.partition.eof", "false")
+        .create()?;
+    let topic = config.topics.stock.clone();
+    let probe: ClientConfig = kafka::client_config(config);
+    let metadata = tokio::task::spawn_blocking(move || {
+        let client: rdkafka::consumer::BaseConsumer = probe.create()?;
+        client.fetch_metadata(Some(&topic), Duration::from_secs(10))
+    })
+    .await
+    .map_err(|_| rdkafka::error::KafkaError::Canceled)??;
+    let mut partitions = TopicPartitionList::new();
+    for topic in metadata.topics() {
+        for partition in topic.partitions() {
+            partitions.add_partition_offset(topic.name(), partition.id(), Offset::End)?;
+        }
+    }
+    if partitions.count() == 0 {
+        return Err(rdkafka::error::KafkaError::MetadataFetch(rdkafka::types::RDKafkaErrorCode::UnknownTopic));
+    }
+    consumer.assign(&partitions)?;
+    Ok(consumer)
+}
+
+async fn follow(consumer: &StreamConsumer, cache: &StockCache, shutdown: &CancellationToken) {
+    loop {
+        let message = tokio::select! {
+            _ = shutdown.cancelled() => return,
+            message = consumer.recv() => message,
+        };
+        match message {
+            Ok(message) => match message.payload().map(serde_json::from_slice::<StockLevel>) {
+                Some(Ok(level)) => cache.apply(level).await,
+                Some(Err(e)) => warn!(error = %e, offset = message.offset(), "unreadable stock level skipped"),
+                None => {}
+            },
+            Err(e) => warn!(error = %e, "stock topic read failed"),
+        }
+    }
+}
