@@ -150,6 +150,8 @@ impl App {
             query: config.query.clone(),
             channels: config.channels.clone(),
         });
+        let preload = (cache.clone(), shutdown.child_token());
+        tasks.push(tokio::spawn(async move { preload.0.preload(preload.1).await }));
         tasks.push(tokio::spawn(cache::follow_stock_topic(config.kafka.clone(), cache, shutdown.child_token())));
         for connector in registry(&config) {
             if let Some(routes) = connector.routes(&context) {

@@ -7,9 +7,11 @@
 //! known levels answer, marked stale. Instances share nothing but Kafka and the database.
 
 use std::{
-    sync::Arc,
+    sync::{Arc, OnceLock},
     time::{Duration, Instant},
 };
+
+use axum::body::Bytes;
 
 use chrono::{DateTime, SubsecRound, Utc};
 use moka::future::Cache;
@@ -28,15 +30,33 @@ use crate::{
     telemetry::Metrics,
 };
 
-/// The levels of one SKU at every location where it has one.
+/// The levels of one SKU at every location where it has one, as the cache answers them.
 #[derive(Debug, Clone)]
 pub struct SkuStock {
-    pub levels: Vec<StockLevel>,
-    /// When these levels were last known to be current: the database read, or the
-    /// newest level that arrived from the stock topic since.
-    pub as_of: DateTime<Utc>,
+    entry: Arc<Entry>,
     /// Whether the answer comes from the cache because the database could not.
     pub stale: bool,
+}
+
+impl SkuStock {
+    pub fn levels(&self) -> &[StockLevel] {
+        &self.entry.levels
+    }
+
+    /// When these levels were last known to be current: the database read, or the
+    /// newest level that arrived from the stock topic since.
+    pub fn as_of(&self) -> DateTime<Utc> {
+        self.entry.as_of
+    }
+
+    /// The answer body for these levels, rendered once per cached version: the hot path of
+    /// a read is then a lookup and a copy of bytes. A stale answer is rendered each time.
+    pub fn rendered(&self, render: impl FnOnce(&SkuStock) -> Bytes) -> Bytes {
+        if self.stale {
+            return render(self);
+        }
+        self.entry.rendered.get_or_init(|| render(self)).clone()
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
@@ -52,6 +72,13 @@ struct Entry {
     levels: Vec<StockLevel>,
     as_of: DateTime<Utc>,
     loaded_at: Instant,
+    rendered: OnceLock<Bytes>,
+}
+
+impl Entry {
+    fn new(levels: Vec<StockLevel>, as_of: DateTime<Utc>, loaded_at: Instant) -> Arc<Self> {
+        Arc::new(Entry { levels, as_of, loaded_at, rendered: OnceLock::new() })
+    }
 }
 
 #[derive(Debug, Clone)]
@@ -60,6 +87,7 @@ pub struct StockCache {
     entries: Cache<Sku, Arc<Entry>>,
     ttl: Duration,
     budget: Duration,
+    capacity: u64,
     metrics: Metrics,
 }
 
@@ -72,6 +100,7 @@ impl StockCache {
             entries: Cache::new(config.cache_skus_max),
             ttl: Duration::from_secs(config.cache_ttl_s),
             budget: Duration::from_millis(config.database_budget_ms),
+            capacity: config.cache_skus_max,
             metrics,
         }
     }
@@ -82,7 +111,7 @@ impl StockCache {
         let cached = self.entries.get(sku).await;
         if let Some(entry) = cached.as_ref().filter(|e| e.loaded_at.elapsed() < self.ttl) {
             self.metrics.query_reads_total.with_label_values(&["cache"]).inc();
-            return Ok(SkuStock { levels: entry.levels.clone(), as_of: entry.as_of, stale: false });
+            return Ok(SkuStock { entry: Arc::clone(entry), stale: false });
         }
         match tokio::time::timeout(self.budget, self.store.stock_by_sku(sku)).await {
             Ok(Ok(levels)) if levels.is_empty() => {
@@ -92,7 +121,7 @@ impl StockCache {
             Ok(Ok(levels)) => {
                 self.metrics.query_reads_total.with_label_values(&["database"]).inc();
                 let entry = self.remember(sku, levels, cached.as_deref()).await;
-                Ok(SkuStock { levels: entry.levels.clone(), as_of: entry.as_of, stale: false })
+                Ok(SkuStock { entry, stale: false })
             }
             failed => {
                 match failed {
@@ -101,7 +130,7 @@ impl StockCache {
                 }
                 self.metrics.query_reads_total.with_label_values(&["stale"]).inc();
                 let entry = cached.ok_or(ReadError::Unavailable)?;
-                Ok(SkuStock { levels: entry.levels.clone(), as_of: entry.as_of, stale: true })
+                Ok(SkuStock { entry, stale: true })
             }
         }
     }
@@ -120,9 +149,46 @@ impl StockCache {
                 }
             }
         }
-        let entry = Arc::new(Entry { levels, as_of, loaded_at: Instant::now() });
+        let entry = Entry::new(levels, as_of, Instant::now());
         self.entries.insert(sku.clone(), Arc::clone(&entry)).await;
         entry
+    }
+
+    /// Loads every level into the cache, a page at a time, until the cache is full: after
+    /// a start, reads hit the cache instead of the database. A SKU already cached (read
+    /// meanwhile) is left as it is. A change published while its page was read is missed
+    /// until the TTL, which is what the TTL is for.
+    pub async fn preload(&self, shutdown: CancellationToken) {
+        const PAGE_LEVELS: usize = 20_000;
+        let started = Instant::now();
+        let mut after: Option<Sku> = None;
+        let mut loaded = 0u64;
+        while !shutdown.is_cancelled() && loaded < self.capacity {
+            let mut page = match self.store.stock_page(after.as_ref(), PAGE_LEVELS as i64).await {
+                Ok(page) if page.is_empty() => break,
+                Ok(page) => page,
+                Err(e) => {
+                    warn!(error = %e, "cache preload stopped; SKUs load on their first read");
+                    return;
+                }
+            };
+            // The last SKU of a full page may go on in the next one: read it again there,
+            // unless it fills the page alone.
+            if page.len() == PAGE_LEVELS && page[0].sku != page[PAGE_LEVELS - 1].sku {
+                let last = page[PAGE_LEVELS - 1].sku.clone();
+                page.retain(|l| l.sku != last);
+            }
+            let as_of = Utc::now().trunc_subsecs(6);
+            for group in page.chunk_by(|a, b| a.sku == b.sku) {
+                let sku = group[0].sku.clone();
+                let entry = Entry::new(group.to_vec(), as_of, Instant::now());
+                self.entries.entry(sku.clone()).or_insert_with(async { entry }).await;
+                loaded += 1;
+                after = Some(sku);
+            }
+        }
+        self.metrics.query_cache_preloaded_skus.set(loaded as i64);
+        info!(skus = loaded, elapsed_ms = started.elapsed().as_millis() as u64, "stock cache preloaded");
     }
 
     /// Applies a level from the stock topic (or written by this instance) to a cached SKU.
@@ -139,8 +205,7 @@ impl StockCache {
             }
         }
         let as_of = entry.as_of.max(level.updated_at);
-        let updated = Entry { levels, as_of, loaded_at: entry.loaded_at };
-        self.entries.insert(level.sku, Arc::new(updated)).await;
+        self.entries.insert(level.sku, Entry::new(levels, as_of, entry.loaded_at)).await;
     }
 }
 

@@ -4,8 +4,8 @@
 //! one process (as they do in tests).
 
 use prometheus::{
-    exponential_buckets, Encoder, Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGaugeVec, Opts, Registry,
-    TextEncoder,
+    exponential_buckets, Encoder, Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts,
+    Registry, TextEncoder,
 };
 
 #[derive(Debug, Clone)]
@@ -24,6 +24,7 @@ pub struct Metrics {
     pub ledger_offset_gaps_total: IntCounter,
     pub api_movements_total: IntCounterVec,
     pub query_reads_total: IntCounterVec,
+    pub query_cache_preloaded_skus: IntGauge,
 }
 
 impl Default for Metrics {
@@ -112,6 +113,15 @@ impl Metrics {
                 "Stock reads by where the answer came from (cache, database, stale).",
                 &["source"],
             ),
+            query_cache_preloaded_skus: {
+                let g = IntGauge::new(
+                    "onhand_query_cache_preloaded_skus",
+                    "SKUs the cache loaded at start (set when done).",
+                )
+                .expect("a valid metric");
+                registry.register(Box::new(g.clone())).expect("a metric registered once");
+                g
+            },
             registry,
         }
     }

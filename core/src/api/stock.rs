@@ -8,6 +8,8 @@ use std::time::Duration;
 use axum::{
     body::Bytes,
     extract::{Path, Query, State},
+    http::header::CONTENT_TYPE,
+    response::{IntoResponse, Response},
     Json,
 };
 use chrono::{DateTime, Utc};
@@ -67,15 +69,16 @@ impl From<&StockLevel> for LevelBody {
 }
 
 impl SkuBody {
-    fn new(sku: &Sku, stock: &SkuStock) -> Self {
+    /// The answer for `levels`, some or all of the SKU's.
+    fn new<'a>(sku: &Sku, stock: &SkuStock, levels: impl Iterator<Item = &'a StockLevel> + Clone) -> Self {
         SkuBody {
             sku: sku.to_string(),
-            as_of: stock.as_of,
+            as_of: stock.as_of(),
             stale: stock.stale,
-            on_hand: stock.levels.iter().map(|l| l.on_hand).sum(),
-            reserved: stock.levels.iter().map(|l| l.reserved).sum(),
-            available: stock.levels.iter().map(StockLevel::available).sum(),
-            locations: stock.levels.iter().map(LevelBody::from).collect(),
+            on_hand: levels.clone().map(|l| l.on_hand).sum(),
+            reserved: levels.clone().map(|l| l.reserved).sum(),
+            available: levels.clone().map(StockLevel::available).sum(),
+            locations: levels.map(LevelBody::from).collect(),
         }
     }
 }
@@ -90,9 +93,14 @@ async fn read(state: &ApiState, sku: &str) -> Result<(Sku, SkuStock), ApiError> 
     }
 }
 
-pub(super) async fn get_sku(State(state): State<ApiState>, Path(sku): Path<String>) -> Result<Json<SkuBody>, ApiError> {
+/// The hottest route: a cached SKU answers with its body rendered once per version.
+pub(super) async fn get_sku(State(state): State<ApiState>, Path(sku): Path<String>) -> Result<Response, ApiError> {
     let (sku, stock) = read(&state, &sku).await?;
-    Ok(Json(SkuBody::new(&sku, &stock)))
+    let body = stock.rendered(|stock| {
+        let body = SkuBody::new(&sku, stock, stock.levels().iter());
+        Bytes::from(serde_json::to_vec(&body).expect("a stock body always serializes"))
+    });
+    Ok(([(CONTENT_TYPE, "application/json")], body).into_response())
 }
 
 pub(super) async fn get_level(
@@ -102,13 +110,13 @@ pub(super) async fn get_level(
     let location = LocationId::parse(location).map_err(|e| ApiError::InvalidLocation(e.message))?;
     let (sku, stock) = read(&state, &sku).await?;
     let level = stock
-        .levels
+        .levels()
         .iter()
         .find(|l| l.location == location)
         .ok_or_else(|| ApiError::LocationNotFound(sku.to_string(), location.to_string()))?;
     let mut body = serde_json::to_value(LevelBody::from(level)).expect("a level body always serializes");
     body["sku"] = json!(sku.as_str());
-    body["as_of"] = json!(stock.as_of);
+    body["as_of"] = json!(stock.as_of());
     body["stale"] = json!(stock.stale);
     Ok(Json(body))
 }
@@ -138,11 +146,9 @@ pub(super) async fn query(State(state): State<ApiState>, body: Bytes) -> Result<
     let (state, locations) = (&state, &locations);
     let results = join_all(request.skus.iter().map(|sku| async move {
         match read(state, sku).await {
-            Ok((sku, mut stock)) => {
-                if let Some(locations) = locations {
-                    stock.levels.retain(|l: &StockLevel| locations.contains(&l.location));
-                }
-                json!({ "status": "ok", "stock": SkuBody::new(&sku, &stock) })
+            Ok((sku, stock)) => {
+                let wanted = |l: &&StockLevel| locations.as_ref().is_none_or(|ls| ls.contains(&l.location));
+                json!({ "status": "ok", "stock": SkuBody::new(&sku, &stock, stock.levels().iter().filter(wanted)) })
             }
             Err(e) => json!({ "status": "error", "sku": sku, "error": { "code": e.code(), "message": e.to_string() } }),
         }
@@ -165,7 +171,7 @@ pub(super) async fn availability(
     let name = param.channel.ok_or(ApiError::MissingChannel)?;
     let channel = state.channels.get(&name).ok_or_else(|| ApiError::UnknownChannel(name.clone()))?;
     let (sku, stock) = read(&state, &sku).await?;
-    let serving: Vec<&StockLevel> = stock.levels.iter().filter(|l| channel.serves(l.location.as_str())).collect();
+    let serving: Vec<&StockLevel> = stock.levels().iter().filter(|l| channel.serves(l.location.as_str())).collect();
     let locations: Vec<Value> =
         serving.iter().map(|l| json!({ "location": l.location.as_str(), "available": l.available() })).collect();
     Ok(Json(json!({
@@ -173,7 +179,7 @@ pub(super) async fn availability(
         "channel": name,
         "available": serving.iter().map(|l| l.available()).sum::<i64>(),
         "locations": locations,
-        "as_of": stock.as_of,
+        "as_of": stock.as_of(),
         "stale": stock.stale,
     })))
 }

@@ -136,6 +136,10 @@ pub trait Store: Send + Sync + std::fmt::Debug {
         written_before: DateTime<Utc>,
         limit: i64,
     ) -> Result<Vec<StockLevel>, StoreError>;
+    /// At most `levels_max` levels of the SKUs after `after` (all SKUs when `None`), in SKU
+    /// then location order: for paging through every level. The last SKU of a full page
+    /// may have more levels on the next one.
+    async fn stock_page(&self, after: Option<&Sku>, levels_max: i64) -> Result<Vec<StockLevel>, StoreError>;
     /// The levels of a SKU at every location, ordered by location.
     async fn stock_by_sku(&self, sku: &Sku) -> Result<Vec<StockLevel>, StoreError>;
     /// Sets the stock policy of a level, creating the level (with nothing on hand) when no

@@ -84,6 +84,19 @@ impl Store for PostgresStore {
         rows.iter().map(stock_level).collect()
     }
 
+    async fn stock_page(&self, after: Option<&Sku>, levels_max: i64) -> Result<Vec<StockLevel>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT sku, location, on_hand, reserved, safety_stock, reorder_point, version, last_movement_at,
+                    last_event_id, last_count_at, updated_at
+             FROM stock_levels WHERE sku > $1 ORDER BY sku, location LIMIT $2",
+        )
+        .bind(after.map_or("", Sku::as_str))
+        .bind(levels_max)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter().map(stock_level).collect()
+    }
+
     async fn stock_by_sku(&self, sku: &Sku) -> Result<Vec<StockLevel>, StoreError> {
         let rows = sqlx::query(
             "SELECT sku, location, on_hand, reserved, safety_stock, reorder_point, version, last_movement_at,

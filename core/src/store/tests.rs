@@ -106,6 +106,24 @@ async fn a_policy_is_part_of_the_level_and_bumps_its_version(store: Arc<dyn Stor
     assert_eq!(store.unpublished_levels(Utc::now(), 10).await.unwrap().len(), 1, "the policy write is unpublished");
 }
 
+async fn every_level_can_be_paged_through(store: Arc<dyn Store>) {
+    let mut movements = Vec::new();
+    for (i, sku) in ["A", "B", "C"].iter().enumerate() {
+        for location in ["s1", "s2"] {
+            let mut e = envelope(&format!("{sku}-{location}"), location, Receipt, 1, i as i64);
+            e.movement.sku = Sku::parse(*sku).unwrap();
+            movements.push(e);
+        }
+    }
+    store.apply_batch(&batch(movements, 6)).await.unwrap();
+    let first = store.stock_page(None, 3).await.unwrap();
+    let keys = |page: &[StockLevel]| page.iter().map(|l| format!("{}@{}", l.sku, l.location)).collect::<Vec<_>>();
+    assert_eq!(keys(&first), ["A@s1", "A@s2", "B@s1"]);
+    let second = store.stock_page(Some(&first[1].sku), 4).await.unwrap();
+    assert_eq!(keys(&second), ["B@s1", "B@s2", "C@s1", "C@s2"]);
+    assert!(store.stock_page(Some(&second[3].sku), 4).await.unwrap().is_empty());
+}
+
 async fn offsets_are_saved_and_never_go_back(store: Arc<dyn Store>) {
     assert!(store.consumer_offsets("ledger", "movements").await.unwrap().is_empty());
     store.apply_batch(&batch(vec![envelope("a", "s1", Receipt, 1, 0)], 42)).await.unwrap();
@@ -206,6 +224,7 @@ macro_rules! contract {
                 a_batch_applied_twice_equals_it_applied_once,
                 offsets_are_saved_and_never_go_back,
                 the_count_rule_holds_across_batches,
+                every_level_can_be_paged_through,
                 a_policy_is_part_of_the_level_and_bumps_its_version,
                 a_late_count_keeps_a_sale_that_is_delivered_again_beside_it,
                 levels_stay_unpublished_until_their_publication_is_recorded,
