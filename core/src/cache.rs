@@ -237,6 +237,7 @@ async fn subscribe_from_end(config: &KafkaConfig) -> Result<StreamConsumer, rdka
         .set("group.id", "onhand-stock-cache")
         .set("enable.auto.commit", "false")
         .set("enable.partition.eof", "false")
+        .set("fetch.wait.max.ms", kafka::FETCH_WAIT_MAX_MS)
         .create()?;
     let topic = config.topics.stock.clone();
     let probe: ClientConfig = kafka::client_config(config);

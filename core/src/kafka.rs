@@ -49,6 +49,11 @@ pub fn producer(config: &KafkaConfig, linger: Duration) -> Result<FutureProducer
         .create()
 }
 
+/// How long a consumer's fetch may wait at the broker for new records. Kafka answers as
+/// soon as records arrive; a broker that does not (tansu waits out the whole time) would
+/// otherwise add this much to every change's way to the readers.
+pub const FETCH_WAIT_MAX_MS: &str = "50";
+
 /// Creates the movement, stock and dead-letter topics when they are missing. The stock
 /// topic is compacted: only the newest level of each `sku@location` matters.
 pub async fn ensure_topics(config: &KafkaConfig) -> Result<(), KafkaSetupError> {

@@ -330,14 +330,16 @@ impl Ledger {
             .set("partition.assignment.strategy", "roundrobin")
             .set("session.timeout.ms", "10000")
             .set("statistics.interval.ms", "5000")
+            .set("fetch.wait.max.ms", kafka::FETCH_WAIT_MAX_MS)
             .create_with_context(context)?;
         consumer.subscribe(&[&kafka_config.topics.movements])?;
         // Bounded: when the database falls behind on recording publications, publishing waits.
         let (acknowledged_tx, acknowledged_rx) = mpsc::channel(64);
         Ok(Ledger {
             consumer,
-            // Levels are not latency-critical (the target is seconds): bigger produce
-            // batches cost the brokers less.
+            // Lingering makes larger produce batches, which cost the brokers less (about 10 %
+            // more ledger throughput on the 2-core benchmark), for 50 ms more on the way of
+            // a change to the readers, whose budget is seconds.
             producer: kafka::producer(kafka_config, Duration::from_millis(50))?,
             store,
             metrics,
