@@ -3,5 +3,7 @@
 //!
 //! - [`app`]: starts and stops every component: `onhand serve` (Kafka cluster and
 //!   PostgreSQL) and `onhand dev` (embedded Kafka and SQLite, nothing to install).
+//! - [`products`]: `onhand products import`, the catalog from CSV or NDJSON.
 
 pub mod app;
+pub mod products;

@@ -29,6 +29,23 @@ enum Command {
         #[arg(long, env = "ONHAND_CONFIG")]
         config: Option<PathBuf>,
     },
+    /// The product catalog.
+    Products {
+        #[command(subcommand)]
+        command: ProductsCommand,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum ProductsCommand {
+    /// Imports products from a .csv (columns sku, name, category, then attributes) or an
+    /// .ndjson file; a file with any bad line imports nothing.
+    Import {
+        file: PathBuf,
+        /// postgres://... or, for onhand dev, sqlite://.onhand-dev/onhand.db
+        #[arg(long, env = "DATABASE_URL")]
+        database_url: String,
+    },
 }
 
 #[tokio::main]
@@ -48,6 +65,12 @@ async fn main() -> ExitCode {
 
 async fn run(cli: Cli) -> anyhow::Result<()> {
     let app = match cli.command {
+        Command::Products { command: ProductsCommand::Import { file, database_url } } => {
+            let store = onhand_core::store::open(&database_url, 2).await?;
+            let report = onhand::products::import(&file, &*store).await?;
+            println!("imported {} products ({} new)", report.products, report.created);
+            return Ok(());
+        }
         Command::Dev { listen, data_dir } => {
             let app = App::dev(listen, &data_dir).await?;
             print_dev_banner(&app, &data_dir);

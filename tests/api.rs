@@ -131,3 +131,36 @@ async fn health_readiness_and_metrics_answer() {
     }
     app.stop().await.unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn products_are_created_replaced_and_read() {
+    let config = test_config(1).await;
+    let app = serve(&config).await;
+    let client = reqwest::Client::new();
+    let put = |body: Value| {
+        let client = client.clone();
+        async move {
+            let response = client
+                .put(format!("http://{}/v1/products/01", app.local_addr))
+                .body(body.to_string())
+                .send()
+                .await
+                .unwrap();
+            let status = response.status().as_u16();
+            (status, response.json::<Value>().await.unwrap())
+        }
+    };
+    let arroz = json!({ "name": "Arroz", "category": "grocery", "attributes": { "brand": "Tio João" } });
+    let (status, created) = put(arroz.clone()).await;
+    assert_eq!((status, created["name"].as_str()), (201, Some("Arroz")));
+    let (status, _) = put(json!({ "name": "Arroz 5 kg", "category": "grocery" })).await;
+    assert_eq!(status, 200);
+    let (status, read) = http_get(app.local_addr, "/v1/products/01").await;
+    assert_eq!((status, read["name"].as_str(), read["attributes"].clone()), (200, Some("Arroz 5 kg"), json!({})));
+    let (status, bad) = put(json!({ "name": "" })).await;
+    assert_eq!((status, bad["error"]["code"].as_str()), (422, Some("invalid_product")));
+    let (status, bad) = put(json!({ "name": "x", "price": 3 })).await;
+    assert_eq!((status, bad["error"]["code"].as_str()), (422, Some("invalid_product")));
+    assert_eq!(http_get(app.local_addr, "/v1/products/02").await.1["error"]["code"], "product_not_found");
+    app.stop().await.unwrap();
+}

@@ -112,3 +112,33 @@ async fn onhand_serve_refuses_unreachable_kafka() {
     .unwrap();
     assert!(output.contains("kafka brokers 127.0.0.1:1 are unreachable"), "{output}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn products_import_takes_a_good_file_whole_and_a_bad_file_not_at_all() {
+    let url = onhand_core::testing::fresh_postgres_url().await;
+    let dir = tempfile::tempdir().unwrap();
+    let import = |name: &str, text: &str| {
+        let path = dir.path().join(name);
+        std::fs::write(&path, text).unwrap();
+        Command::new(env!("CARGO_BIN_EXE_onhand"))
+            .args(["products", "import"])
+            .arg(&path)
+            .args(["--database-url", &url])
+            .output()
+            .unwrap()
+    };
+    let bad = import("bad.csv", "sku,name,category\n01,Arroz,grocery\n02,,grocery\n");
+    assert!(!bad.status.success());
+    let stderr = String::from_utf8_lossy(&bad.stderr);
+    assert!(stderr.contains("nothing imported, 1 bad line(s)") && stderr.contains("line 3: name"), "{stderr}");
+
+    let good = import("good.csv", "sku,name,category,brand\n01,Arroz,grocery,Tio João\n02,Feijão,grocery,Camil\n");
+    assert!(good.status.success(), "{}", String::from_utf8_lossy(&good.stderr));
+    assert_eq!(String::from_utf8_lossy(&good.stdout).trim(), "imported 2 products (2 new)");
+
+    let store = onhand_core::store::open(&url, 1).await.unwrap();
+    let sku = |s: &str| onhand_core::event::Sku::parse(s).unwrap();
+    assert!(store.product(&sku("02")).await.unwrap().is_some());
+    let arroz = store.product(&sku("01")).await.unwrap().unwrap();
+    assert_eq!(arroz.product.attributes.get("brand").map(String::as_str), Some("Tio João"));
+}

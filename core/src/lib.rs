@@ -8,6 +8,7 @@
 //! - [`store`]: the `Store` trait and its PostgreSQL and SQLite implementations.
 //! - [`cache`]: the read side's cache of stock levels, kept fresh by the stock topic.
 //! - [`api`]: the HTTP API.
+//! - [`product`]: the product catalog's type, checked at the edge.
 //! - [`telemetry`]: every metric, in one place.
 //! - [`config`]: typed configuration, from a file and the environment.
 //! - [`testing`]: helpers for tests against the real servers of `scripts/test`.
@@ -18,6 +19,7 @@ pub mod config;
 pub mod event;
 pub mod kafka;
 pub mod ledger;
+pub mod product;
 pub mod store;
 pub mod telemetry;
 #[doc(hidden)]

@@ -38,6 +38,10 @@ pub enum ApiError {
     TooManySkus { count: usize, max: usize },
     #[error("{0}")]
     InvalidRequest(String),
+    #[error("{0}")]
+    InvalidProduct(String),
+    #[error("no product {0:?} in the catalog")]
+    ProductNotFound(String),
     #[error("no route for {0}")]
     NotFound(String),
     #[error("{0} is unavailable, retry later")]
@@ -67,6 +71,8 @@ impl ApiError {
             ApiError::StockUnavailable(_) => (StatusCode::SERVICE_UNAVAILABLE, "stock_unavailable"),
             ApiError::TooManySkus { .. } => (StatusCode::PAYLOAD_TOO_LARGE, "too_many_skus"),
             ApiError::InvalidRequest(_) => (StatusCode::UNPROCESSABLE_ENTITY, "invalid_request"),
+            ApiError::InvalidProduct(_) => (StatusCode::UNPROCESSABLE_ENTITY, "invalid_product"),
+            ApiError::ProductNotFound(_) => (StatusCode::NOT_FOUND, "product_not_found"),
             ApiError::NotFound(_) => (StatusCode::NOT_FOUND, "not_found"),
             ApiError::Unavailable(_) => (StatusCode::SERVICE_UNAVAILABLE, "unavailable"),
         }

@@ -1,14 +1,17 @@
 //! The HTTP API (axum). Routes: `POST /v1/movements`; stock reads `GET /v1/stock/{sku}`,
 //! `GET /v1/stock/{sku}/{location}`, `POST /v1/stock/query`,
 //! `GET /v1/availability/{sku}?channel=NAME`; `PUT /v1/stock/{sku}/{location}/policy`;
+//! `PUT`/`GET /v1/products/{sku}`;
 //! `GET /healthz`, `GET /readyz`, `GET /metrics`.
 //!
 //! - `error`: the table from errors to status and stable code.
 //! - `movements`: ingest of movements onto Kafka.
 //! - `stock`: stock reads through the cache, channel availability, stock policies.
+//! - `products`: the product catalog.
 
 mod error;
 mod movements;
+mod products;
 mod stock;
 
 use std::{collections::BTreeMap, sync::Arc, time::Duration};
@@ -66,6 +69,7 @@ pub fn router(state: ApiState) -> Router {
         .route("/v1/stock/{sku}/{location}", get(stock::get_level))
         .route("/v1/stock/{sku}/{location}/policy", put(stock::put_policy))
         .route("/v1/availability/{sku}", get(stock::availability))
+        .route("/v1/products/{sku}", put(products::put).get(products::get))
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))

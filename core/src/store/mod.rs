@@ -21,6 +21,7 @@ pub use self::{postgres::PostgresStore, sqlite::SqliteStore};
 use crate::{
     event::{EventId, LocationId, Movement, Sku, StockLevel},
     ledger::rules::{plan_key, KeyPlan, LevelKey, LevelState},
+    product::{Product, StoredProduct},
 };
 
 /// How many rounds of compare-and-set conflicts a batch rides out before it gives up and
@@ -156,6 +157,9 @@ pub trait Store: Send + Sync + std::fmt::Debug {
         };
         self.apply_batch(&batch).await.map(|_| ())
     }
+    /// Creates or replaces products, in one transaction; answers how many were new.
+    async fn put_products(&self, products: &[Product]) -> Result<u64, StoreError>;
+    async fn product(&self, sku: &Sku) -> Result<Option<StoredProduct>, StoreError>;
     /// How many movements are recorded.
     async fn movement_count(&self) -> Result<i64, StoreError>;
     /// Checks that the database answers.
@@ -346,6 +350,15 @@ fn newest_publications(published: &[Published]) -> Vec<Published> {
         .into_iter()
         .map(|((sku, location), version)| Published { sku: sku.clone(), location: location.clone(), version })
         .collect()
+}
+
+fn product_from(sku: String, name: String, category: Option<String>, attributes: &str) -> Result<Product, StoreError> {
+    Ok(Product {
+        sku: Sku::parse(sku).map_err(corrupt)?,
+        name,
+        category,
+        attributes: serde_json::from_str(attributes).map_err(corrupt)?,
+    })
 }
 
 fn optional_event_id(id: Option<String>) -> Result<Option<EventId>, StoreError> {

@@ -8,12 +8,13 @@ use chrono::{DateTime, SubsecRound, Utc};
 use sqlx::{postgres::PgPoolOptions, PgPool, Postgres, Row, Transaction};
 
 use super::{
-    apply_batch, corrupt, optional_event_id, Allocation, Applied, Batch, Envelope, LedgerTx, LevelWrite,
+    apply_batch, corrupt, optional_event_id, product_from, Allocation, Applied, Batch, Envelope, LedgerTx, LevelWrite,
     PartitionOffset, Published, StockPolicy, Store, StoreError, StoredLevel,
 };
 use crate::{
     event::{EventId, LocationId, Movement, Sku, StockLevel},
     ledger::rules::{CountMark, LevelKey, LevelState},
+    product::{Product, StoredProduct},
 };
 
 #[derive(Debug, Clone)]
@@ -127,6 +128,47 @@ impl Store for PostgresStore {
         .fetch_one(&self.pool)
         .await?;
         stock_level(&row)
+    }
+
+    async fn put_products(&self, products: &[Product]) -> Result<u64, StoreError> {
+        let skus: Vec<&str> = products.iter().map(|p| p.sku.as_str()).collect();
+        let names: Vec<&str> = products.iter().map(|p| p.name.as_str()).collect();
+        let categories: Vec<Option<&str>> = products.iter().map(|p| p.category.as_deref()).collect();
+        let attributes: Vec<String> =
+            products.iter().map(|p| serde_json::to_string(&p.attributes).expect("attributes serialize")).collect();
+        // xmax = 0 only for rows this statement inserted.
+        let inserted: Vec<bool> = sqlx::query_scalar(
+            "INSERT INTO products (sku, name, category, attributes, updated_at)
+             SELECT sku, name, category, attributes::jsonb, now()
+             FROM UNNEST($1::text[], $2::text[], $3::text[], $4::text[]) AS t(sku, name, category, attributes)
+             ON CONFLICT (sku) DO UPDATE
+             SET name = EXCLUDED.name, category = EXCLUDED.category, attributes = EXCLUDED.attributes,
+                 updated_at = EXCLUDED.updated_at
+             RETURNING xmax = 0",
+        )
+        .bind(&skus)
+        .bind(&names)
+        .bind(&categories)
+        .bind(&attributes)
+        .fetch_all(&self.pool)
+        .await?;
+        Ok(inserted.into_iter().filter(|new| *new).count() as u64)
+    }
+
+    async fn product(&self, sku: &Sku) -> Result<Option<StoredProduct>, StoreError> {
+        let row = sqlx::query(
+            "SELECT sku, name, category, attributes::text AS attributes, updated_at FROM products WHERE sku = $1",
+        )
+        .bind(sku.as_str())
+        .fetch_optional(&self.pool)
+        .await?;
+        row.map(|row| {
+            let attributes: String = row.try_get("attributes")?;
+            let product =
+                product_from(row.try_get("sku")?, row.try_get("name")?, row.try_get("category")?, &attributes)?;
+            Ok(StoredProduct { product, updated_at: row.try_get("updated_at")? })
+        })
+        .transpose()
     }
 
     async fn movement_count(&self) -> Result<i64, StoreError> {

@@ -15,12 +15,13 @@ use sqlx::{
 };
 
 use super::{
-    apply_batch, corrupt, optional_event_id, Allocation, Applied, Batch, Envelope, LedgerTx, LevelWrite,
+    apply_batch, corrupt, optional_event_id, product_from, Allocation, Applied, Batch, Envelope, LedgerTx, LevelWrite,
     PartitionOffset, Published, StockPolicy, Store, StoreError, StoredLevel,
 };
 use crate::{
     event::{EventId, LocationId, Movement, Sku, StockLevel},
     ledger::rules::{CountMark, LevelKey, LevelState},
+    product::{Product, StoredProduct},
 };
 
 #[derive(Debug, Clone)]
@@ -155,6 +156,48 @@ impl Store for SqliteStore {
         .fetch_one(&self.pool)
         .await?;
         stock_level(&row)
+    }
+
+    async fn put_products(&self, products: &[Product]) -> Result<u64, StoreError> {
+        let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
+        let mut inserted = 0;
+        let now = micros(Utc::now());
+        for p in products {
+            let existed: Option<i64> = sqlx::query_scalar("SELECT 1 FROM products WHERE sku = ?")
+                .bind(p.sku.as_str())
+                .fetch_optional(&mut *tx)
+                .await?;
+            sqlx::query(
+                "INSERT INTO products (sku, name, category, attributes, updated_at) VALUES (?1, ?2, ?3, ?4, ?5)
+                 ON CONFLICT (sku) DO UPDATE
+                 SET name = excluded.name, category = excluded.category, attributes = excluded.attributes,
+                     updated_at = excluded.updated_at",
+            )
+            .bind(p.sku.as_str())
+            .bind(&p.name)
+            .bind(p.category.as_deref())
+            .bind(serde_json::to_string(&p.attributes).expect("attributes serialize"))
+            .bind(now)
+            .execute(&mut *tx)
+            .await?;
+            inserted += u64::from(existed.is_none());
+        }
+        tx.commit().await?;
+        Ok(inserted)
+    }
+
+    async fn product(&self, sku: &Sku) -> Result<Option<StoredProduct>, StoreError> {
+        let row = sqlx::query("SELECT sku, name, category, attributes, updated_at FROM products WHERE sku = ?")
+            .bind(sku.as_str())
+            .fetch_optional(&self.pool)
+            .await?;
+        row.map(|row| {
+            let attributes: String = row.try_get("attributes")?;
+            let product =
+                product_from(row.try_get("sku")?, row.try_get("name")?, row.try_get("category")?, &attributes)?;
+            Ok(StoredProduct { product, updated_at: time_at(&row, "updated_at")? })
+        })
+        .transpose()
     }
 
     async fn movement_count(&self) -> Result<i64, StoreError> {

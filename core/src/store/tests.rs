@@ -124,6 +124,22 @@ async fn every_level_can_be_paged_through(store: Arc<dyn Store>) {
     assert!(store.stock_page(Some(&second[3].sku), 4).await.unwrap().is_empty());
 }
 
+async fn products_are_created_replaced_and_read(store: Arc<dyn Store>) {
+    let product = |sku: &str, name: &str| {
+        let input = crate::product::ProductInput {
+            name: name.into(),
+            category: Some("grocery".into()),
+            attributes: [("brand".to_string(), "Tio João".to_string())].into(),
+        };
+        Product::parse(Sku::parse(sku).unwrap(), input).unwrap()
+    };
+    assert_eq!(store.put_products(&[product("01", "Arroz"), product("02", "Feijão")]).await.unwrap(), 2);
+    assert_eq!(store.put_products(&[product("01", "Arroz 5 kg"), product("03", "Café")]).await.unwrap(), 1);
+    let stored = store.product(&Sku::parse("01").unwrap()).await.unwrap().unwrap();
+    assert_eq!(stored.product, product("01", "Arroz 5 kg"));
+    assert!(store.product(&Sku::parse("99").unwrap()).await.unwrap().is_none());
+}
+
 async fn offsets_are_saved_and_never_go_back(store: Arc<dyn Store>) {
     assert!(store.consumer_offsets("ledger", "movements").await.unwrap().is_empty());
     store.apply_batch(&batch(vec![envelope("a", "s1", Receipt, 1, 0)], 42)).await.unwrap();
@@ -224,6 +240,7 @@ macro_rules! contract {
                 a_batch_applied_twice_equals_it_applied_once,
                 offsets_are_saved_and_never_go_back,
                 the_count_rule_holds_across_batches,
+                products_are_created_replaced_and_read,
                 every_level_can_be_paged_through,
                 a_policy_is_part_of_the_level_and_bumps_its_version,
                 a_late_count_keeps_a_sale_that_is_delivered_again_beside_it,
