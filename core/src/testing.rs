@@ -36,12 +36,15 @@ pub fn unique_name(prefix: &str) -> String {
 
 /// Creates an empty database for one test and returns its URL.
 pub async fn fresh_postgres_url() -> String {
-    let admin = postgres_admin_url();
-    let name = unique_name("onhand_test");
-    let mut conn = PgConnection::connect(&admin).await.expect("connect to the test PostgreSQL server");
-    sqlx::query(&format!("CREATE DATABASE {name}")).execute(&mut conn).await.expect("create a test database");
-    let base = admin.rsplit_once('/').map_or(admin.as_str(), |(base, _)| base);
-    format!("{base}/{name}")
+    create_database(&postgres_admin_url(), &unique_name("onhand_test")).await.expect("create a test database")
+}
+
+/// Creates the database `name` on the server of `server_url` and returns its URL.
+pub async fn create_database(server_url: &str, name: &str) -> Result<String, sqlx::Error> {
+    let mut conn = PgConnection::connect(server_url).await?;
+    sqlx::query(&format!("CREATE DATABASE {name}")).execute(&mut conn).await?;
+    let base = server_url.rsplit_once('/').map_or(server_url, |(base, _)| base);
+    Ok(format!("{base}/{name}"))
 }
 
 /// A fixed instant plus `seconds`, for movements whose order in time matters.

@@ -66,7 +66,7 @@ async fn main() -> anyhow::Result<()> {
     produce(&kafka_config, &args).await?;
     let produce_seconds = produce_started.elapsed().as_secs_f64();
 
-    let database_url = fresh_database(&args.database_url, &prefix).await?;
+    let database_url = testing::create_database(&args.database_url, &prefix).await?;
     let store = store::open(&database_url, 8).await?;
     let ledger_config = LedgerConfig {
         group_id: format!("{prefix}.ledger"),
@@ -168,12 +168,4 @@ async fn produce(config: &KafkaConfig, args: &Args) -> anyhow::Result<()> {
         result.map_err(|(e, _)| e).context("produce a movement")?;
     }
     Ok(())
-}
-
-async fn fresh_database(server_url: &str, prefix: &str) -> anyhow::Result<String> {
-    use sqlx::Connection;
-    let mut conn = sqlx::PgConnection::connect(server_url).await?;
-    sqlx::query(&format!("CREATE DATABASE {prefix}")).execute(&mut conn).await?;
-    let base = server_url.rsplit_once('/').map_or(server_url, |(base, _)| base);
-    Ok(format!("{base}/{prefix}"))
 }

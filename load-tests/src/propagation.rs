@@ -16,9 +16,11 @@ use std::{
 use clap::Parser;
 use hdrhistogram::Histogram;
 use onhand::app::{App, StartOptions};
-use onhand_core::{config::Config, testing::unique_name};
+use onhand_core::{
+    config::Config,
+    testing::{self, unique_name},
+};
 use serde_json::{json, Value};
-use sqlx::Connection;
 use tokio::{sync::Mutex, time::MissedTickBehavior};
 
 #[derive(Debug, Parser)]
@@ -63,12 +65,9 @@ async fn main() -> anyhow::Result<()> {
     tracing_subscriber::fmt().with_env_filter("warn").with_writer(std::io::stderr).init();
     let args = Args::parse();
     let prefix = unique_name("bench");
-    let mut server = sqlx::PgConnection::connect(&args.database_url).await?;
-    sqlx::query(&format!("CREATE DATABASE {prefix}")).execute(&mut server).await?;
-    let base = args.database_url.rsplit_once('/').map_or(args.database_url.as_str(), |(base, _)| base);
 
     let mut config = Config::default();
-    config.database.url = format!("{base}/{prefix}");
+    config.database.url = testing::create_database(&args.database_url, &prefix).await?;
     config.kafka.brokers = args.brokers.clone();
     config.kafka.topics.movements = format!("{prefix}.movements");
     config.kafka.topics.stock = format!("{prefix}.stock");

@@ -17,7 +17,10 @@ use std::{
 use clap::Parser;
 use hdrhistogram::Histogram;
 use onhand::app::{App, StartOptions};
-use onhand_core::{config::Config, testing::unique_name};
+use onhand_core::{
+    config::Config,
+    testing::{self, unique_name},
+};
 use rand::{rngs::StdRng, SeedableRng};
 use rand_distr::{Distribution, Zipf};
 use serde_json::json;
@@ -50,7 +53,7 @@ async fn main() -> anyhow::Result<()> {
     tracing_subscriber::fmt().with_env_filter("warn").with_writer(std::io::stderr).init();
     let args = Args::parse();
     let prefix = unique_name("bench");
-    let database_url = fresh_database(&args.database_url, &prefix).await?;
+    let database_url = testing::create_database(&args.database_url, &prefix).await?;
     // Opening the store runs the migrations.
     onhand_core::store::open(&database_url, 2).await?;
     load_levels(&database_url, args.skus, args.locations).await?;
@@ -109,13 +112,6 @@ async fn main() -> anyhow::Result<()> {
     });
     println!("{}", serde_json::to_string_pretty(&report)?);
     Ok(())
-}
-
-async fn fresh_database(server_url: &str, name: &str) -> anyhow::Result<String> {
-    let mut conn = sqlx::PgConnection::connect(server_url).await?;
-    sqlx::query(&format!("CREATE DATABASE {name}")).execute(&mut conn).await?;
-    let base = server_url.rsplit_once('/').map_or(server_url, |(base, _)| base);
-    Ok(format!("{base}/{name}"))
 }
 
 /// Writes the levels directly: the benchmark measures reads, not the ledger.

@@ -294,8 +294,8 @@ struct Ledger {
 
 /// The most unacknowledged levels republished at once; a following sweep takes the rest.
 const UNPUBLISHED_SWEEP_MAX: i64 = 100_000;
-/// How often an idle ledger looks for levels whose publication failed, and how old such a
-/// level must be (younger ones may still be waiting for their acknowledgement).
+/// How often the ledger looks for levels whose publication failed, and how old such a level
+/// must be (younger ones may still be waiting for their acknowledgement).
 const SWEEP_INTERVAL: Duration = Duration::from_secs(30);
 
 impl Ledger {
