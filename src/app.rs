@@ -20,7 +20,7 @@ use rdkafka::{
 };
 use tokio::{net::TcpListener, task::JoinHandle};
 use tokio_util::sync::CancellationToken;
-use tracing::{error, info};
+use tracing::{error, info, warn};
 
 /// How long the API's producer gathers movements into one request: a client waits for
 /// Kafka's acknowledgement, so this stays short.
@@ -213,15 +213,27 @@ async fn open_store(config: &Config) -> Result<Arc<dyn Store>, StartError> {
 }
 
 /// Asks the brokers for metadata, so that a wrong address fails at start, not later.
+/// Tries a few times: brokers that restart, or a loaded machine, may miss one probe.
 async fn check_brokers(config: &Config, producer: &FutureProducer) -> Result<(), StartError> {
-    let producer = producer.clone();
-    let probe = tokio::task::spawn_blocking(move || {
-        producer.client().fetch_metadata(None, Duration::from_secs(10)).map(|_| ())
-    });
-    probe
+    const ATTEMPTS: u32 = 3;
+    let mut attempt = 1;
+    loop {
+        let probe = producer.clone();
+        let result = tokio::task::spawn_blocking(move || {
+            probe.client().fetch_metadata(None, Duration::from_secs(10)).map(|_| ())
+        })
         .await
-        .unwrap_or(Err(KafkaError::MetadataFetch(RDKafkaErrorCode::Fail)))
-        .map_err(|source| StartError::KafkaUnreachable { brokers: config.kafka.brokers.clone(), source })
+        .unwrap_or(Err(KafkaError::MetadataFetch(RDKafkaErrorCode::Fail)));
+        match result {
+            Ok(()) => return Ok(()),
+            Err(source) if attempt == ATTEMPTS => {
+                return Err(StartError::KafkaUnreachable { brokers: config.kafka.brokers.clone(), source })
+            }
+            Err(e) => warn!(error = %e, attempt, "kafka brokers did not answer; trying again"),
+        }
+        attempt += 1;
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
 }
 
 /// The URL without its password, for messages.
