@@ -16,12 +16,13 @@ use chrono::Utc;
 use clap::Parser;
 use futures::{stream, StreamExt};
 use onhand_core::{
-    config::{KafkaConfig, LedgerConfig},
+    config::{Config, KafkaConfig},
     event::{Movement, MovementKind},
     kafka, ledger, store,
     telemetry::Metrics,
     testing::{self, unique_name},
 };
+use onhand_load_tests::Servers;
 use rand::{rngs::StdRng, Rng, SeedableRng};
 use rand_distr::{Distribution, Zipf};
 use rdkafka::producer::{FutureProducer, FutureRecord};
@@ -43,11 +44,8 @@ struct Args {
     partitions: i32,
     #[arg(long, default_value_t = 2_000)]
     batch_size_max: usize,
-    #[arg(long, env = "ONHAND_TEST_KAFKA_BROKERS")]
-    brokers: String,
-    /// A PostgreSQL server URL; the benchmark creates a database of its own there.
-    #[arg(long, env = "ONHAND_TEST_DATABASE_URL")]
-    database_url: String,
+    #[command(flatten)]
+    servers: Servers,
 }
 
 #[tokio::main]
@@ -55,24 +53,17 @@ async fn main() -> anyhow::Result<()> {
     tracing_subscriber::fmt().with_env_filter("warn").with_writer(std::io::stderr).init();
     let args = Args::parse();
     let prefix = unique_name("bench");
-    let mut kafka_config =
-        KafkaConfig { brokers: args.brokers.clone(), partitions: args.partitions, ..Default::default() };
-    kafka_config.topics.movements = format!("{prefix}.movements");
-    kafka_config.topics.stock = format!("{prefix}.stock");
-    kafka_config.topics.dlq = format!("{prefix}.dlq");
+    let Config { database, kafka: mut kafka_config, ledger: mut ledger_config, .. } =
+        args.servers.config(&prefix).await?;
+    kafka_config.partitions = args.partitions;
+    ledger_config.batch_size_max = args.batch_size_max;
     kafka::ensure_topics(&kafka_config).await?;
 
     let produce_started = Instant::now();
     produce(&kafka_config, &args).await?;
     let produce_seconds = produce_started.elapsed().as_secs_f64();
 
-    let database_url = testing::create_database(&args.database_url, &prefix).await?;
-    let store = store::open(&database_url, 8).await?;
-    let ledger_config = LedgerConfig {
-        group_id: format!("{prefix}.ledger"),
-        batch_size_max: args.batch_size_max,
-        ..Default::default()
-    };
+    let store = store::open(&database.url, 8).await?;
     let shutdown = CancellationToken::new();
     let metrics = Metrics::new();
     let apply_started = Instant::now();

@@ -16,10 +16,8 @@ use std::{
 use clap::Parser;
 use hdrhistogram::Histogram;
 use onhand::app::{App, StartOptions};
-use onhand_core::{
-    config::Config,
-    testing::{self, unique_name},
-};
+use onhand_core::testing::unique_name;
+use onhand_load_tests::Servers;
 use serde_json::{json, Value};
 use tokio::{sync::Mutex, time::MissedTickBehavior};
 
@@ -33,10 +31,8 @@ struct Args {
     /// SKUs the movements go round.
     #[arg(long, default_value_t = 1_000)]
     skus: u64,
-    #[arg(long, env = "ONHAND_TEST_KAFKA_BROKERS")]
-    brokers: String,
-    #[arg(long, env = "ONHAND_TEST_DATABASE_URL")]
-    database_url: String,
+    #[command(flatten)]
+    servers: Servers,
 }
 
 fn receipt(id: &str, sku: &str) -> Value {
@@ -66,14 +62,7 @@ async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
     let prefix = unique_name("bench");
 
-    let mut config = Config::default();
-    config.database.url = testing::create_database(&args.database_url, &prefix).await?;
-    config.kafka.brokers = args.brokers.clone();
-    config.kafka.topics.movements = format!("{prefix}.movements");
-    config.kafka.topics.stock = format!("{prefix}.stock");
-    config.kafka.topics.dlq = format!("{prefix}.dlq");
-    config.ledger.group_id = format!("{prefix}.ledger");
-    config.http.listen = SocketAddr::from(([127, 0, 0, 1], 0));
+    let config = args.servers.config(&prefix).await?;
     let app = App::serve(config, StartOptions::default()).await?;
     let addr = app.local_addr;
     let client = reqwest::Client::new();

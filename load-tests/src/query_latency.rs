@@ -17,10 +17,8 @@ use std::{
 use clap::Parser;
 use hdrhistogram::Histogram;
 use onhand::app::{App, StartOptions};
-use onhand_core::{
-    config::Config,
-    testing::{self, unique_name},
-};
+use onhand_core::testing::unique_name;
+use onhand_load_tests::Servers;
 use rand::{rngs::StdRng, SeedableRng};
 use rand_distr::{Distribution, Zipf};
 use serde_json::json;
@@ -42,10 +40,8 @@ struct Args {
     /// Connections of the maximum-throughput phases.
     #[arg(long, default_value_t = 32)]
     concurrency: usize,
-    #[arg(long, env = "ONHAND_TEST_KAFKA_BROKERS")]
-    brokers: String,
-    #[arg(long, env = "ONHAND_TEST_DATABASE_URL")]
-    database_url: String,
+    #[command(flatten)]
+    servers: Servers,
 }
 
 #[tokio::main]
@@ -53,20 +49,12 @@ async fn main() -> anyhow::Result<()> {
     tracing_subscriber::fmt().with_env_filter("warn").with_writer(std::io::stderr).init();
     let args = Args::parse();
     let prefix = unique_name("bench");
-    let database_url = testing::create_database(&args.database_url, &prefix).await?;
+    let mut config = args.servers.config(&prefix).await?;
     // Opening the store runs the migrations.
-    onhand_core::store::open(&database_url, 2).await?;
-    load_levels(&database_url, args.skus, args.locations).await?;
-
-    let mut config = Config::default();
-    config.database.url = database_url;
-    config.kafka.brokers = args.brokers.clone();
-    config.kafka.topics.movements = format!("{prefix}.movements");
-    config.kafka.topics.stock = format!("{prefix}.stock");
-    config.kafka.topics.dlq = format!("{prefix}.dlq");
+    onhand_core::store::open(&config.database.url, 2).await?;
+    load_levels(&config.database.url, args.skus, args.locations).await?;
     // Only the read path is measured.
     config.ledger.enabled = false;
-    config.http.listen = SocketAddr::from(([127, 0, 0, 1], 0));
     let app = App::serve(config, StartOptions::default()).await?;
     let addr = app.local_addr;
     let client = reqwest::Client::builder().pool_max_idle_per_host(args.concurrency * 2).build()?;
