@@ -6,6 +6,15 @@
 //! `event_id` is skipped), the levels they touch are written with a compare-and-set on
 //! `version` (retried on conflict), and the consumer's offsets are saved, all or nothing.
 
+/// The columns of a published stock level, in the order every store's `stock_level`
+/// reads them: one list, so that a new column cannot be forgotten in one query.
+macro_rules! stock_level_columns {
+    () => {
+        "sku, location, on_hand, reserved, safety_stock, reorder_point, version, last_movement_at, last_event_id, \
+         last_count_at, updated_at"
+    };
+}
+
 mod postgres;
 mod sqlite;
 

@@ -73,11 +73,11 @@ impl Store for PostgresStore {
         written_before: DateTime<Utc>,
         limit: i64,
     ) -> Result<Vec<StockLevel>, StoreError> {
-        let rows = sqlx::query(
-            "SELECT sku, location, on_hand, reserved, safety_stock, reorder_point, version, last_movement_at,
-                    last_event_id, last_count_at, updated_at
-             FROM stock_levels WHERE published_version < version AND updated_at < $1 ORDER BY updated_at LIMIT $2",
-        )
+        let rows = sqlx::query(concat!(
+            "SELECT ",
+            stock_level_columns!(),
+            " FROM stock_levels WHERE published_version < version AND updated_at < $1 ORDER BY updated_at LIMIT $2"
+        ))
         .bind(written_before)
         .bind(limit)
         .fetch_all(&self.pool)
@@ -86,11 +86,11 @@ impl Store for PostgresStore {
     }
 
     async fn stock_page(&self, after: Option<&Sku>, levels_max: i64) -> Result<Vec<StockLevel>, StoreError> {
-        let rows = sqlx::query(
-            "SELECT sku, location, on_hand, reserved, safety_stock, reorder_point, version, last_movement_at,
-                    last_event_id, last_count_at, updated_at
-             FROM stock_levels WHERE sku > $1 ORDER BY sku, location LIMIT $2",
-        )
+        let rows = sqlx::query(concat!(
+            "SELECT ",
+            stock_level_columns!(),
+            " FROM stock_levels WHERE sku > $1 ORDER BY sku, location LIMIT $2"
+        ))
         .bind(after.map_or("", Sku::as_str))
         .bind(levels_max)
         .fetch_all(&self.pool)
@@ -99,11 +99,11 @@ impl Store for PostgresStore {
     }
 
     async fn stock_by_sku(&self, sku: &Sku) -> Result<Vec<StockLevel>, StoreError> {
-        let rows = sqlx::query(
-            "SELECT sku, location, on_hand, reserved, safety_stock, reorder_point, version, last_movement_at,
-                    last_event_id, last_count_at, updated_at
-             FROM stock_levels WHERE sku = $1 ORDER BY location",
-        )
+        let rows = sqlx::query(concat!(
+            "SELECT ",
+            stock_level_columns!(),
+            " FROM stock_levels WHERE sku = $1 ORDER BY location"
+        ))
         .bind(sku.as_str())
         .fetch_all(&self.pool)
         .await?;
@@ -111,15 +111,15 @@ impl Store for PostgresStore {
     }
 
     async fn set_policy(&self, (sku, location): &LevelKey, policy: StockPolicy) -> Result<StockLevel, StoreError> {
-        let row = sqlx::query(
+        let row = sqlx::query(concat!(
             "INSERT INTO stock_levels (sku, location, on_hand, version, safety_stock, reorder_point, updated_at)
              VALUES ($1, $2, 0, 1, $3, $4, $5)
              ON CONFLICT (sku, location) DO UPDATE
              SET safety_stock = EXCLUDED.safety_stock, reorder_point = EXCLUDED.reorder_point,
                  version = stock_levels.version + 1, updated_at = EXCLUDED.updated_at
-             RETURNING sku, location, on_hand, reserved, safety_stock, reorder_point, version, last_movement_at,
-                       last_event_id, last_count_at, updated_at",
-        )
+             RETURNING ",
+            stock_level_columns!()
+        ))
         .bind(sku.as_str())
         .bind(location.as_str())
         .bind(policy.safety_stock)

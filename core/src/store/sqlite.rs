@@ -101,11 +101,11 @@ impl Store for SqliteStore {
         written_before: DateTime<Utc>,
         limit: i64,
     ) -> Result<Vec<StockLevel>, StoreError> {
-        let rows = sqlx::query(
-            "SELECT sku, location, on_hand, reserved, safety_stock, reorder_point, version, last_movement_at,
-                    last_event_id, last_count_at, updated_at
-             FROM stock_levels WHERE published_version < version AND updated_at < ? ORDER BY updated_at LIMIT ?",
-        )
+        let rows = sqlx::query(concat!(
+            "SELECT ",
+            stock_level_columns!(),
+            " FROM stock_levels WHERE published_version < version AND updated_at < ? ORDER BY updated_at LIMIT ?"
+        ))
         .bind(micros(written_before))
         .bind(limit)
         .fetch_all(&self.pool)
@@ -114,11 +114,11 @@ impl Store for SqliteStore {
     }
 
     async fn stock_page(&self, after: Option<&Sku>, levels_max: i64) -> Result<Vec<StockLevel>, StoreError> {
-        let rows = sqlx::query(
-            "SELECT sku, location, on_hand, reserved, safety_stock, reorder_point, version, last_movement_at,
-                    last_event_id, last_count_at, updated_at
-             FROM stock_levels WHERE sku > ? ORDER BY sku, location LIMIT ?",
-        )
+        let rows = sqlx::query(concat!(
+            "SELECT ",
+            stock_level_columns!(),
+            " FROM stock_levels WHERE sku > ? ORDER BY sku, location LIMIT ?"
+        ))
         .bind(after.map_or("", Sku::as_str))
         .bind(levels_max)
         .fetch_all(&self.pool)
@@ -127,11 +127,11 @@ impl Store for SqliteStore {
     }
 
     async fn stock_by_sku(&self, sku: &Sku) -> Result<Vec<StockLevel>, StoreError> {
-        let rows = sqlx::query(
-            "SELECT sku, location, on_hand, reserved, safety_stock, reorder_point, version, last_movement_at,
-                    last_event_id, last_count_at, updated_at
-             FROM stock_levels WHERE sku = ? ORDER BY location",
-        )
+        let rows = sqlx::query(concat!(
+            "SELECT ",
+            stock_level_columns!(),
+            " FROM stock_levels WHERE sku = ? ORDER BY location"
+        ))
         .bind(sku.as_str())
         .fetch_all(&self.pool)
         .await?;
@@ -139,15 +139,15 @@ impl Store for SqliteStore {
     }
 
     async fn set_policy(&self, (sku, location): &LevelKey, policy: StockPolicy) -> Result<StockLevel, StoreError> {
-        let row = sqlx::query(
+        let row = sqlx::query(concat!(
             "INSERT INTO stock_levels (sku, location, on_hand, version, safety_stock, reorder_point, updated_at)
              VALUES (?1, ?2, 0, 1, ?3, ?4, ?5)
              ON CONFLICT (sku, location) DO UPDATE
              SET safety_stock = excluded.safety_stock, reorder_point = excluded.reorder_point,
                  version = version + 1, updated_at = excluded.updated_at
-             RETURNING sku, location, on_hand, reserved, safety_stock, reorder_point, version, last_movement_at,
-                       last_event_id, last_count_at, updated_at",
-        )
+             RETURNING ",
+            stock_level_columns!()
+        ))
         .bind(sku.as_str())
         .bind(location.as_str())
         .bind(policy.safety_stock)
