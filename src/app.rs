@@ -7,9 +7,12 @@ use onhand_connectors::{registry, ConnectorContext};
 use onhand_core::{
     api::{self, ApiState},
     cache::{self, StockCache},
+    clock::Clock,
     config::Config,
     kafka::{self, EmbeddedKafka, KafkaSetupError},
     ledger::{self, FaultInjection, LedgerError, LedgerHandle},
+    relay::Relay,
+    reservation::Reservations,
     store::{self, Store, StoreError},
     telemetry::Metrics,
 };
@@ -46,9 +49,11 @@ pub enum StartError {
 }
 
 /// Test hooks; production starts with the default.
-#[derive(Debug, Clone, Copy, Default)]
+#[derive(Debug, Clone, Default)]
 pub struct StartOptions {
     pub faults: FaultInjection,
+    /// The clock reservations expire by.
+    pub clock: Clock,
 }
 
 /// A running onhand.
@@ -131,7 +136,25 @@ impl App {
         };
 
         let cache = StockCache::new(Arc::clone(&store), &config.query, metrics.clone());
-        let mut tasks = Vec::new();
+        let relay = Relay {
+            store: Arc::clone(&store),
+            producer: producer.clone(),
+            topics: config.kafka.topics.clone(),
+            produce_timeout: Duration::from_millis(config.kafka.produce_timeout_ms),
+            cache: cache.clone(),
+            clock: options.clock.clone(),
+        };
+        let reservations = Reservations::new(
+            relay.clone(),
+            options.clock.clone(),
+            config.reservations.clone(),
+            config.channels.clone(),
+            metrics.clone(),
+        );
+        let mut tasks = vec![
+            tokio::spawn(relay.clone().run(shutdown.child_token())),
+            tokio::spawn(reservations.clone().run_expiry(shutdown.child_token())),
+        ];
         let context = ConnectorContext {
             producer: producer.clone(),
             topics: config.kafka.topics.clone(),
@@ -149,6 +172,8 @@ impl App {
             cache: cache.clone(),
             query: config.query.clone(),
             channels: config.channels.clone(),
+            relay,
+            reservations,
         });
         let preload = (cache.clone(), shutdown.child_token());
         tasks.push(tokio::spawn(async move { preload.0.preload(preload.1).await }));

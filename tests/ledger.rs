@@ -78,7 +78,7 @@ async fn a_ledger_killed_after_its_database_commit_restarts_without_loss_or_doub
     let (records, expected) = workload("crash", 1_000);
     onhand_core::kafka::ensure_topics(&config.kafka).await.unwrap();
     produce(&producer(), &config.kafka.topics.movements, &records).await;
-    let options = StartOptions { faults: FaultInjection { crash_after_commits: Some(1) } };
+    let options = StartOptions { faults: FaultInjection { crash_after_commits: Some(1) }, ..StartOptions::default() };
     let crashing = serve_with(&config, options).await;
     eventually("the ledger to die after its first commit", 60, || async {
         crashing.ledger().unwrap().is_finished().then_some(())

@@ -18,6 +18,7 @@ pub struct Config {
     pub ledger: LedgerConfig,
     pub http: HttpConfig,
     pub query: QueryConfig,
+    pub reservations: ReservationConfig,
     /// Which locations serve each sales channel, by channel name.
     pub channels: BTreeMap<String, ChannelConfig>,
 }
@@ -30,6 +31,7 @@ impl Default for Config {
             ledger: LedgerConfig::default(),
             http: HttpConfig::default(),
             query: QueryConfig::default(),
+            reservations: ReservationConfig::default(),
             channels: BTreeMap::from([(
                 "all".to_string(),
                 ChannelConfig { all_locations: true, locations: Vec::new() },
@@ -164,6 +166,34 @@ impl Default for QueryConfig {
     }
 }
 
+/// Reservations: how long they hold, and how they are bounded.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ReservationConfig {
+    /// How long a reservation holds its units when the request does not say.
+    pub ttl_s_default: u64,
+    /// The longest hold a request may ask for.
+    pub ttl_s_max: u64,
+    /// The most lines in one reservation.
+    pub lines_max: usize,
+    /// How often held reservations past their time are looked for and released.
+    pub expiry_interval_ms: u64,
+    /// How long the first answer to an Idempotency-Key is kept for retries.
+    pub idempotency_keys_kept_h: u64,
+}
+
+impl Default for ReservationConfig {
+    fn default() -> Self {
+        Self {
+            ttl_s_default: 600,
+            ttl_s_max: 86_400,
+            lines_max: 100,
+            expiry_interval_ms: 1_000,
+            idempotency_keys_kept_h: 24,
+        }
+    }
+}
+
 /// The locations whose stock a sales channel may sell.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
 #[serde(deny_unknown_fields, default)]
@@ -241,6 +271,12 @@ impl Config {
         }
         if self.query.query_skus_max == 0 || self.query.cache_skus_max == 0 {
             return invalid("query.query_skus_max and query.cache_skus_max must be 1 or more");
+        }
+        let r = &self.reservations;
+        if r.ttl_s_default == 0 || r.ttl_s_default > r.ttl_s_max || r.lines_max == 0 || r.expiry_interval_ms == 0 {
+            return invalid(
+                "reservations: ttl_s_default must be 1 to ttl_s_max, lines_max and expiry_interval_ms 1 or more",
+            );
         }
         if self.http.movements_per_request_max == 0 {
             return invalid("http.movements_per_request_max must be 1 or more");

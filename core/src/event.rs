@@ -62,10 +62,11 @@ pub enum RejectCode {
     InvalidField,
     InvalidTime,
     Oversized,
+    KindNotAccepted,
 }
 
 impl RejectCode {
-    pub const ALL: [RejectCode; 11] = [
+    pub const ALL: [RejectCode; 12] = [
         RejectCode::NotJson,
         RejectCode::SchemaViolation,
         RejectCode::InvalidEventId,
@@ -77,6 +78,7 @@ impl RejectCode {
         RejectCode::InvalidField,
         RejectCode::InvalidTime,
         RejectCode::Oversized,
+        RejectCode::KindNotAccepted,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -92,6 +94,7 @@ impl RejectCode {
             RejectCode::InvalidField => "invalid_field",
             RejectCode::InvalidTime => "invalid_time",
             RejectCode::Oversized => "oversized",
+            RejectCode::KindNotAccepted => "kind_not_accepted",
         }
     }
 }
@@ -228,10 +231,16 @@ pub enum MovementKind {
     Damage,
     Adjustment,
     Count,
+    /// Units promised to a checkout (a reservation line); on_hand does not change.
+    Reserve,
+    /// A reservation line given back, cancelled or expired; on_hand does not change.
+    Release,
+    /// A reservation line turned into a sale; the sale itself is a separate `sale` movement.
+    Commit,
 }
 
 impl MovementKind {
-    pub const ALL: [MovementKind; 8] = [
+    pub const ALL: [MovementKind; 11] = [
         MovementKind::Receipt,
         MovementKind::Sale,
         MovementKind::Return,
@@ -240,6 +249,9 @@ impl MovementKind {
         MovementKind::Damage,
         MovementKind::Adjustment,
         MovementKind::Count,
+        MovementKind::Reserve,
+        MovementKind::Release,
+        MovementKind::Commit,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -252,7 +264,16 @@ impl MovementKind {
             MovementKind::Damage => "damage",
             MovementKind::Adjustment => "adjustment",
             MovementKind::Count => "count",
+            MovementKind::Reserve => "reserve",
+            MovementKind::Release => "release",
+            MovementKind::Commit => "commit",
         }
+    }
+
+    /// A reservation event: recorded for the audit trail, it never changes on_hand. The
+    /// reservations own the `reserved` units; these events tell Kafka what they did.
+    pub fn is_reservation_event(self) -> bool {
+        matches!(self, MovementKind::Reserve | MovementKind::Release | MovementKind::Commit)
     }
 
     fn parse(value: &str) -> Option<Self> {
@@ -292,7 +313,8 @@ pub struct Movement {
     pub kind: MovementKind,
     /// Units. receipt, return and transfer_in add it; sale, transfer_out and damage
     /// subtract it (both > 0); adjustment is a signed delta (not 0); count is the
-    /// on-hand quantity observed (>= 0). At most 1,000,000,000 either way.
+    /// on-hand quantity observed (>= 0); reserve, release and commit are reservation
+    /// events that never change on_hand (> 0). At most 1,000,000,000 either way.
     #[schemars(range(min = -1_000_000_000, max = 1_000_000_000))]
     pub quantity: i64,
     /// When it happened at the source (RFC 3339, kept to the microsecond).
@@ -325,7 +347,7 @@ fn quantity_rules(schema: &mut Schema) {
         "allOf".into(),
         serde_json::json!([
             rule(
-                &["receipt", "sale", "return", "transfer_out", "transfer_in", "damage"],
+                &["receipt", "sale", "return", "transfer_out", "transfer_in", "damage", "reserve", "release", "commit"],
                 serde_json::json!({ "minimum": 1 })
             ),
             rule(&["adjustment"], serde_json::json!({ "not": { "const": 0 } })),
@@ -369,11 +391,18 @@ impl Movement {
     }
 
     /// Reads and checks a movement submitted to onhand, stamping it as recorded at `now`.
+    /// Reservation events are onhand's own and are refused here.
     /// The movement as it will travel (with `recorded_at`) must fit the size limit too,
     /// or the ledger would refuse what was accepted here.
     pub fn accept_json(bytes: &[u8], now: DateTime<Utc>) -> Result<Self, InvalidMovement> {
         let raw = Self::read_raw(bytes)?;
         let movement = Self::check(raw, now)?;
+        if movement.kind.is_reservation_event() {
+            return Err(InvalidMovement::new(
+                RejectCode::KindNotAccepted,
+                format!("{} movements are written by onhand's reservations (POST /v1/reservations)", movement.kind),
+            ));
+        }
         let encoded_len = movement.to_json().len();
         if encoded_len > MOVEMENT_BYTES_MAX {
             return Err(InvalidMovement::new(
@@ -401,7 +430,11 @@ impl Movement {
         let kind = MovementKind::parse(&raw.kind).ok_or_else(|| {
             InvalidMovement::new(
                 RejectCode::UnknownKind,
-                format!("unknown kind {:?}, expected one of receipt, sale, return, transfer_out, transfer_in, damage, adjustment, count", raw.kind),
+                format!(
+                    "unknown kind {:?}, expected one of {}",
+                    raw.kind,
+                    MovementKind::ALL.map(MovementKind::as_str).join(", ")
+                ),
             )
         })?;
         kind.check_quantity(raw.quantity).map_err(|rule| {
@@ -429,9 +462,11 @@ impl Movement {
         })
     }
 
-    /// The change to on-hand stock, or `None` for a count, which sets it instead.
+    /// The change to on-hand stock, or `None` for a count, which sets it instead. A
+    /// reservation event changes nothing: 0.
     pub fn delta(&self) -> Option<i64> {
         match self.kind {
+            MovementKind::Reserve | MovementKind::Release | MovementKind::Commit => Some(0),
             MovementKind::Receipt | MovementKind::Return | MovementKind::TransferIn => Some(self.quantity),
             MovementKind::Sale | MovementKind::TransferOut | MovementKind::Damage => Some(-self.quantity),
             MovementKind::Adjustment => Some(self.quantity),

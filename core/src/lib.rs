@@ -7,19 +7,25 @@
 //! - [`ledger`]: the consumer that applies movements exactly once, and its rules.
 //! - [`store`]: the `Store` trait and its PostgreSQL and SQLite implementations.
 //! - [`cache`]: the read side's cache of stock levels, kept fresh by the stock topic.
+//! - [`reservation`]: checkouts' promises of units, held by the database.
+//! - [`relay`]: how levels and movements the API writes reach Kafka (the outbox).
 //! - [`api`]: the HTTP API.
 //! - [`product`]: the product catalog's type, checked at the edge.
 //! - [`telemetry`]: every metric, in one place.
 //! - [`config`]: typed configuration, from a file and the environment.
+//! - [`clock`]: the time decisions are taken by, moved by hand in tests.
 //! - [`testing`]: helpers for tests against the real servers of `scripts/test`.
 
 pub mod api;
 pub mod cache;
+pub mod clock;
 pub mod config;
 pub mod event;
 pub mod kafka;
 pub mod ledger;
 pub mod product;
+pub mod relay;
+pub mod reservation;
 pub mod store;
 pub mod telemetry;
 #[doc(hidden)]

@@ -25,6 +25,8 @@ pub struct Metrics {
     pub api_movements_total: IntCounterVec,
     pub query_reads_total: IntCounterVec,
     pub query_cache_preloaded_skus: IntGauge,
+    pub reservations_requests_total: IntCounterVec,
+    pub reservations_closed_total: IntCounterVec,
 }
 
 impl Default for Metrics {
@@ -122,6 +124,16 @@ impl Metrics {
                 registry.register(Box::new(g.clone())).expect("a metric registered once");
                 g
             },
+            reservations_requests_total: counter_vec(
+                "onhand_reservations_requests_total",
+                "Reservation requests by outcome (held, short, replayed, refused).",
+                &["outcome"],
+            ),
+            reservations_closed_total: counter_vec(
+                "onhand_reservations_closed_total",
+                "Reservations that stopped holding units, by status (committed, cancelled, expired).",
+                &["status"],
+            ),
             registry,
         }
     }

@@ -210,3 +210,23 @@ impl Proxy {
         self.open.send_replace(true);
     }
 }
+
+/// Sends a request with extra headers and a JSON body (or none), for routes that need them.
+pub async fn http_send(
+    method: reqwest::Method,
+    app_addr: SocketAddr,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: Option<Value>,
+) -> (u16, Value) {
+    let mut request = reqwest::Client::new().request(method, format!("http://{app_addr}{path}"));
+    for (name, value) in headers {
+        request = request.header(*name, *value);
+    }
+    if let Some(body) = body {
+        request = request.header("content-type", "application/json").body(body.to_string());
+    }
+    let response = request.send().await.expect("the api answers");
+    let status = response.status().as_u16();
+    (status, response.json().await.unwrap_or(Value::Null))
+}

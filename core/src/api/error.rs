@@ -42,6 +42,20 @@ pub enum ApiError {
     InvalidProduct(String),
     #[error("no product {0:?} in the catalog")]
     ProductNotFound(String),
+    #[error("the Idempotency-Key header is required: a retry with the same key gets the first answer")]
+    IdempotencyKeyRequired,
+    #[error("the Idempotency-Key header must be 1 to {0} visible characters")]
+    InvalidIdempotencyKey(usize),
+    #[error("{0}")]
+    IdempotencyKeyReused(String),
+    #[error("{0}")]
+    LocationNotInChannel(String),
+    #[error("no reservation {0:?}")]
+    ReservationNotFound(String),
+    #[error("{0}")]
+    ReservationExpired(String),
+    #[error("{0}")]
+    ReservationNotHeld(String),
     #[error("no route for {0}")]
     NotFound(String),
     #[error("{0} is unavailable, retry later")]
@@ -73,6 +87,13 @@ impl ApiError {
             ApiError::InvalidRequest(_) => (StatusCode::UNPROCESSABLE_ENTITY, "invalid_request"),
             ApiError::InvalidProduct(_) => (StatusCode::UNPROCESSABLE_ENTITY, "invalid_product"),
             ApiError::ProductNotFound(_) => (StatusCode::NOT_FOUND, "product_not_found"),
+            ApiError::IdempotencyKeyRequired => (StatusCode::BAD_REQUEST, "idempotency_key_required"),
+            ApiError::InvalidIdempotencyKey(_) => (StatusCode::BAD_REQUEST, "invalid_idempotency_key"),
+            ApiError::IdempotencyKeyReused(_) => (StatusCode::UNPROCESSABLE_ENTITY, "idempotency_key_reused"),
+            ApiError::LocationNotInChannel(_) => (StatusCode::UNPROCESSABLE_ENTITY, "location_not_in_channel"),
+            ApiError::ReservationNotFound(_) => (StatusCode::NOT_FOUND, "reservation_not_found"),
+            ApiError::ReservationExpired(_) => (StatusCode::CONFLICT, "reservation_expired"),
+            ApiError::ReservationNotHeld(_) => (StatusCode::CONFLICT, "reservation_not_held"),
             ApiError::NotFound(_) => (StatusCode::NOT_FOUND, "not_found"),
             ApiError::Unavailable(_) => (StatusCode::SERVICE_UNAVAILABLE, "unavailable"),
         }

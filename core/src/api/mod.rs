@@ -1,17 +1,20 @@
 //! The HTTP API (axum). Routes: `POST /v1/movements`; stock reads `GET /v1/stock/{sku}`,
 //! `GET /v1/stock/{sku}/{location}`, `POST /v1/stock/query`,
 //! `GET /v1/availability/{sku}?channel=NAME`; `PUT /v1/stock/{sku}/{location}/policy`;
-//! `PUT`/`GET /v1/products/{sku}`;
+//! `PUT`/`GET /v1/products/{sku}`; `POST /v1/reservations`, `GET /v1/reservations/{id}`,
+//! `POST /v1/reservations/{id}/commit`, `POST /v1/reservations/{id}/cancel`;
 //! `GET /healthz`, `GET /readyz`, `GET /metrics`.
 //!
 //! - `error`: the table from errors to status and stable code.
 //! - `movements`: ingest of movements onto Kafka.
 //! - `stock`: stock reads through the cache, channel availability, stock policies.
 //! - `products`: the product catalog.
+//! - `reservations`: holding units for checkouts, committing and cancelling them.
 
 mod error;
 mod movements;
 mod products;
+mod reservations;
 mod stock;
 
 use std::{collections::BTreeMap, sync::Arc, time::Duration};
@@ -34,6 +37,8 @@ use crate::{
     cache::StockCache,
     config::{ChannelConfig, HttpConfig, QueryConfig, Topics},
     ledger::LedgerRunning,
+    relay::Relay,
+    reservation::Reservations,
     store::Store,
     telemetry::Metrics,
 };
@@ -52,6 +57,8 @@ pub struct ApiState {
     pub cache: StockCache,
     pub query: QueryConfig,
     pub channels: BTreeMap<String, ChannelConfig>,
+    pub relay: Relay,
+    pub reservations: Reservations,
 }
 
 impl std::fmt::Debug for ApiState {
@@ -70,6 +77,10 @@ pub fn router(state: ApiState) -> Router {
         .route("/v1/stock/{sku}/{location}/policy", put(stock::put_policy))
         .route("/v1/availability/{sku}", get(stock::availability))
         .route("/v1/products/{sku}", put(products::put).get(products::get))
+        .route("/v1/reservations", post(reservations::create))
+        .route("/v1/reservations/{id}", get(reservations::get))
+        .route("/v1/reservations/{id}/commit", post(reservations::commit))
+        .route("/v1/reservations/{id}/cancel", post(reservations::cancel))
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))

@@ -3,8 +3,6 @@
 //! `PUT /v1/stock/{sku}/{location}/policy`. Reads go through the cache; every answer says
 //! as of when it holds and whether it is stale.
 
-use std::time::Duration;
-
 use axum::{
     body::Bytes,
     extract::{Path, Query, State},
@@ -14,7 +12,6 @@ use axum::{
 };
 use chrono::{DateTime, Utc};
 use futures::future::join_all;
-use rdkafka::producer::FutureRecord;
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 use tracing::warn;
@@ -23,7 +20,7 @@ use super::{error::ApiError, ApiState};
 use crate::{
     cache::{ReadError, SkuStock},
     event::{LocationId, Sku, StockLevel, QUANTITY_MAX},
-    store::{Published, StockPolicy},
+    store::StockPolicy,
 };
 
 #[derive(Debug, Serialize)]
@@ -212,24 +209,6 @@ pub(super) async fn put_policy(
         warn!(error = %e, "policy write failed");
         ApiError::Unavailable("the database")
     })?;
-    publish(&state, &level).await;
-    state.cache.apply(level.clone()).await;
+    state.relay.publish_levels(std::slice::from_ref(&level)).await;
     Ok(Json(LevelBody::from(&level)))
-}
-
-/// Publishes a level written by the API. A failure is logged, not answered: the level
-/// stays unpublished in the database and the ledger's sweep publishes it.
-async fn publish(state: &ApiState, level: &StockLevel) {
-    let value = serde_json::to_vec(level).expect("a level always serializes");
-    let key = level.kafka_key();
-    let record = FutureRecord::to(&state.topics.stock).key(&key).payload(&value);
-    let timeout = Duration::from_millis(state.produce_timeout_ms);
-    if let Err((e, _)) = state.producer.send(record, timeout).await {
-        warn!(error = %e, "level not published; the ledger's sweep will");
-        return;
-    }
-    let published = Published { sku: level.sku.clone(), location: level.location.clone(), version: level.version };
-    if let Err(e) = state.store.record_published(vec![published]).await {
-        warn!(error = %e, "publication not recorded; the level may be published again");
-    }
 }

@@ -60,6 +60,10 @@ fn each_kind_has_its_sign_rule() {
         ("count", 0, Some(None)),
         ("count", 12, Some(None)),
         ("count", -1, None),
+        ("reserve", 2, Some(Some(0))),
+        ("release", 2, Some(Some(0))),
+        ("commit", 2, Some(Some(0))),
+        ("commit", 0, None),
     ];
     for (kind, quantity, expected) in cases {
         let mut m = valid();
@@ -106,6 +110,16 @@ fn bad_input_is_refused_with_a_stable_code() {
     for (bytes, code) in cases {
         assert_eq!(code_of(&bytes), code, "{}", String::from_utf8_lossy(&bytes));
     }
+}
+
+#[test]
+fn reservation_events_travel_on_kafka_but_are_not_accepted_from_clients() {
+    let mut m = valid();
+    m["kind"] = json!("reserve");
+    let bytes = serde_json::to_vec(&m).unwrap();
+    assert!(Movement::from_json(&bytes).unwrap().kind.is_reservation_event());
+    let now = Utc.with_ymd_and_hms(2026, 11, 22, 8, 0, 0).unwrap();
+    assert_eq!(Movement::accept_json(&bytes, now).unwrap_err().code, RejectCode::KindNotAccepted);
 }
 
 #[test]

@@ -16,6 +16,7 @@ macro_rules! stock_level_columns {
 }
 
 mod postgres;
+mod reservations;
 mod sqlite;
 
 use std::{
@@ -26,11 +27,16 @@ use std::{
 use async_trait::async_trait;
 use chrono::{DateTime, SubsecRound, Utc};
 
-pub use self::{postgres::PostgresStore, sqlite::SqliteStore};
+pub use self::{
+    postgres::PostgresStore,
+    reservations::{Closed, Closing, NewReservation, OutboxRecord, Reserved},
+    sqlite::SqliteStore,
+};
 use crate::{
-    event::{EventId, LocationId, Movement, Sku, StockLevel},
+    event::{EventId, LocationId, Movement, MovementKind, Sku, StockLevel},
     ledger::rules::{plan_key, KeyPlan, LevelKey, LevelState},
     product::{Product, StoredProduct},
+    reservation::{self, Reservation, Status},
 };
 
 /// How many rounds of compare-and-set conflicts a batch rides out before it gives up and
@@ -124,6 +130,10 @@ pub struct Applied {
     pub superseded: u64,
     /// Movements skipped because their event_id was already recorded.
     pub duplicates: u64,
+    /// New reservation events, recorded for the audit trail; they change no level.
+    pub recorded: u64,
+    /// Units of committed reservations released by their sales.
+    pub released: i64,
     /// Level writes that lost a compare-and-set and were redone.
     pub conflicts_retried: u64,
     /// The levels as written, one per sku@location the batch changed.
@@ -171,6 +181,21 @@ pub trait Store: Send + Sync + std::fmt::Debug {
     async fn product(&self, sku: &Sku) -> Result<Option<StoredProduct>, StoreError>;
     /// How many movements are recorded.
     async fn movement_count(&self) -> Result<i64, StoreError>;
+
+    /// Takes a reservation, all lines or none, or answers why not; replays the first
+    /// answer to a retry with the same idempotency key.
+    async fn reserve(&self, new: &NewReservation<'_>) -> Result<Reserved, StoreError>;
+    async fn reservation(&self, id: &str) -> Result<Option<Reservation>, StoreError>;
+    /// Ends a held reservation: `Committed`, `Cancelled` or `Expired`.
+    async fn close_reservation(&self, id: &str, to: Status, now: DateTime<Utc>) -> Result<Closed, StoreError>;
+    /// Held reservations whose time is up at `now`, at most `limit`, oldest first.
+    async fn due_reservations(&self, now: DateTime<Utc>, limit: i64) -> Result<Vec<String>, StoreError>;
+    /// Idempotency keys older than `created_before` are forgotten; answers how many.
+    async fn forget_idempotency_keys(&self, created_before: DateTime<Utc>) -> Result<u64, StoreError>;
+    /// Outbox records written before `created_before`, oldest first, at most `limit`.
+    async fn outbox(&self, created_before: DateTime<Utc>, limit: i64) -> Result<Vec<OutboxRecord>, StoreError>;
+    async fn delete_outbox(&self, ids: &[i64]) -> Result<(), StoreError>;
+
     /// Checks that the database answers.
     async fn ping(&self) -> Result<(), StoreError>;
 }
@@ -209,7 +234,10 @@ struct LevelWrite {
     key: LevelKey,
     expected_version: Option<i64>,
     state: LevelState,
+    /// As it will be written: `reserved` already less `release`.
     allocation: Allocation,
+    /// Reserved units that committed sales of this batch release.
+    release: i64,
 }
 
 impl LevelWrite {
@@ -250,7 +278,15 @@ trait LedgerTx: Send {
         writes: &[LevelWrite],
         updated_at: DateTime<Utc>,
     ) -> Result<HashSet<LevelKey>, StoreError>;
-    async fn mark_superseded(&mut self, event_ids: &[EventId]) -> Result<(), StoreError>;
+    /// Settles the lines of committed reservations whose sales are in `sales` (each once)
+    /// and answers the units each level releases.
+    async fn settle_reservation_lines(
+        &mut self,
+        sales: &[(&str, i32, &Movement)],
+        now: DateTime<Utc>,
+    ) -> Result<HashMap<LevelKey, i64>, StoreError>;
+    /// Records the effect of movements that did not simply apply: `superseded` or `recorded`.
+    async fn mark_effect(&mut self, event_ids: &[EventId], effect: &str) -> Result<(), StoreError>;
     /// Records publications; a level's published version never moves backwards.
     async fn mark_published(&mut self, published: &[Published]) -> Result<(), StoreError>;
     async fn save_offsets(
@@ -279,14 +315,29 @@ async fn apply_batch(mut tx: Box<dyn LedgerTx + '_>, batch: &Batch) -> Result<Ap
     outcome.duplicates += (unique.len() - new_ids.len()) as u64;
 
     let mut by_key: BTreeMap<LevelKey, Vec<&Movement>> = BTreeMap::new();
+    let mut recorded = Vec::new();
+    let mut sales = Vec::new();
     for envelope in unique.iter().filter(|e| new_ids.contains(&e.movement.event_id)) {
         let m = &envelope.movement;
+        if m.kind.is_reservation_event() {
+            recorded.push(m.event_id.clone());
+            continue;
+        }
+        if let (MovementKind::Sale, Some((id, line))) = (m.kind, reservation::settled_line(&m.event_id)) {
+            sales.push((id, line, m));
+        }
         by_key.entry((m.sku.clone(), m.location.clone())).or_default().push(m);
     }
+    outcome.recorded = recorded.len() as u64;
     // Only this batch's new movements are left out of the recorded deltas a count adds
     // (plan_key adds them itself); a re-delivered one was recorded before and counts.
     let batch_ids: Vec<&EventId> = new_ids.iter().collect();
     let updated_at = Utc::now().trunc_subsecs(6);
+    // A committed reservation's units are released by the same write that applies its
+    // sale, so what a channel may sell never jumps.
+    let released =
+        if sales.is_empty() { HashMap::new() } else { tx.settle_reservation_lines(&sales, updated_at).await? };
+    outcome.released = released.values().sum();
 
     let mut pending: Vec<&LevelKey> = by_key.keys().collect();
     let mut superseded = Vec::new();
@@ -307,23 +358,18 @@ async fn apply_batch(mut tx: Box<dyn LedgerTx + '_>, batch: &Batch) -> Result<Ap
         for key in &pending {
             let prior = stored.get(*key);
             let plan = plan_key(prior.map(|s| &s.state), &by_key[*key], &later);
-            if let Some(state) = &plan.state {
-                writes.push(LevelWrite {
-                    key: (*key).clone(),
-                    expected_version: prior.map(|s| s.version),
-                    state: state.clone(),
-                    allocation: prior.map(|s| s.allocation).unwrap_or_default(),
-                });
+            if let Some(write) = level_write(key, prior, &plan, released.get(*key).copied().unwrap_or(0)) {
+                writes.push(write);
             }
             plans.insert(*key, plan);
         }
         let written = tx.write_levels(&writes, updated_at).await?;
+        let planned: HashSet<&LevelKey> = writes.iter().map(|w| &w.key).collect();
 
         let mut conflicts = Vec::new();
         for key in pending {
             let plan = plans.remove(key).expect("every pending key has a plan");
-            let lost = plan.state.is_some() && !written.contains(key);
-            if lost {
+            if planned.contains(key) && !written.contains(key) {
                 conflicts.push(key);
                 continue;
             }
@@ -337,7 +383,10 @@ async fn apply_batch(mut tx: Box<dyn LedgerTx + '_>, batch: &Batch) -> Result<Ap
     }
 
     if !superseded.is_empty() {
-        tx.mark_superseded(&superseded).await?;
+        tx.mark_effect(&superseded, "superseded").await?;
+    }
+    if !recorded.is_empty() {
+        tx.mark_effect(&recorded, "recorded").await?;
     }
     if !batch.published.is_empty() {
         tx.mark_published(&newest_publications(&batch.published)).await?;
@@ -345,6 +394,21 @@ async fn apply_batch(mut tx: Box<dyn LedgerTx + '_>, batch: &Batch) -> Result<Ap
     tx.save_offsets(&batch.group_id, &batch.topic, &batch.offsets).await?;
     tx.commit().await?;
     Ok(outcome)
+}
+
+/// The write a level needs: its new state when movements applied, or its state as it was
+/// when only reserved units are released (a sale a count superseded still settles its
+/// reservation).
+fn level_write(key: &LevelKey, prior: Option<&StoredLevel>, plan: &KeyPlan, release: i64) -> Option<LevelWrite> {
+    let release = if prior.is_some() { release } else { 0 };
+    let state = match (&plan.state, prior) {
+        (Some(state), _) => state.clone(),
+        (None, Some(prior)) if release > 0 => prior.state.clone(),
+        (None, _) => return None,
+    };
+    let mut allocation = prior.map(|s| s.allocation).unwrap_or_default();
+    allocation.reserved -= release;
+    Some(LevelWrite { key: key.clone(), expected_version: prior.map(|s| s.version), state, allocation, release })
 }
 
 /// The newest acknowledged version of each level: one statement that updates a row from

@@ -1,5 +1,8 @@
 //! The production store. Each step of a batch is one set-based statement over `UNNEST`ed
-//! arrays, so a batch costs a handful of round trips whatever its size.
+//! arrays, so a batch costs a handful of round trips whatever its size. Reservations are
+//! in `postgres/reservations.rs`.
+
+mod reservations;
 
 use std::collections::{HashMap, HashSet};
 
@@ -7,14 +10,17 @@ use async_trait::async_trait;
 use chrono::{DateTime, SubsecRound, Utc};
 use sqlx::{postgres::PgPoolOptions, PgPool, Postgres, Row, Transaction};
 
+use self::reservations::{load_reservation, PgReservationTx};
 use super::{
-    apply_batch, corrupt, optional_event_id, product_from, Allocation, Applied, Batch, Envelope, LedgerTx, LevelWrite,
-    PartitionOffset, Published, StockPolicy, Store, StoreError, StoredLevel,
+    apply_batch, corrupt, optional_event_id, product_from, Allocation, Applied, Batch, Closed, Envelope, LedgerTx,
+    LevelWrite, NewReservation, OutboxRecord, PartitionOffset, Published, Reserved, StockPolicy, Store, StoreError,
+    StoredLevel,
 };
 use crate::{
     event::{EventId, LocationId, Movement, Sku, StockLevel},
     ledger::rules::{CountMark, LevelKey, LevelState},
     product::{Product, StoredProduct},
+    reservation::{Reservation, Status},
 };
 
 #[derive(Debug, Clone)]
@@ -177,6 +183,59 @@ impl Store for PostgresStore {
 
     async fn ping(&self) -> Result<(), StoreError> {
         sqlx::query("SELECT 1").execute(&self.pool).await?;
+        Ok(())
+    }
+
+    async fn reserve(&self, new: &NewReservation<'_>) -> Result<Reserved, StoreError> {
+        let tx = self.pool.begin().await?;
+        super::reservations::reserve(Box::new(PgReservationTx { tx }), new).await
+    }
+
+    async fn reservation(&self, id: &str) -> Result<Option<Reservation>, StoreError> {
+        let mut conn = self.pool.acquire().await?;
+        load_reservation(&mut conn, id).await
+    }
+
+    async fn close_reservation(&self, id: &str, to: Status, now: DateTime<Utc>) -> Result<Closed, StoreError> {
+        let tx = self.pool.begin().await?;
+        super::reservations::close(Box::new(PgReservationTx { tx }), id, to, now).await
+    }
+
+    async fn due_reservations(&self, now: DateTime<Utc>, limit: i64) -> Result<Vec<String>, StoreError> {
+        Ok(sqlx::query_scalar(
+            "SELECT id FROM reservations WHERE status = 'held' AND expires_at <= $1 ORDER BY expires_at LIMIT $2",
+        )
+        .bind(now)
+        .bind(limit)
+        .fetch_all(&self.pool)
+        .await?)
+    }
+
+    async fn forget_idempotency_keys(&self, created_before: DateTime<Utc>) -> Result<u64, StoreError> {
+        let done = sqlx::query("DELETE FROM idempotency_keys WHERE created_at < $1")
+            .bind(created_before)
+            .execute(&self.pool)
+            .await?;
+        Ok(done.rows_affected())
+    }
+
+    async fn outbox(&self, created_before: DateTime<Utc>, limit: i64) -> Result<Vec<OutboxRecord>, StoreError> {
+        let rows = sqlx::query("SELECT id, kafka_key, payload FROM outbox WHERE created_at < $1 ORDER BY id LIMIT $2")
+            .bind(created_before)
+            .bind(limit)
+            .fetch_all(&self.pool)
+            .await?;
+        rows.iter()
+            .map(|r| {
+                Ok(OutboxRecord { id: r.try_get("id")?, key: r.try_get("kafka_key")?, payload: r.try_get("payload")? })
+            })
+            .collect()
+    }
+
+    async fn delete_outbox(&self, ids: &[i64]) -> Result<(), StoreError> {
+        if !ids.is_empty() {
+            sqlx::query("DELETE FROM outbox WHERE id = ANY($1::int8[])").bind(ids).execute(&self.pool).await?;
+        }
         Ok(())
     }
 }
@@ -350,6 +409,7 @@ impl LedgerTx for PgLedgerTx {
                 group.iter().map(|w| w.state.last_count.as_ref().map(|c| c.at)).collect();
             let count_id: Vec<Option<&str>> =
                 group.iter().map(|w| w.state.last_count.as_ref().map(|c| c.event_id.as_str())).collect();
+            let release: Vec<i64> = group.iter().map(|w| w.release).collect();
             let rows = sqlx::query(sql)
                 .bind(&skus)
                 .bind(&locations)
@@ -359,6 +419,7 @@ impl LedgerTx for PgLedgerTx {
                 .bind(&last_id)
                 .bind(&count_at)
                 .bind(&count_id)
+                .bind(&release)
                 .bind(updated_at)
                 .fetch_all(&mut *self.tx)
                 .await?;
@@ -372,10 +433,51 @@ impl LedgerTx for PgLedgerTx {
         Ok(written)
     }
 
-    async fn mark_superseded(&mut self, event_ids: &[EventId]) -> Result<(), StoreError> {
+    async fn settle_reservation_lines(
+        &mut self,
+        sales: &[(&str, i32, &Movement)],
+        now: DateTime<Utc>,
+    ) -> Result<HashMap<LevelKey, i64>, StoreError> {
+        let ids: Vec<&str> = sales.iter().map(|(id, _, _)| *id).collect();
+        let lines: Vec<i32> = sales.iter().map(|(_, line, _)| *line).collect();
+        let skus: Vec<&str> = sales.iter().map(|(_, _, m)| m.sku.as_str()).collect();
+        let locations: Vec<&str> = sales.iter().map(|(_, _, m)| m.location.as_str()).collect();
+        let quantities: Vec<i64> = sales.iter().map(|(_, _, m)| m.quantity).collect();
+        // Only a line of a committed reservation, matching the sale exactly, settles, and
+        // only once: a sale that merely looks like one releases nothing.
+        let rows = sqlx::query(
+            "UPDATE reservation_lines l SET settled_at = $6
+             FROM UNNEST($1::text[], $2::int4[], $3::text[], $4::text[], $5::int8[])
+                  AS u(id, line, sku, location, quantity), reservations r
+             WHERE l.reservation_id = u.id AND l.line = u.line AND l.sku = u.sku AND l.location = u.location
+               AND l.quantity = u.quantity AND l.settled_at IS NULL
+               AND r.id = l.reservation_id AND r.status = 'committed'
+             RETURNING l.sku, l.location, l.quantity",
+        )
+        .bind(&ids)
+        .bind(&lines)
+        .bind(&skus)
+        .bind(&locations)
+        .bind(&quantities)
+        .bind(now)
+        .fetch_all(&mut *self.tx)
+        .await?;
+        let mut released = HashMap::new();
+        for row in rows {
+            let key = (
+                Sku::parse(row.try_get::<String, _>(0)?).map_err(corrupt)?,
+                LocationId::parse(row.try_get::<String, _>(1)?).map_err(corrupt)?,
+            );
+            *released.entry(key).or_default() += row.try_get::<i64, _>(2)?;
+        }
+        Ok(released)
+    }
+
+    async fn mark_effect(&mut self, event_ids: &[EventId], effect: &str) -> Result<(), StoreError> {
         let ids: Vec<&str> = event_ids.iter().map(|id| id.as_str()).collect();
-        sqlx::query("UPDATE movements SET effect = 'superseded' WHERE event_id = ANY($1::text[])")
+        sqlx::query("UPDATE movements SET effect = $2 WHERE event_id = ANY($1::text[])")
             .bind(&ids)
+            .bind(effect)
             .execute(&mut *self.tx)
             .await?;
         Ok(())
@@ -433,10 +535,10 @@ const UPDATE_LEVELS: &str = "
     UPDATE stock_levels s
     SET on_hand = u.on_hand, version = s.version + 1, last_movement_at = u.last_at,
         last_event_id = u.last_id, last_count_at = u.count_at, last_count_event_id = u.count_id,
-        updated_at = $9
+        reserved = s.reserved - u.release, updated_at = $10
     FROM UNNEST($1::text[], $2::text[], $3::int8[], $4::int8[], $5::timestamptz[], $6::text[],
-                $7::timestamptz[], $8::text[])
-         AS u(sku, location, expected, on_hand, last_at, last_id, count_at, count_id)
+                $7::timestamptz[], $8::text[], $9::int8[])
+         AS u(sku, location, expected, on_hand, last_at, last_id, count_at, count_id, release)
     WHERE s.sku = u.sku AND s.location = u.location AND s.version = u.expected
     RETURNING s.sku, s.location";
 
@@ -444,9 +546,9 @@ const UPDATE_LEVELS: &str = "
 const INSERT_LEVELS: &str = "
     INSERT INTO stock_levels (sku, location, on_hand, version, last_movement_at, last_event_id,
                               last_count_at, last_count_event_id, updated_at)
-    SELECT sku, location, on_hand, 1, last_at, last_id, count_at, count_id, $9
+    SELECT sku, location, on_hand, 1, last_at, last_id, count_at, count_id, $10
     FROM UNNEST($1::text[], $2::text[], $3::int8[], $4::int8[], $5::timestamptz[], $6::text[],
-                $7::timestamptz[], $8::text[])
-         AS u(sku, location, expected, on_hand, last_at, last_id, count_at, count_id)
+                $7::timestamptz[], $8::text[], $9::int8[])
+         AS u(sku, location, expected, on_hand, last_at, last_id, count_at, count_id, release)
     ON CONFLICT (sku, location) DO NOTHING
     RETURNING sku, location";

@@ -1,5 +1,8 @@
 //! The embedded store of `onhand dev`: one SQLite file in WAL mode. SQLite has one writer
 //! at a time (`BEGIN IMMEDIATE`), so its statements go row by row, which is fast in process.
+//! Reservations are in `sqlite/reservations.rs`.
+
+mod reservations;
 
 use std::{
     collections::{HashMap, HashSet},
@@ -14,14 +17,17 @@ use sqlx::{
     Row, Sqlite, SqlitePool, Transaction,
 };
 
+use self::reservations::{load_reservation, SqliteReservationTx};
 use super::{
-    apply_batch, corrupt, optional_event_id, product_from, Allocation, Applied, Batch, Envelope, LedgerTx, LevelWrite,
-    PartitionOffset, Published, StockPolicy, Store, StoreError, StoredLevel,
+    apply_batch, corrupt, optional_event_id, product_from, Allocation, Applied, Batch, Closed, Envelope, LedgerTx,
+    LevelWrite, NewReservation, OutboxRecord, PartitionOffset, Published, Reserved, StockPolicy, Store, StoreError,
+    StoredLevel,
 };
 use crate::{
     event::{EventId, LocationId, Movement, Sku, StockLevel},
     ledger::rules::{CountMark, LevelKey, LevelState},
     product::{Product, StoredProduct},
+    reservation::{Reservation, Status},
 };
 
 #[derive(Debug, Clone)]
@@ -208,6 +214,64 @@ impl Store for SqliteStore {
         sqlx::query("SELECT 1").execute(&self.pool).await?;
         Ok(())
     }
+
+    async fn reserve(&self, new: &NewReservation<'_>) -> Result<Reserved, StoreError> {
+        let tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
+        super::reservations::reserve(Box::new(SqliteReservationTx { tx }), new).await
+    }
+
+    async fn reservation(&self, id: &str) -> Result<Option<Reservation>, StoreError> {
+        let mut conn = self.pool.acquire().await?;
+        load_reservation(&mut conn, id).await
+    }
+
+    async fn close_reservation(&self, id: &str, to: Status, now: DateTime<Utc>) -> Result<Closed, StoreError> {
+        let tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
+        super::reservations::close(Box::new(SqliteReservationTx { tx }), id, to, now).await
+    }
+
+    async fn due_reservations(&self, now: DateTime<Utc>, limit: i64) -> Result<Vec<String>, StoreError> {
+        Ok(sqlx::query_scalar(
+            "SELECT id FROM reservations WHERE status = 'held' AND expires_at <= ?1 ORDER BY expires_at LIMIT ?2",
+        )
+        .bind(micros(now))
+        .bind(limit)
+        .fetch_all(&self.pool)
+        .await?)
+    }
+
+    async fn forget_idempotency_keys(&self, created_before: DateTime<Utc>) -> Result<u64, StoreError> {
+        let done = sqlx::query("DELETE FROM idempotency_keys WHERE created_at < ?1")
+            .bind(micros(created_before))
+            .execute(&self.pool)
+            .await?;
+        Ok(done.rows_affected())
+    }
+
+    async fn outbox(&self, created_before: DateTime<Utc>, limit: i64) -> Result<Vec<OutboxRecord>, StoreError> {
+        let rows = sqlx::query("SELECT id, kafka_key, payload FROM outbox WHERE created_at < ?1 ORDER BY id LIMIT ?2")
+            .bind(micros(created_before))
+            .bind(limit)
+            .fetch_all(&self.pool)
+            .await?;
+        rows.iter()
+            .map(|r| {
+                Ok(OutboxRecord { id: r.try_get("id")?, key: r.try_get("kafka_key")?, payload: r.try_get("payload")? })
+            })
+            .collect()
+    }
+
+    async fn delete_outbox(&self, ids: &[i64]) -> Result<(), StoreError> {
+        if ids.is_empty() {
+            return Ok(());
+        }
+        let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
+        for id in ids {
+            sqlx::query("DELETE FROM outbox WHERE id = ?1").bind(id).execute(&mut *tx).await?;
+        }
+        tx.commit().await?;
+        Ok(())
+    }
 }
 
 fn stock_level(row: &SqliteRow) -> Result<StockLevel, StoreError> {
@@ -342,7 +406,7 @@ impl LedgerTx for SqliteLedgerTx {
                 Some(_) => {
                     "UPDATE stock_levels
                      SET on_hand = ?3, version = version + 1, last_movement_at = ?4, last_event_id = ?5,
-                         last_count_at = ?6, last_count_event_id = ?7, updated_at = ?8
+                         last_count_at = ?6, last_count_event_id = ?7, updated_at = ?8, reserved = reserved - ?10
                      WHERE sku = ?1 AND location = ?2 AND version = ?9"
                 }
                 None => {
@@ -362,6 +426,7 @@ impl LedgerTx for SqliteLedgerTx {
                 .bind(w.state.last_count.as_ref().map(|c| c.event_id.as_str()))
                 .bind(micros(updated_at))
                 .bind(w.expected_version)
+                .bind(w.release)
                 .execute(&mut *self.tx)
                 .await?;
             if done.rows_affected() == 1 {
@@ -371,10 +436,40 @@ impl LedgerTx for SqliteLedgerTx {
         Ok(written)
     }
 
-    async fn mark_superseded(&mut self, event_ids: &[EventId]) -> Result<(), StoreError> {
+    async fn settle_reservation_lines(
+        &mut self,
+        sales: &[(&str, i32, &Movement)],
+        now: DateTime<Utc>,
+    ) -> Result<HashMap<LevelKey, i64>, StoreError> {
+        let mut released = HashMap::new();
+        for (id, line, m) in sales {
+            // As in PostgreSQL: only a matching line of a committed reservation, once.
+            let settled = sqlx::query(
+                "UPDATE reservation_lines SET settled_at = ?6
+                 WHERE reservation_id = ?1 AND line = ?2 AND sku = ?3 AND location = ?4 AND quantity = ?5
+                   AND settled_at IS NULL
+                   AND EXISTS (SELECT 1 FROM reservations r WHERE r.id = ?1 AND r.status = 'committed')",
+            )
+            .bind(id)
+            .bind(line)
+            .bind(m.sku.as_str())
+            .bind(m.location.as_str())
+            .bind(m.quantity)
+            .bind(micros(now))
+            .execute(&mut *self.tx)
+            .await?;
+            if settled.rows_affected() == 1 {
+                *released.entry((m.sku.clone(), m.location.clone())).or_default() += m.quantity;
+            }
+        }
+        Ok(released)
+    }
+
+    async fn mark_effect(&mut self, event_ids: &[EventId], effect: &str) -> Result<(), StoreError> {
         for id in event_ids {
-            sqlx::query("UPDATE movements SET effect = 'superseded' WHERE event_id = ?")
+            sqlx::query("UPDATE movements SET effect = ?2 WHERE event_id = ?1")
                 .bind(id.as_str())
+                .bind(effect)
                 .execute(&mut *self.tx)
                 .await?;
         }

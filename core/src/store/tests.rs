@@ -230,6 +230,238 @@ async fn levels_stay_unpublished_until_their_publication_is_recorded(store: Arc<
     assert!(store.unpublished_levels(Utc::now(), 100).await.unwrap().is_empty());
 }
 
+fn config(all: bool, locations: &[&str]) -> crate::config::ChannelConfig {
+    crate::config::ChannelConfig { all_locations: all, locations: locations.iter().map(|l| l.to_string()).collect() }
+}
+
+fn line(sku: &str, quantity: i64, location: Option<&str>) -> reservation::LineRequest {
+    reservation::LineRequest {
+        sku: Sku::parse(sku).unwrap(),
+        quantity,
+        location: location.map(|l| LocationId::parse(l).unwrap()),
+    }
+}
+
+/// Takes a reservation with idempotency key `key` and request text `key` too, so that one
+/// key always carries the same request.
+async fn reserve(
+    store: &dyn Store,
+    key: &str,
+    serving: &crate::config::ChannelConfig,
+    lines: &[reservation::LineRequest],
+) -> Reserved {
+    let id = format!("r-{key}");
+    let new = NewReservation {
+        owner: "k1",
+        idempotency_key: key,
+        request: key,
+        id: &id,
+        channel: "web",
+        serving,
+        lines,
+        now: at(100),
+        expires_at: at(700),
+    };
+    store.reserve(&new).await.unwrap()
+}
+
+fn answer_of(reserved: &Reserved) -> (u16, serde_json::Value) {
+    match reserved {
+        Reserved::Decided { answer, .. } | Reserved::Replayed(answer) => {
+            (answer.status, serde_json::from_str(&answer.body).unwrap())
+        }
+        Reserved::KeyReused => (0, serde_json::Value::Null),
+    }
+}
+
+async fn level(store: &dyn Store, sku: &str, location: &str) -> StockLevel {
+    let levels = store.stock_by_sku(&Sku::parse(sku).unwrap()).await.unwrap();
+    levels.into_iter().find(|l| l.location.as_str() == location).unwrap()
+}
+
+async fn stock(store: &dyn Store, sku: &str, location: &str, quantity: i64) {
+    let m = movement(&format!("stock-{sku}-{location}"), sku, location, Receipt, quantity, at(0));
+    store.apply_batch(&batch(vec![Envelope { movement: m, partition: 0, offset: 0 }], 1)).await.unwrap();
+}
+
+async fn a_reservation_holds_units_at_the_most_available_serving_location(store: Arc<dyn Store>) {
+    stock(&*store, "SKU-1", "s1", 3).await;
+    stock(&*store, "SKU-1", "s2", 5).await;
+    stock(&*store, "SKU-1", "dc", 50).await;
+    let web = config(false, &["s1", "s2"]);
+    let reserved = reserve(&*store, "a", &web, &[line("SKU-1", 2, None), line("SKU-1", 3, None)]).await;
+    let (status, body) = answer_of(&reserved);
+    assert_eq!(status, 201, "{body}");
+    // s2 has the most (5): the first line takes 2 there, leaving 3, tied with s1 (3): s1 first by name.
+    assert_eq!(body["lines"][0]["location"], "s2");
+    assert_eq!(body["lines"][1]["location"], "s1");
+    let Reserved::Decided { levels, outbox, .. } = reserved else { panic!("decided") };
+    assert_eq!(levels.len(), 2);
+    assert_eq!(outbox.len(), 2, "one reserve event per line");
+    assert!(outbox[0].payload.contains("\"kind\":\"reserve\""));
+    let s2 = level(&*store, "SKU-1", "s2").await;
+    assert_eq!((s2.on_hand, s2.reserved, s2.available(), s2.version), (5, 2, 3, 2));
+    assert_eq!(level(&*store, "SKU-1", "dc").await.reserved, 0, "dc does not serve the channel");
+    let stored = store.reservation("r-a").await.unwrap().unwrap();
+    assert_eq!((stored.status, stored.lines.len()), (reservation::Status::Held, 2));
+}
+
+async fn a_short_reservation_holds_nothing_and_suggests_similar_products(store: Arc<dyn Store>) {
+    stock(&*store, "SKU-1", "s1", 1).await;
+    stock(&*store, "SKU-2", "s1", 9).await;
+    stock(&*store, "RICE-W", "s1", 4).await;
+    stock(&*store, "RICE-B", "s1", 8).await;
+    stock(&*store, "BEANS", "s1", 20).await;
+    let product = |sku: &str, category: &str, brand: &str| Product {
+        sku: Sku::parse(sku).unwrap(),
+        name: sku.to_lowercase(),
+        category: Some(category.into()),
+        attributes: [("brand".to_string(), brand.to_string())].into(),
+    };
+    store
+        .put_products(&[
+            product("RICE-1KG", "rice", "tio"),
+            product("RICE-W", "rice", "camil"),
+            product("RICE-B", "rice", "camil"),
+            product("BEANS", "beans", "tio"),
+        ])
+        .await
+        .unwrap();
+    stock(&*store, "RICE-1KG", "s1", 1).await;
+    let all = config(true, &[]);
+    let reserved =
+        reserve(&*store, "b", &all, &[line("SKU-2", 1, None), line("RICE-1KG", 3, None), line("SKU-1", 2, Some("s1"))])
+            .await;
+    let (status, body) = answer_of(&reserved);
+    assert_eq!(status, 409, "{body}");
+    assert_eq!(body["error"]["code"], "insufficient_stock");
+    let short = body["short_lines"].as_array().unwrap();
+    assert_eq!(short.len(), 2, "{body}");
+    assert_eq!((short[0]["line"].as_i64(), short[0]["available"].as_i64()), (Some(2), Some(1)));
+    let suggested: Vec<&str> =
+        short[0]["suggestions"].as_array().unwrap().iter().map(|s| s["sku"].as_str().unwrap()).collect();
+    // Same category first (most available first), then a shared attribute.
+    assert_eq!(suggested, vec!["RICE-B", "RICE-W", "BEANS"]);
+    assert_eq!(short[1]["suggestions"], serde_json::json!([]), "SKU-1 is not in the catalog");
+    assert_eq!(level(&*store, "SKU-2", "s1").await.reserved, 0, "all lines or none");
+    assert!(store.reservation("r-b").await.unwrap().is_none());
+}
+
+async fn a_retry_gets_the_first_answer_and_another_request_is_refused(store: Arc<dyn Store>) {
+    stock(&*store, "SKU-1", "s1", 1).await;
+    let all = config(true, &[]);
+    let first = answer_of(&reserve(&*store, "c", &all, &[line("SKU-1", 1, None)]).await);
+    assert_eq!(first.0, 201);
+    let retry = reserve(&*store, "c", &all, &[line("SKU-1", 1, None)]).await;
+    assert!(matches!(retry, Reserved::Replayed(_)));
+    assert_eq!(answer_of(&retry), first, "the same answer, not a second hold");
+    assert_eq!(level(&*store, "SKU-1", "s1").await.reserved, 1);
+    // A short answer is replayed too, even after stock arrived.
+    let short = answer_of(&reserve(&*store, "d", &all, &[line("SKU-1", 1, None)]).await);
+    assert_eq!(short.0, 409);
+    stock(&*store, "SKU-1", "s2", 5).await;
+    assert_eq!(answer_of(&reserve(&*store, "d", &all, &[line("SKU-1", 1, None)]).await), short);
+    let new = NewReservation {
+        owner: "k1",
+        idempotency_key: "c",
+        request: "another request",
+        id: "r-other",
+        channel: "web",
+        serving: &all,
+        lines: &[line("SKU-1", 1, None)],
+        now: at(100),
+        expires_at: at(700),
+    };
+    assert!(matches!(store.reserve(&new).await.unwrap(), Reserved::KeyReused));
+}
+
+async fn a_committed_reservation_is_released_by_its_sales_once(store: Arc<dyn Store>) {
+    stock(&*store, "SKU-1", "s1", 5).await;
+    let all = config(true, &[]);
+    reserve(&*store, "e", &all, &[line("SKU-1", 2, None)]).await;
+    let closed = store.close_reservation("r-e", reservation::Status::Committed, at(200)).await.unwrap();
+    assert!(matches!(closed.closing, Closing::Done(ref r) if r.status == reservation::Status::Committed));
+    let sales: Vec<Movement> =
+        closed.outbox.iter().map(|r| Movement::from_json(r.payload.as_bytes()).unwrap()).collect();
+    let kinds: Vec<MovementKind> = sales.iter().map(|m| m.kind).collect();
+    assert_eq!(kinds, vec![MovementKind::Commit, Sale]);
+    let held = level(&*store, "SKU-1", "s1").await;
+    assert_eq!((held.on_hand, held.reserved, held.available()), (5, 2, 3), "a commit alone changes no level");
+
+    let envelopes: Vec<Envelope> =
+        sales.iter().map(|m| Envelope { movement: m.clone(), partition: 0, offset: 0 }).collect();
+    let applied = store.apply_batch(&batch(envelopes.clone(), 2)).await.unwrap();
+    assert_eq!((applied.applied, applied.recorded, applied.released), (1, 1, 2));
+    let sold = level(&*store, "SKU-1", "s1").await;
+    assert_eq!((sold.on_hand, sold.reserved, sold.available()), (3, 0, 3), "available never jumps");
+    let again = store.apply_batch(&batch(envelopes, 2)).await.unwrap();
+    assert_eq!((again.duplicates, again.released), (2, 0));
+    // A sale that only names the line settles nothing.
+    let mut forged = sales[1].clone();
+    forged.event_id = EventId::parse(format!("{}-again", forged.event_id)).unwrap();
+    store.apply_batch(&batch(vec![Envelope { movement: forged, partition: 0, offset: 0 }], 3)).await.unwrap();
+    assert_eq!(level(&*store, "SKU-1", "s1").await.reserved, 0);
+    let twice = store.close_reservation("r-e", reservation::Status::Committed, at(201)).await.unwrap();
+    assert!(matches!(twice.closing, Closing::Already(_)) && twice.outbox.is_empty());
+}
+
+async fn cancelled_and_expired_reservations_release_their_units(store: Arc<dyn Store>) {
+    stock(&*store, "SKU-1", "s1", 5).await;
+    let all = config(true, &[]);
+    reserve(&*store, "f", &all, &[line("SKU-1", 2, None)]).await;
+    reserve(&*store, "g", &all, &[line("SKU-1", 3, None)]).await;
+    assert_eq!(level(&*store, "SKU-1", "s1").await.available(), 0);
+
+    let cancelled = store.close_reservation("r-f", reservation::Status::Cancelled, at(200)).await.unwrap();
+    assert!(matches!(cancelled.closing, Closing::Done(_)));
+    assert_eq!(cancelled.levels[0].reserved, 3);
+    assert!(cancelled.outbox[0].payload.contains("\"kind\":\"release\""));
+    let commit_cancelled = store.close_reservation("r-f", reservation::Status::Committed, at(201)).await.unwrap();
+    assert!(matches!(commit_cancelled.closing, Closing::Refused(ref r) if r.status == reservation::Status::Cancelled));
+
+    assert!(store.due_reservations(at(699), 10).await.unwrap().is_empty());
+    assert_eq!(store.due_reservations(at(700), 10).await.unwrap(), vec!["r-g".to_string()]);
+    // A commit that comes after the time is up expires the reservation instead.
+    let late = store.close_reservation("r-g", reservation::Status::Committed, at(701)).await.unwrap();
+    assert!(matches!(late.closing, Closing::Refused(ref r) if r.status == reservation::Status::Expired));
+    assert_eq!(level(&*store, "SKU-1", "s1").await.reserved, 0);
+    assert!(store.due_reservations(at(800), 10).await.unwrap().is_empty());
+    assert!(matches!(
+        store.close_reservation("nope", reservation::Status::Cancelled, at(800)).await.unwrap().closing,
+        Closing::NotFound
+    ));
+}
+
+async fn the_outbox_keeps_records_until_they_are_deleted(store: Arc<dyn Store>) {
+    stock(&*store, "SKU-1", "s1", 5).await;
+    reserve(&*store, "h", &config(true, &[]), &[line("SKU-1", 1, None)]).await;
+    let records = store.outbox(at(101), 10).await.unwrap();
+    assert_eq!(records.len(), 1);
+    assert!(store.outbox(at(100), 10).await.unwrap().is_empty(), "only records written before the time");
+    store.delete_outbox(&[records[0].id]).await.unwrap();
+    assert!(store.outbox(at(101), 10).await.unwrap().is_empty());
+    assert_eq!(store.forget_idempotency_keys(at(101)).await.unwrap(), 1);
+}
+
+async fn concurrent_reservations_never_promise_the_last_unit_twice(store: Arc<dyn Store>) {
+    stock(&*store, "SKU-1", "s1", 1).await;
+    let all = config(true, &[]);
+    let attempts = (0..20).map(|i| {
+        let store = Arc::clone(&store);
+        let all = all.clone();
+        tokio::spawn(
+            async move { answer_of(&reserve(&*store, &format!("k{i}"), &all, &[line("SKU-1", 1, None)]).await).0 },
+        )
+    });
+    let mut statuses: Vec<u16> = Vec::new();
+    for attempt in attempts {
+        statuses.push(attempt.await.unwrap());
+    }
+    assert_eq!(statuses.iter().filter(|s| **s == 201).count(), 1, "{statuses:?}");
+    assert_eq!(statuses.iter().filter(|s| **s == 409).count(), 19, "{statuses:?}");
+    assert_eq!(level(&*store, "SKU-1", "s1").await.reserved, 1);
+}
+
 macro_rules! contract {
     ($backend:ident, $open:expr) => {
         mod $backend {
@@ -245,7 +477,14 @@ macro_rules! contract {
                 a_policy_is_part_of_the_level_and_bumps_its_version,
                 a_late_count_keeps_a_sale_that_is_delivered_again_beside_it,
                 levels_stay_unpublished_until_their_publication_is_recorded,
-                two_writers_on_one_row_lose_no_update);
+                two_writers_on_one_row_lose_no_update,
+                a_reservation_holds_units_at_the_most_available_serving_location,
+                a_short_reservation_holds_nothing_and_suggests_similar_products,
+                a_retry_gets_the_first_answer_and_another_request_is_refused,
+                a_committed_reservation_is_released_by_its_sales_once,
+                cancelled_and_expired_reservations_release_their_units,
+                the_outbox_keeps_records_until_they_are_deleted,
+                concurrent_reservations_never_promise_the_last_unit_twice);
         }
     };
     (@each $open:expr; $($case:ident),*) => {

@@ -1,0 +1,118 @@
+//! Reservations: `POST /v1/reservations` (with an `Idempotency-Key` header),
+//! `GET /v1/reservations/{id}`, `POST /v1/reservations/{id}/commit` and
+//! `POST /v1/reservations/{id}/cancel`. The decisions are the reservation service's; this
+//! module reads requests at the edge and maps outcomes to answers.
+
+use axum::{
+    body::Bytes,
+    extract::{Path, State},
+    http::{header::CONTENT_TYPE, HeaderMap, StatusCode},
+    response::{IntoResponse, Response},
+    Json,
+};
+use serde::Deserialize;
+use tracing::warn;
+
+use super::{error::ApiError, ApiState};
+use crate::{
+    event::{LocationId, Sku},
+    reservation::{LineRequest, Reservation, ReservationError, ReservationRequest, Status, IDEMPOTENCY_KEY_LEN_MAX},
+};
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawRequest {
+    channel: String,
+    lines: Vec<RawLine>,
+    #[serde(default)]
+    ttl_s: Option<u64>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawLine {
+    sku: String,
+    quantity: i64,
+    #[serde(default)]
+    location: Option<String>,
+}
+
+/// Reads the body into a request whose SKUs and locations are valid, naming the line of
+/// the first bad field.
+fn read_request(body: &[u8]) -> Result<ReservationRequest, ApiError> {
+    let raw: RawRequest = serde_json::from_slice(body).map_err(|e| ApiError::InvalidRequest(e.to_string()))?;
+    let lines = raw
+        .lines
+        .into_iter()
+        .enumerate()
+        .map(|(i, line)| {
+            let bad = |message: String| ApiError::InvalidRequest(format!("line {}: {message}", i + 1));
+            Ok(LineRequest {
+                sku: Sku::parse(line.sku).map_err(|e| bad(e.message))?,
+                quantity: line.quantity,
+                location: line.location.map(LocationId::parse).transpose().map_err(|e| bad(e.message))?,
+            })
+        })
+        .collect::<Result<_, ApiError>>()?;
+    Ok(ReservationRequest { channel: raw.channel, lines, ttl_s: raw.ttl_s })
+}
+
+fn idempotency_key(headers: &HeaderMap) -> Result<&str, ApiError> {
+    let value = headers.get("idempotency-key").ok_or(ApiError::IdempotencyKeyRequired)?;
+    match value.to_str() {
+        Ok(key) if !key.is_empty() && key.len() <= IDEMPOTENCY_KEY_LEN_MAX => Ok(key),
+        _ => Err(ApiError::InvalidIdempotencyKey(IDEMPOTENCY_KEY_LEN_MAX)),
+    }
+}
+
+pub(super) async fn create(
+    State(state): State<ApiState>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Result<Response, ApiError> {
+    let key = idempotency_key(&headers)?;
+    let request = read_request(&body)?;
+    // Idempotency keys belong to the caller; until API keys exist every caller is one.
+    let owner = "";
+    let answer = state.reservations.reserve(owner, key, &request).await?;
+    let status = StatusCode::from_u16(answer.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+    Ok((status, [(CONTENT_TYPE, "application/json")], answer.body).into_response())
+}
+
+pub(super) async fn get(State(state): State<ApiState>, Path(id): Path<String>) -> Result<Json<Reservation>, ApiError> {
+    Ok(Json(state.reservations.get(&id).await?))
+}
+
+pub(super) async fn commit(
+    State(state): State<ApiState>,
+    Path(id): Path<String>,
+) -> Result<Json<Reservation>, ApiError> {
+    Ok(Json(state.reservations.commit(&id).await?))
+}
+
+pub(super) async fn cancel(
+    State(state): State<ApiState>,
+    Path(id): Path<String>,
+) -> Result<Json<Reservation>, ApiError> {
+    Ok(Json(state.reservations.cancel(&id).await?))
+}
+
+impl From<ReservationError> for ApiError {
+    fn from(e: ReservationError) -> Self {
+        match e {
+            ReservationError::UnknownChannel(channel) => ApiError::UnknownChannel(channel),
+            e @ ReservationError::LocationNotInChannel { .. } => ApiError::LocationNotInChannel(e.to_string()),
+            ReservationError::Invalid(message) => ApiError::InvalidRequest(message),
+            e @ ReservationError::KeyReused(_) => ApiError::IdempotencyKeyReused(e.to_string()),
+            ReservationError::NotFound(id) => ApiError::ReservationNotFound(id),
+            e @ ReservationError::NotHeld { status: Status::Expired, .. } => {
+                ApiError::ReservationExpired(e.to_string())
+            }
+            e @ ReservationError::NotHeld { .. } => ApiError::ReservationNotHeld(e.to_string()),
+            ReservationError::Store(e) => {
+                warn!(error = %e, "reservation transaction failed");
+                ApiError::Unavailable("the database")
+            }
+        }
+    }
+}

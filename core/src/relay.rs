@@ -1,0 +1,123 @@
+//! How writes made outside the ledger reach Kafka.
+//!
+//! - Levels the API writes (stock policies, reservations) are applied to this instance's
+//!   cache and published on the stock topic; an acknowledged publication is recorded, and
+//!   one that fails is left to the ledger's sweep of unpublished levels.
+//! - Movements the API writes to the outbox table, in the transaction of the change they
+//!   describe, are sent to the movements topic right after the commit and deleted once
+//!   acknowledged. [`Relay::run`] sends what a crash or an outage left behind. A record may
+//!   reach Kafka twice (two replicas, a crash before the delete); the ledger skips the
+//!   second by its event id.
+
+use std::{sync::Arc, time::Duration};
+
+use futures::future::join_all;
+use rdkafka::producer::{FutureProducer, FutureRecord};
+use tokio_util::sync::CancellationToken;
+use tracing::{info, warn};
+
+use crate::{
+    cache::StockCache,
+    clock::Clock,
+    config::Topics,
+    event::StockLevel,
+    store::{OutboxRecord, Published, Store},
+};
+
+/// How long an outbox record is left to the instance that wrote it before any instance
+/// sends it again.
+const OUTBOX_GRACE: chrono::Duration = chrono::Duration::seconds(5);
+/// How often the outbox is swept.
+const OUTBOX_SWEEP_INTERVAL: Duration = Duration::from_secs(2);
+/// The most outbox records sent at once.
+const OUTBOX_BATCH_MAX: i64 = 1_000;
+
+#[derive(Clone)]
+pub struct Relay {
+    pub store: Arc<dyn Store>,
+    pub producer: FutureProducer,
+    pub topics: Topics,
+    pub produce_timeout: Duration,
+    pub cache: StockCache,
+    pub clock: Clock,
+}
+
+impl std::fmt::Debug for Relay {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Relay").field("topics", &self.topics).finish_non_exhaustive()
+    }
+}
+
+impl Relay {
+    /// Makes levels the API wrote visible: in this instance's cache now, in every other
+    /// instance's through the stock topic. A failure is logged, not returned: the level
+    /// stays unpublished in the database and the ledger's sweep publishes it.
+    pub async fn publish_levels(&self, levels: &[StockLevel]) {
+        for level in levels {
+            self.cache.apply(level.clone()).await;
+        }
+        let sends = levels.iter().map(|level| async move {
+            let value = serde_json::to_vec(level).expect("a level always serializes");
+            let key = level.kafka_key();
+            let record = FutureRecord::to(&self.topics.stock).key(&key).payload(&value);
+            match self.producer.send(record, self.produce_timeout).await {
+                Ok(_) => {
+                    Some(Published { sku: level.sku.clone(), location: level.location.clone(), version: level.version })
+                }
+                Err((e, _)) => {
+                    warn!(error = %e, "level not published; the ledger's sweep will");
+                    None
+                }
+            }
+        });
+        let published: Vec<Published> = join_all(sends).await.into_iter().flatten().collect();
+        if published.is_empty() {
+            return;
+        }
+        if let Err(e) = self.store.record_published(published).await {
+            warn!(error = %e, "publication not recorded; the level may be published again");
+        }
+    }
+
+    /// Sends outbox records to the movements topic and deletes the acknowledged ones.
+    /// Answers whether every record was sent.
+    pub async fn send_outbox(&self, records: &[OutboxRecord]) -> bool {
+        let sends = records.iter().map(|r| async move {
+            let record = FutureRecord::to(&self.topics.movements).key(&r.key).payload(&r.payload);
+            match self.producer.send(record, self.produce_timeout).await {
+                Ok(_) => Some(r.id),
+                Err((e, _)) => {
+                    warn!(error = %e, "outbox record not sent; the relay will retry");
+                    None
+                }
+            }
+        });
+        let sent: Vec<i64> = join_all(sends).await.into_iter().flatten().collect();
+        if let Err(e) = self.store.delete_outbox(&sent).await {
+            warn!(error = %e, "sent outbox records not deleted; they will be sent again");
+            return false;
+        }
+        sent.len() == records.len()
+    }
+
+    /// Sends what the outbox still holds, every few seconds, until `shutdown`.
+    pub async fn run(self, shutdown: CancellationToken) {
+        let mut interval = tokio::time::interval(OUTBOX_SWEEP_INTERVAL);
+        interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                _ = shutdown.cancelled() => return,
+                _ = interval.tick() => {}
+            }
+            let before = self.clock.now() - OUTBOX_GRACE;
+            match self.store.outbox(before, OUTBOX_BATCH_MAX).await {
+                Ok(records) if records.is_empty() => {}
+                Ok(records) => {
+                    info!(records = records.len(), "sending outbox records left behind");
+                    self.send_outbox(&records).await;
+                }
+                Err(e) => warn!(error = %e, "outbox not read; trying again"),
+            }
+        }
+    }
+}

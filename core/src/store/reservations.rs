@@ -1,0 +1,334 @@
+//! The transactions of reservations, shared by every store like [`super::apply_batch`]:
+//! taking one ([`reserve`]) and ending one ([`close`]). Each store implements the steps
+//! ([`ReservationTx`]) in its SQL.
+
+use std::collections::BTreeMap;
+
+use async_trait::async_trait;
+use chrono::{DateTime, Utc};
+
+use super::StoreError;
+use crate::{
+    config::ChannelConfig,
+    event::{LocationId, Movement, MovementKind, Sku, StockLevel},
+    ledger::rules::LevelKey,
+    reservation::{self, Answer, Line, LineRequest, Reservation, ShortLine, Status, Suggestion},
+};
+
+/// How many times a reservation re-reads the levels after another writer took the units
+/// it planned on, before it answers with what it last read.
+const PLAN_ROUNDS_MAX: u32 = 8;
+/// How many similar SKUs a short line suggests.
+const SUGGESTIONS_MAX: usize = 5;
+
+/// A movement waiting in the outbox for the movements topic.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OutboxRecord {
+    pub id: i64,
+    pub key: String,
+    pub payload: String,
+}
+
+/// Everything a reservation request carries into its transaction.
+#[derive(Debug, Clone)]
+pub struct NewReservation<'a> {
+    /// Who asked (the API key): idempotency keys are theirs alone.
+    pub owner: &'a str,
+    pub idempotency_key: &'a str,
+    /// The request as canonical JSON, to refuse the same key with another request.
+    pub request: &'a str,
+    pub id: &'a str,
+    pub channel: &'a str,
+    pub serving: &'a ChannelConfig,
+    pub lines: &'a [LineRequest],
+    pub now: DateTime<Utc>,
+    pub expires_at: DateTime<Utc>,
+}
+
+/// The outcome of a reservation request.
+#[derive(Debug, Clone)]
+pub enum Reserved {
+    /// Decided now: held (201) or short (409), saved as the key's answer.
+    Decided { answer: Answer, levels: Vec<StockLevel>, outbox: Vec<OutboxRecord> },
+    /// The key was used before for this request: its first answer.
+    Replayed(Answer),
+    /// The key was used before for another request.
+    KeyReused,
+}
+
+/// What ending a reservation did.
+#[derive(Debug, Clone)]
+pub enum Closing {
+    /// It was held and is now in the status asked.
+    Done(Reservation),
+    /// It already was in the status asked: nothing changed.
+    Already(Reservation),
+    /// It is in another status, which cannot change to the one asked; an expired
+    /// reservation refuses a commit (and is expired now if it was not yet).
+    Refused(Reservation),
+    NotFound,
+}
+
+#[derive(Debug, Clone)]
+pub struct Closed {
+    pub closing: Closing,
+    pub levels: Vec<StockLevel>,
+    pub outbox: Vec<OutboxRecord>,
+}
+
+/// The steps of a reservation transaction.
+#[async_trait]
+pub(super) trait ReservationTx: Send {
+    /// Claims an idempotency key for `request`; when it was claimed before, answers the
+    /// request it was claimed for and its answer.
+    async fn claim_key(
+        &mut self,
+        owner: &str,
+        key: &str,
+        request: &str,
+        now: DateTime<Utc>,
+    ) -> Result<Option<(String, Option<Answer>)>, StoreError>;
+    async fn save_answer(&mut self, owner: &str, key: &str, answer: &Answer) -> Result<(), StoreError>;
+    async fn levels_of(&mut self, skus: &[&Sku]) -> Result<Vec<StockLevel>, StoreError>;
+    async fn savepoint(&mut self) -> Result<(), StoreError>;
+    async fn rollback_to_savepoint(&mut self) -> Result<(), StoreError>;
+    /// Adds `delta` to the level's reserved units: a hold (> 0) only if that many units
+    /// are available, a release (< 0) always. The level as written, or `None` when the
+    /// units are not available (any more) or the level does not exist.
+    async fn change_reserved(
+        &mut self,
+        key: &LevelKey,
+        delta: i64,
+        now: DateTime<Utc>,
+    ) -> Result<Option<StockLevel>, StoreError>;
+    async fn insert_reservation(&mut self, reservation: &Reservation) -> Result<(), StoreError>;
+    /// Moves a held reservation to `to`; with `unexpired_only`, only if it has not expired
+    /// at `now`. Answers whether it moved.
+    async fn close_held(
+        &mut self,
+        id: &str,
+        to: Status,
+        now: DateTime<Utc>,
+        unexpired_only: bool,
+    ) -> Result<bool, StoreError>;
+    async fn load_reservation(&mut self, id: &str) -> Result<Option<Reservation>, StoreError>;
+    async fn enqueue(&mut self, movements: &[Movement], now: DateTime<Utc>) -> Result<Vec<OutboxRecord>, StoreError>;
+    /// Products like `sku` (same category or a shared attribute) that one serving
+    /// location has at least `quantity` of, with their category and attributes.
+    async fn similar_in_stock(
+        &mut self,
+        sku: &Sku,
+        serving: &ChannelConfig,
+        quantity: i64,
+    ) -> Result<Option<SimilarProducts>, StoreError>;
+    async fn commit(self: Box<Self>) -> Result<(), StoreError>;
+}
+
+/// The short SKU's category and attributes, and the candidates to rank against them.
+pub(super) struct SimilarProducts {
+    pub category: Option<String>,
+    pub attributes: std::collections::HashMap<String, String>,
+    pub candidates: Vec<(Suggestion, Option<String>, std::collections::HashMap<String, String>)>,
+}
+
+/// Takes a reservation: all lines or none, decided by conditional updates in the database.
+pub(super) async fn reserve(
+    mut tx: Box<dyn ReservationTx + '_>,
+    new: &NewReservation<'_>,
+) -> Result<Reserved, StoreError> {
+    // The first statement claims the key: a concurrent request with the same key waits
+    // here for this transaction, then finds its answer.
+    if let Some((request, answer)) = tx.claim_key(new.owner, new.idempotency_key, new.request, new.now).await? {
+        return Ok(match answer {
+            Some(answer) if request == new.request => Reserved::Replayed(answer),
+            _ => Reserved::KeyReused,
+        });
+    }
+    let mut skus: Vec<&Sku> = new.lines.iter().map(|l| &l.sku).collect();
+    skus.sort();
+    skus.dedup();
+    let mut round = 0;
+    let (answer, levels, outbox) = loop {
+        round += 1;
+        let available: BTreeMap<LevelKey, i64> = tx
+            .levels_of(&skus)
+            .await?
+            .into_iter()
+            .map(|l| ((l.sku.clone(), l.location.clone()), l.on_hand - l.reserved - l.safety_stock))
+            .collect();
+        let locations = match reservation::plan(new.lines, &available, |l| new.serving.serves(l.as_str())) {
+            Ok(locations) => locations,
+            Err(short) => {
+                let lines = short_lines(&mut *tx, new, short).await?;
+                break (Answer::short(&lines), Vec::new(), Vec::new());
+            }
+        };
+        let lines: Vec<Line> = new
+            .lines
+            .iter()
+            .zip(locations)
+            .zip(1..)
+            .map(|((l, location), n)| Line { line: n, sku: l.sku.clone(), location, quantity: l.quantity })
+            .collect();
+        tx.savepoint().await?;
+        let holds = reservation::holds(&lines);
+        let mut levels = Vec::new();
+        for (key, quantity) in &holds {
+            match tx.change_reserved(key, *quantity, new.now).await? {
+                Some(level) => levels.push(level),
+                None => break,
+            }
+        }
+        if levels.len() < holds.len() {
+            // Another writer took units between the read and the update: read again.
+            tx.rollback_to_savepoint().await?;
+            if round < PLAN_ROUNDS_MAX {
+                continue;
+            }
+            return Err(StoreError::Contended);
+        }
+        let reservation = Reservation {
+            id: new.id.to_string(),
+            channel: new.channel.to_string(),
+            status: Status::Held,
+            created_at: new.now,
+            expires_at: new.expires_at,
+            closed_at: None,
+            lines,
+        };
+        tx.insert_reservation(&reservation).await?;
+        let outbox = tx.enqueue(&reservation::events(&reservation, MovementKind::Reserve, new.now), new.now).await?;
+        break (Answer::reserved(&reservation), levels, outbox);
+    };
+    tx.save_answer(new.owner, new.idempotency_key, &answer).await?;
+    tx.commit().await?;
+    Ok(Reserved::Decided { answer, levels, outbox })
+}
+
+async fn short_lines(
+    tx: &mut (dyn ReservationTx + '_),
+    new: &NewReservation<'_>,
+    short: Vec<(usize, i64)>,
+) -> Result<Vec<ShortLine>, StoreError> {
+    let mut lines = Vec::with_capacity(short.len());
+    for (i, available) in short {
+        let line = &new.lines[i];
+        let suggestions = match tx.similar_in_stock(&line.sku, new.serving, line.quantity).await? {
+            Some(similar) => reservation::rank_suggestions(
+                similar.category.as_deref(),
+                &similar.attributes,
+                similar.candidates,
+                SUGGESTIONS_MAX,
+            ),
+            None => Vec::new(),
+        };
+        lines.push(ShortLine {
+            line: i as i32 + 1,
+            sku: line.sku.clone(),
+            requested: line.quantity,
+            available,
+            suggestions,
+        });
+    }
+    Ok(lines)
+}
+
+/// Ends a held reservation: `Committed` queues its sales, `Cancelled` and `Expired`
+/// release its units. A commit of a reservation past its time expires it instead.
+pub(super) async fn close(
+    mut tx: Box<dyn ReservationTx + '_>,
+    id: &str,
+    to: Status,
+    now: DateTime<Utc>,
+) -> Result<Closed, StoreError> {
+    let mut closed = Closed { closing: Closing::NotFound, levels: Vec::new(), outbox: Vec::new() };
+    let moved = tx.close_held(id, to, now, to == Status::Committed).await?;
+    let expired_on_commit = !moved && to == Status::Committed && tx.close_held(id, Status::Expired, now, false).await?;
+    let Some(reservation) = tx.load_reservation(id).await? else {
+        return Ok(closed);
+    };
+    if moved || expired_on_commit {
+        let kind = match reservation.status {
+            Status::Committed => MovementKind::Commit,
+            _ => {
+                for (key, quantity) in reservation::holds(&reservation.lines) {
+                    let level = tx.change_reserved(&key, -quantity, now).await?;
+                    closed.levels.push(level.ok_or_else(|| super::corrupt("a reserved level disappeared"))?);
+                }
+                MovementKind::Release
+            }
+        };
+        closed.outbox = tx.enqueue(&reservation::events(&reservation, kind, now), now).await?;
+        tx.commit().await?;
+    }
+    closed.closing = match reservation.status {
+        _ if moved => Closing::Done(reservation),
+        status if status == to => Closing::Already(reservation),
+        _ => Closing::Refused(reservation),
+    };
+    Ok(closed)
+}
+
+/// A level key's parts, for binding.
+pub(super) fn key_parts((sku, location): &LevelKey) -> (&str, &str) {
+    (sku.as_str(), location.as_str())
+}
+
+/// Rebuilds a reservation from its rows, one per line, ordered by line.
+pub(super) fn reservation_from_rows(
+    rows: impl IntoIterator<Item = ReservationRow>,
+) -> Result<Option<Reservation>, StoreError> {
+    let mut reservation: Option<Reservation> = None;
+    for row in rows {
+        let line = Line {
+            line: row.line,
+            sku: Sku::parse(row.sku).map_err(super::corrupt)?,
+            location: LocationId::parse(row.location).map_err(super::corrupt)?,
+            quantity: row.quantity,
+        };
+        match &mut reservation {
+            Some(r) => r.lines.push(line),
+            None => {
+                reservation = Some(Reservation {
+                    id: row.id,
+                    channel: row.channel,
+                    status: Status::parse(&row.status)
+                        .ok_or_else(|| super::corrupt(format!("unknown reservation status {:?}", row.status)))?,
+                    created_at: row.created_at,
+                    expires_at: row.expires_at,
+                    closed_at: row.closed_at,
+                    lines: vec![line],
+                })
+            }
+        }
+    }
+    Ok(reservation)
+}
+
+/// One row of a reservation joined with one of its lines.
+pub(super) struct ReservationRow {
+    pub id: String,
+    pub channel: String,
+    pub status: String,
+    pub created_at: DateTime<Utc>,
+    pub expires_at: DateTime<Utc>,
+    pub closed_at: Option<DateTime<Utc>>,
+    pub line: i32,
+    pub sku: String,
+    pub location: String,
+    pub quantity: i64,
+}
+
+/// Product attributes as text, whatever JSON type a value has.
+pub(super) fn text_attributes(json: &str) -> std::collections::HashMap<String, String> {
+    let map: serde_json::Map<String, serde_json::Value> = serde_json::from_str(json).unwrap_or_default();
+    map.into_iter()
+        .map(|(k, v)| {
+            let v = match v {
+                serde_json::Value::String(s) => s,
+                other => other.to_string(),
+            };
+            (k, v)
+        })
+        .collect()
+}
