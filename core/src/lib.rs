@@ -8,12 +8,14 @@
 //! - [`store`]: the `Store` trait and its PostgreSQL and SQLite implementations.
 //! - [`cache`]: the read side's cache of stock levels, kept fresh by the stock topic.
 //! - [`api`]: the HTTP API.
+//! - [`auth`]: API keys and their scopes; only hashes of their secrets are stored.
 //! - [`product`]: the product catalog's type, checked at the edge.
 //! - [`telemetry`]: every metric, in one place.
 //! - [`config`]: typed configuration, from a file and the environment.
 //! - [`testing`]: helpers for tests against the real servers of `scripts/test`.
 
 pub mod api;
+pub mod auth;
 pub mod cache;
 pub mod config;
 pub mod event;
