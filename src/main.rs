@@ -34,6 +34,11 @@ enum Command {
         #[command(subcommand)]
         command: ProductsCommand,
     },
+    /// API keys of the HTTP API.
+    Keys {
+        #[command(subcommand)]
+        command: KeysCommand,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -43,6 +48,34 @@ enum ProductsCommand {
     Import {
         file: PathBuf,
         /// postgres://... or, for onhand dev, sqlite://.onhand-dev/onhand.db
+        #[arg(long, env = "DATABASE_URL")]
+        database_url: String,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum KeysCommand {
+    /// Creates a key and prints it, this once: onhand stores only a hash of it.
+    Create {
+        /// Who or what uses the key, for people reading `onhand keys list`.
+        #[arg(long)]
+        name: String,
+        /// Comma-separated: stock:read, movements:write, reservations:write, admin (all).
+        #[arg(long)]
+        scopes: String,
+        /// postgres://... or, for onhand dev, sqlite://.onhand-dev/onhand.db
+        #[arg(long, env = "DATABASE_URL")]
+        database_url: String,
+    },
+    /// Lists the keys, revoked ones too (never their secrets).
+    List {
+        #[arg(long, env = "DATABASE_URL")]
+        database_url: String,
+    },
+    /// Revokes a key: running instances refuse it within http.api_key_cache_ttl_s.
+    Revoke {
+        /// The id of the key (onh_<id>_...), as `onhand keys list` shows it.
+        id: String,
         #[arg(long, env = "DATABASE_URL")]
         database_url: String,
     },
@@ -71,9 +104,11 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             println!("imported {} products ({} new)", report.products, report.created);
             return Ok(());
         }
+        Command::Keys { command } => return keys(command).await,
         Command::Dev { listen, data_dir } => {
             let app = App::dev(listen, &data_dir).await?;
-            print_dev_banner(&app, &data_dir);
+            let key = onhand::keys::dev_key(&*app.store, &data_dir).await?;
+            print_dev_banner(&app, &data_dir, &key);
             app
         }
         Command::Serve { config } => {
@@ -91,7 +126,33 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn print_dev_banner(app: &App, data_dir: &std::path::Path) {
+async fn keys(command: KeysCommand) -> anyhow::Result<()> {
+    match command {
+        KeysCommand::Create { name, scopes, database_url } => {
+            let store = onhand_core::store::open(&database_url, 1).await?;
+            let created = onhand::keys::create(&*store, &name, &scopes).await?;
+            println!("id      {}", created.key.id);
+            println!("name    {}", created.key.name);
+            println!("scopes  {}", created.key.scopes);
+            println!("key     {}", created.plaintext);
+            eprintln!("keep the key now: it is not shown again, onhand stores only its hash");
+        }
+        KeysCommand::List { database_url } => {
+            let store = onhand_core::store::open(&database_url, 1).await?;
+            for key in onhand::keys::list(&*store).await? {
+                println!("{}", onhand::keys::describe(&key));
+            }
+        }
+        KeysCommand::Revoke { id, database_url } => {
+            let store = onhand_core::store::open(&database_url, 1).await?;
+            onhand::keys::revoke(&*store, &id).await?;
+            println!("revoked api key {id}");
+        }
+    }
+    Ok(())
+}
+
+fn print_dev_banner(app: &App, data_dir: &std::path::Path, key: &str) {
     let c = &app.config;
     println!("onhand dev is running");
     println!("  http api   http://{}", app.local_addr);
@@ -100,7 +161,12 @@ fn print_dev_banner(app: &App, data_dir: &std::path::Path) {
     println!("  database   {}", c.database.url);
     println!("  ledger     consumer group {}", c.ledger.group_id);
     println!("  data dir   {}", data_dir.display());
-    println!("try: curl -s http://{}/v1/stock/SKU-1   (README.md has a movement to post)", app.local_addr);
+    println!("  api key    {key}");
+    println!("             admin, kept in {}", data_dir.join(onhand::keys::DEV_KEY_FILE).display());
+    println!(
+        "try: curl -s -H \"Authorization: Bearer {key}\" http://{}/v1/stock/SKU-1   (README.md has a movement to post)",
+        app.local_addr
+    );
     println!("press Ctrl-C to stop");
 }
 

@@ -142,6 +142,7 @@ async fn products_are_created_replaced_and_read() {
         async move {
             let response = client
                 .put(format!("http://{}/v1/products/01", app.local_addr))
+                .bearer_auth(TEST_API_KEY)
                 .body(body.to_string())
                 .send()
                 .await

@@ -1,5 +1,6 @@
-//! The `onhand` binary as a user runs it: `onhand dev` with nothing installed, and
-//! `onhand serve` refusing a configuration that cannot work.
+//! The `onhand` binary as a user runs it: `onhand dev` with nothing installed, `onhand
+//! serve` refusing a configuration that cannot work, and the commands that manage the
+//! catalog and the API keys.
 
 mod common;
 
@@ -32,23 +33,29 @@ async fn onhand_dev_takes_a_movement_and_shows_the_new_level() {
         .unwrap();
     let stdout = BufReader::new(child.stdout.take().unwrap());
     let _running = Running(child);
-    // Keep draining stdout after the address shows up: a closed pipe would kill onhand.
-    let (found, address) = tokio::sync::oneshot::channel();
+    // Keep draining stdout after the banner: a closed pipe would kill onhand.
+    let (found, banner) = tokio::sync::oneshot::channel();
     std::thread::spawn(move || {
-        let mut found = Some(found);
+        let (mut found, mut addr) = (Some(found), None);
         for line in stdout.lines().map_while(Result::ok) {
-            if let Some(addr) = line.trim().strip_prefix("http api   http://") {
-                if let Some(found) = found.take() {
-                    let _ = found.send(addr.to_string());
+            if let Some(a) = line.trim().strip_prefix("http api   http://") {
+                addr = Some(a.to_string());
+            }
+            if let Some(key) = line.trim().strip_prefix("api key    ") {
+                if let (Some(found), Some(addr)) = (found.take(), addr.clone()) {
+                    let _ = found.send((addr, key.to_string()));
                 }
             }
         }
     });
-    let addr = tokio::time::timeout(std::time::Duration::from_secs(60), address)
+    let (addr, key) = tokio::time::timeout(std::time::Duration::from_secs(60), banner)
         .await
-        .expect("onhand dev prints where its api listens")
+        .expect("onhand dev prints where its api listens and its api key")
         .unwrap();
     let addr = addr.parse().unwrap();
+    let saved = std::fs::read_to_string(data_dir.path().join("dev-api-key")).unwrap();
+    assert_eq!(saved.trim(), key, "the key is kept in the data directory");
+    assert_eq!(http_get_as(addr, "/v1/stock/SKU-1", None).await.0, 401, "the api needs the key");
 
     let movement = json!({
         "event_id": "dev-1",
@@ -56,10 +63,11 @@ async fn onhand_dev_takes_a_movement_and_shows_the_new_level() {
         "sku": "SKU-1", "location": "store-001", "kind": "receipt", "quantity": 10,
         "occurred_at": "2026-11-22T10:00:00Z"
     });
-    let (status, answer) = http_post(addr, "/v1/movements", "application/json", json!([movement]).to_string()).await;
+    let body = json!([movement]).to_string();
+    let (status, answer) = http_post_as(addr, "/v1/movements", "application/json", body, Some(&key)).await;
     assert_eq!(status, 202, "{answer}");
     let stock = eventually("the level over http", 60, || async {
-        let (status, body) = http_get(addr, "/v1/stock/SKU-1").await;
+        let (status, body) = http_get_as(addr, "/v1/stock/SKU-1", Some(&key)).await;
         (status == 200).then_some(body)
     })
     .await;
@@ -141,4 +149,47 @@ async fn products_import_takes_a_good_file_whole_and_a_bad_file_not_at_all() {
     assert!(store.product(&sku("02")).await.unwrap().is_some());
     let arroz = store.product(&sku("01")).await.unwrap().unwrap();
     assert_eq!(arroz.product.attributes.get("brand").map(String::as_str), Some("Tio João"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn api_keys_are_created_listed_and_revoked() {
+    let url = onhand_core::testing::fresh_postgres_url().await;
+    let keys = |args: &[&str]| {
+        let output = Command::new(env!("CARGO_BIN_EXE_onhand"))
+            .arg("keys")
+            .args(args)
+            .env("DATABASE_URL", &url)
+            .output()
+            .unwrap();
+        let text = |bytes: &[u8]| String::from_utf8_lossy(bytes).into_owned();
+        (output.status.success(), text(&output.stdout), text(&output.stderr))
+    };
+    let (ok, stdout, stderr) = keys(&["create", "--name", "pos sync", "--scopes", "stock:read,movements:write"]);
+    assert!(ok, "{stderr}");
+    assert!(stderr.contains("not shown again"), "{stderr}");
+    let field =
+        |name: &str| stdout.lines().find_map(|l| l.strip_prefix(name)).map(str::trim).map(String::from).expect(name);
+    let (id, key) = (field("id "), field("key "));
+    assert_eq!(field("scopes "), "stock:read movements:write");
+    assert!(key.starts_with(&format!("onh_{id}_")), "{key}");
+
+    let store = onhand_core::store::open(&url, 1).await.unwrap();
+    let stored = store.api_key(&id).await.unwrap().expect("the key is stored");
+    assert!(stored.verifies(&onhand_core::auth::Token::parse(&key).unwrap()));
+    let dump = sqlx::query_scalar::<_, String>("SELECT id || name || scopes || secret_hash FROM api_keys")
+        .fetch_all(&sqlx::PgPool::connect(&url).await.unwrap())
+        .await
+        .unwrap();
+    assert!(!dump.concat().contains(&key[4 + id.len() + 1..]), "the secret itself is not stored");
+
+    let (ok, listed, _) = keys(&["list"]);
+    assert!(ok && listed.contains(&id) && listed.contains("pos sync") && listed.contains("active"), "{listed}");
+    let (ok, _, stderr) = keys(&["revoke", &id]);
+    assert!(ok, "{stderr}");
+    let (_, listed, _) = keys(&["list"]);
+    assert!(listed.contains("revoked"), "{listed}");
+    let (ok, _, stderr) = keys(&["revoke", &id]);
+    assert!(!ok && stderr.contains("no active api key"), "{stderr}");
+    let (ok, _, stderr) = keys(&["create", "--name", "x", "--scopes", "stock:write"]);
+    assert!(!ok && stderr.contains("unknown scope \"stock:write\""), "{stderr}");
 }

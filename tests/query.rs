@@ -45,6 +45,7 @@ async fn reads_show_what_each_channel_may_sell() {
     let policy = json!({ "safety_stock": 3, "reorder_point": 5 }).to_string();
     let response = reqwest::Client::new()
         .put(format!("http://{addr}/v1/stock/SKU-Q/store-1/policy"))
+        .bearer_auth(TEST_API_KEY)
         .body(policy)
         .send()
         .await

@@ -170,10 +170,34 @@ async fn reservation_requests_are_checked_and_replayed() {
         assert_eq!((status, answer["error"]["code"].as_str()), (expected_status, Some(code)), "{answer}");
     }
 
+    // Idempotency keys are each API key's own: another checkout service may use the same.
+    let other_service = onhand::keys::create(&*app.store, "checkout-b", "reservations:write").await.unwrap();
+    let reader = onhand::keys::create(&*app.store, "reader", "stock:read").await.unwrap();
+    let as_key = |key: &str| format!("Bearer {key}");
+    let (status, theirs) = http_send(
+        Method::POST,
+        addr,
+        "/v1/reservations",
+        &[("idempotency-key", "same-key"), ("authorization", &as_key(&other_service.plaintext))],
+        Some(body.clone()),
+    )
+    .await;
+    assert_eq!(status, 201, "{theirs}");
+    assert_ne!(theirs["id"], first["id"]);
+    let (status, refused) = http_send(
+        Method::POST,
+        addr,
+        "/v1/reservations",
+        &[("idempotency-key", "k7"), ("authorization", &as_key(&reader.plaintext))],
+        Some(body.clone()),
+    )
+    .await;
+    assert_eq!((status, refused["error"]["code"].as_str()), (403, Some("insufficient_scope")));
+
     let id = first["id"].as_str().expect("a reservation id");
     let (status, cancelled) = http_send(Method::POST, addr, &format!("/v1/reservations/{id}/cancel"), &[], None).await;
     assert_eq!((status, cancelled["status"].as_str()), (200, Some("cancelled")));
-    level_is(addr, "SKU-C", "dc", 5, 0).await;
+    level_is(addr, "SKU-C", "dc", 5, 2).await;
     let (status, refused) = http_send(Method::POST, addr, &format!("/v1/reservations/{id}/commit"), &[], None).await;
     assert_eq!((status, refused["error"]["code"].as_str()), (409, Some("reservation_not_held")), "{refused}");
     app.stop().await.unwrap();

@@ -132,6 +132,14 @@ pub struct HttpConfig {
     pub body_bytes_max: usize,
     /// The most movements in one `POST /v1/movements`.
     pub movements_per_request_max: usize,
+    /// Requests a second each API key may make on average; beyond, the answer is 429.
+    pub rate_limit_per_s: u32,
+    /// Requests an API key may make at once after a quiet spell, above the average.
+    pub rate_limit_burst: u32,
+    /// How long a verified API key is trusted without reading the database again: a
+    /// revoked key stops working within this long. While the database is down, keys seen
+    /// before keep working.
+    pub api_key_cache_ttl_s: u64,
 }
 
 impl Default for HttpConfig {
@@ -140,6 +148,9 @@ impl Default for HttpConfig {
             listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
             body_bytes_max: 4 * 1024 * 1024,
             movements_per_request_max: 1_000,
+            rate_limit_per_s: 200,
+            rate_limit_burst: 400,
+            api_key_cache_ttl_s: 30,
         }
     }
 }
@@ -280,6 +291,9 @@ impl Config {
         }
         if self.http.movements_per_request_max == 0 {
             return invalid("http.movements_per_request_max must be 1 or more");
+        }
+        if self.http.rate_limit_per_s == 0 || self.http.rate_limit_burst == 0 {
+            return invalid("http.rate_limit_per_s and http.rate_limit_burst must be 1 or more");
         }
         Ok(())
     }

@@ -10,6 +10,7 @@
 //! - [`reservation`]: checkouts' promises of units, held by the database.
 //! - [`relay`]: how levels and movements the API writes reach Kafka (the outbox).
 //! - [`api`]: the HTTP API.
+//! - [`auth`]: API keys and their scopes; only hashes of their secrets are stored.
 //! - [`product`]: the product catalog's type, checked at the edge.
 //! - [`telemetry`]: every metric, in one place.
 //! - [`config`]: typed configuration, from a file and the environment.
@@ -17,6 +18,7 @@
 //! - [`testing`]: helpers for tests against the real servers of `scripts/test`.
 
 pub mod api;
+pub mod auth;
 pub mod cache;
 pub mod clock;
 pub mod config;

@@ -23,6 +23,7 @@ pub struct Metrics {
     pub ledger_stock_publish_failures_total: IntCounter,
     pub ledger_offset_gaps_total: IntCounter,
     pub api_movements_total: IntCounterVec,
+    pub api_requests_refused_total: IntCounterVec,
     pub query_reads_total: IntCounterVec,
     pub query_cache_preloaded_skus: IntGauge,
     pub reservations_requests_total: IntCounterVec,
@@ -109,6 +110,12 @@ impl Metrics {
                 "onhand_api_movements_total",
                 "Movements posted to the HTTP API, by outcome (accepted, rejected, failed).",
                 &["outcome"],
+            ),
+            api_requests_refused_total: counter_vec(
+                "onhand_api_requests_refused_total",
+                "Requests refused before their route ran, by error code (missing_api_key, invalid_api_key, \
+                 insufficient_scope, rate_limited, unavailable).",
+                &["reason"],
             ),
             query_reads_total: counter_vec(
                 "onhand_query_reads_total",

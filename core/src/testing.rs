@@ -1,5 +1,6 @@
 //! Helpers for tests that run against the real servers started by `scripts/test`:
-//! a fresh PostgreSQL database and unique Kafka topic names per test.
+//! a fresh PostgreSQL database and unique Kafka topic names per test, and an API key
+//! every test server accepts.
 
 use std::{
     env,
@@ -9,7 +10,24 @@ use std::{
 use chrono::{DateTime, TimeZone, Utc};
 use sqlx::{Connection, PgConnection};
 
-use crate::event::{EventId, LocationId, Movement, MovementKind, Sku, Source, SourceSystem};
+use crate::{
+    auth::{ApiKey, Scopes, Token},
+    event::{EventId, LocationId, Movement, MovementKind, Sku, Source, SourceSystem},
+    store::{Store, StoreError},
+};
+
+/// An admin key with a fixed value, so that test helpers send it without being told.
+/// Only [`insert_test_api_key`] puts it in a store: never in a real one.
+pub const TEST_API_KEY: &str = "onh_7e57000000aa_0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef";
+
+/// Stores [`TEST_API_KEY`] (admin) unless the store has it already.
+pub async fn insert_test_api_key(store: &dyn Store) -> Result<(), StoreError> {
+    let token = Token::parse(TEST_API_KEY).expect("the test key is well formed");
+    if store.api_key(token.id()).await?.is_none() {
+        store.create_api_key(&ApiKey::new(&token, "test", Scopes::admin()).expect("a valid name")).await?;
+    }
+    Ok(())
+}
 
 /// The PostgreSQL server of the test suite: an admin URL whose database may be replaced.
 pub fn postgres_admin_url() -> String {

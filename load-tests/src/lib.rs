@@ -1,10 +1,11 @@
 //! What the benchmarks share: the test servers they run against (`scripts/services run`
-//! sets both), and a configuration with a database, topics and a consumer group of their
-//! own there.
+//! sets both), a configuration with a database, topics and a consumer group of their own
+//! there, and an HTTP client with an API key.
 
 use std::net::SocketAddr;
 
-use onhand_core::{config::Config, testing};
+use onhand_core::{config::Config, store::Store, testing};
+use reqwest::header::{HeaderMap, HeaderValue, AUTHORIZATION};
 
 #[derive(Debug, clap::Args)]
 pub struct Servers {
@@ -27,6 +28,18 @@ impl Servers {
         config.kafka.topics.dlq = format!("{prefix}.dlq");
         config.ledger.group_id = format!("{prefix}.ledger");
         config.http.listen = SocketAddr::from(([127, 0, 0, 1], 0));
+        // The benchmarks measure the service, not the limiter's refusals: the per-key limit
+        // is far above what they send, and every request still goes through it.
+        config.http.rate_limit_per_s = 1_000_000;
+        config.http.rate_limit_burst = 1_000_000;
         Ok(config)
     }
+}
+
+/// `builder` made into a client that sends a new admin key of `store` with every request.
+pub async fn client_with_key(store: &dyn Store, builder: reqwest::ClientBuilder) -> anyhow::Result<reqwest::Client> {
+    let created = onhand::keys::create(store, "benchmark", "admin").await?;
+    let mut value = HeaderValue::from_str(&format!("Bearer {}", created.plaintext))?;
+    value.set_sensitive(true);
+    Ok(builder.default_headers(HeaderMap::from_iter([(AUTHORIZATION, value)])).build()?)
 }

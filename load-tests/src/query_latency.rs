@@ -18,7 +18,7 @@ use clap::Parser;
 use hdrhistogram::Histogram;
 use onhand::app::{App, StartOptions};
 use onhand_core::testing::unique_name;
-use onhand_load_tests::Servers;
+use onhand_load_tests::{client_with_key, Servers};
 use rand::{rngs::StdRng, SeedableRng};
 use rand_distr::{Distribution, Zipf};
 use serde_json::json;
@@ -57,7 +57,8 @@ async fn main() -> anyhow::Result<()> {
     config.ledger.enabled = false;
     let app = App::serve(config, StartOptions::default()).await?;
     let addr = app.local_addr;
-    let client = reqwest::Client::builder().pool_max_idle_per_host(args.concurrency * 2).build()?;
+    let client =
+        client_with_key(&*app.store, reqwest::Client::builder().pool_max_idle_per_host(args.concurrency * 2)).await?;
     // Measure once the cache has loaded every SKU, as a running service has.
     let preload_started = Instant::now();
     while app.metrics.query_cache_preloaded_skus.get() == 0 {

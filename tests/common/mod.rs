@@ -1,15 +1,18 @@
 //! What the end-to-end tests share: configurations on their own topics and database,
-//! a raw Kafka producer and consumer, HTTP helpers and a patient `eventually`.
+//! a raw Kafka producer and consumer, HTTP helpers and a patient `eventually`. Every
+//! server accepts the admin key `TEST_API_KEY`, which the HTTP helpers send unless told
+//! otherwise (the `_as` variants).
 
 #![allow(dead_code)] // each test binary uses its own part of this module
 
 use std::{collections::HashMap, future::Future, net::SocketAddr, time::Duration};
 
 use onhand::app::{App, StartOptions};
+pub use onhand_core::testing::TEST_API_KEY;
 use onhand_core::{
     config::Config,
     event::{MovementKind, Sku},
-    testing::{at, fresh_postgres_url, kafka_brokers, movement, unique_name},
+    testing::{at, fresh_postgres_url, insert_test_api_key, kafka_brokers, movement, unique_name},
 };
 use rdkafka::{
     consumer::{BaseConsumer, Consumer},
@@ -48,7 +51,9 @@ pub async fn serve_with(config: &Config, options: StartOptions) -> App {
         )
         .with_test_writer()
         .try_init();
-    App::serve(config.clone(), options).await.expect("onhand serve starts")
+    let app = App::serve(config.clone(), options).await.expect("onhand serve starts");
+    insert_test_api_key(&*app.store).await.expect("the test api key is stored");
+    app
 }
 
 pub fn producer() -> FutureProducer {
@@ -148,25 +153,49 @@ pub fn metric(app: &App, name: &str) -> f64 {
         .unwrap_or(0.0)
 }
 
+/// Posts with `TEST_API_KEY`.
 pub async fn http_post(
     app_addr: SocketAddr,
     path: &str,
     content_type: &str,
     body: impl Into<reqwest::Body>,
 ) -> (u16, Value) {
-    let response = reqwest::Client::new()
-        .post(format!("http://{app_addr}{path}"))
-        .header("content-type", content_type)
-        .body(body)
-        .send()
-        .await
-        .expect("the api answers");
-    let status = response.status().as_u16();
-    (status, response.json().await.unwrap_or(Value::Null))
+    http_post_as(app_addr, path, content_type, body, Some(TEST_API_KEY)).await
 }
 
+/// Posts with `key`, or with no `Authorization` header when `None`.
+pub async fn http_post_as(
+    app_addr: SocketAddr,
+    path: &str,
+    content_type: &str,
+    body: impl Into<reqwest::Body>,
+    key: Option<&str>,
+) -> (u16, Value) {
+    let request =
+        reqwest::Client::new().post(format!("http://{app_addr}{path}")).header("content-type", content_type).body(body);
+    answer(authorized(request, key)).await
+}
+
+/// Gets with `TEST_API_KEY`.
 pub async fn http_get(app_addr: SocketAddr, path: &str) -> (u16, Value) {
-    let response = reqwest::get(format!("http://{app_addr}{path}")).await.expect("the api answers");
+    http_get_as(app_addr, path, Some(TEST_API_KEY)).await
+}
+
+/// Gets with `key`, or with no `Authorization` header when `None`.
+pub async fn http_get_as(app_addr: SocketAddr, path: &str, key: Option<&str>) -> (u16, Value) {
+    answer(authorized(reqwest::Client::new().get(format!("http://{app_addr}{path}")), key)).await
+}
+
+/// `request` with `Authorization: Bearer KEY` when a key is given.
+pub fn authorized(request: reqwest::RequestBuilder, key: Option<&str>) -> reqwest::RequestBuilder {
+    match key {
+        Some(key) => request.bearer_auth(key),
+        None => request,
+    }
+}
+
+async fn answer(request: reqwest::RequestBuilder) -> (u16, Value) {
+    let response = request.send().await.expect("the api answers");
     let status = response.status().as_u16();
     (status, response.json().await.unwrap_or(Value::Null))
 }
@@ -211,7 +240,8 @@ impl Proxy {
     }
 }
 
-/// Sends a request with extra headers and a JSON body (or none), for routes that need them.
+/// Sends a request with extra headers and a JSON body (or none), for routes that need
+/// them; with `TEST_API_KEY` unless the headers carry an `authorization` of their own.
 pub async fn http_send(
     method: reqwest::Method,
     app_addr: SocketAddr,
@@ -219,7 +249,9 @@ pub async fn http_send(
     headers: &[(&str, &str)],
     body: Option<Value>,
 ) -> (u16, Value) {
-    let mut request = reqwest::Client::new().request(method, format!("http://{app_addr}{path}"));
+    let own_key = headers.iter().any(|(name, _)| name.eq_ignore_ascii_case("authorization"));
+    let key = if own_key { None } else { Some(TEST_API_KEY) };
+    let mut request = authorized(reqwest::Client::new().request(method, format!("http://{app_addr}{path}")), key);
     for (name, value) in headers {
         request = request.header(*name, *value);
     }

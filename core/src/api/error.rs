@@ -2,11 +2,16 @@
 //! database or Kafka are logged where they happen, never sent to the client.
 
 use axum::{
-    http::StatusCode,
+    http::{
+        header::{RETRY_AFTER, WWW_AUTHENTICATE},
+        HeaderName, HeaderValue, StatusCode,
+    },
     response::{IntoResponse, Response},
     Json,
 };
 use serde_json::json;
+
+use crate::auth::Scope;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ApiError {
@@ -60,6 +65,14 @@ pub enum ApiError {
     NotFound(String),
     #[error("{0} is unavailable, retry later")]
     Unavailable(&'static str),
+    #[error("this route needs an api key, sent as the header authorization: bearer <key>")]
+    MissingApiKey,
+    #[error("the api key is not valid, or it was revoked")]
+    InvalidApiKey,
+    #[error("this route needs an api key with the scope {0}")]
+    InsufficientScope(Scope),
+    #[error("too many requests with this api key, retry in {retry_after_s} s")]
+    RateLimited { retry_after_s: u64 },
 }
 
 impl ApiError {
@@ -96,6 +109,30 @@ impl ApiError {
             ApiError::ReservationNotHeld(_) => (StatusCode::CONFLICT, "reservation_not_held"),
             ApiError::NotFound(_) => (StatusCode::NOT_FOUND, "not_found"),
             ApiError::Unavailable(_) => (StatusCode::SERVICE_UNAVAILABLE, "unavailable"),
+            ApiError::MissingApiKey => (StatusCode::UNAUTHORIZED, "missing_api_key"),
+            ApiError::InvalidApiKey => (StatusCode::UNAUTHORIZED, "invalid_api_key"),
+            ApiError::InsufficientScope(_) => (StatusCode::FORBIDDEN, "insufficient_scope"),
+            ApiError::RateLimited { .. } => (StatusCode::TOO_MANY_REQUESTS, "rate_limited"),
+        }
+    }
+
+    /// The header that tells a client what to do next: how to authenticate (RFC 6750's
+    /// `WWW-Authenticate`), or when to retry.
+    fn header(&self) -> Option<(HeaderName, HeaderValue)> {
+        let value = |text: String| HeaderValue::from_str(&text).expect("a header of ascii text");
+        match self {
+            ApiError::MissingApiKey => Some((WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"))),
+            ApiError::InvalidApiKey => {
+                Some((WWW_AUTHENTICATE, HeaderValue::from_static(r#"Bearer error="invalid_token""#)))
+            }
+            ApiError::InsufficientScope(scope) => {
+                Some((WWW_AUTHENTICATE, value(format!(r#"Bearer error="insufficient_scope", scope="{scope}""#))))
+            }
+            ApiError::RateLimited { retry_after_s } => Some((RETRY_AFTER, value(retry_after_s.to_string()))),
+            _ if self.status_and_code().0 == StatusCode::SERVICE_UNAVAILABLE => {
+                Some((RETRY_AFTER, HeaderValue::from_static("1")))
+            }
+            _ => None,
         }
     }
 }
@@ -109,8 +146,8 @@ impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let (status, code) = self.status_and_code();
         let mut response = (status, Json(error_body(code, &self.to_string()))).into_response();
-        if status == StatusCode::SERVICE_UNAVAILABLE {
-            response.headers_mut().insert(axum::http::header::RETRY_AFTER, axum::http::HeaderValue::from_static("1"));
+        if let Some((name, value)) = self.header() {
+            response.headers_mut().insert(name, value);
         }
         response
     }

@@ -1,14 +1,13 @@
 //! The product catalog: `PUT /v1/products/{sku}` and `GET /v1/products/{sku}`.
 
 use axum::{
-    body::Bytes,
     extract::{Path, State},
     http::StatusCode,
     Json,
 };
 use tracing::warn;
 
-use super::{error::ApiError, ApiState};
+use super::{error::ApiError, extract::SmallBody, ApiState};
 use crate::{
     event::Sku,
     product::{Product, ProductInput, StoredProduct},
@@ -18,7 +17,7 @@ use crate::{
 pub(super) async fn put(
     State(state): State<ApiState>,
     Path(sku): Path<String>,
-    body: Bytes,
+    SmallBody(body): SmallBody,
 ) -> Result<(StatusCode, Json<StoredProduct>), ApiError> {
     let sku = Sku::parse(sku).map_err(|e| ApiError::InvalidSku(e.message))?;
     let input: ProductInput = serde_json::from_slice(&body).map_err(|e| ApiError::InvalidProduct(e.to_string()))?;

@@ -4,16 +4,15 @@
 //! module reads requests at the edge and maps outcomes to answers.
 
 use axum::{
-    body::Bytes,
     extract::{Path, State},
     http::{header::CONTENT_TYPE, HeaderMap, StatusCode},
     response::{IntoResponse, Response},
-    Json,
+    Extension, Json,
 };
 use serde::Deserialize;
 use tracing::warn;
 
-use super::{error::ApiError, ApiState};
+use super::{error::ApiError, extract::SmallBody, ApiState, Principal};
 use crate::{
     event::{LocationId, Sku},
     reservation::{LineRequest, Reservation, ReservationError, ReservationRequest, Status, IDEMPOTENCY_KEY_LEN_MAX},
@@ -67,14 +66,14 @@ fn idempotency_key(headers: &HeaderMap) -> Result<&str, ApiError> {
 
 pub(super) async fn create(
     State(state): State<ApiState>,
+    Extension(principal): Extension<Principal>,
     headers: HeaderMap,
-    body: Bytes,
+    SmallBody(body): SmallBody,
 ) -> Result<Response, ApiError> {
     let key = idempotency_key(&headers)?;
     let request = read_request(&body)?;
-    // Idempotency keys belong to the caller; until API keys exist every caller is one.
-    let owner = "";
-    let answer = state.reservations.reserve(owner, key, &request).await?;
+    // Idempotency keys belong to the API key that sent them: two clients may use the same.
+    let answer = state.reservations.reserve(&principal.key_id, key, &request).await?;
     let status = StatusCode::from_u16(answer.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
     Ok((status, [(CONTENT_TYPE, "application/json")], answer.body).into_response())
 }

@@ -16,7 +16,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 use tracing::warn;
 
-use super::{error::ApiError, ApiState};
+use super::{error::ApiError, extract::SmallBody, ApiState};
 use crate::{
     cache::{ReadError, SkuStock},
     event::{LocationId, Sku, StockLevel, QUANTITY_MAX},
@@ -128,7 +128,7 @@ struct QueryRequest {
 }
 
 /// A batch of SKUs in one request; each SKU answers on its own, found or with its error.
-pub(super) async fn query(State(state): State<ApiState>, body: Bytes) -> Result<Json<Value>, ApiError> {
+pub(super) async fn query(State(state): State<ApiState>, SmallBody(body): SmallBody) -> Result<Json<Value>, ApiError> {
     let request: QueryRequest = serde_json::from_slice(&body).map_err(|e| ApiError::InvalidRequest(e.to_string()))?;
     let max = state.query.query_skus_max;
     if request.skus.len() > max {
@@ -193,7 +193,7 @@ struct PolicyRequest {
 pub(super) async fn put_policy(
     State(state): State<ApiState>,
     Path((sku, location)): Path<(String, String)>,
-    body: Bytes,
+    SmallBody(body): SmallBody,
 ) -> Result<Json<LevelBody>, ApiError> {
     let sku = Sku::parse(sku).map_err(|e| ApiError::InvalidSku(e.message))?;
     let location = LocationId::parse(location).map_err(|e| ApiError::InvalidLocation(e.message))?;

@@ -15,6 +15,13 @@ macro_rules! stock_level_columns {
     };
 }
 
+/// The columns of an API key, in the order every store's `api_key` reads them.
+macro_rules! api_key_columns {
+    () => {
+        "id, name, scopes, secret_hash, created_at, revoked_at"
+    };
+}
+
 mod postgres;
 mod reservations;
 mod sqlite;
@@ -33,6 +40,7 @@ pub use self::{
     sqlite::SqliteStore,
 };
 use crate::{
+    auth::{ApiKey, Scopes},
     event::{EventId, LocationId, Movement, MovementKind, Sku, StockLevel},
     ledger::rules::{plan_key, KeyPlan, LevelKey, LevelState},
     product::{Product, StoredProduct},
@@ -179,6 +187,14 @@ pub trait Store: Send + Sync + std::fmt::Debug {
     /// Creates or replaces products, in one transaction; answers how many were new.
     async fn put_products(&self, products: &[Product]) -> Result<u64, StoreError>;
     async fn product(&self, sku: &Sku) -> Result<Option<StoredProduct>, StoreError>;
+    /// Stores a new API key; fails when its id is taken.
+    async fn create_api_key(&self, key: &ApiKey) -> Result<(), StoreError>;
+    /// The API key with this id, revoked or not.
+    async fn api_key(&self, id: &str) -> Result<Option<ApiKey>, StoreError>;
+    /// At most `limit` API keys, oldest first.
+    async fn api_keys(&self, limit: i64) -> Result<Vec<ApiKey>, StoreError>;
+    /// Revokes an API key; answers false when no active key has this id.
+    async fn revoke_api_key(&self, id: &str) -> Result<bool, StoreError>;
     /// How many movements are recorded.
     async fn movement_count(&self) -> Result<i64, StoreError>;
 
@@ -432,6 +448,20 @@ fn product_from(sku: String, name: String, category: Option<String>, attributes:
         category,
         attributes: serde_json::from_str(attributes).map_err(corrupt)?,
     })
+}
+
+/// An API key from its stored columns.
+fn api_key_from(
+    id: String,
+    name: String,
+    scopes: &str,
+    secret_hash: &str,
+    created_at: DateTime<Utc>,
+    revoked_at: Option<DateTime<Utc>>,
+) -> Result<ApiKey, StoreError> {
+    let mut secret_sha256 = [0u8; 32];
+    hex::decode_to_slice(secret_hash, &mut secret_sha256).map_err(corrupt)?;
+    Ok(ApiKey { id, name, scopes: Scopes::parse(scopes).map_err(corrupt)?, secret_sha256, created_at, revoked_at })
 }
 
 fn optional_event_id(id: Option<String>) -> Result<Option<EventId>, StoreError> {

@@ -12,11 +12,12 @@ use sqlx::{postgres::PgPoolOptions, PgPool, Postgres, Row, Transaction};
 
 use self::reservations::{load_reservation, PgReservationTx};
 use super::{
-    apply_batch, corrupt, optional_event_id, product_from, Allocation, Applied, Batch, Closed, Envelope, LedgerTx,
-    LevelWrite, NewReservation, OutboxRecord, PartitionOffset, Published, Reserved, StockPolicy, Store, StoreError,
-    StoredLevel,
+    api_key_from, apply_batch, corrupt, optional_event_id, product_from, Allocation, Applied, Batch, Closed, Envelope,
+    LedgerTx, LevelWrite, NewReservation, OutboxRecord, PartitionOffset, Published, Reserved, StockPolicy, Store,
+    StoreError, StoredLevel,
 };
 use crate::{
+    auth::ApiKey,
     event::{EventId, LocationId, Movement, Sku, StockLevel},
     ledger::rules::{CountMark, LevelKey, LevelState},
     product::{Product, StoredProduct},
@@ -177,6 +178,47 @@ impl Store for PostgresStore {
         .transpose()
     }
 
+    async fn create_api_key(&self, key: &ApiKey) -> Result<(), StoreError> {
+        sqlx::query(
+            "INSERT INTO api_keys (id, name, scopes, secret_hash, created_at, revoked_at) VALUES ($1, $2, $3, $4, $5, $6)",
+        )
+        .bind(&key.id)
+        .bind(&key.name)
+        .bind(key.scopes.to_string())
+        .bind(hex::encode(key.secret_sha256))
+        .bind(key.created_at)
+        .bind(key.revoked_at)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    async fn api_key(&self, id: &str) -> Result<Option<ApiKey>, StoreError> {
+        let row = sqlx::query(concat!("SELECT ", api_key_columns!(), " FROM api_keys WHERE id = $1"))
+            .bind(id)
+            .fetch_optional(&self.pool)
+            .await?;
+        row.as_ref().map(api_key).transpose()
+    }
+
+    async fn api_keys(&self, limit: i64) -> Result<Vec<ApiKey>, StoreError> {
+        let rows =
+            sqlx::query(concat!("SELECT ", api_key_columns!(), " FROM api_keys ORDER BY created_at, id LIMIT $1"))
+                .bind(limit)
+                .fetch_all(&self.pool)
+                .await?;
+        rows.iter().map(api_key).collect()
+    }
+
+    async fn revoke_api_key(&self, id: &str) -> Result<bool, StoreError> {
+        let done = sqlx::query("UPDATE api_keys SET revoked_at = $2 WHERE id = $1 AND revoked_at IS NULL")
+            .bind(id)
+            .bind(Utc::now().trunc_subsecs(6))
+            .execute(&self.pool)
+            .await?;
+        Ok(done.rows_affected() == 1)
+    }
+
     async fn movement_count(&self) -> Result<i64, StoreError> {
         Ok(sqlx::query_scalar("SELECT count(*) FROM movements").fetch_one(&self.pool).await?)
     }
@@ -238,6 +280,18 @@ impl Store for PostgresStore {
         }
         Ok(())
     }
+}
+
+fn api_key(row: &sqlx::postgres::PgRow) -> Result<ApiKey, StoreError> {
+    let (scopes, secret_hash): (String, String) = (row.try_get("scopes")?, row.try_get("secret_hash")?);
+    api_key_from(
+        row.try_get("id")?,
+        row.try_get("name")?,
+        &scopes,
+        &secret_hash,
+        row.try_get("created_at")?,
+        row.try_get("revoked_at")?,
+    )
 }
 
 fn stock_level(row: &sqlx::postgres::PgRow) -> Result<StockLevel, StoreError> {

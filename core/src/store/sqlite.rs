@@ -19,11 +19,12 @@ use sqlx::{
 
 use self::reservations::{load_reservation, SqliteReservationTx};
 use super::{
-    apply_batch, corrupt, optional_event_id, product_from, Allocation, Applied, Batch, Closed, Envelope, LedgerTx,
-    LevelWrite, NewReservation, OutboxRecord, PartitionOffset, Published, Reserved, StockPolicy, Store, StoreError,
-    StoredLevel,
+    api_key_from, apply_batch, corrupt, optional_event_id, product_from, Allocation, Applied, Batch, Closed, Envelope,
+    LedgerTx, LevelWrite, NewReservation, OutboxRecord, PartitionOffset, Published, Reserved, StockPolicy, Store,
+    StoreError, StoredLevel,
 };
 use crate::{
+    auth::ApiKey,
     event::{EventId, LocationId, Movement, Sku, StockLevel},
     ledger::rules::{CountMark, LevelKey, LevelState},
     product::{Product, StoredProduct},
@@ -47,6 +48,10 @@ impl SqliteStore {
         let pool = SqlitePoolOptions::new().max_connections(4).connect_with(options).await?;
         sqlx::migrate!("../migrations/sqlite").run(&pool).await?;
         Ok(Self { pool })
+    }
+
+    pub fn pool(&self) -> &SqlitePool {
+        &self.pool
     }
 }
 
@@ -206,6 +211,47 @@ impl Store for SqliteStore {
         .transpose()
     }
 
+    async fn create_api_key(&self, key: &ApiKey) -> Result<(), StoreError> {
+        sqlx::query(
+            "INSERT INTO api_keys (id, name, scopes, secret_hash, created_at, revoked_at) VALUES (?, ?, ?, ?, ?, ?)",
+        )
+        .bind(&key.id)
+        .bind(&key.name)
+        .bind(key.scopes.to_string())
+        .bind(hex::encode(key.secret_sha256))
+        .bind(micros(key.created_at))
+        .bind(key.revoked_at.map(micros))
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    async fn api_key(&self, id: &str) -> Result<Option<ApiKey>, StoreError> {
+        let row = sqlx::query(concat!("SELECT ", api_key_columns!(), " FROM api_keys WHERE id = ?"))
+            .bind(id)
+            .fetch_optional(&self.pool)
+            .await?;
+        row.as_ref().map(api_key).transpose()
+    }
+
+    async fn api_keys(&self, limit: i64) -> Result<Vec<ApiKey>, StoreError> {
+        let rows =
+            sqlx::query(concat!("SELECT ", api_key_columns!(), " FROM api_keys ORDER BY created_at, id LIMIT ?"))
+                .bind(limit)
+                .fetch_all(&self.pool)
+                .await?;
+        rows.iter().map(api_key).collect()
+    }
+
+    async fn revoke_api_key(&self, id: &str) -> Result<bool, StoreError> {
+        let done = sqlx::query("UPDATE api_keys SET revoked_at = ? WHERE id = ? AND revoked_at IS NULL")
+            .bind(micros(Utc::now()))
+            .bind(id)
+            .execute(&self.pool)
+            .await?;
+        Ok(done.rows_affected() == 1)
+    }
+
     async fn movement_count(&self) -> Result<i64, StoreError> {
         Ok(sqlx::query_scalar("SELECT count(*) FROM movements").fetch_one(&self.pool).await?)
     }
@@ -272,6 +318,18 @@ impl Store for SqliteStore {
         tx.commit().await?;
         Ok(())
     }
+}
+
+fn api_key(row: &SqliteRow) -> Result<ApiKey, StoreError> {
+    let (scopes, secret_hash): (String, String) = (row.try_get("scopes")?, row.try_get("secret_hash")?);
+    api_key_from(
+        row.try_get("id")?,
+        row.try_get("name")?,
+        &scopes,
+        &secret_hash,
+        time_at(row, "created_at")?,
+        optional_time_at(row, "revoked_at")?,
+    )
 }
 
 fn stock_level(row: &SqliteRow) -> Result<StockLevel, StoreError> {

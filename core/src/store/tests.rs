@@ -4,6 +4,7 @@ use std::sync::Arc;
 
 use super::*;
 use crate::{
+    auth::{ApiKey, Scopes, Token},
     event::MovementKind::{self, *},
     testing::{at, fresh_postgres_url, movement},
 };
@@ -462,6 +463,33 @@ async fn concurrent_reservations_never_promise_the_last_unit_twice(store: Arc<dy
     assert_eq!(level(&*store, "SKU-1", "s1").await.reserved, 1);
 }
 
+async fn api_keys_are_stored_as_hashes_listed_and_revoked(store: Arc<dyn Store>) {
+    let token = Token::generate();
+    let scopes = Scopes::parse("stock:read,movements:write").unwrap();
+    let key = ApiKey::new(&token, "pos sync", scopes).unwrap();
+    store.create_api_key(&key).await.unwrap();
+    let stored = store.api_key(token.id()).await.unwrap().expect("the key is stored");
+    assert_eq!(stored, key);
+    assert!(stored.verifies(&token));
+    assert!(store.create_api_key(&key).await.is_err(), "an id is never reused");
+    assert_eq!(store.api_key("0123456789ab").await.unwrap(), None);
+
+    let other = ApiKey::new(&Token::generate(), "dev", Scopes::admin()).unwrap();
+    store.create_api_key(&other).await.unwrap();
+    let names: Vec<String> = store.api_keys(10).await.unwrap().into_iter().map(|k| k.name).collect();
+    assert_eq!(names.len(), 2);
+    assert!(names.contains(&"pos sync".to_string()) && names.contains(&"dev".to_string()));
+    assert_eq!(store.api_keys(1).await.unwrap().len(), 1);
+
+    assert!(store.revoke_api_key(token.id()).await.unwrap());
+    assert!(!store.revoke_api_key(token.id()).await.unwrap(), "a revoked key is not revoked twice");
+    assert!(!store.revoke_api_key("0123456789ab").await.unwrap());
+    let revoked = store.api_key(token.id()).await.unwrap().unwrap();
+    assert!(revoked.revoked_at.is_some());
+    assert!(!revoked.verifies(&token));
+    assert!(store.api_key(other.id.as_str()).await.unwrap().unwrap().revoked_at.is_none());
+}
+
 macro_rules! contract {
     ($backend:ident, $open:expr) => {
         mod $backend {
@@ -473,6 +501,7 @@ macro_rules! contract {
                 offsets_are_saved_and_never_go_back,
                 the_count_rule_holds_across_batches,
                 products_are_created_replaced_and_read,
+                api_keys_are_stored_as_hashes_listed_and_revoked,
                 every_level_can_be_paged_through,
                 a_policy_is_part_of_the_level_and_bumps_its_version,
                 a_late_count_keeps_a_sale_that_is_delivered_again_beside_it,

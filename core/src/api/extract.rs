@@ -1,0 +1,29 @@
+//! Extractors that refuse a request with a code of the error table, where axum's own
+//! would answer plain text.
+
+use axum::{
+    body::Bytes,
+    extract::{FromRequest, Request},
+    http::StatusCode,
+};
+
+use super::{error::ApiError, SMALL_BODY_BYTES_MAX};
+
+/// The body of a route that takes a small JSON document: at most
+/// [`SMALL_BODY_BYTES_MAX`], the limit [`super::finish`] sets for every route.
+#[derive(Debug)]
+pub(super) struct SmallBody(pub Bytes);
+
+impl<S: Send + Sync> FromRequest<S> for SmallBody {
+    type Rejection = ApiError;
+
+    async fn from_request(request: Request, state: &S) -> Result<Self, ApiError> {
+        Bytes::from_request(request, state).await.map(SmallBody).map_err(|rejection| {
+            if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
+                ApiError::BodyTooLarge { limit_bytes: SMALL_BODY_BYTES_MAX }
+            } else {
+                ApiError::InvalidRequest(rejection.body_text())
+            }
+        })
+    }
+}
