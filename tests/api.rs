@@ -129,6 +129,12 @@ async fn health_readiness_and_metrics_answer() {
     ] {
         assert!(text.contains(name), "{name} missing from /metrics");
     }
+    // The API describes itself, to anyone, as the committed docs/openapi.json does.
+    let (status, document) = http_get_as(app.local_addr, "/openapi.json", None).await;
+    assert_eq!((status, document["openapi"].as_str()), (200, Some("3.1.0")));
+    let committed: serde_json::Value =
+        serde_json::from_str(include_str!("../docs/openapi.json")).expect("docs/openapi.json is JSON");
+    assert_eq!(document, committed);
     app.stop().await.unwrap();
 }
 

@@ -1,7 +1,8 @@
 //! The wire types of onhand: the movement event `onhand.movement.v1`, the stock level
 //! published on `onhand.stock.v1`, and the newtypes that make their fields valid.
 //!
-//! This is the only module that derives `Serialize` + `JsonSchema` for wire types. Every
+//! This is the only module that derives `Serialize` + `JsonSchema` for wire types (and
+//! `ToSchema`, their description in the API's OpenAPI document). Every
 //! movement enters through [`Movement::from_json`], which checks each field and answers
 //! with a stable [`InvalidMovement`] code, so the HTTP API and the ledger reject the same
 //! input for the same reason.
@@ -153,6 +154,19 @@ macro_rules! identifier {
             }
         }
 
+        impl utoipa::PartialSchema for $name {
+            fn schema() -> utoipa::openapi::RefOr<utoipa::openapi::schema::Schema> {
+                utoipa::openapi::ObjectBuilder::new()
+                    .schema_type(utoipa::openapi::schema::Type::String)
+                    .min_length(Some(1))
+                    .max_length(Some($len_max))
+                    .pattern(Some($pattern))
+                    .into()
+            }
+        }
+
+        impl utoipa::ToSchema for $name {}
+
         impl JsonSchema for $name {
             fn schema_name() -> Cow<'static, str> {
                 stringify!($name).into()
@@ -194,7 +208,7 @@ identifier!(
 );
 
 /// The system a movement comes from.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, JsonSchema)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, JsonSchema, utoipa::ToSchema)]
 #[serde(rename_all = "kebab-case")]
 pub enum SourceSystem {
     Pos,
@@ -206,7 +220,7 @@ pub enum SourceSystem {
 }
 
 /// Where a movement was first recorded, for audit and for tracing it back.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Source {
     pub system: SourceSystem,
@@ -220,7 +234,7 @@ pub struct Source {
 }
 
 /// What happened to the stock.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, JsonSchema)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, JsonSchema, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum MovementKind {
     Receipt,
@@ -303,7 +317,7 @@ impl fmt::Display for MovementKind {
 }
 
 /// One stock movement: the unit of everything onhand records. See `docs/events.md`.
-#[derive(Debug, Clone, PartialEq, Serialize, JsonSchema)]
+#[derive(Debug, Clone, PartialEq, Serialize, JsonSchema, utoipa::ToSchema)]
 #[schemars(title = "onhand.movement.v1", transform = quantity_rules, deny_unknown_fields)]
 pub struct Movement {
     pub event_id: EventId,
@@ -551,7 +565,7 @@ fn check_attributes(attributes: &BTreeMap<String, String>) -> Result<(), Invalid
 
 /// The stock of one SKU at one location, as the ledger last wrote it. Published on
 /// `onhand.stock.v1` with key `sku@location` after every change.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema, utoipa::ToSchema)]
 #[schemars(title = "onhand.stock-level.v1", transform = stock_level_id)]
 pub struct StockLevel {
     pub sku: Sku,

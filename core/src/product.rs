@@ -14,7 +14,7 @@ const ATTRIBUTES_MAX: usize = 32;
 const ATTRIBUTE_LEN_MAX: usize = 256;
 
 /// A product as sent to onhand: everything but its SKU, which the URL or file carries.
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ProductInput {
     pub name: String,
@@ -25,7 +25,7 @@ pub struct ProductInput {
 }
 
 /// A valid product.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, utoipa::ToSchema)]
 pub struct Product {
     pub sku: Sku,
     pub name: String,
@@ -35,7 +35,7 @@ pub struct Product {
 }
 
 /// A product as stored, with when it last changed.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, utoipa::ToSchema)]
 pub struct StoredProduct {
     #[serde(flatten)]
     pub product: Product,

@@ -9,7 +9,7 @@ use axum::{
     response::{IntoResponse, Response},
     Json,
 };
-use serde_json::json;
+use serde::Serialize;
 
 use crate::auth::Scope;
 
@@ -138,8 +138,22 @@ impl ApiError {
 }
 
 /// The body of every error answer.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct ErrorBody<'a> {
+    pub error: ErrorDetail<'a>,
+}
+
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct ErrorDetail<'a> {
+    /// Stable: clients program against it (`docs/api.md` lists them per route).
+    pub code: &'a str,
+    /// For people; it may change.
+    pub message: std::borrow::Cow<'a, str>,
+}
+
 pub fn error_body(code: &str, message: &str) -> serde_json::Value {
-    json!({ "error": { "code": code, "message": message } })
+    serde_json::to_value(ErrorBody { error: ErrorDetail { code, message: message.into() } })
+        .expect("an error body always serializes")
 }
 
 impl IntoResponse for ApiError {

@@ -32,11 +32,12 @@ mod stock;
 use std::{collections::BTreeMap, sync::Arc, time::Duration};
 
 use axum::{
+    body::Bytes,
     extract::{DefaultBodyLimit, State},
     http::{header::CONTENT_TYPE, StatusCode, Uri},
     middleware,
     response::IntoResponse,
-    routing::{get, post, put},
+    routing::get,
     Json, Router,
 };
 use rdkafka::producer::FutureProducer;
@@ -44,10 +45,12 @@ use serde_json::json;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tower_http::trace::TraceLayer;
+use utoipa::OpenApi as _;
+use utoipa_axum::{router::OpenApiRouter, routes};
 
 pub use self::{
     auth::Principal,
-    error::{error_body, ApiError},
+    error::{error_body, ApiError, ErrorBody, ErrorDetail},
 };
 use crate::{
     auth::Scope,
@@ -91,40 +94,95 @@ const SMALL_BODY_BYTES_MAX: usize = 64 * 1024;
 /// The routes of the API, to which connectors may add theirs before [`finish`] wraps them.
 /// Each group of routes needs one scope, checked by its `route_layer`; connectors' routes
 /// authenticate their own way (webhook signatures), so no key is asked of them.
+/// `GET /openapi.json` describes every route of these groups.
 pub fn router(state: ApiState) -> Router {
     let refresh_budget = Duration::from_millis(state.query.database_budget_ms);
     let keys = auth::Authenticator::new(Arc::clone(&state.store), &state.http, refresh_budget, state.metrics.clone());
-    let require = |scope| middleware::from_fn_with_state(keys.require(scope), auth::require);
-
-    let stock_read = Router::new()
-        .route("/v1/stock/query", post(stock::query))
-        .route("/v1/stock/{sku}", get(stock::get_sku))
-        .route("/v1/stock/{sku}/{location}", get(stock::get_level))
-        .route("/v1/availability/{sku}", get(stock::availability))
-        .route("/v1/products/{sku}", get(products::get))
-        .route_layer(require(Scope::StockRead));
-    let movements_write =
-        Router::new().route("/v1/movements", post(movements::post)).route_layer(require(Scope::MovementsWrite));
-    let reservations_write = Router::new()
-        .route("/v1/reservations", post(reservations::create))
-        .route("/v1/reservations/{id}", get(reservations::get))
-        .route("/v1/reservations/{id}/commit", post(reservations::commit))
-        .route("/v1/reservations/{id}/cancel", post(reservations::cancel))
-        .route_layer(require(Scope::ReservationsWrite));
-    let admin = Router::new()
-        .route("/v1/stock/{sku}/{location}/policy", put(stock::put_policy))
-        .route("/v1/products/{sku}", put(products::put))
-        .route_layer(require(Scope::Admin));
-    let open =
-        Router::new().route("/healthz", get(healthz)).route("/readyz", get(readyz)).route("/metrics", get(metrics));
-
-    Router::new()
-        .merge(stock_read)
-        .merge(movements_write)
-        .merge(reservations_write)
-        .merge(admin)
-        .merge(open)
+    let mut api = OpenApiRouter::with_openapi(ApiDoc::openapi());
+    for (scope, group) in route_groups() {
+        api = api.merge(match scope {
+            Some(scope) => group.route_layer(middleware::from_fn_with_state(keys.require(scope), auth::require)),
+            None => group,
+        });
+    }
+    let (router, openapi) = api.split_for_parts();
+    let document = Bytes::from(openapi.to_pretty_json().expect("the OpenAPI document always serializes"));
+    router
+        .route("/openapi.json", get(move || async move { ([(CONTENT_TYPE, "application/json")], document) }))
         .with_state(state)
+}
+
+/// The OpenAPI document of the API, as `GET /openapi.json` serves it.
+pub fn openapi() -> utoipa::openapi::OpenApi {
+    let mut api = OpenApiRouter::<ApiState>::with_openapi(ApiDoc::openapi());
+    for (_, group) in route_groups() {
+        api = api.merge(group);
+    }
+    api.into_openapi()
+}
+
+/// Every route, by the scope its API key needs (`None`: open), each registered with its
+/// description so that the document and the routes cannot drift apart.
+fn route_groups() -> Vec<(Option<Scope>, OpenApiRouter<ApiState>)> {
+    let stock_read = OpenApiRouter::new()
+        .routes(routes!(stock::query))
+        .routes(routes!(stock::get_sku))
+        .routes(routes!(stock::get_level))
+        .routes(routes!(stock::availability))
+        .routes(routes!(products::get));
+    let movements_write = OpenApiRouter::new().routes(routes!(movements::post));
+    let reservations_write = OpenApiRouter::new()
+        .routes(routes!(reservations::create))
+        .routes(routes!(reservations::get))
+        .routes(routes!(reservations::commit))
+        .routes(routes!(reservations::cancel));
+    let admin = OpenApiRouter::new().routes(routes!(stock::put_policy)).routes(routes!(products::put));
+    let open = OpenApiRouter::new().routes(routes!(healthz)).routes(routes!(readyz)).routes(routes!(metrics));
+    vec![
+        (Some(Scope::StockRead), stock_read),
+        (Some(Scope::MovementsWrite), movements_write),
+        (Some(Scope::ReservationsWrite), reservations_write),
+        (Some(Scope::Admin), admin),
+        (None, open),
+    ]
+}
+
+#[derive(utoipa::OpenApi)]
+#[openapi(
+    info(
+        title = "onhand",
+        description = "Real-time, multi-channel inventory: what every sales channel may sell, and reservations \
+                       that never promise the last unit twice. Errors are `{\"error\": {\"code\", \"message\"}}` \
+                       with a stable code; docs/api.md has examples.",
+        license(name = "Apache-2.0")
+    ),
+    modifiers(&BearerKeys),
+    tags(
+        (name = "movements", description = "Stock movements in"),
+        (name = "stock", description = "What is on hand and available, and stock policies"),
+        (name = "products", description = "The product catalog"),
+        (name = "reservations", description = "Units held for checkouts"),
+        (name = "operations", description = "Health, readiness and metrics; no key needed"),
+    )
+)]
+struct ApiDoc;
+
+/// Declares the `api_key` scheme the routes' `security` refers to.
+struct BearerKeys;
+
+impl utoipa::Modify for BearerKeys {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
+        let scheme = HttpBuilder::new()
+            .scheme(HttpAuthScheme::Bearer)
+            .bearer_format("onh_<id>_<secret>")
+            .description(Some("An API key from `onhand keys create`; its scopes are listed on each route."))
+            .build();
+        openapi
+            .components
+            .get_or_insert_with(Default::default)
+            .add_security_scheme("api_key", SecurityScheme::Http(scheme));
+    }
 }
 
 /// Wraps every route with the common layers. Layers apply to the routes present when they
@@ -144,12 +202,16 @@ pub async fn serve(listener: TcpListener, router: Router, shutdown: Cancellation
 }
 
 /// Liveness: the process answers. Cheap on purpose; `/readyz` checks dependencies.
+#[utoipa::path(get, path = "/healthz", operation_id = "healthz", tag = "operations", summary = "The process answers",
+    responses((status = 200, description = "`{\"status\": \"ok\", \"version\": ...}`")))]
 async fn healthz() -> impl IntoResponse {
     Json(json!({ "status": "ok", "version": env!("CARGO_PKG_VERSION") }))
 }
 
 /// Readiness: the database answers within a second, and the ledger (if this process runs
 /// one) has not stopped.
+#[utoipa::path(get, path = "/readyz", operation_id = "readyz", tag = "operations", summary = "The database answers and the ledger runs",
+    responses((status = 200, description = "ready"), (status = 503, description = "a dependency is down")))]
 async fn readyz(State(state): State<ApiState>) -> impl IntoResponse {
     let database = matches!(tokio::time::timeout(Duration::from_secs(1), state.store.ping()).await, Ok(Ok(())));
     let ledger = state.ledger.as_ref().map(LedgerRunning::get);
@@ -164,10 +226,83 @@ async fn readyz(State(state): State<ApiState>) -> impl IntoResponse {
     (status, Json(json!({ "status": text(ready), "database": text(database), "ledger": ledger })))
 }
 
+#[utoipa::path(get, path = "/metrics", operation_id = "metrics", tag = "operations", summary = "Prometheus metrics",
+    responses((status = 200, description = "the text exposition format", content_type = "text/plain")))]
 async fn metrics(State(state): State<ApiState>) -> impl IntoResponse {
     ([(CONTENT_TYPE, "text/plain; version=0.0.4")], state.metrics.render())
 }
 
 async fn not_found(uri: Uri) -> ApiError {
     ApiError::NotFound(uri.path().to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use std::path::Path;
+
+    use super::*;
+
+    /// Every route is in the document, with its method and, for `/v1`, its scope.
+    #[test]
+    fn the_document_describes_every_route() {
+        let doc = openapi();
+        let expected = [
+            ("/v1/movements", "post", Some("movements:write")),
+            ("/v1/stock/query", "post", Some("stock:read")),
+            ("/v1/stock/{sku}", "get", Some("stock:read")),
+            ("/v1/stock/{sku}/{location}", "get", Some("stock:read")),
+            ("/v1/stock/{sku}/{location}/policy", "put", Some("admin")),
+            ("/v1/availability/{sku}", "get", Some("stock:read")),
+            ("/v1/products/{sku}", "get", Some("stock:read")),
+            ("/v1/products/{sku}", "put", Some("admin")),
+            ("/v1/reservations", "post", Some("reservations:write")),
+            ("/v1/reservations/{id}", "get", Some("reservations:write")),
+            ("/v1/reservations/{id}/commit", "post", Some("reservations:write")),
+            ("/v1/reservations/{id}/cancel", "post", Some("reservations:write")),
+            ("/healthz", "get", None),
+            ("/readyz", "get", None),
+            ("/metrics", "get", None),
+        ];
+        let json = serde_json::to_value(&doc).unwrap();
+        for (path, method, scope) in expected {
+            let operation = &json["paths"][path][method];
+            assert!(operation.is_object(), "{method} {path} is not described");
+            let security = &operation["security"][0]["api_key"];
+            match scope {
+                Some(scope) => assert_eq!(security[0], scope, "{method} {path}"),
+                None => assert!(security.is_null(), "{method} {path} needs no key"),
+            }
+        }
+        let operations: usize =
+            json["paths"].as_object().unwrap().values().map(|item| item.as_object().unwrap().len()).sum();
+        assert_eq!(operations, expected.len(), "a route is described that this test does not know");
+        let mut ids: Vec<&str> = json["paths"]
+            .as_object()
+            .unwrap()
+            .values()
+            .flat_map(|item| item.as_object().unwrap().values())
+            .map(|operation| operation["operationId"].as_str().unwrap())
+            .collect();
+        ids.sort();
+        ids.dedup();
+        assert_eq!(ids.len(), expected.len(), "operation ids are unique");
+        assert!(json["components"]["schemas"]["Movement"].is_object());
+        assert!(json["components"]["securitySchemes"]["api_key"].is_object());
+    }
+
+    /// `docs/openapi.json` is the served document; run with `UPDATE_SCHEMAS=1` to regenerate it.
+    #[test]
+    fn the_committed_document_is_up_to_date() {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../docs/openapi.json");
+        let mut generated = openapi().to_pretty_json().unwrap();
+        generated.push('\n');
+        if std::env::var_os("UPDATE_SCHEMAS").is_some() {
+            std::fs::write(&path, &generated).unwrap();
+        }
+        let committed = std::fs::read_to_string(&path).unwrap_or_default();
+        assert!(
+            committed == generated,
+            "docs/openapi.json is stale: run `UPDATE_SCHEMAS=1 cargo test -p onhand-core committed` and commit it"
+        );
+    }
 }

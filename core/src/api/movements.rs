@@ -20,12 +20,18 @@ use rdkafka::producer::FutureRecord;
 use serde::Serialize;
 use tracing::warn;
 
-use super::{error::ApiError, ApiState};
+use super::{
+    error::{ApiError, ErrorBody},
+    ApiState,
+};
 use crate::event::{InvalidMovement, Movement};
 
-#[derive(Debug, Serialize)]
-struct ItemResult {
+/// What became of one item of the request.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub(super) struct ItemResult {
+    /// The item's position in the request, from 0.
     index: usize,
+    /// `accepted`, `rejected` or `failed` (Kafka did not acknowledge it; resend it).
     status: &'static str,
     #[serde(skip_serializing_if = "Option::is_none")]
     event_id: Option<String>,
@@ -33,20 +39,40 @@ struct ItemResult {
     error: Option<ItemError>,
 }
 
-#[derive(Debug, Serialize)]
-struct ItemError {
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub(super) struct ItemError {
+    /// A reject code of `docs/events.md`, or `kafka_unavailable`.
     code: &'static str,
     message: String,
 }
 
-#[derive(Debug, Serialize)]
-struct PostResponse {
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub(super) struct PostResponse {
     accepted: usize,
     rejected: usize,
     failed: usize,
     results: Vec<ItemResult>,
 }
 
+/// Movements in: each item is checked on its own and the valid ones are produced to Kafka.
+#[utoipa::path(
+    post, path = "/v1/movements", operation_id = "postMovements", tag = "movements", security(("api_key" = ["movements:write"])),
+    summary = "Record movements",
+    description = "A JSON array of movements, one object, or NDJSON (one per line). `recorded_at` is set by \
+                   onhand. The answer comes after Kafka acknowledged the accepted items.",
+    request_body(content(
+        (Vec<Movement> = "application/json"),
+        (Movement = "application/x-ndjson"),
+    )),
+    responses(
+        (status = 202, description = "every item accepted", body = PostResponse),
+        (status = 422, description = "some items refused (see `results`); the others were accepted", body = PostResponse),
+        (status = 503, description = "Kafka did not acknowledge some items; resend them", body = PostResponse),
+        (status = 400, description = "`invalid_body`", body = ErrorBody),
+        (status = 413, description = "`body_too_large`, `too_many_movements`", body = ErrorBody),
+        (status = 415, description = "`unsupported_media_type`", body = ErrorBody),
+    )
+)]
 pub(super) async fn post(State(state): State<ApiState>, headers: HeaderMap, body: Body) -> Result<Response, ApiError> {
     let ndjson = content_is_ndjson(&headers)?;
     let limit_bytes = state.http.body_bytes_max;

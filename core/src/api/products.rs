@@ -7,13 +7,30 @@ use axum::{
 };
 use tracing::warn;
 
-use super::{error::ApiError, extract::SmallBody, ApiState};
+use super::{
+    error::{ApiError, ErrorBody},
+    extract::SmallBody,
+    ApiState,
+};
 use crate::{
     event::Sku,
     product::{Product, ProductInput, StoredProduct},
 };
 
 /// Creates (201) or replaces (200) a product, and answers it as stored.
+#[utoipa::path(
+    put, path = "/v1/products/{sku}", operation_id = "putProduct", tag = "products", security(("api_key" = ["admin"])),
+    summary = "Create or replace a product",
+    params(("sku" = String, Path)),
+    request_body = ProductInput,
+    responses(
+        (status = 201, description = "created", body = StoredProduct),
+        (status = 200, description = "replaced", body = StoredProduct),
+        (status = 400, description = "`invalid_sku`", body = ErrorBody),
+        (status = 422, description = "`invalid_product`", body = ErrorBody),
+        (status = 503, description = "`unavailable`", body = ErrorBody),
+    )
+)]
 pub(super) async fn put(
     State(state): State<ApiState>,
     Path(sku): Path<String>,
@@ -31,6 +48,17 @@ pub(super) async fn put(
     Ok((if created { StatusCode::CREATED } else { StatusCode::OK }, Json(stored)))
 }
 
+#[utoipa::path(
+    get, path = "/v1/products/{sku}", operation_id = "getProduct", tag = "products", security(("api_key" = ["stock:read"])),
+    summary = "A product of the catalog",
+    params(("sku" = String, Path)),
+    responses(
+        (status = 200, body = StoredProduct),
+        (status = 400, description = "`invalid_sku`", body = ErrorBody),
+        (status = 404, description = "`product_not_found`", body = ErrorBody),
+        (status = 503, description = "`unavailable`", body = ErrorBody),
+    )
+)]
 pub(super) async fn get(
     State(state): State<ApiState>,
     Path(sku): Path<String>,

@@ -12,26 +12,40 @@ use axum::{
 use serde::Deserialize;
 use tracing::warn;
 
-use super::{error::ApiError, extract::SmallBody, ApiState, Principal};
+use super::{
+    error::{ApiError, ErrorBody},
+    extract::SmallBody,
+    ApiState, Principal,
+};
 use crate::{
     event::{LocationId, Sku},
-    reservation::{LineRequest, Reservation, ReservationError, ReservationRequest, Status, IDEMPOTENCY_KEY_LEN_MAX},
+    reservation::{
+        LineRequest, Reservation, ReservationError, ReservationRequest, ShortAnswer, Status, IDEMPOTENCY_KEY_LEN_MAX,
+    },
 };
 
-#[derive(Debug, Deserialize)]
+/// A reservation request: all lines are held, or none.
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
+#[schema(as = ReservationRequest)]
 #[serde(deny_unknown_fields)]
-struct RawRequest {
+pub(super) struct RawRequest {
+    /// A channel of the configuration; it decides which locations may serve the lines.
     channel: String,
+    /// 1 to 100 lines (`reservations.lines_max`).
     lines: Vec<RawLine>,
+    /// How long the units are held, 1 to 86400 seconds; 600 when absent.
     #[serde(default)]
     ttl_s: Option<u64>,
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
+#[schema(as = ReservationLineRequest)]
 #[serde(deny_unknown_fields)]
-struct RawLine {
+pub(super) struct RawLine {
     sku: String,
+    /// 1 or more.
     quantity: i64,
+    /// A location serving the channel; absent: the one with the most available.
     #[serde(default)]
     location: Option<String>,
 }
@@ -64,6 +78,20 @@ fn idempotency_key(headers: &HeaderMap) -> Result<&str, ApiError> {
     }
 }
 
+#[utoipa::path(
+    post, path = "/v1/reservations", operation_id = "createReservation", tag = "reservations", security(("api_key" = ["reservations:write"])),
+    summary = "Hold units for a checkout",
+    params(("Idempotency-Key" = String, Header, description = "required; a retry with the same key gets the first answer")),
+    request_body = RawRequest,
+    responses(
+        (status = 201, description = "held", body = Reservation),
+        (status = 409, description = "`insufficient_stock`: nothing was held", body = ShortAnswer),
+        (status = 400, description = "`idempotency_key_required`, `invalid_idempotency_key`", body = ErrorBody),
+        (status = 404, description = "`unknown_channel`", body = ErrorBody),
+        (status = 422, description = "`invalid_request`, `location_not_in_channel`, `idempotency_key_reused`", body = ErrorBody),
+        (status = 503, description = "`unavailable`: retry with the same key", body = ErrorBody),
+    )
+)]
 pub(super) async fn create(
     State(state): State<ApiState>,
     Extension(principal): Extension<Principal>,
@@ -78,10 +106,29 @@ pub(super) async fn create(
     Ok((status, [(CONTENT_TYPE, "application/json")], answer.body).into_response())
 }
 
+#[utoipa::path(
+    get, path = "/v1/reservations/{id}", operation_id = "getReservation", tag = "reservations", security(("api_key" = ["reservations:write"])),
+    summary = "A reservation and its status",
+    params(("id" = String, Path)),
+    responses(
+        (status = 200, body = Reservation),
+        (status = 404, description = "`reservation_not_found`", body = ErrorBody),
+    )
+)]
 pub(super) async fn get(State(state): State<ApiState>, Path(id): Path<String>) -> Result<Json<Reservation>, ApiError> {
     Ok(Json(state.reservations.get(&id).await?))
 }
 
+#[utoipa::path(
+    post, path = "/v1/reservations/{id}/commit", operation_id = "commitReservation", tag = "reservations", security(("api_key" = ["reservations:write"])),
+    summary = "Turn a held reservation into sales",
+    params(("id" = String, Path)),
+    responses(
+        (status = 200, description = "committed, now or before", body = Reservation),
+        (status = 404, description = "`reservation_not_found`", body = ErrorBody),
+        (status = 409, description = "`reservation_expired`, `reservation_not_held`", body = ErrorBody),
+    )
+)]
 pub(super) async fn commit(
     State(state): State<ApiState>,
     Path(id): Path<String>,
@@ -89,6 +136,16 @@ pub(super) async fn commit(
     Ok(Json(state.reservations.commit(&id).await?))
 }
 
+#[utoipa::path(
+    post, path = "/v1/reservations/{id}/cancel", operation_id = "cancelReservation", tag = "reservations", security(("api_key" = ["reservations:write"])),
+    summary = "Give a held reservation's units back",
+    params(("id" = String, Path)),
+    responses(
+        (status = 200, description = "cancelled, now or before", body = Reservation),
+        (status = 404, description = "`reservation_not_found`", body = ErrorBody),
+        (status = 409, description = "`reservation_expired`, `reservation_not_held`", body = ErrorBody),
+    )
+)]
 pub(super) async fn cancel(
     State(state): State<ApiState>,
     Path(id): Path<String>,

@@ -13,20 +13,26 @@ use axum::{
 use chrono::{DateTime, Utc};
 use futures::future::join_all;
 use serde::{Deserialize, Serialize};
-use serde_json::{json, Value};
 use tracing::warn;
 
-use super::{error::ApiError, extract::SmallBody, ApiState};
+use super::{
+    error::{ApiError, ErrorBody, ErrorDetail},
+    extract::SmallBody,
+    ApiState,
+};
 use crate::{
     cache::{ReadError, SkuStock},
     event::{LocationId, Sku, StockLevel, QUANTITY_MAX},
     store::StockPolicy,
 };
 
-#[derive(Debug, Serialize)]
+/// A SKU's stock at every location (or the locations asked for), with network totals.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 pub(super) struct SkuBody {
     sku: String,
+    /// When these levels were last known to be current.
     as_of: DateTime<Utc>,
+    /// True when the database did not answer in time and the last known levels answer.
     stale: bool,
     on_hand: i64,
     reserved: i64,
@@ -34,7 +40,8 @@ pub(super) struct SkuBody {
     locations: Vec<LevelBody>,
 }
 
-#[derive(Debug, Serialize)]
+/// One location's stock. `available` is `max(0, on_hand - reserved - safety_stock)`.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 pub(super) struct LevelBody {
     location: String,
     on_hand: i64,
@@ -91,6 +98,17 @@ async fn read(state: &ApiState, sku: &str) -> Result<(Sku, SkuStock), ApiError> 
 }
 
 /// The hottest route: a cached SKU answers with its body rendered once per version.
+#[utoipa::path(
+    get, path = "/v1/stock/{sku}", operation_id = "getStock", tag = "stock", security(("api_key" = ["stock:read"])),
+    summary = "A SKU's stock at every location",
+    params(("sku" = String, Path)),
+    responses(
+        (status = 200, body = SkuBody),
+        (status = 400, description = "`invalid_sku`", body = ErrorBody),
+        (status = 404, description = "`sku_not_found`", body = ErrorBody),
+        (status = 503, description = "`stock_unavailable`: the database is down and the SKU was never read", body = ErrorBody),
+    )
+)]
 pub(super) async fn get_sku(State(state): State<ApiState>, Path(sku): Path<String>) -> Result<Response, ApiError> {
     let (sku, stock) = read(&state, &sku).await?;
     let body = stock.rendered(|stock| {
@@ -100,10 +118,31 @@ pub(super) async fn get_sku(State(state): State<ApiState>, Path(sku): Path<Strin
     Ok(([(CONTENT_TYPE, "application/json")], body).into_response())
 }
 
+/// One location's stock of a SKU.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub(super) struct LevelAnswer {
+    sku: String,
+    #[serde(flatten)]
+    level: LevelBody,
+    as_of: DateTime<Utc>,
+    stale: bool,
+}
+
+#[utoipa::path(
+    get, path = "/v1/stock/{sku}/{location}", operation_id = "getStockLevel", tag = "stock", security(("api_key" = ["stock:read"])),
+    summary = "A SKU's stock at one location",
+    params(("sku" = String, Path), ("location" = String, Path)),
+    responses(
+        (status = 200, body = LevelAnswer),
+        (status = 400, description = "`invalid_sku`, `invalid_location`", body = ErrorBody),
+        (status = 404, description = "`sku_not_found`, `location_not_found`", body = ErrorBody),
+        (status = 503, description = "`stock_unavailable`", body = ErrorBody),
+    )
+)]
 pub(super) async fn get_level(
     State(state): State<ApiState>,
     Path((sku, location)): Path<(String, String)>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<LevelAnswer>, ApiError> {
     let location = LocationId::parse(location).map_err(|e| ApiError::InvalidLocation(e.message))?;
     let (sku, stock) = read(&state, &sku).await?;
     let level = stock
@@ -111,24 +150,57 @@ pub(super) async fn get_level(
         .iter()
         .find(|l| l.location == location)
         .ok_or_else(|| ApiError::LocationNotFound(sku.to_string(), location.to_string()))?;
-    let mut body = serde_json::to_value(LevelBody::from(level)).expect("a level body always serializes");
-    body["sku"] = json!(sku.as_str());
-    body["as_of"] = json!(stock.as_of());
-    body["stale"] = json!(stock.stale);
-    Ok(Json(body))
+    Ok(Json(LevelAnswer {
+        sku: sku.to_string(),
+        level: LevelBody::from(level),
+        as_of: stock.as_of(),
+        stale: stock.stale,
+    }))
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
-struct QueryRequest {
+pub(super) struct QueryRequest {
+    /// At most 500 (`query.query_skus_max`).
     skus: Vec<String>,
     /// Only these locations, when given.
     #[serde(default)]
     locations: Option<Vec<String>>,
 }
 
+/// One SKU's answer in a batch: `stock` when found, else `sku` and `error`.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub(super) struct QueryResult {
+    /// `ok` or `error`.
+    status: &'static str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    stock: Option<SkuBody>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    sku: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    error: Option<ErrorDetail<'static>>,
+}
+
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub(super) struct QueryAnswer {
+    results: Vec<QueryResult>,
+}
+
 /// A batch of SKUs in one request; each SKU answers on its own, found or with its error.
-pub(super) async fn query(State(state): State<ApiState>, SmallBody(body): SmallBody) -> Result<Json<Value>, ApiError> {
+#[utoipa::path(
+    post, path = "/v1/stock/query", operation_id = "queryStock", tag = "stock", security(("api_key" = ["stock:read"])),
+    summary = "The stock of many SKUs, optionally at some locations",
+    request_body = QueryRequest,
+    responses(
+        (status = 200, description = "one result per SKU, in order", body = QueryAnswer),
+        (status = 413, description = "`too_many_skus`", body = ErrorBody),
+        (status = 422, description = "`invalid_request`", body = ErrorBody),
+    )
+)]
+pub(super) async fn query(
+    State(state): State<ApiState>,
+    SmallBody(body): SmallBody,
+) -> Result<Json<QueryAnswer>, ApiError> {
     let request: QueryRequest = serde_json::from_slice(&body).map_err(|e| ApiError::InvalidRequest(e.to_string()))?;
     let max = state.query.query_skus_max;
     if request.skus.len() > max {
@@ -145,13 +217,19 @@ pub(super) async fn query(State(state): State<ApiState>, SmallBody(body): SmallB
         match read(state, sku).await {
             Ok((sku, stock)) => {
                 let wanted = |l: &&StockLevel| locations.as_ref().is_none_or(|ls| ls.contains(&l.location));
-                json!({ "status": "ok", "stock": SkuBody::new(&sku, &stock, stock.levels().iter().filter(wanted)) })
+                let body = SkuBody::new(&sku, &stock, stock.levels().iter().filter(wanted));
+                QueryResult { status: "ok", stock: Some(body), sku: None, error: None }
             }
-            Err(e) => json!({ "status": "error", "sku": sku, "error": { "code": e.code(), "message": e.to_string() } }),
+            Err(e) => QueryResult {
+                status: "error",
+                stock: None,
+                sku: Some(sku.clone()),
+                error: Some(ErrorDetail { code: e.code(), message: e.to_string().into() }),
+            },
         }
     }))
     .await;
-    Ok(Json(json!({ "results": results })))
+    Ok(Json(QueryAnswer { results }))
 }
 
 #[derive(Debug, Deserialize)]
@@ -159,37 +237,80 @@ pub(super) struct ChannelParam {
     channel: Option<String>,
 }
 
+/// What a channel may sell of a SKU, in total and per serving location.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub(super) struct AvailabilityAnswer {
+    sku: String,
+    channel: String,
+    available: i64,
+    locations: Vec<LocationAvailability>,
+    as_of: DateTime<Utc>,
+    stale: bool,
+}
+
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub(super) struct LocationAvailability {
+    location: String,
+    available: i64,
+}
+
 /// What a channel may sell of a SKU: the availability at the locations that serve it.
+#[utoipa::path(
+    get, path = "/v1/availability/{sku}", operation_id = "getAvailability", tag = "stock", security(("api_key" = ["stock:read"])),
+    summary = "What a sales channel may sell of a SKU",
+    params(("sku" = String, Path), ("channel" = String, Query, description = "a channel of the configuration")),
+    responses(
+        (status = 200, body = AvailabilityAnswer),
+        (status = 400, description = "`invalid_sku`, `missing_channel`", body = ErrorBody),
+        (status = 404, description = "`sku_not_found`, `unknown_channel`", body = ErrorBody),
+        (status = 503, description = "`stock_unavailable`", body = ErrorBody),
+    )
+)]
 pub(super) async fn availability(
     State(state): State<ApiState>,
     Path(sku): Path<String>,
     Query(param): Query<ChannelParam>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<AvailabilityAnswer>, ApiError> {
     let name = param.channel.ok_or(ApiError::MissingChannel)?;
     let channel = state.channels.get(&name).ok_or_else(|| ApiError::UnknownChannel(name.clone()))?;
     let (sku, stock) = read(&state, &sku).await?;
     let serving: Vec<&StockLevel> = stock.levels().iter().filter(|l| channel.serves(l.location.as_str())).collect();
-    let locations: Vec<Value> =
-        serving.iter().map(|l| json!({ "location": l.location.as_str(), "available": l.available() })).collect();
-    Ok(Json(json!({
-        "sku": sku.as_str(),
-        "channel": name,
-        "available": serving.iter().map(|l| l.available()).sum::<i64>(),
-        "locations": locations,
-        "as_of": stock.as_of(),
-        "stale": stock.stale,
-    })))
+    Ok(Json(AvailabilityAnswer {
+        sku: sku.to_string(),
+        channel: name,
+        available: serving.iter().map(|l| l.available()).sum(),
+        locations: serving
+            .iter()
+            .map(|l| LocationAvailability { location: l.location.to_string(), available: l.available() })
+            .collect(),
+        as_of: stock.as_of(),
+        stale: stock.stale,
+    }))
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
-struct PolicyRequest {
+pub(super) struct PolicyRequest {
+    /// Units kept back from every channel, 0 or more.
     safety_stock: i64,
+    /// At or below this on_hand the location is low on stock.
     #[serde(default)]
     reorder_point: Option<i64>,
 }
 
 /// Sets a level's stock policy, publishes the level and answers it.
+#[utoipa::path(
+    put, path = "/v1/stock/{sku}/{location}/policy", operation_id = "putStockPolicy", tag = "stock", security(("api_key" = ["admin"])),
+    summary = "Set the safety stock and reorder point of a level",
+    params(("sku" = String, Path), ("location" = String, Path)),
+    request_body = PolicyRequest,
+    responses(
+        (status = 200, description = "the level as written", body = LevelBody),
+        (status = 400, description = "`invalid_sku`, `invalid_location`", body = ErrorBody),
+        (status = 422, description = "`invalid_request`", body = ErrorBody),
+        (status = 503, description = "`unavailable`", body = ErrorBody),
+    )
+)]
 pub(super) async fn put_policy(
     State(state): State<ApiState>,
     Path((sku, location)): Path<(String, String)>,

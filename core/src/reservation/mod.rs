@@ -15,17 +15,16 @@ use std::collections::{BTreeMap, HashMap};
 
 use chrono::{DateTime, Utc};
 use serde::Serialize;
-use serde_json::json;
 
 pub use self::service::{ReservationError, ReservationRequest, Reservations, IDEMPOTENCY_KEY_LEN_MAX};
 use crate::{
-    api::error_body,
+    api::ErrorDetail,
     event::{EventId, LocationId, Movement, MovementKind, Sku, Source, SourceSystem},
     ledger::rules::LevelKey,
 };
 
 /// Where a reservation is in its life. Only `held` ones hold units.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum Status {
     Held,
@@ -58,7 +57,7 @@ pub struct LineRequest {
 }
 
 /// A line as held, numbered from 1 in the order asked.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, utoipa::ToSchema)]
 pub struct Line {
     pub line: i32,
     pub sku: Sku,
@@ -66,7 +65,7 @@ pub struct Line {
     pub quantity: i64,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, utoipa::ToSchema)]
 pub struct Reservation {
     pub id: String,
     pub channel: String,
@@ -79,7 +78,7 @@ pub struct Reservation {
 }
 
 /// A SKU like a short one that the channel has enough of.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, utoipa::ToSchema)]
 pub struct Suggestion {
     pub sku: Sku,
     pub name: String,
@@ -89,7 +88,7 @@ pub struct Suggestion {
 
 /// A line that cannot be held: what was asked, the most one location can give, and
 /// similar SKUs to offer instead.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, utoipa::ToSchema)]
 pub struct ShortLine {
     pub line: i32,
     pub sku: Sku,
@@ -112,13 +111,20 @@ impl Answer {
 
     pub fn short(lines: &[ShortLine]) -> Answer {
         let skus: Vec<&str> = lines.iter().map(|l| l.sku.as_str()).collect();
-        let mut body = error_body(
-            "insufficient_stock",
-            &format!("not enough stock for {}; nothing was reserved", skus.join(", ")),
-        );
-        body["short_lines"] = json!(lines);
-        Answer { status: 409, body: body.to_string() }
+        let message = format!("not enough stock for {}; nothing was reserved", skus.join(", "));
+        let body = ShortAnswer {
+            error: ErrorDetail { code: "insufficient_stock", message: message.into() },
+            short_lines: lines.to_vec(),
+        };
+        Answer { status: 409, body: serde_json::to_string(&body).expect("a short answer always serializes") }
     }
+}
+
+/// The answer when some line is short (409): the error, and every short line.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct ShortAnswer<'a> {
+    pub error: ErrorDetail<'a>,
+    pub short_lines: Vec<ShortLine>,
 }
 
 /// Picks a location for each line from what is available now (by level), or says which
