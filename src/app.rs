@@ -46,6 +46,8 @@ pub enum StartError {
     Ledger(#[from] LedgerError),
     #[error("cannot listen on {addr}: {source}")]
     Bind { addr: SocketAddr, source: std::io::Error },
+    #[error(transparent)]
+    Connector(#[from] onhand_connectors::ConnectorError),
 }
 
 /// Test hooks; production starts with the default.
@@ -118,6 +120,8 @@ impl App {
         embedded: Option<EmbeddedKafka>,
         options: StartOptions,
     ) -> Result<App, StartError> {
+        // A connector whose section cannot be read refuses the start before anything runs.
+        let connectors = registry(&config)?;
         let shutdown = CancellationToken::new();
         // Until the app is fully started, a failure stops what already runs.
         let stop_on_failure = shutdown.clone().drop_guard();
@@ -158,6 +162,9 @@ impl App {
         let context = ConnectorContext {
             producer: producer.clone(),
             topics: config.kafka.topics.clone(),
+            store: Arc::clone(&store),
+            cache: cache.clone(),
+            config: Arc::new(config.clone()),
             shutdown: shutdown.child_token(),
             metrics: metrics.clone(),
         };
@@ -178,7 +185,7 @@ impl App {
         let preload = (cache.clone(), shutdown.child_token());
         tasks.push(tokio::spawn(async move { preload.0.preload(preload.1).await }));
         tasks.push(tokio::spawn(cache::follow_stock_topic(config.kafka.clone(), cache, shutdown.child_token())));
-        for connector in registry(&config) {
+        for connector in connectors {
             if let Some(routes) = connector.routes(&context) {
                 router = router.merge(routes);
             }

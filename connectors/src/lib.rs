@@ -2,8 +2,9 @@
 //!
 //! - [`Connector`]: what every connector implements: a long-running task, and optionally
 //!   HTTP routes (webhooks, store feeds) served by the API.
-//! - [`ConnectorContext`]: what a connector gets: the Kafka producer and topics, the
-//!   shutdown signal and the metrics.
+//! - [`ConnectorContext`]: what a connector gets: the Kafka producer and topics, the store
+//!   (its catalog, its saved cursors), the stock cache, the configuration, the shutdown
+//!   signal and the metrics.
 //! - [`registry`]: the explicit list of connectors, built from the configuration.
 //!
 //! Each connector lives in a folder of its own with the same files: `config.rs` (typed,
@@ -15,7 +16,9 @@ use std::sync::Arc;
 use async_trait::async_trait;
 use axum::Router;
 use onhand_core::{
+    cache::StockCache,
     config::{Config, Topics},
+    store::Store,
     telemetry::Metrics,
 };
 use rdkafka::producer::FutureProducer;
@@ -37,6 +40,14 @@ pub struct ConnectorContext {
     /// Idempotent, `acks=all`: a movement is accepted once this producer's send resolved.
     pub producer: FutureProducer,
     pub topics: Topics,
+    /// The catalog and the connectors' saved state. A connector never writes stock levels:
+    /// it produces movements.
+    pub store: Arc<dyn Store>,
+    /// The stock levels as the API answers them.
+    pub cache: StockCache,
+    /// The whole configuration: a connector reads its own section, and the Kafka settings
+    /// when it consumes a topic.
+    pub config: Arc<Config>,
     pub shutdown: CancellationToken,
     pub metrics: Metrics,
 }
@@ -61,9 +72,30 @@ pub trait Connector: Send + Sync + std::fmt::Debug {
     async fn run(self: Arc<Self>, context: ConnectorContext) -> Result<(), ConnectorError>;
 }
 
-/// Every connector this build knows, configured from `config`: the one place a new
-/// connector is added. None is enabled yet; the connector issues add Shopify, POS, ERP
-/// and WMS here.
-pub fn registry(_config: &Config) -> Vec<Arc<dyn Connector>> {
-    Vec::new()
+/// Every connector this build knows, each configured from its `[connectors.NAME]`
+/// section: the one place a new connector is added. A connector without a section does not
+/// run; a section it cannot read refuses the start.
+pub fn registry(config: &Config) -> Result<Vec<Arc<dyn Connector>>, ConnectorError> {
+    let connectors: Vec<Arc<dyn Connector>> = Vec::new();
+    if let Some(name) = config.connectors.keys().next() {
+        return Err(ConnectorError {
+            connector: "registry",
+            message: format!("no connector is named {name:?}"),
+            retryable: false,
+        });
+    }
+    Ok(connectors)
+}
+
+/// Reads a connector's section into its typed configuration, naming the connector and
+/// the field in the error.
+pub fn section<T: serde::de::DeserializeOwned>(
+    connector: &'static str,
+    value: &serde_json::Value,
+) -> Result<T, ConnectorError> {
+    serde_json::from_value(value.clone()).map_err(|e| ConnectorError {
+        connector,
+        message: format!("[connectors.{connector}] is not valid: {e}"),
+        retryable: false,
+    })
 }

@@ -21,6 +21,10 @@ pub struct Config {
     pub reservations: ReservationConfig,
     /// Which locations serve each sales channel, by channel name.
     pub channels: BTreeMap<String, ChannelConfig>,
+    /// Each connector's section, `[connectors.NAME]`, as written: the connector reads it
+    /// into its own typed configuration (`connectors/src/NAME/config.rs`), and a section
+    /// it cannot read refuses the start. A connector without a section does not run.
+    pub connectors: BTreeMap<String, serde_json::Value>,
 }
 
 impl Default for Config {
@@ -32,6 +36,7 @@ impl Default for Config {
             http: HttpConfig::default(),
             query: QueryConfig::default(),
             reservations: ReservationConfig::default(),
+            connectors: BTreeMap::new(),
             channels: BTreeMap::from([(
                 "all".to_string(),
                 ChannelConfig { all_locations: true, locations: Vec::new() },

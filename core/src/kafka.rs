@@ -8,13 +8,48 @@ use rdkafka::{
     admin::{AdminClient, AdminOptions, NewTopic, TopicReplication},
     client::DefaultClientContext,
     error::KafkaError,
+    message::{Header, OwnedHeaders},
     mocking::MockCluster,
-    producer::FutureProducer,
+    producer::{FutureProducer, FutureRecord},
     types::RDKafkaErrorCode,
     ClientConfig,
 };
 
 use crate::config::KafkaConfig;
+
+/// A record that cannot become a movement, on its way to the dead-letter topic.
+#[derive(Debug, Clone, Copy)]
+pub struct DeadLetter<'a> {
+    /// Where it came from: a topic, or a connector's name.
+    pub source: &'a str,
+    pub key: Option<&'a str>,
+    /// The original bytes, as received.
+    pub payload: &'a [u8],
+    /// A stable code (`docs/events.md` lists them).
+    pub reason_code: &'a str,
+    pub reason: &'a str,
+}
+
+/// Sends a record to the dead-letter topic `dlq` with the reason in headers, as the ledger
+/// does (`onhand.dlq.*`), and waits for Kafka's acknowledgement.
+pub async fn dead_letter(
+    producer: &FutureProducer,
+    dlq: &str,
+    letter: DeadLetter<'_>,
+    timeout: Duration,
+) -> Result<(), KafkaError> {
+    let failed_at = chrono::Utc::now().to_rfc3339();
+    let headers = OwnedHeaders::new()
+        .insert(Header { key: "onhand.dlq.reason_code", value: Some(letter.reason_code) })
+        .insert(Header { key: "onhand.dlq.reason", value: Some(letter.reason) })
+        .insert(Header { key: "onhand.dlq.source", value: Some(letter.source) })
+        .insert(Header { key: "onhand.dlq.failed_at", value: Some(failed_at.as_str()) });
+    let mut record = FutureRecord::to(dlq).payload(letter.payload).headers(headers);
+    if let Some(key) = letter.key {
+        record = record.key(key);
+    }
+    producer.send(record, timeout).await.map(|_| ()).map_err(|(e, _)| e)
+}
 
 #[derive(Debug, thiserror::Error)]
 pub enum KafkaSetupError {

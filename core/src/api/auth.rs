@@ -42,7 +42,8 @@ const CACHED_KEYS_MAX: u64 = 10_000;
 /// How long the first request with a key waits for the database to find it.
 const LOAD_BUDGET: Duration = Duration::from_secs(2);
 
-/// The caller of a request, for the routes that need to know: take `Extension<Principal>`.
+/// The caller of a request, for the routes that need to know: take
+/// `Extension<Arc<Principal>>`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Principal {
     /// The public id of the key (`onh_<id>_...`): stable and safe to log, to scope data by
@@ -56,6 +57,8 @@ pub struct Principal {
 #[derive(Debug)]
 struct Cached {
     key: ApiKey,
+    /// Handed to every request the key admits, shared rather than rebuilt.
+    principal: Arc<Principal>,
     /// When the database was last asked about the key, whether it answered or not.
     checked_at: Instant,
     /// One request reads an expired key again; the others go on with the cached one
@@ -65,7 +68,8 @@ struct Cached {
 
 impl Cached {
     fn new(key: ApiKey) -> Arc<Cached> {
-        Arc::new(Cached { key, checked_at: Instant::now(), refreshing: AtomicBool::new(false) })
+        let principal = Arc::new(Principal { key_id: key.id.clone(), name: key.name.clone(), scopes: key.scopes });
+        Arc::new(Cached { key, principal, checked_at: Instant::now(), refreshing: AtomicBool::new(false) })
     }
 }
 
@@ -115,11 +119,11 @@ impl Authenticator {
 
     /// The state of [`require`] for routes guarded by `scope`.
     pub(super) fn require(&self, scope: Scope) -> RequireScope {
-        RequireScope { auth: self.clone(), scope }
+        RequireScope { auth: Arc::new(self.clone()), scope }
     }
 
     /// The principal of a request that may do what `scope` guards, or why not.
-    async fn admit(&self, headers: &HeaderMap, scope: Scope) -> Result<Principal, ApiError> {
+    async fn admit(&self, headers: &HeaderMap, scope: Scope) -> Result<Arc<Principal>, ApiError> {
         let token = bearer(headers)?;
         let cached = self.key(&token).await?;
         let key = &cached.key;
@@ -130,16 +134,19 @@ impl Authenticator {
         if !key.scopes.allows(scope) {
             return Err(ApiError::InsufficientScope(scope));
         }
-        Ok(Principal { key_id: key.id.clone(), name: key.name.clone(), scopes: key.scopes })
+        Ok(Arc::clone(&cached.principal))
     }
 
     /// The stored key of `token`'s id, from the cache when it is fresh.
     async fn key(&self, token: &Token) -> Result<Arc<Cached>, ApiError> {
-        // Concurrent first requests with one key wait for a single read.
-        let cached = self.keys.try_get_with_by_ref(token.id(), self.load(token.id())).await.map_err(|e| match *e {
-            LoadError::Unknown => ApiError::InvalidApiKey,
-            LoadError::Unavailable => ApiError::Unavailable("the database"),
-        })?;
+        let cached = match self.keys.get(token.id()).await {
+            Some(cached) => cached,
+            // Concurrent first requests with one key wait for a single read.
+            None => self.keys.try_get_with_by_ref(token.id(), self.load(token.id())).await.map_err(|e| match *e {
+                LoadError::Unknown => ApiError::InvalidApiKey,
+                LoadError::Unavailable => ApiError::Unavailable("the database"),
+            })?,
+        };
         if cached.checked_at.elapsed() < self.ttl || cached.refreshing.swap(true, Ordering::AcqRel) {
             return Ok(cached);
         }
@@ -214,7 +221,8 @@ fn bearer(headers: &HeaderMap) -> Result<Token, ApiError> {
 /// The state of [`require`]: which scope the routes of a group need.
 #[derive(Debug, Clone)]
 pub(super) struct RequireScope {
-    auth: Authenticator,
+    /// Shared: the middleware clones its state for every request.
+    auth: Arc<Authenticator>,
     scope: Scope,
 }
 

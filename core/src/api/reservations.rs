@@ -94,7 +94,7 @@ fn idempotency_key(headers: &HeaderMap) -> Result<&str, ApiError> {
 )]
 pub(super) async fn create(
     State(state): State<ApiState>,
-    Extension(principal): Extension<Principal>,
+    Extension(principal): Extension<std::sync::Arc<Principal>>,
     headers: HeaderMap,
     SmallBody(body): SmallBody,
 ) -> Result<Response, ApiError> {

@@ -212,6 +212,11 @@ pub trait Store: Send + Sync + std::fmt::Debug {
     async fn outbox(&self, created_before: DateTime<Utc>, limit: i64) -> Result<Vec<OutboxRecord>, StoreError>;
     async fn delete_outbox(&self, ids: &[i64]) -> Result<(), StoreError>;
 
+    /// A value a connector saved under `key` (a cursor), if any.
+    async fn connector_state(&self, connector: &str, key: &str) -> Result<Option<String>, StoreError>;
+    /// Saves a connector's value under `key`, replacing the one before.
+    async fn set_connector_state(&self, connector: &str, key: &str, value: &str) -> Result<(), StoreError>;
+
     /// Checks that the database answers.
     async fn ping(&self) -> Result<(), StoreError>;
 }

@@ -228,6 +228,27 @@ impl Store for PostgresStore {
         Ok(())
     }
 
+    async fn connector_state(&self, connector: &str, key: &str) -> Result<Option<String>, StoreError> {
+        Ok(sqlx::query_scalar("SELECT value FROM connector_state WHERE connector = $1 AND key = $2")
+            .bind(connector)
+            .bind(key)
+            .fetch_optional(&self.pool)
+            .await?)
+    }
+
+    async fn set_connector_state(&self, connector: &str, key: &str, value: &str) -> Result<(), StoreError> {
+        sqlx::query(
+            "INSERT INTO connector_state (connector, key, value, updated_at) VALUES ($1, $2, $3, now())
+             ON CONFLICT (connector, key) DO UPDATE SET value = EXCLUDED.value, updated_at = EXCLUDED.updated_at",
+        )
+        .bind(connector)
+        .bind(key)
+        .bind(value)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
     async fn reserve(&self, new: &NewReservation<'_>) -> Result<Reserved, StoreError> {
         let tx = self.pool.begin().await?;
         super::reservations::reserve(Box::new(PgReservationTx { tx }), new).await

@@ -261,6 +261,28 @@ impl Store for SqliteStore {
         Ok(())
     }
 
+    async fn connector_state(&self, connector: &str, key: &str) -> Result<Option<String>, StoreError> {
+        Ok(sqlx::query_scalar("SELECT value FROM connector_state WHERE connector = ?1 AND key = ?2")
+            .bind(connector)
+            .bind(key)
+            .fetch_optional(&self.pool)
+            .await?)
+    }
+
+    async fn set_connector_state(&self, connector: &str, key: &str, value: &str) -> Result<(), StoreError> {
+        sqlx::query(
+            "INSERT INTO connector_state (connector, key, value, updated_at) VALUES (?1, ?2, ?3, ?4)
+             ON CONFLICT (connector, key) DO UPDATE SET value = excluded.value, updated_at = excluded.updated_at",
+        )
+        .bind(connector)
+        .bind(key)
+        .bind(value)
+        .bind(micros(Utc::now()))
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
     async fn reserve(&self, new: &NewReservation<'_>) -> Result<Reserved, StoreError> {
         let tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
         super::reservations::reserve(Box::new(SqliteReservationTx { tx }), new).await

@@ -490,6 +490,15 @@ async fn api_keys_are_stored_as_hashes_listed_and_revoked(store: Arc<dyn Store>)
     assert!(store.api_key(other.id.as_str()).await.unwrap().unwrap().revoked_at.is_none());
 }
 
+async fn connectors_keep_their_state(store: Arc<dyn Store>) {
+    assert_eq!(store.connector_state("shopify", "cursor").await.unwrap(), None);
+    store.set_connector_state("shopify", "cursor", "2026-11-22T10:00:00Z").await.unwrap();
+    store.set_connector_state("shopify", "cursor", "2026-11-22T11:00:00Z").await.unwrap();
+    store.set_connector_state("erp", "cursor", "42").await.unwrap();
+    assert_eq!(store.connector_state("shopify", "cursor").await.unwrap().as_deref(), Some("2026-11-22T11:00:00Z"));
+    assert_eq!(store.connector_state("erp", "cursor").await.unwrap().as_deref(), Some("42"));
+}
+
 macro_rules! contract {
     ($backend:ident, $open:expr) => {
         mod $backend {
@@ -513,7 +522,8 @@ macro_rules! contract {
                 a_committed_reservation_is_released_by_its_sales_once,
                 cancelled_and_expired_reservations_release_their_units,
                 the_outbox_keeps_records_until_they_are_deleted,
-                concurrent_reservations_never_promise_the_last_unit_twice);
+                concurrent_reservations_never_promise_the_last_unit_twice,
+                connectors_keep_their_state);
         }
     };
     (@each $open:expr; $($case:ident),*) => {
