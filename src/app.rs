@@ -5,7 +5,7 @@ use std::{net::SocketAddr, path::Path, sync::Arc, time::Duration};
 
 use onhand_connectors::{registry, ConnectorContext};
 use onhand_core::{
-    api::{self, ApiState},
+    api::{self, ApiContext},
     cache::{self, StockCache},
     clock::Clock,
     config::Config,
@@ -168,7 +168,7 @@ impl App {
             shutdown: shutdown.child_token(),
             metrics: metrics.clone(),
         };
-        let mut router = api::router(ApiState {
+        let mut router = api::router(ApiContext {
             store: Arc::clone(&store),
             producer,
             topics: config.kafka.topics.clone(),

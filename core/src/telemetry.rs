@@ -3,13 +3,28 @@
 //! or error text. Each [`Metrics`] has its own registry, so several instances can live in
 //! one process (as they do in tests).
 
+use std::sync::Arc;
+
 use prometheus::{
     exponential_buckets, Encoder, Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts,
     Registry, TextEncoder,
 };
 
+/// Every metric, behind one `Arc`: a clone is one reference count, as cheap as handing
+/// the metrics to every request and task needs it to be.
 #[derive(Debug, Clone)]
-pub struct Metrics {
+pub struct Metrics(Arc<Registered>);
+
+impl std::ops::Deref for Metrics {
+    type Target = Registered;
+
+    fn deref(&self) -> &Registered {
+        &self.0
+    }
+}
+
+#[derive(Debug)]
+pub struct Registered {
     registry: Registry,
     pub ledger_movements_applied_total: IntCounter,
     pub ledger_movements_superseded_total: IntCounter,
@@ -61,7 +76,7 @@ impl Metrics {
         .expect("a valid metric");
         registry.register(Box::new(lag.clone())).expect("a metric registered once");
 
-        Self {
+        Self(Arc::new(Registered {
             ledger_movements_applied_total: counter(
                 "onhand_ledger_movements_applied_total",
                 "Movements that changed a stock level.",
@@ -142,7 +157,7 @@ impl Metrics {
                 &["status"],
             ),
             registry,
-        }
+        }))
     }
 
     /// The Prometheus text exposition of every metric.

@@ -63,9 +63,8 @@ use crate::{
     telemetry::Metrics,
 };
 
-/// What every handler shares.
-#[derive(Clone)]
-pub struct ApiState {
+/// What every handler shares, built once by the app.
+pub struct ApiContext {
     pub store: Arc<dyn Store>,
     pub producer: FutureProducer,
     pub topics: Topics,
@@ -81,9 +80,21 @@ pub struct ApiState {
     pub reservations: Reservations,
 }
 
-impl std::fmt::Debug for ApiState {
+impl std::fmt::Debug for ApiContext {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("ApiState").field("topics", &self.topics).finish_non_exhaustive()
+        f.debug_struct("ApiContext").field("topics", &self.topics).finish_non_exhaustive()
+    }
+}
+
+/// The handlers' state: axum clones it for every request, so it is one `Arc`.
+#[derive(Debug, Clone)]
+pub struct ApiState(Arc<ApiContext>);
+
+impl std::ops::Deref for ApiState {
+    type Target = ApiContext;
+
+    fn deref(&self) -> &ApiContext {
+        &self.0
     }
 }
 
@@ -95,7 +106,8 @@ const SMALL_BODY_BYTES_MAX: usize = 64 * 1024;
 /// Each group of routes needs one scope, checked by its `route_layer`; connectors' routes
 /// authenticate their own way (webhook signatures), so no key is asked of them.
 /// `GET /openapi.json` describes every route of these groups.
-pub fn router(state: ApiState) -> Router {
+pub fn router(context: ApiContext) -> Router {
+    let state = ApiState(Arc::new(context));
     let refresh_budget = Duration::from_millis(state.query.database_budget_ms);
     let keys = auth::Authenticator::new(Arc::clone(&state.store), &state.http, refresh_budget, state.metrics.clone());
     let mut api = OpenApiRouter::with_openapi(ApiDoc::openapi());
