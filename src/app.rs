@@ -98,6 +98,8 @@ impl App {
         })?;
         let mut config = Config::default();
         config.http.listen = listen;
+        // The store feeds need nothing outside onhand, so dev serves them.
+        config.connectors.insert("pos".into(), serde_json::json!({}));
         config.database.url = format!("sqlite://{}", data_dir.join("onhand.db").display());
         let topics = &config.kafka.topics;
         let embedded = EmbeddedKafka::start(&[&topics.movements, &topics.stock, &topics.dlq], config.kafka.partitions)?;
@@ -158,6 +160,12 @@ impl App {
         let mut tasks = vec![
             tokio::spawn(relay.clone().run(shutdown.child_token())),
             tokio::spawn(reservations.clone().run_expiry(shutdown.child_token())),
+            tokio::spawn(onhand_core::source::watch(
+                Arc::clone(&store),
+                metrics.clone(),
+                config.sources.clone(),
+                shutdown.child_token(),
+            )),
         ];
         let context = ConnectorContext {
             producer: producer.clone(),
@@ -168,27 +176,29 @@ impl App {
             shutdown: shutdown.child_token(),
             metrics: metrics.clone(),
         };
-        let mut router = api::router(ApiContext {
-            store: Arc::clone(&store),
-            producer,
-            topics: config.kafka.topics.clone(),
-            metrics: metrics.clone(),
-            http: config.http.clone(),
-            produce_timeout_ms: config.kafka.produce_timeout_ms,
-            ledger: ledger.as_ref().map(LedgerHandle::running),
-            cache: cache.clone(),
-            query: config.query.clone(),
-            channels: config.channels.clone(),
-            relay,
-            reservations,
-        });
+        let routes = connectors.iter().flat_map(|c| c.routes(&context)).collect();
+        let router = api::router(
+            ApiContext {
+                store: Arc::clone(&store),
+                producer,
+                topics: config.kafka.topics.clone(),
+                metrics: metrics.clone(),
+                http: config.http.clone(),
+                produce_timeout_ms: config.kafka.produce_timeout_ms,
+                ledger: ledger.as_ref().map(LedgerHandle::running),
+                cache: cache.clone(),
+                query: config.query.clone(),
+                channels: config.channels.clone(),
+                relay,
+                reservations,
+                sources: config.sources.clone(),
+            },
+            routes,
+        );
         let preload = (cache.clone(), shutdown.child_token());
         tasks.push(tokio::spawn(async move { preload.0.preload(preload.1).await }));
         tasks.push(tokio::spawn(cache::follow_stock_topic(config.kafka.clone(), cache, shutdown.child_token())));
         for connector in connectors {
-            if let Some(routes) = connector.routes(&context) {
-                router = router.merge(routes);
-            }
             let context = context.clone();
             tasks.push(tokio::spawn(async move {
                 let name = connector.name();

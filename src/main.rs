@@ -4,6 +4,7 @@ use std::{net::SocketAddr, path::PathBuf, process::ExitCode};
 
 use clap::{Parser, Subcommand};
 use onhand::app::{App, StartOptions};
+use onhand_connectors::pos::agent::{Agent, AgentConfig};
 use onhand_core::config::Config;
 use tracing_subscriber::EnvFilter;
 
@@ -28,6 +29,23 @@ enum Command {
         /// A TOML file (see deploy/onhand.toml); ONHAND_SECTION__FIELD and DATABASE_URL override it.
         #[arg(long, env = "ONHAND_CONFIG")]
         config: Option<PathBuf>,
+    },
+    /// Runs in a store beside the tills: serves the POS routes, keeps every line in a local
+    /// outbox and forwards it to the central service, in order, whenever it can.
+    StoreAgent {
+        /// The onhand location of this store, e.g. store-012.
+        #[arg(long)]
+        store: String,
+        /// The central onhand, e.g. https://onhand.example.com.
+        #[arg(long)]
+        central: String,
+        /// An API key with movements:write and stock:read.
+        #[arg(long, env = "ONHAND_AGENT_KEY", hide_env_values = true)]
+        key: String,
+        #[arg(long, default_value = "127.0.0.1:8090")]
+        listen: SocketAddr,
+        #[arg(long, default_value = ".onhand-agent")]
+        data_dir: PathBuf,
     },
     /// The product catalog.
     Products {
@@ -105,6 +123,17 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             return Ok(());
         }
         Command::Keys { command } => return keys(command).await,
+        Command::StoreAgent { store, central, key, listen, data_dir } => {
+            let store =
+                onhand_core::event::LocationId::parse(store).map_err(|e| anyhow::anyhow!("--store: {}", e.message))?;
+            let mut config = AgentConfig::new(store, central, key, data_dir);
+            config.listen = listen;
+            let agent = Agent::start(config).await?;
+            println!("onhand store-agent: pos routes on http://{}", agent.local_addr);
+            shutdown_signal().await;
+            agent.stop().await;
+            return Ok(());
+        }
         Command::Dev { listen, data_dir } => {
             let app = App::dev(listen, &data_dir).await?;
             let key = onhand::keys::dev_key(&*app.store, &data_dir).await?;

@@ -8,13 +8,17 @@
 //! - [`registry`]: the explicit list of connectors, built from the configuration.
 //!
 //! Each connector lives in a folder of its own with the same files: `config.rs` (typed,
-//! `deny_unknown_fields`), `source.rs` (the task reading the outside system), `mapping.rs`
-//! (pure functions from the outside format to movements) and `tests.rs`.
+//! `deny_unknown_fields`), `source.rs` (the task or routes reading the outside system),
+//! `mapping.rs` (pure functions from the outside format to movements) and `tests.rs`:
+//!
+//! - [`pos`]: store tills' feeds and stock reports, and the offline-safe store agent.
+
+pub mod pos;
 
 use std::sync::Arc;
 
 use async_trait::async_trait;
-use axum::Router;
+pub use onhand_core::api::ScopedRoutes;
 use onhand_core::{
     cache::StockCache,
     config::{Config, Topics},
@@ -63,9 +67,10 @@ pub trait Connector: Send + Sync + std::fmt::Debug {
     /// A short, stable name: `shopify`, `pos`, `erp`, `wms`.
     fn name(&self) -> &'static str;
 
-    /// Routes served by the HTTP API for this connector, if it receives pushes.
-    fn routes(&self, _context: &ConnectorContext) -> Option<Router> {
-        None
+    /// Routes served by the HTTP API for this connector, if it receives pushes, each group
+    /// with the API-key scope it needs.
+    fn routes(&self, _context: &ConnectorContext) -> Vec<ScopedRoutes> {
+        Vec::new()
     }
 
     /// Runs until `context.shutdown` fires.
@@ -76,13 +81,18 @@ pub trait Connector: Send + Sync + std::fmt::Debug {
 /// section: the one place a new connector is added. A connector without a section does not
 /// run; a section it cannot read refuses the start.
 pub fn registry(config: &Config) -> Result<Vec<Arc<dyn Connector>>, ConnectorError> {
-    let connectors: Vec<Arc<dyn Connector>> = Vec::new();
-    if let Some(name) = config.connectors.keys().next() {
-        return Err(ConnectorError {
-            connector: "registry",
-            message: format!("no connector is named {name:?}"),
-            retryable: false,
-        });
+    let mut connectors: Vec<Arc<dyn Connector>> = Vec::new();
+    for (name, value) in &config.connectors {
+        match name.as_str() {
+            "pos" => connectors.push(Arc::new(pos::Pos::new(section("pos", value)?))),
+            other => {
+                return Err(ConnectorError {
+                    connector: "registry",
+                    message: format!("[connectors.{other}]: no connector is named {other:?} (known: pos)"),
+                    retryable: false,
+                })
+            }
+        }
     }
     Ok(connectors)
 }

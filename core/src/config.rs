@@ -19,6 +19,7 @@ pub struct Config {
     pub http: HttpConfig,
     pub query: QueryConfig,
     pub reservations: ReservationConfig,
+    pub sources: SourcesConfig,
     /// Which locations serve each sales channel, by channel name.
     pub channels: BTreeMap<String, ChannelConfig>,
     /// Each connector's section, `[connectors.NAME]`, as written: the connector reads it
@@ -36,6 +37,7 @@ impl Default for Config {
             http: HttpConfig::default(),
             query: QueryConfig::default(),
             reservations: ReservationConfig::default(),
+            sources: SourcesConfig::default(),
             connectors: BTreeMap::new(),
             channels: BTreeMap::from([(
                 "all".to_string(),
@@ -207,6 +209,21 @@ impl Default for ReservationConfig {
             expiry_interval_ms: 1_000,
             idempotency_keys_kept_h: 24,
         }
+    }
+}
+
+/// Watching the sources (store agents, connectors): `GET /v1/sources` and its metrics.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SourcesConfig {
+    /// A hole in a source's sequence numbers that lasts longer than this is flagged
+    /// (`gap_alert` in `GET /v1/sources`, `onhand_source_gap`, a warning in the log).
+    pub gap_alert_s: u64,
+}
+
+impl Default for SourcesConfig {
+    fn default() -> Self {
+        Self { gap_alert_s: 300 }
     }
 }
 

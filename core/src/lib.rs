@@ -9,6 +9,7 @@
 //! - [`cache`]: the read side's cache of stock levels, kept fresh by the stock topic.
 //! - [`reservation`]: checkouts' promises of units, held by the database.
 //! - [`relay`]: how levels and movements the API writes reach Kafka (the outbox).
+//! - [`source`]: how far behind each source (store agent, connector) is.
 //! - [`api`]: the HTTP API.
 //! - [`auth`]: API keys and their scopes; only hashes of their secrets are stored.
 //! - [`product`]: the product catalog's type, checked at the edge.
@@ -28,6 +29,7 @@ pub mod ledger;
 pub mod product;
 pub mod relay;
 pub mod reservation;
+pub mod source;
 pub mod store;
 pub mod telemetry;
 #[doc(hidden)]

@@ -42,6 +42,10 @@ pub struct Registered {
     pub query_reads_total: IntCounterVec,
     pub query_cache_preloaded_skus: IntGauge,
     pub reservations_requests_total: IntCounterVec,
+    pub source_behind_movements: IntGaugeVec,
+    pub source_behind_seconds: IntGaugeVec,
+    pub source_gap: IntGaugeVec,
+    pub source_healthy: IntGaugeVec,
     pub reservations_closed_total: IntCounterVec,
 }
 
@@ -76,7 +80,26 @@ impl Metrics {
         .expect("a valid metric");
         registry.register(Box::new(lag.clone())).expect("a metric registered once");
 
+        let gauge_vec = |name: &str, help: &str| {
+            let g = IntGaugeVec::new(Opts::new(name, help), &["source"]).expect("a valid metric");
+            registry.register(Box::new(g.clone())).expect("a metric registered once");
+            g
+        };
+
         Self(Arc::new(Registered {
+            source_behind_movements: gauge_vec(
+                "onhand_source_behind_movements",
+                "Movements a source (a store agent) holds that have not arrived, by source.",
+            ),
+            source_behind_seconds: gauge_vec(
+                "onhand_source_behind_seconds",
+                "Age of the oldest movement a source holds that has not arrived, by source.",
+            ),
+            source_gap: gauge_vec(
+                "onhand_source_gap",
+                "1 when a source's sequence numbers have had a hole for longer than sources.gap_alert_s.",
+            ),
+            source_healthy: gauge_vec("onhand_source_healthy", "1 when a source reports itself healthy."),
             ledger_movements_applied_total: counter(
                 "onhand_ledger_movements_applied_total",
                 "Movements that changed a stock level.",

@@ -41,6 +41,7 @@ use axum::{
     Json, Router,
 };
 use rdkafka::producer::FutureProducer;
+use serde::Serialize;
 use serde_json::json;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
@@ -55,10 +56,11 @@ pub use self::{
 use crate::{
     auth::Scope,
     cache::StockCache,
-    config::{ChannelConfig, HttpConfig, QueryConfig, Topics},
+    config::{ChannelConfig, HttpConfig, QueryConfig, SourcesConfig, Topics},
     ledger::LedgerRunning,
     relay::Relay,
     reservation::Reservations,
+    source::SourceReport,
     store::Store,
     telemetry::Metrics,
 };
@@ -78,6 +80,7 @@ pub struct ApiContext {
     pub channels: BTreeMap<String, ChannelConfig>,
     pub relay: Relay,
     pub reservations: Reservations,
+    pub sources: SourcesConfig,
 }
 
 impl std::fmt::Debug for ApiContext {
@@ -102,11 +105,11 @@ impl std::ops::Deref for ApiState {
 /// to `http.body_bytes_max`.
 const SMALL_BODY_BYTES_MAX: usize = 64 * 1024;
 
-/// The routes of the API, to which connectors may add theirs before [`finish`] wraps them.
-/// Each group of routes needs one scope, checked by its `route_layer`; connectors' routes
-/// authenticate their own way (webhook signatures), so no key is asked of them.
+/// The routes of the API and the connectors' routes, which [`finish`] then wraps. Each
+/// group of routes needs one scope, checked by its `route_layer`; a connector's routes
+/// need the scope it asks for, or none when it authenticates its callers itself.
 /// `GET /openapi.json` describes every route of these groups.
-pub fn router(context: ApiContext) -> Router {
+pub fn router(context: ApiContext, connector_routes: Vec<ScopedRoutes>) -> Router {
     let state = ApiState(Arc::new(context));
     let refresh_budget = Duration::from_millis(state.query.database_budget_ms);
     let keys = auth::Authenticator::new(Arc::clone(&state.store), &state.http, refresh_budget, state.metrics.clone());
@@ -119,9 +122,24 @@ pub fn router(context: ApiContext) -> Router {
     }
     let (router, openapi) = api.split_for_parts();
     let document = Bytes::from(openapi.to_pretty_json().expect("the OpenAPI document always serializes"));
-    router
+    let mut router = router
         .route("/openapi.json", get(move || async move { ([(CONTENT_TYPE, "application/json")], document) }))
-        .with_state(state)
+        .with_state(state);
+    for ScopedRoutes { scope, router: routes } in connector_routes {
+        router = router.merge(match scope {
+            Some(scope) => routes.route_layer(middleware::from_fn_with_state(keys.require(scope), auth::require)),
+            None => routes,
+        });
+    }
+    router
+}
+
+/// Routes a connector serves through the API, and the scope an API key needs for them;
+/// `None` when the connector authenticates its callers itself (webhook signatures).
+#[derive(Debug)]
+pub struct ScopedRoutes {
+    pub scope: Option<Scope>,
+    pub router: Router,
 }
 
 /// The OpenAPI document of the API, as `GET /openapi.json` serves it.
@@ -141,7 +159,8 @@ fn route_groups() -> Vec<(Option<Scope>, OpenApiRouter<ApiState>)> {
         .routes(routes!(stock::get_sku))
         .routes(routes!(stock::get_level))
         .routes(routes!(stock::availability))
-        .routes(routes!(products::get));
+        .routes(routes!(products::get))
+        .routes(routes!(sources));
     let movements_write = OpenApiRouter::new().routes(routes!(movements::post));
     let reservations_write = OpenApiRouter::new()
         .routes(routes!(reservations::create))
@@ -244,6 +263,28 @@ async fn metrics(State(state): State<ApiState>) -> impl IntoResponse {
     ([(CONTENT_TYPE, "text/plain; version=0.0.4")], state.metrics.render())
 }
 
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+struct SourcesAnswer {
+    sources: Vec<SourceReport>,
+    as_of: chrono::DateTime<chrono::Utc>,
+}
+
+/// How far behind each source is (store agents' sequences, connectors' health).
+#[utoipa::path(get, path = "/v1/sources", tag = "operations", operation_id = "getSources",
+    security(("api_key" = ["stock:read"])), summary = "How far behind each source is",
+    responses((status = 200, body = SourcesAnswer), (status = 503, description = "`unavailable`", body = ErrorBody)))]
+async fn sources(State(state): State<ApiState>) -> Result<Json<SourcesAnswer>, ApiError> {
+    let states = state.store.sources().await.map_err(|e| {
+        tracing::warn!(error = %e, "sources read failed");
+        ApiError::Unavailable("the database")
+    })?;
+    let now = chrono::Utc::now();
+    Ok(Json(SourcesAnswer {
+        sources: states.into_iter().map(|s| SourceReport::new(s, now, &state.sources)).collect(),
+        as_of: now,
+    }))
+}
+
 async fn not_found(uri: Uri) -> ApiError {
     ApiError::NotFound(uri.path().to_string())
 }
@@ -274,6 +315,7 @@ mod tests {
             ("/healthz", "get", None),
             ("/readyz", "get", None),
             ("/metrics", "get", None),
+            ("/v1/sources", "get", Some("stock:read")),
         ];
         let json = serde_json::to_value(&doc).unwrap();
         for (path, method, scope) in expected {

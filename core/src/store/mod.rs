@@ -45,6 +45,7 @@ use crate::{
     ledger::rules::{plan_key, KeyPlan, LevelKey, LevelState},
     product::{Product, StoredProduct},
     reservation::{self, Reservation, Status},
+    source::{SourceState, SourceUpdate},
 };
 
 /// How many rounds of compare-and-set conflicts a batch rides out before it gives up and
@@ -216,6 +217,20 @@ pub trait Store: Send + Sync + std::fmt::Debug {
     async fn connector_state(&self, connector: &str, key: &str) -> Result<Option<String>, StoreError>;
     /// Saves a connector's value under `key`, replacing the one before.
     async fn set_connector_state(&self, connector: &str, key: &str, value: &str) -> Result<(), StoreError>;
+
+    /// Applies what a source just said to its state, in one transaction, and answers the
+    /// new state.
+    async fn update_source(
+        &self,
+        source: &str,
+        update: &SourceUpdate,
+        now: DateTime<Utc>,
+    ) -> Result<SourceState, StoreError>;
+    /// Every source's state, by name.
+    async fn sources(&self) -> Result<Vec<SourceState>, StoreError>;
+    /// Names locations that have none yet (a store's name from its stock report); answers
+    /// how many were new.
+    async fn name_locations(&self, names: &[(LocationId, String)]) -> Result<u64, StoreError>;
 
     /// Checks that the database answers.
     async fn ping(&self) -> Result<(), StoreError>;
@@ -471,6 +486,20 @@ fn api_key_from(
 
 fn optional_event_id(id: Option<String>) -> Result<Option<EventId>, StoreError> {
     id.map(|id| EventId::parse(id).map_err(corrupt)).transpose()
+}
+
+/// A source's stored state with `update` applied.
+fn next_source_state(
+    source: &str,
+    stored: Option<String>,
+    update: &SourceUpdate,
+    now: DateTime<Utc>,
+) -> Result<SourceState, StoreError> {
+    let state = match stored {
+        Some(json) => serde_json::from_str(&json).map_err(corrupt)?,
+        None => SourceState::new(source, now),
+    };
+    Ok(state.apply(update, now))
 }
 
 fn corrupt(what: impl std::fmt::Display) -> StoreError {

@@ -12,9 +12,9 @@ use sqlx::{postgres::PgPoolOptions, PgPool, Postgres, Row, Transaction};
 
 use self::reservations::{load_reservation, PgReservationTx};
 use super::{
-    api_key_from, apply_batch, corrupt, optional_event_id, product_from, Allocation, Applied, Batch, Closed, Envelope,
-    LedgerTx, LevelWrite, NewReservation, OutboxRecord, PartitionOffset, Published, Reserved, StockPolicy, Store,
-    StoreError, StoredLevel,
+    api_key_from, apply_batch, corrupt, next_source_state, optional_event_id, product_from, Allocation, Applied, Batch,
+    Closed, Envelope, LedgerTx, LevelWrite, NewReservation, OutboxRecord, PartitionOffset, Published, Reserved,
+    StockPolicy, Store, StoreError, StoredLevel,
 };
 use crate::{
     auth::ApiKey,
@@ -22,6 +22,7 @@ use crate::{
     ledger::rules::{CountMark, LevelKey, LevelState},
     product::{Product, StoredProduct},
     reservation::{Reservation, Status},
+    source::{SourceState, SourceUpdate},
 };
 
 #[derive(Debug, Clone)]
@@ -226,6 +227,53 @@ impl Store for PostgresStore {
     async fn ping(&self) -> Result<(), StoreError> {
         sqlx::query("SELECT 1").execute(&self.pool).await?;
         Ok(())
+    }
+
+    async fn update_source(
+        &self,
+        source: &str,
+        update: &SourceUpdate,
+        now: DateTime<Utc>,
+    ) -> Result<SourceState, StoreError> {
+        let mut tx = self.pool.begin().await?;
+        // Replicas may hear from one source at once: the row lock orders them.
+        let stored: Option<String> = sqlx::query_scalar("SELECT state FROM sources WHERE source = $1 FOR UPDATE")
+            .bind(source)
+            .fetch_optional(&mut *tx)
+            .await?;
+        let state = next_source_state(source, stored, update, now)?;
+        sqlx::query(
+            "INSERT INTO sources (source, state, updated_at) VALUES ($1, $2, $3)
+             ON CONFLICT (source) DO UPDATE SET state = EXCLUDED.state, updated_at = EXCLUDED.updated_at",
+        )
+        .bind(source)
+        .bind(serde_json::to_string(&state).expect("a source state serializes"))
+        .bind(now)
+        .execute(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        Ok(state)
+    }
+
+    async fn sources(&self) -> Result<Vec<SourceState>, StoreError> {
+        let rows: Vec<String> =
+            sqlx::query_scalar("SELECT state FROM sources ORDER BY source").fetch_all(&self.pool).await?;
+        rows.iter().map(|json| serde_json::from_str(json).map_err(corrupt)).collect()
+    }
+
+    async fn name_locations(&self, names: &[(LocationId, String)]) -> Result<u64, StoreError> {
+        let ids: Vec<&str> = names.iter().map(|(id, _)| id.as_str()).collect();
+        let texts: Vec<&str> = names.iter().map(|(_, name)| name.as_str()).collect();
+        let done = sqlx::query(
+            "INSERT INTO locations (id, name, updated_at)
+             SELECT id, name, now() FROM UNNEST($1::text[], $2::text[]) AS t(id, name)
+             ON CONFLICT (id) DO NOTHING",
+        )
+        .bind(&ids)
+        .bind(&texts)
+        .execute(&self.pool)
+        .await?;
+        Ok(done.rows_affected())
     }
 
     async fn connector_state(&self, connector: &str, key: &str) -> Result<Option<String>, StoreError> {

@@ -19,9 +19,9 @@ use sqlx::{
 
 use self::reservations::{load_reservation, SqliteReservationTx};
 use super::{
-    api_key_from, apply_batch, corrupt, optional_event_id, product_from, Allocation, Applied, Batch, Closed, Envelope,
-    LedgerTx, LevelWrite, NewReservation, OutboxRecord, PartitionOffset, Published, Reserved, StockPolicy, Store,
-    StoreError, StoredLevel,
+    api_key_from, apply_batch, corrupt, next_source_state, optional_event_id, product_from, Allocation, Applied, Batch,
+    Closed, Envelope, LedgerTx, LevelWrite, NewReservation, OutboxRecord, PartitionOffset, Published, Reserved,
+    StockPolicy, Store, StoreError, StoredLevel,
 };
 use crate::{
     auth::ApiKey,
@@ -29,6 +29,7 @@ use crate::{
     ledger::rules::{CountMark, LevelKey, LevelState},
     product::{Product, StoredProduct},
     reservation::{Reservation, Status},
+    source::{SourceState, SourceUpdate},
 };
 
 #[derive(Debug, Clone)]
@@ -259,6 +260,55 @@ impl Store for SqliteStore {
     async fn ping(&self) -> Result<(), StoreError> {
         sqlx::query("SELECT 1").execute(&self.pool).await?;
         Ok(())
+    }
+
+    async fn update_source(
+        &self,
+        source: &str,
+        update: &SourceUpdate,
+        now: DateTime<Utc>,
+    ) -> Result<SourceState, StoreError> {
+        let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
+        let stored: Option<String> = sqlx::query_scalar("SELECT state FROM sources WHERE source = ?1")
+            .bind(source)
+            .fetch_optional(&mut *tx)
+            .await?;
+        let state = next_source_state(source, stored, update, now)?;
+        sqlx::query(
+            "INSERT INTO sources (source, state, updated_at) VALUES (?1, ?2, ?3)
+             ON CONFLICT (source) DO UPDATE SET state = excluded.state, updated_at = excluded.updated_at",
+        )
+        .bind(source)
+        .bind(serde_json::to_string(&state).expect("a source state serializes"))
+        .bind(micros(now))
+        .execute(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        Ok(state)
+    }
+
+    async fn sources(&self) -> Result<Vec<SourceState>, StoreError> {
+        let rows: Vec<String> =
+            sqlx::query_scalar("SELECT state FROM sources ORDER BY source").fetch_all(&self.pool).await?;
+        rows.iter().map(|json| serde_json::from_str(json).map_err(corrupt)).collect()
+    }
+
+    async fn name_locations(&self, names: &[(LocationId, String)]) -> Result<u64, StoreError> {
+        let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
+        let mut created = 0;
+        for (id, name) in names {
+            let done = sqlx::query(
+                "INSERT INTO locations (id, name, updated_at) VALUES (?1, ?2, ?3) ON CONFLICT (id) DO NOTHING",
+            )
+            .bind(id.as_str())
+            .bind(name)
+            .bind(micros(Utc::now()))
+            .execute(&mut *tx)
+            .await?;
+            created += done.rows_affected();
+        }
+        tx.commit().await?;
+        Ok(created)
     }
 
     async fn connector_state(&self, connector: &str, key: &str) -> Result<Option<String>, StoreError> {

@@ -499,6 +499,25 @@ async fn connectors_keep_their_state(store: Arc<dyn Store>) {
     assert_eq!(store.connector_state("erp", "cursor").await.unwrap().as_deref(), Some("42"));
 }
 
+async fn sources_and_location_names_are_kept(store: Arc<dyn Store>) {
+    use crate::source::SourceUpdate;
+    let received = |first, last| SourceUpdate::Received { epoch: "e1".into(), first, last };
+    store.update_source("pos:s1", &received(1, 10), at(1)).await.unwrap();
+    let state = store.update_source("pos:s1", &received(21, 30), at(2)).await.unwrap();
+    assert_eq!((state.acked_seq, state.max_seq, state.gap_since), (10, 30, Some(at(2))));
+    store
+        .update_source("erp", &SourceUpdate::Health { healthy: false, detail: Some("kafka".into()) }, at(3))
+        .await
+        .unwrap();
+    let sources = store.sources().await.unwrap();
+    assert_eq!(sources.iter().map(|s| s.source.as_str()).collect::<Vec<_>>(), vec!["erp", "pos:s1"]);
+    assert_eq!(sources[1], state);
+    assert!(!sources[0].healthy);
+    let names = [(LocationId::parse("store-001").unwrap(), "Mercado Central".to_string())];
+    assert_eq!(store.name_locations(&names).await.unwrap(), 1);
+    assert_eq!(store.name_locations(&names).await.unwrap(), 0);
+}
+
 macro_rules! contract {
     ($backend:ident, $open:expr) => {
         mod $backend {
@@ -523,7 +542,8 @@ macro_rules! contract {
                 cancelled_and_expired_reservations_release_their_units,
                 the_outbox_keeps_records_until_they_are_deleted,
                 concurrent_reservations_never_promise_the_last_unit_twice,
-                connectors_keep_their_state);
+                connectors_keep_their_state,
+                sources_and_location_names_are_kept);
         }
     };
     (@each $open:expr; $($case:ident),*) => {

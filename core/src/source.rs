@@ -1,0 +1,268 @@
+//! How far behind each source is: the store agents number every movement of their store
+//! (a per-store sequence), and the connectors report their health. The central service
+//! keeps, per source, the highest sequence number up to which nothing is missing, what
+//! the source last said it holds, and since when a gap has lasted. `GET /v1/sources`
+//! answers these; the pure rules are here, the stores keep the state.
+
+use std::{sync::Arc, time::Duration};
+
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+use tokio_util::sync::CancellationToken;
+use tracing::warn;
+
+use crate::{config::SourcesConfig, store::Store, telemetry::Metrics};
+
+/// How often the sources' metrics are refreshed.
+const WATCH_INTERVAL: Duration = Duration::from_secs(5);
+
+/// At most this many out-of-order ranges are remembered above the contiguous sequence; a
+/// source that leaves more holes than that is reported by its gap, and its oldest ranges
+/// are merged into one.
+const RANGES_MAX: usize = 64;
+
+/// What is known of one source.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct SourceState {
+    /// `pos:store-012`, `erp`, `shopify`...
+    pub source: String,
+    /// Identifies one life of a source's numbering (a store agent's database): when it
+    /// changes, the numbering started again and the counters are reset.
+    pub epoch: String,
+    /// Every sequence number up to this one has arrived.
+    pub acked_seq: i64,
+    /// The highest sequence number that arrived.
+    pub max_seq: i64,
+    /// Ranges that arrived above `acked_seq`, waiting for the hole below them.
+    #[serde(skip_serializing_if = "Vec::is_empty", default)]
+    pub ranges: Vec<(i64, i64)>,
+    /// The highest sequence number the source said it holds.
+    pub head_seq: i64,
+    /// When the oldest movement the source has not forwarded yet occurred, as it said.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub oldest_pending_at: Option<DateTime<Utc>>,
+    /// Since when numbers are missing below `max_seq`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub gap_since: Option<DateTime<Utc>>,
+    pub healthy: bool,
+    /// Why the source is unhealthy, for people.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub detail: Option<String>,
+    pub last_heard_at: DateTime<Utc>,
+}
+
+/// What a source just told the central service.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SourceUpdate {
+    /// Movements `first..=last` of `epoch` were accepted onto Kafka.
+    Received { epoch: String, first: i64, last: i64 },
+    /// The source holds movements up to `head`, the oldest unforwarded one from `oldest_pending_at`.
+    Heartbeat { epoch: String, head: i64, oldest_pending_at: Option<DateTime<Utc>> },
+    /// A connector's own view of its health.
+    Health { healthy: bool, detail: Option<String> },
+}
+
+impl SourceState {
+    pub fn new(source: &str, now: DateTime<Utc>) -> SourceState {
+        SourceState {
+            source: source.to_string(),
+            epoch: String::new(),
+            acked_seq: 0,
+            max_seq: 0,
+            ranges: Vec::new(),
+            head_seq: 0,
+            oldest_pending_at: None,
+            gap_since: None,
+            healthy: true,
+            detail: None,
+            last_heard_at: now,
+        }
+    }
+
+    /// The state after `update`, heard at `now`.
+    pub fn apply(mut self, update: &SourceUpdate, now: DateTime<Utc>) -> SourceState {
+        self.last_heard_at = now;
+        match update {
+            SourceUpdate::Received { epoch, first, last } => {
+                self.enter_epoch(epoch);
+                self.receive(*first, *last);
+                self.head_seq = self.head_seq.max(self.max_seq);
+            }
+            SourceUpdate::Heartbeat { epoch, head, oldest_pending_at } => {
+                self.enter_epoch(epoch);
+                self.head_seq = (*head).max(self.max_seq);
+                self.oldest_pending_at = *oldest_pending_at;
+            }
+            SourceUpdate::Health { healthy, detail } => {
+                self.healthy = *healthy;
+                self.detail = detail.clone();
+            }
+        }
+        self.gap_since = match (self.max_seq > self.acked_seq, self.gap_since) {
+            (true, Some(since)) => Some(since),
+            (true, None) => Some(now),
+            (false, _) => None,
+        };
+        self
+    }
+
+    /// A new epoch means the source's numbering started again: what was counted before
+    /// says nothing about the new numbers.
+    fn enter_epoch(&mut self, epoch: &str) {
+        if self.epoch != epoch {
+            let source = std::mem::take(&mut self.source);
+            *self = SourceState { source, epoch: epoch.to_string(), ..SourceState::new("", self.last_heard_at) };
+        }
+    }
+
+    fn receive(&mut self, first: i64, last: i64) {
+        if last <= self.acked_seq || first > last {
+            return; // sent again: already counted
+        }
+        self.max_seq = self.max_seq.max(last);
+        self.ranges.push((first, last));
+        self.ranges.sort_unstable();
+        // Fold every range that now touches the contiguous part into it.
+        while let Some(&(first, last)) = self.ranges.first() {
+            if first > self.acked_seq + 1 {
+                break;
+            }
+            self.acked_seq = self.acked_seq.max(last);
+            self.ranges.remove(0);
+        }
+        if self.ranges.len() > RANGES_MAX {
+            let (first, _) = self.ranges[0];
+            let (_, last) = self.ranges[1];
+            self.ranges.splice(0..2, [(first, last)]);
+        }
+    }
+
+    /// Movements the source holds that have not arrived.
+    pub fn behind_movements(&self) -> i64 {
+        (self.head_seq - self.acked_seq).max(0)
+    }
+
+    /// How old the oldest movement not arrived yet is, in seconds; 0 when none is missing.
+    pub fn behind_seconds(&self, now: DateTime<Utc>) -> i64 {
+        if self.behind_movements() == 0 {
+            return 0;
+        }
+        let since = self.oldest_pending_at.or(self.gap_since).unwrap_or(self.last_heard_at);
+        (now - since).num_seconds().max(0)
+    }
+
+    /// Whether numbers have been missing for longer than `gap_alert`.
+    pub fn gap_alert(&self, now: DateTime<Utc>, gap_alert: chrono::Duration) -> bool {
+        self.gap_since.is_some_and(|since| now - since > gap_alert)
+    }
+}
+
+/// A source as `GET /v1/sources` answers it: its state and the figures derived from it.
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
+pub struct SourceReport {
+    #[serde(flatten)]
+    pub state: SourceState,
+    pub behind_movements: i64,
+    pub behind_seconds: i64,
+    /// Numbers have been missing for longer than `sources.gap_alert_s`.
+    pub gap_alert: bool,
+}
+
+impl SourceReport {
+    pub fn new(state: SourceState, now: DateTime<Utc>, config: &SourcesConfig) -> SourceReport {
+        let gap_alert = state.gap_alert(now, chrono::Duration::seconds(config.gap_alert_s as i64));
+        SourceReport {
+            behind_movements: state.behind_movements(),
+            behind_seconds: state.behind_seconds(now),
+            gap_alert,
+            state,
+        }
+    }
+}
+
+/// Keeps the sources' metrics current and warns about lasting gaps, until `shutdown`.
+pub async fn watch(store: Arc<dyn Store>, metrics: Metrics, config: SourcesConfig, shutdown: CancellationToken) {
+    let mut interval = tokio::time::interval(WATCH_INTERVAL);
+    let mut alerted = std::collections::HashSet::new();
+    loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            _ = interval.tick() => {}
+        }
+        let Ok(states) = store.sources().await else { continue };
+        let now = Utc::now();
+        for state in states {
+            let report = SourceReport::new(state, now, &config);
+            let source = report.state.source.as_str();
+            metrics.source_behind_movements.with_label_values(&[source]).set(report.behind_movements);
+            metrics.source_behind_seconds.with_label_values(&[source]).set(report.behind_seconds);
+            metrics.source_gap.with_label_values(&[source]).set(i64::from(report.gap_alert));
+            metrics.source_healthy.with_label_values(&[source]).set(i64::from(report.state.healthy));
+            if report.gap_alert && alerted.insert(source.to_string()) {
+                warn!(
+                    source,
+                    acked_seq = report.state.acked_seq,
+                    max_seq = report.state.max_seq,
+                    "movements are missing from this source"
+                );
+            } else if !report.gap_alert {
+                alerted.remove(source);
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::testing::at;
+
+    fn received(first: i64, last: i64) -> SourceUpdate {
+        SourceUpdate::Received { epoch: "e1".into(), first, last }
+    }
+
+    /// (updates in, (acked, max, gap?) out).
+    #[test]
+    fn the_contiguous_sequence_advances_only_over_what_arrived() {
+        let cases: Vec<(Vec<SourceUpdate>, (i64, i64, bool))> = vec![
+            (vec![received(1, 10)], (10, 10, false)),
+            (vec![received(1, 10), received(11, 20)], (20, 20, false)),
+            (vec![received(1, 10), received(5, 10)], (10, 10, false)),
+            (vec![received(1, 10), received(21, 30)], (10, 30, true)),
+            (vec![received(1, 10), received(21, 30), received(11, 20)], (30, 30, false)),
+            (vec![received(3, 4)], (0, 4, true)),
+            (vec![received(1, 5), SourceUpdate::Received { epoch: "e2".into(), first: 1, last: 2 }], (2, 2, false)),
+        ];
+        for (updates, (acked, max, gap)) in cases {
+            let state = updates.iter().fold(SourceState::new("pos:s1", at(0)), |s, u| s.apply(u, at(1)));
+            assert_eq!((state.acked_seq, state.max_seq, state.gap_since.is_some()), (acked, max, gap), "{updates:?}");
+        }
+    }
+
+    #[test]
+    fn lag_is_what_the_source_holds_and_has_not_sent() {
+        let state = SourceState::new("pos:s1", at(0))
+            .apply(&received(1, 10), at(1))
+            .apply(&SourceUpdate::Heartbeat { epoch: "e1".into(), head: 25, oldest_pending_at: Some(at(5)) }, at(20));
+        assert_eq!((state.behind_movements(), state.behind_seconds(at(65))), (15, 60));
+        let caught_up = state.apply(&received(11, 25), at(70));
+        assert_eq!((caught_up.behind_movements(), caught_up.behind_seconds(at(80))), (0, 0));
+    }
+
+    #[test]
+    fn a_gap_is_flagged_once_it_lasts() {
+        let state = SourceState::new("pos:s1", at(0)).apply(&received(1, 10), at(0)).apply(&received(20, 21), at(10));
+        let alert_after = chrono::Duration::seconds(300);
+        assert!(!state.gap_alert(at(300), alert_after));
+        assert!(state.gap_alert(at(311), alert_after));
+        assert!(!state.apply(&received(11, 19), at(320)).gap_alert(at(400), alert_after));
+    }
+
+    #[test]
+    fn holes_are_bounded() {
+        let state =
+            (0..200).fold(SourceState::new("pos:s1", at(0)), |s, i| s.apply(&received(i * 3 + 2, i * 3 + 2), at(1)));
+        assert!(state.ranges.len() <= RANGES_MAX);
+        assert_eq!(state.acked_seq, 0);
+    }
+}
