@@ -12,7 +12,9 @@
 //! `mapping.rs` (pure functions from the outside format to movements) and `tests.rs`:
 //!
 //! - [`pos`]: store tills' feeds and stock reports, and the offline-safe store agent.
+//! - [`erp`]: the ERP's stock journal, captured by polling with a persisted cursor.
 
+pub mod erp;
 pub mod pos;
 
 use std::sync::Arc;
@@ -85,10 +87,11 @@ pub fn registry(config: &Config) -> Result<Vec<Arc<dyn Connector>>, ConnectorErr
     for (name, value) in &config.connectors {
         match name.as_str() {
             "pos" => connectors.push(Arc::new(pos::Pos::new(section("pos", value)?))),
+            "erp" => connectors.push(Arc::new(erp::Erp::new(section("erp", value)?)?)),
             other => {
                 return Err(ConnectorError {
                     connector: "registry",
-                    message: format!("[connectors.{other}]: no connector is named {other:?} (known: pos)"),
+                    message: format!("[connectors.{other}]: no connector is named {other:?} (known: erp, pos)"),
                     retryable: false,
                 })
             }

@@ -42,6 +42,8 @@ pub struct Registered {
     pub query_reads_total: IntCounterVec,
     pub query_cache_preloaded_skus: IntGauge,
     pub reservations_requests_total: IntCounterVec,
+    pub erp_rows_total: IntCounterVec,
+    pub erp_cursor_lag_seconds: IntGauge,
     pub source_behind_movements: IntGaugeVec,
     pub source_behind_seconds: IntGaugeVec,
     pub source_gap: IntGaugeVec,
@@ -100,6 +102,20 @@ impl Metrics {
                 "1 when a source's sequence numbers have had a hole for longer than sources.gap_alert_s.",
             ),
             source_healthy: gauge_vec("onhand_source_healthy", "1 when a source reports itself healthy."),
+            erp_rows_total: counter_vec(
+                "onhand_erp_rows_total",
+                "ERP journal rows acknowledged by Kafka, by outcome (produced, dead_lettered).",
+                &["outcome"],
+            ),
+            erp_cursor_lag_seconds: {
+                let g = IntGauge::new(
+                    "onhand_erp_cursor_lag_seconds",
+                    "Age of the change time of the last journal row the ERP connector produced.",
+                )
+                .expect("a valid metric");
+                registry.register(Box::new(g.clone())).expect("a metric registered once");
+                g
+            },
             ledger_movements_applied_total: counter(
                 "onhand_ledger_movements_applied_total",
                 "Movements that changed a stock level.",

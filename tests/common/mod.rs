@@ -90,8 +90,13 @@ pub fn movement_json(
 
 /// Reads every record of `topic` from the beginning until `count` arrived.
 pub fn consume_all(topic: &str, count: usize) -> Vec<rdkafka::message::OwnedMessage> {
+    consume_all_from(&kafka_brokers(), topic, count)
+}
+
+/// As [`consume_all`], from another broker.
+pub fn consume_all_from(brokers: &str, topic: &str, count: usize) -> Vec<rdkafka::message::OwnedMessage> {
     let consumer: BaseConsumer = ClientConfig::new()
-        .set("bootstrap.servers", kafka_brokers())
+        .set("bootstrap.servers", brokers)
         .set("group.id", unique_name("reader"))
         .set("auto.offset.reset", "earliest")
         .set("enable.auto.commit", "false")
@@ -261,4 +266,44 @@ pub async fn http_send(
     let response = request.send().await.expect("the api answers");
     let status = response.status().as_u16();
     (status, response.json().await.unwrap_or(Value::Null))
+}
+
+/// A broker of the test's own, reached only through a [`Proxy`]: it advertises the proxy's
+/// address, so that cutting the proxy cuts every client from it, as a broken network would.
+/// (The suite's shared broker advertises its own address, which clients would reconnect to.)
+pub struct PrivateBroker {
+    pub proxy: Proxy,
+    _broker: tokio::process::Child,
+    _storage: tempfile::TempDir,
+}
+
+impl PrivateBroker {
+    pub async fn start() -> PrivateBroker {
+        let free = std::net::TcpListener::bind("127.0.0.1:0").expect("a free port");
+        let broker_addr = free.local_addr().expect("its address");
+        drop(free);
+        let proxy = Proxy::start(broker_addr).await;
+        let tansu = std::env::var("HOME").map(|h| format!("{h}/.cargo/bin/tansu")).unwrap_or_default();
+        let tansu = if std::path::Path::new(&tansu).exists() { tansu } else { "tansu".to_string() };
+        // tansu's storage URL is relative to its working directory.
+        let storage = tempfile::tempdir().expect("a directory for the broker");
+        let broker = tokio::process::Command::new(tansu)
+            .current_dir(storage.path())
+            .args(["broker", "--cluster-id", "onhand-private"])
+            .arg("--listener-url")
+            .arg(format!("tcp://{broker_addr}"))
+            .arg("--advertised-listener-url")
+            .arg(format!("tcp://{}", proxy.addr))
+            .args(["--storage-engine", "sqlite://tansu.db"])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .kill_on_drop(true)
+            .spawn()
+            .expect("tansu starts (scripts/test installs it)");
+        eventually("the private broker listens", 30, || async {
+            tokio::net::TcpStream::connect(broker_addr).await.ok().map(|_| ())
+        })
+        .await;
+        PrivateBroker { proxy, _broker: broker, _storage: storage }
+    }
 }

@@ -1,0 +1,55 @@
+//! `[connectors.erp]`: where the ERP's stock journal is and how its codes map to onhand.
+
+use std::collections::BTreeMap;
+
+use serde::Deserialize;
+
+/// The journal query of a PostgreSQL ERP, as in `tests/fixtures/erp/schema.sql`. Any query
+/// works that takes the same four parameters (`$1` the cursor's change time, `$2` its row
+/// id, `$3` the safety delay in seconds, `$4` the most rows) and returns the same columns.
+pub const DEFAULT_QUERY: &str = "
+    SELECT id, changed_at, item, warehouse, movement_type, quantity, reference
+    FROM stock_journal
+    WHERE (changed_at, id) > ($1, $2) AND changed_at <= now() - make_interval(secs => $3)
+    ORDER BY changed_at, id
+    LIMIT $4";
+
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ErpConfig {
+    /// The ERP database (or a read replica), `postgres://reader:...@erp-db/erp`.
+    pub source_url: String,
+    /// The journal query; see [`DEFAULT_QUERY`].
+    pub query: String,
+    /// How long to wait for new rows when the journal is caught up.
+    pub poll_interval_ms: u64,
+    /// The most rows read, and produced, at once.
+    pub batch_rows_max: i64,
+    /// Rows changed less than this long ago are left for the next poll: a transaction that
+    /// commits late may still add rows with an earlier change time.
+    pub safety_delay_ms: u64,
+    /// ERP movement-type codes to onhand kinds, e.g. `ENT = "receipt"`.
+    pub kinds: BTreeMap<String, String>,
+    /// ERP warehouse codes to onhand locations, e.g. `CD01 = "dc-sp"`.
+    pub locations: BTreeMap<String, String>,
+    /// `source.instance` of the movements.
+    pub source_instance: String,
+    /// The longest wait between two attempts when the ERP database or Kafka fails.
+    pub retry_max_ms: u64,
+}
+
+impl Default for ErpConfig {
+    fn default() -> Self {
+        Self {
+            source_url: String::new(),
+            query: DEFAULT_QUERY.to_string(),
+            poll_interval_ms: 1_000,
+            batch_rows_max: 1_000,
+            safety_delay_ms: 5_000,
+            kinds: BTreeMap::new(),
+            locations: BTreeMap::new(),
+            source_instance: "erp".into(),
+            retry_max_ms: 30_000,
+        }
+    }
+}

@@ -1,0 +1,62 @@
+//! The ERP's stock journal, captured by polling (the Java + Oracle ERP of the brief, or any
+//! database sqlx reads; for Oracle itself, Debezium's change events are the other way in).
+//!
+//! - `config`: `[connectors.erp]`, the journal query and the code maps.
+//! - `mapping`: pure functions from a journal row to a movement.
+//! - `source`: the poller with its persisted cursor on (change time, row id).
+
+mod config;
+pub mod mapping;
+mod source;
+
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use sqlx::postgres::PgPoolOptions;
+
+pub use self::{config::ErpConfig, source::Cursor};
+use crate::{Connector, ConnectorContext, ConnectorError};
+
+#[derive(Debug)]
+pub struct Erp {
+    config: ErpConfig,
+    codes: mapping::Codes,
+}
+
+impl Erp {
+    /// Checks the code maps; a wrong one refuses the start.
+    pub fn new(config: ErpConfig) -> Result<Erp, ConnectorError> {
+        let refuse = |message: String| ConnectorError { connector: "erp", message, retryable: false };
+        if config.source_url.is_empty() {
+            return Err(refuse("[connectors.erp] source_url is not set".into()));
+        }
+        let codes = mapping::Codes::new(&config.kinds, &config.locations, &config.source_instance)
+            .map_err(|e| refuse(format!("[connectors.erp] {e}")))?;
+        Ok(Erp { config, codes })
+    }
+}
+
+#[async_trait]
+impl Connector for Erp {
+    fn name(&self) -> &'static str {
+        "erp"
+    }
+
+    async fn run(self: Arc<Self>, context: ConnectorContext) -> Result<(), ConnectorError> {
+        // Lazy: an ERP database that is down at start is retried like one that goes down later.
+        let journal = PgPoolOptions::new()
+            .max_connections(2)
+            .acquire_timeout(std::time::Duration::from_secs(5))
+            .connect_lazy(&self.config.source_url)
+            .map_err(|e| ConnectorError { connector: "erp", message: e.to_string(), retryable: false })?;
+        let producer = onhand_core::kafka::producer(&context.config.kafka, source::PRODUCER_LINGER)
+            .map_err(|e| ConnectorError { connector: "erp", message: e.to_string(), retryable: true })?;
+        let poller =
+            source::Poller { context, config: self.config.clone(), codes: self.codes.clone(), journal, producer };
+        poller.run().await;
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests;

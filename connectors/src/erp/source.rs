@@ -1,0 +1,208 @@
+//! The poller: reads the journal after its cursor, produces a movement per row (a dead
+//! letter when a row cannot be mapped), and moves the cursor only after Kafka acknowledged
+//! every row up to it. While Kafka or the ERP database cannot be reached it backs off,
+//! keeps its cursor and reports itself unhealthy (`GET /v1/sources`, source `erp`).
+
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use futures::future::join_all;
+use onhand_core::{
+    kafka::{self, dead_letter, DeadLetter},
+    source::SourceUpdate,
+};
+use rdkafka::producer::{FutureProducer, FutureRecord};
+use serde::{Deserialize, Serialize};
+use sqlx::{PgPool, Row};
+use tracing::{info, warn};
+
+use super::{
+    config::ErpConfig,
+    mapping::{self, Codes, JournalRow},
+};
+use crate::ConnectorContext;
+
+/// How long the producer gathers a batch's records into one request.
+pub(super) const PRODUCER_LINGER: Duration = Duration::from_millis(5);
+
+/// The source name of the ERP in `GET /v1/sources` and `connector_state`.
+pub const SOURCE: &str = "erp";
+
+/// Where the poller is: the last row whose movement Kafka acknowledged.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Cursor {
+    pub changed_at: DateTime<Utc>,
+    pub id: i64,
+}
+
+impl Default for Cursor {
+    fn default() -> Self {
+        Cursor { changed_at: DateTime::UNIX_EPOCH, id: 0 }
+    }
+}
+
+pub(super) struct Poller {
+    pub context: ConnectorContext,
+    pub config: ErpConfig,
+    pub codes: Codes,
+    pub journal: PgPool,
+    /// The poller's own producer, made again after Kafka failed a batch: an idempotent
+    /// producer whose messages timed out must bump its epoch, which some brokers refuse
+    /// (tansu), and a fresh producer starts clean. Event ids make the resends harmless.
+    pub producer: FutureProducer,
+}
+
+impl Poller {
+    fn renew_producer(&mut self) {
+        match kafka::producer(&self.context.config.kafka, PRODUCER_LINGER) {
+            Ok(producer) => self.producer = producer,
+            Err(e) => warn!(error = %e, "a new kafka producer could not be made; keeping the old one"),
+        }
+    }
+
+    pub(super) async fn run(mut self) {
+        let mut cursor = self.load_cursor().await;
+        let mut backoff = Duration::ZERO;
+        let mut healthy: Option<bool> = None;
+        loop {
+            let wait = match self.poll_once(cursor).await {
+                Ok(Some(next)) => {
+                    cursor = next;
+                    backoff = Duration::ZERO;
+                    self.report(&mut healthy, true, None).await;
+                    Duration::ZERO
+                }
+                Ok(None) => {
+                    backoff = Duration::ZERO;
+                    self.report(&mut healthy, true, None).await;
+                    Duration::from_millis(self.config.poll_interval_ms)
+                }
+                Err(reason) => {
+                    self.renew_producer();
+                    backoff = (backoff * 2)
+                        .clamp(Duration::from_millis(200), Duration::from_millis(self.config.retry_max_ms));
+                    warn!(reason, retry_in_ms = backoff.as_millis() as u64, "erp poll failed; the cursor stays");
+                    self.report(&mut healthy, false, Some(reason)).await;
+                    backoff
+                }
+            };
+            let lag = (Utc::now() - cursor.changed_at).num_seconds().max(0);
+            self.context.metrics.erp_cursor_lag_seconds.set(lag);
+            tokio::select! {
+                _ = self.context.shutdown.cancelled() => return,
+                _ = tokio::time::sleep(wait) => {}
+            }
+        }
+    }
+
+    /// Reads and produces one batch; the new cursor, or `None` when the journal is caught up.
+    async fn poll_once(&self, cursor: Cursor) -> Result<Option<Cursor>, String> {
+        let rows = self.read(cursor).await.map_err(|e| format!("the erp database: {e}"))?;
+        let Some(last) = rows.last() else { return Ok(None) };
+        let next = Cursor { changed_at: last.changed_at, id: last.id };
+        self.produce(&rows).await?;
+        let text = serde_json::to_string(&next).expect("a cursor serializes");
+        self.context
+            .store
+            .set_connector_state(SOURCE, "cursor", &text)
+            .await
+            .map_err(|e| format!("the cursor was not saved: {e}"))?;
+        Ok(Some(next))
+    }
+
+    async fn read(&self, cursor: Cursor) -> Result<Vec<JournalRow>, sqlx::Error> {
+        let rows = sqlx::query(&self.config.query)
+            .bind(cursor.changed_at)
+            .bind(cursor.id)
+            .bind(self.config.safety_delay_ms as f64 / 1000.0)
+            .bind(self.config.batch_rows_max)
+            .fetch_all(&self.journal)
+            .await?;
+        rows.iter()
+            .map(|r| {
+                Ok(JournalRow {
+                    id: r.try_get("id")?,
+                    changed_at: r.try_get("changed_at")?,
+                    item: r.try_get("item")?,
+                    warehouse: r.try_get("warehouse")?,
+                    movement_type: r.try_get("movement_type")?,
+                    quantity: r.try_get("quantity")?,
+                    reference: r.try_get("reference")?,
+                })
+            })
+            .collect()
+    }
+
+    /// Produces every row's movement or dead letter and waits for all acknowledgements.
+    async fn produce(&self, rows: &[JournalRow]) -> Result<(), String> {
+        let context = &self.context;
+        let timeout = Duration::from_millis(context.config.kafka.produce_timeout_ms);
+        let now = Utc::now();
+        let sends = rows.iter().map(|row| async move {
+            match mapping::to_movement(row, &self.codes, now) {
+                Ok(m) => {
+                    let payload = m.to_json();
+                    let record = FutureRecord::to(&context.topics.movements).key(m.kafka_key()).payload(&payload);
+                    self.producer.send(record, timeout).await.map(|_| "produced").map_err(|(e, _)| e)
+                }
+                Err(unmapped) => {
+                    let payload = serde_json::to_vec(row).expect("a row serializes");
+                    let letter = DeadLetter {
+                        source: SOURCE,
+                        key: Some(&row.item),
+                        payload: &payload,
+                        reason_code: unmapped.code,
+                        reason: &unmapped.message,
+                    };
+                    dead_letter(&self.producer, &context.topics.dlq, letter, timeout).await.map(|()| "dead_lettered")
+                }
+            }
+        });
+        let mut failed = None;
+        for result in join_all(sends).await {
+            match result {
+                Ok(outcome) => context.metrics.erp_rows_total.with_label_values(&[outcome]).inc(),
+                Err(e) => failed = Some(e),
+            }
+        }
+        match failed {
+            Some(e) => Err(format!("kafka did not acknowledge every row: {e}")),
+            None => Ok(()),
+        }
+    }
+
+    async fn load_cursor(&self) -> Cursor {
+        loop {
+            match self.context.store.connector_state(SOURCE, "cursor").await {
+                Ok(Some(text)) => match serde_json::from_str(&text) {
+                    Ok(cursor) => return cursor,
+                    Err(e) => warn!(error = %e, "the saved erp cursor is not readable; starting from the beginning"),
+                },
+                Ok(None) => {}
+                Err(e) => {
+                    warn!(error = %e, "the erp cursor cannot be read yet; trying again");
+                    tokio::time::sleep(Duration::from_secs(1)).await;
+                    continue;
+                }
+            }
+            return Cursor::default();
+        }
+    }
+
+    /// Tells the sources' table when the health changes.
+    async fn report(&self, healthy: &mut Option<bool>, now_healthy: bool, detail: Option<String>) {
+        if *healthy == Some(now_healthy) {
+            return;
+        }
+        let update = SourceUpdate::Health { healthy: now_healthy, detail };
+        match self.context.store.update_source(SOURCE, &update, Utc::now()).await {
+            Ok(_) => {
+                if now_healthy && healthy.is_some() {
+                    info!("erp connector healthy again");
+                }
+                *healthy = Some(now_healthy);
+            }
+            Err(e) => warn!(error = %e, "erp health not recorded"),
+        }
+    }
+}

@@ -1,0 +1,69 @@
+//! The ERP mapping on journal rows as the fixture ERP writes them.
+
+use std::collections::BTreeMap;
+
+use chrono::{TimeZone, Utc};
+use onhand_core::event::MovementKind;
+
+use super::mapping::*;
+
+fn codes() -> Codes {
+    let kinds: BTreeMap<String, String> =
+        [("ENT", "receipt"), ("SAI", "sale"), ("AJU", "adjustment"), ("INV", "count")]
+            .into_iter()
+            .map(|(a, b)| (a.to_string(), b.to_string()))
+            .collect();
+    let locations: BTreeMap<String, String> =
+        [("CD01", "dc-sp"), ("L001", "store-001")].into_iter().map(|(a, b)| (a.to_string(), b.to_string())).collect();
+    Codes::new(&kinds, &locations, "erp-main").unwrap()
+}
+
+fn row(id: i64, movement_type: &str, warehouse: &str, quantity: i64) -> JournalRow {
+    JournalRow {
+        id,
+        changed_at: Utc.with_ymd_and_hms(2026, 11, 22, 17, 40, 12).unwrap(),
+        item: "7891000100561".into(),
+        warehouse: warehouse.into(),
+        movement_type: movement_type.into(),
+        quantity,
+        reference: Some("NF-000123".into()),
+    }
+}
+
+#[test]
+fn journal_rows_become_movements_with_the_kinds_direction() {
+    let now = Utc.with_ymd_and_hms(2026, 11, 22, 17, 40, 15).unwrap();
+    // (movement type, warehouse, ERP quantity) -> (kind, quantity, delta)
+    let cases = [
+        ("ENT", "CD01", 480, MovementKind::Receipt, 480, Some(480)),
+        ("SAI", "L001", -2, MovementKind::Sale, 2, Some(-2)),
+        ("AJU", "L001", -6, MovementKind::Adjustment, -6, Some(-6)),
+        ("INV", "L001", 37, MovementKind::Count, 37, None),
+    ];
+    for (code, warehouse, erp_quantity, kind, quantity, delta) in cases {
+        let m = to_movement(&row(981234, code, warehouse, erp_quantity), &codes(), now).unwrap();
+        assert_eq!((m.kind, m.quantity, m.delta()), (kind, quantity, delta), "{code}");
+        assert_eq!(m.event_id.as_str(), "erp:journal:981234");
+        assert_eq!(m.source.reference, "journal:981234");
+        assert_eq!(m.attributes.get("reference").map(String::as_str), Some("NF-000123"));
+    }
+}
+
+#[test]
+fn unknown_codes_and_bad_rows_are_refused_with_a_reason() {
+    let now = Utc::now();
+    assert_eq!(to_movement(&row(1, "XXX", "CD01", 1), &codes(), now).unwrap_err().code, "erp_unknown_movement_type");
+    assert_eq!(to_movement(&row(1, "ENT", "ZZ99", 1), &codes(), now).unwrap_err().code, "erp_unknown_warehouse");
+    assert_eq!(to_movement(&row(1, "ENT", "CD01", 0), &codes(), now).unwrap_err().code, "invalid_quantity");
+    let mut bad_item = row(1, "ENT", "CD01", 1);
+    bad_item.item = "7891 000".into();
+    assert_eq!(to_movement(&bad_item, &codes(), now).unwrap_err().code, "invalid_sku");
+}
+
+#[test]
+fn the_code_maps_are_checked_at_start() {
+    let kinds: BTreeMap<String, String> = [("RES".to_string(), "reserve".to_string())].into();
+    assert!(Codes::new(&kinds, &BTreeMap::new(), "erp").unwrap_err().contains("kinds.RES"));
+    let locations: BTreeMap<String, String> = [("X".to_string(), "no/slash".to_string())].into();
+    assert!(Codes::new(&BTreeMap::new(), &locations, "erp").unwrap_err().contains("locations.X"));
+}

@@ -1,0 +1,75 @@
+//! The ERP journal captured by polling, through a cut of the network between the ERP side
+//! and Kafka: every row arrives exactly once.
+
+mod common;
+
+use common::*;
+use onhand_core::testing::fresh_postgres_url;
+use serde_json::json;
+use sqlx::{Connection, Executor, PgConnection};
+
+async fn erp_database() -> (String, PgConnection) {
+    let url = fresh_postgres_url().await;
+    let mut erp = PgConnection::connect(&url).await.unwrap();
+    erp.execute(include_str!("fixtures/erp/schema.sql")).await.unwrap();
+    erp.execute(include_str!("fixtures/erp/seed.sql")).await.unwrap();
+    (url, erp)
+}
+
+async fn source(addr: std::net::SocketAddr, name: &str) -> serde_json::Value {
+    let (_, sources) = http_get(addr, "/v1/sources").await;
+    sources["sources"].as_array().and_then(|s| s.iter().find(|s| s["source"] == name).cloned()).unwrap_or_default()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn every_journal_row_arrives_once_through_a_network_cut() {
+    let broker = PrivateBroker::start().await;
+    let (erp_url, mut erp) = erp_database().await;
+    let mut config = test_config(3).await;
+    config.kafka.brokers = broker.proxy.addr.to_string();
+    config.kafka.produce_timeout_ms = 3_000;
+    config.connectors.insert(
+        "erp".into(),
+        json!({
+            "source_url": erp_url, "poll_interval_ms": 100, "safety_delay_ms": 0, "retry_max_ms": 1000,
+            "kinds": { "ENT": "receipt", "SAI": "sale", "AJU": "adjustment", "INV": "count" },
+            "locations": { "CD01": "dc-sp" },
+        }),
+    );
+    let app = serve(&config).await;
+    until_recorded(&app, 2, 60).await;
+    assert_eq!(levels(&app, "SKU-E").await["dc-sp"], 1990);
+    let dlq = consume_all_from(&config.kafka.brokers, &config.kafka.topics.dlq, 1);
+    let header = |name: &str| {
+        use rdkafka::message::{Headers, Message};
+        let headers = dlq[0].headers().expect("dead letters carry headers");
+        headers.iter().find(|h| h.key == name).and_then(|h| h.value).map(|v| String::from_utf8_lossy(v).to_string())
+    };
+    assert_eq!(header("onhand.dlq.reason_code").as_deref(), Some("erp_unknown_movement_type"));
+    assert_eq!(header("onhand.dlq.source").as_deref(), Some("erp"));
+
+    broker.proxy.cut();
+    for _ in 0..10 {
+        let rows: Vec<String> = (0..100).map(|i| format!("('SKU-E', 'CD01', 'SAI', -1, 'PV-{i}')")).collect();
+        let insert = format!(
+            "INSERT INTO stock_journal (item, warehouse, movement_type, quantity, reference) VALUES {}",
+            rows.join(",")
+        );
+        erp.execute(insert.as_str()).await.unwrap();
+    }
+    let down = eventually("the connector reports kafka unreachable", 60, || async {
+        let erp = source(app.local_addr, "erp").await;
+        (erp["healthy"] == false).then_some(erp)
+    })
+    .await;
+    assert!(down["detail"].as_str().unwrap_or_default().contains("kafka"), "{down}");
+
+    broker.proxy.restore();
+    until_recorded(&app, 1002, 120).await;
+    assert_eq!(levels(&app, "SKU-E").await["dc-sp"], 990, "every row once");
+    eventually("the connector is healthy again", 30, || async {
+        (source(app.local_addr, "erp").await["healthy"] == true).then_some(())
+    })
+    .await;
+    app.stop().await.unwrap();
+}
