@@ -6,10 +6,14 @@
 //!   (its catalog, its saved cursors), the stock cache, the configuration, the shutdown
 //!   signal and the metrics.
 //! - [`registry`]: the explicit list of connectors, built from the configuration.
+//! - [`shopify`]: the Shopify web store: orders, refunds and manual changes in (webhooks
+//!   and a reconciliation), the web channel's availability out (a sink).
 //!
 //! Each connector lives in a folder of its own with the same files: `config.rs` (typed,
 //! `deny_unknown_fields`), `source.rs` (the task reading the outside system), `mapping.rs`
 //! (pure functions from the outside format to movements) and `tests.rs`.
+
+pub mod shopify;
 
 use std::sync::Arc;
 
@@ -76,13 +80,18 @@ pub trait Connector: Send + Sync + std::fmt::Debug {
 /// section: the one place a new connector is added. A connector without a section does not
 /// run; a section it cannot read refuses the start.
 pub fn registry(config: &Config) -> Result<Vec<Arc<dyn Connector>>, ConnectorError> {
-    let connectors: Vec<Arc<dyn Connector>> = Vec::new();
-    if let Some(name) = config.connectors.keys().next() {
-        return Err(ConnectorError {
-            connector: "registry",
-            message: format!("no connector is named {name:?}"),
-            retryable: false,
-        });
+    let mut connectors: Vec<Arc<dyn Connector>> = Vec::new();
+    for (name, section) in &config.connectors {
+        match name.as_str() {
+            shopify::NAME => connectors.push(Arc::new(shopify::Shopify::from_section(config, section)?)),
+            _ => {
+                return Err(ConnectorError {
+                    connector: "registry",
+                    message: format!("no connector is named {name:?}"),
+                    retryable: false,
+                })
+            }
+        }
     }
     Ok(connectors)
 }
