@@ -126,6 +126,15 @@ async fn webhooks_become_movements_once_and_bad_ones_change_nothing() {
     on_hand_is(&app, RICE, "store-012", 2).await;
     on_hand_is(&app, OIL, "dc-sp", 5).await;
 
+    // A large order (a long note) is read whole: webhooks have their own body limit.
+    let mut large: Value = serde_json::from_str(ORDERS_CREATE).unwrap();
+    large["id"] = json!(777);
+    large["note"] = json!("x".repeat(200 * 1024));
+    large["line_items"].as_array_mut().unwrap().truncate(1);
+    let (status, answer) = deliver(addr, "orders/create", "e-large", &large.to_string(), SECRET).await;
+    assert_eq!((status, answer["movements"].as_u64()), (200, Some(1)), "{answer}");
+    on_hand_is(&app, RICE, "dc-sp", 7).await;
+
     let (status, answer) = deliver(addr, "products/update", "e-other", "{}", SECRET).await;
     assert_eq!((status, answer["status"].as_str()), (200, Some("ignored")));
     assert_eq!(metric(&app, "onhand_shopify_webhooks_total{outcome=\"ignored\",topic=\"other\"}"), 1.0);
@@ -147,8 +156,8 @@ async fn webhooks_become_movements_once_and_bad_ones_change_nothing() {
     assert!(header("onhand.dlq.reason").unwrap().contains("shopify:order:555:line:141249953214522974"));
     assert_eq!(dead[0].payload(), Some(unknown.to_string().as_bytes()), "the original webhook body");
 
-    // 2 receipts, 2 sales, 1 return, 2 cancellation returns: the bad deliveries added nothing.
-    until_recorded(&app, 7, 60).await;
+    // 2 receipts, 3 sales, 1 return, 2 cancellation returns: the bad deliveries added nothing.
+    until_recorded(&app, 8, 60).await;
     assert_eq!(metric(&app, "onhand_ledger_duplicates_skipped_total"), 2.0);
     assert_eq!(
         metric(&app, "onhand_shopify_webhooks_total{outcome=\"invalid_signature\",topic=\"orders_create\"}"),

@@ -10,7 +10,7 @@ use tokio::time::Instant;
 
 use super::{
     config::{HttpClientConfig, Secret},
-    mapping::{gid, gid_number},
+    mapping::gid,
     payloads::GqlOrder,
 };
 
@@ -301,11 +301,6 @@ fn without_url(e: reqwest::Error) -> String {
         "request failed"
     };
     kind.to_string()
-}
-
-/// The inventory item id of a global id, for reading answers.
-pub fn item_of(gid: &str) -> Option<u64> {
-    gid_number(gid)
 }
 
 #[cfg(test)]

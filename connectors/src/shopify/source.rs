@@ -23,7 +23,6 @@ use futures::future::try_join_all;
 use hmac::{Hmac, Mac};
 use onhand_core::{
     api::error_body,
-    event::Sku,
     kafka::{dead_letter, DeadLetter},
     store::Store,
 };
@@ -344,11 +343,4 @@ pub async fn reconcile_round(shared: &Shared) -> Result<(), ShopifyError> {
     shared.context.metrics.shopify_reconcile_cursor_age_seconds.set(age);
     info!(cursor = %cursor, "shopify reconciliation round done");
     Ok(())
-}
-
-/// The SKU a product of the catalog has for an inventory item, if any.
-pub async fn sku_of_item(store: &dyn Store, inventory_item_id: u64) -> Result<Option<Sku>, ShopifyError> {
-    let found =
-        store.products_by_attribute(mapping::INVENTORY_ITEM_ATTRIBUTE, &[inventory_item_id.to_string()]).await?;
-    Ok(found.into_iter().next().map(|p| p.sku))
 }
