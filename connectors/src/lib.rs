@@ -108,3 +108,37 @@ pub fn section<T: serde::de::DeserializeOwned>(
         retryable: false,
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use onhand_core::config::{ChannelConfig, Config};
+    use serde_json::json;
+
+    use super::registry;
+
+    fn shopify_section() -> serde_json::Value {
+        json!({
+            "shop": "casa-onhand.myshopify.com", "access_token": "shpat_x", "webhook_secret": "s",
+            "default_location": "dc-sp", "sink": { "channel": "web", "location_id": 1 }
+        })
+    }
+
+    #[test]
+    fn the_registry_builds_known_connectors_and_refuses_unknown_names() {
+        let mut config = Config::default();
+        config.channels.insert("web".into(), ChannelConfig { all_locations: true, locations: Vec::new() });
+        assert!(registry(&config).unwrap().is_empty(), "no section, no connector");
+        config.connectors.insert("shopify".into(), shopify_section());
+        let connectors = registry(&config).unwrap();
+        assert_eq!(connectors.iter().map(|c| c.name()).collect::<Vec<_>>(), ["shopify"]);
+
+        config.connectors.insert("sap".into(), json!({}));
+        let refused = registry(&config).unwrap_err();
+        assert_eq!((refused.message.as_str(), refused.retryable), ("no connector is named \"sap\"", false));
+
+        config.connectors.remove("sap");
+        config.channels.remove("web");
+        let refused = registry(&config).unwrap_err();
+        assert!(refused.message.contains("sink.channel \"web\" is not a channel"), "{}", refused.message);
+    }
+}
