@@ -6,6 +6,8 @@
 //!   (its catalog, its saved cursors), the stock cache, the configuration, the shutdown
 //!   signal and the metrics.
 //! - [`registry`]: the explicit list of connectors, built from the configuration.
+//! - [`shopify`]: the Shopify web store: orders, refunds and manual changes in (webhooks
+//!   and a reconciliation), the web channel's availability out (a sink).
 //!
 //! Each connector lives in a folder of its own with the same files: `config.rs` (typed,
 //! `deny_unknown_fields`), `source.rs` (the task or routes reading the outside system),
@@ -16,6 +18,8 @@
 
 pub mod erp;
 pub mod pos;
+
+pub mod shopify;
 
 use std::sync::Arc;
 
@@ -88,10 +92,13 @@ pub fn registry(config: &Config) -> Result<Vec<Arc<dyn Connector>>, ConnectorErr
         match name.as_str() {
             "pos" => connectors.push(Arc::new(pos::Pos::new(section("pos", value)?))),
             "erp" => connectors.push(Arc::new(erp::Erp::new(section("erp", value)?)?)),
+            shopify::NAME => connectors.push(Arc::new(shopify::Shopify::from_section(config, value)?)),
             other => {
                 return Err(ConnectorError {
                     connector: "registry",
-                    message: format!("[connectors.{other}]: no connector is named {other:?} (known: erp, pos)"),
+                    message: format!(
+                        "[connectors.{other}]: no connector is named {other:?} (known: erp, pos, shopify)"
+                    ),
                     retryable: false,
                 })
             }
@@ -111,4 +118,44 @@ pub fn section<T: serde::de::DeserializeOwned>(
         message: format!("[connectors.{connector}] is not valid: {e}"),
         retryable: false,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use onhand_core::config::{ChannelConfig, Config};
+    use serde_json::json;
+
+    use super::registry;
+
+    fn shopify_section() -> serde_json::Value {
+        json!({
+            "shop": "casa-onhand.myshopify.com", "access_token": "shpat_x", "webhook_secret": "s",
+            "default_location": "dc-sp", "sink": { "channel": "web", "location_id": 1 }
+        })
+    }
+
+    #[test]
+    fn the_registry_builds_known_connectors_and_refuses_unknown_names() {
+        let mut config = Config::default();
+        config.channels.insert("web".into(), ChannelConfig { all_locations: true, locations: Vec::new() });
+        assert!(registry(&config).unwrap().is_empty(), "no section, no connector");
+        config.connectors.insert("shopify".into(), shopify_section());
+        let connectors = registry(&config).unwrap();
+        assert_eq!(connectors.iter().map(|c| c.name()).collect::<Vec<_>>(), ["shopify"]);
+
+        config.connectors.insert("sap".into(), json!({}));
+        let refused = registry(&config).unwrap_err();
+        assert!(refused.message.contains("no connector is named \"sap\""), "{}", refused.message);
+        assert!(!refused.retryable);
+        config.connectors.remove("sap");
+        config.connectors.insert("pos".into(), json!({}));
+        let names: Vec<&str> = registry(&config).unwrap().iter().map(|c| c.name()).collect();
+        assert_eq!(names, ["pos", "shopify"]);
+        config.connectors.remove("pos");
+
+        config.connectors.remove("sap");
+        config.channels.remove("web");
+        let refused = registry(&config).unwrap_err();
+        assert!(refused.message.contains("sink.channel \"web\" is not a channel"), "{}", refused.message);
+    }
 }

@@ -49,6 +49,13 @@ pub struct Registered {
     pub source_gap: IntGaugeVec,
     pub source_healthy: IntGaugeVec,
     pub reservations_closed_total: IntCounterVec,
+    pub shopify_webhooks_total: IntCounterVec,
+    pub shopify_dlq_records_total: IntCounterVec,
+    pub shopify_level_updates_total: IntCounterVec,
+    pub shopify_reconcile_movements_total: IntCounter,
+    pub shopify_reconcile_cursor_age_seconds: IntGauge,
+    pub shopify_pushes_total: IntCounterVec,
+    pub shopify_pending_items: IntGauge,
 }
 
 impl Default for Metrics {
@@ -81,6 +88,11 @@ impl Metrics {
         )
         .expect("a valid metric");
         registry.register(Box::new(lag.clone())).expect("a metric registered once");
+        let gauge = |name: &str, help: &str| {
+            let g = IntGauge::new(name, help).expect("a valid metric");
+            registry.register(Box::new(g.clone())).expect("a metric registered once");
+            g
+        };
 
         let gauge_vec = |name: &str, help: &str| {
             let g = IntGaugeVec::new(Opts::new(name, help), &["source"]).expect("a valid metric");
@@ -176,15 +188,10 @@ impl Metrics {
                 "Stock reads by where the answer came from (cache, database, stale).",
                 &["source"],
             ),
-            query_cache_preloaded_skus: {
-                let g = IntGauge::new(
-                    "onhand_query_cache_preloaded_skus",
-                    "SKUs the cache loaded at start (set when done).",
-                )
-                .expect("a valid metric");
-                registry.register(Box::new(g.clone())).expect("a metric registered once");
-                g
-            },
+            query_cache_preloaded_skus: gauge(
+                "onhand_query_cache_preloaded_skus",
+                "SKUs the cache loaded at start (set when done).",
+            ),
             reservations_requests_total: counter_vec(
                 "onhand_reservations_requests_total",
                 "Reservation requests by outcome (held, short, replayed, refused).",
@@ -194,6 +201,41 @@ impl Metrics {
                 "onhand_reservations_closed_total",
                 "Reservations that stopped holding units, by status (committed, cancelled, expired).",
                 &["status"],
+            ),
+            shopify_webhooks_total: counter_vec(
+                "onhand_shopify_webhooks_total",
+                "Shopify webhooks by topic (orders_create, orders_cancelled, refunds_create, inventory_levels_update, \
+                 other) and outcome (accepted, ignored, invalid_signature, failed).",
+                &["topic", "outcome"],
+            ),
+            shopify_dlq_records_total: counter_vec(
+                "onhand_shopify_dlq_records_total",
+                "Shopify records sent to the dead-letter topic, by reason code.",
+                &["reason"],
+            ),
+            shopify_level_updates_total: counter_vec(
+                "onhand_shopify_level_updates_total",
+                "inventory_levels/update webhooks by verdict (echo, in_sync, no_baseline, not_pushed_location, \
+                 manual_change).",
+                &["verdict"],
+            ),
+            shopify_reconcile_movements_total: counter(
+                "onhand_shopify_reconcile_movements_total",
+                "Movements the reconciliation produced (most are duplicates of webhooks the ledger skips).",
+            ),
+            shopify_reconcile_cursor_age_seconds: gauge(
+                "onhand_shopify_reconcile_cursor_age_seconds",
+                "How far behind now the reconciliation's saved cursor is, after its last round.",
+            ),
+            shopify_pushes_total: counter_vec(
+                "onhand_shopify_pushes_total",
+                "Inventory items the sink handled, by outcome (pushed, unchanged, stale, throttled, failed, \
+                 rejected, unmapped).",
+                &["outcome"],
+            ),
+            shopify_pending_items: gauge(
+                "onhand_shopify_pending_items",
+                "Items whose newest availability the sink has not pushed to Shopify yet (one per item at most).",
             ),
             registry,
         }))

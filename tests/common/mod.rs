@@ -21,6 +21,8 @@ use rdkafka::{
 };
 use serde_json::Value;
 
+pub mod shopify;
+
 /// A configuration for one test: the suite's broker, a fresh database, topics and a
 /// consumer group no other test uses, the HTTP API on a free port.
 pub async fn test_config(partitions: i32) -> Config {

@@ -188,6 +188,10 @@ pub trait Store: Send + Sync + std::fmt::Debug {
     /// Creates or replaces products, in one transaction; answers how many were new.
     async fn put_products(&self, products: &[Product]) -> Result<u64, StoreError>;
     async fn product(&self, sku: &Sku) -> Result<Option<StoredProduct>, StoreError>;
+    /// The products whose attribute `name` has one of `values`, ordered by SKU: how a
+    /// connector finds the SKU of an outside id kept in the catalog (a Shopify variant id
+    /// in `shopify_variant_id`). Answers nothing for a name with `"` or `\\` in it.
+    async fn products_by_attribute(&self, name: &str, values: &[String]) -> Result<Vec<Product>, StoreError>;
     /// Stores a new API key; fails when its id is taken.
     async fn create_api_key(&self, key: &ApiKey) -> Result<(), StoreError>;
     /// The API key with this id, revoked or not.

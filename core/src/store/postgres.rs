@@ -179,6 +179,30 @@ impl Store for PostgresStore {
         .transpose()
     }
 
+    async fn products_by_attribute(&self, name: &str, values: &[String]) -> Result<Vec<Product>, StoreError> {
+        if name.contains(['"', '\\']) || values.is_empty() {
+            return Ok(Vec::new());
+        }
+        // One containment test per value, so that each can use the GIN index of
+        // 0007_product_attributes.sql.
+        let rows = sqlx::query(
+            "SELECT DISTINCT p.sku, p.name, p.category, p.attributes::text AS attributes
+             FROM UNNEST($2::text[]) AS v(value)
+             JOIN products p ON p.attributes @> jsonb_build_object($1::text, v.value)
+             ORDER BY p.sku",
+        )
+        .bind(name)
+        .bind(values)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter()
+            .map(|row| {
+                let attributes: String = row.try_get("attributes")?;
+                product_from(row.try_get("sku")?, row.try_get("name")?, row.try_get("category")?, &attributes)
+            })
+            .collect()
+    }
+
     async fn create_api_key(&self, key: &ApiKey) -> Result<(), StoreError> {
         sqlx::query(
             "INSERT INTO api_keys (id, name, scopes, secret_hash, created_at, revoked_at) VALUES ($1, $2, $3, $4, $5, $6)",

@@ -212,6 +212,28 @@ impl Store for SqliteStore {
         .transpose()
     }
 
+    async fn products_by_attribute(&self, name: &str, values: &[String]) -> Result<Vec<Product>, StoreError> {
+        if name.contains(['"', '\\']) || values.is_empty() {
+            return Ok(Vec::new());
+        }
+        // No index: a development catalog is small enough to scan.
+        let rows = sqlx::query(
+            "SELECT sku, name, category, attributes FROM products
+             WHERE json_extract(attributes, ?1) IN (SELECT value FROM json_each(?2))
+             ORDER BY sku",
+        )
+        .bind(format!("$.\"{name}\""))
+        .bind(serde_json::to_string(values).expect("strings serialize"))
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter()
+            .map(|row| {
+                let attributes: String = row.try_get("attributes")?;
+                product_from(row.try_get("sku")?, row.try_get("name")?, row.try_get("category")?, &attributes)
+            })
+            .collect()
+    }
+
     async fn create_api_key(&self, key: &ApiKey) -> Result<(), StoreError> {
         sqlx::query(
             "INSERT INTO api_keys (id, name, scopes, secret_hash, created_at, revoked_at) VALUES (?, ?, ?, ?, ?, ?)",

@@ -518,6 +518,33 @@ async fn sources_and_location_names_are_kept(store: Arc<dyn Store>) {
     assert_eq!(store.name_locations(&names).await.unwrap(), 0);
 }
 
+async fn products_are_found_by_an_attribute(store: Arc<dyn Store>) {
+    let product = |sku: &str, variant: &str| Product {
+        sku: Sku::parse(sku).unwrap(),
+        name: format!("product {sku}"),
+        category: None,
+        attributes: BTreeMap::from([
+            ("shopify_variant_id".to_string(), variant.to_string()),
+            ("colour".to_string(), "red".to_string()),
+        ]),
+    };
+    store.put_products(&[product("SKU-A", "111"), product("SKU-B", "222"), product("SKU-C", "333")]).await.unwrap();
+    let found = |name: &'static str, values: &[&str]| {
+        let store = Arc::clone(&store);
+        let values: Vec<String> = values.iter().map(|v| v.to_string()).collect();
+        async move {
+            let products = store.products_by_attribute(name, &values).await.unwrap();
+            products.into_iter().map(|p| p.sku.to_string()).collect::<Vec<_>>()
+        }
+    };
+    assert_eq!(found("shopify_variant_id", &["333", "111", "999"]).await, ["SKU-A", "SKU-C"]);
+    assert_eq!(found("shopify_variant_id", &["222"]).await, ["SKU-B"]);
+    assert!(found("shopify_variant_id", &["red"]).await.is_empty(), "only the named attribute is compared");
+    assert_eq!(found("colour", &["red"]).await, ["SKU-A", "SKU-B", "SKU-C"]);
+    assert!(found("shopify_variant_id", &[]).await.is_empty());
+    assert!(found("bad\"name", &["111"]).await.is_empty());
+}
+
 macro_rules! contract {
     ($backend:ident, $open:expr) => {
         mod $backend {
@@ -543,7 +570,8 @@ macro_rules! contract {
                 the_outbox_keeps_records_until_they_are_deleted,
                 concurrent_reservations_never_promise_the_last_unit_twice,
                 connectors_keep_their_state,
-                sources_and_location_names_are_kept);
+                sources_and_location_names_are_kept,
+                products_are_found_by_an_attribute);
         }
     };
     (@each $open:expr; $($case:ident),*) => {

@@ -1,0 +1,350 @@
+//! The Admin GraphQL client: the three operations the connector needs (the orders of the
+//! reconciliation, reading and setting `available` quantities), Shopify's cost-based rate
+//! limit, and errors that know whether a retry may succeed.
+
+use std::{collections::HashMap, sync::Mutex, time::Duration};
+
+use serde::Deserialize;
+use serde_json::{json, Value};
+use tokio::time::Instant;
+
+use super::{
+    config::{HttpClientConfig, Secret},
+    mapping::gid,
+    payloads::GqlOrder,
+};
+
+/// The orders updated since a time, oldest first, with everything the mapping reads.
+pub const ORDERS_QUERY: &str = "query Orders($first: Int!, $after: String, $query: String!) {
+  orders(first: $first, after: $after, query: $query, sortKey: UPDATED_AT) {
+    pageInfo { hasNextPage endCursor }
+    nodes {
+      id name createdAt updatedAt cancelledAt
+      retailLocation { id }
+      lineItems(first: 250) { nodes { id sku quantity variant { id } } }
+      refunds {
+        id createdAt
+        refundLineItems(first: 250) {
+          nodes { id quantity restockType location { id } lineItem { id sku quantity variant { id } } }
+        }
+      }
+    }
+  }
+}";
+
+/// Sets `available` with a compare-and-set per quantity and an idempotency key, as
+/// API version 2026-04 requires.
+pub const SET_QUANTITIES_MUTATION: &str = "mutation SetAvailable($input: InventorySetQuantitiesInput!, $key: String!) {
+  inventorySetQuantities(input: $input) @idempotent(key: $key) {
+    inventoryAdjustmentGroup { reason changes { name delta quantityAfterChange } }
+    userErrors { code field message }
+  }
+}";
+
+#[derive(Debug, thiserror::Error)]
+pub enum AdminError {
+    #[error("shopify is throttling requests; retry in {wait_ms} ms")]
+    Throttled { wait_ms: u64 },
+    #[error("shopify answered http {status}")]
+    Status { status: u16 },
+    #[error("shopify did not answer: {0}")]
+    Unreachable(String),
+    #[error("shopify refused the request: {0}")]
+    GraphQl(String),
+    #[error("shopify's answer is not readable: {0}")]
+    Invalid(String),
+}
+
+impl AdminError {
+    /// Throttling, 5xx, 429 and timeouts pass; a refused query or token does not.
+    pub fn is_retryable(&self) -> bool {
+        match self {
+            AdminError::Throttled { .. } | AdminError::Unreachable(_) => true,
+            AdminError::Status { status } => *status >= 500 || *status == 429,
+            AdminError::GraphQl(_) | AdminError::Invalid(_) => false,
+        }
+    }
+}
+
+/// Shopify's bucket of query cost points, as its last answer described it.
+#[derive(Debug, Clone, Copy)]
+struct Bucket {
+    available: f64,
+    restore_rate: f64,
+    at: Instant,
+}
+
+#[derive(Debug)]
+pub struct Admin {
+    http: reqwest::Client,
+    url: String,
+    token: Secret,
+    bucket: Mutex<Option<Bucket>>,
+}
+
+/// One page of the `orders` query: each order read, or the raw node and why it could not be.
+#[derive(Debug)]
+pub struct OrdersPage {
+    pub orders: Vec<(Value, Result<GqlOrder, String>)>,
+    pub end_cursor: Option<String>,
+    pub has_next_page: bool,
+}
+
+/// One quantity to set.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SetQuantity {
+    pub inventory_item_id: u64,
+    pub quantity: i64,
+    /// What Shopify is believed to hold now; the set fails as stale when it holds another.
+    pub change_from: i64,
+}
+
+/// What became of a set.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct SetOutcome {
+    /// Indexes of quantities whose `changeFromQuantity` did not match: re-read and retry.
+    pub stale: Vec<usize>,
+    /// Indexes Shopify refused for good (unknown item or location), with its message.
+    pub rejected: Vec<(usize, String)>,
+    /// Any user error means nothing of the call was applied.
+    pub applied: bool,
+}
+
+impl Admin {
+    pub fn new(url: String, token: Secret, config: &HttpClientConfig) -> Result<Self, reqwest::Error> {
+        let http = reqwest::Client::builder().timeout(Duration::from_millis(config.request_timeout_ms)).build()?;
+        Ok(Self { http, url, token, bucket: Mutex::new(None) })
+    }
+
+    /// Runs a GraphQL operation and answers its `data`, waiting first when the last answer
+    /// said the bucket is too low for `cost`.
+    pub async fn graphql(&self, query: &str, variables: Value, cost: f64) -> Result<Value, AdminError> {
+        self.wait_for_points(cost).await;
+        let response = self
+            .http
+            .post(&self.url)
+            .header("X-Shopify-Access-Token", self.token.expose())
+            .json(&json!({ "query": query, "variables": variables }))
+            .send()
+            .await
+            .map_err(|e| AdminError::Unreachable(without_url(e)))?;
+        let status = response.status().as_u16();
+        let body: Option<Value> = response.json().await.ok();
+        let body = match (status, body) {
+            (200, Some(body)) => body,
+            (429, body) => {
+                return Err(AdminError::Throttled { wait_ms: body.as_ref().map_or(1_000, throttle_wait_ms) })
+            }
+            (200, None) => return Err(AdminError::Invalid("the body is not JSON".into())),
+            (status, _) => return Err(AdminError::Status { status }),
+        };
+        self.remember_bucket(&body);
+        if let Some(errors) = body.get("errors").and_then(Value::as_array).filter(|e| !e.is_empty()) {
+            if errors.iter().any(|e| e["extensions"]["code"] == "THROTTLED") {
+                return Err(AdminError::Throttled { wait_ms: throttle_wait_ms(&body) });
+            }
+            let messages: Vec<&str> = errors.iter().filter_map(|e| e["message"].as_str()).collect();
+            return Err(AdminError::GraphQl(messages.join("; ")));
+        }
+        body.get("data").cloned().ok_or_else(|| AdminError::Invalid("no data in the answer".into()))
+    }
+
+    async fn wait_for_points(&self, cost: f64) {
+        let wait = {
+            let bucket = self.bucket.lock().expect("the bucket lock is never poisoned");
+            bucket.and_then(|b| {
+                let restored = b.available + b.restore_rate * b.at.elapsed().as_secs_f64();
+                (restored < cost && b.restore_rate > 0.0)
+                    .then(|| Duration::from_secs_f64((cost - restored) / b.restore_rate))
+            })
+        };
+        if let Some(wait) = wait {
+            tokio::time::sleep(wait).await;
+        }
+    }
+
+    fn remember_bucket(&self, body: &Value) {
+        let status = &body["extensions"]["cost"]["throttleStatus"];
+        if let (Some(available), Some(restore_rate)) =
+            (status["currentlyAvailable"].as_f64(), status["restoreRate"].as_f64())
+        {
+            let bucket = Bucket { available, restore_rate, at: Instant::now() };
+            *self.bucket.lock().expect("the bucket lock is never poisoned") = Some(bucket);
+        }
+    }
+
+    /// A page of the orders updated at or after `since` (RFC 3339), oldest first.
+    pub async fn orders_page(&self, since: &str, first: u32, after: Option<&str>) -> Result<OrdersPage, AdminError> {
+        let variables = json!({ "first": first, "after": after, "query": format!("updated_at:>='{since}'") });
+        // Requested cost grows with the page: about 4 points per order with its lines.
+        let data = self.graphql(ORDERS_QUERY, variables, f64::from(first) * 4.0).await?;
+        let orders = &data["orders"];
+        let nodes = orders["nodes"].as_array().ok_or_else(|| AdminError::Invalid("orders.nodes is missing".into()))?;
+        Ok(OrdersPage {
+            orders: nodes
+                .iter()
+                .map(|node| (node.clone(), serde_json::from_value(node.clone()).map_err(|e| e.to_string())))
+                .collect(),
+            end_cursor: orders["pageInfo"]["endCursor"].as_str().map(str::to_string),
+            has_next_page: orders["pageInfo"]["hasNextPage"].as_bool().unwrap_or(false),
+        })
+    }
+
+    /// The `available` quantity of each item at `location_id`; an item Shopify does not
+    /// stock there is left out.
+    pub async fn read_available(&self, items: &[u64], location_id: u64) -> Result<HashMap<u64, i64>, AdminError> {
+        let location = gid("Location", location_id);
+        let fields: Vec<String> = items
+            .iter()
+            .enumerate()
+            .map(|(i, item)| {
+                format!(
+                    "i{i}: inventoryItem(id: \"{}\") {{ id inventoryLevel(locationId: \"{location}\") \
+                     {{ quantities(names: [\"available\"]) {{ name quantity }} }} }}",
+                    gid("InventoryItem", *item)
+                )
+            })
+            .collect();
+        let data =
+            self.graphql(&format!("query {{ {} }}", fields.join(" ")), json!({}), items.len() as f64 * 3.0).await?;
+        let mut out = HashMap::new();
+        for (i, item) in items.iter().enumerate() {
+            let level = &data[format!("i{i}")]["inventoryLevel"];
+            let available = level["quantities"]
+                .as_array()
+                .and_then(|q| q.iter().find(|q| q["name"] == "available"))
+                .and_then(|q| q["quantity"].as_i64());
+            if let Some(available) = available {
+                out.insert(*item, available);
+            }
+        }
+        Ok(out)
+    }
+
+    /// Sets `available` at `location_id` for every quantity in one call.
+    pub async fn set_available(
+        &self,
+        quantities: &[SetQuantity],
+        location_id: u64,
+        idempotency_key: &str,
+    ) -> Result<SetOutcome, AdminError> {
+        let location = gid("Location", location_id);
+        let input = json!({
+            "name": "available",
+            "reason": "correction",
+            "referenceDocumentUri": "onhand://sink",
+            "quantities": quantities.iter().map(|q| json!({
+                "inventoryItemId": gid("InventoryItem", q.inventory_item_id),
+                "locationId": location,
+                "quantity": q.quantity,
+                "changeFromQuantity": q.change_from,
+            })).collect::<Vec<_>>(),
+        });
+        let cost = 10.0 + quantities.len() as f64;
+        let data =
+            self.graphql(SET_QUANTITIES_MUTATION, json!({ "input": input, "key": idempotency_key }), cost).await?;
+        let errors: Vec<UserError> = serde_json::from_value(data["inventorySetQuantities"]["userErrors"].clone())
+            .map_err(|e| AdminError::Invalid(format!("userErrors: {e}")))?;
+        Ok(set_outcome(&errors, quantities.len()))
+    }
+}
+
+#[derive(Debug, Deserialize)]
+struct UserError {
+    #[serde(default)]
+    code: Option<String>,
+    #[serde(default)]
+    field: Option<Vec<String>>,
+    message: String,
+}
+
+/// Sorts user errors by the quantity they name (`["input", "quantities", "3", ...]`). An
+/// error that names none is held against every quantity, as a refusal.
+fn set_outcome(errors: &[UserError], count: usize) -> SetOutcome {
+    let mut outcome = SetOutcome { applied: errors.is_empty(), ..SetOutcome::default() };
+    for error in errors {
+        let index = error
+            .field
+            .as_ref()
+            .and_then(|f| f.iter().skip_while(|p| *p != "quantities").nth(1))
+            .and_then(|i| i.parse::<usize>().ok())
+            .filter(|i| *i < count);
+        let stale = matches!(error.code.as_deref(), Some("CHANGE_FROM_QUANTITY_STALE" | "COMPARE_QUANTITY_STALE"));
+        match (index, stale) {
+            (Some(i), true) => outcome.stale.push(i),
+            (Some(i), false) => outcome.rejected.push((i, error.message.clone())),
+            (None, true) => outcome.stale.extend(0..count),
+            (None, false) => outcome.rejected.extend((0..count).map(|i| (i, error.message.clone()))),
+        }
+    }
+    outcome.stale.sort_unstable();
+    outcome.stale.dedup();
+    outcome
+}
+
+/// How long until the bucket holds what the refused query asked for.
+fn throttle_wait_ms(body: &Value) -> u64 {
+    let cost = &body["extensions"]["cost"];
+    let requested = cost["requestedQueryCost"].as_f64().unwrap_or(0.0);
+    let available = cost["throttleStatus"]["currentlyAvailable"].as_f64().unwrap_or(0.0);
+    let rate = cost["throttleStatus"]["restoreRate"].as_f64().filter(|r| *r > 0.0).unwrap_or(50.0);
+    (((requested - available).max(0.0) / rate) * 1000.0).ceil().clamp(100.0, 60_000.0) as u64
+}
+
+/// reqwest's message without the URL, which is the shop's and says nothing new.
+fn without_url(e: reqwest::Error) -> String {
+    let kind = if e.is_timeout() {
+        "timed out"
+    } else if e.is_connect() {
+        "connection failed"
+    } else {
+        "request failed"
+    };
+    kind.to_string()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn errors(value: Value) -> Vec<UserError> {
+        serde_json::from_value(value).unwrap()
+    }
+
+    #[test]
+    fn user_errors_are_sorted_by_the_quantity_they_name() {
+        let outcome = set_outcome(
+            &errors(json!([
+                {"code": "CHANGE_FROM_QUANTITY_STALE", "field": ["input", "quantities", "1", "changeFromQuantity"],
+                 "message": "The specified compare quantity does not match the current quantity."},
+                {"code": "INVALID_INVENTORY_ITEM", "field": ["input", "quantities", "2", "inventoryItemId"],
+                 "message": "The specified inventory item could not be found."}
+            ])),
+            3,
+        );
+        assert_eq!(outcome.stale, [1]);
+        assert_eq!(outcome.rejected, [(2, "The specified inventory item could not be found.".to_string())]);
+        assert!(!outcome.applied);
+        assert!(set_outcome(&[], 3).applied);
+    }
+
+    #[test]
+    fn a_throttled_answer_says_how_long_to_wait() {
+        let body = json!({
+            "errors": [{"message": "Throttled", "extensions": {"code": "THROTTLED"}}],
+            "extensions": {"cost": {"requestedQueryCost": 752, "actualQueryCost": null,
+                "throttleStatus": {"maximumAvailable": 1000.0, "currentlyAvailable": 652, "restoreRate": 50.0}}}
+        });
+        assert_eq!(throttle_wait_ms(&body), 2_000);
+        assert_eq!(throttle_wait_ms(&json!({})), 100, "no status: a short wait");
+    }
+
+    #[test]
+    fn errors_know_whether_a_retry_may_succeed() {
+        assert!(AdminError::Status { status: 503 }.is_retryable());
+        assert!(AdminError::Throttled { wait_ms: 1 }.is_retryable());
+        assert!(AdminError::Unreachable("timed out".into()).is_retryable());
+        assert!(!AdminError::Status { status: 401 }.is_retryable());
+        assert!(!AdminError::GraphQl("Field 'x' doesn't exist".into()).is_retryable());
+    }
+}

@@ -1,0 +1,229 @@
+//! `[connectors.shopify]`: which shop, its secrets, how its locations map to onhand's, and
+//! the limits of the reconciliation and the sink. `docs/connectors/shopify.md` explains
+//! each field; `deploy/onhand.toml` has a commented example.
+
+use std::collections::BTreeMap;
+
+use onhand_core::{config::Config, event::LocationId};
+use serde::{Deserialize, Deserializer};
+
+use crate::ConnectorError;
+
+/// The Admin API version whose shapes this connector reads and writes. 2026-04 is the
+/// first version that requires `changeFromQuantity` and an idempotency key on
+/// `inventorySetQuantities`, which the sink sends.
+pub const API_VERSION: &str = "2026-04";
+
+/// A secret from the configuration: never printed, not even by `Debug`.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Secret(String);
+
+impl Secret {
+    pub fn new(value: impl Into<String>) -> Self {
+        Self(value.into())
+    }
+
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl std::fmt::Debug for Secret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Secret(***)")
+    }
+}
+
+impl<'de> Deserialize<'de> for Secret {
+    /// Accepts a number too: an environment variable made only of digits reaches the
+    /// section as one.
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        match serde_json::Value::deserialize(d)? {
+            serde_json::Value::String(s) if !s.is_empty() => Ok(Secret(s)),
+            serde_json::Value::Number(n) => Ok(Secret(n.to_string())),
+            _ => Err(serde::de::Error::custom("a secret must be a non-empty string")),
+        }
+    }
+}
+
+/// The connector's section, read once at start.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ShopifyConfig {
+    /// The shop's domain, `example.myshopify.com`: the `source.instance` of every movement.
+    pub shop: String,
+    /// The Admin GraphQL endpoint. Default: `https://{shop}/admin/api/{api_version}/graphql.json`;
+    /// tests point it at a fake Shopify.
+    #[serde(default)]
+    pub admin_api_url: Option<String>,
+    #[serde(default = "api_version")]
+    pub api_version: String,
+    /// The Admin API access token of the app (`shpat_...`), sent as `X-Shopify-Access-Token`.
+    /// Usually from `ONHAND_CONNECTORS__SHOPIFY__ACCESS_TOKEN`.
+    pub access_token: Secret,
+    /// The app's client secret, which signs webhooks (`X-Shopify-Hmac-Sha256`). Usually
+    /// from `ONHAND_CONNECTORS__SHOPIFY__WEBHOOK_SECRET`.
+    pub webhook_secret: Secret,
+    /// Shopify location id (the number in `gid://shopify/Location/N`) to onhand location.
+    #[serde(default)]
+    pub location_map: BTreeMap<String, LocationId>,
+    /// Where an order without a location (a web order) sells from: the web store's
+    /// fulfilment location, as onhand names it.
+    pub default_location: LocationId,
+    /// The largest webhook body accepted, in bytes; a large order is a few hundred KiB.
+    #[serde(default = "webhook_body_bytes_max")]
+    pub webhook_body_bytes_max: usize,
+    /// How long an `inventory_levels/update` that does not match onhand's numbers waits
+    /// for onhand to catch up (a web order's sale on its way through the ledger) before
+    /// it is taken as a manual change. Under Shopify's 5 s webhook timeout.
+    #[serde(default = "echo_settle_ms")]
+    pub echo_settle_ms: u64,
+    #[serde(default)]
+    pub reconcile: ReconcileConfig,
+    /// The sink pushing a channel's availability to Shopify; absent: no sink.
+    #[serde(default)]
+    pub sink: Option<SinkConfig>,
+    #[serde(default)]
+    pub http: HttpClientConfig,
+}
+
+/// The task that polls Shopify for orders the webhooks missed.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ReconcileConfig {
+    pub enabled: bool,
+    /// Time between two rounds.
+    pub interval_s: u64,
+    /// Orders per GraphQL page (Shopify allows 250).
+    pub page_size: u32,
+    /// Pages read in one round; the next round goes on from the saved cursor.
+    pub pages_max: u32,
+    /// Where the first round starts, before any cursor is saved: this long ago.
+    pub initial_lookback_h: u64,
+    /// Each round re-reads orders updated this long before the cursor: Shopify's
+    /// `updated_at` may become visible late, and a re-read order changes nothing.
+    pub overlap_s: u64,
+}
+
+impl Default for ReconcileConfig {
+    fn default() -> Self {
+        Self { enabled: true, interval_s: 300, page_size: 50, pages_max: 20, initial_lookback_h: 24, overlap_s: 60 }
+    }
+}
+
+/// The sink: onhand's availability for one channel, pushed to one Shopify location.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SinkConfig {
+    /// A channel of `[channels]`: the web store sells what this channel may sell.
+    pub channel: String,
+    /// The Shopify location whose `available` quantity the sink sets.
+    pub location_id: u64,
+    /// The Kafka consumer group on the stock topic; replicas split the partitions.
+    #[serde(default = "sink_group_id")]
+    pub group_id: String,
+    /// Items in one `inventorySetQuantities` call (Shopify allows 250).
+    #[serde(default = "batch_size_max")]
+    pub batch_size_max: usize,
+    /// Items with a value waiting to be pushed, one per item; when full, the sink stops
+    /// reading the stock topic until pushes make room.
+    #[serde(default = "pending_items_max")]
+    pub pending_items_max: usize,
+    /// How long a change waits for others to join its batch.
+    #[serde(default = "linger_ms")]
+    pub linger_ms: u64,
+}
+
+/// The Admin API client: timeouts and backoff.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct HttpClientConfig {
+    pub request_timeout_ms: u64,
+    /// The first wait after a failure (5xx, timeout, unreachable); it doubles each time.
+    pub backoff_ms_min: u64,
+    /// The longest wait between two attempts.
+    pub backoff_ms_max: u64,
+}
+
+impl Default for HttpClientConfig {
+    fn default() -> Self {
+        Self { request_timeout_ms: 10_000, backoff_ms_min: 200, backoff_ms_max: 30_000 }
+    }
+}
+
+fn api_version() -> String {
+    API_VERSION.into()
+}
+fn webhook_body_bytes_max() -> usize {
+    2 * 1024 * 1024
+}
+fn echo_settle_ms() -> u64 {
+    2_000
+}
+fn sink_group_id() -> String {
+    "onhand-shopify-sink".into()
+}
+fn batch_size_max() -> usize {
+    50
+}
+fn pending_items_max() -> usize {
+    100_000
+}
+fn linger_ms() -> u64 {
+    200
+}
+
+impl ShopifyConfig {
+    /// Reads and checks the section against the whole configuration (the sink's channel
+    /// must exist).
+    pub fn from_section(config: &Config, section: &serde_json::Value) -> Result<Self, ConnectorError> {
+        let shopify: ShopifyConfig = crate::section("shopify", section)?;
+        shopify.check(config).map_err(|message| ConnectorError {
+            connector: "shopify",
+            message: format!("[connectors.shopify] is not valid: {message}"),
+            retryable: false,
+        })?;
+        Ok(shopify)
+    }
+
+    fn check(&self, config: &Config) -> Result<(), String> {
+        if self.shop.is_empty() || self.shop.chars().count() > 64 {
+            return Err("shop must be 1 to 64 characters".into());
+        }
+        if let Some(bad) = self.location_map.keys().find(|k| k.parse::<u64>().is_err()) {
+            return Err(format!("location_map key {bad:?} is not a Shopify location id (a number)"));
+        }
+        let r = &self.reconcile;
+        if r.interval_s == 0 || r.page_size == 0 || r.page_size > 250 || r.pages_max == 0 {
+            return Err("reconcile: interval_s and pages_max must be 1 or more, page_size 1 to 250".into());
+        }
+        let h = &self.http;
+        if h.request_timeout_ms == 0 || h.backoff_ms_min == 0 || h.backoff_ms_min > h.backoff_ms_max {
+            return Err("http: request_timeout_ms and backoff_ms_min must be 1 or more, at most backoff_ms_max".into());
+        }
+        if self.echo_settle_ms >= 4_000 {
+            return Err("echo_settle_ms must be under 4000: Shopify gives up on a webhook after 5 s".into());
+        }
+        if let Some(sink) = &self.sink {
+            if !config.channels.contains_key(&sink.channel) {
+                return Err(format!("sink.channel {:?} is not a channel of [channels]", sink.channel));
+            }
+            if sink.batch_size_max == 0 || sink.batch_size_max > 250 || sink.pending_items_max == 0 {
+                return Err("sink: batch_size_max must be 1 to 250, pending_items_max 1 or more".into());
+            }
+        }
+        Ok(())
+    }
+
+    /// The Admin GraphQL endpoint.
+    pub fn graphql_url(&self) -> String {
+        self.admin_api_url
+            .clone()
+            .unwrap_or_else(|| format!("https://{}/admin/api/{}/graphql.json", self.shop, self.api_version))
+    }
+
+    /// The onhand location of a Shopify location id.
+    pub fn location(&self, shopify_location_id: u64) -> Option<&LocationId> {
+        self.location_map.get(&shopify_location_id.to_string())
+    }
+}
