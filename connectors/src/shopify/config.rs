@@ -78,6 +78,14 @@ pub struct ShopifyConfig {
     /// it is taken as a manual change. Under Shopify's 5 s webhook timeout.
     #[serde(default = "echo_settle_ms")]
     pub echo_settle_ms: u64,
+    /// What a manual change made in Shopify's admin becomes: `adjust` (an adjustment in
+    /// onhand, as a person who edits Shopify expects) or `ignore` (onhand stays the
+    /// authority, and its next push of the item overwrites Shopify). Shopify's webhook does
+    /// not say why a quantity changed, so with `adjust` a web order whose webhook reaches
+    /// onhand more than `echo_settle_ms` after its level update is counted twice: choose
+    /// `ignore` when nobody edits quantities in Shopify.
+    #[serde(default)]
+    pub manual_changes: ManualChanges,
     #[serde(default)]
     pub reconcile: ReconcileConfig,
     /// The sink pushing a channel's availability to Shopify; absent: no sink.
@@ -85,6 +93,15 @@ pub struct ShopifyConfig {
     pub sink: Option<SinkConfig>,
     #[serde(default)]
     pub http: HttpClientConfig,
+}
+
+/// See [`ShopifyConfig::manual_changes`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ManualChanges {
+    #[default]
+    Adjust,
+    Ignore,
 }
 
 /// The task that polls Shopify for orders the webhooks missed.

@@ -33,7 +33,7 @@ use tracing::{info, instrument, warn};
 
 use super::{
     client::Admin,
-    config::ShopifyConfig,
+    config::{ManualChanges, ShopifyConfig},
     mapping::{self, Catalog, Fact, LevelUpdate, Mapped, Verdict},
     payloads, ShopifyError, NAME,
 };
@@ -173,8 +173,14 @@ async fn level_update(
         }
         tokio::time::sleep(Duration::from_millis(200)).await;
     };
-    shared.context.metrics.shopify_level_updates_total.with_label_values(&[verdict.label()]).inc();
+    let ignored =
+        matches!(verdict, Verdict::ManualChange { .. }) && shared.config.manual_changes == ManualChanges::Ignore;
+    let label = if ignored { "manual_change_ignored" } else { verdict.label() };
+    shared.context.metrics.shopify_level_updates_total.with_label_values(&[label]).inc();
     let Verdict::ManualChange { delta } = verdict else { return Ok((0, 0)) };
+    if ignored {
+        return Ok((0, 0));
+    }
     // Without Shopify's event id, the update's own coordinates identify it.
     let fallback = format!("{}:{}:{}", update.inventory_item_id, update.location_id, update.updated_at.timestamp());
     let fact = mapping::level_update_fact(update, delta, event_id.unwrap_or(&fallback));
