@@ -73,3 +73,48 @@ async fn every_journal_row_arrives_once_through_a_network_cut() {
     .await;
     app.stop().await.unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn debezium_change_events_become_movements_and_row_changes_are_reported() {
+    use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+    let mut config = test_config(3).await;
+    let topic = format!("{}.erp.STOCK_JOURNAL", config.kafka.topics.movements);
+    let admin: AdminClient<_> = onhand_core::kafka::client_config(&config.kafka).create().unwrap();
+    admin.create_topics(&[NewTopic::new(&topic, 1, TopicReplication::Fixed(1))], &AdminOptions::new()).await.unwrap();
+    let event = |op: &str, id: i64, code: &str, quantity: i64| {
+        json!({ "before": null, "op": op, "source": { "scn": format!("{}", 1000 + id) },
+                "after": { "ID": id, "CHANGED_AT": 1_795_369_212_000i64, "ITEM": "SKU-D", "WAREHOUSE": "CD01",
+                           "MOVEMENT_TYPE": code, "QUANTITY": quantity, "REFERENCE": null } })
+        .to_string()
+        .into_bytes()
+    };
+    let records: Vec<(String, Vec<u8>)> = vec![
+        ("1".into(), event("r", 1, "ENT", 100)),
+        ("2".into(), event("c", 2, "SAI", -30)),
+        ("3".into(), event("c", 3, "XXX", 5)),
+        ("2".into(), event("u", 2, "SAI", -31)),
+        ("2".into(), Vec::new()),
+    ];
+    produce(&producer(), &topic, &records).await;
+    config.connectors.insert(
+        "erp".into(),
+        json!({ "mode": "debezium", "debezium": { "topic": topic, "group_id": format!("{topic}.onhand") },
+                "kinds": { "ENT": "receipt", "SAI": "sale" }, "locations": { "CD01": "dc-sp" } }),
+    );
+    let app = serve(&config).await;
+    until_recorded(&app, 2, 60).await;
+    assert_eq!(levels(&app, "SKU-D").await["dc-sp"], 70, "the update of row 2 is not applied");
+    let dead = consume_all(&config.kafka.topics.dlq, 2);
+    let codes: Vec<String> = dead
+        .iter()
+        .map(|m| {
+            use rdkafka::message::{Headers, Message};
+            let headers = m.headers().expect("headers");
+            let code = headers.iter().find(|h| h.key == "onhand.dlq.reason_code").and_then(|h| h.value).unwrap();
+            String::from_utf8_lossy(code).to_string()
+        })
+        .collect();
+    assert!(codes.contains(&"erp_unknown_movement_type".to_string()), "{codes:?}");
+    assert!(codes.contains(&"erp_journal_row_changed".to_string()), "{codes:?}");
+    app.stop().await.unwrap();
+}

@@ -14,10 +14,22 @@ pub const DEFAULT_QUERY: &str = "
     ORDER BY changed_at, id
     LIMIT $4";
 
+/// How the journal reaches onhand.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Mode {
+    /// onhand queries the journal after its cursor.
+    #[default]
+    Poll,
+    /// Debezium writes the journal's change events to a topic, which onhand consumes.
+    Debezium,
+}
+
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct ErpConfig {
-    /// The ERP database (or a read replica), `postgres://reader:...@erp-db/erp`.
+    pub mode: Mode,
+    /// The ERP database (or a read replica), `postgres://reader:...@erp-db/erp`; polling only.
     pub source_url: String,
     /// The journal query; see [`DEFAULT_QUERY`].
     pub query: String,
@@ -36,11 +48,56 @@ pub struct ErpConfig {
     pub source_instance: String,
     /// The longest wait between two attempts when the ERP database or Kafka fails.
     pub retry_max_ms: u64,
+    pub debezium: DebeziumConfig,
+}
+
+/// `[connectors.erp.debezium]`, for `mode = "debezium"`.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct DebeziumConfig {
+    /// The change topic of the journal table, e.g. `erp.ERP.STOCK_JOURNAL`.
+    pub topic: String,
+    pub group_id: String,
+    pub columns: DebeziumColumns,
+}
+
+impl Default for DebeziumConfig {
+    fn default() -> Self {
+        Self { topic: String::new(), group_id: "onhand-erp-debezium".into(), columns: DebeziumColumns::default() }
+    }
+}
+
+/// The journal's column names in Debezium's `after` (Oracle's are upper case).
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct DebeziumColumns {
+    pub id: String,
+    pub changed_at: String,
+    pub item: String,
+    pub warehouse: String,
+    pub movement_type: String,
+    pub quantity: String,
+    pub reference: String,
+}
+
+impl Default for DebeziumColumns {
+    fn default() -> Self {
+        Self {
+            id: "ID".into(),
+            changed_at: "CHANGED_AT".into(),
+            item: "ITEM".into(),
+            warehouse: "WAREHOUSE".into(),
+            movement_type: "MOVEMENT_TYPE".into(),
+            quantity: "QUANTITY".into(),
+            reference: "REFERENCE".into(),
+        }
+    }
 }
 
 impl Default for ErpConfig {
     fn default() -> Self {
         Self {
+            mode: Mode::Poll,
             source_url: String::new(),
             query: DEFAULT_QUERY.to_string(),
             poll_interval_ms: 1_000,
@@ -50,6 +107,7 @@ impl Default for ErpConfig {
             locations: BTreeMap::new(),
             source_instance: "erp".into(),
             retry_max_ms: 30_000,
+            debezium: DebeziumConfig::default(),
         }
     }
 }

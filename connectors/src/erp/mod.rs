@@ -1,11 +1,13 @@
-//! The ERP's stock journal, captured by polling (the Java + Oracle ERP of the brief, or any
-//! database sqlx reads; for Oracle itself, Debezium's change events are the other way in).
+//! The ERP's stock journal: captured by polling (a PostgreSQL journal, or a replica of the
+//! Java + Oracle ERP's), or read from Debezium's change events (Oracle itself).
 //!
 //! - `config`: `[connectors.erp]`, the journal query and the code maps.
 //! - `mapping`: pure functions from a journal row to a movement.
 //! - `source`: the poller with its persisted cursor on (change time, row id).
+//! - `debezium`: the other way in, Debezium's change events of the journal table.
 
 mod config;
+pub mod debezium;
 pub mod mapping;
 mod source;
 
@@ -14,7 +16,10 @@ use std::sync::Arc;
 use async_trait::async_trait;
 use sqlx::postgres::PgPoolOptions;
 
-pub use self::{config::ErpConfig, source::Cursor};
+pub use self::{
+    config::{DebeziumColumns, ErpConfig, Mode},
+    source::Cursor,
+};
 use crate::{Connector, ConnectorContext, ConnectorError};
 
 #[derive(Debug)]
@@ -27,8 +32,14 @@ impl Erp {
     /// Checks the code maps; a wrong one refuses the start.
     pub fn new(config: ErpConfig) -> Result<Erp, ConnectorError> {
         let refuse = |message: String| ConnectorError { connector: "erp", message, retryable: false };
-        if config.source_url.is_empty() {
-            return Err(refuse("[connectors.erp] source_url is not set".into()));
+        match config.mode {
+            Mode::Poll if config.source_url.is_empty() => {
+                return Err(refuse("[connectors.erp] source_url is not set (mode = \"poll\")".into()))
+            }
+            Mode::Debezium if config.debezium.topic.is_empty() => {
+                return Err(refuse("[connectors.erp.debezium] topic is not set (mode = \"debezium\")".into()))
+            }
+            _ => {}
         }
         let codes = mapping::Codes::new(&config.kinds, &config.locations, &config.source_instance)
             .map_err(|e| refuse(format!("[connectors.erp] {e}")))?;
@@ -43,6 +54,14 @@ impl Connector for Erp {
     }
 
     async fn run(self: Arc<Self>, context: ConnectorContext) -> Result<(), ConnectorError> {
+        if self.config.mode == Mode::Debezium {
+            let follower = debezium::Follower { context, config: self.config.clone(), codes: self.codes.clone() };
+            return follower.run().await.map_err(|message| ConnectorError {
+                connector: "erp",
+                message,
+                retryable: true,
+            });
+        }
         // Lazy: an ERP database that is down at start is retried like one that goes down later.
         let journal = PgPoolOptions::new()
             .max_connections(2)

@@ -67,3 +67,54 @@ fn the_code_maps_are_checked_at_start() {
     let locations: BTreeMap<String, String> = [("X".to_string(), "no/slash".to_string())].into();
     assert!(Codes::new(&BTreeMap::new(), &locations, "erp").unwrap_err().contains("locations.X"));
 }
+
+mod debezium {
+    use super::super::{debezium::*, DebeziumColumns};
+
+    /// A change event as Debezium's Oracle connector writes it with the JSON converter and
+    /// schemas enabled (abridged schema), for an insert into ERP.STOCK_JOURNAL.
+    const INSERT: &str = r#"{
+      "schema": {"type": "struct", "name": "erp.ERP.STOCK_JOURNAL.Envelope", "optional": false, "fields": []},
+      "payload": {
+        "before": null,
+        "after": {"ID": 981234, "CHANGED_AT": 1795369212000, "ITEM": "7891000100561", "WAREHOUSE": "L001",
+                  "MOVEMENT_TYPE": "AJU", "QUANTITY": "-6", "REFERENCE": "NF-000123"},
+        "source": {"version": "2.7.3.Final", "connector": "oracle", "name": "erp", "ts_ms": 1795369212000,
+                   "snapshot": "false", "db": "ORCLPDB1", "schema": "ERP", "table": "STOCK_JOURNAL",
+                   "txId": "0a001b00b3420000", "scn": "2876541", "commit_scn": "2876545", "lcr_position": null},
+        "op": "c", "ts_ms": 1795369212455, "transaction": null
+      }
+    }"#;
+
+    #[test]
+    fn an_insert_is_a_journal_row() {
+        let Change::Row(row) = read_change(INSERT.as_bytes(), &DebeziumColumns::default()).unwrap() else {
+            panic!("an insert is a row")
+        };
+        assert_eq!((row.id, row.quantity, row.movement_type.as_str()), (981234, -6, "AJU"));
+        assert_eq!(row.changed_at.timestamp(), 1_795_369_212);
+        assert_eq!(row.reference.as_deref(), Some("NF-000123"));
+        // A snapshot read, without the schema wrapper and with micro-second time, too.
+        let snapshot = r#"{"before": null, "op": "r", "source": {"scn": "1"},
+            "after": {"ID": 1, "CHANGED_AT": 1795369212000000, "ITEM": "A", "WAREHOUSE": "CD01",
+                      "MOVEMENT_TYPE": "ENT", "QUANTITY": 480, "REFERENCE": null}}"#;
+        let Change::Row(row) = read_change(snapshot.as_bytes(), &DebeziumColumns::default()).unwrap() else {
+            panic!("a snapshot read is a row")
+        };
+        assert_eq!((row.changed_at.timestamp(), row.reference), (1_795_369_212, None));
+    }
+
+    #[test]
+    fn updates_deletes_and_tombstones_are_not_applied() {
+        let update = INSERT.replace(r#""op": "c""#, r#""op": "u""#);
+        let delete = INSERT.replace(r#""op": "c""#, r#""op": "d""#);
+        let columns = DebeziumColumns::default();
+        assert!(matches!(read_change(update.as_bytes(), &columns).unwrap(),
+            Change::Changed { op, reason } if op == "u" && reason.contains("2876541")));
+        assert!(matches!(read_change(delete.as_bytes(), &columns).unwrap(), Change::Changed { .. }));
+        assert_eq!(read_change(b"", &columns).unwrap(), Change::Nothing);
+        assert_eq!(read_change(b"{", &columns).unwrap_err().code, "erp_invalid_change_event");
+        let no_id = INSERT.replace(r#""ID": 981234"#, r#""ID": "x""#);
+        assert!(read_change(no_id.as_bytes(), &columns).unwrap_err().message.contains("ID"));
+    }
+}

@@ -1,0 +1,173 @@
+//! Debezium mode: the journal's change events, as Debezium's Oracle (or any) connector
+//! writes them to Kafka, instead of polling. An insert (`op` `c`, or `r` in a snapshot)
+//! is a journal row and becomes its movement, with the same event id as the poller gives
+//! it (`erp:journal:{id}`), so switching modes counts nothing twice. A journal row is never
+//! changed by the ERP: an update or a delete is reported (dead letter
+//! `erp_journal_row_changed`, and `onhand_erp_rows_total{outcome="changed"}`), not applied.
+
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use onhand_core::kafka::{self, dead_letter, DeadLetter};
+use rdkafka::{
+    consumer::{CommitMode, Consumer, StreamConsumer},
+    producer::{FutureProducer, FutureRecord},
+    Message,
+};
+use serde_json::Value;
+use tracing::warn;
+
+use super::{
+    config::{DebeziumColumns, ErpConfig},
+    mapping::{self, Codes, JournalRow},
+    source::{PRODUCER_LINGER, SOURCE},
+};
+use crate::ConnectorContext;
+
+/// What a change event says about the journal.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Change {
+    /// A new row (an insert, or a row read by Debezium's snapshot).
+    Row(JournalRow),
+    /// An update or delete of a row: reported, never applied.
+    Changed { op: String, reason: String },
+    /// A tombstone or a heartbeat: nothing to do.
+    Nothing,
+}
+
+/// Reads one change event (with or without Debezium's `schema`/`payload` wrapper).
+pub fn read_change(value: &[u8], columns: &DebeziumColumns) -> Result<Change, mapping::Unmapped> {
+    let invalid = |message: String| mapping::Unmapped { code: "erp_invalid_change_event", message };
+    if value.is_empty() {
+        return Ok(Change::Nothing);
+    }
+    let mut event: Value = serde_json::from_slice(value).map_err(|e| invalid(e.to_string()))?;
+    if event.get("payload").is_some() && event.get("schema").is_some() {
+        event = event["payload"].take();
+    }
+    let op = event["op"].as_str().unwrap_or_default().to_string();
+    match op.as_str() {
+        "c" | "r" => {}
+        "u" | "d" => {
+            let scn = event["source"]["scn"].as_str().or(event["source"]["commit_scn"].as_str()).unwrap_or("?");
+            let reason = format!("a journal row was {} at scn {scn}", if op == "u" { "updated" } else { "deleted" });
+            return Ok(Change::Changed { op, reason });
+        }
+        "" if event.is_null() => return Ok(Change::Nothing),
+        other => return Err(invalid(format!("unknown op {other:?}"))),
+    }
+    let after = &event["after"];
+    let field = |name: &str| &after[name];
+    let text =
+        |name: &str| field(name).as_str().map(str::to_string).ok_or_else(|| invalid(format!("{name} is not text")));
+    Ok(Change::Row(JournalRow {
+        id: integer(field(&columns.id)).ok_or_else(|| invalid(format!("{} is not an integer", columns.id)))?,
+        changed_at: timestamp(field(&columns.changed_at))
+            .ok_or_else(|| invalid(format!("{} is not a timestamp", columns.changed_at)))?,
+        item: text(&columns.item)?,
+        warehouse: text(&columns.warehouse)?,
+        movement_type: text(&columns.movement_type)?,
+        quantity: integer(field(&columns.quantity))
+            .ok_or_else(|| invalid(format!("{} is not an integer", columns.quantity)))?,
+        reference: field(&columns.reference).as_str().map(str::to_string),
+    }))
+}
+
+/// An integer column: a JSON number, or a decimal string (Oracle NUMBER as Debezium's
+/// `decimal.handling.mode=string`).
+fn integer(value: &Value) -> Option<i64> {
+    value.as_i64().or_else(|| value.as_str()?.parse().ok())
+}
+
+/// A timestamp column: an RFC 3339 string (`ZonedTimestamp`), or a number of epoch
+/// milliseconds (`Timestamp`) or microseconds (`MicroTimestamp`), told apart by size: a
+/// millisecond count above 1e14 would be in the year 5138.
+fn timestamp(value: &Value) -> Option<DateTime<Utc>> {
+    if let Some(text) = value.as_str() {
+        return DateTime::parse_from_rfc3339(text).ok().map(Into::into);
+    }
+    let n = value.as_i64()?;
+    if n.abs() > 100_000_000_000_000 {
+        DateTime::from_timestamp_micros(n)
+    } else {
+        DateTime::from_timestamp_millis(n)
+    }
+}
+
+pub(super) struct Follower {
+    pub context: ConnectorContext,
+    pub config: ErpConfig,
+    pub codes: Codes,
+}
+
+impl Follower {
+    /// Consumes the change topic; commits a record's offset only after its movement (or
+    /// dead letter) was acknowledged, so a crash re-reads it and its event id makes that
+    /// harmless.
+    pub(super) async fn run(self) -> Result<(), String> {
+        let kafka = &self.context.config.kafka;
+        let consumer: StreamConsumer = kafka::client_config(kafka)
+            .set("group.id", &self.config.debezium.group_id)
+            .set("enable.auto.commit", "false")
+            .set("auto.offset.reset", "earliest")
+            .set("fetch.wait.max.ms", kafka::FETCH_WAIT_MAX_MS)
+            .create()
+            .map_err(|e| e.to_string())?;
+        consumer.subscribe(&[self.config.debezium.topic.as_str()]).map_err(|e| e.to_string())?;
+        let mut producer = kafka::producer(kafka, PRODUCER_LINGER).map_err(|e| e.to_string())?;
+        loop {
+            let message = tokio::select! {
+                _ = self.context.shutdown.cancelled() => return Ok(()),
+                message = consumer.recv() => message,
+            };
+            let message = match message {
+                Ok(message) => message,
+                Err(e) => {
+                    warn!(error = %e, "debezium topic read failed; trying again");
+                    tokio::time::sleep(Duration::from_secs(1)).await;
+                    continue;
+                }
+            };
+            let mut backoff = Duration::from_millis(200);
+            while let Err(e) = self.handle(&producer, message.payload().unwrap_or_default()).await {
+                warn!(error = %e, "erp change not delivered; trying again");
+                if let Ok(fresh) = kafka::producer(kafka, PRODUCER_LINGER) {
+                    producer = fresh;
+                }
+                tokio::select! {
+                    _ = self.context.shutdown.cancelled() => return Ok(()),
+                    _ = tokio::time::sleep(backoff) => {}
+                }
+                backoff = (backoff * 2).min(Duration::from_millis(self.config.retry_max_ms));
+            }
+            if let Err(e) = consumer.commit_message(&message, CommitMode::Async) {
+                warn!(error = %e, "debezium offset not committed; the change may be read again");
+            }
+        }
+    }
+
+    /// Produces the movement of one change event, or its dead letter.
+    async fn handle(&self, producer: &FutureProducer, value: &[u8]) -> Result<(), String> {
+        let context = &self.context;
+        let timeout = Duration::from_millis(context.config.kafka.produce_timeout_ms);
+        let (code, reason, outcome) = match read_change(value, &self.config.debezium.columns) {
+            Ok(Change::Nothing) => return Ok(()),
+            Ok(Change::Row(row)) => match mapping::to_movement(&row, &self.codes, Utc::now()) {
+                Ok(m) => {
+                    let payload = m.to_json();
+                    let record = FutureRecord::to(&context.topics.movements).key(m.kafka_key()).payload(&payload);
+                    producer.send(record, timeout).await.map_err(|(e, _)| e.to_string())?;
+                    context.metrics.erp_rows_total.with_label_values(&["produced"]).inc();
+                    return Ok(());
+                }
+                Err(unmapped) => (unmapped.code, unmapped.message, "dead_lettered"),
+            },
+            Ok(Change::Changed { reason, .. }) => ("erp_journal_row_changed", reason, "changed"),
+            Err(unmapped) => (unmapped.code, unmapped.message, "dead_lettered"),
+        };
+        let letter = DeadLetter { source: SOURCE, key: None, payload: value, reason_code: code, reason: &reason };
+        dead_letter(producer, &context.topics.dlq, letter, timeout).await.map_err(|e| e.to_string())?;
+        context.metrics.erp_rows_total.with_label_values(&[outcome]).inc();
+        Ok(())
+    }
+}
