@@ -12,8 +12,10 @@
 //! `mapping.rs` (pure functions from the outside format to movements) and `tests.rs`:
 //!
 //! - [`pos`]: store tills' feeds and stock reports, and the offline-safe store agent.
+//! - [`wms`]: the distribution centre's CSV files, dropped into an inbox.
 
 pub mod pos;
+pub mod wms;
 
 use std::sync::Arc;
 
@@ -85,10 +87,11 @@ pub fn registry(config: &Config) -> Result<Vec<Arc<dyn Connector>>, ConnectorErr
     for (name, value) in &config.connectors {
         match name.as_str() {
             "pos" => connectors.push(Arc::new(pos::Pos::new(section("pos", value)?))),
+            "wms" => connectors.push(Arc::new(wms::Wms::new(section("wms", value)?)?)),
             other => {
                 return Err(ConnectorError {
                     connector: "registry",
-                    message: format!("[connectors.{other}]: no connector is named {other:?} (known: pos)"),
+                    message: format!("[connectors.{other}]: no connector is named {other:?} (known: pos, wms)"),
                     retryable: false,
                 })
             }

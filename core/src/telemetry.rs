@@ -47,6 +47,9 @@ pub struct Registered {
     pub source_gap: IntGaugeVec,
     pub source_healthy: IntGaugeVec,
     pub reservations_closed_total: IntCounterVec,
+    pub wms_files_total: IntCounterVec,
+    pub wms_lines_total: IntCounter,
+    pub wms_file_lines: IntGauge,
 }
 
 impl Default for Metrics {
@@ -179,6 +182,21 @@ impl Metrics {
                 "Reservations that stopped holding units, by status (committed, cancelled, expired).",
                 &["status"],
             ),
+            wms_files_total: counter_vec(
+                "onhand_wms_files_total",
+                "WMS files done with, by outcome (archived: every line acknowledged by Kafka; rejected: a bad line).",
+                &["outcome"],
+            ),
+            wms_lines_total: counter(
+                "onhand_wms_lines_total",
+                "Lines of WMS files produced to Kafka and acknowledged (a file taken again counts again).",
+            ),
+            wms_file_lines: {
+                let g = IntGauge::new("onhand_wms_file_lines", "Lines of the WMS file being produced, 0 when none is.")
+                    .expect("a valid metric");
+                registry.register(Box::new(g.clone())).expect("a metric registered once");
+                g
+            },
             registry,
         }))
     }
