@@ -12,6 +12,7 @@
 //! which the ledger skips.
 
 use std::{
+    collections::HashSet,
     fs::{self, File},
     io::{self, Read, Write},
     path::{Path, PathBuf},
@@ -144,7 +145,8 @@ pub(super) struct Entry {
 /// writer's temporary name), and, when markers are required or the file has one, whose
 /// `NAME.csv.done` marker exists.
 pub(super) fn ready_files(entries: &[Entry], done_marker_required: bool) -> Vec<&Entry> {
-    let has_marker = |name: &str| entries.iter().any(|e| e.name.strip_suffix(".done") == Some(name));
+    let markers: HashSet<&str> = entries.iter().filter_map(|e| e.name.strip_suffix(".done")).collect();
+    let has_marker = |name: &str| markers.contains(name);
     let mut ready: Vec<&Entry> = entries
         .iter()
         .filter(|e| e.name.ends_with(".csv") && !e.name.starts_with('.'))
