@@ -443,7 +443,7 @@ pub(super) fn kafka_retryable(error: &KafkaError) -> bool {
     )
 }
 
-fn csv_reader<R: Read>(inner: R) -> csv::Reader<R> {
+pub(super) fn csv_reader<R: Read>(inner: R) -> csv::Reader<R> {
     csv::ReaderBuilder::new().trim(csv::Trim::All).buffer_capacity(64 * 1024).from_reader(inner)
 }
 

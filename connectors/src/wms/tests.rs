@@ -8,7 +8,7 @@ use onhand_core::event::{LocationId, MovementKind};
 
 use super::{
     mapping::*,
-    source::{file_backoff, kafka_retryable, move_file, ready_files, send_backoff, Entry},
+    source::{csv_reader, file_backoff, kafka_retryable, move_file, ready_files, send_backoff, Entry},
     WmsConfig,
 };
 
@@ -213,4 +213,19 @@ fn a_section_without_an_inbox_or_with_zero_limits_is_refused() {
     assert_eq!(config.archive_dir(), std::path::Path::new("/srv/wms/inbox/archive"));
     assert!(WmsConfig { in_flight_max: 0, ..config.clone() }.check().is_err());
     assert!(WmsConfig { archive: Some("/srv/wms/inbox".into()), ..config }.check().is_err());
+}
+
+#[test]
+fn a_row_is_numbered_by_the_line_it_starts_on_blank_lines_before_it_included() {
+    // The CSV reader counts skipped blank lines into the next row: a row after a blank
+    // line has the blank line's number (docs/connectors/wms.md says so). Quoted newlines
+    // and blank lines still count, so ids stay unique and later rows match an editor.
+    let text = "sku,location,quantity,counted_at\n\nSKU-1,dc-sp,1,2026-11-20T06:00:00Z\n\"SKU\n2\",dc-sp,1,x\nSKU-3, dc-sp ,3,2026-11-20T06:00:00Z\n";
+    let mut reader = csv_reader(text.as_bytes());
+    let lines: Vec<(u64, String)> = reader
+        .records()
+        .map(|r| r.unwrap())
+        .map(|r| (r.position().unwrap().line(), r.get(1).unwrap().to_string()))
+        .collect();
+    assert_eq!(lines, [(2, "dc-sp".to_string()), (4, "dc-sp".to_string()), (6, "dc-sp".to_string())]);
 }
