@@ -27,7 +27,7 @@ use tracing::{error, info, warn};
 
 /// How long the API's producer gathers movements into one request: a client waits for
 /// Kafka's acknowledgement, so this stays short.
-const API_LINGER: Duration = Duration::from_millis(5);
+pub(crate) const API_LINGER: Duration = Duration::from_millis(5);
 
 /// Why onhand refused to start; each message names the dependency and what to check.
 #[derive(Debug, thiserror::Error)]
@@ -247,7 +247,7 @@ impl App {
     }
 }
 
-async fn open_store(config: &Config) -> Result<Arc<dyn Store>, StartError> {
+pub(crate) async fn open_store(config: &Config) -> Result<Arc<dyn Store>, StartError> {
     let url = &config.database.url;
     store::open(url, config.database.connections_max)
         .await
@@ -256,7 +256,7 @@ async fn open_store(config: &Config) -> Result<Arc<dyn Store>, StartError> {
 
 /// Asks the brokers for metadata, so that a wrong address fails at start, not later.
 /// Tries a few times: brokers that restart, or a loaded machine, may miss one probe.
-async fn check_brokers(config: &Config, producer: &FutureProducer) -> Result<(), StartError> {
+pub(crate) async fn check_brokers(config: &Config, producer: &FutureProducer) -> Result<(), StartError> {
     const ATTEMPTS: u32 = 3;
     let mut attempt = 1;
     loop {

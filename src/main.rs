@@ -6,6 +6,7 @@ use clap::{Parser, Subcommand};
 use onhand::app::{App, StartOptions};
 use onhand_connectors::pos::agent::{Agent, AgentConfig};
 use onhand_core::config::Config;
+use tokio_util::sync::CancellationToken;
 use tracing_subscriber::EnvFilter;
 
 #[derive(Debug, Parser)]
@@ -47,6 +48,11 @@ enum Command {
         #[arg(long, default_value = ".onhand-agent")]
         data_dir: PathBuf,
     },
+    /// Runs one connector on its own (no HTTP API, no ledger), configured like `serve`.
+    Connector {
+        #[command(subcommand)]
+        connector: ConnectorCommand,
+    },
     /// The product catalog.
     Products {
         #[command(subcommand)]
@@ -56,6 +62,25 @@ enum Command {
     Keys {
         #[command(subcommand)]
         command: KeysCommand,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum ConnectorCommand {
+    /// Takes the distribution centre's CSV files from an inbox (docs/connectors/wms.md).
+    Wms {
+        /// The directory the WMS drops files into; replaces [connectors.wms] inbox.
+        #[arg(long)]
+        inbox: Option<PathBuf>,
+        /// A TOML file (see deploy/onhand.toml); ONHAND_SECTION__FIELD and DATABASE_URL override it.
+        #[arg(long, env = "ONHAND_CONFIG")]
+        config: Option<PathBuf>,
+    },
+    /// Captures the ERP's stock journal, by polling or from Debezium (docs/connectors/erp.md).
+    Erp {
+        /// A TOML file with [connectors.erp] (see deploy/onhand.toml); the environment overrides it.
+        #[arg(long, env = "ONHAND_CONFIG")]
+        config: Option<PathBuf>,
     },
 }
 
@@ -123,6 +148,16 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             return Ok(());
         }
         Command::Keys { command } => return keys(command).await,
+        Command::Connector { connector: ConnectorCommand::Wms { inbox, config } } => {
+            let mut overrides = serde_json::Map::new();
+            if let Some(inbox) = inbox {
+                overrides.insert("inbox".into(), serde_json::json!(inbox));
+            }
+            return connector(Config::load(config.as_deref())?, "wms", overrides).await;
+        }
+        Command::Connector { connector: ConnectorCommand::Erp { config } } => {
+            return connector(Config::load(config.as_deref())?, "erp", serde_json::Map::new()).await;
+        }
         Command::StoreAgent { store, central, key, listen, data_dir } => {
             let store =
                 onhand_core::event::LocationId::parse(store).map_err(|e| anyhow::anyhow!("--store: {}", e.message))?;
@@ -152,6 +187,22 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         _ = app.failed() => {}
     }
     app.stop().await?;
+    Ok(())
+}
+
+/// Runs one connector until Ctrl-C or SIGTERM.
+async fn connector(
+    config: Config,
+    name: &str,
+    overrides: serde_json::Map<String, serde_json::Value>,
+) -> anyhow::Result<()> {
+    let shutdown = CancellationToken::new();
+    let stop = shutdown.clone();
+    tokio::spawn(async move {
+        shutdown_signal().await;
+        stop.cancel();
+    });
+    onhand::connector::run(config, name, overrides, shutdown).await?;
     Ok(())
 }
 

@@ -15,9 +15,11 @@
 //!
 //! - [`pos`]: store tills' feeds and stock reports, and the offline-safe store agent.
 //! - [`erp`]: the ERP's stock journal, captured by polling with a persisted cursor.
+//! - [`wms`]: the distribution centre's CSV files, dropped into an inbox.
 
 pub mod erp;
 pub mod pos;
+pub mod wms;
 
 pub mod shopify;
 
@@ -93,11 +95,12 @@ pub fn registry(config: &Config) -> Result<Vec<Arc<dyn Connector>>, ConnectorErr
             "pos" => connectors.push(Arc::new(pos::Pos::new(section("pos", value)?))),
             "erp" => connectors.push(Arc::new(erp::Erp::new(section("erp", value)?)?)),
             shopify::NAME => connectors.push(Arc::new(shopify::Shopify::from_section(config, value)?)),
+            "wms" => connectors.push(Arc::new(wms::Wms::new(section("wms", value)?)?)),
             other => {
                 return Err(ConnectorError {
                     connector: "registry",
                     message: format!(
-                        "[connectors.{other}]: no connector is named {other:?} (known: erp, pos, shopify)"
+                        "[connectors.{other}]: no connector is named {other:?} (known: erp, pos, shopify, wms)"
                     ),
                     retryable: false,
                 })

@@ -56,6 +56,9 @@ pub struct Registered {
     pub shopify_reconcile_cursor_age_seconds: IntGauge,
     pub shopify_pushes_total: IntCounterVec,
     pub shopify_pending_items: IntGauge,
+    pub wms_files_total: IntCounterVec,
+    pub wms_lines_total: IntCounter,
+    pub wms_file_lines: IntGauge,
 }
 
 impl Default for Metrics {
@@ -237,6 +240,21 @@ impl Metrics {
                 "onhand_shopify_pending_items",
                 "Items whose newest availability the sink has not pushed to Shopify yet (one per item at most).",
             ),
+            wms_files_total: counter_vec(
+                "onhand_wms_files_total",
+                "WMS files done with, by outcome (archived: every line acknowledged by Kafka; rejected: a bad line).",
+                &["outcome"],
+            ),
+            wms_lines_total: counter(
+                "onhand_wms_lines_total",
+                "Lines of WMS files produced to Kafka and acknowledged (a file taken again counts again).",
+            ),
+            wms_file_lines: {
+                let g = IntGauge::new("onhand_wms_file_lines", "Lines of the WMS file being produced, 0 when none is.")
+                    .expect("a valid metric");
+                registry.register(Box::new(g.clone())).expect("a metric registered once");
+                g
+            },
             registry,
         }))
     }

@@ -160,6 +160,21 @@ fn an_accepted_movement_fits_on_kafka_once_stamped() {
 }
 
 #[test]
+fn an_encoded_movement_grows_by_less_than_the_margin_accept_json_relies_on() {
+    // The worst case: shortest times, no recorded_at, strings the encoder cannot shorten.
+    let text = "\\u0001\\\"€x".repeat(20);
+    let input = format!(
+        r#"{{"event_id":"e","source":{{"system":"api","instance":"i","ref":"r"}},"sku":"S","location":"L",
+           "kind":"receipt","quantity":1,"occurred_at":"2026-11-20T09:10:00Z","reason":"{text}"}}"#
+    )
+    .replace(['\n', ' '], "");
+    let now = Utc.with_ymd_and_hms(2026, 11, 22, 8, 0, 0).unwrap() + chrono::Duration::microseconds(123_456);
+    let encoded = Movement::accept_json(input.as_bytes(), now).unwrap().to_json();
+    assert!(encoded.len() <= input.len() + 59, "{} from {}", encoded.len(), input.len());
+    assert!(encoded.len() > input.len(), "recorded_at was added");
+}
+
+#[test]
 fn reject_codes_are_unique() {
     let mut codes: Vec<&str> = RejectCode::ALL.iter().map(|c| c.as_str()).collect();
     codes.sort_unstable();

@@ -1,0 +1,64 @@
+//! `onhand connector NAME`: one connector on its own, without the HTTP API or the ledger,
+//! for a connector that runs near its outside system (the WMS's file share, the ERP's
+//! network). It gets what it gets inside `onhand serve`: the Kafka producer and topics
+//! (created when missing), the store, a stock cache, its `[connectors.NAME]` section.
+
+use std::{sync::Arc, time::Duration};
+
+use onhand_connectors::{registry, ConnectorContext, ConnectorError};
+use onhand_core::{cache::StockCache, config::Config, kafka, telemetry::Metrics};
+use rdkafka::error::KafkaError;
+use tokio_util::sync::CancellationToken;
+use tracing::info;
+
+use crate::app::{check_brokers, open_store, StartError, API_LINGER};
+
+/// The configuration with only connector `name` in it: its section as configured (an
+/// empty one when there is none, for connectors whose defaults suffice), with the fields
+/// of `overrides` (the command line's) replacing the section's.
+pub fn only(mut config: Config, name: &str, overrides: serde_json::Map<String, serde_json::Value>) -> Config {
+    let mut section = config.connectors.remove(name).unwrap_or_else(|| serde_json::json!({}));
+    if let Some(fields) = section.as_object_mut() {
+        fields.extend(overrides);
+    }
+    config.connectors = [(name.to_string(), section)].into();
+    config
+}
+
+/// Runs connector `name` until `shutdown` fires or it stops on its own. Refuses to start,
+/// naming the cause, when the section, the database or the brokers are not right.
+pub async fn run(
+    config: Config,
+    name: &str,
+    overrides: serde_json::Map<String, serde_json::Value>,
+    shutdown: CancellationToken,
+) -> Result<(), StartError> {
+    config.check()?;
+    let config = only(config, name, overrides);
+    let connector = registry(&config)?.pop().ok_or_else(|| ConnectorError {
+        connector: "registry",
+        message: format!("no connector is named {name:?}"),
+        retryable: false,
+    })?;
+    let store = open_store(&config).await?;
+    let producer = kafka::producer(&config.kafka, API_LINGER)?;
+    check_brokers(&config, &producer).await?;
+    tokio::time::timeout(Duration::from_secs(30), kafka::ensure_topics(&config.kafka)).await.map_err(|_| {
+        StartError::KafkaUnreachable {
+            brokers: config.kafka.brokers.clone(),
+            source: KafkaError::AdminOpCreation("creating topics timed out".into()),
+        }
+    })??;
+    let metrics = Metrics::new();
+    let context = ConnectorContext {
+        producer,
+        topics: config.kafka.topics.clone(),
+        cache: StockCache::new(Arc::clone(&store), &config.query, metrics.clone()),
+        store,
+        config: Arc::new(config.clone()),
+        shutdown,
+        metrics,
+    };
+    info!(connector = connector.name(), "connector running on its own");
+    Ok(connector.run(context).await?)
+}
