@@ -22,7 +22,7 @@ use onhand_core::{
     telemetry::Metrics,
     testing::{self, unique_name},
 };
-use onhand_load_tests::Servers;
+use onhand_load_tests::{until_recorded, Servers};
 use rand::{rngs::StdRng, Rng, SeedableRng};
 use rand_distr::{Distribution, Zipf};
 use rdkafka::producer::{FutureProducer, FutureRecord};
@@ -75,15 +75,7 @@ async fn main() -> anyhow::Result<()> {
         shutdown.clone(),
         Default::default(),
     )?;
-    let expected = i64::try_from(args.movements)?;
-    loop {
-        let recorded = store.movement_count().await?;
-        if recorded >= expected {
-            break;
-        }
-        anyhow::ensure!(!handle.is_finished(), "the ledger stopped after {recorded} movements");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    until_recorded(&*store, &handle, args.movements).await?;
     let apply_seconds = apply_started.elapsed().as_secs_f64();
     shutdown.cancel();
     handle.join().await?;

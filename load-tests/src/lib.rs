@@ -4,7 +4,7 @@
 
 use std::net::SocketAddr;
 
-use onhand_core::{config::Config, store::Store, testing};
+use onhand_core::{config::Config, ledger::LedgerHandle, store::Store, testing};
 use reqwest::header::{HeaderMap, HeaderValue, AUTHORIZATION};
 
 #[derive(Debug, clap::Args)]
@@ -42,4 +42,17 @@ pub async fn client_with_key(store: &dyn Store, builder: reqwest::ClientBuilder)
     let mut value = HeaderValue::from_str(&format!("Bearer {}", created.plaintext))?;
     value.set_sensitive(true);
     Ok(builder.default_headers(HeaderMap::from_iter([(AUTHORIZATION, value)])).build()?)
+}
+
+/// Waits until `store` has recorded `movements`, checking that the ledger is still running.
+pub async fn until_recorded(store: &dyn Store, ledger: &LedgerHandle, movements: u64) -> anyhow::Result<()> {
+    let expected = i64::try_from(movements)?;
+    loop {
+        let recorded = store.movement_count().await?;
+        if recorded >= expected {
+            return Ok(());
+        }
+        anyhow::ensure!(!ledger.is_finished(), "the ledger stopped after {recorded} movements");
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
 }

@@ -34,7 +34,7 @@ use onhand_core::{
     telemetry::Metrics,
     testing::unique_name,
 };
-use onhand_load_tests::Servers;
+use onhand_load_tests::{until_recorded, Servers};
 use rand::{rngs::StdRng, Rng, SeedableRng};
 use rand_distr::{Distribution, Zipf};
 use rdkafka::{
@@ -70,7 +70,7 @@ struct Args {
 async fn main() -> anyhow::Result<()> {
     tracing_subscriber::fmt().with_env_filter("warn").with_writer(std::io::stderr).init();
     let args = Args::parse();
-    let prefix = unique_name("wmsbench");
+    let prefix = unique_name("bench_wms");
     let mut config = args.servers.config(&prefix).await?;
     config.kafka.partitions = args.partitions;
     kafka::ensure_topics(&config.kafka).await?;
@@ -264,15 +264,7 @@ async fn apply(config: &Config, store: Arc<dyn store::Store>, lines: u64) -> any
         shutdown.clone(),
         Default::default(),
     )?;
-    let expected = i64::try_from(lines)?;
-    loop {
-        let recorded = store.movement_count().await?;
-        if recorded >= expected {
-            break;
-        }
-        anyhow::ensure!(!handle.is_finished(), "the ledger stopped after {recorded} movements");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    until_recorded(&*store, &handle, lines).await?;
     let seconds = started.elapsed().as_secs_f64();
     shutdown.cancel();
     handle.join().await?;

@@ -5,7 +5,8 @@
 
 CREATE TABLE outbox (
     seq         INTEGER PRIMARY KEY AUTOINCREMENT,
-    -- The line as forwarded (NDJSON of connectors/src/pos/mapping.rs PosLine).
+    -- The line as the till sent it (connectors/src/pos/mapping.rs PosLine); its seq is
+    -- this row's, added when it is forwarded.
     line        TEXT NOT NULL,
     sku         TEXT NOT NULL,
     -- The change to on_hand, or NULL for a count, which sets it (count holds the quantity).

@@ -8,10 +8,10 @@
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
-use onhand_core::kafka::{self, dead_letter, DeadLetter};
+use onhand_core::kafka;
 use rdkafka::{
     consumer::{CommitMode, Consumer, StreamConsumer},
-    producer::{FutureProducer, FutureRecord},
+    producer::FutureProducer,
     Message,
 };
 use serde_json::Value;
@@ -20,7 +20,7 @@ use tracing::warn;
 use super::{
     config::{DebeziumColumns, ErpConfig},
     mapping::{self, Codes, JournalRow},
-    source::{PRODUCER_LINGER, SOURCE},
+    source::{deliver, PRODUCER_LINGER},
 };
 use crate::ConnectorContext;
 
@@ -148,26 +148,16 @@ impl Follower {
 
     /// Produces the movement of one change event, or its dead letter.
     async fn handle(&self, producer: &FutureProducer, value: &[u8]) -> Result<(), String> {
-        let context = &self.context;
-        let timeout = Duration::from_millis(context.config.kafka.produce_timeout_ms);
-        let (code, reason, outcome) = match read_change(value, &self.config.debezium.columns) {
+        let mapped = match read_change(value, &self.config.debezium.columns) {
             Ok(Change::Nothing) => return Ok(()),
-            Ok(Change::Row(row)) => match mapping::to_movement(&row, &self.codes, Utc::now()) {
-                Ok(m) => {
-                    let payload = m.to_json();
-                    let record = FutureRecord::to(&context.topics.movements).key(m.kafka_key()).payload(&payload);
-                    producer.send(record, timeout).await.map_err(|(e, _)| e.to_string())?;
-                    context.metrics.erp_rows_total.with_label_values(&["produced"]).inc();
-                    return Ok(());
-                }
-                Err(unmapped) => (unmapped.code, unmapped.message, "dead_lettered"),
-            },
-            Ok(Change::Changed { reason, .. }) => ("erp_journal_row_changed", reason, "changed"),
-            Err(unmapped) => (unmapped.code, unmapped.message, "dead_lettered"),
+            Ok(Change::Row(row)) => {
+                mapping::to_movement(&row, &self.codes, Utc::now()).map_err(|u| (u, None, value, "dead_lettered"))
+            }
+            Ok(Change::Changed { reason, .. }) => {
+                Err((mapping::Unmapped { code: "erp_journal_row_changed", message: reason }, None, value, "changed"))
+            }
+            Err(unmapped) => Err((unmapped, None, value, "dead_lettered")),
         };
-        let letter = DeadLetter { source: SOURCE, key: None, payload: value, reason_code: code, reason: &reason };
-        dead_letter(producer, &context.topics.dlq, letter, timeout).await.map_err(|e| e.to_string())?;
-        context.metrics.erp_rows_total.with_label_values(&[outcome]).inc();
-        Ok(())
+        deliver(&self.context, producer, mapped).await.map_err(|e| e.to_string())
     }
 }

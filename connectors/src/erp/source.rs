@@ -7,18 +7,22 @@ use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use futures::future::join_all;
+use onhand_core::event::Movement;
 use onhand_core::{
     kafka::{self, dead_letter, DeadLetter},
     source::SourceUpdate,
 };
-use rdkafka::producer::{FutureProducer, FutureRecord};
+use rdkafka::{
+    error::KafkaError,
+    producer::{FutureProducer, FutureRecord},
+};
 use serde::{Deserialize, Serialize};
 use sqlx::{PgPool, Row};
 use tracing::{info, warn};
 
 use super::{
     config::ErpConfig,
-    mapping::{self, Codes, JournalRow},
+    mapping::{self, Codes, JournalRow, Unmapped},
 };
 use crate::ConnectorContext;
 
@@ -27,6 +31,37 @@ pub(super) const PRODUCER_LINGER: Duration = Duration::from_millis(5);
 
 /// The source name of the ERP in `GET /v1/sources` and `connector_state`.
 pub const SOURCE: &str = "erp";
+
+/// A journal change that cannot become a movement: why, and the record as received
+/// (key, bytes), counted under `outcome`.
+pub(super) type Undeliverable<'a> = (Unmapped, Option<&'a str>, &'a [u8], &'static str);
+
+/// Sends a journal change's movement, or its dead letter, and counts it in
+/// `onhand_erp_rows_total` once Kafka acknowledged it: the one way rows leave both the
+/// poller and the Debezium follower.
+pub(super) async fn deliver(
+    context: &ConnectorContext,
+    producer: &FutureProducer,
+    mapped: Result<Movement, Undeliverable<'_>>,
+) -> Result<(), KafkaError> {
+    let timeout = Duration::from_millis(context.config.kafka.produce_timeout_ms);
+    let outcome = match mapped {
+        Ok(m) => {
+            let payload = m.to_json();
+            let record = FutureRecord::to(&context.topics.movements).key(m.kafka_key()).payload(&payload);
+            producer.send(record, timeout).await.map_err(|(e, _)| e)?;
+            "produced"
+        }
+        Err((unmapped, key, payload, outcome)) => {
+            let letter =
+                DeadLetter { source: SOURCE, key, payload, reason_code: unmapped.code, reason: &unmapped.message };
+            dead_letter(producer, &context.topics.dlq, letter, timeout).await?;
+            outcome
+        }
+    };
+    context.metrics.erp_rows_total.with_label_values(&[outcome]).inc();
+    Ok(())
+}
 
 /// Where the poller is: the last row whose movement Kafka acknowledged.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -135,36 +170,19 @@ impl Poller {
 
     /// Produces every row's movement or dead letter and waits for all acknowledgements.
     async fn produce(&self, rows: &[JournalRow]) -> Result<(), String> {
-        let context = &self.context;
-        let timeout = Duration::from_millis(context.config.kafka.produce_timeout_ms);
         let now = Utc::now();
         let sends = rows.iter().map(|row| async move {
-            match mapping::to_movement(row, &self.codes, now) {
-                Ok(m) => {
-                    let payload = m.to_json();
-                    let record = FutureRecord::to(&context.topics.movements).key(m.kafka_key()).payload(&payload);
-                    self.producer.send(record, timeout).await.map(|_| "produced").map_err(|(e, _)| e)
-                }
+            let payload;
+            let mapped = match mapping::to_movement(row, &self.codes, now) {
+                Ok(m) => Ok(m),
                 Err(unmapped) => {
-                    let payload = serde_json::to_vec(row).expect("a row serializes");
-                    let letter = DeadLetter {
-                        source: SOURCE,
-                        key: Some(&row.item),
-                        payload: &payload,
-                        reason_code: unmapped.code,
-                        reason: &unmapped.message,
-                    };
-                    dead_letter(&self.producer, &context.topics.dlq, letter, timeout).await.map(|()| "dead_lettered")
+                    payload = serde_json::to_vec(row).expect("a row serializes");
+                    Err((unmapped, Some(row.item.as_str()), payload.as_slice(), "dead_lettered"))
                 }
-            }
+            };
+            deliver(&self.context, &self.producer, mapped).await
         });
-        let mut failed = None;
-        for result in join_all(sends).await {
-            match result {
-                Ok(outcome) => context.metrics.erp_rows_total.with_label_values(&[outcome]).inc(),
-                Err(e) => failed = Some(e),
-            }
-        }
+        let failed = join_all(sends).await.into_iter().filter_map(Result::err).last();
         match failed {
             Some(e) => Err(format!("kafka did not acknowledge every row: {e}")),
             None => Ok(()),

@@ -204,9 +204,12 @@ async fn enqueue(shared: &Shared, lines: &[(PosLine, Movement)]) -> Result<Vec<i
     let mut tx = shared.outbox.begin_with("BEGIN IMMEDIATE").await.map_err(failed)?;
     let mut seqs = Vec::with_capacity(lines.len());
     for (line, movement) in lines {
+        // The line is kept as the till sent it; its sequence number is the row's, added
+        // when it is forwarded.
         let seq: i64 = sqlx::query_scalar(
-            "INSERT INTO outbox (line, sku, delta, count, occurred_at) VALUES ('', ?1, ?2, ?3, ?4) RETURNING seq",
+            "INSERT INTO outbox (line, sku, delta, count, occurred_at) VALUES (?1, ?2, ?3, ?4, ?5) RETURNING seq",
         )
+        .bind(serde_json::to_string(line).expect("a line serializes"))
         .bind(movement.sku.as_str())
         .bind(movement.delta())
         .bind(movement.delta().is_none().then_some(movement.quantity))
@@ -214,13 +217,6 @@ async fn enqueue(shared: &Shared, lines: &[(PosLine, Movement)]) -> Result<Vec<i
         .fetch_one(&mut *tx)
         .await
         .map_err(failed)?;
-        let numbered = PosLine { seq: Some(seq), ..line.clone() };
-        sqlx::query("UPDATE outbox SET line = ?1 WHERE seq = ?2")
-            .bind(serde_json::to_string(&numbered).expect("a line serializes"))
-            .bind(seq)
-            .execute(&mut *tx)
-            .await
-            .map_err(failed)?;
         seqs.push(seq);
     }
     tx.commit().await.map_err(failed)?;
@@ -424,9 +420,12 @@ async fn next_batch(shared: &Shared) -> Result<Vec<Outboxed>, String> {
         .map_err(|e| e.to_string())?;
     rows.iter()
         .map(|r| {
+            let seq: i64 = r.try_get("seq").map_err(|e| e.to_string())?;
+            let line: PosLine = serde_json::from_str(r.try_get("line").map_err(|e| e.to_string())?)
+                .map_err(|e| format!("outbox line {seq} is not readable: {e}"))?;
             Ok(Outboxed {
-                seq: r.try_get("seq").map_err(|e| e.to_string())?,
-                line: r.try_get("line").map_err(|e| e.to_string())?,
+                seq,
+                line: serde_json::to_string(&PosLine { seq: Some(seq), ..line }).expect("a line serializes"),
                 occurred_at: r.try_get("occurred_at").map_err(|e| e.to_string())?,
             })
         })
