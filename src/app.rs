@@ -3,27 +3,25 @@
 
 use std::{net::SocketAddr, path::Path, sync::Arc, time::Duration};
 
-use onhand_connectors::{registry, ConnectorContext};
+use onhand_connectors::{registry, Connector, ConnectorContext};
 use onhand_core::{
     api::{self, ApiContext},
     cache::{self, StockCache},
     clock::Clock,
     config::Config,
+    health::{supervise, Component, Failure, Health},
+    ingest::{Durability, Ingest},
     kafka::{self, EmbeddedKafka, KafkaSetupError},
-    ledger::{self, FaultInjection, LedgerError, LedgerHandle},
-    relay::Relay,
+    ledger::{self, FaultInjection, LedgerError, LedgerHandle, LedgerParts},
+    relay::{Forget, Relay},
     reservation::Reservations,
     store::{self, Store, StoreError},
     telemetry::Metrics,
 };
-use rdkafka::{
-    error::KafkaError,
-    producer::{FutureProducer, Producer},
-    types::RDKafkaErrorCode,
-};
+use rdkafka::{error::KafkaError, producer::Producer as _, types::RDKafkaErrorCode};
 use tokio::{net::TcpListener, task::JoinHandle};
 use tokio_util::sync::CancellationToken;
-use tracing::{error, info, warn};
+use tracing::{info, warn};
 
 /// How long the API's producer gathers movements into one request: a client waits for
 /// Kafka's acknowledgement, so this stays short.
@@ -65,6 +63,7 @@ pub struct App {
     pub config: Config,
     pub metrics: Metrics,
     pub store: Arc<dyn Store>,
+    pub health: Health,
     shutdown: CancellationToken,
     ledger: Option<LedgerHandle>,
     tasks: Vec<JoinHandle<()>>,
@@ -72,13 +71,21 @@ pub struct App {
     _embedded: Option<EmbeddedKafka>,
 }
 
+/// How the process keeps what it accepted: a Kafka cluster, or `onhand dev`'s embedded
+/// broker with the outbox in front of it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Mode {
+    Serve,
+    Dev,
+}
+
 impl App {
     /// `onhand serve`: connects to the configured Kafka cluster and PostgreSQL, creates
     /// missing topics and runs the migrations; refuses to start when either is unreachable.
     pub async fn serve(config: Config, options: StartOptions) -> Result<App, StartError> {
         config.check()?;
-        let store = open_store(&config).await?;
-        let producer = kafka::producer(&config.kafka, API_LINGER)?;
+        let store = open_store(&config, config.database.connections_max).await?;
+        let producer = kafka::Producer::new(&config.kafka, API_LINGER)?;
         check_brokers(&config, &producer).await?;
         tokio::time::timeout(Duration::from_secs(30), kafka::ensure_topics(&config.kafka)).await.map_err(|_| {
             StartError::KafkaUnreachable {
@@ -86,11 +93,12 @@ impl App {
                 source: KafkaError::AdminOpCreation("creating topics timed out".into()),
             }
         })??;
-        Self::start(config, store, producer, None, options).await
+        Self::start(config, store, producer, None, options, Mode::Serve).await
     }
 
     /// `onhand dev`: Kafka in process (librdkafka's mock cluster), an SQLite file in
-    /// `data_dir`, and everything else as in production.
+    /// `data_dir`, and everything else as in production. What it accepts is written to
+    /// SQLite before it answers, so a stop or a kill loses nothing (see `ingest`).
     pub async fn dev(listen: SocketAddr, data_dir: &Path) -> Result<App, StartError> {
         std::fs::create_dir_all(data_dir).map_err(|source| StartError::Database {
             url: data_dir.display().to_string(),
@@ -104,23 +112,25 @@ impl App {
         let topics = &config.kafka.topics;
         let embedded = EmbeddedKafka::start(&[&topics.movements, &topics.stock, &topics.dlq], config.kafka.partitions)?;
         config.kafka.brokers = embedded.brokers().to_string();
-        let store = open_store(&config).await?;
+        let store = open_store(&config, config.database.connections_max).await?;
         // The embedded Kafka starts empty every run, so offsets saved by an earlier run
-        // point nowhere; the movements that run applied stay recorded in SQLite.
+        // point nowhere; the movements that run applied stay recorded in SQLite, and what
+        // it accepted without applying is still in the outbox, relayed again.
         store
             .reset_consumer_offsets(&config.ledger.group_id, &config.kafka.topics.movements)
             .await
             .map_err(|source| StartError::Database { url: config.database.url.clone(), source })?;
-        let producer = kafka::producer(&config.kafka, API_LINGER)?;
-        Self::start(config, store, producer, Some(embedded), StartOptions::default()).await
+        let producer = kafka::Producer::new(&config.kafka, API_LINGER)?;
+        Self::start(config, store, producer, Some(embedded), StartOptions::default(), Mode::Dev).await
     }
 
     async fn start(
         config: Config,
         store: Arc<dyn Store>,
-        producer: FutureProducer,
+        producer: kafka::Producer,
         embedded: Option<EmbeddedKafka>,
         options: StartOptions,
+        mode: Mode,
     ) -> Result<App, StartError> {
         // A connector whose section cannot be read refuses the start before anything runs.
         let connectors = registry(&config)?;
@@ -128,15 +138,23 @@ impl App {
         // Until the app is fully started, a failure stops what already runs.
         let stop_on_failure = shutdown.clone().drop_guard();
         let metrics = Metrics::new();
+        let health = Health::new(metrics.clone());
+        let mut tasks = vec![tokio::spawn(api::watch_database(
+            Arc::clone(&store),
+            health.component("database", true),
+            shutdown.child_token(),
+        ))];
         let ledger = if config.ledger.enabled {
-            Some(ledger::spawn(
-                &config.kafka,
-                &config.ledger,
-                Arc::clone(&store),
-                metrics.clone(),
-                shutdown.child_token(),
-                options.faults,
-            )?)
+            // A pool of its own: no flood of API requests can take the ledger's connections.
+            let ledger_store = open_store(&config, config.database.ledger_connections_max).await?;
+            let parts = LedgerParts {
+                store: ledger_store,
+                metrics: metrics.clone(),
+                component: health.component("ledger", true),
+                shutdown: shutdown.child_token(),
+                faults: options.faults,
+            };
+            Some(ledger::spawn(&config.kafka, &config.ledger, parts).await?)
         } else {
             None
         };
@@ -149,6 +167,16 @@ impl App {
             produce_timeout: Duration::from_millis(config.kafka.produce_timeout_ms),
             cache: cache.clone(),
             clock: options.clock.clone(),
+            forget: if mode == Mode::Dev { Forget::WhenRecorded } else { Forget::WhenAcknowledged },
+            acknowledged: Arc::default(),
+        };
+        let ingest = Ingest {
+            durability: if mode == Mode::Dev { Durability::Outbox } else { Durability::Kafka },
+            producer: producer.clone(),
+            movements_topic: config.kafka.topics.movements.clone(),
+            produce_timeout: Duration::from_millis(config.kafka.produce_timeout_ms),
+            store: Arc::clone(&store),
+            relay: relay.clone(),
         };
         let reservations = Reservations::new(
             relay.clone(),
@@ -157,18 +185,76 @@ impl App {
             config.channels.clone(),
             metrics.clone(),
         );
-        let mut tasks = vec![
-            tokio::spawn(relay.clone().run(shutdown.child_token())),
-            tokio::spawn(reservations.clone().run_expiry(shutdown.child_token())),
-            tokio::spawn(onhand_core::source::watch(
-                Arc::clone(&store),
-                metrics.clone(),
-                config.sources.clone(),
-                shutdown.child_token(),
-            )),
-        ];
+        let supervised = |name: &str, task: fn(Runner, CancellationToken) -> BoxedTask, runner: Runner| {
+            let (component, shutdown) = (health.component(name, false), shutdown.child_token());
+            tokio::spawn(async move {
+                let stop = shutdown.clone();
+                supervise(component, shutdown, move |_| task(runner.clone(), stop.clone())).await;
+            })
+        };
+        let runner = Runner {
+            relay: relay.clone(),
+            reservations: reservations.clone(),
+            store: Arc::clone(&store),
+            metrics: metrics.clone(),
+            config: config.clone(),
+            cache: cache.clone(),
+        };
+        tasks.push(supervised(
+            "relay",
+            |r, stop| {
+                Box::pin(async move {
+                    r.relay.run(stop).await;
+                    Ok(())
+                })
+            },
+            runner.clone(),
+        ));
+        tasks.push(supervised(
+            "reservation_expiry",
+            |r, stop| {
+                Box::pin(async move {
+                    r.reservations.run_expiry(stop).await;
+                    Ok(())
+                })
+            },
+            runner.clone(),
+        ));
+        tasks.push(supervised(
+            "source_watch",
+            |r, stop| {
+                Box::pin(async move {
+                    onhand_core::source::watch(r.store, r.metrics, r.config.sources, stop).await;
+                    Ok(())
+                })
+            },
+            runner.clone(),
+        ));
+        tasks.push(supervised(
+            "cache_follower",
+            |r, stop| {
+                Box::pin(async move {
+                    cache::follow_stock_topic(r.config.kafka, r.cache, stop).await;
+                    Ok(())
+                })
+            },
+            runner.clone(),
+        ));
+        tasks.push(supervised(
+            "cache_preload",
+            |r, stop| {
+                Box::pin(async move {
+                    r.cache.preload(stop).await;
+                    Ok(())
+                })
+            },
+            runner,
+        ));
+
         let context = ConnectorContext {
             producer: producer.clone(),
+            ingest: ingest.clone(),
+            component: Component::detached("connectors"),
             topics: config.kafka.topics.clone(),
             store: Arc::clone(&store),
             cache: cache.clone(),
@@ -180,12 +266,10 @@ impl App {
         let router = api::router(
             ApiContext {
                 store: Arc::clone(&store),
-                producer,
-                topics: config.kafka.topics.clone(),
+                ingest,
                 metrics: metrics.clone(),
                 http: config.http.clone(),
-                produce_timeout_ms: config.kafka.produce_timeout_ms,
-                ledger: ledger.as_ref().map(LedgerHandle::running),
+                health: health.clone(),
                 cache: cache.clone(),
                 query: config.query.clone(),
                 channels: config.channels.clone(),
@@ -195,17 +279,8 @@ impl App {
             },
             routes,
         );
-        let preload = (cache.clone(), shutdown.child_token());
-        tasks.push(tokio::spawn(async move { preload.0.preload(preload.1).await }));
-        tasks.push(tokio::spawn(cache::follow_stock_topic(config.kafka.clone(), cache, shutdown.child_token())));
         for connector in connectors {
-            let context = context.clone();
-            tasks.push(tokio::spawn(async move {
-                let name = connector.name();
-                if let Err(e) = connector.run(context).await {
-                    error!(connector = name, error = %e, "connector stopped");
-                }
-            }));
+            tasks.push(tokio::spawn(run_connector(connector, context.clone(), &health)));
         }
 
         let addr = config.http.listen;
@@ -214,7 +289,7 @@ impl App {
         let server = tokio::spawn(api::serve(listener, api::finish(router), shutdown.child_token()));
         stop_on_failure.disarm();
         info!(%local_addr, "http api listening");
-        Ok(App { local_addr, config, metrics, store, shutdown, ledger, tasks, server, _embedded: embedded })
+        Ok(App { local_addr, config, metrics, store, health, shutdown, ledger, tasks, server, _embedded: embedded })
     }
 
     pub fn ledger(&self) -> Option<&LedgerHandle> {
@@ -247,20 +322,49 @@ impl App {
     }
 }
 
-pub(crate) async fn open_store(config: &Config) -> Result<Arc<dyn Store>, StartError> {
+/// What the supervised background tasks are made from; each run of a task takes a copy.
+#[derive(Clone)]
+struct Runner {
+    relay: Relay,
+    reservations: Reservations,
+    store: Arc<dyn Store>,
+    metrics: Metrics,
+    config: Config,
+    cache: StockCache,
+}
+
+type BoxedTask = std::pin::Pin<Box<dyn std::future::Future<Output = Result<(), Failure>> + Send>>;
+
+/// Runs a connector under supervision, as the component `connector:NAME`: started again
+/// after a retryable failure or a panic, reported failed after one that needs a person.
+pub(crate) fn run_connector(
+    connector: Arc<dyn Connector>,
+    context: ConnectorContext,
+    health: &Health,
+) -> impl std::future::Future<Output = ()> + Send + 'static {
+    let component = health.component(&format!("connector:{}", connector.name()), false);
+    let shutdown = context.shutdown.clone();
+    async move {
+        supervise(component, shutdown, move |component| {
+            let (connector, context) = (Arc::clone(&connector), ConnectorContext { component, ..context.clone() });
+            async move { connector.run(context).await.map_err(Failure::from) }
+        })
+        .await;
+    }
+}
+
+pub(crate) async fn open_store(config: &Config, connections_max: u32) -> Result<Arc<dyn Store>, StartError> {
     let url = &config.database.url;
-    store::open(url, config.database.connections_max)
-        .await
-        .map_err(|source| StartError::Database { url: redact(url), source })
+    store::open(url, connections_max).await.map_err(|source| StartError::Database { url: redact(url), source })
 }
 
 /// Asks the brokers for metadata, so that a wrong address fails at start, not later.
 /// Tries a few times: brokers that restart, or a loaded machine, may miss one probe.
-pub(crate) async fn check_brokers(config: &Config, producer: &FutureProducer) -> Result<(), StartError> {
+pub(crate) async fn check_brokers(config: &Config, producer: &kafka::Producer) -> Result<(), StartError> {
     const ATTEMPTS: u32 = 3;
     let mut attempt = 1;
     loop {
-        let probe = producer.clone();
+        let probe = producer.get();
         let result = tokio::task::spawn_blocking(move || {
             probe.client().fetch_metadata(None, Duration::from_secs(10)).map(|_| ())
         })

@@ -3,15 +3,20 @@
 //! network). It gets what it gets inside `onhand serve`: the Kafka producer and topics
 //! (created when missing), the store, a stock cache, its `[connectors.NAME]` section.
 
-use std::{sync::Arc, time::Duration};
+use std::time::Duration;
 
 use onhand_connectors::{registry, ConnectorContext, ConnectorError};
-use onhand_core::{cache::StockCache, config::Config, kafka, telemetry::Metrics};
+use onhand_core::{
+    config::Config,
+    health::{Health, State},
+    kafka,
+    telemetry::Metrics,
+};
 use rdkafka::error::KafkaError;
 use tokio_util::sync::CancellationToken;
 use tracing::info;
 
-use crate::app::{check_brokers, open_store, StartError, API_LINGER};
+use crate::app::{check_brokers, open_store, run_connector, StartError, API_LINGER};
 
 /// The configuration with only connector `name` in it: its section as configured (an
 /// empty one when there is none, for connectors whose defaults suffice), with the fields
@@ -40,8 +45,8 @@ pub async fn run(
         message: format!("no connector is named {name:?}"),
         retryable: false,
     })?;
-    let store = open_store(&config).await?;
-    let producer = kafka::producer(&config.kafka, API_LINGER)?;
+    let store = open_store(&config, config.database.connections_max).await?;
+    let producer = kafka::Producer::new(&config.kafka, API_LINGER)?;
     check_brokers(&config, &producer).await?;
     tokio::time::timeout(Duration::from_secs(30), kafka::ensure_topics(&config.kafka)).await.map_err(|_| {
         StartError::KafkaUnreachable {
@@ -50,15 +55,17 @@ pub async fn run(
         }
     })??;
     let metrics = Metrics::new();
-    let context = ConnectorContext {
-        producer,
-        topics: config.kafka.topics.clone(),
-        cache: StockCache::new(Arc::clone(&store), &config.query, metrics.clone()),
-        store,
-        config: Arc::new(config.clone()),
-        shutdown,
-        metrics,
-    };
+    let health = Health::new(metrics.clone());
+    let context = ConnectorContext::standalone(&config, store, producer, metrics, shutdown);
+    let component = format!("connector:{}", connector.name());
     info!(connector = connector.name(), "connector running on its own");
-    Ok(connector.run(context).await?)
+    // Supervised as inside `onhand serve`: a passing failure restarts it; one that needs a
+    // person ends the process with the reason, for its service manager to report.
+    run_connector(connector, context, &health).await;
+    match health.state(&component) {
+        Some(State::Failed(message)) => {
+            Err(ConnectorError { connector: "connector", message, retryable: false }.into())
+        }
+        _ => Ok(()),
+    }
 }

@@ -29,11 +29,15 @@ use async_trait::async_trait;
 pub use onhand_core::api::ScopedRoutes;
 use onhand_core::{
     cache::StockCache,
+    clock::Clock,
     config::{Config, Topics},
+    health::{Component, Failure},
+    ingest::{Durability, Ingest},
+    kafka::Producer,
+    relay::{Forget, Relay},
     store::Store,
     telemetry::Metrics,
 };
-use rdkafka::producer::FutureProducer;
 use tokio_util::sync::CancellationToken;
 
 /// A connector failed. `retryable` says whether running it again may succeed (the outside
@@ -46,11 +50,24 @@ pub struct ConnectorError {
     pub retryable: bool,
 }
 
+impl From<ConnectorError> for Failure {
+    fn from(e: ConnectorError) -> Failure {
+        Failure { message: e.to_string(), retryable: e.retryable }
+    }
+}
+
 /// What a connector gets from the process that runs it.
 #[derive(Clone)]
 pub struct ConnectorContext {
-    /// Idempotent, `acks=all`: a movement is accepted once this producer's send resolved.
-    pub producer: FutureProducer,
+    /// Idempotent, `acks=all`, renewed when it fails fatally: for dead letters, and for
+    /// movements of a connector that makes them safe itself (a cursor moved only after
+    /// Kafka acknowledged). Routes that answer a client accept movements through `ingest`.
+    pub producer: Producer,
+    /// Makes a movement safe before the answer says so (Kafka, or `onhand dev`'s outbox).
+    pub ingest: Ingest,
+    /// Where the connector reports that it is blocked (`/readyz`); its supervisor reports
+    /// restarts and failures.
+    pub component: Component,
     pub topics: Topics,
     /// The catalog and the connectors' saved state. A connector never writes stock levels:
     /// it produces movements.
@@ -62,6 +79,50 @@ pub struct ConnectorContext {
     pub config: Arc<Config>,
     pub shutdown: CancellationToken,
     pub metrics: Metrics,
+}
+
+impl ConnectorContext {
+    /// The context of a connector running on its own, without the API (`onhand connector
+    /// NAME`, benchmarks): against a Kafka cluster, so movements are safe once acknowledged.
+    pub fn standalone(
+        config: &Config,
+        store: Arc<dyn Store>,
+        producer: Producer,
+        metrics: Metrics,
+        shutdown: CancellationToken,
+    ) -> ConnectorContext {
+        let cache = StockCache::new(Arc::clone(&store), &config.query, metrics.clone());
+        let produce_timeout = std::time::Duration::from_millis(config.kafka.produce_timeout_ms);
+        let relay = Relay {
+            store: Arc::clone(&store),
+            producer: producer.clone(),
+            topics: config.kafka.topics.clone(),
+            produce_timeout,
+            cache: cache.clone(),
+            clock: Clock::default(),
+            forget: Forget::WhenAcknowledged,
+            acknowledged: Arc::default(),
+        };
+        let ingest = Ingest {
+            durability: Durability::Kafka,
+            producer: producer.clone(),
+            movements_topic: config.kafka.topics.movements.clone(),
+            produce_timeout,
+            store: Arc::clone(&store),
+            relay,
+        };
+        ConnectorContext {
+            producer,
+            ingest,
+            component: Component::detached("connector"),
+            topics: config.kafka.topics.clone(),
+            store,
+            cache,
+            config: Arc::new(config.clone()),
+            shutdown,
+            metrics,
+        }
+    }
 }
 
 impl std::fmt::Debug for ConnectorContext {

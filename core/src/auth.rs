@@ -8,6 +8,8 @@ use std::fmt;
 
 use chrono::{DateTime, SubsecRound, Utc};
 use rand::RngCore;
+
+use crate::event::{EventId, LocationId, Movement, Source, SourceSystem};
 use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
 
@@ -32,6 +34,127 @@ pub enum KeyError {
     InvalidName,
     #[error("not an onhand api key: expected onh_<id>_<secret>")]
     InvalidToken,
+    #[error("{0}")]
+    InvalidBinding(String),
+}
+
+/// The event-id prefixes of onhand's own connectors and reservations. Only a key bound to
+/// the source, or an admin key, writes movements under them: otherwise a client could
+/// claim an id before the real source sends it (`erp:journal:{n}`), and the real movement
+/// would be skipped as a duplicate.
+pub const RESERVED_EVENT_ID_PREFIXES: [&str; 5] = ["pos:", "erp:", "wms:", "shopify:", "reservation:"];
+
+/// The one source a key may speak for.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum Binding {
+    /// A store: its tills and its store agent (`pos` and `store-agent` sources of this
+    /// instance), its own location, and its POS routes.
+    Store(LocationId),
+    /// Any other source, by system and instance (`erp:erp-main`, `api:pricing-tool`).
+    Source { system: SourceSystem, instance: String },
+}
+
+impl Binding {
+    /// Reads `store:store-012` or `SYSTEM:INSTANCE` (`erp:erp-main`).
+    pub fn parse(text: &str) -> Result<Binding, KeyError> {
+        let bad = |m: String| KeyError::InvalidBinding(m);
+        let (kind, rest) =
+            text.split_once(':').ok_or_else(|| bad(format!("{text:?}: expected store:LOCATION or SYSTEM:INSTANCE")))?;
+        if kind == "store" {
+            return LocationId::parse(rest).map(Binding::Store).map_err(|e| bad(format!("store: {}", e.message)));
+        }
+        let system: SourceSystem = serde_json::from_value(serde_json::Value::String(kind.to_string()))
+            .map_err(|_| bad(format!("{kind:?} is not a source system (pos, store-agent, shopify, erp, wms, api)")))?;
+        // The instance becomes an event-id prefix and a source.instance: the same alphabet.
+        LocationId::parse(rest).map_err(|e| bad(format!("instance: {}", e.message)))?;
+        Ok(Binding::Source { system, instance: rest.to_string() })
+    }
+
+    /// The prefix every event id this key writes must start with.
+    pub fn event_id_prefix(&self) -> String {
+        match self {
+            Binding::Store(store) => format!("pos:{store}:"),
+            Binding::Source { system, instance } => format!("{}:{instance}:", system_name(*system)),
+        }
+    }
+
+    pub fn allows_source(&self, source: &Source) -> bool {
+        match self {
+            Binding::Store(store) => {
+                matches!(source.system, SourceSystem::Pos | SourceSystem::StoreAgent)
+                    && source.instance == store.as_str()
+            }
+            Binding::Source { system, instance } => source.system == *system && &source.instance == instance,
+        }
+    }
+
+    pub fn allows_location(&self, location: &LocationId) -> bool {
+        match self {
+            Binding::Store(store) => store == location,
+            Binding::Source { .. } => true,
+        }
+    }
+}
+
+fn system_name(system: SourceSystem) -> &'static str {
+    match system {
+        SourceSystem::Pos => "pos",
+        SourceSystem::Shopify => "shopify",
+        SourceSystem::Erp => "erp",
+        SourceSystem::Wms => "wms",
+        SourceSystem::Api => "api",
+        SourceSystem::StoreAgent => "store-agent",
+    }
+}
+
+impl fmt::Display for Binding {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Binding::Store(store) => write!(f, "store:{store}"),
+            Binding::Source { system, instance } => write!(f, "{}:{instance}", system_name(*system)),
+        }
+    }
+}
+
+/// Why a key may not write a movement through the generic API: a stable code and a
+/// message naming what it may write instead.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NotAllowed {
+    pub code: &'static str,
+    pub message: String,
+}
+
+/// Whether a key with `scopes` and `binding` may write `m` through `POST /v1/movements`.
+pub fn may_write(scopes: Scopes, binding: Option<&Binding>, m: &Movement) -> Result<(), NotAllowed> {
+    let refuse = |code, message: String| Err(NotAllowed { code, message });
+    if let Some(binding) = binding {
+        if !binding.allows_source(&m.source) {
+            return refuse("source_not_allowed", format!("this key speaks only for {binding}"));
+        }
+        let prefix = binding.event_id_prefix();
+        if !m.event_id.as_str().starts_with(&prefix) {
+            return refuse("event_id_not_allowed", format!("this key writes only event ids starting with {prefix:?}"));
+        }
+        if !binding.allows_location(&m.location) {
+            return refuse("location_not_allowed", format!("this key writes only movements of {binding}"));
+        }
+        return Ok(());
+    }
+    if !scopes.allows(Scope::Admin) && reserved(&m.event_id) {
+        return refuse(
+            "event_id_not_allowed",
+            format!(
+                "event ids starting with {} are onhand's own connectors' and reservations'; bind a key to the \
+                 source (onhand keys create --store ... or --source ...) to write them",
+                RESERVED_EVENT_ID_PREFIXES.join(", ")
+            ),
+        );
+    }
+    Ok(())
+}
+
+fn reserved(id: &EventId) -> bool {
+    RESERVED_EVENT_ID_PREFIXES.iter().any(|prefix| id.as_str().starts_with(prefix))
 }
 
 /// What a key may do. `Admin` implies every other scope.
@@ -190,6 +313,8 @@ pub struct ApiKey {
     pub secret_sha256: [u8; 32],
     pub created_at: DateTime<Utc>,
     pub revoked_at: Option<DateTime<Utc>>,
+    /// The one source this key may speak for, if it is bound to one.
+    pub bound_to: Option<Binding>,
 }
 
 impl ApiKey {
@@ -206,6 +331,7 @@ impl ApiKey {
             secret_sha256: token.secret_sha256(),
             created_at: Utc::now().trunc_subsecs(6),
             revoked_at: None,
+            bound_to: None,
         })
     }
 

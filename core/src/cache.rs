@@ -7,6 +7,7 @@
 //! known levels answer, marked stale. Instances share nothing but Kafka and the database.
 
 use std::{
+    collections::HashMap,
     sync::{Arc, OnceLock},
     time::{Duration, Instant},
 };
@@ -14,7 +15,10 @@ use std::{
 use axum::body::Bytes;
 
 use chrono::{DateTime, SubsecRound, Utc};
-use moka::future::Cache;
+use moka::{
+    future::Cache,
+    ops::compute::{CompResult, Op},
+};
 use rdkafka::{
     consumer::{Consumer, StreamConsumer},
     ClientConfig, Message, Offset, TopicPartitionList,
@@ -85,11 +89,19 @@ impl Entry {
 pub struct StockCache {
     store: Arc<dyn Store>,
     entries: Cache<Sku, Arc<Entry>>,
+    /// SKUs the database had no level of, briefly: a query of many unknown SKUs costs one
+    /// read, not one per request. A level arriving from the stock topic forgets it.
+    missing: Cache<Sku, ()>,
     ttl: Duration,
     budget: Duration,
     capacity: u64,
     metrics: Metrics,
 }
+
+/// How long a SKU the database did not know answers `NotFound` without asking again.
+const MISSING_TTL: Duration = Duration::from_secs(2);
+/// The most SKUs that may be remembered as missing.
+const MISSING_MAX: u64 = 100_000;
 
 impl StockCache {
     pub fn new(store: Arc<dyn Store>, config: &QueryConfig, metrics: Metrics) -> Self {
@@ -98,6 +110,7 @@ impl StockCache {
             // No time-based eviction: an old entry is still the last known value when the
             // database is down. Age is checked on read instead.
             entries: Cache::new(config.cache_skus_max),
+            missing: Cache::builder().max_capacity(MISSING_MAX).time_to_live(MISSING_TTL).build(),
             ttl: Duration::from_secs(config.cache_ttl_s),
             budget: Duration::from_millis(config.database_budget_ms),
             capacity: config.cache_skus_max,
@@ -108,50 +121,119 @@ impl StockCache {
     /// The levels of `sku`: from the cache while it is fresh, else from the database within
     /// the time budget, else the last known levels marked stale.
     pub async fn get(&self, sku: &Sku) -> Result<SkuStock, ReadError> {
-        let cached = self.entries.get(sku).await;
-        if let Some(entry) = cached.as_ref().filter(|e| e.loaded_at.elapsed() < self.ttl) {
-            self.metrics.query_reads_total.with_label_values(&["cache"]).inc();
-            return Ok(SkuStock { entry: Arc::clone(entry), stale: false });
-        }
-        match tokio::time::timeout(self.budget, self.store.stock_by_sku(sku)).await {
-            Ok(Ok(levels)) if levels.is_empty() => {
-                self.metrics.query_reads_total.with_label_values(&["database"]).inc();
-                Err(ReadError::NotFound)
-            }
-            Ok(Ok(levels)) => {
-                self.metrics.query_reads_total.with_label_values(&["database"]).inc();
-                let entry = self.remember(sku, levels, cached.as_deref()).await;
-                Ok(SkuStock { entry, stale: false })
-            }
-            failed => {
-                match failed {
-                    Ok(Err(e)) => warn!(error = %e, "stock read failed; answering from the cache"),
-                    _ => debug!("stock read over its time budget; answering from the cache"),
-                }
-                self.metrics.query_reads_total.with_label_values(&["stale"]).inc();
-                let entry = cached.ok_or(ReadError::Unavailable)?;
-                Ok(SkuStock { entry, stale: true })
-            }
-        }
+        self.get_many(std::slice::from_ref(sku)).await.pop().unwrap_or(Err(ReadError::Unavailable))
     }
 
-    /// Caches levels read from the database, keeping any newer version that arrived from
-    /// the stock topic while the read was under way.
-    async fn remember(&self, sku: &Sku, mut levels: Vec<StockLevel>, cached: Option<&Entry>) -> Arc<Entry> {
-        let mut as_of = Utc::now().trunc_subsecs(6);
-        if let Some(cached) = cached {
-            for level in &mut levels {
-                if let Some(newer) =
-                    cached.levels.iter().find(|c| c.location == level.location && c.version > level.version)
-                {
-                    *level = newer.clone();
-                    as_of = as_of.max(newer.updated_at);
+    /// The levels of each SKU, in order, as [`get`](Self::get) answers them, with one read
+    /// of the database for all the SKUs the cache cannot answer.
+    pub async fn get_many(&self, skus: &[Sku]) -> Vec<Result<SkuStock, ReadError>> {
+        let mut answers: Vec<Option<Result<SkuStock, ReadError>>> = Vec::with_capacity(skus.len());
+        let mut cached: Vec<Option<Arc<Entry>>> = Vec::with_capacity(skus.len());
+        let mut misses: Vec<Sku> = Vec::new();
+        for sku in skus {
+            let entry = self.entries.get(sku).await;
+            let answer = match &entry {
+                Some(e) if e.loaded_at.elapsed() < self.ttl => {
+                    Some(Ok(SkuStock { entry: Arc::clone(e), stale: false }))
                 }
+                None if self.missing.contains_key(sku) => Some(Err(ReadError::NotFound)),
+                _ => {
+                    misses.push(sku.clone());
+                    None
+                }
+            };
+            if answer.is_some() {
+                self.metrics.query_reads_total.with_label_values(&["cache"]).inc();
             }
+            answers.push(answer);
+            cached.push(entry);
         }
-        let entry = Entry::new(levels, as_of, Instant::now());
-        self.entries.insert(sku.clone(), Arc::clone(&entry)).await;
-        entry
+        if misses.is_empty() {
+            return answers.into_iter().flatten().collect();
+        }
+        misses.sort();
+        misses.dedup();
+        let read = match tokio::time::timeout(self.budget, self.store.stock_by_skus(&misses)).await {
+            Ok(Ok(levels)) => Some(levels),
+            Ok(Err(e)) => {
+                warn!(error = %e, "stock read failed; answering from the cache");
+                None
+            }
+            Err(_) => {
+                debug!("stock read over its time budget; answering from the cache");
+                None
+            }
+        };
+        if let Some(levels) = read {
+            let mut by_sku: HashMap<Sku, Vec<StockLevel>> = HashMap::with_capacity(misses.len());
+            for level in levels {
+                by_sku.entry(level.sku.clone()).or_default().push(level);
+            }
+            let mut found: HashMap<Sku, Result<SkuStock, ReadError>> = HashMap::with_capacity(misses.len());
+            for sku in misses {
+                self.metrics.query_reads_total.with_label_values(&["database"]).inc();
+                let answer = match by_sku.remove(&sku) {
+                    Some(levels) => Ok(SkuStock { entry: self.remember(&sku, levels).await, stale: false }),
+                    None => {
+                        self.missing.insert(sku.clone(), ()).await;
+                        Err(ReadError::NotFound)
+                    }
+                };
+                found.insert(sku, answer);
+            }
+            return skus
+                .iter()
+                .zip(answers)
+                .map(|(sku, answer)| {
+                    answer.unwrap_or_else(|| found.get(sku).cloned().unwrap_or(Err(ReadError::NotFound)))
+                })
+                .collect();
+        }
+        skus.iter()
+            .zip(answers)
+            .zip(cached)
+            .map(|((_, answer), entry)| match answer {
+                Some(answer) => answer,
+                None => {
+                    self.metrics.query_reads_total.with_label_values(&["stale"]).inc();
+                    entry.map(|entry| SkuStock { entry, stale: true }).ok_or(ReadError::Unavailable)
+                }
+            })
+            .collect()
+    }
+
+    /// Caches levels read from the database, merged with what the cache holds now, level
+    /// by level, the higher version winning: a newer level that arrived from the stock
+    /// topic while the read was under way is kept, whatever the interleaving, because the
+    /// merge runs under the cache's lock of this SKU.
+    async fn remember(&self, sku: &Sku, levels: Vec<StockLevel>) -> Arc<Entry> {
+        let merged = self
+            .entries
+            .entry_by_ref(sku)
+            .and_compute_with(|current| {
+                let mut merged = levels;
+                let mut as_of = Utc::now().trunc_subsecs(6);
+                if let Some(current) = current.map(|e| e.into_value()) {
+                    for held in &current.levels {
+                        match merged.iter_mut().find(|l| l.location == held.location) {
+                            Some(read) if read.version >= held.version => {}
+                            Some(read) => {
+                                as_of = as_of.max(held.updated_at);
+                                *read = held.clone();
+                            }
+                            None => merged.push(held.clone()),
+                        }
+                    }
+                    merged.sort_by(|a, b| a.location.cmp(&b.location));
+                }
+                std::future::ready(Op::Put(Entry::new(merged, as_of, Instant::now())))
+            })
+            .await;
+        match merged {
+            CompResult::Inserted(entry) | CompResult::ReplacedWith(entry) => entry.into_value(),
+            // Put always inserts or replaces; keep the read's answer all the same.
+            _ => Entry::new(Vec::new(), Utc::now(), Instant::now()),
+        }
     }
 
     /// Loads every level into the cache, a page at a time, until the cache is full: after
@@ -182,7 +264,12 @@ impl StockCache {
             for group in page.chunk_by(|a, b| a.sku == b.sku) {
                 let sku = group[0].sku.clone();
                 let entry = Entry::new(group.to_vec(), as_of, Instant::now());
-                self.entries.entry(sku.clone()).or_insert_with(async { entry }).await;
+                self.entries
+                    .entry_by_ref(&sku)
+                    .and_compute_with(|current| {
+                        std::future::ready(if current.is_some() { Op::Nop } else { Op::Put(entry) })
+                    })
+                    .await;
                 loaded += 1;
                 after = Some(sku);
             }
@@ -191,21 +278,37 @@ impl StockCache {
         info!(skus = loaded, elapsed_ms = started.elapsed().as_millis() as u64, "stock cache preloaded");
     }
 
-    /// Applies a level from the stock topic (or written by this instance) to a cached SKU.
-    /// An older or equal version changes nothing; an uncached SKU is left to its next read.
+    /// Applies a level from the stock topic (or written by this instance) to a cached SKU,
+    /// under the cache's lock of the SKU. An older or equal version changes nothing; an
+    /// uncached SKU is left to its next read.
     pub async fn apply(&self, level: StockLevel) {
-        let Some(entry) = self.entries.get(&level.sku).await else { return };
-        let mut levels = entry.levels.clone();
-        match levels.iter_mut().find(|l| l.location == level.location) {
-            Some(current) if current.version >= level.version => return,
-            Some(current) => *current = level.clone(),
-            None => {
-                levels.push(level.clone());
-                levels.sort_by(|a, b| a.location.cmp(&b.location));
-            }
-        }
-        let as_of = entry.as_of.max(level.updated_at);
-        self.entries.insert(level.sku, Entry::new(levels, as_of, entry.loaded_at)).await;
+        self.missing.invalidate(&level.sku).await;
+        self.entries
+            .entry_by_ref(&level.sku)
+            .and_compute_with(|current| {
+                let op = match current.map(|e| e.into_value()) {
+                    None => Op::Nop,
+                    Some(entry) => {
+                        let mut levels = entry.levels.clone();
+                        match levels.iter_mut().find(|l| l.location == level.location) {
+                            Some(held) if held.version >= level.version => Op::Nop,
+                            found => {
+                                match found {
+                                    Some(held) => *held = level.clone(),
+                                    None => {
+                                        levels.push(level.clone());
+                                        levels.sort_by(|a, b| a.location.cmp(&b.location));
+                                    }
+                                }
+                                let as_of = entry.as_of.max(level.updated_at);
+                                Op::Put(Entry::new(levels, as_of, entry.loaded_at))
+                            }
+                        }
+                    }
+                };
+                std::future::ready(op)
+            })
+            .await;
     }
 }
 

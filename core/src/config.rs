@@ -52,12 +52,16 @@ impl Default for Config {
 pub struct DatabaseConfig {
     /// `postgres://user:password@host/db` in production, `sqlite://path` for development.
     pub url: String,
+    /// Connections of the API, the connectors and the background tasks.
     pub connections_max: u32,
+    /// Connections of the ledger, in a pool of its own: no flood of requests can take
+    /// the connections the ledger applies movements with.
+    pub ledger_connections_max: u32,
 }
 
 impl Default for DatabaseConfig {
     fn default() -> Self {
-        Self { url: String::new(), connections_max: 16 }
+        Self { url: String::new(), connections_max: 16, ledger_connections_max: 4 }
     }
 }
 
@@ -145,8 +149,16 @@ pub struct HttpConfig {
     pub rate_limit_burst: u32,
     /// How long a verified API key is trusted without reading the database again: a
     /// revoked key stops working within this long. While the database is down, keys seen
-    /// before keep working.
+    /// before keep working, up to `api_key_max_age_s`.
     pub api_key_cache_ttl_s: u64,
+    /// The longest a key is honoured on what the database last said of it, when the
+    /// database cannot be asked again: after this, the key waits for a fresh read.
+    pub api_key_max_age_s: u64,
+    /// Requests a second each client address may make with a key that is not cached (each
+    /// costs a database read) or that is refused; beyond, the answer is 429. Known keys do
+    /// not count against it.
+    pub unverified_per_address_per_s: u32,
+    pub unverified_per_address_burst: u32,
 }
 
 impl Default for HttpConfig {
@@ -158,6 +170,9 @@ impl Default for HttpConfig {
             rate_limit_per_s: 200,
             rate_limit_burst: 400,
             api_key_cache_ttl_s: 30,
+            api_key_max_age_s: 300,
+            unverified_per_address_per_s: 20,
+            unverified_per_address_burst: 40,
         }
     }
 }
@@ -283,8 +298,8 @@ impl Config {
         if self.kafka.brokers.trim().is_empty() {
             return invalid("kafka.brokers is not set (or set ONHAND_KAFKA__BROKERS)");
         }
-        if self.database.connections_max == 0 {
-            return invalid("database.connections_max must be 1 or more");
+        if self.database.connections_max == 0 || self.database.ledger_connections_max == 0 {
+            return invalid("database.connections_max and database.ledger_connections_max must be 1 or more");
         }
         if self.kafka.produce_timeout_ms == 0 {
             return invalid("kafka.produce_timeout_ms must be 1 or more (0 would wait forever)");
@@ -316,6 +331,14 @@ impl Config {
         }
         if self.http.rate_limit_per_s == 0 || self.http.rate_limit_burst == 0 {
             return invalid("http.rate_limit_per_s and http.rate_limit_burst must be 1 or more");
+        }
+        if self.http.unverified_per_address_per_s == 0 || self.http.unverified_per_address_burst == 0 {
+            return invalid(
+                "http.unverified_per_address_per_s and http.unverified_per_address_burst must be 1 or more",
+            );
+        }
+        if self.http.api_key_max_age_s < self.http.api_key_cache_ttl_s {
+            return invalid("http.api_key_max_age_s must be at least http.api_key_cache_ttl_s");
         }
         Ok(())
     }

@@ -302,9 +302,11 @@ impl MovementKind {
         Self::ALL.into_iter().find(|k| k.as_str() == value)
     }
 
-    /// Checks `quantity` against the kind's sign rule.
+    /// Checks `quantity` against the kind's sign rule. The bound is checked on the
+    /// unsigned magnitude: `i64::MIN.abs()` does not exist, and in a release build it
+    /// would wrap to `i64::MIN` and pass a signed comparison.
     fn check_quantity(self, quantity: i64) -> Result<(), &'static str> {
-        if quantity.abs() > QUANTITY_MAX {
+        if quantity.unsigned_abs() > QUANTITY_MAX.unsigned_abs() {
             return Err("must be within -1000000000 and 1000000000");
         }
         match self {
@@ -545,7 +547,16 @@ fn check_source(source: &Source) -> Result<(), InvalidMovement> {
     if source.reference.is_empty() || source.reference.chars().count() > SOURCE_REF_LEN_MAX {
         return bad("source.ref must be 1 to 128 characters");
     }
+    if has_nul(&source.instance) || has_nul(&source.reference) {
+        return bad("source.instance and source.ref must not contain the character \\u0000");
+    }
     Ok(())
+}
+
+/// PostgreSQL's text cannot hold U+0000, so a movement carrying it would be refused by the
+/// database after Kafka accepted it; it is refused here instead, with every other check.
+fn has_nul(text: &str) -> bool {
+    text.contains('\0')
 }
 
 fn check_text(field: &str, value: Option<&str>, len_max: usize) -> Result<(), InvalidMovement> {
@@ -553,6 +564,10 @@ fn check_text(field: &str, value: Option<&str>, len_max: usize) -> Result<(), In
         Some(v) if v.is_empty() || v.chars().count() > len_max => Err(InvalidMovement::new(
             RejectCode::InvalidField,
             format!("{field} must be 1 to {len_max} characters when present"),
+        )),
+        Some(v) if has_nul(v) => Err(InvalidMovement::new(
+            RejectCode::InvalidField,
+            format!("{field} must not contain the character \\u0000"),
         )),
         _ => Ok(()),
     }
@@ -567,6 +582,12 @@ fn check_attributes(attributes: &BTreeMap<String, String>) -> Result<(), Invalid
     }
     for (key, value) in attributes {
         check_text("an attribute name", Some(key), ID_LEN_MAX)?;
+        if has_nul(value) {
+            return Err(InvalidMovement::new(
+                RejectCode::InvalidField,
+                format!("attribute {key:?} must not contain the character \\u0000"),
+            ));
+        }
         if value.chars().count() > TEXT_LEN_MAX {
             return Err(InvalidMovement::new(
                 RejectCode::InvalidField,
@@ -616,8 +637,9 @@ fn stock_level_id(schema: &mut Schema) {
 
 impl StockLevel {
     /// What a channel may sell here: on_hand less reserved and safety stock, never below 0.
+    /// Saturating, so that a level read from anywhere cannot make it overflow.
     pub fn available(&self) -> i64 {
-        (self.on_hand - self.reserved - self.safety_stock).max(0)
+        self.on_hand.saturating_sub(self.reserved).saturating_sub(self.safety_stock).max(0)
     }
 
     /// The key on `onhand.stock.v1`.

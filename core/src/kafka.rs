@@ -2,27 +2,38 @@
 //! in-process mock cluster of `onhand dev`. Only standard Kafka client behaviour is used:
 //! no transactions, no broker-specific features.
 
-use std::{sync::mpsc, thread, time::Duration};
+use std::{
+    sync::{mpsc, Arc, PoisonError, RwLock},
+    thread,
+    time::Duration,
+};
 
 use rdkafka::{
     admin::{AdminClient, AdminOptions, NewTopic, TopicReplication},
     client::DefaultClientContext,
     error::KafkaError,
-    message::{Header, OwnedHeaders},
+    message::{Header, OwnedHeaders, OwnedMessage, ToBytes},
     mocking::MockCluster,
-    producer::{FutureProducer, FutureRecord},
+    producer::{future_producer::Delivery, FutureProducer, FutureRecord, Producer as _},
     types::RDKafkaErrorCode,
     ClientConfig,
 };
 
-use crate::config::KafkaConfig;
+use sha2::{Digest, Sha256};
+use tokio_util::sync::CancellationToken;
+use tracing::warn;
+
+use crate::{config::KafkaConfig, health::Component, telemetry::Metrics};
 
 /// A record that cannot become a movement, on its way to the dead-letter topic.
 #[derive(Debug, Clone, Copy)]
 pub struct DeadLetter<'a> {
     /// Where it came from: a topic, or a connector's name.
     pub source: &'a str,
-    pub key: Option<&'a str>,
+    /// The Kafka coordinates it was read from (topic, partition, offset), when it was read
+    /// from Kafka.
+    pub read_from: Option<(&'a str, i32, i64)>,
+    pub key: Option<&'a [u8]>,
     /// The original bytes, as received.
     pub payload: &'a [u8],
     /// A stable code (`docs/events.md` lists them).
@@ -30,25 +41,159 @@ pub struct DeadLetter<'a> {
     pub reason: &'a str,
 }
 
-/// Sends a record to the dead-letter topic `dlq` with the reason in headers, as the ledger
-/// does (`onhand.dlq.*`), and waits for Kafka's acknowledgement.
+/// The largest original a dead letter carries whole. Above, it carries the first
+/// [`DEAD_LETTER_TRUNCATED_BYTES`] bytes, with the original's size and SHA-256 in headers:
+/// a record near the broker's size limit (1 MB by default) plus the reason's headers would
+/// be refused for ever, and the component behind it with it.
+pub const DEAD_LETTER_PAYLOAD_BYTES_MAX: usize = 512 * 1024;
+/// What is kept of an original too large to carry whole.
+pub const DEAD_LETTER_TRUNCATED_BYTES: usize = 16 * 1024;
+
+/// Whether Kafka refused a record for good: what a person must fix (authorization, a
+/// missing topic, a record the broker will never take). Everything else may pass.
+pub fn is_permanent(error: &KafkaError) -> bool {
+    use RDKafkaErrorCode::*;
+    let code = match error {
+        KafkaError::MessageProduction(code) => *code,
+        _ => return false,
+    };
+    matches!(
+        code,
+        MessageSizeTooLarge
+            | InvalidMessageSize
+            | InvalidMessage
+            | InvalidRecord
+            | UnknownTopic
+            | UnknownTopicOrPartition
+            | TopicAuthorizationFailed
+            | ClusterAuthorizationFailed
+            | TransactionalIdAuthorizationFailed
+            | InvalidRequiredAcks
+            | InvalidTopic
+            | Fatal
+    )
+}
+
+fn is_too_large(error: &KafkaError) -> bool {
+    matches!(
+        error,
+        KafkaError::MessageProduction(RDKafkaErrorCode::MessageSizeTooLarge | RDKafkaErrorCode::InvalidMessageSize)
+    )
+}
+
+/// Sends a record to the dead-letter topic `dlq` with the reason in headers
+/// (`onhand.dlq.*`, `docs/events.md`), and waits for Kafka's acknowledgement. An original
+/// too large for the broker goes truncated, saying so in headers.
 pub async fn dead_letter(
-    producer: &FutureProducer,
+    producer: &Producer,
     dlq: &str,
     letter: DeadLetter<'_>,
     timeout: Duration,
 ) -> Result<(), KafkaError> {
+    let keep =
+        if letter.payload.len() > DEAD_LETTER_PAYLOAD_BYTES_MAX { DEAD_LETTER_TRUNCATED_BYTES } else { usize::MAX };
+    match send_dead_letter(producer, dlq, &letter, keep, timeout).await {
+        // The broker's limit is below ours: what is kept must fit any broker.
+        Err(e) if is_too_large(&e) && keep == usize::MAX => {
+            send_dead_letter(producer, dlq, &letter, DEAD_LETTER_TRUNCATED_BYTES, timeout).await
+        }
+        sent => sent,
+    }
+}
+
+async fn send_dead_letter(
+    producer: &Producer,
+    dlq: &str,
+    letter: &DeadLetter<'_>,
+    keep: usize,
+    timeout: Duration,
+) -> Result<(), KafkaError> {
     let failed_at = chrono::Utc::now().to_rfc3339();
-    let headers = OwnedHeaders::new()
+    let mut headers = OwnedHeaders::new()
         .insert(Header { key: "onhand.dlq.reason_code", value: Some(letter.reason_code) })
         .insert(Header { key: "onhand.dlq.reason", value: Some(letter.reason) })
         .insert(Header { key: "onhand.dlq.source", value: Some(letter.source) })
         .insert(Header { key: "onhand.dlq.failed_at", value: Some(failed_at.as_str()) });
-    let mut record = FutureRecord::to(dlq).payload(letter.payload).headers(headers);
+    if let Some((topic, partition, offset)) = letter.read_from {
+        headers = headers
+            .insert(Header { key: "onhand.dlq.topic", value: Some(topic) })
+            .insert(Header { key: "onhand.dlq.partition", value: Some(&partition.to_string()) })
+            .insert(Header { key: "onhand.dlq.offset", value: Some(&offset.to_string()) });
+    }
+    let payload = if letter.payload.len() > keep {
+        let digest = hex::encode(Sha256::digest(letter.payload));
+        headers = headers
+            .insert(Header { key: "onhand.dlq.truncated", value: Some("true") })
+            .insert(Header { key: "onhand.dlq.original_bytes", value: Some(&letter.payload.len().to_string()) })
+            .insert(Header { key: "onhand.dlq.original_sha256", value: Some(digest.as_str()) });
+        &letter.payload[..keep]
+    } else {
+        letter.payload
+    };
+    let mut record = FutureRecord::to(dlq).payload(payload).headers(headers);
     if let Some(key) = letter.key {
         record = record.key(key);
     }
     producer.send(record, timeout).await.map(|_| ()).map_err(|(e, _)| e)
+}
+
+/// How long a dead letter may take before its component reports itself blocked: the
+/// producer keeps trying for its whole message timeout, which is longer than a person
+/// watching `/readyz` should wait to learn that nothing moves.
+const DEAD_LETTER_SLOW: Duration = Duration::from_secs(3);
+
+/// Sends a dead letter until Kafka takes it: the component behind it must not move past
+/// a record that is not safe anywhere. While it cannot, `component` is blocked, with the
+/// reason; it runs again once the letter went. `false` when shutdown came first.
+pub async fn dead_letter_until_sent(
+    producer: &Producer,
+    dlq: &str,
+    letter: DeadLetter<'_>,
+    timeout: Duration,
+    shutdown: &CancellationToken,
+    component: &Component,
+    metrics: &Metrics,
+) -> bool {
+    let mut backoff = Duration::from_millis(200);
+    let mut blocked = false;
+    loop {
+        let send = dead_letter(producer, dlq, letter, timeout);
+        tokio::pin!(send);
+        let sent = tokio::select! {
+            sent = &mut send => sent,
+            _ = tokio::time::sleep(DEAD_LETTER_SLOW) => {
+                component.blocked(format!("a dead letter to {dlq} is not acknowledged after {}s", DEAD_LETTER_SLOW.as_secs()));
+                blocked = true;
+                tokio::select! {
+                    sent = &mut send => sent,
+                    _ = shutdown.cancelled() => return false,
+                }
+            }
+            _ = shutdown.cancelled() => return false,
+        };
+        match sent {
+            Ok(()) => {
+                if letter.payload.len() > DEAD_LETTER_PAYLOAD_BYTES_MAX {
+                    metrics.dlq_truncated_total.inc();
+                }
+                if blocked {
+                    component.running();
+                }
+                return true;
+            }
+            Err(e) => {
+                let needs = if is_permanent(&e) { "; a person must act (topic, authorization)" } else { "" };
+                warn!(error = %e, dlq, "cannot write to the dead-letter topic; retrying");
+                component.blocked(format!("cannot write dead letters to {dlq}: {e}{needs}"));
+                blocked = true;
+            }
+        }
+        tokio::select! {
+            _ = shutdown.cancelled() => return false,
+            _ = tokio::time::sleep(backoff) => {}
+        }
+        backoff = (backoff * 2).min(Duration::from_secs(30));
+    }
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -74,7 +219,7 @@ pub fn client_config(config: &KafkaConfig) -> ClientConfig {
 /// An idempotent producer that waits for every in-sync replica (`acks=all`), and that
 /// partitions by key like the Java client, so that any producer of a SKU hits the same
 /// partition. `linger` trades latency for fewer, larger produce requests.
-pub fn producer(config: &KafkaConfig, linger: Duration) -> Result<FutureProducer, KafkaError> {
+pub fn future_producer(config: &KafkaConfig, linger: Duration) -> Result<FutureProducer, KafkaError> {
     client_config(config)
         .set("enable.idempotence", "true")
         .set("acks", "all")
@@ -82,6 +227,78 @@ pub fn producer(config: &KafkaConfig, linger: Duration) -> Result<FutureProducer
         .set("linger.ms", linger.as_millis().to_string())
         .set("message.timeout.ms", config.produce_timeout_ms.to_string())
         .create()
+}
+
+/// The producer a process shares (the API, the relay, the connectors), made again when
+/// librdkafka declares it fatally failed: an idempotent producer that lost track of its
+/// sequence numbers refuses every send for good, and a fresh one starts clean. Cheap to
+/// clone; every clone sees the renewed producer.
+#[derive(Clone)]
+pub struct Producer {
+    current: Arc<RwLock<Arc<FutureProducer>>>,
+    config: Arc<KafkaConfig>,
+    linger: Duration,
+}
+
+impl std::fmt::Debug for Producer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Producer").field("linger", &self.linger).finish_non_exhaustive()
+    }
+}
+
+impl Producer {
+    pub fn new(config: &KafkaConfig, linger: Duration) -> Result<Producer, KafkaError> {
+        let producer = Arc::new(future_producer(config, linger)?);
+        Ok(Producer { current: Arc::new(RwLock::new(producer)), config: Arc::new(config.clone()), linger })
+    }
+
+    /// The producer as it is now.
+    pub fn get(&self) -> Arc<FutureProducer> {
+        Arc::clone(&self.current.read().unwrap_or_else(PoisonError::into_inner))
+    }
+
+    /// Sends a record and waits for its acknowledgement, as `FutureProducer::send`; a
+    /// fatal error renews the producer for the next send.
+    pub async fn send<K, P>(
+        &self,
+        record: FutureRecord<'_, K, P>,
+        queue_timeout: Duration,
+    ) -> Result<Delivery, (KafkaError, OwnedMessage)>
+    where
+        K: ToBytes + ?Sized,
+        P: ToBytes + ?Sized,
+    {
+        let producer = self.get();
+        let sent = producer.send(record, queue_timeout).await;
+        if sent.is_err() && producer.client().fatal_error().is_some() {
+            self.renew_if(&producer);
+        }
+        sent
+    }
+
+    /// Replaces the producer with a fresh one, unless another caller already did.
+    pub fn renew_if(&self, failed: &Arc<FutureProducer>) {
+        let mut current = self.current.write().unwrap_or_else(PoisonError::into_inner);
+        if !Arc::ptr_eq(&current, failed) {
+            return;
+        }
+        match future_producer(&self.config, self.linger) {
+            Ok(fresh) => {
+                if let Some((code, reason)) = failed.client().fatal_error() {
+                    warn!(?code, reason, "the kafka producer failed fatally; made a new one");
+                }
+                *current = Arc::new(fresh);
+            }
+            Err(e) => warn!(error = %e, "a new kafka producer could not be made; keeping the old one"),
+        }
+    }
+
+    /// Replaces the producer with a fresh one whatever its state (after a batch that
+    /// timed out: some brokers refuse the epoch bump an idempotent producer then needs).
+    pub fn renew(&self) {
+        let current = self.get();
+        self.renew_if(&current);
+    }
 }
 
 /// How long a consumer's fetch may wait at the broker for new records. Kafka answers as

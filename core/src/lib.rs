@@ -9,6 +9,7 @@
 //! - [`cache`]: the read side's cache of stock levels, kept fresh by the stock topic.
 //! - [`reservation`]: checkouts' promises of units, held by the database.
 //! - [`relay`]: how levels and movements the API writes reach Kafka (the outbox).
+//! - [`ingest`]: how a movement an edge accepts is made safe before the answer.
 //! - [`source`]: how far behind each source (store agent, connector) is.
 //! - [`api`]: the HTTP API.
 //! - [`auth`]: API keys and their scopes; only hashes of their secrets are stored.
@@ -16,6 +17,7 @@
 //! - [`telemetry`]: every metric, in one place.
 //! - [`config`]: typed configuration, from a file and the environment.
 //! - [`clock`]: the time decisions are taken by, moved by hand in tests.
+//! - [`health`]: what each component is doing (`/readyz`), and the supervisor of tasks.
 //! - [`testing`]: helpers for tests against the real servers of `scripts/test`.
 
 pub mod api;
@@ -24,6 +26,8 @@ pub mod cache;
 pub mod clock;
 pub mod config;
 pub mod event;
+pub mod health;
+pub mod ingest;
 pub mod kafka;
 pub mod ledger;
 pub mod product;

@@ -124,7 +124,7 @@ impl SourceState {
         self.ranges.sort_unstable();
         // Fold every range that now touches the contiguous part into it.
         while let Some(&(first, last)) = self.ranges.first() {
-            if first > self.acked_seq + 1 {
+            if first > self.acked_seq.saturating_add(1) {
                 break;
             }
             self.acked_seq = self.acked_seq.max(last);
@@ -139,7 +139,7 @@ impl SourceState {
 
     /// Movements the source holds that have not arrived.
     pub fn behind_movements(&self) -> i64 {
-        (self.head_seq - self.acked_seq).max(0)
+        self.head_seq.saturating_sub(self.acked_seq).max(0)
     }
 
     /// How old the oldest movement not arrived yet is, in seconds; 0 when none is missing.
@@ -256,6 +256,20 @@ mod tests {
         assert!(!state.gap_alert(at(300), alert_after));
         assert!(state.gap_alert(at(311), alert_after));
         assert!(!state.apply(&received(11, 19), at(320)).gap_alert(at(400), alert_after));
+    }
+
+    /// L3: sequence numbers and heads at the edges of i64 never overflow the arithmetic.
+    #[test]
+    fn extreme_sequence_numbers_do_not_overflow() {
+        let state = SourceState::new("pos:s1", at(0))
+            .apply(&received(1, i64::MAX), at(1))
+            .apply(&received(i64::MAX, i64::MAX), at(1))
+            .apply(&SourceUpdate::Heartbeat { epoch: "e1".into(), head: i64::MIN, oldest_pending_at: None }, at(2));
+        assert_eq!(state.acked_seq, i64::MAX);
+        let behind = SourceState::new("pos:s1", at(0))
+            .apply(&received(i64::MIN, i64::MIN + 1), at(1))
+            .apply(&SourceUpdate::Heartbeat { epoch: "e1".into(), head: i64::MAX, oldest_pending_at: None }, at(2));
+        assert!(behind.behind_movements() >= 0);
     }
 
     #[test]

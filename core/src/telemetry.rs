@@ -59,6 +59,14 @@ pub struct Registered {
     pub wms_files_total: IntCounterVec,
     pub wms_lines_total: IntCounter,
     pub wms_file_lines: IntGauge,
+    pub component_up: IntGaugeVec,
+    pub component_restarts_total: IntCounterVec,
+    pub ledger_assigned_partitions: IntGauge,
+    pub ledger_rejoins_total: IntCounter,
+    pub ledger_offsets_beyond_end_total: IntCounter,
+    pub ledger_refused_batches_total: IntCounter,
+    pub dlq_truncated_total: IntCounter,
+    pub erp_late_rows_total: IntCounter,
 }
 
 impl Default for Metrics {
@@ -255,6 +263,53 @@ impl Metrics {
                 registry.register(Box::new(g.clone())).expect("a metric registered once");
                 g
             },
+            component_up: {
+                let g = IntGaugeVec::new(
+                    Opts::new(
+                        "onhand_component_up",
+                        "1 when a component of this process runs (or finished as intended), 0 when it is starting, \
+                         blocked, restarting or failed; GET /readyz says why.",
+                    ),
+                    &["component"],
+                )
+                .expect("a valid metric");
+                registry.register(Box::new(g.clone())).expect("a metric registered once");
+                g
+            },
+            component_restarts_total: counter_vec(
+                "onhand_component_restarts_total",
+                "Times a supervised component failed (an error that may pass, or a panic) and was started again.",
+                &["component"],
+            ),
+            ledger_assigned_partitions: gauge(
+                "onhand_ledger_assigned_partitions",
+                "Partitions of the movements topic this ledger consumer owns now.",
+            ),
+            ledger_rejoins_total: counter(
+                "onhand_ledger_rejoins_total",
+                "Times the ledger left and rejoined its consumer group because it held no partition while \
+                 movements waited and nobody applied them.",
+            ),
+            ledger_offsets_beyond_end_total: counter(
+                "onhand_ledger_offsets_beyond_end_total",
+                "Partitions assigned whose saved offset is beyond the partition's end (the topic was recreated): \
+                 new records there are skipped until a person acts.",
+            ),
+            ledger_refused_batches_total: counter(
+                "onhand_ledger_refused_batches_total",
+                "Batches the database refused for good, searched for the movements it refuses (set aside to the \
+                 dead-letter topic) so that the rest applies.",
+            ),
+            dlq_truncated_total: counter(
+                "onhand_dlq_truncated_total",
+                "Dead letters whose original was too large for the broker and went truncated, with its size and \
+                 SHA-256 in headers.",
+            ),
+            erp_late_rows_total: counter(
+                "onhand_erp_late_rows_total",
+                "ERP journal rows found behind the cursor by the look-back re-scan (a transaction that committed \
+                 later than safety_delay_ms), produced then.",
+            ),
             registry,
         }))
     }

@@ -18,7 +18,10 @@ use futures::{stream, StreamExt};
 use onhand_core::{
     config::{Config, KafkaConfig},
     event::{Movement, MovementKind},
-    kafka, ledger, store,
+    health::Component,
+    kafka,
+    ledger::{self, LedgerParts},
+    store,
     telemetry::Metrics,
     testing::{self, unique_name},
 };
@@ -67,14 +70,14 @@ async fn main() -> anyhow::Result<()> {
     let shutdown = CancellationToken::new();
     let metrics = Metrics::new();
     let apply_started = Instant::now();
-    let handle = ledger::spawn(
-        &kafka_config,
-        &ledger_config,
-        Arc::clone(&store),
-        metrics.clone(),
-        shutdown.clone(),
-        Default::default(),
-    )?;
+    let parts = LedgerParts {
+        store: Arc::clone(&store),
+        metrics: metrics.clone(),
+        component: Component::detached("ledger"),
+        shutdown: shutdown.clone(),
+        faults: Default::default(),
+    };
+    let handle = ledger::spawn(&kafka_config, &ledger_config, parts).await?;
     until_recorded(&*store, &handle, args.movements).await?;
     let apply_seconds = apply_started.elapsed().as_secs_f64();
     shutdown.cancel();

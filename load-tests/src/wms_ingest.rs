@@ -28,9 +28,11 @@ use onhand_connectors::{
     Connector, ConnectorContext,
 };
 use onhand_core::{
-    cache::StockCache,
     config::{Config, KafkaConfig},
-    kafka, ledger, store,
+    health::Component,
+    kafka,
+    ledger::{self, LedgerParts},
+    store,
     telemetry::Metrics,
     testing::unique_name,
 };
@@ -180,15 +182,8 @@ async fn ingest(
     let store = store::open(&config.database.url, 8).await?;
     let metrics = Metrics::new();
     let shutdown = CancellationToken::new();
-    let context = ConnectorContext {
-        producer: kafka::producer(&config.kafka, Duration::from_millis(args.linger_ms))?,
-        topics: config.kafka.topics.clone(),
-        cache: StockCache::new(Arc::clone(&store), &config.query, metrics.clone()),
-        store: Arc::clone(&store),
-        config: Arc::new(config.clone()),
-        shutdown: shutdown.clone(),
-        metrics,
-    };
+    let producer = kafka::Producer::new(&config.kafka, Duration::from_millis(args.linger_ms))?;
+    let context = ConnectorContext::standalone(config, Arc::clone(&store), producer, metrics, shutdown.clone());
     let wms = WmsConfig {
         inbox: inbox.to_path_buf(),
         in_flight_max: args.in_flight_max,
@@ -234,7 +229,7 @@ fn records_of(path: &Path) -> anyhow::Result<Vec<(String, Vec<u8>)>> {
 /// (b) A bare producer, configured as the connector's, sending the same records with the
 /// same window of unacknowledged records.
 async fn bare(config: &KafkaConfig, args: &Args, topic: &str, records: &[(String, Vec<u8>)]) -> anyhow::Result<f64> {
-    let producer: FutureProducer = kafka::producer(config, Duration::from_millis(args.linger_ms))?;
+    let producer: FutureProducer = kafka::future_producer(config, Duration::from_millis(args.linger_ms))?;
     let started = Instant::now();
     let mut sends =
         stream::iter(
@@ -256,14 +251,14 @@ async fn bare(config: &KafkaConfig, args: &Args, topic: &str, records: &[(String
 async fn apply(config: &Config, store: Arc<dyn store::Store>, lines: u64) -> anyhow::Result<f64> {
     let shutdown = CancellationToken::new();
     let started = Instant::now();
-    let handle = ledger::spawn(
-        &config.kafka,
-        &config.ledger,
-        Arc::clone(&store),
-        Metrics::new(),
-        shutdown.clone(),
-        Default::default(),
-    )?;
+    let parts = LedgerParts {
+        store: Arc::clone(&store),
+        metrics: Metrics::new(),
+        component: Component::detached("ledger"),
+        shutdown: shutdown.clone(),
+        faults: Default::default(),
+    };
+    let handle = ledger::spawn(&config.kafka, &config.ledger, parts).await?;
     until_recorded(&*store, &handle, lines).await?;
     let seconds = started.elapsed().as_secs_f64();
     shutdown.cancel();

@@ -8,10 +8,9 @@
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
-use onhand_core::kafka;
+use onhand_core::kafka::{self, Producer};
 use rdkafka::{
     consumer::{CommitMode, Consumer, StreamConsumer},
-    producer::FutureProducer,
     Message,
 };
 use serde_json::Value;
@@ -94,6 +93,9 @@ fn timestamp(value: &Value) -> Option<DateTime<Utc>> {
     }
 }
 
+/// How long a change may take to be delivered before the connector says it is blocked.
+const BLOCKED_AFTER: Duration = Duration::from_secs(3);
+
 pub(super) struct Follower {
     pub context: ConnectorContext,
     pub config: ErpConfig,
@@ -114,7 +116,8 @@ impl Follower {
             .create()
             .map_err(|e| e.to_string())?;
         consumer.subscribe(&[self.config.debezium.topic.as_str()]).map_err(|e| e.to_string())?;
-        let mut producer = kafka::producer(kafka, PRODUCER_LINGER).map_err(|e| e.to_string())?;
+        let producer = Producer::new(kafka, PRODUCER_LINGER).map_err(|e| e.to_string())?;
+        let component = &self.context.component;
         loop {
             let message = tokio::select! {
                 _ = self.context.shutdown.cancelled() => return Ok(()),
@@ -129,16 +132,34 @@ impl Follower {
                 }
             };
             let mut backoff = Duration::from_millis(200);
-            while let Err(e) = self.handle(&producer, message.payload().unwrap_or_default()).await {
+            let mut blocked = false;
+            loop {
+                // A change that cannot be delivered holds every later one back (its offset
+                // is not committed past it): say so within seconds, not at the producer's
+                // timeout, and keep trying.
+                let handled = self.handle(&producer, message.payload().unwrap_or_default());
+                tokio::pin!(handled);
+                let outcome = tokio::select! {
+                    outcome = &mut handled => outcome,
+                    _ = tokio::time::sleep(BLOCKED_AFTER) => {
+                        component.blocked("an erp change (or its dead letter) is not acknowledged by kafka");
+                        blocked = true;
+                        handled.await
+                    }
+                };
+                let Err(e) = outcome else { break };
                 warn!(error = %e, "erp change not delivered; trying again");
-                if let Ok(fresh) = kafka::producer(kafka, PRODUCER_LINGER) {
-                    producer = fresh;
-                }
+                component.blocked(format!("an erp change is not delivered: {e}"));
+                blocked = true;
+                producer.renew();
                 tokio::select! {
                     _ = self.context.shutdown.cancelled() => return Ok(()),
                     _ = tokio::time::sleep(backoff) => {}
                 }
                 backoff = (backoff * 2).min(Duration::from_millis(self.config.retry_max_ms));
+            }
+            if blocked {
+                component.running();
             }
             if let Err(e) = consumer.commit_message(&message, CommitMode::Async) {
                 warn!(error = %e, "debezium offset not committed; the change may be read again");
@@ -147,7 +168,7 @@ impl Follower {
     }
 
     /// Produces the movement of one change event, or its dead letter.
-    async fn handle(&self, producer: &FutureProducer, value: &[u8]) -> Result<(), String> {
+    async fn handle(&self, producer: &Producer, value: &[u8]) -> Result<(), String> {
         let mapped = match read_change(value, &self.config.debezium.columns) {
             Ok(Change::Nothing) => return Ok(()),
             Ok(Change::Row(row)) => {

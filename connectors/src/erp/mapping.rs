@@ -3,7 +3,7 @@
 use std::collections::BTreeMap;
 
 use chrono::{DateTime, Utc};
-use onhand_core::event::{LocationId, Movement, MovementKind};
+use onhand_core::event::{LocationId, Movement, MovementKind, RejectCode};
 use serde::Serialize;
 use serde_json::json;
 
@@ -72,8 +72,16 @@ pub fn to_movement(row: &JournalRow, codes: &Codes, now: DateTime<Utc>) -> Resul
         code: "erp_unknown_warehouse",
         message: format!("warehouse {:?} is not in [connectors.erp.locations]", row.warehouse),
     })?;
-    // The kind carries the direction; only an adjustment keeps the ERP's sign.
-    let quantity = if *kind == MovementKind::Adjustment { row.quantity } else { row.quantity.abs() };
+    // The kind carries the direction; only an adjustment keeps the ERP's sign. i64::MIN
+    // has no magnitude in i64: refused here as out of range, never wrapped.
+    let quantity = match *kind {
+        MovementKind::Adjustment => Some(row.quantity),
+        _ => row.quantity.checked_abs(),
+    }
+    .ok_or_else(|| Unmapped {
+        code: RejectCode::InvalidQuantity.as_str(),
+        message: format!("quantity {} is out of range", row.quantity),
+    })?;
     let mut movement = json!({
         "event_id": format!("erp:journal:{}", row.id),
         "source": { "system": "erp", "instance": codes.instance, "ref": format!("journal:{}", row.id) },

@@ -68,7 +68,7 @@ impl Connector for Erp {
             .acquire_timeout(std::time::Duration::from_secs(5))
             .connect_lazy(&self.config.source_url)
             .map_err(|e| ConnectorError { connector: "erp", message: e.to_string(), retryable: false })?;
-        let producer = onhand_core::kafka::producer(&context.config.kafka, source::PRODUCER_LINGER)
+        let producer = onhand_core::kafka::Producer::new(&context.config.kafka, source::PRODUCER_LINGER)
             .map_err(|e| ConnectorError { connector: "erp", message: e.to_string(), retryable: true })?;
         let poller =
             source::Poller { context, config: self.config.clone(), codes: self.codes.clone(), journal, producer };

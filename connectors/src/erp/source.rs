@@ -9,13 +9,10 @@ use chrono::{DateTime, Utc};
 use futures::future::join_all;
 use onhand_core::event::Movement;
 use onhand_core::{
-    kafka::{self, dead_letter, DeadLetter},
+    kafka::{dead_letter, DeadLetter, Producer},
     source::SourceUpdate,
 };
-use rdkafka::{
-    error::KafkaError,
-    producer::{FutureProducer, FutureRecord},
-};
+use rdkafka::{error::KafkaError, producer::FutureRecord};
 use serde::{Deserialize, Serialize};
 use sqlx::{PgPool, Row};
 use tracing::{info, warn};
@@ -34,14 +31,14 @@ pub const SOURCE: &str = "erp";
 
 /// A journal change that cannot become a movement: why, and the record as received
 /// (key, bytes), counted under `outcome`.
-pub(super) type Undeliverable<'a> = (Unmapped, Option<&'a str>, &'a [u8], &'static str);
+pub(super) type Undeliverable<'a> = (Unmapped, Option<&'a [u8]>, &'a [u8], &'static str);
 
 /// Sends a journal change's movement, or its dead letter, and counts it in
 /// `onhand_erp_rows_total` once Kafka acknowledged it: the one way rows leave both the
 /// poller and the Debezium follower.
 pub(super) async fn deliver(
     context: &ConnectorContext,
-    producer: &FutureProducer,
+    producer: &Producer,
     mapped: Result<Movement, Undeliverable<'_>>,
 ) -> Result<(), KafkaError> {
     let timeout = Duration::from_millis(context.config.kafka.produce_timeout_ms);
@@ -53,8 +50,14 @@ pub(super) async fn deliver(
             "produced"
         }
         Err((unmapped, key, payload, outcome)) => {
-            let letter =
-                DeadLetter { source: SOURCE, key, payload, reason_code: unmapped.code, reason: &unmapped.message };
+            let letter = DeadLetter {
+                source: SOURCE,
+                read_from: None,
+                key,
+                payload,
+                reason_code: unmapped.code,
+                reason: &unmapped.message,
+            };
             dead_letter(producer, &context.topics.dlq, letter, timeout).await?;
             outcome
         }
@@ -84,18 +87,11 @@ pub(super) struct Poller {
     /// The poller's own producer, made again after Kafka failed a batch: an idempotent
     /// producer whose messages timed out must bump its epoch, which some brokers refuse
     /// (tansu), and a fresh producer starts clean. Event ids make the resends harmless.
-    pub producer: FutureProducer,
+    pub producer: Producer,
 }
 
 impl Poller {
-    fn renew_producer(&mut self) {
-        match kafka::producer(&self.context.config.kafka, PRODUCER_LINGER) {
-            Ok(producer) => self.producer = producer,
-            Err(e) => warn!(error = %e, "a new kafka producer could not be made; keeping the old one"),
-        }
-    }
-
-    pub(super) async fn run(mut self) {
+    pub(super) async fn run(self) {
         let mut cursor = self.load_cursor().await;
         let mut backoff = Duration::ZERO;
         let mut healthy: Option<bool> = None;
@@ -113,7 +109,7 @@ impl Poller {
                     Duration::from_millis(self.config.poll_interval_ms)
                 }
                 Err(reason) => {
-                    self.renew_producer();
+                    self.producer.renew();
                     backoff = (backoff * 2)
                         .clamp(Duration::from_millis(200), Duration::from_millis(self.config.retry_max_ms));
                     warn!(reason, retry_in_ms = backoff.as_millis() as u64, "erp poll failed; the cursor stays");
@@ -177,7 +173,7 @@ impl Poller {
                 Ok(m) => Ok(m),
                 Err(unmapped) => {
                     payload = serde_json::to_vec(row).expect("a row serializes");
-                    Err((unmapped, Some(row.item.as_str()), payload.as_slice(), "dead_lettered"))
+                    Err((unmapped, Some(row.item.as_bytes()), payload.as_slice(), "dead_lettered"))
                 }
             };
             deliver(&self.context, &self.producer, mapped).await

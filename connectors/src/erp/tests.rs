@@ -118,3 +118,16 @@ mod debezium {
         assert!(read_change(no_id.as_bytes(), &columns).unwrap_err().message.contains("ID"));
     }
 }
+
+/// C1: an ERP row with a quantity at the edge of i64 is refused for every kind; `i64::MIN`
+/// has no magnitude in i64 and is refused before the movement is built.
+#[test]
+fn extreme_quantities_in_the_journal_are_refused() {
+    let now = Utc.with_ymd_and_hms(2026, 11, 22, 17, 40, 15).unwrap();
+    for code in ["ENT", "SAI", "AJU", "INV"] {
+        for quantity in [i64::MIN, i64::MIN + 1, i64::MAX] {
+            let refused = to_movement(&row(1, code, "CD01", quantity), &codes(), now).unwrap_err();
+            assert_eq!(refused.code, "invalid_quantity", "{code} {quantity}");
+        }
+    }
+}

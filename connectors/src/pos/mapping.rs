@@ -103,8 +103,9 @@ pub fn read_lines(body: &[u8]) -> Vec<Result<PosLine, String>> {
         .collect()
 }
 
-/// One record of a store's stock report, as the original brief has it. Unknown fields are
-/// kept and answered back: the report is accepted as it is.
+/// One record of a store's stock report, as the original brief has it, with two optional
+/// fields of onhand's. Unknown fields are kept and answered back: the report is accepted
+/// as it is.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct StockReport {
     pub id_produto: String,
@@ -112,8 +113,49 @@ pub struct StockReport {
     pub quantidade: i64,
     pub id_loja: String,
     pub nome_loja: String,
+    /// The record's own identity, kept by the client through retries: a record sent twice
+    /// with the same one counts once. (Or the request's `Idempotency-Key` header.)
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub id_relatorio: Option<String>,
+    /// When the shelf was counted (RFC 3339); when the report arrived, when absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub contado_em: Option<DateTime<Utc>>,
     #[serde(flatten)]
     pub other: serde_json::Map<String, serde_json::Value>,
+}
+
+/// The longest `id_relatorio` or `Idempotency-Key` of a stock report.
+pub const REPORT_ID_LEN_MAX: usize = 255;
+
+/// Where a record's identity comes from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ReportIdentity<'a> {
+    /// The request's `Idempotency-Key`: record `i` of it.
+    Key(&'a str),
+    /// Neither a key nor `id_relatorio`: a fresh id, so a resend counts again.
+    None,
+}
+
+/// The transaction id a report record counts under: derived from `id_relatorio`, else
+/// from the request's key and the record's position, else fresh. Hashed, so that any id a
+/// client keeps (up to [`REPORT_ID_LEN_MAX`] characters) makes an event id of bounded
+/// length. `Err` names what is wrong with the client's id.
+pub fn report_transaction_id(
+    report: &StockReport,
+    identity: ReportIdentity<'_>,
+    index: usize,
+) -> Result<String, String> {
+    use sha2::{Digest, Sha256};
+    let digest = |text: &str| hex::encode(&Sha256::digest(text.as_bytes())[..12]);
+    let valid = |id: &str| !id.is_empty() && id.len() <= REPORT_ID_LEN_MAX && id.bytes().all(|b| b.is_ascii_graphic());
+    match (&report.id_relatorio, identity) {
+        (Some(id), _) if !valid(id) => {
+            Err(format!("id_relatorio must be 1 to {REPORT_ID_LEN_MAX} visible ascii characters"))
+        }
+        (Some(id), _) => Ok(format!("report-{}", digest(id))),
+        (None, ReportIdentity::Key(key)) => Ok(format!("report-{}-{index}", digest(key))),
+        (None, ReportIdentity::None) => Ok(format!("report-{}", uuid::Uuid::new_v4().simple())),
+    }
 }
 
 /// A stock report: one object or an array of them. `true` when it was an array, so the
@@ -138,9 +180,11 @@ pub fn report_location(format: &str, report: &StockReport) -> Result<LocationId,
     LocationId::parse(format.replace("{id_loja}", &report.id_loja))
 }
 
-/// The count line a report records; `transaction_id` is the report's own id (one per
-/// record), so a forwarded report counts once.
-pub fn report_line(report: &StockReport, transaction_id: &str, occurred_at: DateTime<Utc>) -> PosLine {
+/// The count line a report records; `transaction_id` is the record's identity (see
+/// [`report_transaction_id`]), so a resent or forwarded report counts once. The count
+/// occurred when the record says it was counted, else at `received_at`.
+pub fn report_line(report: &StockReport, transaction_id: &str, received_at: DateTime<Utc>) -> PosLine {
+    let occurred_at = report.contado_em.unwrap_or(received_at);
     PosLine {
         seq: None,
         transaction_id: transaction_id.to_string(),

@@ -19,23 +19,26 @@ use axum::{
     http::{HeaderMap, StatusCode},
     response::{IntoResponse, Response},
     routing::post,
-    Json, Router,
+    Extension, Json, Router,
 };
 use chrono::{DateTime, Utc};
-use futures::future::join_all;
 use onhand_core::{
-    api::ApiError,
+    api::{ApiError, Principal},
+    auth::Binding,
     event::{LocationId, Movement, Sku, SourceSystem},
     kafka::{dead_letter, DeadLetter},
     product::{Product, ProductInput},
     source::SourceUpdate,
 };
-use rdkafka::producer::FutureRecord;
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 use tracing::warn;
 
-use super::{config::PosConfig, mapping, EPOCH_HEADER, HEAD_HEADER, OLDEST_PENDING_HEADER};
+use super::{
+    config::PosConfig,
+    mapping::{self, ReportIdentity},
+    EPOCH_HEADER, HEAD_HEADER, OLDEST_PENDING_HEADER,
+};
 use crate::ConnectorContext;
 
 #[derive(Clone)]
@@ -84,15 +87,20 @@ fn agent(headers: &HeaderMap) -> Option<Agent> {
 
 async fn sales(
     State(state): State<PosState>,
+    Extension(principal): Extension<Arc<Principal>>,
     Path(store): Path<String>,
     headers: HeaderMap,
     body: Body,
 ) -> Result<Response, ApiError> {
     let store = LocationId::parse(store).map_err(|e| ApiError::InvalidLocation(e.message))?;
+    may_post_for(&principal, &store)?;
     // A feed is as large as a batch of movements may be, not a small JSON document.
     let limit_bytes = state.context.config.http.body_bytes_max;
     let body = axum::body::to_bytes(body, limit_bytes).await.map_err(|_| ApiError::BodyTooLarge { limit_bytes })?;
     let agent = agent(&headers);
+    if agent.is_some() {
+        may_speak_as_agent(&principal, &store)?;
+    }
     let lines = mapping::read_lines(&body);
     let max = state.config.lines_per_request_max;
     if lines.len() > max {
@@ -103,7 +111,8 @@ async fn sales(
     }
     let system = if agent.is_some() { SourceSystem::StoreAgent } else { SourceSystem::Pos };
     let now = Utc::now();
-    let seqs: Vec<i64> = lines.iter().filter_map(|l| l.as_ref().ok()?.seq).collect();
+    // Sequence numbers are the agent's, from 1: anything else is not counted.
+    let seqs: Vec<i64> = lines.iter().filter_map(|l| l.as_ref().ok()?.seq).filter(|seq| *seq >= 1).collect();
     let mapped: Vec<Result<Movement, (String, String)>> = lines
         .into_iter()
         .map(|line| match line {
@@ -130,7 +139,7 @@ async fn sales(
     Ok((status, Json(body)).into_response())
 }
 
-/// Produces the accepted lines and, from an agent, dead-letters the refused ones; each
+/// Makes the accepted lines safe and, from an agent, dead-letters the refused ones; each
 /// result says what became of its line.
 async fn deliver(
     context: &ConnectorContext,
@@ -141,47 +150,74 @@ async fn deliver(
 ) -> Vec<LineResult> {
     let timeout = Duration::from_millis(context.config.kafka.produce_timeout_ms);
     let source = format!("pos:{store}");
-    let sends = mapped.into_iter().enumerate().map(|(index, line)| {
-        let source = &source;
-        async move {
-            match line {
-                Ok(m) => {
-                    let payload = m.to_json();
-                    let record = FutureRecord::to(&context.topics.movements).key(m.kafka_key()).payload(&payload);
-                    let event_id = Some(m.event_id.to_string());
-                    match context.producer.send(record, timeout).await {
-                        Ok(_) => LineResult { index, status: "accepted", event_id, error: None },
-                        Err((e, _)) => {
-                            warn!(error = %e, "pos line not acknowledged by kafka");
-                            LineResult { index, status: "failed", event_id, error: None }
-                        }
-                    }
+    let accepted: Vec<Movement> = mapped.iter().filter_map(|m| m.as_ref().ok().cloned()).collect();
+    let mut safe = context.ingest.accept(&accepted).await.into_iter();
+    let mut results = Vec::with_capacity(mapped.len());
+    for (index, line) in mapped.into_iter().enumerate() {
+        results.push(match line {
+            Ok(m) => {
+                let event_id = Some(m.event_id.to_string());
+                match safe.next() {
+                    Some(Ok(())) => LineResult { index, status: "accepted", event_id, error: None },
+                    _ => LineResult { index, status: "failed", event_id, error: None },
                 }
-                Err((code, message)) if from_agent => {
-                    let letter = DeadLetter {
-                        source,
-                        key: None,
-                        payload: line_bytes(body, index),
-                        reason_code: &code,
-                        reason: &message,
-                    };
-                    let status = match dead_letter(&context.producer, &context.topics.dlq, letter, timeout).await {
-                        Ok(()) => "dead_lettered",
-                        Err(_) => "failed",
-                    };
-                    let error = Some(json!({ "code": code, "message": message }));
-                    LineResult { index, status, event_id: None, error }
-                }
-                Err((code, message)) => LineResult {
-                    index,
-                    status: "rejected",
-                    event_id: None,
-                    error: Some(json!({ "code": code, "message": message })),
-                },
             }
-        }
-    });
-    join_all(sends).await
+            Err((code, message)) if from_agent => {
+                let letter = DeadLetter {
+                    source: &source,
+                    read_from: None,
+                    key: None,
+                    payload: line_bytes(body, index),
+                    reason_code: &code,
+                    reason: &message,
+                };
+                let status = match dead_letter(&context.producer, &context.topics.dlq, letter, timeout).await {
+                    Ok(()) => "dead_lettered",
+                    Err(e) => {
+                        warn!(error = %e, "a refused pos line was not dead-lettered");
+                        "failed"
+                    }
+                };
+                let error = Some(json!({ "code": code, "message": message }));
+                LineResult { index, status, event_id: None, error }
+            }
+            Err((code, message)) => LineResult {
+                index,
+                status: "rejected",
+                event_id: None,
+                error: Some(json!({ "code": code, "message": message })),
+            },
+        });
+    }
+    results
+}
+
+/// A key bound to a store posts for that store only; a key bound to another source does
+/// not post tills' lines at all.
+fn may_post_for(principal: &Principal, store: &LocationId) -> Result<(), ApiError> {
+    match &principal.binding {
+        None => Ok(()),
+        Some(binding @ Binding::Store(_)) if binding.allows_location(store) => Ok(()),
+        Some(binding) => Err(ApiError::Forbidden {
+            code: "location_not_allowed",
+            message: format!("this key speaks only for {binding}, not for {store}"),
+        }),
+    }
+}
+
+/// What a store agent says of its numbering (its epoch, what it holds) resets and moves
+/// the store's progress: only the store's own key, or an admin key, may say it.
+fn may_speak_as_agent(principal: &Principal, store: &LocationId) -> Result<(), ApiError> {
+    match &principal.binding {
+        Some(Binding::Store(bound)) if bound == store => Ok(()),
+        None if principal.is_admin() => Ok(()),
+        _ => Err(ApiError::Forbidden {
+            code: "agent_key_not_bound",
+            message: format!(
+                "a store agent's progress for {store} needs a key bound to it (onhand keys create --store {store})"
+            ),
+        }),
+    }
 }
 
 /// The bytes of the `index`th non-blank line of an NDJSON body, or the whole body.
@@ -200,7 +236,7 @@ async fn record_progress(
     let mut updates = Vec::new();
     let mut sorted = seqs.to_vec();
     sorted.sort_unstable();
-    for run in sorted.chunk_by(|a, b| b - a <= 1) {
+    for run in sorted.chunk_by(|a, b| b.saturating_sub(*a) <= 1) {
         updates.push(SourceUpdate::Received { epoch: agent.epoch.clone(), first: run[0], last: run[run.len() - 1] });
     }
     if let Some(head) = agent.head {
@@ -227,10 +263,12 @@ struct Heartbeat {
 
 async fn heartbeat(
     State(state): State<PosState>,
+    Extension(principal): Extension<Arc<Principal>>,
     Path(store): Path<String>,
     body: Bytes,
 ) -> Result<StatusCode, ApiError> {
     let store = LocationId::parse(store).map_err(|e| ApiError::InvalidLocation(e.message))?;
+    may_speak_as_agent(&principal, &store)?;
     let beat: Heartbeat = serde_json::from_slice(&body).map_err(|e| ApiError::InvalidRequest(e.to_string()))?;
     let update =
         SourceUpdate::Heartbeat { epoch: beat.epoch, head: beat.head_seq, oldest_pending_at: beat.oldest_pending_at };
@@ -242,9 +280,17 @@ async fn heartbeat(
 }
 
 /// The brief's stock report: counts at the store, products and store names created when
-/// new, and each record answered with the alert when low. A report with any bad record
-/// records nothing.
-async fn stock_report(State(state): State<PosState>, body: Bytes) -> Result<Response, ApiError> {
+/// new, and each record answered with the alert when low. All or nothing: a report with
+/// any bad record records nothing, and a good one is written in one transaction before it
+/// is answered. Each record counts under its identity (`id_relatorio`, or the request's
+/// `Idempotency-Key` and its position), so a report sent again counts once.
+async fn stock_report(
+    State(state): State<PosState>,
+    Extension(principal): Extension<Arc<Principal>>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Result<Response, ApiError> {
+    let identity = report_identity(&headers)?;
     let (reports, array) = mapping::read_reports(&body).map_err(ApiError::InvalidRequest)?;
     let now = Utc::now();
     let mut movements = Vec::with_capacity(reports.len());
@@ -252,20 +298,18 @@ async fn stock_report(State(state): State<PosState>, body: Bytes) -> Result<Resp
         let bad = |message: String| ApiError::InvalidRequest(format!("record {i}: {message}"));
         let location =
             mapping::report_location(&state.config.store_location_format, report).map_err(|e| bad(e.message))?;
-        let line = mapping::report_line(report, &format!("report-{}", uuid::Uuid::new_v4().simple()), now);
+        may_post_for(&principal, &location)?;
+        let transaction_id = mapping::report_transaction_id(report, identity, i).map_err(bad)?;
+        let line = mapping::report_line(report, &transaction_id, now);
         let movement = mapping::to_movement(&location, &line, SourceSystem::Pos, now).map_err(|e| bad(e.message))?;
         movements.push((location, movement));
     }
     name_what_is_new(&state, &reports, &movements).await?;
-    let timeout = Duration::from_millis(state.context.config.kafka.produce_timeout_ms);
-    for (_, m) in &movements {
-        let payload = m.to_json();
-        let record = FutureRecord::to(&state.context.topics.movements).key(m.kafka_key()).payload(&payload);
-        state.context.producer.send(record, timeout).await.map_err(|(e, _)| {
-            warn!(error = %e, "stock report not acknowledged by kafka");
-            ApiError::Unavailable("kafka")
-        })?;
-    }
+    let counts: Vec<Movement> = movements.iter().map(|(_, m)| m.clone()).collect();
+    state.context.ingest.accept_all(&counts).await.map_err(|e| {
+        warn!(error = %e, "stock report not recorded");
+        ApiError::Unavailable("the database")
+    })?;
     let mut answers = Vec::with_capacity(reports.len());
     for (report, (location, m)) in reports.iter().zip(&movements) {
         let reorder_point = reorder_point(&state, &m.sku, location).await;
@@ -273,6 +317,18 @@ async fn stock_report(State(state): State<PosState>, body: Bytes) -> Result<Resp
     }
     let body = if array { json!(answers) } else { answers.into_iter().next().unwrap_or_default() };
     Ok((StatusCode::OK, Json(body)).into_response())
+}
+
+/// The request's `Idempotency-Key`, the identity of its records when they have no
+/// `id_relatorio` of their own.
+pub(super) fn report_identity(headers: &HeaderMap) -> Result<ReportIdentity<'_>, ApiError> {
+    match headers.get("idempotency-key") {
+        None => Ok(ReportIdentity::None),
+        Some(value) => match value.to_str() {
+            Ok(key) if !key.is_empty() && key.len() <= mapping::REPORT_ID_LEN_MAX => Ok(ReportIdentity::Key(key)),
+            _ => Err(ApiError::InvalidIdempotencyKey(mapping::REPORT_ID_LEN_MAX)),
+        },
+    }
 }
 
 /// Creates the products and names the stores a report mentions for the first time.

@@ -70,3 +70,26 @@ fn the_briefs_stock_report_is_accepted_as_it_is_and_answered_with_its_alert() {
     );
     assert!(read_reports(br#"{"id_produto": "01"}"#).unwrap_err().contains("nome_produto"));
 }
+
+/// C1: a till's line and a stock report with a quantity at the edge of i64 are refused as
+/// invalid quantities, never wrapped (the store agent checks lines with this mapping too).
+#[test]
+fn extreme_quantities_from_a_till_or_a_report_are_refused() {
+    for kind in ["sale", "return", "count"] {
+        for quantity in [i64::MIN, i64::MAX, -1_000_000_001, 1_000_000_001] {
+            let line = format!(
+                r#"{{"transaction_id":"T1","line":1,"kind":"{kind}","sku":"S1","quantity":{quantity},"occurred_at":"2026-11-22T11:31:07Z"}}"#
+            );
+            let read = read_lines(line.as_bytes()).remove(0).unwrap();
+            let refused = to_movement(&store(), &read, SourceSystem::Pos, now()).unwrap_err();
+            assert_eq!(refused.code, RejectCode::InvalidQuantity, "{kind} {quantity}");
+        }
+    }
+    let report = format!(
+        r#"{{"id_produto":"01","nome_produto":"Arroz","quantidade":{},"id_loja":"012","nome_loja":"Mercado Central"}}"#,
+        i64::MIN
+    );
+    let (reports, _) = read_reports(report.as_bytes()).unwrap();
+    let line = report_line(&reports[0], "report-1", now());
+    assert_eq!(to_movement(&store(), &line, SourceSystem::Pos, now()).unwrap_err().code, RejectCode::InvalidQuantity);
+}

@@ -244,7 +244,7 @@ async fn send_dead_letter(
     reason: &str,
 ) -> Result<(), ShopifyError> {
     let context = &shared.context;
-    let letter = DeadLetter { source: NAME, key: None, payload, reason_code, reason };
+    let letter = DeadLetter { source: NAME, read_from: None, key: None, payload, reason_code, reason };
     let timeout = Duration::from_millis(context.config.kafka.produce_timeout_ms);
     dead_letter(&context.producer, &context.topics.dlq, letter, timeout).await?;
     context.metrics.shopify_dlq_records_total.with_label_values(&[reason_code]).inc();

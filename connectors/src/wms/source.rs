@@ -24,10 +24,8 @@ use chrono::{DateTime, Utc};
 use futures::{stream::FuturesUnordered, StreamExt};
 use notify::{RecommendedWatcher, RecursiveMode, Watcher};
 use onhand_core::event::LocationId;
-use rdkafka::{
-    error::{KafkaError, RDKafkaErrorCode},
-    producer::{FutureProducer, FutureRecord},
-};
+use onhand_core::kafka::Producer;
+use rdkafka::{error::KafkaError, producer::FutureRecord};
 use sha2::{Digest, Sha256};
 use tokio::sync::{mpsc, Notify};
 use tokio_util::sync::CancellationToken;
@@ -396,7 +394,7 @@ struct Record {
 
 /// Sends one record, again after a pause while Kafka answers with a retryable error.
 async fn send(
-    producer: &FutureProducer,
+    producer: &Producer,
     topic: &str,
     key: String,
     payload: Vec<u8>,
@@ -423,24 +421,9 @@ async fn send(
 }
 
 /// Whether Kafka may take the record later: everything but what a person must fix
-/// (authorization, a record the broker will never take).
+/// (authorization, a missing topic, a record the broker will never take).
 pub(super) fn kafka_retryable(error: &KafkaError) -> bool {
-    use RDKafkaErrorCode::*;
-    let code = match error {
-        KafkaError::MessageProduction(code) => *code,
-        _ => return true,
-    };
-    !matches!(
-        code,
-        MessageSizeTooLarge
-            | InvalidMessageSize
-            | InvalidMessage
-            | InvalidRecord
-            | TopicAuthorizationFailed
-            | ClusterAuthorizationFailed
-            | TransactionalIdAuthorizationFailed
-            | InvalidRequiredAcks
-    )
+    !onhand_core::kafka::is_permanent(error)
 }
 
 pub(super) fn csv_reader<R: Read>(inner: R) -> csv::Reader<R> {

@@ -229,3 +229,16 @@ fn a_row_is_numbered_by_the_line_it_starts_on_blank_lines_before_it_included() {
         .collect();
     assert_eq!(lines, [(2, "dc-sp".to_string()), (4, "dc-sp".to_string()), (6, "dc-sp".to_string())]);
 }
+
+/// C1: a WMS row with a quantity at the edge of i64 is refused, whatever its kind.
+#[test]
+fn extreme_quantities_in_a_file_are_refused() {
+    let format = movements_format();
+    for kind in ["receipt", "sale", "transfer_out", "adjustment", "count"] {
+        for quantity in [i64::MIN, i64::MAX] {
+            let text = format!("S1,dc-sp,{kind},{quantity},2026-11-20T09:10:00Z,");
+            let refused = row(&format, 2, &text).unwrap_err();
+            assert_eq!(refused.code, "invalid_quantity", "{kind} {quantity}");
+        }
+    }
+}

@@ -5,20 +5,27 @@
 //! Verified keys are cached in memory, so that an authenticated read costs no database
 //! round trip. A cached key is read again after `http.api_key_cache_ttl_s`: that is how
 //! long a revoked key keeps working. When the database does not answer, a key seen before
-//! keeps working on what was last read, as stock reads answer the last known levels; a key
+//! keeps working on what was last read, as stock reads answer the last known levels, but
+//! never longer than `http.api_key_max_age_s` after the database last confirmed it; a key
 //! never seen answers 503 `unavailable`.
+//!
+//! Requests that cost a database read before they are verified (an id not cached yet) are
+//! what a flood of invented keys is made of: an unknown id is remembered as unknown, and
+//! such requests are limited per client address before any read. A known, cached key
+//! never counts against that limit.
 
 use std::{
+    net::{IpAddr, SocketAddr},
     num::NonZeroU32,
     sync::{
-        atomic::{AtomicBool, Ordering},
+        atomic::{AtomicBool, AtomicU64, Ordering},
         Arc,
     },
     time::Duration,
 };
 
 use axum::{
-    extract::{Request, State},
+    extract::{ConnectInfo, Request, State},
     http::{header::AUTHORIZATION, HeaderMap},
     middleware::Next,
     response::Response,
@@ -30,7 +37,7 @@ use tracing::warn;
 
 use super::error::ApiError;
 use crate::{
-    auth::{ApiKey, Scope, Scopes, Token},
+    auth::{ApiKey, Binding, Scope, Scopes, Token},
     config::HttpConfig,
     store::Store,
     telemetry::Metrics,
@@ -39,18 +46,31 @@ use crate::{
 /// Keys kept in memory. People create keys, so a deployment has few; this bounds memory
 /// all the same.
 const CACHED_KEYS_MAX: u64 = 10_000;
+/// Ids remembered as unknown, so that the same invented id costs one read, not one a
+/// request.
+const UNKNOWN_IDS_MAX: u64 = 100_000;
 /// How long the first request with a key waits for the database to find it.
 const LOAD_BUDGET: Duration = Duration::from_secs(2);
+/// How often the per-address limiter forgets addresses that have been quiet.
+const ADDRESSES_PRUNE_EVERY: u64 = 4_096;
 
 /// The caller of a request, for the routes that need to know: take
 /// `Extension<Arc<Principal>>`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Principal {
     /// The public id of the key (`onh_<id>_...`): stable and safe to log, to scope data by
-    /// (idempotency keys) and to audit.
+    /// (idempotency keys, reservations) and to audit.
     pub key_id: String,
     pub name: String,
     pub scopes: Scopes,
+    /// The one source the key may speak for, when it is bound to one.
+    pub binding: Option<Binding>,
+}
+
+impl Principal {
+    pub fn is_admin(&self) -> bool {
+        self.scopes.allows(Scope::Admin) && self.binding.is_none()
+    }
 }
 
 /// A key as last read from the database.
@@ -61,15 +81,25 @@ struct Cached {
     principal: Arc<Principal>,
     /// When the database was last asked about the key, whether it answered or not.
     checked_at: Instant,
+    /// When the database last answered about it: past `api_key_max_age_s`, the key is not
+    /// honoured without a fresh read.
+    confirmed_at: Instant,
     /// One request reads an expired key again; the others go on with the cached one
-    /// meanwhile, so that an expiry is never a burst of database reads.
-    refreshing: AtomicBool,
+    /// meanwhile, so that an expiry is never a burst of database reads. The read runs in
+    /// a task of its own, which always clears this, whatever becomes of the request.
+    refreshing: Arc<AtomicBool>,
 }
 
 impl Cached {
-    fn new(key: ApiKey) -> Arc<Cached> {
-        let principal = Arc::new(Principal { key_id: key.id.clone(), name: key.name.clone(), scopes: key.scopes });
-        Arc::new(Cached { key, principal, checked_at: Instant::now(), refreshing: AtomicBool::new(false) })
+    fn new(key: ApiKey, confirmed_at: Instant) -> Arc<Cached> {
+        let principal = Arc::new(Principal {
+            key_id: key.id.clone(),
+            name: key.name.clone(),
+            scopes: key.scopes,
+            binding: key.bound_to.clone(),
+        });
+        let refreshing = Arc::new(AtomicBool::new(false));
+        Arc::new(Cached { key, principal, checked_at: Instant::now(), confirmed_at, refreshing })
     }
 }
 
@@ -81,15 +111,29 @@ enum LoadError {
     Unavailable,
 }
 
+/// Clears a refresh flag when dropped, so that no path out of a refresh leaves it set.
+struct Refreshing(Arc<AtomicBool>);
+
+impl Drop for Refreshing {
+    fn drop(&mut self) {
+        self.0.store(false, Ordering::Release);
+    }
+}
+
 /// Verifies keys and applies their rate limit; one per router, shared by its routes.
 #[derive(Clone)]
 pub(super) struct Authenticator {
     store: Arc<dyn Store>,
     keys: Cache<String, Arc<Cached>>,
+    unknown: Cache<String, ()>,
     /// Only keys that verified reach the limiter, so it holds at most one bucket per key
     /// of the store: few, and no caller can make it grow by inventing keys.
     limiter: Arc<DefaultKeyedRateLimiter<String>>,
+    /// Requests that cost a read before they are verified, or were refused, per address.
+    addresses: Arc<DefaultKeyedRateLimiter<IpAddr>>,
+    address_checks: Arc<AtomicU64>,
     ttl: Duration,
+    max_age: Duration,
     refresh_budget: Duration,
     metrics: Metrics,
 }
@@ -100,65 +144,123 @@ impl std::fmt::Debug for Authenticator {
     }
 }
 
+fn quota(per_s: u32, burst: u32) -> Quota {
+    // Config::check refuses zeros; a zero here would be a bug, so be strict rather than unlimited.
+    let per_s = NonZeroU32::new(per_s).unwrap_or(NonZeroU32::MIN);
+    let burst = NonZeroU32::new(burst).unwrap_or(NonZeroU32::MIN);
+    Quota::per_second(per_s).allow_burst(burst)
+}
+
 impl Authenticator {
     /// `refresh_budget` is how long a request waits for the database to read an expired
     /// key again before it goes on with the cached one.
     pub(super) fn new(store: Arc<dyn Store>, http: &HttpConfig, refresh_budget: Duration, metrics: Metrics) -> Self {
-        // Config::check refuses zeros; a zero here would be a bug, so be strict rather than unlimited.
-        let per_s = NonZeroU32::new(http.rate_limit_per_s).unwrap_or(NonZeroU32::MIN);
-        let burst = NonZeroU32::new(http.rate_limit_burst).unwrap_or(NonZeroU32::MIN);
+        let ttl = Duration::from_secs(http.api_key_cache_ttl_s);
+        let unknown_ttl = ttl.clamp(Duration::from_secs(1), Duration::from_secs(60));
         Authenticator {
             store,
             keys: Cache::builder().max_capacity(CACHED_KEYS_MAX).build(),
-            limiter: Arc::new(DefaultKeyedRateLimiter::keyed(Quota::per_second(per_s).allow_burst(burst))),
-            ttl: Duration::from_secs(http.api_key_cache_ttl_s),
+            unknown: Cache::builder().max_capacity(UNKNOWN_IDS_MAX).time_to_live(unknown_ttl).build(),
+            limiter: Arc::new(DefaultKeyedRateLimiter::keyed(quota(http.rate_limit_per_s, http.rate_limit_burst))),
+            addresses: Arc::new(DefaultKeyedRateLimiter::keyed(quota(
+                http.unverified_per_address_per_s,
+                http.unverified_per_address_burst,
+            ))),
+            address_checks: Arc::default(),
+            ttl,
+            max_age: Duration::from_secs(http.api_key_max_age_s),
             refresh_budget,
             metrics,
         }
     }
 
     /// The state of [`require`] for routes guarded by `scope`.
-    pub(super) fn require(&self, scope: Scope) -> RequireScope {
-        RequireScope { auth: Arc::new(self.clone()), scope }
+    pub(super) fn require(self: &Arc<Self>, scope: Scope) -> RequireScope {
+        RequireScope { auth: Arc::clone(self), scope }
     }
 
-    /// The principal of a request that may do what `scope` guards, or why not.
-    async fn admit(&self, headers: &HeaderMap, scope: Scope) -> Result<Arc<Principal>, ApiError> {
-        let token = bearer(headers)?;
-        let cached = self.key(&token).await?;
-        let key = &cached.key;
-        if !key.verifies(&token) {
-            return Err(ApiError::InvalidApiKey);
+    /// The principal of a request from `client` that may do what `scope` guards, or why
+    /// not.
+    async fn admit(
+        &self,
+        headers: &HeaderMap,
+        client: Option<IpAddr>,
+        scope: Scope,
+    ) -> Result<Arc<Principal>, ApiError> {
+        let admitted = self.verify(headers, client).await;
+        if let (Err(ApiError::MissingApiKey | ApiError::InvalidApiKey), Some(client)) = (&admitted, client) {
+            // A refused request counts against its address, so that guessing is slow.
+            let _ = self.limit_address(client);
         }
-        self.limit(&key.id)?;
-        if !key.scopes.allows(scope) {
+        let cached = admitted?;
+        self.limit(&cached.key.id, 1)?;
+        if !cached.key.scopes.allows(scope) {
             return Err(ApiError::InsufficientScope(scope));
         }
         Ok(Arc::clone(&cached.principal))
     }
 
+    async fn verify(&self, headers: &HeaderMap, client: Option<IpAddr>) -> Result<Arc<Cached>, ApiError> {
+        let token = bearer(headers)?;
+        let cached = self.key(&token, client).await?;
+        if !cached.key.verifies(&token) {
+            return Err(ApiError::InvalidApiKey);
+        }
+        Ok(cached)
+    }
+
     /// The stored key of `token`'s id, from the cache when it is fresh.
-    async fn key(&self, token: &Token) -> Result<Arc<Cached>, ApiError> {
+    async fn key(&self, token: &Token, client: Option<IpAddr>) -> Result<Arc<Cached>, ApiError> {
         let cached = match self.keys.get(token.id()).await {
             Some(cached) => cached,
-            // Concurrent first requests with one key wait for a single read.
-            None => self.keys.try_get_with_by_ref(token.id(), self.load(token.id())).await.map_err(|e| match *e {
-                LoadError::Unknown => ApiError::InvalidApiKey,
-                LoadError::Unavailable => ApiError::Unavailable("the database"),
-            })?,
+            None => {
+                if self.unknown.contains_key(token.id()) {
+                    return Err(ApiError::InvalidApiKey);
+                }
+                if let Some(client) = client {
+                    self.limit_address(client)?;
+                }
+                // Concurrent first requests with one key wait for a single read.
+                let loaded = self.keys.try_get_with_by_ref(token.id(), self.load(token.id())).await;
+                loaded.map_err(|e| match *e {
+                    LoadError::Unknown => ApiError::InvalidApiKey,
+                    LoadError::Unavailable => ApiError::Unavailable("the database"),
+                })?
+            }
         };
-        if cached.checked_at.elapsed() < self.ttl || cached.refreshing.swap(true, Ordering::AcqRel) {
+        if cached.checked_at.elapsed() < self.ttl {
             return Ok(cached);
         }
-        self.refresh(cached).await
+        let too_old = cached.confirmed_at.elapsed() >= self.max_age;
+        let first = !cached.refreshing.swap(true, Ordering::AcqRel);
+        if !first && !too_old {
+            return Ok(cached);
+        }
+        // The read runs in a task of its own: a request dropped while it waits (a client
+        // that hung up) cannot leave the flag set, nor the entry unrefreshed.
+        let refresh = tokio::spawn(self.clone().refresh(Arc::clone(&cached), first));
+        if too_old {
+            // Past its age, a key is honoured only on a fresh answer of the database.
+            return match refresh.await {
+                Ok(Ok(fresh)) if fresh.confirmed_at > cached.confirmed_at => Ok(fresh),
+                Ok(Err(e)) => Err(e),
+                _ => Err(ApiError::Unavailable("the database")),
+            };
+        }
+        match tokio::time::timeout(self.refresh_budget, refresh).await {
+            Ok(Ok(result)) => result,
+            // Slower than the budget: go on with the key as last read; the read goes on.
+            _ => Ok(cached),
+        }
     }
 
     async fn load(&self, id: &str) -> Result<Arc<Cached>, LoadError> {
         match tokio::time::timeout(LOAD_BUDGET, self.store.api_key(id)).await {
-            Ok(Ok(Some(key))) => Ok(Cached::new(key)),
-            // Unknown ids are not cached: anyone can invent them, and they would push the
-            // real keys out.
-            Ok(Ok(None)) => Err(LoadError::Unknown),
+            Ok(Ok(Some(key))) => Ok(Cached::new(key, Instant::now())),
+            Ok(Ok(None)) => {
+                self.unknown.insert(id.to_string(), ()).await;
+                Err(LoadError::Unknown)
+            }
             Ok(Err(e)) => {
                 warn!(error = %e, "api key read failed");
                 Err(LoadError::Unavailable)
@@ -171,35 +273,63 @@ impl Authenticator {
     }
 
     /// Reads an expired key again. A key revoked since is cached as revoked, and refused;
-    /// when the database does not answer in time, the key as last read is trusted for
-    /// another ttl, since nothing newer can be known.
-    async fn refresh(&self, stale: Arc<Cached>) -> Result<Arc<Cached>, ApiError> {
+    /// when the database does not answer, the key as last read is kept for another ttl,
+    /// still as confirmed only when it last was. `owns_flag`: this refresh set the flag,
+    /// and clears it when done.
+    async fn refresh(self, stale: Arc<Cached>, owns_flag: bool) -> Result<Arc<Cached>, ApiError> {
+        let _flag = owns_flag.then(|| Refreshing(Arc::clone(&stale.refreshing)));
         let id = stale.key.id.clone();
-        let key = match tokio::time::timeout(self.refresh_budget, self.store.api_key(&id)).await {
-            Ok(Ok(Some(key))) => key,
+        let fresh = match tokio::time::timeout(LOAD_BUDGET, self.store.api_key(&id)).await {
+            Ok(Ok(Some(key))) => Cached::new(key, Instant::now()),
             Ok(Ok(None)) => {
                 self.keys.invalidate(&id).await;
+                self.unknown.insert(id, ()).await;
                 return Err(ApiError::InvalidApiKey);
             }
             Ok(Err(e)) => {
-                warn!(error = %e, key_id = %id, "api key read failed; trusting the cached key");
-                stale.key.clone()
+                warn!(error = %e, key_id = %id, "api key read failed; keeping the key as last read");
+                Cached::new(stale.key.clone(), stale.confirmed_at)
             }
             Err(_) => {
-                warn!(key_id = %id, "api key read timed out; trusting the cached key");
-                stale.key.clone()
+                warn!(key_id = %id, "api key read timed out; keeping the key as last read");
+                Cached::new(stale.key.clone(), stale.confirmed_at)
             }
         };
-        let fresh = Cached::new(key);
         self.keys.insert(id, Arc::clone(&fresh)).await;
         Ok(fresh)
     }
 
-    /// Takes one request from the key's token bucket.
-    fn limit(&self, key_id: &String) -> Result<(), ApiError> {
-        self.limiter.check_key(key_id).map_err(|not_until| {
+    /// Takes `n` requests' worth from the key's token bucket (a query of many SKUs costs
+    /// as many; one larger than the bucket empties it).
+    pub(super) fn limit(&self, key_id: &String, n: u32) -> Result<(), ApiError> {
+        let Some(n) = NonZeroU32::new(n) else { return Ok(()) };
+        let checked = match self.limiter.check_key_n(key_id, n) {
+            Ok(checked) => checked,
+            // More than the bucket holds: take what it holds, so the cost is never waived.
+            Err(_) => return self.limit(key_id, 1).and_then(|()| self.drain(key_id)),
+        };
+        checked.map_err(|not_until| {
             let wait = not_until.wait_time_from(self.limiter.clock().now());
             // Retry-After is in whole seconds: round up, so that a retry on time succeeds.
+            let retry_after_s = (wait.as_secs() + u64::from(wait.subsec_nanos() > 0)).max(1);
+            ApiError::RateLimited { retry_after_s }
+        })
+    }
+
+    /// Empties a key's bucket.
+    fn drain(&self, key_id: &String) -> Result<(), ApiError> {
+        while self.limiter.check_key(key_id).is_ok() {}
+        Ok(())
+    }
+
+    /// Takes one request from the address's bucket of unverified requests.
+    fn limit_address(&self, client: IpAddr) -> Result<(), ApiError> {
+        if self.address_checks.fetch_add(1, Ordering::Relaxed) % ADDRESSES_PRUNE_EVERY == 0 {
+            self.addresses.retain_recent();
+            self.addresses.shrink_to_fit();
+        }
+        self.addresses.check_key(&client).map_err(|not_until| {
+            let wait = not_until.wait_time_from(self.addresses.clock().now());
             let retry_after_s = (wait.as_secs() + u64::from(wait.subsec_nanos() > 0)).max(1);
             ApiError::RateLimited { retry_after_s }
         })
@@ -233,7 +363,8 @@ pub(super) async fn require(
     mut request: Request,
     next: Next,
 ) -> Result<Response, ApiError> {
-    match guard.auth.admit(request.headers(), guard.scope).await {
+    let client = request.extensions().get::<ConnectInfo<SocketAddr>>().map(|c| c.0.ip());
+    match guard.auth.admit(request.headers(), client, guard.scope).await {
         Ok(principal) => {
             request.extensions_mut().insert(principal);
             Ok(next.run(request).await)
@@ -283,7 +414,7 @@ mod tests {
 
     async fn code(auth: &Authenticator, authorization: Option<&str>, scope: Scope) -> &'static str {
         let headers = authorization.map(headers).unwrap_or_default();
-        auth.admit(&headers, scope).await.map_or_else(|e| e.code(), |_| "ok")
+        auth.admit(&headers, None, scope).await.map_or_else(|e| e.code(), |_| "ok")
     }
 
     #[tokio::test]
@@ -307,7 +438,7 @@ mod tests {
         for (authorization, scope, expected) in cases {
             assert_eq!(code(&auth, authorization.as_deref(), scope).await, expected, "{authorization:?} {scope}");
         }
-        let principal = auth.admit(&headers(&format!("Bearer {reader}")), Scope::StockRead).await.unwrap();
+        let principal = auth.admit(&headers(&format!("Bearer {reader}")), None, Scope::StockRead).await.unwrap();
         assert_eq!((principal.key_id.as_str(), principal.name.as_str()), (&reader[4..16], "test"));
     }
 
@@ -350,11 +481,82 @@ mod tests {
             (format!("Bearer {}", key(&setup, "admin").await), format!("Bearer {}", key(&setup, "admin").await));
         assert_eq!(code(&auth, Some(&a), Scope::StockRead).await, "ok");
         assert_eq!(code(&auth, Some(&a), Scope::StockRead).await, "ok");
-        let refused = auth.admit(&headers(&a), Scope::StockRead).await.unwrap_err();
+        let refused = auth.admit(&headers(&a), None, Scope::StockRead).await.unwrap_err();
         assert!(matches!(refused, ApiError::RateLimited { retry_after_s: 1 }), "{refused:?}");
         assert_eq!(code(&auth, Some(&b), Scope::StockRead).await, "ok", "another key is not limited");
         // A request refused for its key never reaches the limiter.
         assert_eq!(code(&auth, Some("Bearer nope"), Scope::StockRead).await, "invalid_api_key");
         assert_eq!(auth.limiter.len(), 2);
+    }
+
+    /// H1: an invented id costs one database read, not one a request; requests that cost
+    /// a read are limited per client address, and a known key is never held back by it.
+    #[tokio::test]
+    async fn unknown_ids_are_remembered_and_unverified_requests_are_limited_per_address() {
+        let setup = setup().await;
+        let http =
+            HttpConfig { unverified_per_address_per_s: 1, unverified_per_address_burst: 3, ..HttpConfig::default() };
+        let auth = authenticator(&setup, http);
+        let known = format!("Bearer {}", key(&setup, "stock:read").await);
+        let client: IpAddr = "192.0.2.7".parse().unwrap();
+        let admit = |authorization: String| {
+            let auth = auth.clone();
+            async move {
+                auth.admit(&headers(&authorization), Some(client), Scope::StockRead)
+                    .await
+                    .map_or_else(|e| e.code(), |_| "ok")
+            }
+        };
+        assert_eq!(admit(known.clone()).await, "ok", "a first read of the known key costs one unit");
+        let invented = format!("Bearer {}", Token::generate().reveal());
+        assert_eq!(admit(invented.clone()).await, "invalid_api_key");
+        // With the database gone, the same invented id is still known to be unknown.
+        setup.store.pool().close().await;
+        assert_eq!(admit(invented.clone()).await, "invalid_api_key", "remembered, not read again");
+        // Each new invented id would cost a read: the address runs out of them.
+        let codes: Vec<&str> =
+            futures::future::join_all((0..4).map(|_| admit(format!("Bearer {}", Token::generate().reveal())))).await;
+        assert!(codes.contains(&"rate_limited"), "{codes:?}");
+        assert_eq!(admit(known).await, "ok", "a cached key does not count against the address");
+        let other: IpAddr = "192.0.2.8".parse().unwrap();
+        let stranger = headers(&format!("Bearer {}", Token::generate().reveal()));
+        let elsewhere = auth.admit(&stranger, Some(other), Scope::StockRead).await;
+        assert_eq!(elsewhere.unwrap_err().code(), "unavailable", "another address is not limited");
+    }
+
+    /// H2: a request dropped while it refreshes a key (a client that hung up) does not
+    /// leave the key refreshing for ever: a revoked key is refused all the same.
+    #[tokio::test]
+    async fn a_dropped_request_cannot_keep_a_revoked_key_working() {
+        let setup = setup().await;
+        let auth = authenticator(&setup, HttpConfig { api_key_cache_ttl_s: 0, ..HttpConfig::default() });
+        let admin = format!("Bearer {}", key(&setup, "admin").await);
+        assert_eq!(code(&auth, Some(&admin), Scope::Admin).await, "ok");
+        setup.store.revoke_api_key(&admin[11..23]).await.unwrap();
+        // Polled once, then dropped: its refresh has begun and not finished.
+        let dropped = futures::FutureExt::now_or_never(code(&auth, Some(&admin), Scope::Admin));
+        assert!(dropped.is_none(), "the request was dropped mid-refresh");
+        let mut refused = false;
+        for _ in 0..50 {
+            if code(&auth, Some(&admin), Scope::Admin).await == "invalid_api_key" {
+                refused = true;
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        assert!(refused, "the revoked key is refused once the refresh ran");
+    }
+
+    /// H2: with the database down, a key seen before is honoured on what was last read only
+    /// up to its maximum age.
+    #[tokio::test]
+    async fn a_key_past_its_maximum_age_needs_the_database() {
+        let setup = setup().await;
+        let http = HttpConfig { api_key_cache_ttl_s: 0, api_key_max_age_s: 0, ..HttpConfig::default() };
+        let auth = authenticator(&setup, http);
+        let known = format!("Bearer {}", key(&setup, "stock:read").await);
+        assert_eq!(code(&auth, Some(&known), Scope::StockRead).await, "ok");
+        setup.store.pool().close().await;
+        assert_eq!(code(&auth, Some(&known), Scope::StockRead).await, "unavailable");
     }
 }

@@ -73,6 +73,10 @@ pub enum ApiError {
     InsufficientScope(Scope),
     #[error("too many requests with this api key, retry in {retry_after_s} s")]
     RateLimited { retry_after_s: u64 },
+    /// The key may not write this for this source (a key bound to another source, an id
+    /// namespace of onhand's own): `code` says which rule.
+    #[error("{message}")]
+    Forbidden { code: &'static str, message: String },
 }
 
 impl ApiError {
@@ -113,6 +117,7 @@ impl ApiError {
             ApiError::InvalidApiKey => (StatusCode::UNAUTHORIZED, "invalid_api_key"),
             ApiError::InsufficientScope(_) => (StatusCode::FORBIDDEN, "insufficient_scope"),
             ApiError::RateLimited { .. } => (StatusCode::TOO_MANY_REQUESTS, "rate_limited"),
+            ApiError::Forbidden { code, .. } => (StatusCode::FORBIDDEN, code),
         }
     }
 

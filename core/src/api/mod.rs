@@ -40,7 +40,6 @@ use axum::{
     routing::get,
     Json, Router,
 };
-use rdkafka::producer::FutureProducer;
 use serde::Serialize;
 use serde_json::json;
 use tokio::net::TcpListener;
@@ -56,8 +55,9 @@ pub use self::{
 use crate::{
     auth::Scope,
     cache::StockCache,
-    config::{ChannelConfig, HttpConfig, QueryConfig, SourcesConfig, Topics},
-    ledger::LedgerRunning,
+    config::{ChannelConfig, HttpConfig, QueryConfig, SourcesConfig},
+    health::{Health, Readiness},
+    ingest::Ingest,
     relay::Relay,
     reservation::Reservations,
     source::SourceReport,
@@ -68,13 +68,12 @@ use crate::{
 /// What every handler shares, built once by the app.
 pub struct ApiContext {
     pub store: Arc<dyn Store>,
-    pub producer: FutureProducer,
-    pub topics: Topics,
+    /// Where accepted movements are made safe before the answer.
+    pub ingest: Ingest,
     pub metrics: Metrics,
     pub http: HttpConfig,
-    pub produce_timeout_ms: u64,
-    /// The ledger of this process, if it runs one.
-    pub ledger: Option<LedgerRunning>,
+    /// What every component of this process is doing, for `/readyz`.
+    pub health: Health,
     pub cache: StockCache,
     pub query: QueryConfig,
     pub channels: BTreeMap<String, ChannelConfig>,
@@ -85,19 +84,24 @@ pub struct ApiContext {
 
 impl std::fmt::Debug for ApiContext {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("ApiContext").field("topics", &self.topics).finish_non_exhaustive()
+        f.debug_struct("ApiContext").field("ingest", &self.ingest).finish_non_exhaustive()
     }
 }
 
-/// The handlers' state: axum clones it for every request, so it is one `Arc`.
+/// The handlers' state: axum clones it for every request, so it is two `Arc`s.
 #[derive(Debug, Clone)]
-pub struct ApiState(Arc<ApiContext>);
+pub struct ApiState {
+    context: Arc<ApiContext>,
+    /// The keys' verification and rate limits, for routes that charge more than one
+    /// request's worth.
+    auth: Arc<auth::Authenticator>,
+}
 
 impl std::ops::Deref for ApiState {
     type Target = ApiContext;
 
     fn deref(&self) -> &ApiContext {
-        &self.0
+        &self.context
     }
 }
 
@@ -110,9 +114,14 @@ const SMALL_BODY_BYTES_MAX: usize = 64 * 1024;
 /// need the scope it asks for, or none when it authenticates its callers itself.
 /// `GET /openapi.json` describes every route of these groups.
 pub fn router(context: ApiContext, connector_routes: Vec<ScopedRoutes>) -> Router {
-    let state = ApiState(Arc::new(context));
-    let refresh_budget = Duration::from_millis(state.query.database_budget_ms);
-    let keys = auth::Authenticator::new(Arc::clone(&state.store), &state.http, refresh_budget, state.metrics.clone());
+    let refresh_budget = Duration::from_millis(context.query.database_budget_ms);
+    let keys = Arc::new(auth::Authenticator::new(
+        Arc::clone(&context.store),
+        &context.http,
+        refresh_budget,
+        context.metrics.clone(),
+    ));
+    let state = ApiState { context: Arc::new(context), auth: Arc::clone(&keys) };
     let mut api = OpenApiRouter::with_openapi(ApiDoc::openapi());
     for (scope, group) in route_groups() {
         api = api.merge(match scope {
@@ -229,7 +238,9 @@ pub fn finish(router: Router) -> Router {
 
 /// Serves until `shutdown` fires, then finishes the requests in flight.
 pub async fn serve(listener: TcpListener, router: Router, shutdown: CancellationToken) -> std::io::Result<()> {
-    axum::serve(listener, router).with_graceful_shutdown(async move { shutdown.cancelled().await }).await
+    // With each connection's address, which the per-address limit of unverified requests uses.
+    let service = router.into_make_service_with_connect_info::<std::net::SocketAddr>();
+    axum::serve(listener, service).with_graceful_shutdown(async move { shutdown.cancelled().await }).await
 }
 
 /// Liveness: the process answers. Cheap on purpose; `/readyz` checks dependencies.
@@ -239,22 +250,57 @@ async fn healthz() -> impl IntoResponse {
     Json(json!({ "status": "ok", "version": env!("CARGO_PKG_VERSION") }))
 }
 
-/// Readiness: the database answers within a second, and the ledger (if this process runs
-/// one) has not stopped.
-#[utoipa::path(get, path = "/readyz", operation_id = "readyz", tag = "operations", summary = "The database answers and the ledger runs",
-    responses((status = 200, description = "ready"), (status = 503, description = "a dependency is down")))]
+/// Readiness, from the components' states as they last reported them: answering costs
+/// nothing, so probes (or a flood of requests) never reach the database. The database's
+/// own component is refreshed in the background by [`watch_database`].
+#[utoipa::path(get, path = "/readyz", operation_id = "readyz", tag = "operations", summary = "Every critical component runs",
+    responses((status = 200, description = "ready: `status` is `ok`, or `degraded` when an optional component is not running", body = ReadyAnswer),
+              (status = 503, description = "a critical component does not run, or one failed for good", body = ReadyAnswer)))]
 async fn readyz(State(state): State<ApiState>) -> impl IntoResponse {
-    let database = matches!(tokio::time::timeout(Duration::from_secs(1), state.store.ping()).await, Ok(Ok(())));
-    let ledger = state.ledger.as_ref().map(LedgerRunning::get);
-    let ready = database && ledger != Some(false);
-    let status = if ready { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
-    let text = |ok: bool| if ok { "ok" } else { "unavailable" };
-    let ledger = match ledger {
-        Some(true) => "running",
-        Some(false) => "stopped",
-        None => "not in this process",
+    let Readiness { ready, degraded, components } = state.health.readiness();
+    let (status, text) = match (ready, degraded) {
+        (false, _) => (StatusCode::SERVICE_UNAVAILABLE, "unavailable"),
+        (true, true) => (StatusCode::OK, "degraded"),
+        (true, false) => (StatusCode::OK, "ok"),
     };
-    (status, Json(json!({ "status": text(ready), "database": text(database), "ledger": ledger })))
+    (status, Json(ReadyAnswer { status: text, components }))
+}
+
+/// The body of `/readyz`.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+struct ReadyAnswer {
+    /// `ok`, `degraded` or `unavailable`.
+    status: &'static str,
+    /// Every component of the process by name (`database`, `ledger`, `relay`,
+    /// `connector:erp`...).
+    components: BTreeMap<String, crate::health::ComponentReport>,
+}
+
+/// How often the database's component is refreshed, and how long a ping may take.
+const DATABASE_WATCH_INTERVAL: Duration = Duration::from_secs(1);
+
+/// Pings the database every second and reports it as the `database` component, until
+/// `shutdown`.
+pub async fn watch_database(store: Arc<dyn Store>, component: crate::health::Component, shutdown: CancellationToken) {
+    let mut interval = tokio::time::interval(DATABASE_WATCH_INTERVAL);
+    interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            _ = interval.tick() => {}
+        }
+        match tokio::time::timeout(DATABASE_WATCH_INTERVAL, store.ping()).await {
+            Ok(Ok(())) => component.running(),
+            Ok(Err(e)) => {
+                // The error's text may name hosts and users: logged, never served.
+                if component.state() == Some(crate::health::State::Running) {
+                    tracing::warn!(error = %e, "the database does not answer");
+                }
+                component.blocked("the database does not answer")
+            }
+            Err(_) => component.blocked("the database did not answer within a second"),
+        }
+    }
 }
 
 #[utoipa::path(get, path = "/metrics", operation_id = "metrics", tag = "operations", summary = "Prometheus metrics",

@@ -2,7 +2,7 @@
 //! own; the valid ones are produced to Kafka and the answer comes after Kafka acknowledged
 //! them, with one result per item.
 
-use std::time::Duration;
+use std::sync::Arc;
 
 use axum::{
     body::{Body, Bytes},
@@ -12,19 +12,19 @@ use axum::{
         HeaderMap, StatusCode,
     },
     response::{IntoResponse, Response},
-    Json,
+    Extension, Json,
 };
 use chrono::Utc;
-use futures::future::join_all;
-use rdkafka::producer::FutureRecord;
 use serde::Serialize;
-use tracing::warn;
 
 use super::{
     error::{ApiError, ErrorBody},
-    ApiState,
+    ApiState, Principal,
 };
-use crate::event::{InvalidMovement, Movement};
+use crate::{
+    auth::may_write,
+    event::{InvalidMovement, Movement},
+};
 
 /// What became of one item of the request.
 #[derive(Debug, Serialize, utoipa::ToSchema)]
@@ -41,7 +41,7 @@ pub(super) struct ItemResult {
 
 #[derive(Debug, Serialize, utoipa::ToSchema)]
 pub(super) struct ItemError {
-    /// A reject code of `docs/events.md`, or `kafka_unavailable`.
+    /// A reject code of `docs/events.md`, or `kafka_unavailable` / `database_unavailable`.
     code: &'static str,
     message: String,
 }
@@ -69,11 +69,18 @@ pub(super) struct PostResponse {
         (status = 422, description = "some items refused (see `results`); the others were accepted", body = PostResponse),
         (status = 503, description = "Kafka did not acknowledge some items; resend them", body = PostResponse),
         (status = 400, description = "`invalid_body`", body = ErrorBody),
+        (status = 403, description = "`source_not_allowed`, `event_id_not_allowed`, `location_not_allowed`: the key \
+                        may not write an item (a key bound to another source, an id namespace of onhand's own)", body = ErrorBody),
         (status = 413, description = "`body_too_large`, `too_many_movements`", body = ErrorBody),
         (status = 415, description = "`unsupported_media_type`", body = ErrorBody),
     )
 )]
-pub(super) async fn post(State(state): State<ApiState>, headers: HeaderMap, body: Body) -> Result<Response, ApiError> {
+pub(super) async fn post(
+    State(state): State<ApiState>,
+    Extension(principal): Extension<Arc<Principal>>,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<Response, ApiError> {
     let ndjson = content_is_ndjson(&headers)?;
     let limit_bytes = state.http.body_bytes_max;
     let bytes = axum::body::to_bytes(body, limit_bytes).await.map_err(|e| {
@@ -92,6 +99,12 @@ pub(super) async fn post(State(state): State<ApiState>, headers: HeaderMap, body
             Ok(movement) => valid.push((index, movement)),
             Err(e) => results.push(rejected(index, e)),
         }
+    }
+    // Who may say what is not a property of one item: one item the key may not write
+    // refuses the request, before anything is accepted.
+    for (index, movement) in &valid {
+        may_write(principal.scopes, principal.binding.as_ref(), movement)
+            .map_err(|e| ApiError::Forbidden { code: e.code, message: format!("item {index}: {}", e.message) })?;
     }
     results.extend(produce(&state, valid).await);
     results.sort_by_key(|r| r.index);
@@ -164,31 +177,27 @@ fn rejected(index: usize, e: InvalidMovement) -> ItemResult {
     }
 }
 
-/// Produces the valid movements, keyed by SKU, and waits for Kafka's acknowledgements.
+/// Makes the valid movements safe (acknowledged by Kafka, or in the outbox of `onhand
+/// dev`) and answers each one's result.
 async fn produce(state: &ApiState, valid: Vec<(usize, Movement)>) -> Vec<ItemResult> {
-    let timeout = Duration::from_millis(state.produce_timeout_ms);
-    let sends = valid.iter().map(|(index, movement)| async move {
-        let payload = movement.to_json();
-        let record = FutureRecord::to(&state.topics.movements).key(movement.kafka_key()).payload(&payload);
-        let delivered = state.producer.send(record, timeout).await;
-        let event_id = Some(movement.event_id.to_string());
-        match delivered {
-            Ok(_) => ItemResult { index: *index, status: "accepted", event_id, error: None },
-            Err((e, _)) => {
-                warn!(error = %e, event_id = %movement.event_id, "movement not acknowledged by kafka");
-                ItemResult {
-                    index: *index,
+    let movements: Vec<Movement> = valid.iter().map(|(_, m)| m.clone()).collect();
+    let accepted = state.ingest.accept(&movements).await;
+    valid
+        .into_iter()
+        .zip(accepted)
+        .map(|((index, movement), accepted)| {
+            let event_id = Some(movement.event_id.to_string());
+            match accepted {
+                Ok(()) => ItemResult { index, status: "accepted", event_id, error: None },
+                Err(e) => ItemResult {
+                    index,
                     status: "failed",
                     event_id,
-                    error: Some(ItemError {
-                        code: "kafka_unavailable",
-                        message: "kafka did not acknowledge the movement; retry it with the same event_id".into(),
-                    }),
-                }
+                    error: Some(ItemError { code: e.code(), message: format!("{e}; retry it with the same event_id") }),
+                },
             }
-        }
-    });
-    join_all(sends).await
+        })
+        .collect()
 }
 
 /// 202 when every item was accepted, 503 when Kafka failed any (retrying is safe: event

@@ -20,7 +20,8 @@ use super::{
 use crate::{
     event::{LocationId, Sku},
     reservation::{
-        LineRequest, Reservation, ReservationError, ReservationRequest, ShortAnswer, Status, IDEMPOTENCY_KEY_LEN_MAX,
+        Caller, LineRequest, Reservation, ReservationError, ReservationRequest, ShortAnswer, Status,
+        IDEMPOTENCY_KEY_LEN_MAX,
     },
 };
 
@@ -115,8 +116,17 @@ pub(super) async fn create(
         (status = 404, description = "`reservation_not_found`", body = ErrorBody),
     )
 )]
-pub(super) async fn get(State(state): State<ApiState>, Path(id): Path<String>) -> Result<Json<Reservation>, ApiError> {
-    Ok(Json(state.reservations.get(&id).await?))
+pub(super) async fn get(
+    State(state): State<ApiState>,
+    Extension(principal): Extension<std::sync::Arc<Principal>>,
+    Path(id): Path<String>,
+) -> Result<Json<Reservation>, ApiError> {
+    Ok(Json(state.reservations.get(&id, &caller(&principal)).await?))
+}
+
+/// Reservations belong to the key that made them: another key finds none of them.
+fn caller(principal: &Principal) -> Caller<'_> {
+    Caller { key_id: &principal.key_id, admin: principal.is_admin() }
 }
 
 #[utoipa::path(
@@ -131,9 +141,10 @@ pub(super) async fn get(State(state): State<ApiState>, Path(id): Path<String>) -
 )]
 pub(super) async fn commit(
     State(state): State<ApiState>,
+    Extension(principal): Extension<std::sync::Arc<Principal>>,
     Path(id): Path<String>,
 ) -> Result<Json<Reservation>, ApiError> {
-    Ok(Json(state.reservations.commit(&id).await?))
+    Ok(Json(state.reservations.commit(&id, &caller(&principal)).await?))
 }
 
 #[utoipa::path(
@@ -148,9 +159,10 @@ pub(super) async fn commit(
 )]
 pub(super) async fn cancel(
     State(state): State<ApiState>,
+    Extension(principal): Extension<std::sync::Arc<Principal>>,
     Path(id): Path<String>,
 ) -> Result<Json<Reservation>, ApiError> {
-    Ok(Json(state.reservations.cancel(&id).await?))
+    Ok(Json(state.reservations.cancel(&id, &caller(&principal)).await?))
 }
 
 impl From<ReservationError> for ApiError {

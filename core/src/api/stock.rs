@@ -10,15 +10,17 @@ use axum::{
     response::{IntoResponse, Response},
     Json,
 };
+use std::sync::Arc;
+
+use axum::Extension;
 use chrono::{DateTime, Utc};
-use futures::future::join_all;
 use serde::{Deserialize, Serialize};
 use tracing::warn;
 
 use super::{
     error::{ApiError, ErrorBody, ErrorDetail},
     extract::SmallBody,
-    ApiState,
+    ApiState, Principal,
 };
 use crate::{
     cache::{ReadError, SkuStock},
@@ -92,8 +94,14 @@ async fn read(state: &ApiState, sku: &str) -> Result<(Sku, SkuStock), ApiError> 
     let sku = Sku::parse(sku).map_err(|e| ApiError::InvalidSku(e.message))?;
     match state.cache.get(&sku).await {
         Ok(stock) => Ok((sku, stock)),
-        Err(ReadError::NotFound) => Err(ApiError::SkuNotFound(sku.to_string())),
-        Err(ReadError::Unavailable) => Err(ApiError::StockUnavailable(sku.to_string())),
+        Err(e) => Err(read_error(&sku, e)),
+    }
+}
+
+fn read_error(sku: &Sku, e: ReadError) -> ApiError {
+    match e {
+        ReadError::NotFound => ApiError::SkuNotFound(sku.to_string()),
+        ReadError::Unavailable => ApiError::StockUnavailable(sku.to_string()),
     }
 }
 
@@ -194,11 +202,13 @@ pub(super) struct QueryAnswer {
     responses(
         (status = 200, description = "one result per SKU, in order", body = QueryAnswer),
         (status = 413, description = "`too_many_skus`", body = ErrorBody),
+        (status = 429, description = "`rate_limited`: a query costs one request of the key's limit per SKU", body = ErrorBody),
         (status = 422, description = "`invalid_request`", body = ErrorBody),
     )
 )]
 pub(super) async fn query(
     State(state): State<ApiState>,
+    Extension(principal): Extension<Arc<Principal>>,
     SmallBody(body): SmallBody,
 ) -> Result<Json<QueryAnswer>, ApiError> {
     let request: QueryRequest = serde_json::from_slice(&body).map_err(|e| ApiError::InvalidRequest(e.to_string()))?;
@@ -206,29 +216,44 @@ pub(super) async fn query(
     if request.skus.len() > max {
         return Err(ApiError::TooManySkus { count: request.skus.len(), max });
     }
+    // A query of many SKUs costs as many requests of the key's rate limit, the one
+    // request the middleware took included.
+    let extra = u32::try_from(request.skus.len().saturating_sub(1)).unwrap_or(u32::MAX);
+    state.auth.limit(&principal.key_id, extra)?;
     let locations: Option<Vec<LocationId>> = request
         .locations
         .map(|ls| {
             ls.into_iter().map(|l| LocationId::parse(l).map_err(|e| ApiError::InvalidLocation(e.message))).collect()
         })
         .transpose()?;
-    let (state, locations) = (&state, &locations);
-    let results = join_all(request.skus.iter().map(|sku| async move {
-        match read(state, sku).await {
-            Ok((sku, stock)) => {
-                let wanted = |l: &&StockLevel| locations.as_ref().is_none_or(|ls| ls.contains(&l.location));
-                let body = SkuBody::new(&sku, &stock, stock.levels().iter().filter(wanted));
-                QueryResult { status: "ok", stock: Some(body), sku: None, error: None }
+    let parsed: Vec<Result<Sku, ApiError>> =
+        request.skus.iter().map(|sku| Sku::parse(sku.as_str()).map_err(|e| ApiError::InvalidSku(e.message))).collect();
+    let valid: Vec<Sku> = parsed.iter().filter_map(|p| p.as_ref().ok().cloned()).collect();
+    // Every SKU the cache cannot answer is read from the database at once.
+    let mut read = state.cache.get_many(&valid).await.into_iter();
+    let results = parsed
+        .into_iter()
+        .zip(&request.skus)
+        .map(|(parsed, asked)| {
+            let answer = parsed.and_then(|sku| {
+                let stock = read.next().unwrap_or(Err(ReadError::Unavailable));
+                stock.map(|stock| (sku.clone(), stock)).map_err(|e| read_error(&sku, e))
+            });
+            match answer {
+                Ok((sku, stock)) => {
+                    let wanted = |l: &&StockLevel| locations.as_ref().is_none_or(|ls| ls.contains(&l.location));
+                    let body = SkuBody::new(&sku, &stock, stock.levels().iter().filter(wanted));
+                    QueryResult { status: "ok", stock: Some(body), sku: None, error: None }
+                }
+                Err(e) => QueryResult {
+                    status: "error",
+                    stock: None,
+                    sku: Some(asked.clone()),
+                    error: Some(ErrorDetail { code: e.code(), message: e.to_string().into() }),
+                },
             }
-            Err(e) => QueryResult {
-                status: "error",
-                stock: None,
-                sku: Some(sku.clone()),
-                error: Some(ErrorDetail { code: e.code(), message: e.to_string().into() }),
-            },
-        }
-    }))
-    .await;
+        })
+        .collect();
     Ok(Json(QueryAnswer { results }))
 }
 

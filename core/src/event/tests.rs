@@ -77,6 +77,36 @@ fn each_kind_has_its_sign_rule() {
     }
 }
 
+/// C1: the bound is checked on the magnitude, so `i64::MIN` (whose `abs()` wraps to
+/// itself in a release build) is refused for every kind, as are the values just past it.
+#[test]
+fn extreme_quantities_are_refused_for_every_kind() {
+    for kind in MovementKind::ALL {
+        for quantity in [i64::MIN, i64::MIN + 1, -QUANTITY_MAX - 1, QUANTITY_MAX + 1, i64::MAX] {
+            let mut m = valid();
+            m["kind"] = json!(kind.as_str());
+            m["quantity"] = json!(quantity);
+            let refused = Movement::from_json(&serde_json::to_vec(&m).unwrap()).unwrap_err();
+            assert_eq!(refused.code, RejectCode::InvalidQuantity, "{kind} {quantity}");
+            assert!(refused.message.contains("must be within"), "{kind} {quantity}: {}", refused.message);
+        }
+    }
+}
+
+#[test]
+fn text_with_a_nul_character_is_refused() {
+    let cases = [
+        with("reason", json!("a\u{0}b")),
+        with("actor", json!("\u{0}")),
+        with("attributes", json!({"k": "v\u{0}"})),
+        with("source", json!({"system": "pos", "instance": "s\u{0}", "ref": "r"})),
+    ];
+    for bytes in cases {
+        let code = code_of(&bytes);
+        assert!(matches!(code, RejectCode::InvalidField | RejectCode::InvalidSource), "{code}");
+    }
+}
+
 #[test]
 fn bad_input_is_refused_with_a_stable_code() {
     let long = "x".repeat(200);

@@ -2,6 +2,10 @@
 //! once in one database transaction (offsets included), then publishes the new levels.
 //!
 //! - `rules`: how a movement changes a level (pure functions).
+//! - `apply`: one batch: its dead letters, then its transaction, setting aside what the
+//!   database refuses for good.
+//! - `group`: the rebalance callback and the watchdog that rejoins the consumer group when
+//!   the ledger holds no partition while movements wait.
 //! - this module: the consumer loop, which runs on a thread of its own because librdkafka
 //!   calls the rebalance callback from `poll`, and the callback must read the partition
 //!   offsets from the database before the partitions are assigned.
@@ -10,7 +14,11 @@
 //! Kafka tooling (lag dashboards); on every assignment it seeks to the offsets saved with
 //! the effects.
 
+mod apply;
+mod group;
 pub mod rules;
+
+pub use self::apply::DATABASE_REFUSED;
 
 use std::{
     collections::{BTreeMap, BTreeSet},
@@ -25,21 +33,25 @@ use std::{
 use chrono::{DateTime, Utc};
 use futures::future::join_all;
 use rdkafka::{
-    consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext},
+    consumer::{BaseConsumer, CommitMode, Consumer},
     error::KafkaError,
-    message::{BorrowedMessage, Header, OwnedHeaders},
-    producer::{FutureProducer, FutureRecord, Producer},
-    statistics::Statistics,
-    types::{RDKafkaErrorCode, RDKafkaRespErr},
-    ClientContext, Message, Offset, TopicPartitionList,
+    message::BorrowedMessage,
+    producer::{FutureRecord, Producer as _},
+    types::RDKafkaErrorCode,
+    Message, Offset, TopicPartitionList,
 };
 use tokio::{runtime::Handle, sync::mpsc};
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, error, info, warn};
 
+use self::{
+    apply::{Applier, DeadLetters, Rejected},
+    group::{LedgerContext, Watchdog},
+};
 use crate::{
     config::{KafkaConfig, LedgerConfig},
     event::{InvalidMovement, Movement, RejectCode, StockLevel},
+    health::{Component, State},
     kafka,
     store::{Applied, Batch, Envelope, PartitionOffset, Published, Store, StoreError},
     telemetry::Metrics,
@@ -65,29 +77,25 @@ pub struct FaultInjection {
     pub crash_after_commits: Option<u64>,
 }
 
+/// What a ledger runs with, besides its configuration.
+#[derive(Debug, Clone)]
+pub struct LedgerParts {
+    pub store: Arc<dyn Store>,
+    pub metrics: Metrics,
+    /// Where the ledger reports what it does (`/readyz`): running, blocked and why, failed.
+    pub component: Component,
+    pub shutdown: CancellationToken,
+    pub faults: FaultInjection,
+}
+
 /// A running ledger consumer.
 #[derive(Debug)]
 pub struct LedgerHandle {
     thread: thread::JoinHandle<Result<(), LedgerError>>,
     assignment: Arc<Mutex<BTreeSet<i32>>>,
-    running: LedgerRunning,
-}
-
-/// Whether the ledger's thread still runs, for readiness checks.
-#[derive(Debug, Clone, Default)]
-pub struct LedgerRunning(Arc<std::sync::atomic::AtomicBool>);
-
-impl LedgerRunning {
-    pub fn get(&self) -> bool {
-        self.0.load(Ordering::SeqCst)
-    }
 }
 
 impl LedgerHandle {
-    pub fn running(&self) -> LedgerRunning {
-        self.running.clone()
-    }
-
     /// The partitions this consumer owns now.
     pub fn assignment(&self) -> BTreeSet<i32> {
         self.assignment.lock().unwrap_or_else(PoisonError::into_inner).clone()
@@ -105,152 +113,45 @@ impl LedgerHandle {
     }
 }
 
-/// Starts the ledger consumer on a thread of its own.
-pub fn spawn(
+/// Starts the ledger consumer on a thread of its own; answers once it subscribed.
+pub async fn spawn(
     kafka_config: &KafkaConfig,
     config: &LedgerConfig,
-    store: Arc<dyn Store>,
-    metrics: Metrics,
-    shutdown: CancellationToken,
-    faults: FaultInjection,
+    parts: LedgerParts,
 ) -> Result<LedgerHandle, LedgerError> {
     let assignment = Arc::new(Mutex::new(BTreeSet::new()));
     let (kafka_config, config, owned_assignment) = (kafka_config.clone(), config.clone(), Arc::clone(&assignment));
     let runtime = Handle::current();
-    let running = LedgerRunning::default();
-    running.0.store(true, Ordering::SeqCst);
-    let still_running = running.clone();
+    let component = parts.component.clone();
     // The consumer lives and dies on the ledger thread: closing it may run the rebalance
-    // callback, which must never run on a runtime worker.
-    let (started_tx, started_rx) = std::sync::mpsc::channel();
+    // callback, which must never run on a runtime worker. The start is awaited, not
+    // waited for on a runtime worker.
+    let (started_tx, started_rx) = tokio::sync::oneshot::channel();
     let thread = thread::Builder::new()
         .name("ledger".into())
         .spawn(move || {
-            let setup =
-                Ledger::new(&kafka_config, &config, store, metrics, shutdown, faults, runtime, owned_assignment);
-            let result = match setup {
+            let result = match Ledger::new(&kafka_config, &config, parts, runtime, owned_assignment) {
                 Ok(ledger) => {
                     let _ = started_tx.send(Ok(()));
                     ledger.run()
                 }
                 Err(e) => {
                     let _ = started_tx.send(Err(e));
-                    Ok(())
+                    return Ok(());
                 }
             };
-            if let Err(e) = &result {
-                error!(error = %e, "ledger stopped on an error");
+            match &result {
+                Ok(()) => component.set(State::Done),
+                Err(e) => {
+                    error!(error = %e, "ledger stopped on an error");
+                    component.set(State::Failed(e.to_string()));
+                }
             }
-            still_running.0.store(false, Ordering::SeqCst);
             result
         })
         .map_err(|_| LedgerError::Panicked)?;
-    started_rx.recv().map_err(|_| LedgerError::Panicked)??;
-    Ok(LedgerHandle { thread, assignment, running })
-}
-
-/// The consumer's context: seeks assigned partitions to the offsets saved in the
-/// database, and counts rebalances so that the loop can drop a batch that straddles one.
-struct LedgerContext {
-    store: Arc<dyn Store>,
-    runtime: Handle,
-    group_id: String,
-    topic: String,
-    generation: AtomicU64,
-    assignment: Arc<Mutex<BTreeSet<i32>>>,
-    metrics: Metrics,
-    shutdown: CancellationToken,
-}
-
-impl ClientContext for LedgerContext {
-    fn stats(&self, statistics: Statistics) {
-        let Some(topic) = statistics.topics.get(&self.topic) else { return };
-        let assigned = self.assignment.lock().unwrap_or_else(PoisonError::into_inner).clone();
-        for (partition, stats) in topic.partitions.iter().filter(|(p, _)| assigned.contains(*p)) {
-            // Until a first commit, librdkafka knows no lag: everything retained is due.
-            let lag = match (stats.consumer_lag, stats.hi_offset) {
-                (lag, _) if lag >= 0 => lag,
-                (_, high) if high >= 0 => high - stats.lo_offset.max(0),
-                _ => continue,
-            };
-            self.metrics.ledger_consumer_lag_messages.with_label_values(&[&partition.to_string()]).set(lag);
-        }
-    }
-}
-
-impl ConsumerContext for LedgerContext {
-    fn rebalance(&self, consumer: &BaseConsumer<Self>, err: RDKafkaRespErr, tpl: &mut TopicPartitionList) {
-        self.generation.fetch_add(1, Ordering::SeqCst);
-        self.assignment.lock().unwrap_or_else(PoisonError::into_inner).clear();
-        if err != RDKafkaRespErr::RD_KAFKA_RESP_ERR__ASSIGN_PARTITIONS {
-            if err != RDKafkaRespErr::RD_KAFKA_RESP_ERR__REVOKE_PARTITIONS {
-                error!(?err, "rebalance failed; dropping the assignment");
-            }
-            if let Err(e) = consumer.unassign() {
-                error!(error = %e, "unassign failed");
-            }
-            return;
-        }
-        let saved = self.saved_offsets();
-        let mut assignment = self.assignment.lock().unwrap_or_else(PoisonError::into_inner);
-        let partitions: Vec<(String, i32)> =
-            tpl.elements().iter().map(|e| (e.topic().to_string(), e.partition())).collect();
-        for (topic, partition) in partitions {
-            let offset = saved.get(&partition).map_or(Offset::Beginning, |o| Offset::Offset(*o));
-            if let Some(&next) = saved.get(&partition) {
-                self.check_retention(consumer, &topic, partition, next);
-            }
-            assignment.insert(partition);
-            if let Err(e) = tpl.set_partition_offset(&topic, partition, offset) {
-                error!(error = %e, partition, "cannot set the start offset");
-            }
-        }
-        info!(partitions = ?assignment, "partitions assigned, resuming from the offsets saved in the database");
-        if let Err(e) = consumer.assign(tpl) {
-            error!(error = %e, "assign failed");
-        }
-    }
-}
-
-impl LedgerContext {
-    /// Reports movements lost to retention: the saved offset is below the first one the
-    /// broker still has (the ledger was down longer than the topic keeps records). The
-    /// consumer then starts at the first one there is; the gap needs a person.
-    fn check_retention(&self, consumer: &BaseConsumer<Self>, topic: &str, partition: i32, next: i64) {
-        match consumer.fetch_watermarks(topic, partition, Duration::from_secs(5)) {
-            Ok((low, _)) if next < low => {
-                error!(partition, saved = next, first_retained = low, "movements expired before the ledger read them");
-                self.metrics.ledger_offset_gaps_total.inc_by((low - next) as u64);
-            }
-            Ok(_) => {}
-            Err(e) => warn!(error = %e, partition, "cannot check the partition's retention"),
-        }
-    }
-
-    /// Reads the saved offsets, retrying while the database is unreachable: assigning a
-    /// partition anywhere else could skip or repeat movements.
-    fn saved_offsets(&self) -> BTreeMap<i32, i64> {
-        let mut backoff = Backoff::default();
-        loop {
-            match self.runtime.block_on(self.store.consumer_offsets(&self.group_id, &self.topic)) {
-                Ok(offsets) => return offsets.into_iter().map(|o| (o.partition, o.next_offset)).collect(),
-                Err(e) if !self.shutdown.is_cancelled() => {
-                    warn!(error = %e, "cannot read the saved offsets; retrying");
-                    backoff.wait();
-                }
-                Err(_) => return BTreeMap::new(),
-            }
-        }
-    }
-}
-
-/// A record the ledger cannot apply, bound for the dead-letter topic with its reason.
-struct Rejected {
-    partition: i32,
-    offset: i64,
-    key: Option<Vec<u8>>,
-    payload: Vec<u8>,
-    reason: InvalidMovement,
+    started_rx.await.map_err(|_| LedgerError::Panicked)??;
+    Ok(LedgerHandle { thread, assignment })
 }
 
 /// Reads one record of the movements topic into a movement, or the reason it is refused.
@@ -263,20 +164,17 @@ fn read(message: &BorrowedMessage<'_>) -> Result<Envelope, Rejected> {
             Vec::new(),
         )),
     };
-    movement.map(|movement| Envelope { movement, partition, offset }).map_err(|(reason, payload)| Rejected {
-        partition,
-        offset,
-        key: message.key().map(<[u8]>::to_vec),
-        payload,
-        reason,
+    movement.map(|movement| Envelope { movement, partition, offset }).map_err(|(reason, payload)| {
+        Rejected::unreadable(partition, offset, message.key().map(<[u8]>::to_vec), payload, reason)
     })
 }
 
 struct Ledger {
     consumer: BaseConsumer<LedgerContext>,
-    producer: FutureProducer,
+    producer: kafka::Producer,
     store: Arc<dyn Store>,
     metrics: Metrics,
+    component: Component,
     shutdown: CancellationToken,
     faults: FaultInjection,
     runtime: Handle,
@@ -290,6 +188,7 @@ struct Ledger {
     /// The tasks collecting acknowledgements of publications.
     acknowledging: Vec<tokio::task::JoinHandle<()>>,
     swept_at: Instant,
+    watchdog: Watchdog,
 }
 
 /// The most unacknowledged levels republished at once; a following sweep takes the rest.
@@ -299,17 +198,14 @@ const UNPUBLISHED_SWEEP_MAX: i64 = 100_000;
 const SWEEP_INTERVAL: Duration = Duration::from_secs(30);
 
 impl Ledger {
-    #[allow(clippy::too_many_arguments)]
     fn new(
         kafka_config: &KafkaConfig,
         config: &LedgerConfig,
-        store: Arc<dyn Store>,
-        metrics: Metrics,
-        shutdown: CancellationToken,
-        faults: FaultInjection,
+        parts: LedgerParts,
         runtime: Handle,
         assignment: Arc<Mutex<BTreeSet<i32>>>,
     ) -> Result<Self, LedgerError> {
+        let LedgerParts { store, metrics, component, shutdown, faults } = parts;
         let context = LedgerContext {
             store: Arc::clone(&store),
             runtime: runtime.clone(),
@@ -319,6 +215,8 @@ impl Ledger {
             assignment,
             metrics: metrics.clone(),
             shutdown: shutdown.clone(),
+            component: component.clone(),
+            beyond_end: Mutex::default(),
         };
         let consumer: BaseConsumer<LedgerContext> = kafka::client_config(kafka_config)
             .set("group.id", &config.group_id)
@@ -328,7 +226,7 @@ impl Ledger {
             // Eager rebalancing: every rebalance revokes everything, and the callback seeks
             // each newly assigned partition to the offset saved in the database.
             .set("partition.assignment.strategy", "roundrobin")
-            .set("session.timeout.ms", "10000")
+            .set("session.timeout.ms", group::EMPTY_ASSIGNMENT_GRACE.as_millis().to_string())
             .set("statistics.interval.ms", "5000")
             .set("fetch.wait.max.ms", kafka::FETCH_WAIT_MAX_MS)
             .create_with_context(context)?;
@@ -340,9 +238,10 @@ impl Ledger {
             // Lingering makes larger produce batches, which cost the brokers less (about 10 %
             // more ledger throughput on the 2-core benchmark), for 50 ms more on the way of
             // a change to the readers, whose budget is seconds.
-            producer: kafka::producer(kafka_config, Duration::from_millis(50))?,
+            producer: kafka::Producer::new(kafka_config, Duration::from_millis(50))?,
             store,
             metrics,
+            component,
             shutdown,
             faults,
             runtime,
@@ -355,6 +254,7 @@ impl Ledger {
             acknowledged_rx,
             acknowledging: Vec::new(),
             swept_at: Instant::now(),
+            watchdog: Watchdog::new(),
         })
     }
 
@@ -364,10 +264,12 @@ impl Ledger {
     /// saved offsets never move backwards.
     fn run(mut self) -> Result<(), LedgerError> {
         info!(group = %self.group_id, topic = %self.topics.movements, "ledger started");
+        self.component.running();
         self.publish_unacknowledged(Utc::now());
         let mut in_flight: Option<InFlight> = None;
         while !self.shutdown.is_cancelled() {
             let records = self.next_batch();
+            self.watchdog.watch(&self.consumer);
             // A batch starts only after the one before it committed: otherwise its saved
             // offsets could pass movements that were never recorded.
             if let Some(previous) = in_flight.take() {
@@ -379,10 +281,7 @@ impl Ledger {
             if records.is_empty() {
                 self.record_acknowledged()?;
             } else {
-                match self.start(records) {
-                    Some(started) => in_flight = Some(started),
-                    None => break,
-                }
+                in_flight = Some(self.start(records));
             }
         }
         if let Some(previous) = in_flight.take() {
@@ -433,9 +332,8 @@ impl Ledger {
         records
     }
 
-    /// Dead-letters what cannot be applied, then starts applying the rest in the database.
-    /// `None` when shutdown interrupted the dead letters: the batch is left to be read again.
-    fn start(&mut self, records: Vec<Result<Envelope, Rejected>>) -> Option<InFlight> {
+    /// Starts a task that dead-letters what cannot be applied and applies the rest.
+    fn start(&mut self, records: Vec<Result<Envelope, Rejected>>) -> InFlight {
         let mut offsets: BTreeMap<i32, i64> = BTreeMap::new();
         for (partition, offset) in records.iter().map(|r| match r {
             Ok(e) => (e.partition, e.offset),
@@ -447,12 +345,6 @@ impl Ledger {
         let (movements, rejected): (Vec<_>, Vec<_>) = records.into_iter().partition(Result::is_ok);
         let movements: Vec<Envelope> = movements.into_iter().flatten().collect();
         let rejected: Vec<Rejected> = rejected.into_iter().filter_map(Result::err).collect();
-        // Dead letters are acknowledged before the offsets that skip them are saved, so a
-        // rejected record is never lost (a crash in between may send it twice).
-        if !self.dead_letter(&rejected) {
-            return None;
-        }
-
         let batch = Batch {
             published: self.take_acknowledged(),
             group_id: self.group_id.clone(),
@@ -464,9 +356,10 @@ impl Ledger {
             movements,
         };
         let movements = batch.movements.len();
-        let (store, metrics, shutdown) = (Arc::clone(&self.store), self.metrics.clone(), self.shutdown.clone());
-        let task = self.runtime.spawn(async move { apply(&*store, &batch, &metrics, &shutdown).await });
-        Some(InFlight { task, offsets, movements, started: Instant::now() })
+        // The dead letters are sent by the task, before the offsets that skip them are
+        // saved, so a rejected record is never lost (a crash in between may send it twice).
+        let task = self.runtime.spawn(self.applier().run(rejected, batch));
+        InFlight { task, offsets, movements, started: Instant::now() }
     }
 
     /// Waits for a batch being applied, then publishes its levels and commits its offsets
@@ -487,54 +380,18 @@ impl Ledger {
         Ok(true)
     }
 
-    /// Sends rejected records to the dead-letter topic, retrying until Kafka acknowledges
-    /// each. `false` when shutdown came first.
-    fn dead_letter(&self, rejected: &[Rejected]) -> bool {
-        let mut backoff = Backoff::default();
-        let failed_at = Utc::now().to_rfc3339();
-        for Rejected { partition, offset, key, payload, reason } in rejected {
-            warn!(partition, offset, reason = %reason, "movement rejected to the dead-letter topic");
-            let (partition_text, offset_text) = (partition.to_string(), offset.to_string());
-            let headers = OwnedHeaders::new()
-                .insert(Header { key: "onhand.dlq.reason_code", value: Some(reason.code.as_str()) })
-                .insert(Header { key: "onhand.dlq.reason", value: Some(reason.message.as_str()) })
-                .insert(Header { key: "onhand.dlq.topic", value: Some(self.topics.movements.as_str()) })
-                .insert(Header { key: "onhand.dlq.partition", value: Some(partition_text.as_str()) })
-                .insert(Header { key: "onhand.dlq.offset", value: Some(offset_text.as_str()) })
-                .insert(Header { key: "onhand.dlq.failed_at", value: Some(failed_at.as_str()) });
-            loop {
-                let mut record = FutureRecord::to(&self.topics.dlq).payload(payload).headers(headers.clone());
-                if let Some(key) = key {
-                    record = record.key(key);
-                }
-                let delivered = self.runtime.block_on(self.producer.send(record, Duration::from_secs(5)));
-                match delivered {
-                    Ok(_) => break,
-                    Err((e, _)) => {
-                        warn!(error = %e, "cannot write to the dead-letter topic; retrying");
-                        if self.shutdown.is_cancelled() {
-                            return false;
-                        }
-                        backoff.wait();
-                    }
-                }
-            }
-            self.metrics.ledger_dlq_records_total.with_label_values(&[reason.code.as_str()]).inc();
-        }
-        true
-    }
-
     /// Publishes levels without waiting: a task collects the acknowledgements, which the
     /// next batch records in the database. A level whose publication failed or was never
     /// recorded stays unpublished there, and is published again when the ledger starts.
     fn publish(&mut self, levels: &[StockLevel]) {
         let mut sends = Vec::with_capacity(levels.len());
+        let producer = self.producer.get();
         for level in levels {
             let key = level.kafka_key();
             let value = serde_json::to_vec(level).expect("a level always serializes");
             let mut record = FutureRecord::to(&self.topics.stock).key(&key).payload(&value);
             let delivery = loop {
-                match self.producer.send_result(record) {
+                match producer.send_result(record) {
                     Ok(delivery) => break Some(delivery),
                     // The producer's queue is full: wait for it to drain.
                     Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), back)) => {
@@ -552,6 +409,9 @@ impl Ledger {
             let published =
                 Published { sku: level.sku.clone(), location: level.location.clone(), version: level.version };
             sends.push(async move { delivery.await.ok()?.ok().map(|_| published) });
+        }
+        if producer.client().fatal_error().is_some() {
+            self.producer.renew_if(&producer);
         }
         let (acknowledged, metrics) = (self.acknowledged_tx.clone(), self.metrics.clone());
         self.acknowledging.retain(|task| !task.is_finished());
@@ -596,7 +456,7 @@ impl Ledger {
     /// At shutdown: waits (a little) for the publications in flight and records them, so
     /// that a clean stop leaves nothing to republish.
     fn settle_publications(&mut self) {
-        let _ = self.producer.flush(Duration::from_secs(5));
+        let _ = self.producer.get().flush(Duration::from_secs(5));
         let tasks = std::mem::take(&mut self.acknowledging);
         // The timer must be made inside the runtime, hence the async block.
         let _ = self.runtime.block_on(async { tokio::time::timeout(Duration::from_secs(5), join_all(tasks)).await });
@@ -630,8 +490,24 @@ impl Ledger {
             offsets: Vec::new(),
             published,
         };
-        self.runtime.block_on(apply(&*self.store, &batch, &self.metrics, &self.shutdown))?;
+        self.runtime.block_on(self.applier().run(Vec::new(), batch))?;
         Ok(())
+    }
+
+    /// What a batch's task needs to apply it.
+    fn applier(&self) -> Applier {
+        Applier {
+            store: Arc::clone(&self.store),
+            dead_letters: DeadLetters {
+                producer: self.producer.clone(),
+                dlq: self.topics.dlq.clone(),
+                movements_topic: self.topics.movements.clone(),
+                metrics: self.metrics.clone(),
+            },
+            metrics: self.metrics.clone(),
+            shutdown: self.shutdown.clone(),
+            component: self.component.clone(),
+        }
     }
 
     /// The publications acknowledged since the last batch, to record with the next one.
@@ -677,49 +553,4 @@ struct InFlight {
     offsets: BTreeMap<i32, i64>,
     movements: usize,
     started: Instant,
-}
-
-/// Applies a batch, retrying with backoff while the database is unavailable or the batch
-/// lost too many races. `None` when shutdown came first: nothing was applied.
-async fn apply(
-    store: &dyn Store,
-    batch: &Batch,
-    metrics: &Metrics,
-    shutdown: &CancellationToken,
-) -> Result<Option<Applied>, StoreError> {
-    let mut backoff = Duration::from_millis(100);
-    loop {
-        match store.apply_batch(batch).await {
-            Ok(applied) => return Ok(Some(applied)),
-            Err(e) if e.is_retryable() => {
-                metrics.ledger_batch_retries_total.inc();
-                warn!(error = %e, movements = batch.movements.len(), "batch not applied; retrying");
-                tokio::select! {
-                    _ = shutdown.cancelled() => return Ok(None),
-                    _ = tokio::time::sleep(backoff) => {}
-                }
-                backoff = (backoff * 2).min(Duration::from_secs(5));
-            }
-            Err(e) => return Err(e),
-        }
-    }
-}
-
-/// Exponential backoff from 100 ms to 5 s, for waits on a blocking thread.
-#[derive(Debug)]
-struct Backoff {
-    next: Duration,
-}
-
-impl Default for Backoff {
-    fn default() -> Self {
-        Self { next: Duration::from_millis(100) }
-    }
-}
-
-impl Backoff {
-    fn wait(&mut self) {
-        thread::sleep(self.next);
-        self.next = (self.next * 2).min(Duration::from_secs(5));
-    }
 }

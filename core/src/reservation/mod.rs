@@ -16,7 +16,7 @@ use std::collections::{BTreeMap, HashMap};
 use chrono::{DateTime, Utc};
 use serde::Serialize;
 
-pub use self::service::{ReservationError, ReservationRequest, Reservations, IDEMPOTENCY_KEY_LEN_MAX};
+pub use self::service::{Caller, ReservationError, ReservationRequest, Reservations, IDEMPOTENCY_KEY_LEN_MAX};
 use crate::{
     api::ErrorDetail,
     event::{EventId, LocationId, Movement, MovementKind, Sku, Source, SourceSystem},
@@ -75,6 +75,17 @@ pub struct Reservation {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub closed_at: Option<DateTime<Utc>>,
     pub lines: Vec<Line>,
+    /// The API key that made it: only it, or an admin key, reads and ends it. `None` for
+    /// a reservation made before keys owned them.
+    #[serde(skip)]
+    pub owner: Option<String>,
+}
+
+impl Reservation {
+    /// Whether `key_id` (an admin when `admin`) may see and end this reservation.
+    pub fn belongs_to(&self, key_id: &str, admin: bool) -> bool {
+        admin || self.owner.as_deref().is_none_or(|owner| owner == key_id)
+    }
 }
 
 /// A SKU like a short one that the channel has enough of.

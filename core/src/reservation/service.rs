@@ -27,6 +27,13 @@ const EXPIRY_BATCH_MAX: i64 = 500;
 /// The longest Idempotency-Key accepted.
 pub const IDEMPOTENCY_KEY_LEN_MAX: usize = 255;
 
+/// Who asks about a reservation: the API key, and whether it is an admin's.
+#[derive(Debug, Clone, Copy)]
+pub struct Caller<'a> {
+    pub key_id: &'a str,
+    pub admin: bool,
+}
+
 /// A reservation request whose fields are valid on their own.
 #[derive(Debug, Clone)]
 pub struct ReservationRequest {
@@ -123,17 +130,25 @@ impl Reservations {
         }
     }
 
-    pub async fn get(&self, id: &str) -> Result<Reservation, ReservationError> {
-        self.store.reservation(id).await?.ok_or_else(|| ReservationError::NotFound(id.to_string()))
+    /// The reservation `id`, when `caller` may see it: another key's reservation is not
+    /// found, as if it did not exist.
+    pub async fn get(&self, id: &str, caller: &Caller<'_>) -> Result<Reservation, ReservationError> {
+        self.store
+            .reservation(id)
+            .await?
+            .filter(|r| r.belongs_to(caller.key_id, caller.admin))
+            .ok_or_else(|| ReservationError::NotFound(id.to_string()))
     }
 
     /// Turns a held reservation into sales; committing it again answers it as it is.
-    pub async fn commit(&self, id: &str) -> Result<Reservation, ReservationError> {
+    pub async fn commit(&self, id: &str, caller: &Caller<'_>) -> Result<Reservation, ReservationError> {
+        self.get(id, caller).await?;
         self.close(id, Status::Committed, "committed").await
     }
 
     /// Releases a held reservation; cancelling it again answers it as it is.
-    pub async fn cancel(&self, id: &str) -> Result<Reservation, ReservationError> {
+    pub async fn cancel(&self, id: &str, caller: &Caller<'_>) -> Result<Reservation, ReservationError> {
+        self.get(id, caller).await?;
         self.close(id, Status::Cancelled, "cancelled").await
     }
 
@@ -237,8 +252,12 @@ impl Reservations {
         let due = self.store.due_reservations(self.clock.now(), EXPIRY_BATCH_MAX).await?;
         let mut expired = 0;
         for id in &due {
-            let closed = retry(|| self.store.close_reservation(id, Status::Expired, self.clock.now())).await?;
-            expired += usize::from(matches!(self.after_close(closed), Closing::Done(_)));
+            // One reservation that cannot be closed must not hold back the ones after it;
+            // it is tried again at the next pass.
+            match retry(|| self.store.close_reservation(id, Status::Expired, self.clock.now())).await {
+                Ok(closed) => expired += usize::from(matches!(self.after_close(closed), Closing::Done(_))),
+                Err(e) => warn!(error = %e, reservation = %id, "expired reservation not released; trying again later"),
+            }
         }
         if expired > 0 {
             info!(reservations = expired, "expired reservations released");

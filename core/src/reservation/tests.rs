@@ -74,6 +74,7 @@ fn a_commit_tells_kafka_both_the_commit_and_the_sale_of_each_line() {
         created_at: now,
         expires_at: now,
         closed_at: Some(now),
+        owner: None,
         lines: vec![Line {
             line: 1,
             sku: Sku::parse("A").unwrap(),

@@ -18,7 +18,7 @@ macro_rules! stock_level_columns {
 /// The columns of an API key, in the order every store's `api_key` reads them.
 macro_rules! api_key_columns {
     () => {
-        "id, name, scopes, secret_hash, created_at, revoked_at"
+        "id, name, scopes, secret_hash, created_at, revoked_at, bound_to"
     };
 }
 
@@ -40,13 +40,16 @@ pub use self::{
     sqlite::SqliteStore,
 };
 use crate::{
-    auth::{ApiKey, Scopes},
+    auth::{ApiKey, Binding, Scopes},
     event::{EventId, LocationId, Movement, MovementKind, Sku, StockLevel},
     ledger::rules::{plan_key, KeyPlan, LevelKey, LevelState},
     product::{Product, StoredProduct},
     reservation::{self, Reservation, Status},
     source::{SourceState, SourceUpdate},
 };
+
+/// The dead-letter reason of a movement that would take its level out of range.
+pub const LEVEL_OUT_OF_RANGE: &str = "level_out_of_range";
 
 /// How many rounds of compare-and-set conflicts a batch rides out before it gives up and
 /// the whole transaction is retried by the ledger.
@@ -64,6 +67,10 @@ pub enum StoreError {
     UnsupportedUrl(String),
     #[error("stored data is not valid: {0}")]
     Corrupt(String),
+    /// The ledger's rules refuse one movement of the batch (see `ledger::rules::OutOfRange`);
+    /// the rest of the batch can apply without it.
+    #[error("movement {event_id} cannot be applied: {reason}")]
+    Refused { event_id: EventId, code: &'static str, reason: String },
 }
 
 impl StoreError {
@@ -83,7 +90,22 @@ impl StoreError {
             },
             StoreError::Database(e) => !matches!(e, sqlx::Error::Configuration(_) | sqlx::Error::Migrate(_)),
             StoreError::Contended => true,
-            StoreError::Migrate(_) | StoreError::UnsupportedUrl(_) | StoreError::Corrupt(_) => false,
+            StoreError::Migrate(_)
+            | StoreError::UnsupportedUrl(_)
+            | StoreError::Corrupt(_)
+            | StoreError::Refused { .. } => false,
+        }
+    }
+
+    /// The database refused the data itself (a value out of range, a constraint): the same
+    /// statement with other rows may pass, so one bad movement can be found and set aside.
+    /// A syntax or permission error fails whatever the rows, and is not one of these.
+    pub fn is_refused_data(&self) -> bool {
+        let StoreError::Database(sqlx::Error::Database(e)) = self else { return false };
+        match e.code() {
+            Some(code) if code.len() == 5 => matches!(&code[..2], "22" | "23"),
+            Some(code) => matches!(code.parse::<i32>().map(|c| c & 0xff), Ok(18 | 19 | 20 | 25)),
+            None => false,
         }
     }
 }
@@ -171,6 +193,8 @@ pub trait Store: Send + Sync + std::fmt::Debug {
     async fn stock_page(&self, after: Option<&Sku>, levels_max: i64) -> Result<Vec<StockLevel>, StoreError>;
     /// The levels of a SKU at every location, ordered by location.
     async fn stock_by_sku(&self, sku: &Sku) -> Result<Vec<StockLevel>, StoreError>;
+    /// The levels of many SKUs in one read, ordered by SKU then location.
+    async fn stock_by_skus(&self, skus: &[Sku]) -> Result<Vec<StockLevel>, StoreError>;
     /// Sets the stock policy of a level, creating the level (with nothing on hand) when no
     /// movement reached it yet. Bumps the version like every other write of the level.
     async fn set_policy(&self, key: &LevelKey, policy: StockPolicy) -> Result<StockLevel, StoreError>;
@@ -213,9 +237,21 @@ pub trait Store: Send + Sync + std::fmt::Debug {
     async fn due_reservations(&self, now: DateTime<Utc>, limit: i64) -> Result<Vec<String>, StoreError>;
     /// Idempotency keys older than `created_before` are forgotten; answers how many.
     async fn forget_idempotency_keys(&self, created_before: DateTime<Utc>) -> Result<u64, StoreError>;
-    /// Outbox records written before `created_before`, oldest first, at most `limit`.
-    async fn outbox(&self, created_before: DateTime<Utc>, limit: i64) -> Result<Vec<OutboxRecord>, StoreError>;
+    /// Outbox records written before `created_before` with an id above `after_id`, oldest
+    /// first, at most `limit`.
+    async fn outbox(
+        &self,
+        created_before: DateTime<Utc>,
+        after_id: i64,
+        limit: i64,
+    ) -> Result<Vec<OutboxRecord>, StoreError>;
     async fn delete_outbox(&self, ids: &[i64]) -> Result<(), StoreError>;
+    /// Writes movements to the outbox in one transaction, all or none: what an edge of
+    /// onhand accepted is then safe in the database, whatever happens to Kafka.
+    async fn enqueue_outbox(&self, movements: &[Movement], now: DateTime<Utc>)
+        -> Result<Vec<OutboxRecord>, StoreError>;
+    /// Deletes the outbox records whose movement the ledger recorded; answers their ids.
+    async fn delete_recorded_outbox(&self) -> Result<Vec<i64>, StoreError>;
 
     /// A value a connector saved under `key` (a cursor), if any.
     async fn connector_state(&self, connector: &str, key: &str) -> Result<Option<String>, StoreError>;
@@ -306,12 +342,12 @@ trait LedgerTx: Send {
     async fn insert_movements(&mut self, movements: &[&Envelope]) -> Result<HashSet<EventId>, StoreError>;
     async fn load_levels(&mut self, keys: &[&LevelKey]) -> Result<HashMap<LevelKey, StoredLevel>, StoreError>;
     /// For each count, the sum of the deltas recorded for its level that occurred after it,
-    /// leaving out the movements of this batch.
+    /// leaving out the movements of this batch. Wide: a sum of any number of deltas.
     async fn recorded_later(
         &mut self,
         counts: &[&Movement],
         batch_ids: &[&EventId],
-    ) -> Result<HashMap<EventId, i64>, StoreError>;
+    ) -> Result<HashMap<EventId, i128>, StoreError>;
     /// Writes the levels whose version still matches and returns the keys written.
     async fn write_levels(
         &mut self,
@@ -397,7 +433,11 @@ async fn apply_batch(mut tx: Box<dyn LedgerTx + '_>, batch: &Batch) -> Result<Ap
         let mut writes = Vec::new();
         for key in &pending {
             let prior = stored.get(*key);
-            let plan = plan_key(prior.map(|s| &s.state), &by_key[*key], &later);
+            let plan = plan_key(prior.map(|s| &s.state), &by_key[*key], &later).map_err(|e| StoreError::Refused {
+                event_id: e.event_id,
+                code: LEVEL_OUT_OF_RANGE,
+                reason: e.reason,
+            })?;
             if let Some(write) = level_write(key, prior, &plan, released.get(*key).copied().unwrap_or(0)) {
                 writes.push(write);
             }
@@ -482,10 +522,13 @@ fn api_key_from(
     secret_hash: &str,
     created_at: DateTime<Utc>,
     revoked_at: Option<DateTime<Utc>>,
+    bound_to: Option<String>,
 ) -> Result<ApiKey, StoreError> {
     let mut secret_sha256 = [0u8; 32];
     hex::decode_to_slice(secret_hash, &mut secret_sha256).map_err(corrupt)?;
-    Ok(ApiKey { id, name, scopes: Scopes::parse(scopes).map_err(corrupt)?, secret_sha256, created_at, revoked_at })
+    let bound_to = bound_to.map(|b| Binding::parse(&b).map_err(corrupt)).transpose()?;
+    let scopes = Scopes::parse(scopes).map_err(corrupt)?;
+    Ok(ApiKey { id, name, scopes, secret_sha256, created_at, revoked_at, bound_to })
 }
 
 fn optional_event_id(id: Option<String>) -> Result<Option<EventId>, StoreError> {

@@ -118,6 +118,19 @@ impl Store for PostgresStore {
         rows.iter().map(stock_level).collect()
     }
 
+    async fn stock_by_skus(&self, skus: &[Sku]) -> Result<Vec<StockLevel>, StoreError> {
+        let skus: Vec<&str> = skus.iter().map(Sku::as_str).collect();
+        let rows = sqlx::query(concat!(
+            "SELECT ",
+            stock_level_columns!(),
+            " FROM stock_levels WHERE sku = ANY($1::text[]) ORDER BY sku, location"
+        ))
+        .bind(&skus)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter().map(stock_level).collect()
+    }
+
     async fn set_policy(&self, (sku, location): &LevelKey, policy: StockPolicy) -> Result<StockLevel, StoreError> {
         let row = sqlx::query(concat!(
             "INSERT INTO stock_levels (sku, location, on_hand, version, safety_stock, reorder_point, updated_at)
@@ -205,7 +218,8 @@ impl Store for PostgresStore {
 
     async fn create_api_key(&self, key: &ApiKey) -> Result<(), StoreError> {
         sqlx::query(
-            "INSERT INTO api_keys (id, name, scopes, secret_hash, created_at, revoked_at) VALUES ($1, $2, $3, $4, $5, $6)",
+            "INSERT INTO api_keys (id, name, scopes, secret_hash, created_at, revoked_at, bound_to)
+             VALUES ($1, $2, $3, $4, $5, $6, $7)",
         )
         .bind(&key.id)
         .bind(&key.name)
@@ -213,6 +227,7 @@ impl Store for PostgresStore {
         .bind(hex::encode(key.secret_sha256))
         .bind(key.created_at)
         .bind(key.revoked_at)
+        .bind(key.bound_to.as_ref().map(ToString::to_string))
         .execute(&self.pool)
         .await?;
         Ok(())
@@ -354,17 +369,42 @@ impl Store for PostgresStore {
         Ok(done.rows_affected())
     }
 
-    async fn outbox(&self, created_before: DateTime<Utc>, limit: i64) -> Result<Vec<OutboxRecord>, StoreError> {
-        let rows = sqlx::query("SELECT id, kafka_key, payload FROM outbox WHERE created_at < $1 ORDER BY id LIMIT $2")
-            .bind(created_before)
-            .bind(limit)
-            .fetch_all(&self.pool)
-            .await?;
+    async fn outbox(
+        &self,
+        created_before: DateTime<Utc>,
+        after_id: i64,
+        limit: i64,
+    ) -> Result<Vec<OutboxRecord>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT id, kafka_key, payload FROM outbox WHERE created_at < $1 AND id > $2 ORDER BY id LIMIT $3",
+        )
+        .bind(created_before)
+        .bind(after_id)
+        .bind(limit)
+        .fetch_all(&self.pool)
+        .await?;
         rows.iter()
             .map(|r| {
                 Ok(OutboxRecord { id: r.try_get("id")?, key: r.try_get("kafka_key")?, payload: r.try_get("payload")? })
             })
             .collect()
+    }
+
+    async fn enqueue_outbox(
+        &self,
+        movements: &[Movement],
+        now: DateTime<Utc>,
+    ) -> Result<Vec<OutboxRecord>, StoreError> {
+        let mut tx = self.pool.begin().await?;
+        let records = reservations::enqueue(&mut tx, movements, now).await?;
+        tx.commit().await?;
+        Ok(records)
+    }
+
+    async fn delete_recorded_outbox(&self) -> Result<Vec<i64>, StoreError> {
+        Ok(sqlx::query_scalar("DELETE FROM outbox o USING movements m WHERE m.event_id = o.event_id RETURNING o.id")
+            .fetch_all(&self.pool)
+            .await?)
     }
 
     async fn delete_outbox(&self, ids: &[i64]) -> Result<(), StoreError> {
@@ -384,6 +424,7 @@ fn api_key(row: &sqlx::postgres::PgRow) -> Result<ApiKey, StoreError> {
         &secret_hash,
         row.try_get("created_at")?,
         row.try_get("revoked_at")?,
+        row.try_get("bound_to")?,
     )
 }
 
@@ -505,14 +546,16 @@ impl LedgerTx for PgLedgerTx {
         &mut self,
         counts: &[&Movement],
         batch_ids: &[&EventId],
-    ) -> Result<HashMap<EventId, i64>, StoreError> {
+    ) -> Result<HashMap<EventId, i128>, StoreError> {
         let ids: Vec<&str> = counts.iter().map(|m| m.event_id.as_str()).collect();
         let skus: Vec<&str> = counts.iter().map(|m| m.sku.as_str()).collect();
         let locations: Vec<&str> = counts.iter().map(|m| m.location.as_str()).collect();
         let times: Vec<DateTime<Utc>> = counts.iter().map(|m| m.occurred_at).collect();
         let exclude: Vec<&str> = batch_ids.iter().map(|id| id.as_str()).collect();
         let rows = sqlx::query(
-            "SELECT c.id, COALESCE(SUM(m.delta), 0)::int8 AS later
+            // The sum as text: SUM of int8 is numeric, which a cast back to int8 could
+            // overflow, an error that would stop the ledger on this batch for good.
+            "SELECT c.id, COALESCE(SUM(m.delta), 0)::text AS later
              FROM UNNEST($1::text[], $2::text[], $3::text[], $4::timestamptz[]) AS c(id, sku, location, at)
              LEFT JOIN movements m
                ON m.sku = c.sku AND m.location = c.location AND m.occurred_at > c.at
@@ -529,7 +572,10 @@ impl LedgerTx for PgLedgerTx {
         rows.iter()
             .map(|row| {
                 let id = EventId::parse(row.try_get::<String, _>("id")?).map_err(corrupt)?;
-                Ok((id, row.try_get("later")?))
+                let later: String = row.try_get("later")?;
+                // Beyond i128 (1.7e38) cannot happen with i64 deltas; saturate rather than fail.
+                let later = later.parse::<i128>().unwrap_or(if later.starts_with('-') { i128::MIN } else { i128::MAX });
+                Ok((id, later))
             })
             .collect()
     }

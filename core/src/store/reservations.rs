@@ -195,6 +195,7 @@ pub(super) async fn reserve(
             expires_at: new.expires_at,
             closed_at: None,
             lines,
+            owner: Some(new.owner.to_string()),
         };
         tx.insert_reservation(&reservation).await?;
         let outbox = tx.enqueue(&reservation::events(&reservation, MovementKind::Reserve, new.now), new.now).await?;
@@ -298,6 +299,7 @@ pub(super) fn reservation_from_rows(
                     expires_at: row.expires_at,
                     closed_at: row.closed_at,
                     lines: vec![line],
+                    owner: row.owner,
                 })
             }
         }
@@ -313,6 +315,7 @@ pub(super) struct ReservationRow {
     pub created_at: DateTime<Utc>,
     pub expires_at: DateTime<Utc>,
     pub closed_at: Option<DateTime<Utc>>,
+    pub owner: Option<String>,
     pub line: i32,
     pub sku: String,
     pub location: String,

@@ -150,6 +150,19 @@ impl Store for SqliteStore {
         rows.iter().map(stock_level).collect()
     }
 
+    async fn stock_by_skus(&self, skus: &[Sku]) -> Result<Vec<StockLevel>, StoreError> {
+        let skus: Vec<&str> = skus.iter().map(Sku::as_str).collect();
+        let rows = sqlx::query(concat!(
+            "SELECT ",
+            stock_level_columns!(),
+            " FROM stock_levels WHERE sku IN (SELECT value FROM json_each(?1)) ORDER BY sku, location"
+        ))
+        .bind(serde_json::to_string(&skus).expect("strings serialize"))
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter().map(stock_level).collect()
+    }
+
     async fn set_policy(&self, (sku, location): &LevelKey, policy: StockPolicy) -> Result<StockLevel, StoreError> {
         let row = sqlx::query(concat!(
             "INSERT INTO stock_levels (sku, location, on_hand, version, safety_stock, reorder_point, updated_at)
@@ -236,7 +249,8 @@ impl Store for SqliteStore {
 
     async fn create_api_key(&self, key: &ApiKey) -> Result<(), StoreError> {
         sqlx::query(
-            "INSERT INTO api_keys (id, name, scopes, secret_hash, created_at, revoked_at) VALUES (?, ?, ?, ?, ?, ?)",
+            "INSERT INTO api_keys (id, name, scopes, secret_hash, created_at, revoked_at, bound_to)
+             VALUES (?, ?, ?, ?, ?, ?, ?)",
         )
         .bind(&key.id)
         .bind(&key.name)
@@ -244,6 +258,7 @@ impl Store for SqliteStore {
         .bind(hex::encode(key.secret_sha256))
         .bind(micros(key.created_at))
         .bind(key.revoked_at.map(micros))
+        .bind(key.bound_to.as_ref().map(ToString::to_string))
         .execute(&self.pool)
         .await?;
         Ok(())
@@ -388,17 +403,44 @@ impl Store for SqliteStore {
         Ok(done.rows_affected())
     }
 
-    async fn outbox(&self, created_before: DateTime<Utc>, limit: i64) -> Result<Vec<OutboxRecord>, StoreError> {
-        let rows = sqlx::query("SELECT id, kafka_key, payload FROM outbox WHERE created_at < ?1 ORDER BY id LIMIT ?2")
-            .bind(micros(created_before))
-            .bind(limit)
-            .fetch_all(&self.pool)
-            .await?;
+    async fn outbox(
+        &self,
+        created_before: DateTime<Utc>,
+        after_id: i64,
+        limit: i64,
+    ) -> Result<Vec<OutboxRecord>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT id, kafka_key, payload FROM outbox WHERE created_at < ?1 AND id > ?2 ORDER BY id LIMIT ?3",
+        )
+        .bind(micros(created_before))
+        .bind(after_id)
+        .bind(limit)
+        .fetch_all(&self.pool)
+        .await?;
         rows.iter()
             .map(|r| {
                 Ok(OutboxRecord { id: r.try_get("id")?, key: r.try_get("kafka_key")?, payload: r.try_get("payload")? })
             })
             .collect()
+    }
+
+    async fn enqueue_outbox(
+        &self,
+        movements: &[Movement],
+        now: DateTime<Utc>,
+    ) -> Result<Vec<OutboxRecord>, StoreError> {
+        let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
+        let records = reservations::enqueue(&mut tx, movements, now).await?;
+        tx.commit().await?;
+        Ok(records)
+    }
+
+    async fn delete_recorded_outbox(&self) -> Result<Vec<i64>, StoreError> {
+        Ok(sqlx::query_scalar(
+            "DELETE FROM outbox WHERE EXISTS (SELECT 1 FROM movements m WHERE m.event_id = outbox.event_id) RETURNING id",
+        )
+        .fetch_all(&self.pool)
+        .await?)
     }
 
     async fn delete_outbox(&self, ids: &[i64]) -> Result<(), StoreError> {
@@ -423,6 +465,7 @@ fn api_key(row: &SqliteRow) -> Result<ApiKey, StoreError> {
         &secret_hash,
         time_at(row, "created_at")?,
         optional_time_at(row, "revoked_at")?,
+        row.try_get("bound_to")?,
     )
 }
 
@@ -523,7 +566,7 @@ impl LedgerTx for SqliteLedgerTx {
         &mut self,
         counts: &[&Movement],
         batch_ids: &[&EventId],
-    ) -> Result<HashMap<EventId, i64>, StoreError> {
+    ) -> Result<HashMap<EventId, i128>, StoreError> {
         let batch: HashSet<&str> = batch_ids.iter().map(|id| id.as_str()).collect();
         let mut sums = HashMap::with_capacity(counts.len());
         for count in counts {
@@ -536,10 +579,10 @@ impl LedgerTx for SqliteLedgerTx {
             .bind(micros(count.occurred_at))
             .fetch_all(&mut *self.tx)
             .await?;
-            let mut sum = 0i64;
+            let mut sum = 0i128;
             for row in rows {
                 if !batch.contains(row.try_get::<&str, _>("event_id")?) {
-                    sum += row.try_get::<i64, _>("delta")?;
+                    sum += i128::from(row.try_get::<i64, _>("delta")?);
                 }
             }
             sums.insert(count.event_id.clone(), sum);

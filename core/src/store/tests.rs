@@ -436,11 +436,11 @@ async fn cancelled_and_expired_reservations_release_their_units(store: Arc<dyn S
 async fn the_outbox_keeps_records_until_they_are_deleted(store: Arc<dyn Store>) {
     stock(&*store, "SKU-1", "s1", 5).await;
     reserve(&*store, "h", &config(true, &[]), &[line("SKU-1", 1, None)]).await;
-    let records = store.outbox(at(101), 10).await.unwrap();
+    let records = store.outbox(at(101), 0, 10).await.unwrap();
     assert_eq!(records.len(), 1);
-    assert!(store.outbox(at(100), 10).await.unwrap().is_empty(), "only records written before the time");
+    assert!(store.outbox(at(100), 0, 10).await.unwrap().is_empty(), "only records written before the time");
     store.delete_outbox(&[records[0].id]).await.unwrap();
-    assert!(store.outbox(at(101), 10).await.unwrap().is_empty());
+    assert!(store.outbox(at(101), 0, 10).await.unwrap().is_empty());
     assert_eq!(store.forget_idempotency_keys(at(101)).await.unwrap(), 1);
 }
 

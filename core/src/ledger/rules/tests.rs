@@ -3,7 +3,10 @@ use std::collections::{HashMap, HashSet};
 use proptest::prelude::*;
 
 use super::*;
-use crate::{event::MovementKind, testing};
+use crate::{
+    event::{MovementKind, QUANTITY_MAX},
+    testing,
+};
 
 fn movement(id: &str, location: &str, kind: MovementKind, quantity: i64, minute: i64) -> Movement {
     testing::movement(id, "SKU-1", location, kind, quantity, testing::at(minute * 60))
@@ -20,12 +23,13 @@ fn replay(movements: &[Movement]) -> HashMap<LevelKey, LevelState> {
             continue;
         }
         let key = (m.sku.clone(), m.location.clone());
-        let later: i64 = recorded
+        let later: i128 = recorded
             .iter()
             .filter(|r| (r.sku.clone(), r.location.clone()) == key && r.occurred_at > m.occurred_at)
             .filter_map(|r| r.delta())
+            .map(i128::from)
             .sum();
-        let (next, _) = apply(levels.get(&key), m, later);
+        let (next, _) = apply(levels.get(&key), m, later).expect("small quantities stay in range");
         levels.insert(key, next);
         recorded.push(m);
     }
@@ -105,12 +109,41 @@ fn a_batch_plan_equals_one_at_a_time() {
         movement("e", "s1", Receipt, 4, 9),
     ];
     let refs: Vec<&Movement> = movements.iter().collect();
-    let plan = plan_key(None, &refs, &HashMap::new());
+    let plan = plan_key(None, &refs, &HashMap::new()).unwrap();
     let expected = replay(&movements);
     assert_eq!(plan.state.as_ref().map(|s| s.on_hand), expected.values().next().map(|s| s.on_hand));
     assert_eq!(plan.state.unwrap().on_hand, 20 - 2 + 4);
     assert_eq!(plan.applied, 4);
     assert_eq!(plan.superseded, vec![EventId::parse("d").unwrap()]);
+}
+
+/// C1: a level never wraps. At the edge of the range a movement is refused, naming it,
+/// and the level it would have changed is left as it was.
+#[test]
+fn a_level_that_would_leave_its_range_is_refused_not_wrapped() {
+    let state = |on_hand| LevelState { on_hand, last_movement_at: None, last_event_id: None, last_count: None };
+    let cases: Vec<(&str, i64, Movement, i128, Option<i64>)> = vec![
+        // (case, on_hand before, movement, recorded later deltas, Some(on_hand after) or refused)
+        ("a receipt up to the limit", ON_HAND_MAX - 5, movement("a", "s1", Receipt, 5, 0), 0, Some(ON_HAND_MAX)),
+        ("a receipt past the limit", ON_HAND_MAX - 5, movement("a", "s1", Receipt, 6, 0), 0, None),
+        ("a sale past the limit", -ON_HAND_MAX, movement("a", "s1", Sale, 1, 0), 0, None),
+        ("an adjustment down", 0, movement("a", "s1", Adjustment, -QUANTITY_MAX, 0), 0, Some(-QUANTITY_MAX)),
+        ("a count plus huge later deltas", 0, movement("a", "s1", Count, 1, 0), i128::from(i64::MAX) * 4, None),
+        ("a count within range", 7, movement("a", "s1", Count, 3, 0), -10, Some(-7)),
+    ];
+    for (case, before, m, later, expected) in cases {
+        match (apply(Some(&state(before)), &m, later), expected) {
+            (Ok((next, _)), Some(on_hand)) => assert_eq!(next.on_hand, on_hand, "{case}"),
+            (Err(e), None) => assert_eq!(e.event_id.as_str(), "a", "{case}"),
+            (outcome, _) => panic!("{case}: {outcome:?}"),
+        }
+    }
+    // In a batch, the plan is refused as a whole, naming the movement that overflowed.
+    let batch = [movement("b", "s1", Receipt, QUANTITY_MAX, 1), movement("c", "s1", Receipt, QUANTITY_MAX, 2)];
+    let refs: Vec<&Movement> = batch.iter().collect();
+    let refused = plan_key(Some(&state(ON_HAND_MAX - QUANTITY_MAX)), &refs, &HashMap::new()).unwrap_err();
+    assert_eq!(refused.event_id.as_str(), "c");
+    assert!(refused.reason.contains("beyond the limit"), "{}", refused.reason);
 }
 
 fn arb_movement(i: usize, with_counts: bool) -> impl Strategy<Value = Movement> {

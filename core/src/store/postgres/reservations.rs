@@ -117,13 +117,14 @@ impl ReservationTx for PgReservationTx {
 
     async fn insert_reservation(&mut self, r: &Reservation) -> Result<(), StoreError> {
         sqlx::query(
-            "INSERT INTO reservations (id, channel, status, created_at, expires_at) VALUES ($1, $2, $3, $4, $5)",
+            "INSERT INTO reservations (id, channel, status, created_at, expires_at, owner) VALUES ($1, $2, $3, $4, $5, $6)",
         )
         .bind(&r.id)
         .bind(&r.channel)
         .bind(r.status.as_str())
         .bind(r.created_at)
         .bind(r.expires_at)
+        .bind(&r.owner)
         .execute(&mut *self.tx)
         .await?;
         let lines: Vec<i32> = r.lines.iter().map(|l| l.line).collect();
@@ -169,24 +170,7 @@ impl ReservationTx for PgReservationTx {
     }
 
     async fn enqueue(&mut self, movements: &[Movement], now: DateTime<Utc>) -> Result<Vec<OutboxRecord>, StoreError> {
-        let keys: Vec<&str> = movements.iter().map(Movement::kafka_key).collect();
-        let payloads: Vec<String> =
-            movements.iter().map(|m| String::from_utf8(m.to_json()).expect("JSON is UTF-8")).collect();
-        let ids: Vec<i64> = sqlx::query_scalar(
-            "INSERT INTO outbox (kafka_key, payload, created_at)
-             SELECT k, p, $3 FROM UNNEST($1::text[], $2::text[]) WITH ORDINALITY AS t(k, p, n) ORDER BY n
-             RETURNING id",
-        )
-        .bind(&keys)
-        .bind(&payloads)
-        .bind(now)
-        .fetch_all(&mut *self.tx)
-        .await?;
-        Ok(ids
-            .into_iter()
-            .zip(keys.into_iter().zip(payloads))
-            .map(|(id, (key, payload))| OutboxRecord { id, key: key.to_string(), payload })
-            .collect())
+        enqueue(&mut self.tx, movements, now).await
     }
 
     async fn similar_in_stock(
@@ -249,7 +233,7 @@ impl ReservationTx for PgReservationTx {
 
 pub(super) async fn load_reservation(conn: &mut PgConnection, id: &str) -> Result<Option<Reservation>, StoreError> {
     let rows = sqlx::query(
-        "SELECT r.id, r.channel, r.status, r.created_at, r.expires_at, r.closed_at,
+        "SELECT r.id, r.channel, r.status, r.created_at, r.expires_at, r.closed_at, r.owner,
                 l.line, l.sku, l.location, l.quantity
          FROM reservations r JOIN reservation_lines l ON l.reservation_id = r.id
          WHERE r.id = $1 ORDER BY l.line",
@@ -267,6 +251,7 @@ pub(super) async fn load_reservation(conn: &mut PgConnection, id: &str) -> Resul
                 created_at: row.try_get("created_at")?,
                 expires_at: row.try_get("expires_at")?,
                 closed_at: row.try_get("closed_at")?,
+                owner: row.try_get("owner")?,
                 line: row.try_get("line")?,
                 sku: row.try_get("sku")?,
                 location: row.try_get("location")?,
@@ -275,4 +260,32 @@ pub(super) async fn load_reservation(conn: &mut PgConnection, id: &str) -> Resul
         })
         .collect::<Result<Vec<_>, StoreError>>()?;
     reservation_from_rows(rows)
+}
+
+/// Writes movements to the outbox, in order, inside the caller's transaction.
+pub(in crate::store) async fn enqueue(
+    conn: &mut sqlx::PgConnection,
+    movements: &[Movement],
+    now: DateTime<Utc>,
+) -> Result<Vec<OutboxRecord>, StoreError> {
+    let keys: Vec<&str> = movements.iter().map(Movement::kafka_key).collect();
+    let event_ids: Vec<&str> = movements.iter().map(|m| m.event_id.as_str()).collect();
+    let payloads: Vec<String> =
+        movements.iter().map(|m| String::from_utf8(m.to_json()).expect("JSON is UTF-8")).collect();
+    let ids: Vec<i64> = sqlx::query_scalar(
+        "INSERT INTO outbox (kafka_key, payload, event_id, created_at)
+         SELECT k, p, e, $4 FROM UNNEST($1::text[], $2::text[], $3::text[]) WITH ORDINALITY AS t(k, p, e, n) ORDER BY n
+         RETURNING id",
+    )
+    .bind(&keys)
+    .bind(&payloads)
+    .bind(&event_ids)
+    .bind(now)
+    .fetch_all(&mut *conn)
+    .await?;
+    Ok(ids
+        .into_iter()
+        .zip(keys.into_iter().zip(payloads))
+        .map(|(id, (key, payload))| OutboxRecord { id, key: key.to_string(), payload })
+        .collect())
 }

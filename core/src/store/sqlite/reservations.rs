@@ -121,13 +121,14 @@ impl ReservationTx for SqliteReservationTx {
 
     async fn insert_reservation(&mut self, r: &Reservation) -> Result<(), StoreError> {
         sqlx::query(
-            "INSERT INTO reservations (id, channel, status, created_at, expires_at) VALUES (?1, ?2, ?3, ?4, ?5)",
+            "INSERT INTO reservations (id, channel, status, created_at, expires_at, owner) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
         )
         .bind(&r.id)
         .bind(&r.channel)
         .bind(r.status.as_str())
         .bind(micros(r.created_at))
         .bind(micros(r.expires_at))
+        .bind(&r.owner)
         .execute(&mut *self.tx)
         .await?;
         for l in &r.lines {
@@ -171,20 +172,7 @@ impl ReservationTx for SqliteReservationTx {
     }
 
     async fn enqueue(&mut self, movements: &[Movement], now: DateTime<Utc>) -> Result<Vec<OutboxRecord>, StoreError> {
-        let mut records = Vec::with_capacity(movements.len());
-        for m in movements {
-            let payload = String::from_utf8(m.to_json()).expect("JSON is UTF-8");
-            let id: i64 = sqlx::query_scalar(
-                "INSERT INTO outbox (kafka_key, payload, created_at) VALUES (?1, ?2, ?3) RETURNING id",
-            )
-            .bind(m.kafka_key())
-            .bind(&payload)
-            .bind(micros(now))
-            .fetch_one(&mut *self.tx)
-            .await?;
-            records.push(OutboxRecord { id, key: m.kafka_key().to_string(), payload });
-        }
-        Ok(records)
+        enqueue(&mut self.tx, movements, now).await
     }
 
     async fn similar_in_stock(
@@ -248,7 +236,7 @@ impl ReservationTx for SqliteReservationTx {
 
 pub(super) async fn load_reservation(conn: &mut SqliteConnection, id: &str) -> Result<Option<Reservation>, StoreError> {
     let rows = sqlx::query(
-        "SELECT r.id, r.channel, r.status, r.created_at, r.expires_at, r.closed_at,
+        "SELECT r.id, r.channel, r.status, r.created_at, r.expires_at, r.closed_at, r.owner,
                 l.line, l.sku, l.location, l.quantity
          FROM reservations r JOIN reservation_lines l ON l.reservation_id = r.id
          WHERE r.id = ?1 ORDER BY l.line",
@@ -266,6 +254,7 @@ pub(super) async fn load_reservation(conn: &mut SqliteConnection, id: &str) -> R
                 created_at: time_at(row, "created_at")?,
                 expires_at: time_at(row, "expires_at")?,
                 closed_at: optional_time_at(row, "closed_at")?,
+                owner: row.try_get("owner")?,
                 line: row.try_get("line")?,
                 sku: row.try_get("sku")?,
                 location: row.try_get("location")?,
@@ -274,4 +263,27 @@ pub(super) async fn load_reservation(conn: &mut SqliteConnection, id: &str) -> R
         })
         .collect::<Result<Vec<_>, StoreError>>()?;
     reservation_from_rows(rows)
+}
+
+/// Writes movements to the outbox, in order, inside the caller's transaction.
+pub(in crate::store) async fn enqueue(
+    conn: &mut sqlx::SqliteConnection,
+    movements: &[Movement],
+    now: DateTime<Utc>,
+) -> Result<Vec<OutboxRecord>, StoreError> {
+    let mut records = Vec::with_capacity(movements.len());
+    for m in movements {
+        let payload = String::from_utf8(m.to_json()).expect("JSON is UTF-8");
+        let id: i64 = sqlx::query_scalar(
+            "INSERT INTO outbox (kafka_key, payload, event_id, created_at) VALUES (?1, ?2, ?3, ?4) RETURNING id",
+        )
+        .bind(m.kafka_key())
+        .bind(&payload)
+        .bind(m.event_id.as_str())
+        .bind(micros(now))
+        .fetch_one(&mut *conn)
+        .await?;
+        records.push(OutboxRecord { id, key: m.kafka_key().to_string(), payload });
+    }
+    Ok(records)
 }
