@@ -304,7 +304,9 @@ impl MovementKind {
 
     /// Checks `quantity` against the kind's sign rule.
     fn check_quantity(self, quantity: i64) -> Result<(), &'static str> {
-        if quantity.abs() > QUANTITY_MAX {
+        // unsigned_abs: i64::MIN has no i64 absolute value; abs() panics on it in debug
+        // builds and, in release builds, wraps to a negative that passes this check.
+        if quantity.unsigned_abs() > QUANTITY_MAX.unsigned_abs() {
             return Err("must be within -1000000000 and 1000000000");
         }
         match self {

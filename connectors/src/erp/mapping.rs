@@ -72,8 +72,9 @@ pub fn to_movement(row: &JournalRow, codes: &Codes, now: DateTime<Utc>) -> Resul
         code: "erp_unknown_warehouse",
         message: format!("warehouse {:?} is not in [connectors.erp.locations]", row.warehouse),
     })?;
-    // The kind carries the direction; only an adjustment keeps the ERP's sign.
-    let quantity = if *kind == MovementKind::Adjustment { row.quantity } else { row.quantity.abs() };
+    // The kind carries the direction; only an adjustment keeps the ERP's sign. Saturating:
+    // i64::MIN has no absolute value, and i64::MAX is refused as out of range all the same.
+    let quantity = if *kind == MovementKind::Adjustment { row.quantity } else { row.quantity.saturating_abs() };
     let mut movement = json!({
         "event_id": format!("erp:journal:{}", row.id),
         "source": { "system": "erp", "instance": codes.instance, "ref": format!("journal:{}", row.id) },
