@@ -7,7 +7,7 @@
 
 use std::time::Duration;
 
-use chrono::{DateTime, Utc};
+use chrono::Utc;
 use onhand_core::kafka::{self, Producer};
 use rdkafka::{
     consumer::{CommitMode, Consumer, StreamConsumer},
@@ -18,6 +18,7 @@ use tracing::warn;
 
 use super::{
     config::{DebeziumColumns, ErpConfig},
+    encodings,
     mapping::{self, Codes, JournalRow},
     source::{deliver, PRODUCER_LINGER},
 };
@@ -34,14 +35,17 @@ pub enum Change {
     Nothing,
 }
 
-/// Reads one change event (with or without Debezium's `schema`/`payload` wrapper).
+/// Reads one change event (with or without the JSON converter's `schema`/`payload`
+/// wrapper). With the wrapper, the schema of `after` says how each number and time column
+/// is encoded; without it, the values' JSON types do (see `encodings`).
 pub fn read_change(value: &[u8], columns: &DebeziumColumns) -> Result<Change, mapping::Unmapped> {
-    let invalid = |message: String| mapping::Unmapped { code: "erp_invalid_change_event", message };
     if value.is_empty() {
         return Ok(Change::Nothing);
     }
     let mut event: Value = serde_json::from_slice(value).map_err(|e| invalid(e.to_string()))?;
+    let mut schema = Value::Null;
     if event.get("payload").is_some() && event.get("schema").is_some() {
+        schema = event["schema"].take();
         event = event["payload"].take();
     }
     let op = event["op"].as_str().unwrap_or_default().to_string();
@@ -55,42 +59,45 @@ pub fn read_change(value: &[u8], columns: &DebeziumColumns) -> Result<Change, ma
         "" if event.is_null() => return Ok(Change::Nothing),
         other => return Err(invalid(format!("unknown op {other:?}"))),
     }
-    let after = &event["after"];
-    let field = |name: &str| &after[name];
+    read_row(&event["after"], &schema, columns).map(Change::Row)
+}
+
+/// The journal row in an insert's `after`.
+fn read_row(after: &Value, schema: &Value, columns: &DebeziumColumns) -> Result<JournalRow, mapping::Unmapped> {
+    let column = |name: &str| (&after[name], encodings::field_schema(schema, name));
+    let number = |name: &str, fractional_code: &'static str| {
+        let (value, field) = column(name);
+        encodings::whole_number(value, field).map_err(|e| refused(name, e, fractional_code))
+    };
     let text =
-        |name: &str| field(name).as_str().map(str::to_string).ok_or_else(|| invalid(format!("{name} is not text")));
-    Ok(Change::Row(JournalRow {
-        id: integer(field(&columns.id)).ok_or_else(|| invalid(format!("{} is not an integer", columns.id)))?,
-        changed_at: timestamp(field(&columns.changed_at))
-            .ok_or_else(|| invalid(format!("{} is not a timestamp", columns.changed_at)))?,
+        |name: &str| after[name].as_str().map(str::to_string).ok_or_else(|| invalid(format!("{name} is not text")));
+    let (changed_at, field) = column(&columns.changed_at);
+    Ok(JournalRow {
+        id: number(&columns.id, "erp_fractional_id")?,
+        changed_at: encodings::timestamp(changed_at, field)
+            .map_err(|e| refused(&columns.changed_at, e, "erp_invalid_change_event"))?,
         item: text(&columns.item)?,
         warehouse: text(&columns.warehouse)?,
         movement_type: text(&columns.movement_type)?,
-        quantity: integer(field(&columns.quantity))
-            .ok_or_else(|| invalid(format!("{} is not an integer", columns.quantity)))?,
-        reference: field(&columns.reference).as_str().map(str::to_string),
-    }))
+        quantity: number(&columns.quantity, "erp_fractional_quantity")?,
+        reference: after[&columns.reference].as_str().map(str::to_string),
+    })
 }
 
-/// An integer column: a JSON number, or a decimal string (Oracle NUMBER as Debezium's
-/// `decimal.handling.mode=string`).
-fn integer(value: &Value) -> Option<i64> {
-    value.as_i64().or_else(|| value.as_str()?.parse().ok())
+fn invalid(message: String) -> mapping::Unmapped {
+    mapping::Unmapped { code: "erp_invalid_change_event", message }
 }
 
-/// A timestamp column: an RFC 3339 string (`ZonedTimestamp`), or a number of epoch
-/// milliseconds (`Timestamp`) or microseconds (`MicroTimestamp`), told apart by size: a
-/// millisecond count above 1e14 would be in the year 5138.
-fn timestamp(value: &Value) -> Option<DateTime<Utc>> {
-    if let Some(text) = value.as_str() {
-        return DateTime::parse_from_rfc3339(text).ok().map(Into::into);
-    }
-    let n = value.as_i64()?;
-    if n.abs() > 100_000_000_000_000 {
-        DateTime::from_timestamp_micros(n)
-    } else {
-        DateTime::from_timestamp_millis(n)
-    }
+/// The dead-letter reason of a column's value. A fractional number has a code of its own
+/// (the ERP keeps a quantity in a unit onhand cannot count whole), and so does a decimal
+/// that needs the schema (Debezium's configuration must change, not the row).
+fn refused(column: &str, error: encodings::ValueError, fractional_code: &'static str) -> mapping::Unmapped {
+    let code = match error {
+        encodings::ValueError::Fractional(_) => fractional_code,
+        encodings::ValueError::ScaleUnknown => "erp_decimal_without_schema",
+        _ => "erp_invalid_change_event",
+    };
+    mapping::Unmapped { code, message: format!("{column} {error}") }
 }
 
 /// How long a change may take to be delivered before the connector says it is blocked.

@@ -5,9 +5,11 @@
 //! - `mapping`: pure functions from a journal row to a movement.
 //! - `source`: the poller with its persisted cursor on (change time, row id).
 //! - `debezium`: the other way in, Debezium's change events of the journal table.
+//! - `encodings`: pure functions reading Debezium's encodings of numbers and times.
 
 mod config;
 pub mod debezium;
+mod encodings;
 pub mod mapping;
 mod source;
 

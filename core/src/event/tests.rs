@@ -24,6 +24,13 @@ fn with(field: &str, value: Value) -> Vec<u8> {
     serde_json::to_vec(&m).unwrap()
 }
 
+fn adjustment(quantity: i64) -> Vec<u8> {
+    let mut m = valid();
+    m["kind"] = json!("adjustment");
+    m["quantity"] = json!(quantity);
+    serde_json::to_vec(&m).unwrap()
+}
+
 fn code_of(bytes: &[u8]) -> RejectCode {
     Movement::from_json(bytes).expect_err("must be refused").code
 }
@@ -133,6 +140,8 @@ fn bad_input_is_refused_with_a_stable_code() {
         (with("attributes", json!({"k": "v".repeat(300)})), RejectCode::InvalidField),
         (with("reason", json!("r".repeat(MOVEMENT_BYTES_MAX))), RejectCode::Oversized),
         (with("quantity", json!(QUANTITY_MAX + 1)), RejectCode::InvalidQuantity),
+        // An adjustment may be negative, so only the range check can refuse this one.
+        (adjustment(i64::MIN), RejectCode::InvalidQuantity),
         (with("occurred_at", json!("-5000-01-01T00:00:00Z")), RejectCode::InvalidTime),
         (with("occurred_at", json!("1999-12-31T23:59:59Z")), RejectCode::InvalidTime),
         (with("occurred_at", json!("2026-11-21T10:15:02Z")), RejectCode::InvalidTime),
