@@ -389,3 +389,105 @@ fn a_push_has_the_same_idempotency_key_until_its_values_change() {
     assert_ne!(key, idempotency_key(&[(271878346596884015, 37, 36, 42)]), "a re-read compare");
     assert!(key.starts_with("onhand-") && key.len() == 47);
 }
+
+#[test]
+fn skus_first_marked_at_one_instant_are_taken_in_the_order_they_came() {
+    // Under a coarse or paused clock many SKUs share an instant: the first to come is still
+    // the oldest, whatever its name.
+    let now = tokio::time::Instant::now();
+    let mut pending = Pending::default();
+    for name in ["C", "A", "B"] {
+        pending.mark(sku(name), now);
+    }
+    let taken: Vec<String> = pending.take(3).into_iter().map(|(s, _)| s.to_string()).collect();
+    assert_eq!(taken, ["C", "A", "B"]);
+}
+
+/// What the sink may do to its pending set, for the property test below.
+#[derive(Debug, Clone)]
+enum PendingOp {
+    /// Marks SKU `n` at the start plus `at_ms`; times need not grow.
+    Mark { n: u16, at_ms: u16 },
+    /// Takes a batch and settles some of it: for each taken SKU, `Some(true)` is a push
+    /// done with the generation taken, `Some(false)` one done with an older generation,
+    /// `None` a push still under way (or failed).
+    Flush { count: usize, settle: Vec<Option<bool>> },
+}
+
+fn pending_op() -> impl proptest::strategy::Strategy<Value = PendingOp> {
+    use proptest::prelude::*;
+    prop_oneof![
+        3 => (0u16..300, 0u16..50).prop_map(|(n, at_ms)| PendingOp::Mark { n, at_ms }),
+        1 => (0usize..60, prop::collection::vec(prop::option::of(any::<bool>()), 0..60))
+            .prop_map(|(count, settle)| PendingOp::Flush { count, settle }),
+    ]
+}
+
+/// The reference: a list in arrival order, scanned and sorted every time.
+#[derive(Debug, Default)]
+struct PendingModel {
+    /// (SKU, first marked, arrival, newest generation)
+    items: Vec<(Sku, tokio::time::Instant, u64, u64)>,
+    generation: u64,
+}
+
+impl PendingModel {
+    fn mark(&mut self, sku: Sku, now: tokio::time::Instant) {
+        self.generation += 1;
+        match self.items.iter_mut().find(|i| i.0 == sku) {
+            Some(item) => item.3 = self.generation,
+            None => self.items.push((sku, now, self.generation, self.generation)),
+        }
+    }
+
+    fn oldest(&self) -> Vec<(Sku, u64)> {
+        let mut sorted: Vec<_> = self.items.iter().collect();
+        sorted.sort_by_key(|i| (i.1, i.2));
+        sorted.into_iter().map(|i| (i.0.clone(), i.3)).collect()
+    }
+
+    fn done(&mut self, sku: &Sku, generation: u64) {
+        self.items.retain(|i| !(&i.0 == sku && i.3 == generation));
+    }
+}
+
+proptest::proptest! {
+    #[test]
+    fn pending_behaves_like_a_list_scanned_each_time(ops in proptest::collection::vec(pending_op(), 1..400)) {
+        let start = tokio::time::Instant::now();
+        let linger = Duration::from_millis(200);
+        let mut pending = Pending::default();
+        let mut model = PendingModel::default();
+        for op in ops {
+            match op {
+                PendingOp::Mark { n, at_ms } => {
+                    let at = start + Duration::from_millis(u64::from(at_ms));
+                    pending.mark(sku(&format!("SKU-{n}")), at);
+                    model.mark(sku(&format!("SKU-{n}")), at);
+                }
+                PendingOp::Flush { count, settle } => {
+                    let taken = pending.take(count);
+                    let expected: Vec<(Sku, u64)> = model.oldest().into_iter().take(count).collect();
+                    proptest::prop_assert_eq!(&taken, &expected, "each SKU once, oldest first");
+                    for ((sku, generation), settle) in taken.iter().zip(settle) {
+                        let generation = match settle {
+                            Some(true) => *generation,
+                            Some(false) => generation.saturating_sub(1),
+                            None => continue,
+                        };
+                        pending.done(sku, generation);
+                        model.done(sku, generation);
+                    }
+                }
+            }
+            proptest::prop_assert_eq!(pending.len(), model.items.len());
+            proptest::prop_assert_eq!(pending.is_empty(), model.items.is_empty());
+            let due = model.items.iter().map(|i| i.1 + linger).min();
+            proptest::prop_assert_eq!(pending.due_at(linger), due, "the oldest first mark decides");
+            for (sku, ..) in &model.items {
+                proptest::prop_assert!(pending.contains(sku));
+            }
+        }
+        proptest::prop_assert_eq!(pending.take(usize::MAX), model.oldest());
+    }
+}
