@@ -153,9 +153,7 @@ impl Admin {
         let wait = {
             let bucket = self.bucket.lock().expect("the bucket lock is never poisoned");
             bucket.and_then(|b| {
-                let restored = b.available + b.restore_rate * b.at.elapsed().as_secs_f64();
-                (restored < cost && b.restore_rate > 0.0)
-                    .then(|| Duration::from_secs_f64((cost - restored) / b.restore_rate))
+                points_wait(b.available + b.restore_rate * b.at.elapsed().as_secs_f64(), b.restore_rate, cost)
             })
         };
         if let Some(wait) = wait {
@@ -163,10 +161,15 @@ impl Admin {
         }
     }
 
+    /// Remembers the bucket an answer describes. A status that cannot describe one (a
+    /// rate that is not positive, numbers that are not finite) says nothing about when
+    /// points come back: the bucket known before stays, and a THROTTLED answer says how
+    /// long to wait.
     fn remember_bucket(&self, body: &Value) {
         let status = &body["extensions"]["cost"]["throttleStatus"];
+        let finite = |v: &Value| v.as_f64().filter(|n| n.is_finite());
         if let (Some(available), Some(restore_rate)) =
-            (status["currentlyAvailable"].as_f64(), status["restoreRate"].as_f64())
+            (finite(&status["currentlyAvailable"]), finite(&status["restoreRate"]).filter(|r| *r > 0.0))
         {
             let bucket = Bucket { available, restore_rate, at: Instant::now() };
             *self.bucket.lock().expect("the bucket lock is never poisoned") = Some(bucket);
@@ -282,13 +285,36 @@ fn set_outcome(errors: &[UserError], count: usize) -> SetOutcome {
     outcome
 }
 
-/// How long until the bucket holds what the refused query asked for.
+/// The longest wait the bucket's numbers can ask for. Shopify's buckets refill in seconds;
+/// a longer wait comes from numbers that are wrong, and after it Shopify answers again.
+pub const POINTS_WAIT_MAX: Duration = Duration::from_secs(60);
+
+/// How long until a bucket holding `available` points, refilled at `restore_rate` points
+/// a second, holds `cost`: `None` when it does already or when the numbers say nothing
+/// (not finite, a rate that is not positive). Never more than [`POINTS_WAIT_MAX`], and
+/// never a panic, whatever Shopify answered.
+pub fn points_wait(available: f64, restore_rate: f64, cost: f64) -> Option<Duration> {
+    if restore_rate <= 0.0 || !restore_rate.is_finite() || available.is_nan() || cost.is_nan() {
+        return None;
+    }
+    let seconds = (cost - available) / restore_rate;
+    if seconds.is_nan() || seconds <= 0.0 {
+        return None;
+    }
+    Some(Duration::try_from_secs_f64(seconds).map_or(POINTS_WAIT_MAX, |wait| wait.min(POINTS_WAIT_MAX)))
+}
+
+/// How long until the bucket holds what the refused query asked for: at least 100 ms, at
+/// most [`POINTS_WAIT_MAX`]. Without a usable rate, 50 points a second is assumed.
 fn throttle_wait_ms(body: &Value) -> u64 {
     let cost = &body["extensions"]["cost"];
-    let requested = cost["requestedQueryCost"].as_f64().unwrap_or(0.0);
-    let available = cost["throttleStatus"]["currentlyAvailable"].as_f64().unwrap_or(0.0);
-    let rate = cost["throttleStatus"]["restoreRate"].as_f64().filter(|r| *r > 0.0).unwrap_or(50.0);
-    (((requested - available).max(0.0) / rate) * 1000.0).ceil().clamp(100.0, 60_000.0) as u64
+    let finite = |v: &Value| v.as_f64().filter(|n| n.is_finite());
+    let requested = finite(&cost["requestedQueryCost"]).unwrap_or(0.0);
+    let available = finite(&cost["throttleStatus"]["currentlyAvailable"]).unwrap_or(0.0);
+    let rate = finite(&cost["throttleStatus"]["restoreRate"]).filter(|r| *r > 0.0).unwrap_or(50.0);
+    let wait = points_wait(available, rate, requested).unwrap_or(Duration::ZERO);
+    let wait_ms = u64::try_from(wait.as_millis()).unwrap_or(u64::MAX);
+    wait_ms.clamp(100, POINTS_WAIT_MAX.as_millis() as u64)
 }
 
 /// reqwest's message without the URL, which is the shop's and says nothing new.
@@ -337,6 +363,65 @@ mod tests {
         });
         assert_eq!(throttle_wait_ms(&body), 2_000);
         assert_eq!(throttle_wait_ms(&json!({})), 100, "no status: a short wait");
+    }
+
+    /// Throttle statuses no Shopify sends, but a proxy, a bug or an attacker in the middle
+    /// might: (currentlyAvailable, restoreRate, requestedQueryCost).
+    fn hostile_statuses() -> Vec<(Value, Value, Value)> {
+        let n = |v: f64| json!(v);
+        vec![
+            (n(0.0), n(1e-300), n(1000.0)),
+            (n(-1e308), n(1.0), n(1000.0)),
+            (n(-1e308), n(1e-308), n(1e308)),
+            (n(0.0), n(f64::MIN_POSITIVE), n(f64::MAX)),
+            (n(f64::MAX), n(f64::MAX), n(f64::MAX)),
+            (n(0.0), n(0.0), n(1000.0)),
+            (n(0.0), n(-50.0), n(1000.0)),
+            (n(-5.0), n(50.0), n(-1000.0)),
+            (json!("NaN"), json!("Infinity"), json!(null)),
+            (json!(null), json!(null), json!({})),
+        ]
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn hostile_throttle_statuses_give_a_bounded_wait() {
+        for (available, rate, requested) in hostile_statuses() {
+            let body = json!({ "extensions": { "cost": { "requestedQueryCost": requested,
+                "throttleStatus": { "currentlyAvailable": available, "restoreRate": rate } } } });
+            let admin =
+                Admin::new("http://127.0.0.1:9/graphql.json".into(), Secret::new("t"), &HttpClientConfig::default())
+                    .unwrap();
+            admin.remember_bucket(&body);
+            let started = Instant::now();
+            admin.wait_for_points(1000.0).await;
+            assert!(started.elapsed() <= Duration::from_secs(60), "{body}: waited {:?}", started.elapsed());
+            let wait_ms = throttle_wait_ms(&body);
+            assert!((100..=60_000).contains(&wait_ms), "{body}: {wait_ms} ms");
+        }
+    }
+
+    #[test]
+    fn a_wait_for_points_is_bounded_whatever_the_numbers() {
+        let cases = [
+            // (available, restore rate, cost, wait)
+            (0.0, 50.0, 100.0, Some(Duration::from_secs(2))),
+            (100.0, 50.0, 100.0, None),
+            (0.0, 1e-300, 100.0, Some(POINTS_WAIT_MAX)),
+            (-1e308, 1.0, 100.0, Some(POINTS_WAIT_MAX)),
+            (f64::NEG_INFINITY, 50.0, 100.0, Some(POINTS_WAIT_MAX)),
+            (f64::INFINITY, 50.0, 100.0, None),
+            (f64::NAN, 50.0, 100.0, None),
+            (0.0, f64::NAN, 100.0, None),
+            (0.0, f64::INFINITY, 100.0, None),
+            (0.0, 0.0, 100.0, None),
+            (0.0, -1.0, 100.0, None),
+            (0.0, 50.0, f64::INFINITY, Some(POINTS_WAIT_MAX)),
+            (0.0, 50.0, f64::NAN, None),
+            (f64::INFINITY, 50.0, f64::INFINITY, None),
+        ];
+        for (available, rate, cost, wait) in cases {
+            assert_eq!(points_wait(available, rate, cost), wait, "{available} {rate} {cost}");
+        }
     }
 
     #[test]
