@@ -71,9 +71,22 @@ pub fn sign(secret: &str, body: &[u8]) -> String {
     BASE64_STANDARD.encode(mac.finalize().into_bytes())
 }
 
-/// Delivers a webhook as Shopify does, signed with `secret`.
+/// Delivers a webhook as Shopify does, signed with `secret`, triggered now.
 pub async fn deliver(app: SocketAddr, topic: &str, event_id: &str, body: &str, secret: &str) -> (u16, Value) {
-    let response = reqwest::Client::new()
+    let now = chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Nanos, true);
+    deliver_triggered_at(app, topic, event_id, body, secret, Some(&now)).await
+}
+
+/// Delivers a webhook with this `X-Shopify-Triggered-At`, or none.
+pub async fn deliver_triggered_at(
+    app: SocketAddr,
+    topic: &str,
+    event_id: &str,
+    body: &str,
+    secret: &str,
+    triggered_at: Option<&str>,
+) -> (u16, Value) {
+    let mut request = reqwest::Client::new()
         .post(format!("http://{app}/connectors/shopify/webhooks"))
         .header("content-type", "application/json")
         .header("X-Shopify-Topic", topic)
@@ -81,11 +94,11 @@ pub async fn deliver(app: SocketAddr, topic: &str, event_id: &str, body: &str, s
         .header("X-Shopify-Webhook-Id", format!("{event_id}-delivery"))
         .header("X-Shopify-Shop-Domain", "casa-onhand.myshopify.com")
         .header("X-Shopify-API-Version", "2026-04")
-        .header("X-Shopify-Hmac-Sha256", sign(secret, body.as_bytes()))
-        .body(body.to_string())
-        .send()
-        .await
-        .expect("the app answers");
+        .header("X-Shopify-Hmac-Sha256", sign(secret, body.as_bytes()));
+    if let Some(at) = triggered_at {
+        request = request.header("X-Shopify-Triggered-At", at);
+    }
+    let response = request.body(body.to_string()).send().await.expect("the app answers");
     let status = response.status().as_u16();
     (status, response.json().await.unwrap_or(Value::Null))
 }

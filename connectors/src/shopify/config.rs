@@ -73,6 +73,14 @@ pub struct ShopifyConfig {
     /// The largest webhook body accepted, in bytes; a large order is a few hundred KiB.
     #[serde(default = "webhook_body_bytes_max")]
     pub webhook_body_bytes_max: usize,
+    /// A delivery whose `X-Shopify-Triggered-At` is older than this is refused
+    /// (`stale_delivery`). Shopify retries a failed delivery 8 times over 4 hours, keeping
+    /// the time it was first triggered, and in rare cases delivers up to a day late; 48
+    /// hours leaves room for both. The header is not signed, so this catches Shopify's own
+    /// late deliveries and bodies replayed with their old headers; what keeps a replay
+    /// from counting twice is that every event id comes from the signed body.
+    #[serde(default = "webhook_max_age_s")]
+    pub webhook_max_age_s: u64,
     /// How long an `inventory_levels/update` that does not match onhand's numbers waits
     /// for onhand to catch up (a web order's sale on its way through the ledger) before
     /// it is taken as a manual change. Under Shopify's 5 s webhook timeout.
@@ -174,6 +182,9 @@ fn api_version() -> String {
 fn webhook_body_bytes_max() -> usize {
     2 * 1024 * 1024
 }
+fn webhook_max_age_s() -> u64 {
+    48 * 3600
+}
 fn echo_settle_ms() -> u64 {
     2_000
 }
@@ -217,6 +228,9 @@ impl ShopifyConfig {
         let h = &self.http;
         if h.request_timeout_ms == 0 || h.backoff_ms_min == 0 || h.backoff_ms_min > h.backoff_ms_max {
             return Err("http: request_timeout_ms and backoff_ms_min must be 1 or more, at most backoff_ms_max".into());
+        }
+        if self.webhook_max_age_s < 60 {
+            return Err("webhook_max_age_s must be 60 or more: a shorter window refuses deliveries on time".into());
         }
         if self.echo_settle_ms >= 4_000 {
             return Err("echo_settle_ms must be under 4000: Shopify gives up on a webhook after 5 s".into());

@@ -12,10 +12,10 @@ use serde_json::{json, Value};
 
 use super::{
     config::ShopifyConfig,
-    mapping::{self, Catalog, LevelUpdate, Mapped, Restock, Verdict},
+    mapping::{self, Catalog, LevelUpdate, Mapped, Restock, SeenUpdates, Verdict},
     payloads,
     sink::{idempotency_key, Backoff, Pending},
-    source::verify_signature,
+    source::{freshness, read_delivery, verify_signature, Delivery, Freshness},
 };
 
 const ORDERS_CREATE: &str = include_str!("fixtures/orders_create.json");
@@ -269,27 +269,169 @@ fn a_graphql_order_with_a_bad_id_is_refused() {
 fn a_level_update_is_judged_against_what_onhand_pushed() {
     let update: LevelUpdate = serde_json::from_str(LEVEL_UPDATE).unwrap();
     assert_eq!(update.available, 37);
-    let judge = |push_location, pushed, now| mapping::judge_level_update(&update, push_location, pushed, now);
+    let judge = |push_location, pushed, now| mapping::judge_level_update(&update, push_location, None, pushed, now);
     assert_eq!(judge(Some(1), Some(30), None), Verdict::NotPushedLocation);
     assert_eq!(judge(Some(24826418), None, Some(30)), Verdict::NoBaseline);
     assert_eq!(judge(Some(24826418), Some(37), Some(30)), Verdict::Echo);
     assert_eq!(judge(Some(24826418), Some(38), Some(37)), Verdict::InSync, "a web order onhand already applied");
     assert_eq!(judge(Some(24826418), Some(30), Some(30)), Verdict::ManualChange { delta: 7 });
 
-    let fact = mapping::level_update_fact(&update, 7, "b54557e4-8a5f-4f7d-70bc-d043a1b2c3d4");
+    let fact = mapping::level_update_fact(&update, 7);
     let mut config = config();
     config.location_map.insert("24826418".into(), onhand_core::event::LocationId::parse("dc-sp").unwrap());
     let mapped = mapping::resolve(vec![fact], &catalog(), &config, now());
     assert_eq!(
         summary(&mapped),
         [(
-            "shopify:inventory:b54557e4-8a5f-4f7d-70bc-d043a1b2c3d4".into(),
+            "shopify:inventory:271878346596884015:24826418:2026-11-21T12:14:02Z:37".into(),
             "7891000100103".into(),
             "dc-sp".into(),
             MovementKind::Adjustment,
             7
         )]
     );
+}
+
+#[test]
+fn a_manual_change_is_identified_by_its_signed_body_alone() {
+    let update: LevelUpdate = serde_json::from_str(LEVEL_UPDATE).unwrap();
+    // The same body, whatever headers came with it, is the same adjustment.
+    let replayed: LevelUpdate = serde_json::from_str(LEVEL_UPDATE).unwrap();
+    assert_eq!(mapping::level_update_fact(&update, 7).event_id, mapping::level_update_fact(&replayed, -2).event_id);
+    let id = |change: fn(&mut LevelUpdate)| {
+        let mut other = update.clone();
+        change(&mut other);
+        mapping::level_update_event_id(&other)
+    };
+    let original = mapping::level_update_event_id(&update);
+    assert_ne!(id(|u| u.inventory_item_id += 1), original);
+    assert_ne!(id(|u| u.location_id += 1), original);
+    assert_ne!(id(|u| u.updated_at += chrono::Duration::seconds(1)), original);
+    assert_ne!(id(|u| u.available += 1), original, "a second change in the same second");
+    assert_eq!(
+        id(|u| u.updated_at = u.updated_at.with_timezone(&chrono::FixedOffset::east_opt(3600).unwrap()).into()),
+        original
+    );
+
+    // The longest id there can be is still an event id onhand accepts.
+    let longest = LevelUpdate {
+        inventory_item_id: u64::MAX,
+        location_id: u64::MAX,
+        available: i64::MIN,
+        updated_at: "9999-12-31T23:59:59.999999999Z".parse().unwrap(),
+    };
+    let id = mapping::level_update_event_id(&longest);
+    assert!(id.len() <= 128 && id.bytes().all(|b| b.is_ascii_graphic()), "{id}");
+    let mut config = config();
+    config.location_map.insert("24826418".into(), onhand_core::event::LocationId::parse("dc-sp").unwrap());
+    let mut fact = mapping::level_update_fact(&update, 7);
+    fact.event_id = id.clone();
+    assert_eq!(summary(&mapping::resolve(vec![fact], &catalog(), &config, now()))[0].0, id);
+}
+
+#[test]
+fn an_update_judged_already_or_older_is_superseded() {
+    let at = |s: &str| s.parse::<DateTime<Utc>>().unwrap();
+    let update = |updated_at: &str, available| LevelUpdate {
+        inventory_item_id: 271878346596884015,
+        location_id: 48752903,
+        available,
+        updated_at: at(updated_at),
+    };
+    let first = update("2026-11-21T12:14:02Z", 13);
+    let seen = SeenUpdates::with(None, &first);
+    assert_eq!(SeenUpdates::from_state(&seen.to_state()), Some(seen.clone()), "{}", seen.to_state());
+    // (update, pushed, verdict): the baseline is 20 now, after later pushes.
+    let cases = [
+        (update("2026-11-21T12:14:02Z", 13), Verdict::Superseded),
+        (update("2026-11-21T12:14:01Z", 9), Verdict::Superseded),
+        (update("2026-11-21T12:14:02Z", 12), Verdict::ManualChange { delta: -8 }),
+        (update("2026-11-21T12:14:03Z", 13), Verdict::ManualChange { delta: -7 }),
+        (update("2026-11-21T12:14:03Z", 20), Verdict::Echo),
+    ];
+    for (update, verdict) in cases {
+        assert_eq!(
+            mapping::judge_level_update(&update, Some(48752903), Some(&seen), Some(20), None),
+            verdict,
+            "{update:?}"
+        );
+    }
+    let both = SeenUpdates::with(Some(seen.clone()), &update("2026-11-21T12:14:02Z", 12));
+    assert_eq!(both.available, [13, 12], "two updates in one second are both seen");
+    assert_eq!(SeenUpdates::with(Some(both.clone()), &update("2026-11-21T12:14:01Z", 1)), both, "never back");
+    let later = SeenUpdates::with(Some(both), &update("2026-11-21T12:14:05Z", 4));
+    assert_eq!((later.updated_at, later.available), (at("2026-11-21T12:14:05Z"), vec![4]));
+    let mut busy = None;
+    for available in 0..20 {
+        busy = Some(SeenUpdates::with(busy, &update("2026-11-21T12:14:02Z", available)));
+    }
+    assert_eq!(busy.unwrap().available, (12..20).collect::<Vec<_>>(), "bounded, newest kept");
+    assert_eq!(SeenUpdates::from_state("garbage"), None);
+}
+
+#[test]
+fn a_delivery_older_than_the_window_is_stale() {
+    let now = now();
+    let window_s = 48 * 3600;
+    let cases = [
+        (None, Freshness::Unknown),
+        (Some("yesterday"), Freshness::Unknown),
+        (Some("2026-11-26T11:59:58.877041743Z"), Freshness::Fresh),
+        (Some("2026-11-24T12:00:00Z"), Freshness::Fresh),
+        (Some("2026-11-24T09:00:00-03:00"), Freshness::Fresh),
+        (Some("2026-11-24T11:59:59Z"), Freshness::Stale { age_s: window_s + 1 }),
+        (Some("2025-11-26T12:00:00Z"), Freshness::Stale { age_s: 365 * 24 * 3600 }),
+        (Some("2026-11-26T12:05:00Z"), Freshness::Fresh),
+    ];
+    for (header, expected) in cases {
+        assert_eq!(freshness(header, now, window_s as u64), expected, "{header:?}");
+    }
+}
+
+#[test]
+fn a_body_under_another_topic_moves_nothing_new() {
+    let bodies = [
+        ("orders/create", ORDERS_CREATE),
+        ("orders/cancelled", ORDERS_CANCELLED),
+        ("refunds/create", REFUNDS_CREATE),
+        ("inventory_levels/update", LEVEL_UPDATE),
+    ];
+    let read = |topic: &str, body: &str| match read_delivery(topic, body.as_bytes()) {
+        Ok(Delivery::Facts(facts)) => Ok(facts.into_iter().map(|f| f.event_id).collect::<Vec<_>>()),
+        Ok(Delivery::LevelUpdate(_)) => Ok(vec!["(a level update)".to_string()]),
+        Ok(Delivery::Ignored) => Ok(vec!["(ignored)".to_string()]),
+        Err(_) => Err("dead-lettered"),
+    };
+    // Every id a body can give under its own topic or as an order of the reconciliation.
+    let own = |topic: &str, body: &str| {
+        let mut ids = read(topic, body).unwrap();
+        if let Ok(order) = payloads::rest_order(body.as_bytes()) {
+            ids.extend(mapping::order_all_facts(&order).into_iter().map(|f| f.event_id));
+        }
+        ids
+    };
+    for (own_topic, body) in bodies {
+        for (topic, _) in bodies {
+            if topic == own_topic {
+                continue;
+            }
+            match read(topic, body) {
+                Err(_) => {}
+                Ok(ids) => {
+                    let own = own(own_topic, body);
+                    assert!(
+                        ids.iter().all(|id| own.contains(id)),
+                        "{own_topic} body as {topic}: {ids:?} not in {own:?}"
+                    );
+                }
+            }
+        }
+    }
+    assert_eq!(read("orders/create", LEVEL_UPDATE), Err("dead-lettered"), "an inventory body is no order");
+    assert_eq!(read("refunds/create", ORDERS_CREATE), Err("dead-lettered"), "an order is no refund");
+    assert_eq!(read("inventory_levels/update", ORDERS_CREATE), Err("dead-lettered"));
+    assert_eq!(read("orders/create", REFUNDS_CREATE), Ok(vec![]), "a refund is an order without lines");
+    assert_eq!(read("products/update", ORDERS_CREATE), Ok(vec!["(ignored)".to_string()]));
 }
 
 #[test]
@@ -337,6 +479,8 @@ fn the_section_is_checked_and_its_secrets_never_printed() {
     assert!(refused(|s| s["sink"]["channel"] = json!("nope")).contains("sink.channel \"nope\""));
     assert!(refused(|s| s["location_map"]["store-1"] = json!("x")).contains("not a Shopify location id"));
     assert!(refused(|s| s["default_location"] = json!("bad location")).contains("location"));
+    assert!(refused(|s| s["webhook_max_age_s"] = json!(0)).contains("webhook_max_age_s must be 60 or more"));
+    assert_eq!(config.webhook_max_age_s, 48 * 3600, "Shopify retries for 4 hours and may be a day late");
     let mut numeric = section();
     numeric["webhook_secret"] = json!(12345);
     let config = ShopifyConfig::from_section(&full_config(), &numeric).unwrap();
