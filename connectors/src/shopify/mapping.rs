@@ -32,6 +32,9 @@ pub const UNMAPPED_SKU: &str = "shopify_unmapped_sku";
 pub const UNMAPPED_LOCATION: &str = "shopify_unmapped_location";
 /// DLQ reason: a signed webhook whose body is not the topic's shape.
 pub const INVALID_PAYLOAD: &str = "shopify_invalid_payload";
+/// DLQ reason: an order of the reconciliation whose lines could not all be read; the
+/// lines read were recorded.
+pub const LINES_TRUNCATED: &str = "shopify_lines_truncated";
 
 /// An order line as both shapes describe it.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -389,17 +389,8 @@ pub async fn reconcile_round(shared: &Shared) -> Result<(), ShopifyError> {
     for _ in 0..config.pages_max {
         let page = shared.admin.orders_page(&since, config.page_size, after.as_deref()).await?;
         for (raw, order) in page.orders {
-            let original = raw.to_string();
-            match order.and_then(|o| o.into_order()) {
-                Ok(order) => {
-                    let (movements, _) = emit(shared, mapping::order_all_facts(&order), original.as_bytes()).await?;
-                    shared.context.metrics.shopify_reconcile_movements_total.inc_by(movements as u64);
-                    cursor = cursor.max(order.updated_at.unwrap_or(cursor));
-                }
-                Err(reason) => {
-                    let reason = format!("orders query: {reason}");
-                    send_dead_letter(shared, original.as_bytes(), mapping::INVALID_PAYLOAD, &reason).await?;
-                }
+            if let Some(updated_at) = reconcile_order(shared, &raw, order).await? {
+                cursor = cursor.max(updated_at);
             }
         }
         // Everything up to the cursor is acknowledged: it may move (never backwards).
@@ -415,4 +406,49 @@ pub async fn reconcile_round(shared: &Shared) -> Result<(), ShopifyError> {
     shared.context.metrics.shopify_reconcile_cursor_age_seconds.set(age);
     info!(cursor = %cursor, "shopify reconciliation round done");
     Ok(())
+}
+
+/// Emits one order of the orders query, once the lines the query left out are read too.
+/// Answers its `updated_at` when it could be mapped.
+///
+/// An order whose lines cannot all be read (more than `line_pages_max` more pages) emits
+/// the lines read and is dead-lettered with `shopify_lines_truncated`: every line has its
+/// own event id, so the lines read are right whatever is missing, and the order's webhook
+/// carries every line. Waiting for it instead would stop the cursor at this order for good.
+/// A failure to reach Shopify fails the round before anything of the order is emitted.
+async fn reconcile_order(
+    shared: &Shared,
+    raw: &serde_json::Value,
+    order: Result<payloads::GqlOrder, String>,
+) -> Result<Option<DateTime<Utc>>, ShopifyError> {
+    let original = raw.to_string();
+    let pages_max = shared.config.reconcile.line_pages_max;
+    let (order, complete) = match order {
+        Ok(mut order) => {
+            let complete = shared.admin.read_all_lines(&mut order, pages_max).await?;
+            (order.into_order(), complete)
+        }
+        Err(reason) => (Err(reason), true),
+    };
+    let order = match order {
+        Ok(order) => order,
+        Err(reason) => {
+            let reason = format!("orders query: {reason}");
+            send_dead_letter(shared, original.as_bytes(), mapping::INVALID_PAYLOAD, &reason).await?;
+            return Ok(None);
+        }
+    };
+    let (movements, _) = emit(shared, mapping::order_all_facts(&order), original.as_bytes()).await?;
+    shared.context.metrics.shopify_reconcile_movements_total.inc_by(movements as u64);
+    if !complete {
+        warn!(order_id = order.id, "shopify order reconciled without all its lines");
+        let reason = format!(
+            "orders query: not every line of order {} could be read in {pages_max} more pages (line_pages_max); \
+             the {} lines read were mapped",
+            order.id,
+            order.line_items.len() + order.refunds.iter().map(|r| r.lines.len()).sum::<usize>()
+        );
+        send_dead_letter(shared, original.as_bytes(), mapping::LINES_TRUNCATED, &reason).await?;
+    }
+    Ok(order.updated_at)
 }

@@ -255,6 +255,30 @@ fn the_reconciliation_gives_the_same_event_ids_as_the_webhooks() {
 }
 
 #[test]
+fn a_graphql_order_says_where_the_rest_of_its_lines_starts() {
+    let page: Value = serde_json::from_str(GRAPHQL_ORDERS).unwrap();
+    let mut node = page["data"]["orders"]["nodes"][0].clone();
+    let order = serde_json::from_value::<payloads::GqlOrder>(node.clone()).unwrap();
+    assert_eq!(order.line_items.rest(), payloads::Rest::Done, "no pageInfo: the page is the last");
+    node["lineItems"]["pageInfo"] = json!({ "hasNextPage": true, "endCursor": "c1" });
+    node["refunds"][0]["refundLineItems"]["pageInfo"] = json!({ "hasNextPage": true, "endCursor": null });
+    let mut order = serde_json::from_value::<payloads::GqlOrder>(node).unwrap();
+    assert_eq!(order.line_items.rest(), payloads::Rest::After("c1"));
+    assert_eq!(order.refunds[0].refund_line_items.rest(), payloads::Rest::Unreadable);
+
+    let next: payloads::Nodes<payloads::GqlLineItem> = serde_json::from_value(json!({
+        "pageInfo": { "hasNextPage": false, "endCursor": "c2" },
+        "nodes": [{ "id": "gid://shopify/LineItem/3", "sku": "7891000100103", "quantity": 4, "variant": null }]
+    }))
+    .unwrap();
+    order.line_items.extend(next);
+    assert_eq!(order.line_items.rest(), payloads::Rest::Done);
+    let order = order.into_order().unwrap();
+    let ids: Vec<u64> = order.line_items.iter().map(|l| l.id).collect();
+    assert_eq!(ids, [866550311766439020, 141249953214522974, 3], "the next page's lines after the first's");
+}
+
+#[test]
 fn a_graphql_order_with_a_bad_id_is_refused() {
     let page: Value = serde_json::from_str(GRAPHQL_ORDERS).unwrap();
     let mut node = page["data"]["orders"]["nodes"][0].clone();
@@ -480,6 +504,8 @@ fn the_section_is_checked_and_its_secrets_never_printed() {
     assert!(refused(|s| s["location_map"]["store-1"] = json!("x")).contains("not a Shopify location id"));
     assert!(refused(|s| s["default_location"] = json!("bad location")).contains("location"));
     assert!(refused(|s| s["webhook_max_age_s"] = json!(0)).contains("webhook_max_age_s must be 60 or more"));
+    assert!(refused(|s| s["reconcile"] = json!({ "page_size": 77 })).contains("page_size must be 1 to 76"));
+    assert!(refused(|s| s["reconcile"] = json!({ "line_pages_max": 0 })).contains("line_pages_max"));
     assert_eq!(config.webhook_max_age_s, 48 * 3600, "Shopify retries for 4 hours and may be a day late");
     let mut numeric = section();
     numeric["webhook_secret"] = json!(12345);
