@@ -1,7 +1,9 @@
 //! The Shopify connector through `onhand serve`, against a fake Shopify: webhooks become
-//! movements once, unmapped items reach the dead-letter topic, the reconciliation emits
-//! what the webhooks missed with the same ids, and the sink keeps the web store's
-//! availability right through throttling, failures and an outage.
+//! movements once (re-delivered, replayed with fresh headers or under another topic),
+//! stale deliveries are refused, unmapped items reach the dead-letter topic, the
+//! reconciliation emits what the webhooks missed with the same ids, every line of a large
+//! order included, and the sink keeps the web store's availability right through
+//! throttling, failures and an outage.
 
 mod common;
 
@@ -135,6 +137,26 @@ async fn webhooks_become_movements_once_and_bad_ones_change_nothing() {
     assert_eq!((status, answer["movements"].as_u64()), (200, Some(1)), "{answer}");
     on_hand_is(&app, RICE, "dc-sp", 7).await;
 
+    // A captured body sent again with fresh headers is the same order: duplicates.
+    let (status, answer) = deliver(addr, "orders/create", "e-order-replayed", ORDERS_CREATE, SECRET).await;
+    assert_eq!((status, answer["movements"].as_u64()), (200, Some(2)), "{answer}");
+    // Shopify's retries keep the time the event was triggered: one from three days ago is
+    // refused, whatever it carries, and counted.
+    let mut late: Value = serde_json::from_str(ORDERS_CREATE).unwrap();
+    late["id"] = json!(888);
+    let three_days_ago = (chrono::Utc::now() - chrono::Duration::days(3)).to_rfc3339();
+    let (status, refused) =
+        deliver_triggered_at(addr, "orders/create", "e-late", &late.to_string(), SECRET, Some(&three_days_ago)).await;
+    assert_eq!((status, refused["error"]["code"].as_str()), (422, Some("stale_delivery")), "{refused}");
+    assert_eq!(metric(&app, "onhand_shopify_webhooks_total{outcome=\"stale\",topic=\"orders_create\"}"), 1.0);
+    // Without the header (older deliveries, tools) the delivery is taken.
+    late["id"] = json!(889);
+    late["line_items"].as_array_mut().unwrap().truncate(1);
+    let (status, answer) =
+        deliver_triggered_at(addr, "orders/create", "e-untimed", &late.to_string(), SECRET, None).await;
+    assert_eq!((status, answer["movements"].as_u64()), (200, Some(1)), "{answer}");
+    on_hand_is(&app, RICE, "dc-sp", 5).await;
+
     let (status, answer) = deliver(addr, "products/update", "e-other", "{}", SECRET).await;
     assert_eq!((status, answer["status"].as_str()), (200, Some("ignored")));
     assert_eq!(metric(&app, "onhand_shopify_webhooks_total{outcome=\"ignored\",topic=\"other\"}"), 1.0);
@@ -156,9 +178,17 @@ async fn webhooks_become_movements_once_and_bad_ones_change_nothing() {
     assert!(header("onhand.dlq.reason").unwrap().contains("shopify:order:555:line:141249953214522974"));
     assert_eq!(dead[0].payload(), Some(unknown.to_string().as_bytes()), "the original webhook body");
 
-    // 2 receipts, 3 sales, 1 return, 2 cancellation returns: the bad deliveries added nothing.
-    until_recorded(&app, 8, 60).await;
-    assert_eq!(metric(&app, "onhand_ledger_duplicates_skipped_total"), 2.0);
+    // The topic is not signed either: an inventory body sent as an order is no order.
+    let level = json!({ "inventory_item_id": RICE_ITEM, "location_id": WEB_LOCATION, "available": 1,
+        "updated_at": "2026-11-21T09:14:02-03:00" });
+    let (status, answer) = deliver(addr, "orders/create", "e-mismatch", &level.to_string(), SECRET).await;
+    assert_eq!((status, answer["movements"].as_u64(), answer["dead_letters"].as_u64()), (200, Some(0), Some(1)));
+    assert_eq!(metric(&app, "onhand_shopify_dlq_records_total{reason=\"shopify_invalid_payload\"}"), 1.0);
+
+    // 2 receipts, 4 sales, 1 return, 2 cancellation returns: the bad deliveries added nothing.
+    until_recorded(&app, 9, 60).await;
+    on_hand_is(&app, RICE, "dc-sp", 5).await;
+    assert_eq!(metric(&app, "onhand_ledger_duplicates_skipped_total"), 4.0);
     assert_eq!(
         metric(&app, "onhand_shopify_webhooks_total{outcome=\"invalid_signature\",topic=\"orders_create\"}"),
         2.0
@@ -283,10 +313,104 @@ async fn an_echo_is_ignored_and_a_manual_change_becomes_an_adjustment() {
     let (status, answer) = deliver(app.local_addr, "inventory_levels/update", "manual-1", &update(13), SECRET).await;
     assert_eq!((status, answer["movements"].as_u64()), (200, Some(1)), "{answer}");
     on_hand_is(&app, RICE, "dc-sp", 13).await;
-    // Delivered again: the same event id, and 13 is now what Shopify is known to hold.
+    // Delivered again: judged already.
     deliver(app.local_addr, "inventory_levels/update", "manual-1", &update(13), SECRET).await;
     assert_eq!(metric(&app, "onhand_shopify_level_updates_total{verdict=\"manual_change\"}"), 1.0);
     until_recorded(&app, 2, 60).await;
     assert_eq!(fake.available(RICE_ITEM), Some(13));
+
+    // Onhand moves on and pushes 15; then the captured body of the manual change comes
+    // again with a fresh event id. It is older than what was judged: no adjustment, and
+    // the baseline stays the 15 Shopify holds.
+    receive(&app, "r2", RICE, 2).await;
+    eventually("15 pushed and recorded", 60, || async {
+        let key = format!("pushed:{RICE_ITEM}:{WEB_LOCATION}");
+        let recorded = app.store.connector_state("shopify", &key).await.ok()?;
+        (fake.available(RICE_ITEM) == Some(15) && recorded.as_deref() == Some("15")).then_some(())
+    })
+    .await;
+    let (status, answer) =
+        deliver(app.local_addr, "inventory_levels/update", "manual-1-replayed", &update(13), SECRET).await;
+    assert_eq!((status, answer["movements"].as_u64()), (200, Some(0)), "{answer}");
+    let (status, answer) =
+        deliver(app.local_addr, "inventory_levels/update", "echo-1-replayed", &update(10), SECRET).await;
+    assert_eq!((status, answer["movements"].as_u64()), (200, Some(0)), "{answer}");
+    assert_eq!(metric(&app, "onhand_shopify_level_updates_total{verdict=\"superseded\"}"), 3.0);
+    let key = format!("pushed:{RICE_ITEM}:{WEB_LOCATION}");
+    assert_eq!(app.store.connector_state("shopify", &key).await.unwrap().as_deref(), Some("15"));
+    until_recorded(&app, 3, 60).await;
+    on_hand_is(&app, RICE, "dc-sp", 15).await;
+    app.stop().await.unwrap();
+}
+
+/// An order node of the GraphQL `orders` query with `lines` lines of one unit of rice and
+/// a refund that returns `refund_lines` of them to the web store's location.
+fn large_order(id: u64, lines: u64, refund_lines: u64) -> Value {
+    let line = |n: u64| {
+        json!({ "id": format!("gid://shopify/LineItem/{}", id * 1000 + n), "sku": RICE, "quantity": 1,
+            "variant": { "id": "gid://shopify/ProductVariant/808950810" } })
+    };
+    let refund_line = |n: u64| {
+        json!({ "id": format!("gid://shopify/RefundLineItem/{}", id * 1000 + n), "quantity": 1,
+            "restockType": "RETURN", "location": { "id": format!("gid://shopify/Location/{WEB_LOCATION}") },
+            "lineItem": line(n) })
+    };
+    json!({
+        "id": format!("gid://shopify/Order/{id}"), "name": "#2000", "createdAt": "2026-11-20T18:31:07Z",
+        "updatedAt": (chrono::Utc::now() - chrono::Duration::minutes(5)).to_rfc3339(),
+        "cancelledAt": null, "retailLocation": null,
+        "lineItems": { "nodes": (1..=lines).map(line).collect::<Vec<_>>() },
+        "refunds": [{ "id": format!("gid://shopify/Refund/{id}"), "createdAt": "2026-11-21T13:12:31Z",
+            "refundLineItems": { "nodes": (1..=refund_lines).map(refund_line).collect::<Vec<_>>() } }],
+    })
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn an_order_with_more_lines_than_a_page_is_reconciled_whole() {
+    let fake = FakeShopify::start().await;
+    // More lines than one query may ask for, in the order and in its refund.
+    fake.with(|s| s.orders.push(large_order(900, 300, 260)));
+    let mut config = shopify_config(fake.addr, false).await;
+    config.connectors.get_mut("shopify").unwrap()["reconcile"]["interval_s"] = json!(2);
+    let app = start(&config).await;
+    receive(&app, "r1", RICE, 1000).await;
+
+    // The receipt, 300 sales and 260 returns, each line once.
+    until_recorded(&app, 561, 120).await;
+    on_hand_is(&app, RICE, "dc-sp", 1000 - 300 + 260).await;
+    assert!(fake.with(|s| s.line_queries) >= 3, "the rest of the lines read with order(id:) and refund(id:)");
+    assert_eq!(metric(&app, "onhand_shopify_dlq_records_total{reason=\"shopify_lines_truncated\"}"), 0.0);
+    app.stop().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn an_order_with_more_lines_than_line_pages_max_records_the_lines_read() {
+    let fake = FakeShopify::start().await;
+    fake.with(|s| s.orders.push(large_order(901, 300, 10)));
+    let mut config = shopify_config(fake.addr, false).await;
+    let reconcile = &mut config.connectors.get_mut("shopify").unwrap()["reconcile"];
+    reconcile["interval_s"] = json!(2);
+    reconcile["line_pages_max"] = json!(1);
+    let app = start(&config).await;
+    receive(&app, "r1", RICE, 1000).await;
+
+    // A page of orders reads 7 lines of each (and of its refund); one more query, 250 more
+    // lines; the rest of the order and of its refund is not read.
+    until_recorded(&app, 1 + 257 + 7, 120).await;
+    eventually("the order dead-lettered as truncated", 60, || async {
+        (metric(&app, "onhand_shopify_dlq_records_total{reason=\"shopify_lines_truncated\"}") >= 1.0).then_some(())
+    })
+    .await;
+    on_hand_is(&app, RICE, "dc-sp", 1000 - 257 + 7).await;
+
+    // The order's webhook carries every line: the rest come with it, the lines read are
+    // duplicates.
+    let webhook = json!({ "id": 901, "name": "#2000", "created_at": "2026-11-20T18:31:07Z",
+        "line_items": (1..=300u64).map(|n| json!({ "id": 901_000 + n, "variant_id": 808950810, "sku": RICE,
+            "quantity": 1 })).collect::<Vec<_>>() });
+    let (status, answer) = deliver(app.local_addr, "orders/create", "e-901", &webhook.to_string(), SECRET).await;
+    assert_eq!((status, answer["movements"].as_u64()), (200, Some(300)), "{answer}");
+    until_recorded(&app, 1 + 300 + 7, 120).await;
+    on_hand_is(&app, RICE, "dc-sp", 1000 - 300 + 7).await;
     app.stop().await.unwrap();
 }

@@ -216,7 +216,7 @@ impl Metrics {
             shopify_webhooks_total: counter_vec(
                 "onhand_shopify_webhooks_total",
                 "Shopify webhooks by topic (orders_create, orders_cancelled, refunds_create, inventory_levels_update, \
-                 other) and outcome (accepted, ignored, invalid_signature, failed).",
+                 other) and outcome (accepted, ignored, invalid_signature, stale, failed).",
                 &["topic", "outcome"],
             ),
             shopify_dlq_records_total: counter_vec(
@@ -227,7 +227,7 @@ impl Metrics {
             shopify_level_updates_total: counter_vec(
                 "onhand_shopify_level_updates_total",
                 "inventory_levels/update webhooks by verdict (echo, in_sync, no_baseline, not_pushed_location, \
-                 manual_change).",
+                 superseded, manual_change, manual_change_ignored).",
                 &["verdict"],
             ),
             shopify_reconcile_movements_total: counter(

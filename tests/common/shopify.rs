@@ -1,8 +1,9 @@
 //! A fake Shopify for the end-to-end tests: it signs webhooks like Shopify, answers the
 //! Admin GraphQL operations the connector uses in Shopify's documented shapes (API
-//! version 2026-04: the `orders` query, inventory levels, `inventorySetQuantities` with
-//! compare-and-set and idempotency keys), and throttles or fails on command. To take it
-//! offline, put a `Proxy` in front of it and cut the proxy.
+//! version 2026-04: the `orders` query with its lines a page at a time, `order(id:)` and
+//! `refund(id:)` for the rest of the lines, inventory levels, `inventorySetQuantities`
+//! with compare-and-set and idempotency keys), and throttles or fails on command. To take
+//! it offline, put a `Proxy` in front of it and cut the proxy.
 
 use std::{
     collections::HashMap,
@@ -26,8 +27,11 @@ pub type Applied = (u64, i64);
 pub struct FakeState {
     /// `available` per inventory item at the sink's location.
     pub levels: HashMap<u64, i64>,
-    /// Order nodes as the GraphQL `orders` query answers them.
+    /// Order nodes with all their lines; the `orders` query answers a page of each
+    /// connection, and `order(id:)` and `refund(id:)` the pages after it.
     pub orders: Vec<Value>,
+    /// How many `order(id:)` and `refund(id:)` queries were answered.
+    pub line_queries: u32,
     /// The next this many requests are answered THROTTLED.
     pub throttle_next: u32,
     /// The next this many requests are answered 503.
@@ -71,9 +75,22 @@ pub fn sign(secret: &str, body: &[u8]) -> String {
     BASE64_STANDARD.encode(mac.finalize().into_bytes())
 }
 
-/// Delivers a webhook as Shopify does, signed with `secret`.
+/// Delivers a webhook as Shopify does, signed with `secret`, triggered now.
 pub async fn deliver(app: SocketAddr, topic: &str, event_id: &str, body: &str, secret: &str) -> (u16, Value) {
-    let response = reqwest::Client::new()
+    let now = chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Nanos, true);
+    deliver_triggered_at(app, topic, event_id, body, secret, Some(&now)).await
+}
+
+/// Delivers a webhook with this `X-Shopify-Triggered-At`, or none.
+pub async fn deliver_triggered_at(
+    app: SocketAddr,
+    topic: &str,
+    event_id: &str,
+    body: &str,
+    secret: &str,
+    triggered_at: Option<&str>,
+) -> (u16, Value) {
+    let mut request = reqwest::Client::new()
         .post(format!("http://{app}/connectors/shopify/webhooks"))
         .header("content-type", "application/json")
         .header("X-Shopify-Topic", topic)
@@ -81,11 +98,11 @@ pub async fn deliver(app: SocketAddr, topic: &str, event_id: &str, body: &str, s
         .header("X-Shopify-Webhook-Id", format!("{event_id}-delivery"))
         .header("X-Shopify-Shop-Domain", "casa-onhand.myshopify.com")
         .header("X-Shopify-API-Version", "2026-04")
-        .header("X-Shopify-Hmac-Sha256", sign(secret, body.as_bytes()))
-        .body(body.to_string())
-        .send()
-        .await
-        .expect("the app answers");
+        .header("X-Shopify-Hmac-Sha256", sign(secret, body.as_bytes()));
+    if let Some(at) = triggered_at {
+        request = request.header("X-Shopify-Triggered-At", at);
+    }
+    let response = request.body(body.to_string()).send().await.expect("the app answers");
     let status = response.status().as_u16();
     (status, response.json().await.unwrap_or(Value::Null))
 }
@@ -120,10 +137,18 @@ async fn graphql(
     }
     let query = request["query"].as_str().unwrap_or_default();
     let variables = &request["variables"];
+    // Shopify refuses a connection asked for more than 250 nodes.
+    if ["first", "lines"].iter().any(|v| variables[v].as_u64().is_some_and(|n| n > 250)) {
+        let message = "The 'first' argument must be between 0 and 250";
+        return Json(json!({ "errors": [{ "message": message }] })).into_response();
+    }
     let data = if query.contains("inventorySetQuantities") {
         set_quantities(&mut state, variables)
     } else if query.contains("orders(") {
         orders(&state, variables)
+    } else if query.contains("order(id:") || query.contains("refund(id:") {
+        state.line_queries += 1;
+        lines(&state, query.contains("refund(id:"), variables)
     } else if query.contains("inventoryItem(") {
         levels(&state, query)
     } else {
@@ -174,7 +199,19 @@ fn set_quantities(state: &mut FakeState, variables: &Value) -> Value {
     answer
 }
 
-/// `updated_at:>='TIME'`, oldest first, `after` being the index of the next order.
+/// `first` nodes of a connection's `nodes` from index `after` (the cursors are indexes),
+/// with the connection's `pageInfo`.
+fn page_of(connection: &Value, first: usize, after: Option<&str>) -> Value {
+    let nodes = connection["nodes"].as_array().cloned().unwrap_or_default();
+    let start: usize = after.and_then(|a| a.parse().ok()).unwrap_or(0);
+    let page: Vec<Value> = nodes.iter().skip(start).take(first).cloned().collect();
+    let next = start + page.len();
+    json!({ "nodes": page, "pageInfo": { "hasNextPage": next < nodes.len(), "endCursor": next.to_string() } })
+}
+
+/// `updated_at:>='TIME'`, oldest first, `after` being the index of the next order. Each
+/// order's lines and each of its refunds' lines are cut to the first `lines` (250 when the
+/// query does not say, as the connector's queries once wrote it).
 fn orders(state: &FakeState, variables: &Value) -> Value {
     let filter = variables["query"].as_str().unwrap_or_default();
     let since = filter.split('\'').nth(1).and_then(|t| chrono::DateTime::parse_from_rfc3339(t).ok());
@@ -188,11 +225,43 @@ fn orders(state: &FakeState, variables: &Value) -> Value {
         .collect();
     matching.sort_by_key(|o| o["updatedAt"].as_str().unwrap().to_string());
     let first = variables["first"].as_u64().unwrap_or(50) as usize;
+    let lines = variables["lines"].as_u64().unwrap_or(250) as usize;
     let start: usize = variables["after"].as_str().and_then(|a| a.parse().ok()).unwrap_or(0);
-    let page: Vec<&Value> = matching.iter().skip(start).take(first).copied().collect();
+    let page: Vec<Value> = matching
+        .iter()
+        .skip(start)
+        .take(first)
+        .map(|order| {
+            let mut order = (*order).clone();
+            order["lineItems"] = page_of(&order["lineItems"], lines, None);
+            for refund in order["refunds"].as_array_mut().into_iter().flatten() {
+                refund["refundLineItems"] = page_of(&refund["refundLineItems"], lines, None);
+            }
+            order
+        })
+        .collect();
     let next = start + page.len();
     json!({ "orders": { "nodes": page,
         "pageInfo": { "hasNextPage": next < matching.len(), "endCursor": next.to_string() } } })
+}
+
+/// `order(id:) { lineItems(first:, after:) }` or `refund(id:) { refundLineItems(...) }`;
+/// null for an id no order has, as Shopify answers.
+fn lines(state: &FakeState, refund: bool, variables: &Value) -> Value {
+    let id = variables["id"].as_str().expect("an id");
+    let first = variables["first"].as_u64().expect("first") as usize;
+    let after = variables["after"].as_str();
+    let connection = if refund {
+        let refunds = state.orders.iter().flat_map(|o| o["refunds"].as_array().into_iter().flatten());
+        let refund = refunds.into_iter().find(|r| r["id"] == id);
+        refund.map(|r| json!({ "refundLineItems": page_of(&r["refundLineItems"], first, after) }))
+    } else {
+        let order = state.orders.iter().find(|o| o["id"] == id);
+        order.map(|o| json!({ "lineItems": page_of(&o["lineItems"], first, after) }))
+    };
+    let mut data = serde_json::Map::new();
+    data.insert(if refund { "refund" } else { "order" }.to_string(), connection.unwrap_or(Value::Null));
+    Value::Object(data)
 }
 
 /// `iN: inventoryItem(id: "gid://shopify/InventoryItem/X") { ... }` for each alias.

@@ -4,33 +4,107 @@
 
 use std::{collections::HashMap, sync::Mutex, time::Duration};
 
-use serde::Deserialize;
+use serde::{de::DeserializeOwned, Deserialize};
 use serde_json::{json, Value};
 use tokio::time::Instant;
+use tracing::warn;
 
 use super::{
     config::{HttpClientConfig, Secret},
     mapping::gid,
-    payloads::GqlOrder,
+    payloads::{GqlOrder, Nodes, Rest},
 };
 
-/// The orders updated since a time, oldest first, with everything the mapping reads.
-pub const ORDERS_QUERY: &str = "query Orders($first: Int!, $after: String, $query: String!) {
+/// The orders updated since a time, oldest first, with everything the mapping reads: the
+/// first `$lines` lines of each order and of each of its refunds, and where the rest
+/// starts, which [`Admin::read_all_lines`] reads.
+pub const ORDERS_QUERY: &str = "query Orders($first: Int!, $after: String, $query: String!, $lines: Int!) {
   orders(first: $first, after: $after, query: $query, sortKey: UPDATED_AT) {
     pageInfo { hasNextPage endCursor }
     nodes {
       id name createdAt updatedAt cancelledAt
       retailLocation { id }
-      lineItems(first: 250) { nodes { id sku quantity variant { id } } }
+      lineItems(first: $lines) { pageInfo { hasNextPage endCursor } nodes { id sku quantity variant { id } } }
       refunds {
         id createdAt
-        refundLineItems(first: 250) {
+        refundLineItems(first: $lines) {
+          pageInfo { hasNextPage endCursor }
           nodes { id quantity restockType location { id } lineItem { id sku quantity variant { id } } }
         }
       }
     }
   }
 }";
+
+/// The lines of one order after a cursor.
+pub const ORDER_LINES_QUERY: &str = "query OrderLines($id: ID!, $first: Int!, $after: String) {
+  order(id: $id) {
+    lineItems(first: $first, after: $after) { pageInfo { hasNextPage endCursor } nodes { id sku quantity variant { id } } }
+  }
+}";
+
+/// The lines of one refund after a cursor.
+pub const REFUND_LINES_QUERY: &str = "query RefundLines($id: ID!, $first: Int!, $after: String) {
+  refund(id: $id) {
+    refundLineItems(first: $first, after: $after) {
+      pageInfo { hasNextPage endCursor }
+      nodes { id quantity restockType location { id } lineItem { id sku quantity variant { id } } }
+    }
+  }
+}";
+
+/// The most a single query may cost: Shopify refuses a query whose requested cost is more.
+pub const QUERY_COST_MAX: f64 = 1000.0;
+/// The most nodes a connection gives in one page.
+pub const CONNECTION_FIRST_MAX: u32 = 250;
+
+// What Shopify charges before it runs a query, by its documented rule: an object costs 1,
+// a scalar 0, and a connection 2 plus `first` times what one of its nodes costs, so the
+// lines of a page of orders cost orders × lines.
+/// A line item with its variant.
+const LINE_COST: f64 = 2.0;
+/// A refund line item with its location, line item and variant.
+const REFUND_LINE_COST: f64 = 4.0;
+
+/// The requested cost of a page of [`ORDERS_QUERY`]: per order the order, its retail
+/// location, its lines and one refund with as many lines. `refunds` is a list whose length
+/// the query cannot bound, so an order with several refunds costs more than this says.
+pub fn orders_query_cost(orders: u32, lines: u32) -> f64 {
+    let lines = f64::from(lines);
+    let refund = 1.0 + 2.0 + lines * REFUND_LINE_COST;
+    2.0 + f64::from(orders) * (1.0 + 1.0 + (2.0 + lines * LINE_COST) + refund)
+}
+
+/// The lines per order (and per refund) a page of `orders` asks for: as many as the page
+/// can pay for within [`QUERY_COST_MAX`], at least 1 and at most 250. An order with more is
+/// read on by [`Admin::read_all_lines`].
+pub fn lines_first(orders: u32) -> u32 {
+    (1..=CONNECTION_FIRST_MAX).rev().find(|l| orders_query_cost(orders, *l) <= QUERY_COST_MAX).unwrap_or(1)
+}
+
+/// One of the connections of an order that the orders query read only the start of.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Lines {
+    Order,
+    Refund,
+}
+
+impl Lines {
+    fn query(self) -> (&'static str, &'static str, &'static str) {
+        match self {
+            Lines::Order => (ORDER_LINES_QUERY, "order", "lineItems"),
+            Lines::Refund => (REFUND_LINES_QUERY, "refund", "refundLineItems"),
+        }
+    }
+
+    /// The most lines one query can ask for within [`QUERY_COST_MAX`], and what it costs:
+    /// the order or refund (1) and the connection (2 plus its lines).
+    fn page(self) -> (u32, f64) {
+        let line = if self == Lines::Order { LINE_COST } else { REFUND_LINE_COST };
+        let first = (((QUERY_COST_MAX - 3.0) / line) as u32).min(CONNECTION_FIRST_MAX);
+        (first, 3.0 + f64::from(first) * line)
+    }
+}
 
 /// Sets `available` with a compare-and-set per quantity and an idempotency key, as
 /// API version 2026-04 requires.
@@ -153,9 +227,7 @@ impl Admin {
         let wait = {
             let bucket = self.bucket.lock().expect("the bucket lock is never poisoned");
             bucket.and_then(|b| {
-                let restored = b.available + b.restore_rate * b.at.elapsed().as_secs_f64();
-                (restored < cost && b.restore_rate > 0.0)
-                    .then(|| Duration::from_secs_f64((cost - restored) / b.restore_rate))
+                points_wait(b.available + b.restore_rate * b.at.elapsed().as_secs_f64(), b.restore_rate, cost)
             })
         };
         if let Some(wait) = wait {
@@ -163,10 +235,15 @@ impl Admin {
         }
     }
 
+    /// Remembers the bucket an answer describes. A status that cannot describe one (a
+    /// rate that is not positive, numbers that are not finite) says nothing about when
+    /// points come back: the bucket known before stays, and a THROTTLED answer says how
+    /// long to wait.
     fn remember_bucket(&self, body: &Value) {
         let status = &body["extensions"]["cost"]["throttleStatus"];
+        let finite = |v: &Value| v.as_f64().filter(|n| n.is_finite());
         if let (Some(available), Some(restore_rate)) =
-            (status["currentlyAvailable"].as_f64(), status["restoreRate"].as_f64())
+            (finite(&status["currentlyAvailable"]), finite(&status["restoreRate"]).filter(|r| *r > 0.0))
         {
             let bucket = Bucket { available, restore_rate, at: Instant::now() };
             *self.bucket.lock().expect("the bucket lock is never poisoned") = Some(bucket);
@@ -175,9 +252,10 @@ impl Admin {
 
     /// A page of the orders updated at or after `since` (RFC 3339), oldest first.
     pub async fn orders_page(&self, since: &str, first: u32, after: Option<&str>) -> Result<OrdersPage, AdminError> {
-        let variables = json!({ "first": first, "after": after, "query": format!("updated_at:>='{since}'") });
-        // Requested cost grows with the page: about 4 points per order with its lines.
-        let data = self.graphql(ORDERS_QUERY, variables, f64::from(first) * 4.0).await?;
+        let lines = lines_first(first);
+        let variables =
+            json!({ "first": first, "after": after, "query": format!("updated_at:>='{since}'"), "lines": lines });
+        let data = self.graphql(ORDERS_QUERY, variables, orders_query_cost(first, lines)).await?;
         let orders = &data["orders"];
         let nodes = orders["nodes"].as_array().ok_or_else(|| AdminError::Invalid("orders.nodes is missing".into()))?;
         Ok(OrdersPage {
@@ -188,6 +266,54 @@ impl Admin {
             end_cursor: orders["pageInfo"]["endCursor"].as_str().map(str::to_string),
             has_next_page: orders["pageInfo"]["hasNextPage"].as_bool().unwrap_or(false),
         })
+    }
+
+    /// Reads the lines of `order` and of its refunds that the orders query left out, in at
+    /// most `pages_max` more queries. Answers whether every line is read now; when not
+    /// (too many lines, or Shopify no longer gives the order or a cursor), the lines read
+    /// are all there, in order, with their own ids.
+    pub async fn read_all_lines(&self, order: &mut GqlOrder, pages_max: u32) -> Result<bool, AdminError> {
+        let mut pages_left = pages_max;
+        let id = order.id.clone();
+        let complete = self.read_rest(Lines::Order, &id, &mut order.line_items, &mut pages_left).await?;
+        let mut all = complete;
+        for refund in &mut order.refunds {
+            let id = refund.id.clone();
+            all &= self.read_rest(Lines::Refund, &id, &mut refund.refund_line_items, &mut pages_left).await?;
+        }
+        Ok(all)
+    }
+
+    /// Follows one connection to its end, or until `pages_left` runs out.
+    async fn read_rest<T: DeserializeOwned>(
+        &self,
+        lines: Lines,
+        id: &str,
+        nodes: &mut Nodes<T>,
+        pages_left: &mut u32,
+    ) -> Result<bool, AdminError> {
+        let (query, object, field) = lines.query();
+        let (first, cost) = lines.page();
+        loop {
+            let after = match nodes.rest() {
+                Rest::Done => return Ok(true),
+                Rest::Unreadable => return Ok(false),
+                Rest::After(_) if *pages_left == 0 => return Ok(false),
+                Rest::After(after) => after.to_string(),
+            };
+            *pages_left -= 1;
+            let data = self.graphql(query, json!({ "id": id, "first": first, "after": after }), cost).await?;
+            // An order or refund deleted since the orders query is null, and a page that is
+            // not the shape asked for will not become it: the lines read are what there is.
+            // Failing instead would stop the reconciliation at this order for good.
+            match serde_json::from_value::<Nodes<T>>(data[object][field].clone()) {
+                Ok(page) => nodes.extend(page),
+                Err(e) => {
+                    warn!(id, error = %e, "the rest of the lines could not be read from shopify");
+                    return Ok(false);
+                }
+            }
+        }
     }
 
     /// The `available` quantity of each item at `location_id`; an item Shopify does not
@@ -282,13 +408,36 @@ fn set_outcome(errors: &[UserError], count: usize) -> SetOutcome {
     outcome
 }
 
-/// How long until the bucket holds what the refused query asked for.
+/// The longest wait the bucket's numbers can ask for. Shopify's buckets refill in seconds;
+/// a longer wait comes from numbers that are wrong, and after it Shopify answers again.
+pub const POINTS_WAIT_MAX: Duration = Duration::from_secs(60);
+
+/// How long until a bucket holding `available` points, refilled at `restore_rate` points
+/// a second, holds `cost`: `None` when it does already or when the numbers say nothing
+/// (not finite, a rate that is not positive). Never more than [`POINTS_WAIT_MAX`], and
+/// never a panic, whatever Shopify answered.
+pub fn points_wait(available: f64, restore_rate: f64, cost: f64) -> Option<Duration> {
+    if restore_rate <= 0.0 || !restore_rate.is_finite() || available.is_nan() || cost.is_nan() {
+        return None;
+    }
+    let seconds = (cost - available) / restore_rate;
+    if seconds.is_nan() || seconds <= 0.0 {
+        return None;
+    }
+    Some(Duration::try_from_secs_f64(seconds).map_or(POINTS_WAIT_MAX, |wait| wait.min(POINTS_WAIT_MAX)))
+}
+
+/// How long until the bucket holds what the refused query asked for: at least 100 ms, at
+/// most [`POINTS_WAIT_MAX`]. Without a usable rate, 50 points a second is assumed.
 fn throttle_wait_ms(body: &Value) -> u64 {
     let cost = &body["extensions"]["cost"];
-    let requested = cost["requestedQueryCost"].as_f64().unwrap_or(0.0);
-    let available = cost["throttleStatus"]["currentlyAvailable"].as_f64().unwrap_or(0.0);
-    let rate = cost["throttleStatus"]["restoreRate"].as_f64().filter(|r| *r > 0.0).unwrap_or(50.0);
-    (((requested - available).max(0.0) / rate) * 1000.0).ceil().clamp(100.0, 60_000.0) as u64
+    let finite = |v: &Value| v.as_f64().filter(|n| n.is_finite());
+    let requested = finite(&cost["requestedQueryCost"]).unwrap_or(0.0);
+    let available = finite(&cost["throttleStatus"]["currentlyAvailable"]).unwrap_or(0.0);
+    let rate = finite(&cost["throttleStatus"]["restoreRate"]).filter(|r| *r > 0.0).unwrap_or(50.0);
+    let wait = points_wait(available, rate, requested).unwrap_or(Duration::ZERO);
+    let wait_ms = u64::try_from(wait.as_millis()).unwrap_or(u64::MAX);
+    wait_ms.clamp(100, POINTS_WAIT_MAX.as_millis() as u64)
 }
 
 /// reqwest's message without the URL, which is the shop's and says nothing new.
@@ -306,6 +455,7 @@ fn without_url(e: reqwest::Error) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::shopify::config::RECONCILE_PAGE_SIZE_MAX;
 
     fn errors(value: Value) -> Vec<UserError> {
         serde_json::from_value(value).unwrap()
@@ -337,6 +487,84 @@ mod tests {
         });
         assert_eq!(throttle_wait_ms(&body), 2_000);
         assert_eq!(throttle_wait_ms(&json!({})), 100, "no status: a short wait");
+    }
+
+    /// Throttle statuses no Shopify sends, but a proxy, a bug or an attacker in the middle
+    /// might: (currentlyAvailable, restoreRate, requestedQueryCost).
+    fn hostile_statuses() -> Vec<(Value, Value, Value)> {
+        let n = |v: f64| json!(v);
+        vec![
+            (n(0.0), n(1e-300), n(1000.0)),
+            (n(-1e308), n(1.0), n(1000.0)),
+            (n(-1e308), n(1e-308), n(1e308)),
+            (n(0.0), n(f64::MIN_POSITIVE), n(f64::MAX)),
+            (n(f64::MAX), n(f64::MAX), n(f64::MAX)),
+            (n(0.0), n(0.0), n(1000.0)),
+            (n(0.0), n(-50.0), n(1000.0)),
+            (n(-5.0), n(50.0), n(-1000.0)),
+            (json!("NaN"), json!("Infinity"), json!(null)),
+            (json!(null), json!(null), json!({})),
+        ]
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn hostile_throttle_statuses_give_a_bounded_wait() {
+        for (available, rate, requested) in hostile_statuses() {
+            let body = json!({ "extensions": { "cost": { "requestedQueryCost": requested,
+                "throttleStatus": { "currentlyAvailable": available, "restoreRate": rate } } } });
+            let admin =
+                Admin::new("http://127.0.0.1:9/graphql.json".into(), Secret::new("t"), &HttpClientConfig::default())
+                    .unwrap();
+            admin.remember_bucket(&body);
+            let started = Instant::now();
+            admin.wait_for_points(1000.0).await;
+            assert!(started.elapsed() <= Duration::from_secs(60), "{body}: waited {:?}", started.elapsed());
+            let wait_ms = throttle_wait_ms(&body);
+            assert!((100..=60_000).contains(&wait_ms), "{body}: {wait_ms} ms");
+        }
+    }
+
+    #[test]
+    fn a_wait_for_points_is_bounded_whatever_the_numbers() {
+        let cases = [
+            // (available, restore rate, cost, wait)
+            (0.0, 50.0, 100.0, Some(Duration::from_secs(2))),
+            (100.0, 50.0, 100.0, None),
+            (0.0, 1e-300, 100.0, Some(POINTS_WAIT_MAX)),
+            (-1e308, 1.0, 100.0, Some(POINTS_WAIT_MAX)),
+            (f64::NEG_INFINITY, 50.0, 100.0, Some(POINTS_WAIT_MAX)),
+            (f64::INFINITY, 50.0, 100.0, None),
+            (f64::NAN, 50.0, 100.0, None),
+            (0.0, f64::NAN, 100.0, None),
+            (0.0, f64::INFINITY, 100.0, None),
+            (0.0, 0.0, 100.0, None),
+            (0.0, -1.0, 100.0, None),
+            (0.0, 50.0, f64::INFINITY, Some(POINTS_WAIT_MAX)),
+            (0.0, 50.0, f64::NAN, None),
+            (f64::INFINITY, 50.0, f64::INFINITY, None),
+        ];
+        for (available, rate, cost, wait) in cases {
+            assert_eq!(points_wait(available, rate, cost), wait, "{available} {rate} {cost}");
+        }
+    }
+
+    #[test]
+    fn every_query_asks_for_what_shopify_allows_one_query() {
+        // (orders in a page, lines of each it asks for)
+        for (orders, lines) in [(1, 165), (10, 15), (20, 7), (50, 2), (76, 1)] {
+            assert_eq!(lines_first(orders), lines, "{orders} orders");
+            assert!(orders_query_cost(orders, lines) <= QUERY_COST_MAX);
+            assert!(lines == CONNECTION_FIRST_MAX || orders_query_cost(orders, lines + 1) > QUERY_COST_MAX);
+        }
+        assert!(orders_query_cost(RECONCILE_PAGE_SIZE_MAX, 1) <= QUERY_COST_MAX, "the largest page fits");
+        assert!(orders_query_cost(RECONCILE_PAGE_SIZE_MAX + 1, 1) > QUERY_COST_MAX, "and no larger one");
+        assert_eq!(orders_query_cost(50, 250), 75_352.0, "what one page asked for before");
+        for lines in [Lines::Order, Lines::Refund] {
+            let (first, cost) = lines.page();
+            assert!(first <= CONNECTION_FIRST_MAX && cost <= QUERY_COST_MAX, "{lines:?}");
+        }
+        assert_eq!(Lines::Order.page(), (250, 503.0));
+        assert_eq!(Lines::Refund.page(), (249, 999.0));
     }
 
     #[test]

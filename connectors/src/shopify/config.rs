@@ -14,6 +14,11 @@ use crate::ConnectorError;
 /// `inventorySetQuantities`, which the sink sends.
 pub const API_VERSION: &str = "2026-04";
 
+/// The most orders in one page of the reconciliation: with one line of each and one refund
+/// line, 77 orders would cost 1003 points, more than Shopify allows one query
+/// (`client::orders_query_cost` says how a page costs; a test there checks this number).
+pub const RECONCILE_PAGE_SIZE_MAX: u32 = 76;
+
 /// A secret from the configuration: never printed, not even by `Debug`.
 #[derive(Clone, PartialEq, Eq)]
 pub struct Secret(String);
@@ -73,6 +78,14 @@ pub struct ShopifyConfig {
     /// The largest webhook body accepted, in bytes; a large order is a few hundred KiB.
     #[serde(default = "webhook_body_bytes_max")]
     pub webhook_body_bytes_max: usize,
+    /// A delivery whose `X-Shopify-Triggered-At` is older than this is refused
+    /// (`stale_delivery`). Shopify retries a failed delivery 8 times over 4 hours, keeping
+    /// the time it was first triggered, and in rare cases delivers up to a day late; 48
+    /// hours leaves room for both. The header is not signed, so this catches Shopify's own
+    /// late deliveries and bodies replayed with their old headers; what keeps a replay
+    /// from counting twice is that every event id comes from the signed body.
+    #[serde(default = "webhook_max_age_s")]
+    pub webhook_max_age_s: u64,
     /// How long an `inventory_levels/update` that does not match onhand's numbers waits
     /// for onhand to catch up (a web order's sale on its way through the ledger) before
     /// it is taken as a manual change. Under Shopify's 5 s webhook timeout.
@@ -111,10 +124,17 @@ pub struct ReconcileConfig {
     pub enabled: bool,
     /// Time between two rounds.
     pub interval_s: u64,
-    /// Orders per GraphQL page (Shopify allows 250).
+    /// Orders per GraphQL page, at most [`RECONCILE_PAGE_SIZE_MAX`]. Shopify charges a
+    /// query for every line it may return, orders × lines, and refuses one that costs more
+    /// than 1000 points, so a page of more orders reads fewer lines of each with them (7
+    /// at 20 orders, 2 at 50); the rest of an order takes one more query per 250 lines.
     pub page_size: u32,
     /// Pages read in one round; the next round goes on from the saved cursor.
     pub pages_max: u32,
+    /// The most queries for the rest of one order's lines and its refunds' lines, each
+    /// up to 250 (249 for a refund's) lines. An order with more is recorded without the
+    /// rest and dead-lettered (`shopify_lines_truncated`); its webhook carries every line.
+    pub line_pages_max: u32,
     /// Where the first round starts, before any cursor is saved: this long ago.
     pub initial_lookback_h: u64,
     /// Each round re-reads orders updated this long before the cursor: Shopify's
@@ -124,7 +144,15 @@ pub struct ReconcileConfig {
 
 impl Default for ReconcileConfig {
     fn default() -> Self {
-        Self { enabled: true, interval_s: 300, page_size: 50, pages_max: 20, initial_lookback_h: 24, overlap_s: 60 }
+        Self {
+            enabled: true,
+            interval_s: 300,
+            page_size: 20,
+            pages_max: 20,
+            line_pages_max: 20,
+            initial_lookback_h: 24,
+            overlap_s: 60,
+        }
     }
 }
 
@@ -174,6 +202,9 @@ fn api_version() -> String {
 fn webhook_body_bytes_max() -> usize {
     2 * 1024 * 1024
 }
+fn webhook_max_age_s() -> u64 {
+    48 * 3600
+}
 fn echo_settle_ms() -> u64 {
     2_000
 }
@@ -211,12 +242,21 @@ impl ShopifyConfig {
             return Err(format!("location_map key {bad:?} is not a Shopify location id (a number)"));
         }
         let r = &self.reconcile;
-        if r.interval_s == 0 || r.page_size == 0 || r.page_size > 250 || r.pages_max == 0 {
-            return Err("reconcile: interval_s and pages_max must be 1 or more, page_size 1 to 250".into());
+        if r.interval_s == 0 || r.pages_max == 0 || r.line_pages_max == 0 {
+            return Err("reconcile: interval_s, pages_max and line_pages_max must be 1 or more".into());
+        }
+        if r.page_size == 0 || r.page_size > RECONCILE_PAGE_SIZE_MAX {
+            return Err(format!(
+                "reconcile: page_size must be 1 to {RECONCILE_PAGE_SIZE_MAX}: a page of more orders costs more than \
+                 the 1000 points Shopify allows a query"
+            ));
         }
         let h = &self.http;
         if h.request_timeout_ms == 0 || h.backoff_ms_min == 0 || h.backoff_ms_min > h.backoff_ms_max {
             return Err("http: request_timeout_ms and backoff_ms_min must be 1 or more, at most backoff_ms_max".into());
+        }
+        if self.webhook_max_age_s < 60 {
+            return Err("webhook_max_age_s must be 60 or more: a shorter window refuses deliveries on time".into());
         }
         if self.echo_settle_ms >= 4_000 {
             return Err("echo_settle_ms must be under 4000: Shopify gives up on a webhook after 5 s".into());

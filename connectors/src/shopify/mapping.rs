@@ -14,7 +14,7 @@
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 
-use chrono::{DateTime, Utc};
+use chrono::{DateTime, SecondsFormat, Utc};
 use onhand_core::event::{LocationId, Movement, MovementKind, Sku};
 use serde::Deserialize;
 use serde_json::json;
@@ -32,6 +32,9 @@ pub const UNMAPPED_SKU: &str = "shopify_unmapped_sku";
 pub const UNMAPPED_LOCATION: &str = "shopify_unmapped_location";
 /// DLQ reason: a signed webhook whose body is not the topic's shape.
 pub const INVALID_PAYLOAD: &str = "shopify_invalid_payload";
+/// DLQ reason: an order of the reconciliation whose lines could not all be read; the
+/// lines read were recorded.
+pub const LINES_TRUNCATED: &str = "shopify_lines_truncated";
 
 /// An order line as both shapes describe it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -226,11 +229,68 @@ fn line_attributes(order_id: u64, line: &LineItem, order_name: Option<&str>) -> 
     attributes
 }
 
+/// The newest `inventory_levels/update`s judged for an item at the sink's location, saved
+/// once everything they caused was recorded. Shopify does not deliver updates in order,
+/// and a captured body can be sent again: an update that is one of these or older is not
+/// judged again, since it would move the baseline back to a quantity Shopify no longer
+/// holds. Shopify's `updated_at` has whole seconds, so the quantities of every update of
+/// the newest second are kept, to tell a second update in that second from a copy.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SeenUpdates {
+    pub updated_at: DateTime<Utc>,
+    /// At most [`SeenUpdates::SECOND_MAX`], newest last.
+    pub available: Vec<i64>,
+}
+
+impl SeenUpdates {
+    /// Quantities kept for one second: more updates of one item in one second are not
+    /// something a person or an order does.
+    pub const SECOND_MAX: usize = 8;
+
+    /// Whether `update` was judged already, or is older than what was.
+    pub fn covers(&self, update: &LevelUpdate) -> bool {
+        update.updated_at < self.updated_at
+            || (update.updated_at == self.updated_at && self.available.contains(&update.available))
+    }
+
+    /// What is seen once `update` was judged too.
+    pub fn with(seen: Option<SeenUpdates>, update: &LevelUpdate) -> SeenUpdates {
+        match seen {
+            Some(mut seen) if seen.updated_at == update.updated_at => {
+                if !seen.available.contains(&update.available) {
+                    seen.available.push(update.available);
+                }
+                let extra = seen.available.len().saturating_sub(Self::SECOND_MAX);
+                seen.available.drain(..extra);
+                seen
+            }
+            Some(seen) if seen.updated_at > update.updated_at => seen,
+            _ => SeenUpdates { updated_at: update.updated_at, available: vec![update.available] },
+        }
+    }
+
+    /// The form saved in `connector_state`: `2026-11-21T12:14:02Z 37,35`.
+    pub fn to_state(&self) -> String {
+        let available: Vec<String> = self.available.iter().map(i64::to_string).collect();
+        format!("{} {}", self.updated_at.to_rfc3339_opts(SecondsFormat::AutoSi, true), available.join(","))
+    }
+
+    pub fn from_state(state: &str) -> Option<Self> {
+        let (at, available) = state.split_once(' ')?;
+        let updated_at = DateTime::parse_from_rfc3339(at).ok()?.with_timezone(&Utc);
+        let available = available.split(',').map(|a| a.parse().ok()).collect::<Option<Vec<i64>>>()?;
+        Some(Self { updated_at, available })
+    }
+}
+
 /// What an `inventory_levels/update` means to onhand.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Verdict {
     /// A location the sink does not push to: Shopify's own business.
     NotPushedLocation,
+    /// The update judged last, delivered again, or one older than it (a late delivery or
+    /// a replayed body): nothing to do.
+    Superseded,
     /// Nothing was pushed for this item yet, so there is no number to compare with; the
     /// sink's first push sets onhand's value.
     NoBaseline,
@@ -246,6 +306,7 @@ impl Verdict {
     pub fn label(self) -> &'static str {
         match self {
             Verdict::NotPushedLocation => "not_pushed_location",
+            Verdict::Superseded => "superseded",
             Verdict::NoBaseline => "no_baseline",
             Verdict::Echo => "echo",
             Verdict::InSync => "in_sync",
@@ -254,16 +315,21 @@ impl Verdict {
     }
 }
 
-/// Judges a level update against what the sink last pushed for the item (`pushed`) and
-/// what onhand would push now (`onhand_now`, the channel's availability).
+/// Judges a level update against the newest update judged before it (`seen`), what the
+/// sink last pushed for the item (`pushed`) and what onhand would push now (`onhand_now`,
+/// the channel's availability).
 pub fn judge_level_update(
     update: &LevelUpdate,
     push_location: Option<u64>,
+    seen: Option<&SeenUpdates>,
     pushed: Option<i64>,
     onhand_now: Option<i64>,
 ) -> Verdict {
     if push_location != Some(update.location_id) {
         return Verdict::NotPushedLocation;
+    }
+    if seen.is_some_and(|seen| seen.covers(update)) {
+        return Verdict::Superseded;
     }
     let Some(pushed) = pushed else { return Verdict::NoBaseline };
     if update.available == pushed {
@@ -275,11 +341,25 @@ pub fn judge_level_update(
     }
 }
 
-/// The adjustment of a manual change in Shopify's admin, identified by the webhook's
-/// event id (`X-Shopify-Event-Id`), which Shopify keeps across re-deliveries.
-pub fn level_update_fact(update: &LevelUpdate, delta: i64, webhook_event_id: &str) -> Fact {
+/// The event id of a manual change: the update's own coordinates, all from the signed
+/// body, so that Shopify's re-delivery and a replayed body with fresh headers give the same
+/// id and the ledger skips the copy. The quantity tells apart two updates in one second.
+/// At most 18 + 20 + 1 + 20 + 1 + 33 + 1 + 20 = 114 visible ASCII characters, under the
+/// 128 an event id may have.
+pub fn level_update_event_id(update: &LevelUpdate) -> String {
+    format!(
+        "shopify:inventory:{}:{}:{}:{}",
+        update.inventory_item_id,
+        update.location_id,
+        update.updated_at.to_rfc3339_opts(SecondsFormat::AutoSi, true),
+        update.available
+    )
+}
+
+/// The adjustment of a manual change in Shopify's admin.
+pub fn level_update_fact(update: &LevelUpdate, delta: i64) -> Fact {
     Fact {
-        event_id: format!("shopify:inventory:{webhook_event_id}"),
+        event_id: level_update_event_id(update),
         reference: format!("inventory item {} location {}", update.inventory_item_id, update.location_id),
         kind: MovementKind::Adjustment,
         quantity: delta,

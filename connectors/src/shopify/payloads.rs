@@ -1,7 +1,8 @@
 //! Shopify's wire shapes, read into the connector's own types ([`Order`], [`Refund`]):
 //! the REST JSON of webhooks and the nodes of the Admin GraphQL `orders` query
-//! (API version 2026-04). Only the fields the mapping needs are read; Shopify adds fields
-//! often, and unknown ones are ignored.
+//! (API version 2026-04), whose line connections come a page at a time ([`Nodes`]). Only
+//! the fields the mapping needs are read; Shopify adds fields often, and unknown ones are
+//! ignored.
 
 use chrono::{DateTime, Utc};
 use serde::Deserialize;
@@ -116,14 +117,56 @@ pub struct GqlRef {
     pub id: String,
 }
 
+/// A connection's `pageInfo`.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct PageInfo {
+    #[serde(default)]
+    pub has_next_page: bool,
+    #[serde(default)]
+    pub end_cursor: Option<String>,
+}
+
+/// A page of a connection: its nodes, and where the next page starts.
 #[derive(Debug, Clone, Deserialize)]
+#[serde(rename_all = "camelCase")]
 pub struct Nodes<T> {
     pub nodes: Vec<T>,
+    /// Absent: the query did not ask, and the page is taken as the last.
+    #[serde(default)]
+    pub page_info: PageInfo,
+}
+
+/// Where a connection stands after the pages read so far.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Rest<'a> {
+    /// Every node is read.
+    Done,
+    /// More nodes, after this cursor.
+    After(&'a str),
+    /// More nodes, but no cursor to read them with.
+    Unreadable,
+}
+
+impl<T> Nodes<T> {
+    pub fn rest(&self) -> Rest<'_> {
+        match (&self.page_info.has_next_page, &self.page_info.end_cursor) {
+            (false, _) => Rest::Done,
+            (true, Some(cursor)) => Rest::After(cursor),
+            (true, None) => Rest::Unreadable,
+        }
+    }
+
+    /// Adds the next page: its nodes after these, and its `pageInfo`.
+    pub fn extend(&mut self, page: Nodes<T>) {
+        self.nodes.extend(page.nodes);
+        self.page_info = page.page_info;
+    }
 }
 
 #[derive(Debug, Clone, Deserialize)]
 #[serde(rename_all = "camelCase")]
-struct GqlLineItem {
+pub struct GqlLineItem {
     id: String,
     #[serde(default)]
     sku: Option<String>,
@@ -134,7 +177,7 @@ struct GqlLineItem {
 
 #[derive(Debug, Clone, Deserialize)]
 #[serde(rename_all = "camelCase")]
-struct GqlRefundLine {
+pub struct GqlRefundLine {
     #[serde(default)]
     id: Option<String>,
     quantity: i64,
@@ -146,26 +189,28 @@ struct GqlRefundLine {
 
 #[derive(Debug, Clone, Deserialize)]
 #[serde(rename_all = "camelCase")]
-struct GqlRefund {
-    id: String,
+pub struct GqlRefund {
+    pub id: String,
     created_at: DateTime<Utc>,
-    refund_line_items: Nodes<GqlRefundLine>,
+    /// The first page; the reconciliation reads the rest with `refund(id:)`.
+    pub refund_line_items: Nodes<GqlRefundLine>,
 }
 
 /// One node of the `orders` query (`docs/connectors/shopify.md` shows the query).
 #[derive(Debug, Clone, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct GqlOrder {
-    id: String,
+    pub id: String,
     #[serde(default)]
     name: Option<String>,
     created_at: DateTime<Utc>,
     pub updated_at: DateTime<Utc>,
     #[serde(default)]
     retail_location: Option<GqlRef>,
-    line_items: Nodes<GqlLineItem>,
+    /// The first page; the reconciliation reads the rest with `order(id:)`.
+    pub line_items: Nodes<GqlLineItem>,
     #[serde(default)]
-    refunds: Vec<GqlRefund>,
+    pub refunds: Vec<GqlRefund>,
 }
 
 fn number(gid: &str) -> Result<u64, String> {

@@ -48,9 +48,25 @@ pub fn channel_available(levels: &[StockLevel], channel: &ChannelConfig) -> i64 
 
 /// The SKUs waiting for a push, each once. A SKU marked again while its push is under way
 /// stays pending, so the newer value goes out too.
+///
+/// The sink marks a SKU for every stock record it reads and looks for the oldest SKUs on
+/// every loop, with up to `pending_items_max` of them pending, so no operation may scan
+/// them all: `items` finds a SKU by name, and `queue` holds the same SKUs ordered by when
+/// they were first marked, so the oldest are at its front. Marking, finding the due time
+/// and forgetting a SKU cost O(log n); taking `count` SKUs costs O(count + log n).
 #[derive(Debug, Default)]
 pub struct Pending {
-    items: BTreeMap<Sku, (Instant, u64)>,
+    items: HashMap<Sku, Entry>,
+    /// (first marked, the generation of that first mark) to SKU. The generation makes
+    /// each key unique, and orders SKUs first marked at the same instant as they came.
+    queue: BTreeMap<(Instant, u64), Sku>,
+    generation: u64,
+}
+
+/// A pending SKU: its key in the queue, and the generation of its newest mark.
+#[derive(Debug, Clone, Copy)]
+struct Entry {
+    queued: (Instant, u64),
     generation: u64,
 }
 
@@ -71,24 +87,31 @@ impl Pending {
     pub fn mark(&mut self, sku: Sku, now: Instant) {
         self.generation += 1;
         let generation = self.generation;
-        self.items.entry(sku).and_modify(|e| e.1 = generation).or_insert((now, generation));
+        match self.items.get_mut(&sku) {
+            Some(entry) => entry.generation = generation,
+            None => {
+                let queued = (now, generation);
+                self.queue.insert(queued, sku.clone());
+                self.items.insert(sku, Entry { queued, generation });
+            }
+        }
     }
 
     /// When the oldest pending SKU has lingered long enough.
     pub fn due_at(&self, linger: Duration) -> Option<Instant> {
-        self.items.values().map(|(at, _)| *at + linger).min()
+        self.queue.keys().next().map(|(at, _)| *at + linger)
     }
 
-    /// Up to `count` SKUs, oldest first, with the generation each had.
+    /// Up to `count` SKUs, oldest first, with the generation each had. They stay pending
+    /// until [`Pending::done`], so a push that fails is taken again.
     pub fn take(&self, count: usize) -> Vec<(Sku, u64)> {
-        let mut oldest: Vec<(&Sku, &(Instant, u64))> = self.items.iter().collect();
-        oldest.sort_by_key(|(_, (at, _))| *at);
-        oldest.into_iter().take(count).map(|(sku, (_, generation))| (sku.clone(), *generation)).collect()
+        self.queue.values().take(count).map(|sku| (sku.clone(), self.items[sku].generation)).collect()
     }
 
     /// Forgets a SKU that was pushed, unless it was marked again since it was taken.
     pub fn done(&mut self, sku: &Sku, generation: u64) {
-        if self.items.get(sku).is_some_and(|(_, g)| *g == generation) {
+        if let Some(entry) = self.items.get(sku).filter(|e| e.generation == generation) {
+            self.queue.remove(&entry.queued);
             self.items.remove(sku);
         }
     }

@@ -34,7 +34,7 @@ use tracing::{info, instrument, warn};
 use super::{
     client::Admin,
     config::{ManualChanges, ShopifyConfig},
-    mapping::{self, Catalog, Fact, LevelUpdate, Mapped, Verdict},
+    mapping::{self, Catalog, Fact, LevelUpdate, Mapped, SeenUpdates, Verdict},
     payloads, ShopifyError, NAME,
 };
 use crate::ConnectorContext;
@@ -87,6 +87,64 @@ fn header<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
     headers.get(name).and_then(|v| v.to_str().ok())
 }
 
+/// Whether a delivery is recent enough to record, by its `X-Shopify-Triggered-At`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Freshness {
+    /// Triggered at most `webhook_max_age_s` ago (or in the future: the clocks differ).
+    Fresh,
+    /// No readable header: deliveries from before Shopify added it, or from tools, lack it.
+    Unknown,
+    /// Triggered longer ago than the window, by this many seconds in all.
+    Stale { age_s: i64 },
+}
+
+/// Reads `X-Shopify-Triggered-At` (RFC 3339, `2026-11-21T12:14:02.877041743Z`), the time
+/// Shopify first tried to deliver the event, which its retries keep.
+pub fn freshness(triggered_at: Option<&str>, now: DateTime<Utc>, max_age_s: u64) -> Freshness {
+    let Some(at) = triggered_at.and_then(|t| DateTime::parse_from_rfc3339(t.trim()).ok()) else {
+        return Freshness::Unknown;
+    };
+    let age_s = (now - at.with_timezone(&Utc)).num_seconds();
+    if age_s > i64::try_from(max_age_s).unwrap_or(i64::MAX) {
+        Freshness::Stale { age_s }
+    } else {
+        Freshness::Fresh
+    }
+}
+
+/// What a signed body says under its topic: the facts of an order or refund, a level
+/// update to judge, or nothing for a topic onhand does not follow.
+///
+/// The topic header is not signed, so a body may arrive under another topic than its own.
+/// Each topic reads a different shape, with the ids of the body's own objects: an
+/// inventory body is no order (it has no `id` nor `created_at`) and an order is no level
+/// update or refund, so such a body is dead-lettered; a refund under an order topic is an
+/// order without lines and moves nothing; and an order under the other order topic gives
+/// the same order's sales or refunds with the event ids its own webhooks and the
+/// reconciliation give, which the ledger skips.
+#[derive(Debug)]
+pub enum Delivery {
+    Facts(Vec<Fact>),
+    LevelUpdate(LevelUpdate),
+    Ignored,
+}
+
+pub fn read_delivery(topic: &str, body: &[u8]) -> Result<Delivery, serde_json::Error> {
+    Ok(match topic {
+        "orders/create" => Delivery::Facts(mapping::order_facts(&payloads::rest_order(body)?)),
+        "orders/cancelled" => Delivery::Facts(mapping::cancelled_order_facts(&payloads::rest_order(body)?)),
+        "refunds/create" => Delivery::Facts(mapping::refund_facts(&payloads::rest_refund(body)?, None)),
+        "inventory_levels/update" => Delivery::LevelUpdate(serde_json::from_slice(body)?),
+        _ => Delivery::Ignored,
+    })
+}
+
+/// The answer to a delivery the route does not record, with its stable code. Shopify
+/// delivers again whatever is not 2xx, for up to 8 attempts in 4 hours.
+fn refuse(status: StatusCode, code: &str, message: &str) -> Response {
+    (status, Json(error_body(code, message))).into_response()
+}
+
 #[instrument(skip_all, fields(topic, event_id))]
 async fn webhook(State(shared): State<Arc<Shared>>, headers: HeaderMap, body: Bytes) -> Response {
     let topic = header(&headers, "x-shopify-topic").unwrap_or_default().to_string();
@@ -97,12 +155,22 @@ async fn webhook(State(shared): State<Arc<Shared>>, headers: HeaderMap, body: By
     if !verify_signature(secret, &body, header(&headers, "x-shopify-hmac-sha256")) {
         count("invalid_signature");
         let message = "the X-Shopify-Hmac-Sha256 header does not sign this body with the app's secret";
-        return (StatusCode::UNAUTHORIZED, Json(error_body("invalid_signature", message))).into_response();
+        return refuse(StatusCode::UNAUTHORIZED, "invalid_signature", message);
     }
-    // Shopify keeps the event id across re-deliveries of one event.
+    // For logs only: the headers are not signed, so no id onhand records comes from them.
     let event_id = header(&headers, "x-shopify-event-id").or_else(|| header(&headers, "x-shopify-webhook-id"));
     tracing::Span::current().record("topic", topic.as_str()).record("event_id", event_id);
-    match handle(&shared, &topic, event_id, &body).await {
+    let max_age_s = shared.config.webhook_max_age_s;
+    if let Freshness::Stale { age_s } = freshness(header(&headers, "x-shopify-triggered-at"), Utc::now(), max_age_s) {
+        // Not 2xx, so that Shopify keeps delivering it: if onhand's clock is what is wrong,
+        // a retry after it is fixed still gets through, and Shopify's delivery metrics
+        // show the refusals. A delivery that really is this old stays refused.
+        warn!(age_s, max_age_s, "webhook refused: triggered longer than webhook_max_age_s ago");
+        count("stale");
+        let message = format!("the delivery was triggered {age_s} s ago, more than webhook_max_age_s ({max_age_s})");
+        return refuse(StatusCode::UNPROCESSABLE_ENTITY, "stale_delivery", &message);
+    }
+    match handle(&shared, &topic, &body).await {
         Ok(None) => {
             count("ignored");
             (StatusCode::OK, Json(json!({ "status": "ignored" }))).into_response()
@@ -115,32 +183,19 @@ async fn webhook(State(shared): State<Arc<Shared>>, headers: HeaderMap, body: By
             // Shopify delivers the webhook again when the answer is not 2xx.
             warn!(error = %e, "webhook not accepted; shopify will deliver it again");
             count("failed");
-            let body = error_body("unavailable", "the webhook could not be recorded; deliver it again");
-            (StatusCode::SERVICE_UNAVAILABLE, Json(body)).into_response()
+            let message = "the webhook could not be recorded; deliver it again";
+            refuse(StatusCode::SERVICE_UNAVAILABLE, "unavailable", message)
         }
     }
 }
 
 /// Maps and produces one verified webhook: `None` for a topic onhand does not follow,
 /// else the movements and dead letters produced.
-async fn handle(
-    shared: &Shared,
-    topic: &str,
-    event_id: Option<&str>,
-    body: &[u8],
-) -> Result<Option<(usize, usize)>, ShopifyError> {
-    let facts = match topic {
-        "orders/create" => payloads::rest_order(body).map(|o| mapping::order_facts(&o)),
-        "orders/cancelled" => payloads::rest_order(body).map(|o| mapping::cancelled_order_facts(&o)),
-        "refunds/create" => payloads::rest_refund(body).map(|r| mapping::refund_facts(&r, None)),
-        "inventory_levels/update" => match serde_json::from_slice::<LevelUpdate>(body) {
-            Ok(update) => return level_update(shared, &update, event_id, body).await.map(Some),
-            Err(e) => Err(e),
-        },
-        _ => return Ok(None),
-    };
-    match facts {
-        Ok(facts) => emit(shared, facts, body).await.map(Some),
+async fn handle(shared: &Shared, topic: &str, body: &[u8]) -> Result<Option<(usize, usize)>, ShopifyError> {
+    match read_delivery(topic, body) {
+        Ok(Delivery::Ignored) => Ok(None),
+        Ok(Delivery::Facts(facts)) => emit(shared, facts, body).await.map(Some),
+        Ok(Delivery::LevelUpdate(update)) => level_update(shared, &update, body).await.map(Some),
         Err(e) => {
             let reason = format!("{topic}: {e}");
             send_dead_letter(shared, body, mapping::INVALID_PAYLOAD, &reason).await?;
@@ -149,25 +204,33 @@ async fn handle(
     }
 }
 
+/// The key under which the webhook route records the newest level update it judged for an
+/// item at a location ([`SeenUpdates`]).
+pub fn seen_key(inventory_item_id: u64, location_id: u64) -> String {
+    format!("level_seen:{inventory_item_id}:{location_id}")
+}
+
 /// An `inventory_levels/update`: ignored when it is onhand's own push coming back (or
-/// onhand is already there), an adjustment when someone changed the quantity in Shopify.
-/// A mismatch waits up to `echo_settle_ms` for onhand to catch up first: a web order's
-/// update may come before its sale went through the ledger.
-async fn level_update(
-    shared: &Shared,
-    update: &LevelUpdate,
-    event_id: Option<&str>,
-    body: &[u8],
-) -> Result<(usize, usize), ShopifyError> {
+/// onhand is already there) or when a newer update was judged already, an adjustment when
+/// someone changed the quantity in Shopify. A mismatch waits up to `echo_settle_ms` for
+/// onhand to catch up first: a web order's update may come before its sale went through
+/// the ledger.
+async fn level_update(shared: &Shared, update: &LevelUpdate, body: &[u8]) -> Result<(usize, usize), ShopifyError> {
     let store = &shared.context.store;
     let key = pushed_key(update.inventory_item_id, update.location_id);
+    let seen_key = seen_key(update.inventory_item_id, update.location_id);
     let push_location = shared.config.sink.as_ref().map(|s| s.location_id);
+    let seen = if push_location == Some(update.location_id) {
+        store.connector_state(NAME, &seen_key).await?.as_deref().and_then(SeenUpdates::from_state)
+    } else {
+        None
+    };
     let settle = Duration::from_millis(shared.config.echo_settle_ms);
     let started = tokio::time::Instant::now();
     let verdict = loop {
         let pushed = store.connector_state(NAME, &key).await?.and_then(|v| v.parse().ok());
         let now = onhand_now(shared, update.inventory_item_id).await?;
-        let verdict = mapping::judge_level_update(update, push_location, pushed, now);
+        let verdict = mapping::judge_level_update(update, push_location, seen.as_ref(), pushed, now);
         if !matches!(verdict, Verdict::ManualChange { .. }) || started.elapsed() >= settle {
             break verdict;
         }
@@ -177,17 +240,20 @@ async fn level_update(
         matches!(verdict, Verdict::ManualChange { .. }) && shared.config.manual_changes == ManualChanges::Ignore;
     let label = if ignored { "manual_change_ignored" } else { verdict.label() };
     shared.context.metrics.shopify_level_updates_total.with_label_values(&[label]).inc();
-    let Verdict::ManualChange { delta } = verdict else { return Ok((0, 0)) };
-    if ignored {
-        return Ok((0, 0));
+    let mut emitted = (0, 0);
+    match verdict {
+        Verdict::NotPushedLocation | Verdict::Superseded => return Ok(emitted),
+        Verdict::ManualChange { delta } if !ignored => {
+            emitted = emit(shared, vec![mapping::level_update_fact(update, delta)], body).await?;
+            // Shopify holds this quantity now: the next update is judged against it. Saved
+            // only after Kafka acknowledged the adjustment, so a failure here re-delivers it.
+            store.set_connector_state(NAME, &key, &update.available.to_string()).await?;
+        }
+        _ => {}
     }
-    // Without Shopify's event id, the update's own coordinates identify it.
-    let fallback = format!("{}:{}:{}", update.inventory_item_id, update.location_id, update.updated_at.timestamp());
-    let fact = mapping::level_update_fact(update, delta, event_id.unwrap_or(&fallback));
-    let emitted = emit(shared, vec![fact], body).await?;
-    // Shopify holds this quantity now: the next update is judged against it. Saved only
-    // after Kafka acknowledged the adjustment, so a failure here re-delivers it.
-    store.set_connector_state(NAME, &key, &update.available.to_string()).await?;
+    // Last, once all the update caused is recorded: a failure before leaves it unseen,
+    // and Shopify's re-delivery judges it again with the same event id.
+    store.set_connector_state(NAME, &seen_key, &SeenUpdates::with(seen, update).to_state()).await?;
     Ok(emitted)
 }
 
@@ -323,17 +389,8 @@ pub async fn reconcile_round(shared: &Shared) -> Result<(), ShopifyError> {
     for _ in 0..config.pages_max {
         let page = shared.admin.orders_page(&since, config.page_size, after.as_deref()).await?;
         for (raw, order) in page.orders {
-            let original = raw.to_string();
-            match order.and_then(|o| o.into_order()) {
-                Ok(order) => {
-                    let (movements, _) = emit(shared, mapping::order_all_facts(&order), original.as_bytes()).await?;
-                    shared.context.metrics.shopify_reconcile_movements_total.inc_by(movements as u64);
-                    cursor = cursor.max(order.updated_at.unwrap_or(cursor));
-                }
-                Err(reason) => {
-                    let reason = format!("orders query: {reason}");
-                    send_dead_letter(shared, original.as_bytes(), mapping::INVALID_PAYLOAD, &reason).await?;
-                }
+            if let Some(updated_at) = reconcile_order(shared, &raw, order).await? {
+                cursor = cursor.max(updated_at);
             }
         }
         // Everything up to the cursor is acknowledged: it may move (never backwards).
@@ -349,4 +406,49 @@ pub async fn reconcile_round(shared: &Shared) -> Result<(), ShopifyError> {
     shared.context.metrics.shopify_reconcile_cursor_age_seconds.set(age);
     info!(cursor = %cursor, "shopify reconciliation round done");
     Ok(())
+}
+
+/// Emits one order of the orders query, once the lines the query left out are read too.
+/// Answers its `updated_at` when it could be mapped.
+///
+/// An order whose lines cannot all be read (more than `line_pages_max` more pages) emits
+/// the lines read and is dead-lettered with `shopify_lines_truncated`: every line has its
+/// own event id, so the lines read are right whatever is missing, and the order's webhook
+/// carries every line. Waiting for it instead would stop the cursor at this order for good.
+/// A failure to reach Shopify fails the round before anything of the order is emitted.
+async fn reconcile_order(
+    shared: &Shared,
+    raw: &serde_json::Value,
+    order: Result<payloads::GqlOrder, String>,
+) -> Result<Option<DateTime<Utc>>, ShopifyError> {
+    let original = raw.to_string();
+    let pages_max = shared.config.reconcile.line_pages_max;
+    let (order, complete) = match order {
+        Ok(mut order) => {
+            let complete = shared.admin.read_all_lines(&mut order, pages_max).await?;
+            (order.into_order(), complete)
+        }
+        Err(reason) => (Err(reason), true),
+    };
+    let order = match order {
+        Ok(order) => order,
+        Err(reason) => {
+            let reason = format!("orders query: {reason}");
+            send_dead_letter(shared, original.as_bytes(), mapping::INVALID_PAYLOAD, &reason).await?;
+            return Ok(None);
+        }
+    };
+    let (movements, _) = emit(shared, mapping::order_all_facts(&order), original.as_bytes()).await?;
+    shared.context.metrics.shopify_reconcile_movements_total.inc_by(movements as u64);
+    if !complete {
+        warn!(order_id = order.id, "shopify order reconciled without all its lines");
+        let reason = format!(
+            "orders query: not every line of order {} could be read in {pages_max} more pages (line_pages_max); \
+             the {} lines read were mapped",
+            order.id,
+            order.line_items.len() + order.refunds.iter().map(|r| r.lines.len()).sum::<usize>()
+        );
+        send_dead_letter(shared, original.as_bytes(), mapping::LINES_TRUNCATED, &reason).await?;
+    }
+    Ok(order.updated_at)
 }

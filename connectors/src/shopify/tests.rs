@@ -12,10 +12,10 @@ use serde_json::{json, Value};
 
 use super::{
     config::ShopifyConfig,
-    mapping::{self, Catalog, LevelUpdate, Mapped, Restock, Verdict},
+    mapping::{self, Catalog, LevelUpdate, Mapped, Restock, SeenUpdates, Verdict},
     payloads,
     sink::{idempotency_key, Backoff, Pending},
-    source::verify_signature,
+    source::{freshness, read_delivery, verify_signature, Delivery, Freshness},
 };
 
 const ORDERS_CREATE: &str = include_str!("fixtures/orders_create.json");
@@ -255,6 +255,30 @@ fn the_reconciliation_gives_the_same_event_ids_as_the_webhooks() {
 }
 
 #[test]
+fn a_graphql_order_says_where_the_rest_of_its_lines_starts() {
+    let page: Value = serde_json::from_str(GRAPHQL_ORDERS).unwrap();
+    let mut node = page["data"]["orders"]["nodes"][0].clone();
+    let order = serde_json::from_value::<payloads::GqlOrder>(node.clone()).unwrap();
+    assert_eq!(order.line_items.rest(), payloads::Rest::Done, "no pageInfo: the page is the last");
+    node["lineItems"]["pageInfo"] = json!({ "hasNextPage": true, "endCursor": "c1" });
+    node["refunds"][0]["refundLineItems"]["pageInfo"] = json!({ "hasNextPage": true, "endCursor": null });
+    let mut order = serde_json::from_value::<payloads::GqlOrder>(node).unwrap();
+    assert_eq!(order.line_items.rest(), payloads::Rest::After("c1"));
+    assert_eq!(order.refunds[0].refund_line_items.rest(), payloads::Rest::Unreadable);
+
+    let next: payloads::Nodes<payloads::GqlLineItem> = serde_json::from_value(json!({
+        "pageInfo": { "hasNextPage": false, "endCursor": "c2" },
+        "nodes": [{ "id": "gid://shopify/LineItem/3", "sku": "7891000100103", "quantity": 4, "variant": null }]
+    }))
+    .unwrap();
+    order.line_items.extend(next);
+    assert_eq!(order.line_items.rest(), payloads::Rest::Done);
+    let order = order.into_order().unwrap();
+    let ids: Vec<u64> = order.line_items.iter().map(|l| l.id).collect();
+    assert_eq!(ids, [866550311766439020, 141249953214522974, 3], "the next page's lines after the first's");
+}
+
+#[test]
 fn a_graphql_order_with_a_bad_id_is_refused() {
     let page: Value = serde_json::from_str(GRAPHQL_ORDERS).unwrap();
     let mut node = page["data"]["orders"]["nodes"][0].clone();
@@ -269,27 +293,169 @@ fn a_graphql_order_with_a_bad_id_is_refused() {
 fn a_level_update_is_judged_against_what_onhand_pushed() {
     let update: LevelUpdate = serde_json::from_str(LEVEL_UPDATE).unwrap();
     assert_eq!(update.available, 37);
-    let judge = |push_location, pushed, now| mapping::judge_level_update(&update, push_location, pushed, now);
+    let judge = |push_location, pushed, now| mapping::judge_level_update(&update, push_location, None, pushed, now);
     assert_eq!(judge(Some(1), Some(30), None), Verdict::NotPushedLocation);
     assert_eq!(judge(Some(24826418), None, Some(30)), Verdict::NoBaseline);
     assert_eq!(judge(Some(24826418), Some(37), Some(30)), Verdict::Echo);
     assert_eq!(judge(Some(24826418), Some(38), Some(37)), Verdict::InSync, "a web order onhand already applied");
     assert_eq!(judge(Some(24826418), Some(30), Some(30)), Verdict::ManualChange { delta: 7 });
 
-    let fact = mapping::level_update_fact(&update, 7, "b54557e4-8a5f-4f7d-70bc-d043a1b2c3d4");
+    let fact = mapping::level_update_fact(&update, 7);
     let mut config = config();
     config.location_map.insert("24826418".into(), onhand_core::event::LocationId::parse("dc-sp").unwrap());
     let mapped = mapping::resolve(vec![fact], &catalog(), &config, now());
     assert_eq!(
         summary(&mapped),
         [(
-            "shopify:inventory:b54557e4-8a5f-4f7d-70bc-d043a1b2c3d4".into(),
+            "shopify:inventory:271878346596884015:24826418:2026-11-21T12:14:02Z:37".into(),
             "7891000100103".into(),
             "dc-sp".into(),
             MovementKind::Adjustment,
             7
         )]
     );
+}
+
+#[test]
+fn a_manual_change_is_identified_by_its_signed_body_alone() {
+    let update: LevelUpdate = serde_json::from_str(LEVEL_UPDATE).unwrap();
+    // The same body, whatever headers came with it, is the same adjustment.
+    let replayed: LevelUpdate = serde_json::from_str(LEVEL_UPDATE).unwrap();
+    assert_eq!(mapping::level_update_fact(&update, 7).event_id, mapping::level_update_fact(&replayed, -2).event_id);
+    let id = |change: fn(&mut LevelUpdate)| {
+        let mut other = update.clone();
+        change(&mut other);
+        mapping::level_update_event_id(&other)
+    };
+    let original = mapping::level_update_event_id(&update);
+    assert_ne!(id(|u| u.inventory_item_id += 1), original);
+    assert_ne!(id(|u| u.location_id += 1), original);
+    assert_ne!(id(|u| u.updated_at += chrono::Duration::seconds(1)), original);
+    assert_ne!(id(|u| u.available += 1), original, "a second change in the same second");
+    assert_eq!(
+        id(|u| u.updated_at = u.updated_at.with_timezone(&chrono::FixedOffset::east_opt(3600).unwrap()).into()),
+        original
+    );
+
+    // The longest id there can be is still an event id onhand accepts.
+    let longest = LevelUpdate {
+        inventory_item_id: u64::MAX,
+        location_id: u64::MAX,
+        available: i64::MIN,
+        updated_at: "9999-12-31T23:59:59.999999999Z".parse().unwrap(),
+    };
+    let id = mapping::level_update_event_id(&longest);
+    assert!(id.len() <= 128 && id.bytes().all(|b| b.is_ascii_graphic()), "{id}");
+    let mut config = config();
+    config.location_map.insert("24826418".into(), onhand_core::event::LocationId::parse("dc-sp").unwrap());
+    let mut fact = mapping::level_update_fact(&update, 7);
+    fact.event_id = id.clone();
+    assert_eq!(summary(&mapping::resolve(vec![fact], &catalog(), &config, now()))[0].0, id);
+}
+
+#[test]
+fn an_update_judged_already_or_older_is_superseded() {
+    let at = |s: &str| s.parse::<DateTime<Utc>>().unwrap();
+    let update = |updated_at: &str, available| LevelUpdate {
+        inventory_item_id: 271878346596884015,
+        location_id: 48752903,
+        available,
+        updated_at: at(updated_at),
+    };
+    let first = update("2026-11-21T12:14:02Z", 13);
+    let seen = SeenUpdates::with(None, &first);
+    assert_eq!(SeenUpdates::from_state(&seen.to_state()), Some(seen.clone()), "{}", seen.to_state());
+    // (update, pushed, verdict): the baseline is 20 now, after later pushes.
+    let cases = [
+        (update("2026-11-21T12:14:02Z", 13), Verdict::Superseded),
+        (update("2026-11-21T12:14:01Z", 9), Verdict::Superseded),
+        (update("2026-11-21T12:14:02Z", 12), Verdict::ManualChange { delta: -8 }),
+        (update("2026-11-21T12:14:03Z", 13), Verdict::ManualChange { delta: -7 }),
+        (update("2026-11-21T12:14:03Z", 20), Verdict::Echo),
+    ];
+    for (update, verdict) in cases {
+        assert_eq!(
+            mapping::judge_level_update(&update, Some(48752903), Some(&seen), Some(20), None),
+            verdict,
+            "{update:?}"
+        );
+    }
+    let both = SeenUpdates::with(Some(seen.clone()), &update("2026-11-21T12:14:02Z", 12));
+    assert_eq!(both.available, [13, 12], "two updates in one second are both seen");
+    assert_eq!(SeenUpdates::with(Some(both.clone()), &update("2026-11-21T12:14:01Z", 1)), both, "never back");
+    let later = SeenUpdates::with(Some(both), &update("2026-11-21T12:14:05Z", 4));
+    assert_eq!((later.updated_at, later.available), (at("2026-11-21T12:14:05Z"), vec![4]));
+    let mut busy = None;
+    for available in 0..20 {
+        busy = Some(SeenUpdates::with(busy, &update("2026-11-21T12:14:02Z", available)));
+    }
+    assert_eq!(busy.unwrap().available, (12..20).collect::<Vec<_>>(), "bounded, newest kept");
+    assert_eq!(SeenUpdates::from_state("garbage"), None);
+}
+
+#[test]
+fn a_delivery_older_than_the_window_is_stale() {
+    let now = now();
+    let window_s = 48 * 3600;
+    let cases = [
+        (None, Freshness::Unknown),
+        (Some("yesterday"), Freshness::Unknown),
+        (Some("2026-11-26T11:59:58.877041743Z"), Freshness::Fresh),
+        (Some("2026-11-24T12:00:00Z"), Freshness::Fresh),
+        (Some("2026-11-24T09:00:00-03:00"), Freshness::Fresh),
+        (Some("2026-11-24T11:59:59Z"), Freshness::Stale { age_s: window_s + 1 }),
+        (Some("2025-11-26T12:00:00Z"), Freshness::Stale { age_s: 365 * 24 * 3600 }),
+        (Some("2026-11-26T12:05:00Z"), Freshness::Fresh),
+    ];
+    for (header, expected) in cases {
+        assert_eq!(freshness(header, now, window_s as u64), expected, "{header:?}");
+    }
+}
+
+#[test]
+fn a_body_under_another_topic_moves_nothing_new() {
+    let bodies = [
+        ("orders/create", ORDERS_CREATE),
+        ("orders/cancelled", ORDERS_CANCELLED),
+        ("refunds/create", REFUNDS_CREATE),
+        ("inventory_levels/update", LEVEL_UPDATE),
+    ];
+    let read = |topic: &str, body: &str| match read_delivery(topic, body.as_bytes()) {
+        Ok(Delivery::Facts(facts)) => Ok(facts.into_iter().map(|f| f.event_id).collect::<Vec<_>>()),
+        Ok(Delivery::LevelUpdate(_)) => Ok(vec!["(a level update)".to_string()]),
+        Ok(Delivery::Ignored) => Ok(vec!["(ignored)".to_string()]),
+        Err(_) => Err("dead-lettered"),
+    };
+    // Every id a body can give under its own topic or as an order of the reconciliation.
+    let own = |topic: &str, body: &str| {
+        let mut ids = read(topic, body).unwrap();
+        if let Ok(order) = payloads::rest_order(body.as_bytes()) {
+            ids.extend(mapping::order_all_facts(&order).into_iter().map(|f| f.event_id));
+        }
+        ids
+    };
+    for (own_topic, body) in bodies {
+        for (topic, _) in bodies {
+            if topic == own_topic {
+                continue;
+            }
+            match read(topic, body) {
+                Err(_) => {}
+                Ok(ids) => {
+                    let own = own(own_topic, body);
+                    assert!(
+                        ids.iter().all(|id| own.contains(id)),
+                        "{own_topic} body as {topic}: {ids:?} not in {own:?}"
+                    );
+                }
+            }
+        }
+    }
+    assert_eq!(read("orders/create", LEVEL_UPDATE), Err("dead-lettered"), "an inventory body is no order");
+    assert_eq!(read("refunds/create", ORDERS_CREATE), Err("dead-lettered"), "an order is no refund");
+    assert_eq!(read("inventory_levels/update", ORDERS_CREATE), Err("dead-lettered"));
+    assert_eq!(read("orders/create", REFUNDS_CREATE), Ok(vec![]), "a refund is an order without lines");
+    assert_eq!(read("products/update", ORDERS_CREATE), Ok(vec!["(ignored)".to_string()]));
 }
 
 #[test]
@@ -337,6 +503,10 @@ fn the_section_is_checked_and_its_secrets_never_printed() {
     assert!(refused(|s| s["sink"]["channel"] = json!("nope")).contains("sink.channel \"nope\""));
     assert!(refused(|s| s["location_map"]["store-1"] = json!("x")).contains("not a Shopify location id"));
     assert!(refused(|s| s["default_location"] = json!("bad location")).contains("location"));
+    assert!(refused(|s| s["webhook_max_age_s"] = json!(0)).contains("webhook_max_age_s must be 60 or more"));
+    assert!(refused(|s| s["reconcile"] = json!({ "page_size": 77 })).contains("page_size must be 1 to 76"));
+    assert!(refused(|s| s["reconcile"] = json!({ "line_pages_max": 0 })).contains("line_pages_max"));
+    assert_eq!(config.webhook_max_age_s, 48 * 3600, "Shopify retries for 4 hours and may be a day late");
     let mut numeric = section();
     numeric["webhook_secret"] = json!(12345);
     let config = ShopifyConfig::from_section(&full_config(), &numeric).unwrap();
@@ -388,4 +558,106 @@ fn a_push_has_the_same_idempotency_key_until_its_values_change() {
     assert_ne!(key, idempotency_key(&[(271878346596884015, 37, 35, 43)]), "a newer level version");
     assert_ne!(key, idempotency_key(&[(271878346596884015, 37, 36, 42)]), "a re-read compare");
     assert!(key.starts_with("onhand-") && key.len() == 47);
+}
+
+#[test]
+fn skus_first_marked_at_one_instant_are_taken_in_the_order_they_came() {
+    // Under a coarse or paused clock many SKUs share an instant: the first to come is still
+    // the oldest, whatever its name.
+    let now = tokio::time::Instant::now();
+    let mut pending = Pending::default();
+    for name in ["C", "A", "B"] {
+        pending.mark(sku(name), now);
+    }
+    let taken: Vec<String> = pending.take(3).into_iter().map(|(s, _)| s.to_string()).collect();
+    assert_eq!(taken, ["C", "A", "B"]);
+}
+
+/// What the sink may do to its pending set, for the property test below.
+#[derive(Debug, Clone)]
+enum PendingOp {
+    /// Marks SKU `n` at the start plus `at_ms`; times need not grow.
+    Mark { n: u16, at_ms: u16 },
+    /// Takes a batch and settles some of it: for each taken SKU, `Some(true)` is a push
+    /// done with the generation taken, `Some(false)` one done with an older generation,
+    /// `None` a push still under way (or failed).
+    Flush { count: usize, settle: Vec<Option<bool>> },
+}
+
+fn pending_op() -> impl proptest::strategy::Strategy<Value = PendingOp> {
+    use proptest::prelude::*;
+    prop_oneof![
+        3 => (0u16..300, 0u16..50).prop_map(|(n, at_ms)| PendingOp::Mark { n, at_ms }),
+        1 => (0usize..60, prop::collection::vec(prop::option::of(any::<bool>()), 0..60))
+            .prop_map(|(count, settle)| PendingOp::Flush { count, settle }),
+    ]
+}
+
+/// The reference: a list in arrival order, scanned and sorted every time.
+#[derive(Debug, Default)]
+struct PendingModel {
+    /// (SKU, first marked, arrival, newest generation)
+    items: Vec<(Sku, tokio::time::Instant, u64, u64)>,
+    generation: u64,
+}
+
+impl PendingModel {
+    fn mark(&mut self, sku: Sku, now: tokio::time::Instant) {
+        self.generation += 1;
+        match self.items.iter_mut().find(|i| i.0 == sku) {
+            Some(item) => item.3 = self.generation,
+            None => self.items.push((sku, now, self.generation, self.generation)),
+        }
+    }
+
+    fn oldest(&self) -> Vec<(Sku, u64)> {
+        let mut sorted: Vec<_> = self.items.iter().collect();
+        sorted.sort_by_key(|i| (i.1, i.2));
+        sorted.into_iter().map(|i| (i.0.clone(), i.3)).collect()
+    }
+
+    fn done(&mut self, sku: &Sku, generation: u64) {
+        self.items.retain(|i| !(&i.0 == sku && i.3 == generation));
+    }
+}
+
+proptest::proptest! {
+    #[test]
+    fn pending_behaves_like_a_list_scanned_each_time(ops in proptest::collection::vec(pending_op(), 1..400)) {
+        let start = tokio::time::Instant::now();
+        let linger = Duration::from_millis(200);
+        let mut pending = Pending::default();
+        let mut model = PendingModel::default();
+        for op in ops {
+            match op {
+                PendingOp::Mark { n, at_ms } => {
+                    let at = start + Duration::from_millis(u64::from(at_ms));
+                    pending.mark(sku(&format!("SKU-{n}")), at);
+                    model.mark(sku(&format!("SKU-{n}")), at);
+                }
+                PendingOp::Flush { count, settle } => {
+                    let taken = pending.take(count);
+                    let expected: Vec<(Sku, u64)> = model.oldest().into_iter().take(count).collect();
+                    proptest::prop_assert_eq!(&taken, &expected, "each SKU once, oldest first");
+                    for ((sku, generation), settle) in taken.iter().zip(settle) {
+                        let generation = match settle {
+                            Some(true) => *generation,
+                            Some(false) => generation.saturating_sub(1),
+                            None => continue,
+                        };
+                        pending.done(sku, generation);
+                        model.done(sku, generation);
+                    }
+                }
+            }
+            proptest::prop_assert_eq!(pending.len(), model.items.len());
+            proptest::prop_assert_eq!(pending.is_empty(), model.items.is_empty());
+            let due = model.items.iter().map(|i| i.1 + linger).min();
+            proptest::prop_assert_eq!(pending.due_at(linger), due, "the oldest first mark decides");
+            for (sku, ..) in &model.items {
+                proptest::prop_assert!(pending.contains(sku));
+            }
+        }
+        proptest::prop_assert_eq!(pending.take(usize::MAX), model.oldest());
+    }
 }
