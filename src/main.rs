@@ -4,7 +4,7 @@ use std::{net::SocketAddr, path::PathBuf, process::ExitCode};
 
 use clap::{Parser, Subcommand};
 use onhand::app::{App, StartOptions};
-use onhand_connectors::pos::agent::{Agent, AgentConfig};
+use onhand_connectors::pos::agent::{Agent, AgentConfig, LocalAuth};
 use onhand_core::config::Config;
 use tokio_util::sync::CancellationToken;
 use tracing_subscriber::EnvFilter;
@@ -40,13 +40,22 @@ enum Command {
         /// The central onhand, e.g. https://onhand.example.com.
         #[arg(long)]
         central: String,
-        /// An API key with movements:write and stock:read.
-        #[arg(long, env = "ONHAND_AGENT_KEY", hide_env_values = true)]
-        key: String,
+        /// A file holding the central API key (movements:write and stock:read, bound to
+        /// the store: onhand keys create --store ...). Or set ONHAND_AGENT_KEY. Never on
+        /// the command line, where `ps` shows it to every user of the machine.
+        #[arg(long)]
+        key_file: Option<PathBuf>,
         #[arg(long, default_value = "127.0.0.1:8090")]
         listen: SocketAddr,
         #[arg(long, default_value = ".onhand-agent")]
         data_dir: PathBuf,
+        /// The tills' tokens, one `NAME TOKEN` a line. Default: DATA_DIR/local-tokens,
+        /// made with one token on the first start.
+        #[arg(long, conflicts_with = "no_local_auth")]
+        local_tokens: Option<PathBuf>,
+        /// Serve the tills without tokens (only on a network nothing else can reach).
+        #[arg(long)]
+        no_local_auth: bool,
     },
     /// Runs one connector on its own (no HTTP API, no ledger), configured like `serve`.
     Connector {
@@ -158,11 +167,27 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Connector { connector: ConnectorCommand::Erp { config } } => {
             return connector(Config::load(config.as_deref())?, "erp", serde_json::Map::new()).await;
         }
-        Command::StoreAgent { store, central, key, listen, data_dir } => {
+        Command::StoreAgent { store, central, key_file, listen, data_dir, local_tokens, no_local_auth } => {
             let store =
                 onhand_core::event::LocationId::parse(store).map_err(|e| anyhow::anyhow!("--store: {}", e.message))?;
+            let key = agent_key(key_file.as_deref())?;
+            std::fs::create_dir_all(&data_dir).map_err(|e| anyhow::anyhow!("{}: {e}", data_dir.display()))?;
+            let local_auth = match (no_local_auth, local_tokens) {
+                (true, _) => LocalAuth::Off,
+                (false, Some(file)) => LocalAuth::parse(
+                    &std::fs::read_to_string(&file).map_err(|e| anyhow::anyhow!("{}: {e}", file.display()))?,
+                )
+                .map_err(|e| anyhow::anyhow!("{}: {e}", file.display()))?,
+                (false, None) => {
+                    let file = data_dir.join(LOCAL_TOKENS_FILE);
+                    let auth = LocalAuth::from_file_or_create(&file).map_err(anyhow::Error::msg)?;
+                    println!("onhand store-agent: the tills send a token of {}", file.display());
+                    auth
+                }
+            };
             let mut config = AgentConfig::new(store, central, key, data_dir);
             config.listen = listen;
+            config.local_auth = local_auth;
             let agent = Agent::start(config).await?;
             println!("onhand store-agent: pos routes on http://{}", agent.local_addr);
             shutdown_signal().await;
@@ -188,6 +213,21 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
     }
     app.stop().await?;
     Ok(())
+}
+
+/// The file in the agent's data directory with the tills' tokens, made at the first start.
+const LOCAL_TOKENS_FILE: &str = "local-tokens";
+
+/// The central API key of a store agent: from `--key-file`, else `ONHAND_AGENT_KEY`.
+fn agent_key(key_file: Option<&std::path::Path>) -> anyhow::Result<String> {
+    let key = match key_file {
+        Some(file) => std::fs::read_to_string(file).map_err(|e| anyhow::anyhow!("{}: {e}", file.display()))?,
+        None => std::env::var("ONHAND_AGENT_KEY")
+            .map_err(|_| anyhow::anyhow!("the central api key: give --key-file FILE or set ONHAND_AGENT_KEY"))?,
+    };
+    let key = key.trim().to_string();
+    anyhow::ensure!(!key.is_empty(), "the central api key is empty");
+    Ok(key)
 }
 
 /// Runs one connector until Ctrl-C or SIGTERM.

@@ -74,6 +74,45 @@ async fn every_journal_row_arrives_once_through_a_network_cut() {
     app.stop().await.unwrap();
 }
 
+/// M6: a row whose transaction commits after the cursor passed its change time (a
+/// transaction longer than safety_delay_ms) is found by the look-back re-scan, produced,
+/// and counted; the rows produced before are not produced again as late.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_row_that_appears_behind_the_cursor_is_found_by_the_look_back() {
+    let (erp_url, mut erp) = erp_database().await;
+    let mut config = test_config(3).await;
+    config.connectors.insert(
+        "erp".into(),
+        json!({
+            "source_url": erp_url, "poll_interval_ms": 100, "safety_delay_ms": 0, "retry_max_ms": 1000,
+            "lookback_interval_s": 1, "lookback_window_s": 3600,
+            "kinds": { "ENT": "receipt", "SAI": "sale" }, "locations": { "CD01": "dc-sp" },
+        }),
+    );
+    let app = serve(&config).await;
+    until_recorded(&app, 2, 60).await;
+    erp.execute(
+        "INSERT INTO stock_journal (item, warehouse, movement_type, quantity) VALUES ('SKU-L', 'CD01', 'ENT', 7)",
+    )
+    .await
+    .unwrap();
+    until_recorded(&app, 3, 60).await;
+    // Committed now, stamped a minute ago: behind the cursor, which the last row moved.
+    erp.execute(
+        "INSERT INTO stock_journal (changed_at, item, warehouse, movement_type, quantity)
+         VALUES (clock_timestamp() - interval '1 minute', 'SKU-L', 'CD01', 'ENT', 5)",
+    )
+    .await
+    .unwrap();
+    until_recorded(&app, 4, 60).await;
+    assert_eq!(levels(&app, "SKU-L").await["dc-sp"], 12);
+    eventually("the late row counted", 30, || async {
+        (metric(&app, "onhand_erp_late_rows_total") == 1.0).then_some(())
+    })
+    .await;
+    app.stop().await.unwrap();
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn debezium_change_events_become_movements_and_row_changes_are_reported() {
     use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};

@@ -3,7 +3,7 @@
 
 mod common;
 
-use std::collections::HashMap;
+use std::{collections::HashMap, time::Duration};
 
 use common::*;
 use onhand::app::StartOptions;
@@ -190,5 +190,166 @@ async fn malformed_records_go_to_the_dead_letter_topic_and_the_ledger_goes_on() 
         .collect();
     assert_eq!(offsets, ["0", "1", "2", "3", "4", "5"]);
     assert_eq!(metric(&app, "onhand_ledger_dlq_records_total{reason=\"invalid_quantity\"}"), 2.0);
+    app.stop().await.unwrap();
+}
+
+/// The headers of a dead letter, by name.
+fn dlq_headers(message: &rdkafka::message::OwnedMessage) -> HashMap<String, String> {
+    let Some(headers) = message.headers() else { return HashMap::new() };
+    headers
+        .iter()
+        .map(|h| (h.key.to_string(), String::from_utf8_lossy(h.value.unwrap_or_default()).to_string()))
+        .collect()
+}
+
+/// M1 and C1: a movement the database refuses (here a constraint a DBA added), and one
+/// that would take its level beyond the range, are set aside to the dead-letter topic with
+/// the reason, and every other movement of their batches is applied: ingestion goes on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn what_the_database_or_the_rules_refuse_is_dead_lettered_and_the_rest_applied() {
+    use sqlx::{Connection, Executor};
+    let mut config = test_config(1).await;
+    config.ledger.linger_ms = 500;
+    let app = serve(&config).await;
+    let mut db = sqlx::PgConnection::connect(&config.database.url).await.unwrap();
+    db.execute("ALTER TABLE movements ADD CONSTRAINT no_poison CHECK (sku <> 'POISON')").await.unwrap();
+    // A level already at the top of its range.
+    let edge = onhand_core::ledger::rules::ON_HAND_MAX - 10;
+    db.execute(
+        format!(
+            "INSERT INTO stock_levels (sku, location, on_hand, version, updated_at) VALUES ('SKU-EDGE', 'dc', {edge}, 1, now())"
+        )
+        .as_str(),
+    )
+    .await
+    .unwrap();
+    let records = vec![
+        movement_json("ok-1", "SKU-OK", "dc", Receipt, 5, 0),
+        movement_json("poison-1", "POISON", "dc", Receipt, 5, 1),
+        movement_json("ok-2", "SKU-OK", "dc", Receipt, 6, 2),
+        movement_json("edge-1", "SKU-EDGE", "dc", Receipt, 11, 3),
+        movement_json("ok-3", "SKU-OK", "dc", Sale, 1, 4),
+        movement_json("edge-2", "SKU-EDGE", "dc", Receipt, 10, 5),
+    ];
+    produce(&producer(), &config.kafka.topics.movements, &records).await;
+    until_recorded(&app, 4, 60).await;
+    assert_eq!(levels(&app, "SKU-OK").await, HashMap::from([("dc".into(), 10)]));
+    assert_eq!(levels(&app, "SKU-EDGE").await, HashMap::from([("dc".into(), edge + 10)]), "at the limit, not past it");
+    let dead = consume_all(&config.kafka.topics.dlq, 2);
+    let mut reasons: Vec<(String, String)> = dead
+        .iter()
+        .map(|m| {
+            let h = dlq_headers(m);
+            (h["onhand.dlq.reason_code"].clone(), h["onhand.dlq.offset"].clone())
+        })
+        .collect();
+    reasons.sort();
+    assert_eq!(reasons, [("database_refused".to_string(), "1".to_string()), ("level_out_of_range".into(), "3".into())]);
+    let refused = dead.iter().find(|m| dlq_headers(m)["onhand.dlq.reason_code"] == "database_refused").unwrap();
+    assert!(dlq_headers(refused)["onhand.dlq.reason"].contains("no_poison"), "the database's own reason");
+    let movement: serde_json::Value = serde_json::from_slice(refused.payload().unwrap()).unwrap();
+    assert_eq!(movement["event_id"], "poison-1", "the movement as read, ready to be sent again");
+    // Nothing stays stuck: a later movement is applied too.
+    produce(&producer(), &config.kafka.topics.movements, &[movement_json("ok-4", "SKU-OK", "dc", Receipt, 1, 6)]).await;
+    until_recorded(&app, 5, 60).await;
+    app.stop().await.unwrap();
+}
+
+/// H3: an original too large for the broker is dead-lettered truncated, with its size and
+/// SHA-256 in headers, instead of being retried for ever.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn an_oversized_record_is_dead_lettered_truncated_with_its_size_and_digest() {
+    use sha2::Digest;
+    let config = test_config(1).await;
+    let app = serve(&config).await;
+    let huge = vec![b'x'; onhand_core::kafka::DEAD_LETTER_PAYLOAD_BYTES_MAX + 1];
+    produce(
+        &producer(),
+        &config.kafka.topics.movements,
+        &[("SKU-H".into(), huge.clone()), movement_json("after-huge", "SKU-H", "dc", Receipt, 2, 0)],
+    )
+    .await;
+    until_recorded(&app, 1, 60).await;
+    let dead = consume_all(&config.kafka.topics.dlq, 1);
+    let headers = dlq_headers(&dead[0]);
+    assert_eq!(headers["onhand.dlq.reason_code"], "oversized");
+    assert_eq!(headers["onhand.dlq.truncated"], "true");
+    assert_eq!(headers["onhand.dlq.original_bytes"], huge.len().to_string());
+    assert_eq!(headers["onhand.dlq.original_sha256"], hex::encode(sha2::Sha256::digest(&huge)));
+    assert_eq!(dead[0].payload().unwrap().len(), onhand_core::kafka::DEAD_LETTER_TRUNCATED_BYTES);
+    app.stop().await.unwrap();
+}
+
+/// H3: a dead-letter topic that does not exist (a broker without auto-creation) cannot take
+/// the letter: the component behind it reports itself blocked, with the reason, within
+/// seconds, and keeps trying.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_dead_letter_that_cannot_be_written_blocks_its_component_visibly() {
+    use onhand_core::{
+        health::{Health, State},
+        kafka::{dead_letter_until_sent, DeadLetter, Producer},
+        telemetry::Metrics,
+    };
+    let mut config = test_config(1).await;
+    config.kafka.produce_timeout_ms = 60_000;
+    let metrics = Metrics::new();
+    let health = Health::new(metrics.clone());
+    let component = health.component("ledger", true);
+    component.running();
+    let producer = Producer::new(&config.kafka, Duration::from_millis(5)).unwrap();
+    let shutdown = tokio_util::sync::CancellationToken::new();
+    let letter = DeadLetter {
+        source: "test",
+        read_from: None,
+        key: None,
+        payload: b"{}",
+        reason_code: "not_json",
+        reason: "test",
+    };
+    let missing = format!("{}.missing-dlq", config.kafka.topics.dlq);
+    let sending = {
+        let (component, shutdown, metrics) = (component.clone(), shutdown.clone(), metrics.clone());
+        tokio::spawn(async move {
+            dead_letter_until_sent(&producer, &missing, letter, Duration::from_secs(5), &shutdown, &component, &metrics)
+                .await
+        })
+    };
+    let blocked = eventually("the component blocked", 10, || async {
+        match health.state("ledger") {
+            Some(State::Blocked(why)) => Some(why),
+            _ => None,
+        }
+    })
+    .await;
+    assert!(blocked.contains("missing-dlq"), "{blocked}");
+    assert!(!health.readiness().ready, "a blocked critical component is not ready");
+    shutdown.cancel();
+    assert!(!sending.await.unwrap(), "nothing was sent; the caller must not move past the record");
+}
+
+/// L5: a saved offset beyond its partition's end (the topic was recreated) is said loudly:
+/// a metric, and the ledger blocked in `/readyz` with the reason.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_saved_offset_beyond_the_partitions_end_is_reported() {
+    let config = test_config(1).await;
+    onhand_core::kafka::ensure_topics(&config.kafka).await.unwrap();
+    let store = onhand_core::store::open(&config.database.url, 2).await.unwrap();
+    let batch = onhand_core::store::Batch {
+        group_id: config.ledger.group_id.clone(),
+        topic: config.kafka.topics.movements.clone(),
+        movements: Vec::new(),
+        offsets: vec![onhand_core::store::PartitionOffset { partition: 0, next_offset: 1_000 }],
+        published: Vec::new(),
+    };
+    store.apply_batch(&batch).await.unwrap();
+    let app = serve(&config).await;
+    eventually("the offset beyond the end counted", 60, || async {
+        (metric(&app, "onhand_ledger_offsets_beyond_end_total") >= 1.0).then_some(())
+    })
+    .await;
+    let (status, ready) = http_get(app.local_addr, "/readyz").await;
+    assert_eq!(status, 503, "{ready}");
+    assert_eq!(ready["components"]["ledger"]["state"], "blocked");
+    assert!(ready["components"]["ledger"]["detail"].as_str().unwrap().contains("beyond"), "{ready}");
     app.stop().await.unwrap();
 }

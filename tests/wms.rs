@@ -73,6 +73,28 @@ sku,location,kind,quantity,occurred_at,reference
 7891000100103,dc-sp,damage,2,2026-11-20T11:30:00-03:00,
 ";
 
+/// M5: a file that can never be taken (here, larger than the limit) is moved aside with
+/// its reason, and the files after it are taken all the same.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_file_that_cannot_be_taken_is_moved_aside_and_the_others_go_on() {
+    let inbox = tempfile::tempdir().unwrap();
+    let app = serve(&wms_config(inbox.path(), json!({ "file_bytes_max": 1_000 })).await).await;
+    let huge = format!("{MOVEMENTS}{}", "7891000100103,dc-sp,receipt,1,2026-11-20T09:10:00-03:00,X\n".repeat(40));
+    drop_file(inbox.path(), "a-first-and-too-large.csv", &huge);
+    std::thread::sleep(Duration::from_millis(20));
+    drop_file(inbox.path(), "b-second.csv", MOVEMENTS);
+    until_exists(inbox.path().join("archive/b-second.csv"), 60).await;
+    on_hand_is(&app, "7891000100257", "dc-sp", 120).await;
+    until_exists(inbox.path().join("rejected/a-first-and-too-large.csv"), 60).await;
+    let errors: Value = serde_json::from_str(
+        &std::fs::read_to_string(inbox.path().join("rejected/a-first-and-too-large.errors.json")).unwrap(),
+    )
+    .unwrap();
+    assert_eq!(errors["errors"][0]["code"], "wms_file_too_large", "{errors}");
+    assert!(!inbox.path().join("a-first-and-too-large.csv").exists());
+    app.stop().await.unwrap();
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_good_file_reaches_the_ledger_and_is_archived() {
     let inbox = tempfile::tempdir().unwrap();

@@ -21,6 +21,7 @@ use rdkafka::{
 };
 use serde_json::Value;
 
+pub mod process;
 pub mod shopify;
 
 /// A configuration for one test: the suite's broker, a fresh database, topics and a

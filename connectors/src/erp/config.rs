@@ -48,6 +48,12 @@ pub struct ErpConfig {
     pub source_instance: String,
     /// The longest wait between two attempts when the ERP database or Kafka fails.
     pub retry_max_ms: u64,
+    /// How often the journal is read again behind the cursor, for rows whose transaction
+    /// committed later than `safety_delay_ms` after their change time (0: never).
+    pub lookback_interval_s: u64,
+    /// How far behind the cursor that re-scan reads: a row that commits later than this
+    /// after its change time is missed for good (docs/connectors/erp.md).
+    pub lookback_window_s: u64,
     pub debezium: DebeziumConfig,
 }
 
@@ -107,6 +113,8 @@ impl Default for ErpConfig {
             locations: BTreeMap::new(),
             source_instance: "erp".into(),
             retry_max_ms: 30_000,
+            lookback_interval_s: 60,
+            lookback_window_s: 900,
             debezium: DebeziumConfig::default(),
         }
     }

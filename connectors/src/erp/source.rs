@@ -90,14 +90,31 @@ pub(super) struct Poller {
     pub producer: Producer,
 }
 
+/// What the look-back re-scan knows of the rows this poller produced.
+#[derive(Debug)]
+struct LookBack {
+    /// The cursor when this poller started: rows at or before it were produced, or not,
+    /// by an earlier run, which nothing here can tell.
+    started_at: Cursor,
+    /// The ids produced by this run, with their change time, within the window.
+    produced: std::collections::HashMap<i64, DateTime<Utc>>,
+    scanned_at: tokio::time::Instant,
+}
+
 impl Poller {
     pub(super) async fn run(self) {
         let mut cursor = self.load_cursor().await;
+        let mut look_back =
+            LookBack { started_at: cursor, produced: Default::default(), scanned_at: tokio::time::Instant::now() };
         let mut backoff = Duration::ZERO;
         let mut healthy: Option<bool> = None;
         loop {
+            if let Err(reason) = self.look_back(cursor, &mut look_back).await {
+                warn!(reason, "erp look-back re-scan failed; the next one tries again");
+            }
             let wait = match self.poll_once(cursor).await {
-                Ok(Some(next)) => {
+                Ok(Some((next, ids))) => {
+                    look_back.produced.extend(ids);
                     cursor = next;
                     backoff = Duration::ZERO;
                     self.report(&mut healthy, true, None).await;
@@ -126,19 +143,65 @@ impl Poller {
         }
     }
 
-    /// Reads and produces one batch; the new cursor, or `None` when the journal is caught up.
-    async fn poll_once(&self, cursor: Cursor) -> Result<Option<Cursor>, String> {
+    /// Reads and produces one batch; the new cursor and the rows produced, or `None` when
+    /// the journal is caught up.
+    async fn poll_once(&self, cursor: Cursor) -> Result<Option<(Cursor, Vec<(i64, DateTime<Utc>)>)>, String> {
         let rows = self.read(cursor).await.map_err(|e| format!("the erp database: {e}"))?;
         let Some(last) = rows.last() else { return Ok(None) };
         let next = Cursor { changed_at: last.changed_at, id: last.id };
         self.produce(&rows).await?;
+        let ids = rows.iter().map(|r| (r.id, r.changed_at)).collect();
         let text = serde_json::to_string(&next).expect("a cursor serializes");
         self.context
             .store
             .set_connector_state(SOURCE, "cursor", &text)
             .await
             .map_err(|e| format!("the cursor was not saved: {e}"))?;
-        Ok(Some(next))
+        Ok(Some((next, ids)))
+    }
+
+    /// Every `lookback_interval_s`, reads the journal again over the last
+    /// `lookback_window_s` behind the cursor: a row whose transaction committed later than
+    /// `safety_delay_ms` after its change time appeared there after the cursor passed it.
+    /// The rows this run did not produce are produced (from before its start, a row may
+    /// have been produced by an earlier run: its id repeats, and the ledger skips it); the
+    /// ones after where it started are late, and are counted in
+    /// `onhand_erp_late_rows_total`.
+    async fn look_back(&self, cursor: Cursor, state: &mut LookBack) -> Result<(), String> {
+        let interval = Duration::from_secs(self.config.lookback_interval_s);
+        if interval.is_zero() || state.scanned_at.elapsed() < interval {
+            return Ok(());
+        }
+        state.scanned_at = tokio::time::Instant::now();
+        let window = chrono::Duration::seconds(i64::try_from(self.config.lookback_window_s).unwrap_or(i64::MAX / 2));
+        let from = cursor.changed_at.checked_sub_signed(window).unwrap_or(DateTime::UNIX_EPOCH);
+        state.produced.retain(|_, changed_at| *changed_at >= from);
+        let mut scan = Cursor { changed_at: from, id: 0 };
+        loop {
+            let rows = self.read(scan).await.map_err(|e| format!("the erp database: {e}"))?;
+            let full = rows.len() as i64 >= self.config.batch_rows_max;
+            let behind: Vec<JournalRow> =
+                rows.into_iter().filter(|r| (r.changed_at, r.id) <= (cursor.changed_at, cursor.id)).collect();
+            let Some(last) = behind.last() else { return Ok(()) };
+            scan = Cursor { changed_at: last.changed_at, id: last.id };
+            let unknown: Vec<JournalRow> = behind.into_iter().filter(|r| !state.produced.contains_key(&r.id)).collect();
+            let started = (state.started_at.changed_at, state.started_at.id);
+            let late = unknown.iter().filter(|r| (r.changed_at, r.id) > started).count();
+            if !unknown.is_empty() {
+                self.produce(&unknown).await?;
+            }
+            if late > 0 {
+                warn!(
+                    rows = late,
+                    "erp rows appeared behind the cursor (a transaction longer than safety_delay_ms); produced now"
+                );
+                self.context.metrics.erp_late_rows_total.inc_by(late as u64);
+            }
+            state.produced.extend(unknown.iter().map(|r| (r.id, r.changed_at)));
+            if !full {
+                return Ok(());
+            }
+        }
     }
 
     async fn read(&self, cursor: Cursor) -> Result<Vec<JournalRow>, sqlx::Error> {

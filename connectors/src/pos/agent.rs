@@ -69,6 +69,104 @@ pub struct AgentConfig {
     pub store_location_format: String,
     /// The reorder point when a level has none, for the stock report's alert.
     pub reorder_point_default: i64,
+    /// Who on the store's network may post to the agent.
+    pub local_auth: LocalAuth,
+}
+
+/// Who may call the agent's routes: the store's network is not a trusted one (a guest
+/// Wi-Fi, a compromised kiosk), so by default (`onhand store-agent`) every till sends a
+/// token of its own.
+#[derive(Clone, PartialEq, Eq)]
+pub enum LocalAuth {
+    /// Anyone who reaches the agent's address.
+    Off,
+    /// A request needs `Authorization: Bearer <token>` with one of these.
+    Tokens(Vec<LocalToken>),
+}
+
+/// A till's (or the store's) token, with a name for the log.
+#[derive(Clone, PartialEq, Eq)]
+pub struct LocalToken {
+    pub name: String,
+    pub token: String,
+}
+
+impl std::fmt::Debug for LocalToken {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("LocalToken").field("name", &self.name).finish_non_exhaustive()
+    }
+}
+
+impl std::fmt::Debug for LocalAuth {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            LocalAuth::Off => f.write_str("Off"),
+            // Names only: a token is never logged.
+            LocalAuth::Tokens(tokens) => f.debug_list().entries(tokens.iter().map(|t| &t.name)).finish(),
+        }
+    }
+}
+
+impl LocalAuth {
+    /// Reads a tokens file: one `NAME TOKEN` a line; blank lines and `#` comments skipped.
+    pub fn parse(text: &str) -> Result<LocalAuth, String> {
+        let mut tokens = Vec::new();
+        for (i, line) in text.lines().enumerate().map(|(i, l)| (i + 1, l.trim())) {
+            if line.is_empty() || line.starts_with('#') {
+                continue;
+            }
+            let (name, token) = line.split_once(char::is_whitespace).ok_or(format!("line {i}: expected NAME TOKEN"))?;
+            let token = token.trim();
+            if token.len() < 16 || !token.bytes().all(|b| b.is_ascii_graphic()) {
+                return Err(format!("line {i}: a token is at least 16 visible characters"));
+            }
+            tokens.push(LocalToken { name: name.to_string(), token: token.to_string() });
+        }
+        if tokens.is_empty() {
+            return Err("no token in the file".into());
+        }
+        Ok(LocalAuth::Tokens(tokens))
+    }
+
+    /// The tokens file `path`, made with one random token for the store's tills when it
+    /// does not exist (readable by its owner only).
+    pub fn from_file_or_create(path: &FsPath) -> Result<LocalAuth, String> {
+        match std::fs::read_to_string(path) {
+            Ok(text) => Self::parse(&text).map_err(|e| format!("{}: {e}", path.display())),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                let token = uuid::Uuid::new_v4().simple().to_string() + &uuid::Uuid::new_v4().simple().to_string();
+                let text = format!("# NAME TOKEN: the tills send Authorization: Bearer TOKEN\ntills {token}\n");
+                write_private(path, &text).map_err(|e| format!("{}: {e}", path.display()))?;
+                Self::parse(&text)
+            }
+            Err(e) => Err(format!("{}: {e}", path.display())),
+        }
+    }
+
+    /// The name of the token `authorization` carries, when the agent admits it.
+    fn admits(&self, authorization: Option<&str>) -> Option<&str> {
+        use subtle::ConstantTimeEq;
+        let LocalAuth::Tokens(tokens) = self else { return Some("") };
+        let given = authorization?.strip_prefix("Bearer ").or_else(|| authorization?.strip_prefix("bearer "))?.trim();
+        // Every token is compared, in constant time, so timing tells nothing of a guess.
+        let mut found = None;
+        for t in tokens {
+            if bool::from(t.token.as_bytes().ct_eq(given.as_bytes())) {
+                found = Some(t.name.as_str());
+            }
+        }
+        found
+    }
+}
+
+/// Writes a file only its owner can read.
+fn write_private(path: &FsPath, text: &str) -> std::io::Result<()> {
+    use std::io::Write;
+    let mut options = std::fs::OpenOptions::new();
+    options.write(true).create_new(true);
+    #[cfg(unix)]
+    std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
+    options.open(path)?.write_all(text.as_bytes())
 }
 
 impl AgentConfig {
@@ -84,6 +182,7 @@ impl AgentConfig {
             retry_max: Duration::from_secs(30),
             store_location_format: "store-{id_loja}".into(),
             reorder_point_default: 5,
+            local_auth: LocalAuth::Off,
         }
     }
 }
@@ -133,6 +232,7 @@ impl Agent {
             .route("/connectors/pos/{store}/sales", post(sales))
             .route("/connectors/pos/stock-report", post(stock_report))
             .route("/v1/stock/{sku}", get(local_stock))
+            .route_layer(axum::middleware::from_fn_with_state(shared.clone(), local_token))
             .route("/healthz", get(|| async { Json(json!({ "status": "ok" })) }))
             .with_state(shared.clone());
         let server_shutdown = shutdown.clone();
@@ -161,6 +261,19 @@ impl Agent {
             task.abort();
         }
     }
+}
+
+/// Lets a request through when it carries a token of the store (see [`LocalAuth`]).
+async fn local_token(
+    State(shared): State<Shared>,
+    request: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Result<Response, ApiError> {
+    let authorization = request.headers().get("authorization").and_then(|v| v.to_str().ok());
+    if shared.config.local_auth.admits(authorization).is_none() {
+        return Err(ApiError::InvalidApiKey);
+    }
+    Ok(next.run(request).await)
 }
 
 async fn open_outbox(dir: &FsPath) -> Result<SqlitePool, AgentError> {

@@ -34,6 +34,8 @@ pub struct WmsConfig {
     pub location: Option<String>,
     /// `source.instance` of every movement, e.g. `wms-dc-sp`.
     pub source_instance: String,
+    /// The largest file taken; a larger one is moved to `rejected/` with the reason.
+    pub file_bytes_max: u64,
     /// When true, a `NAME.csv` is taken only once `NAME.csv.done` exists: for writers that
     /// cannot write under a temporary name and rename. When false, a `.csv` file is taken
     /// as soon as it is seen (a file with a marker is taken too).
@@ -52,6 +54,7 @@ impl Default for WmsConfig {
             send_attempts_max: 8,
             location: None,
             source_instance: "wms".into(),
+            file_bytes_max: 8 * 1024 * 1024 * 1024,
             done_marker_required: false,
         }
     }
@@ -77,8 +80,12 @@ impl WmsConfig {
         if self.scan_interval_ms == 0 {
             return invalid("scan_interval_ms must be 1 or more");
         }
-        if self.batch_lines_max == 0 || self.in_flight_max == 0 || self.send_attempts_max == 0 {
-            return invalid("batch_lines_max, in_flight_max and send_attempts_max must be 1 or more");
+        if self.batch_lines_max == 0
+            || self.in_flight_max == 0
+            || self.send_attempts_max == 0
+            || self.file_bytes_max == 0
+        {
+            return invalid("batch_lines_max, in_flight_max, send_attempts_max and file_bytes_max must be 1 or more");
         }
         if self.source_instance.is_empty() || self.source_instance.chars().count() > 64 {
             return invalid("source_instance must be 1 to 64 characters");

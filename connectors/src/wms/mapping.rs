@@ -21,6 +21,12 @@ use serde::Serialize;
 pub const UNKNOWN_FORMAT: &str = "wms_unknown_format";
 /// A row the CSV reader cannot read: a wrong number of fields, bytes that are not UTF-8.
 pub const UNREADABLE_LINE: &str = "wms_unreadable_line";
+/// The file cannot be read at all (its permissions); moved aside on line 0.
+pub const UNREADABLE_FILE: &str = "wms_unreadable_file";
+/// The file is larger than `file_bytes_max`; moved aside on line 0.
+pub const FILE_TOO_LARGE: &str = "wms_file_too_large";
+/// Kafka refuses its records for good (authorization, a record it will never take).
+pub const KAFKA_REFUSED: &str = "wms_kafka_refused";
 
 /// What is wrong with one line of a file, as `NAME.errors.json` lists it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]

@@ -49,13 +49,31 @@ pub enum WmsError {
     Changed { path: PathBuf, error: LineError },
     #[error("stopped before the file was done")]
     Stopped,
+    #[error("{path} is {bytes} bytes, more than file_bytes_max ({max})")]
+    TooLarge { path: PathBuf, bytes: u64, max: u64 },
 }
 
 impl WmsError {
+    /// Whether taking the file again may succeed without a person acting. A file that
+    /// cannot be read (its permissions, bytes the file system refuses) or is too large
+    /// fails the same way every time: it is moved aside, so that it blocks no other file.
     pub fn retryable(&self) -> bool {
         match self {
-            WmsError::Io { .. } | WmsError::Changed { .. } | WmsError::Stopped => true,
+            WmsError::Io { source, .. } => {
+                !matches!(source.kind(), io::ErrorKind::PermissionDenied | io::ErrorKind::InvalidData)
+            }
+            WmsError::Changed { .. } | WmsError::Stopped => true,
             WmsError::Kafka { retryable, .. } => *retryable,
+            WmsError::TooLarge { .. } => false,
+        }
+    }
+
+    /// The stable code of a file moved aside for this error, in its `NAME.errors.json`.
+    fn code(&self) -> &'static str {
+        match self {
+            WmsError::TooLarge { .. } => mapping::FILE_TOO_LARGE,
+            WmsError::Kafka { .. } => mapping::KAFKA_REFUSED,
+            _ => mapping::UNREADABLE_FILE,
         }
     }
 
@@ -83,27 +101,54 @@ pub(super) async fn run(config: Arc<WmsConfig>, context: ConnectorContext) -> Re
         .ok();
     let taker = Taker { config: Arc::clone(&config), context: context.clone(), location_default };
     let scan_interval = Duration::from_millis(config.scan_interval_ms);
-    let mut failures = 0;
+    let mut waiting = Waiting::default();
     info!(inbox = %config.inbox.display(), "wms connector watching its inbox");
     loop {
-        let pause = match taker.take_ready_files().await {
-            Ok(()) => {
-                failures = 0;
-                scan_interval
-            }
+        let pause = match taker.take_ready_files(&mut waiting).await {
+            Ok(()) => waiting.next_retry().map_or(scan_interval, |at| at.min(scan_interval)),
             Err(WmsError::Stopped) => return Ok(()),
             Err(e) => {
-                failures += 1;
-                let pause = file_backoff(failures);
-                error!(error = %e, retryable = e.retryable(), ?pause, "wms file left in the inbox; taken again later");
-                pause
+                // The inbox itself cannot be listed: nothing can be taken until it can.
+                error!(error = %e, "the wms inbox cannot be read; trying again");
+                file_backoff(1)
             }
         };
         tokio::select! {
             _ = context.shutdown.cancelled() => return Ok(()),
-            _ = wake.notified(), if failures == 0 => {}
+            _ = wake.notified() => {}
             _ = tokio::time::sleep(pause) => {}
         }
+    }
+}
+
+/// Files that failed on an error that may pass, each waiting for its own next attempt:
+/// one file Kafka refuses for now does not hold back the files after it.
+#[derive(Debug, Default)]
+pub(super) struct Waiting {
+    files: std::collections::HashMap<String, (u32, std::time::Instant)>,
+}
+
+impl Waiting {
+    fn due(&self, name: &str) -> bool {
+        self.files.get(name).is_none_or(|(_, at)| *at <= std::time::Instant::now())
+    }
+
+    fn failed(&mut self, name: &str) -> Duration {
+        let entry = self.files.entry(name.to_string()).or_insert((0, std::time::Instant::now()));
+        entry.0 = entry.0.saturating_add(1);
+        let pause = file_backoff(entry.0);
+        entry.1 = std::time::Instant::now() + pause;
+        pause
+    }
+
+    fn done(&mut self, name: &str) {
+        self.files.remove(name);
+    }
+
+    /// How long until the next file's attempt, when one waits.
+    fn next_retry(&self) -> Option<Duration> {
+        let now = std::time::Instant::now();
+        self.files.values().map(|(_, at)| at.saturating_duration_since(now)).min()
     }
 }
 
@@ -186,24 +231,71 @@ struct Checked {
 }
 
 impl Taker {
-    /// Takes every file ready now, oldest first, one at a time.
-    async fn take_ready_files(&self) -> Result<(), WmsError> {
+    /// Takes every file ready now, oldest first, one at a time. A file that fails for a
+    /// passing reason waits for its own next attempt; one that fails for a lasting reason
+    /// is moved aside with the reason. Either way the files after it are taken.
+    async fn take_ready_files(&self, waiting: &mut Waiting) -> Result<(), WmsError> {
         let inbox = self.config.inbox.clone();
         let entries = tokio::task::spawn_blocking(move || scan(&inbox)).await.expect("the scan does not panic")?;
+        waiting.files.retain(|name, _| entries.iter().any(|e| &e.name == name));
         for entry in ready_files(&entries, self.config.done_marker_required) {
             if self.context.shutdown.is_cancelled() {
                 return Err(WmsError::Stopped);
             }
-            self.take(&entry.name).await?;
+            if !waiting.due(&entry.name) {
+                continue;
+            }
+            match self.take(&entry.name).await {
+                Ok(()) => waiting.done(&entry.name),
+                Err(WmsError::Stopped) => return Err(WmsError::Stopped),
+                Err(e) if e.retryable() => {
+                    let pause = waiting.failed(&entry.name);
+                    error!(file = %entry.name, error = %e, ?pause, "wms file left in the inbox; taken again later");
+                }
+                Err(e) => {
+                    error!(file = %entry.name, error = %e, "wms file cannot be taken; moved to rejected/");
+                    match self.move_aside(&entry.name, &e).await {
+                        Ok(destination) => {
+                            waiting.done(&entry.name);
+                            self.context.metrics.wms_files_total.with_label_values(&["rejected"]).inc();
+                            warn!(rejected = %destination.display(), "wms file moved aside");
+                        }
+                        Err(moving) => {
+                            let pause = waiting.failed(&entry.name);
+                            error!(file = %entry.name, error = %moving, ?pause, "wms file could not be moved aside");
+                        }
+                    }
+                }
+            }
         }
         Ok(())
+    }
+
+    /// Moves a file that cannot be taken to `rejected/`, beside a `NAME.errors.json` that
+    /// says why.
+    async fn move_aside(&self, name: &str, reason: &WmsError) -> Result<PathBuf, WmsError> {
+        let (from, dir) = (self.config.inbox.join(name), self.config.rejected_dir());
+        let errors = dir.join(format!(".{name}.errors.json.tmp"));
+        let error = LineError { line: 0, code: reason.code(), message: reason.to_string() };
+        let file_name = name.to_string();
+        tokio::task::spawn_blocking(move || {
+            let mut file = ErrorsFile::new(errors.clone(), &file_name);
+            file.push(&error).map_err(WmsError::io(&errors))?;
+            let errors = file.finish(0, "").map_err(WmsError::io(&errors))?.expect("one error was written");
+            move_file(&from, &dir, Some(&errors))
+        })
+        .await
+        .expect("moving a file does not panic")
     }
 
     #[instrument(skip_all, fields(file = name))]
     async fn take(&self, name: &str) -> Result<(), WmsError> {
         let path = self.config.inbox.join(name);
-        if !path.exists() {
+        let Ok(metadata) = fs::metadata(&path) else {
             return Ok(()); // taken away since the scan
+        };
+        if metadata.len() > self.config.file_bytes_max {
+            return Err(WmsError::TooLarge { path, bytes: metadata.len(), max: self.config.file_bytes_max });
         }
         let now = Utc::now();
         let checked = self.blocking(name, now, |taker, name, now, stop| taker.check(name, now, stop)).await?;

@@ -242,3 +242,17 @@ fn extreme_quantities_in_a_file_are_refused() {
         }
     }
 }
+
+/// M5: a file the connector cannot read, or that is too large, fails the same way every
+/// time and is moved aside; a passing failure leaves it for a later attempt.
+#[test]
+fn lasting_failures_of_a_file_are_told_from_passing_ones() {
+    use std::{io, path::PathBuf};
+
+    use super::source::WmsError;
+    let io_error = |kind| WmsError::Io { path: PathBuf::from("f.csv"), source: io::Error::from(kind) };
+    assert!(!io_error(io::ErrorKind::PermissionDenied).retryable());
+    assert!(!WmsError::TooLarge { path: PathBuf::from("f.csv"), bytes: 2, max: 1 }.retryable());
+    assert!(io_error(io::ErrorKind::Interrupted).retryable());
+    assert!(WmsError::Stopped.retryable());
+}
