@@ -9,7 +9,7 @@ use std::{
 };
 
 use onhand_core::{
-    auth::{ApiKey, KeyError, Scopes, Token},
+    auth::{ApiKey, Binding, KeyError, Scopes, Token},
     store::{Store, StoreError},
 };
 
@@ -37,10 +37,12 @@ pub struct Created {
     pub plaintext: String,
 }
 
-/// Creates a key named `name` with `scopes` (comma- or space-separated).
-pub async fn create(store: &dyn Store, name: &str, scopes: &str) -> Result<Created, KeysError> {
+/// Creates a key named `name` with `scopes` (comma- or space-separated), bound to the
+/// source `bound_to` (`store:store-012`, `erp:erp-main`) when given.
+pub async fn create(store: &dyn Store, name: &str, scopes: &str, bound_to: Option<&str>) -> Result<Created, KeysError> {
     let token = Token::generate();
-    let key = ApiKey::new(&token, name, Scopes::parse(scopes)?)?;
+    let mut key = ApiKey::new(&token, name, Scopes::parse(scopes)?)?;
+    key.bound_to = bound_to.map(Binding::parse).transpose()?;
     store.create_api_key(&key).await?;
     Ok(Created { key, plaintext: token.reveal() })
 }
@@ -63,7 +65,16 @@ pub async fn revoke(store: &dyn Store, id: &str) -> Result<(), KeysError> {
 /// One line of `onhand keys list`.
 pub fn describe(key: &ApiKey) -> String {
     let status = key.revoked_at.map_or_else(|| "active".to_string(), |at| format!("revoked {}", at.format("%F %T")));
-    format!("{}  {}  {:<27}  {:<40}  {}", key.id, key.created_at.format("%F %T"), status, key.scopes, key.name)
+    let bound = key.bound_to.as_ref().map_or_else(|| "-".to_string(), ToString::to_string);
+    format!(
+        "{}  {}  {:<27}  {:<40}  {:<24}  {}",
+        key.id,
+        key.created_at.format("%F %T"),
+        status,
+        key.scopes,
+        bound,
+        key.name
+    )
 }
 
 /// The admin key of `onhand dev`, the same at every start: read from
@@ -84,7 +95,7 @@ pub async fn dev_key(store: &dyn Store, data_dir: &Path) -> Result<String, KeysE
         Err(e) if e.kind() == ErrorKind::NotFound => {}
         Err(e) => return Err(file_error(e)),
     }
-    let created = create(store, "dev", "admin").await?;
+    let created = create(store, "dev", "admin", None).await?;
     write_private(&path, &created.plaintext).map_err(file_error)?;
     Ok(created.plaintext)
 }
@@ -143,10 +154,10 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let store = store(dir.path()).await;
         assert!(matches!(
-            create(&*store, "x", "stock:write").await,
+            create(&*store, "x", "stock:write", None).await,
             Err(KeysError::Invalid(KeyError::UnknownScope(_)))
         ));
-        assert!(matches!(create(&*store, "", "admin").await, Err(KeysError::Invalid(KeyError::InvalidName))));
+        assert!(matches!(create(&*store, "", "admin", None).await, Err(KeysError::Invalid(KeyError::InvalidName))));
         assert!(matches!(revoke(&*store, "0123456789ab").await, Err(KeysError::NotFound(_))));
         assert!(list(&*store).await.unwrap().is_empty());
     }

@@ -115,6 +115,14 @@ enum KeysCommand {
         /// Comma-separated: stock:read, movements:write, reservations:write, admin (all).
         #[arg(long)]
         scopes: String,
+        /// Binds the key to a store: it writes only that store's movements, under its ids
+        /// (pos:STORE:...), and may report its store agent's progress.
+        #[arg(long, conflicts_with = "source")]
+        store: Option<String>,
+        /// Binds the key to another source, SYSTEM:INSTANCE (erp:erp-main, api:pricing):
+        /// it writes only that source's movements, under the ids SYSTEM:INSTANCE:...
+        #[arg(long)]
+        source: Option<String>,
         /// postgres://... or, for onhand dev, sqlite://.onhand-dev/onhand.db
         #[arg(long, env = "DATABASE_URL")]
         database_url: String,
@@ -248,12 +256,16 @@ async fn connector(
 
 async fn keys(command: KeysCommand) -> anyhow::Result<()> {
     match command {
-        KeysCommand::Create { name, scopes, database_url } => {
+        KeysCommand::Create { name, scopes, store: bound_store, source, database_url } => {
             let store = onhand_core::store::open(&database_url, 1).await?;
-            let created = onhand::keys::create(&*store, &name, &scopes).await?;
+            let bound_to = bound_store.map(|s| format!("store:{s}")).or(source);
+            let created = onhand::keys::create(&*store, &name, &scopes, bound_to.as_deref()).await?;
             println!("id      {}", created.key.id);
             println!("name    {}", created.key.name);
             println!("scopes  {}", created.key.scopes);
+            if let Some(bound) = &created.key.bound_to {
+                println!("bound   {bound}");
+            }
             println!("key     {}", created.plaintext);
             eprintln!("keep the key now: it is not shown again, onhand stores only its hash");
         }

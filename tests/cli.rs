@@ -192,4 +192,59 @@ async fn api_keys_are_created_listed_and_revoked() {
     assert!(!ok && stderr.contains("no active api key"), "{stderr}");
     let (ok, _, stderr) = keys(&["create", "--name", "x", "--scopes", "stock:write"]);
     assert!(!ok && stderr.contains("unknown scope \"stock:write\""), "{stderr}");
+    // H5: a key bound to a store says so, and keeps its binding.
+    let (ok, stdout, stderr) =
+        keys(&["create", "--name", "till agent", "--scopes", "movements:write", "--store", "store-012"]);
+    assert!(ok && stdout.contains("bound   store:store-012"), "{stdout}{stderr}");
+    let (_, listed, _) = keys(&["list"]);
+    assert!(listed.contains("store:store-012"), "{listed}");
+    let (ok, _, stderr) = keys(&["create", "--name", "x", "--scopes", "movements:write", "--source", "fax:1"]);
+    assert!(!ok && stderr.contains("not a source system"), "{stderr}");
+}
+
+/// M4 and L8: `onhand store-agent` takes its central key from the environment (never the
+/// command line), and serves the tills only with a token, made on its first start.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_store_agent_needs_a_tills_token_and_no_key_on_its_command_line() {
+    let dir = tempfile::tempdir().unwrap();
+    let addr = common::process::free_addr();
+    let agent = |extra: &[&str]| {
+        Command::new(env!("CARGO_BIN_EXE_onhand"))
+            .args(["store-agent", "--store", "store-001", "--central", "http://127.0.0.1:9"])
+            .args(["--listen", &addr.to_string(), "--data-dir"])
+            .arg(dir.path())
+            .args(extra)
+            .env("ONHAND_AGENT_KEY", TEST_API_KEY)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap()
+    };
+    let refused = Command::new(env!("CARGO_BIN_EXE_onhand"))
+        .args(["store-agent", "--store", "store-001", "--central", "http://x", "--key", "onh_x"])
+        .output()
+        .unwrap();
+    assert!(!refused.status.success(), "--key is gone: a key on the command line shows in ps");
+    let _running = Running(agent(&[]));
+    let sale = r#"{"transaction_id":"T1","line":1,"kind":"sale","sku":"SKU-A","quantity":1,"occurred_at":"2026-11-22T10:00:00Z"}"#;
+    let post = |token: Option<String>| {
+        let request = reqwest::Client::new()
+            .post(format!("http://{addr}/connectors/pos/store-001/sales"))
+            .header("content-type", "application/x-ndjson")
+            .body(sale);
+        async move {
+            let request = match token {
+                Some(token) => request.bearer_auth(token),
+                None => request,
+            };
+            request.send().await.ok().map(|r| r.status().as_u16())
+        }
+    };
+    let without = eventually("the agent answers", 30, || post(None)).await;
+    assert_eq!(without, 401, "no token, no sale");
+    let tokens = std::fs::read_to_string(dir.path().join("local-tokens")).expect("made at the first start");
+    let token =
+        tokens.lines().find(|l| l.starts_with("tills ")).unwrap().split_whitespace().nth(1).unwrap().to_string();
+    assert_eq!(post(Some("wrong-token-0000000000".into())).await, Some(401));
+    assert_eq!(post(Some(token)).await, Some(202), "the till's token is taken");
 }

@@ -74,6 +74,23 @@ async fn every_journal_row_arrives_once_through_a_network_cut() {
     app.stop().await.unwrap();
 }
 
+/// M2: a connector that fails for good (here, a journal URL that cannot work) is not only
+/// logged: `/readyz` says it failed, and why, and the process is not ready.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_connector_that_fails_for_good_makes_the_process_unready() {
+    let mut config = test_config(1).await;
+    config.connectors.insert("erp".into(), json!({ "source_url": "not a database url", "kinds": {}, "locations": {} }));
+    let app = serve(&config).await;
+    let ready = eventually("the erp connector reported failed", 30, || async {
+        let (status, ready) = http_get(app.local_addr, "/readyz").await;
+        (ready["components"]["connector:erp"]["state"] == "failed").then_some((status, ready))
+    })
+    .await;
+    assert_eq!(ready.0, 503, "{}", ready.1);
+    assert_eq!(metric(&app, "onhand_component_up{component=\"connector:erp\"}"), 0.0);
+    app.stop().await.unwrap();
+}
+
 /// M6: a row whose transaction commits after the cursor passed its change time (a
 /// transaction longer than safety_delay_ms) is found by the look-back re-scan, produced,
 /// and counted; the rows produced before are not produced again as late.

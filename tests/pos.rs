@@ -71,6 +71,67 @@ async fn the_briefs_stock_report_is_counted_and_answered_with_its_alert() {
     app.stop().await.unwrap();
 }
 
+/// H4: a stock report sent again (a client's retry after a timeout) counts once, with its
+/// `Idempotency-Key` or its records' own `id_relatorio`, so the sales recorded between the
+/// two sends stand; a report with a bad record records nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_stock_report_sent_twice_counts_once() {
+    let app = serve(&pos_config().await).await;
+    let addr = app.local_addr;
+    let report = json!([
+        { "id_produto": "R1", "nome_produto": "Arroz", "quantidade": 10, "id_loja": "003", "nome_loja": "Loja 3",
+          "contado_em": "2026-11-22T08:00:00-03:00" },
+        { "id_produto": "R2", "nome_produto": "Feijão", "quantidade": 20, "id_loja": "003", "nome_loja": "Loja 3",
+          "id_relatorio": "contagem-2026-11-22-R2", "contado_em": "2026-11-22T08:00:00-03:00" }
+    ])
+    .to_string();
+    let send = |body: String| {
+        http_send_raw(addr, "/connectors/pos/stock-report", &[("idempotency-key", "report-store-003-0001")], body)
+    };
+    let (status, answer) = send(report.clone()).await;
+    assert_eq!(status, 200, "{answer}");
+    on_hand_is(&app, "R1", "store-003", 10).await;
+    on_hand_is(&app, "R2", "store-003", 20).await;
+    let feed = format!("{}\n{}\n", sale("S1", 1, "R1", 3), sale("S1", 2, "R2", 4));
+    let (status, _) = http_post(addr, "/connectors/pos/store-003/sales", "application/x-ndjson", feed).await;
+    assert_eq!(status, 202);
+    on_hand_is(&app, "R1", "store-003", 7).await;
+    // The retry: the same records under the same identity are duplicates, the sales stand
+    // (counted before the sales, the counts would not undo them anyway; a count sent again
+    // under a new id and a new time would).
+    let (status, _) = send(report).await;
+    assert_eq!(status, 200);
+    until_recorded(&app, 4, 30).await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(app.store.movement_count().await.unwrap(), 4, "two counts and two sales");
+    on_hand_is(&app, "R1", "store-003", 7).await;
+    on_hand_is(&app, "R2", "store-003", 16).await;
+    // All or nothing: a bad record refuses the whole report.
+    let half_bad = json!([
+        { "id_produto": "R3", "nome_produto": "Sal", "quantidade": 5, "id_loja": "003", "nome_loja": "Loja 3" },
+        { "id_produto": "R4", "nome_produto": "Sal", "quantidade": -1, "id_loja": "003", "nome_loja": "Loja 3" }
+    ]);
+    let (status, _) = http_post(addr, "/connectors/pos/stock-report", "application/json", half_bad.to_string()).await;
+    assert_eq!(status, 422);
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert!(levels(&app, "R3").await.is_empty(), "nothing of a refused report is recorded");
+    app.stop().await.unwrap();
+}
+
+/// Posts a JSON body with `TEST_API_KEY` and extra headers.
+async fn http_send_raw(addr: SocketAddr, path: &str, headers: &[(&str, &str)], body: String) -> (u16, Value) {
+    let mut request = reqwest::Client::new()
+        .post(format!("http://{addr}{path}"))
+        .bearer_auth(TEST_API_KEY)
+        .header("content-type", "application/json")
+        .body(body);
+    for (name, value) in headers {
+        request = request.header(*name, *value);
+    }
+    let response = request.send().await.expect("the api answers");
+    (response.status().as_u16(), response.json().await.unwrap_or(Value::Null))
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_tills_feed_counts_each_line_once() {
     let app = serve(&pos_config().await).await;

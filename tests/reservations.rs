@@ -171,8 +171,8 @@ async fn reservation_requests_are_checked_and_replayed() {
     }
 
     // Idempotency keys are each API key's own: another checkout service may use the same.
-    let other_service = onhand::keys::create(&*app.store, "checkout-b", "reservations:write").await.unwrap();
-    let reader = onhand::keys::create(&*app.store, "reader", "stock:read").await.unwrap();
+    let other_service = onhand::keys::create(&*app.store, "checkout-b", "reservations:write", None).await.unwrap();
+    let reader = onhand::keys::create(&*app.store, "reader", "stock:read", None).await.unwrap();
     let as_key = |key: &str| format!("Bearer {key}");
     let (status, theirs) = http_send(
         Method::POST,
@@ -184,6 +184,17 @@ async fn reservation_requests_are_checked_and_replayed() {
     .await;
     assert_eq!(status, 201, "{theirs}");
     assert_ne!(theirs["id"], first["id"]);
+    // L1: a reservation is its key's own: another key neither reads nor ends it.
+    let mine = first["id"].as_str().unwrap();
+    let theirs_key = as_key(&other_service.plaintext);
+    for (method, path) in [
+        (Method::GET, format!("/v1/reservations/{mine}")),
+        (Method::POST, format!("/v1/reservations/{mine}/cancel")),
+        (Method::POST, format!("/v1/reservations/{mine}/commit")),
+    ] {
+        let (status, answer) = http_send(method, addr, &path, &[("authorization", &theirs_key)], None).await;
+        assert_eq!((status, answer["error"]["code"].as_str()), (404, Some("reservation_not_found")), "{path}");
+    }
     let (status, refused) = http_send(
         Method::POST,
         addr,

@@ -11,7 +11,126 @@ use serde_json::{json, Value};
 
 /// A new key of the app's store.
 async fn key(store: &dyn Store, scopes: &str) -> String {
-    onhand::keys::create(store, "test", scopes).await.expect("a key is created").plaintext
+    onhand::keys::create(store, "test", scopes, None).await.expect("a key is created").plaintext
+}
+
+/// A new key bound to a source (`store:store-012`, `erp:erp-main`).
+async fn bound_key(store: &dyn Store, scopes: &str, bound_to: &str) -> String {
+    onhand::keys::create(store, "bound", scopes, Some(bound_to)).await.expect("a key is created").plaintext
+}
+
+fn movement(event_id: &str, system: &str, instance: &str, location: &str) -> Value {
+    json!({
+        "event_id": event_id, "source": { "system": system, "instance": instance, "ref": "r" },
+        "sku": "SKU-S", "location": location, "kind": "sale", "quantity": 1, "occurred_at": "2026-11-20T10:00:00Z"
+    })
+}
+
+/// H5: a writer speaks only for its source. A key bound to a store writes that store's
+/// movements under its own ids; no key but an admin's claims the ids of onhand's
+/// connectors and reservations; every refusal says why, with a stable code.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_key_writes_only_what_its_source_may_say() {
+    let mut config = test_config(1).await;
+    config.connectors.insert("pos".into(), json!({}));
+    let app = serve(&config).await;
+    let addr = app.local_addr;
+    let store_12 = bound_key(&*app.store, "movements:write", "store:store-012").await;
+    let erp = bound_key(&*app.store, "movements:write", "erp:erp-main").await;
+    let unbound = key(&*app.store, "movements:write").await;
+    let post = |key: String, body: Value| async move {
+        http_post_as(addr, "/v1/movements", "application/json", body.to_string(), Some(&key)).await
+    };
+    let cases = [
+        (store_12.clone(), movement("pos:store-012:T1:1", "pos", "store-012", "store-012"), 202, None),
+        (
+            store_12.clone(),
+            movement("pos:store-013:T1:1", "pos", "store-013", "store-013"),
+            403,
+            Some("source_not_allowed"),
+        ),
+        (
+            store_12.clone(),
+            movement("pos:store-012:T2:1", "pos", "store-012", "store-013"),
+            403,
+            Some("location_not_allowed"),
+        ),
+        (store_12.clone(), movement("mine-1", "pos", "store-012", "store-012"), 403, Some("event_id_not_allowed")),
+        (unbound.clone(), movement("erp:journal:981234", "erp", "erp-main", "dc"), 403, Some("event_id_not_allowed")),
+        (unbound.clone(), movement("reservation:r1:1:sale", "api", "x", "dc"), 403, Some("event_id_not_allowed")),
+        (unbound.clone(), movement("api-import-1", "api", "importer", "dc"), 202, None),
+        (erp.clone(), movement("erp:erp-main:981234", "erp", "erp-main", "dc"), 202, None),
+        (erp.clone(), movement("erp:erp-main:981235", "wms", "erp-main", "dc"), 403, Some("source_not_allowed")),
+        (TEST_API_KEY.to_string(), movement("erp:journal:1", "erp", "erp-main", "dc"), 202, None),
+    ];
+    for (key, body, status, code) in cases {
+        let id = body["event_id"].clone();
+        let (got, answer) = post(key, body).await;
+        assert_eq!(got, status, "{id}: {answer}");
+        if let Some(code) = code {
+            assert_eq!(answer["error"]["code"], code, "{id}: {answer}");
+        }
+    }
+    // The store's POS routes: its own store only; an agent's progress needs the store's key.
+    let sale = r#"{"transaction_id":"T9","line":1,"kind":"sale","sku":"SKU-S","quantity":1,"occurred_at":"2026-11-20T10:00:00Z"}"#;
+    let (status, answer) =
+        http_post_as(addr, "/connectors/pos/store-013/sales", "application/x-ndjson", sale, Some(&store_12)).await;
+    assert_eq!((status, answer["error"]["code"].as_str()), (403, Some("location_not_allowed")), "{answer}");
+    let (status, _) =
+        http_post_as(addr, "/connectors/pos/store-012/sales", "application/x-ndjson", sale, Some(&store_12)).await;
+    assert_eq!(status, 202);
+    let beat = json!({ "epoch": "e-new", "head_seq": 10 }).to_string();
+    for (key, status) in [(&unbound, 403), (&store_12, 204)] {
+        let (got, answer) =
+            http_post_as(addr, "/connectors/pos/store-012/heartbeat", "application/json", beat.clone(), Some(key))
+                .await;
+        assert_eq!(got, status, "{answer}");
+    }
+    app.stop().await.unwrap();
+}
+
+/// H1: a flood of invented keys is limited per client address before it costs reads, and
+/// the ledger, on a pool of its own, applies movements all along.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_flood_of_invented_keys_is_limited_and_does_not_stop_the_ledger() {
+    let mut config = test_config(1).await;
+    config.database.connections_max = 2;
+    let app = serve(&config).await;
+    let addr = app.local_addr;
+    let flood = futures::future::join_all((0..300).map(|_| {
+        let key = Token::generate().reveal();
+        async move { http_get_as(addr, "/v1/stock/SKU-1", Some(&key)).await.0 }
+    }));
+    let record = movement_json("flood-1", "SKU-F", "dc", onhand_core::event::MovementKind::Receipt, 4, 0);
+    let (test_producer, records) = (producer(), [record]);
+    let (statuses, ()) = tokio::join!(flood, produce(&test_producer, &config.kafka.topics.movements, &records));
+    let limited = statuses.iter().filter(|s| **s == 429).count();
+    assert!(limited >= 200, "most invented keys are refused before a read: {limited} of 300 limited");
+    until_recorded(&app, 1, 30).await;
+    assert_eq!(http_get(addr, "/v1/stock/SKU-F").await.0, 200, "a known key is not held back by the flood");
+    app.stop().await.unwrap();
+}
+
+/// M7: a query of many unknown SKUs reads them at once, remembers them as missing for a
+/// moment, and costs one request of the key's limit per SKU.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_query_of_many_skus_costs_one_request_per_sku() {
+    let mut config = test_config(1).await;
+    config.http.rate_limit_per_s = 1;
+    config.http.rate_limit_burst = 600;
+    let app = serve(&config).await;
+    let addr = app.local_addr;
+    let skus: Vec<String> = (0..500).map(|i| format!("NOPE-{i}")).collect();
+    let query = json!({ "skus": skus }).to_string();
+    let (status, answer) = http_post(addr, "/v1/stock/query", "application/json", query.clone()).await;
+    assert_eq!(status, 200, "{answer}");
+    let results = answer["results"].as_array().unwrap();
+    assert_eq!(results.len(), 500);
+    assert!(results.iter().all(|r| r["error"]["code"] == "sku_not_found"));
+    assert_eq!(metric(&app, "onhand_query_reads_total{source=\"database\"}"), 500.0);
+    let (status, answer) = http_post(addr, "/v1/stock/query", "application/json", query).await;
+    assert_eq!((status, answer["error"]["code"].as_str()), (429, Some("rate_limited")), "500 + 500 > 600");
+    app.stop().await.unwrap();
 }
 
 /// The status, one header and the body of a request.

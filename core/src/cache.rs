@@ -379,3 +379,75 @@ async fn follow(consumer: &StreamConsumer, cache: &StockCache, shutdown: &Cancel
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use proptest::prelude::*;
+
+    use super::*;
+    use crate::{event::LocationId, store::SqliteStore};
+
+    fn level(version: i64) -> StockLevel {
+        StockLevel {
+            sku: Sku::parse("SKU-1").unwrap(),
+            location: LocationId::parse("s1").unwrap(),
+            on_hand: version,
+            reserved: 0,
+            safety_stock: 0,
+            reorder_point: None,
+            version,
+            last_movement_at: None,
+            last_event_id: None,
+            last_count_at: None,
+            updated_at: Utc::now().trunc_subsecs(6),
+        }
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(24))]
+
+        /// M3: whatever the interleaving of levels arriving from the stock topic and reads
+        /// of the database (each read merges what it read with what the cache holds), the
+        /// cache ends with the newest version any of them carried.
+        #[test]
+        fn a_newer_level_is_never_replaced_by_an_older_one(
+            versions in prop::collection::vec(1i64..200, 1..60),
+            database_version in 1i64..200,
+            reads in 1usize..20,
+        ) {
+            let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(4).enable_all().build().unwrap();
+            let cached = runtime.block_on(async {
+                let dir = tempfile::tempdir().unwrap();
+                let store = SqliteStore::connect(&format!("sqlite://{}", dir.path().join("t.db").display())).await.unwrap();
+                sqlx::query(
+                    "INSERT INTO stock_levels (sku, location, on_hand, version, last_movement_at, last_event_id, updated_at)
+                     VALUES ('SKU-1', 's1', 0, ?1, 0, 'e', 0)",
+                )
+                .bind(database_version)
+                .execute(store.pool())
+                .await
+                .unwrap();
+                // ttl 0: every read goes to the database and merges its answer.
+                let config = QueryConfig { cache_ttl_s: 0, ..QueryConfig::default() };
+                let cache = StockCache::new(Arc::new(store), &config, Metrics::new());
+                let sku = Sku::parse("SKU-1").unwrap();
+                cache.get(&sku).await.unwrap();
+                let mut tasks = Vec::new();
+                for (i, version) in versions.iter().enumerate() {
+                    let (applying, version) = (cache.clone(), *version);
+                    tasks.push(tokio::spawn(async move { applying.apply(level(version)).await }));
+                    if i < reads {
+                        let (reading, sku) = (cache.clone(), sku.clone());
+                        tasks.push(tokio::spawn(async move { reading.get(&sku).await.map(|_| ()).unwrap() }));
+                    }
+                }
+                for task in tasks {
+                    task.await.unwrap();
+                }
+                cache.entries.get(&sku).await.unwrap().levels[0].version
+            });
+            let newest = versions.iter().copied().max().unwrap().max(database_version);
+            prop_assert_eq!(cached, newest);
+        }
+    }
+}

@@ -381,3 +381,22 @@ impl Drop for EmbeddedKafka {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// L6: a producer that failed is replaced once, for every holder of the handle; a
+    /// caller that saw the old one fail later does not replace the new one again.
+    #[test]
+    fn a_failed_producer_is_renewed_once() {
+        let config = KafkaConfig { brokers: "127.0.0.1:1".into(), ..KafkaConfig::default() };
+        let producer = Producer::new(&config, Duration::from_millis(5)).unwrap();
+        let (first, holder) = (producer.get(), producer.clone());
+        producer.renew_if(&first);
+        let second = holder.get();
+        assert!(!Arc::ptr_eq(&first, &second), "renewed, and every clone sees it");
+        holder.renew_if(&first);
+        assert!(Arc::ptr_eq(&second, &producer.get()), "a second report of the same failure changes nothing");
+    }
+}

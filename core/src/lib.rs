@@ -19,6 +19,7 @@
 //! - [`clock`]: the time decisions are taken by, moved by hand in tests.
 //! - [`health`]: what each component is doing (`/readyz`), and the supervisor of tasks.
 //! - [`testing`]: helpers for tests against the real servers of `scripts/test`.
+//! - `fuzzing` (tests only): inputs that hostile clients send, for the parsers' harness.
 
 pub mod api;
 pub mod auth;
@@ -26,6 +27,9 @@ pub mod cache;
 pub mod clock;
 pub mod config;
 pub mod event;
+#[cfg(any(test, feature = "fuzzing"))]
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod health;
 pub mod ingest;
 pub mod kafka;

@@ -15,6 +15,9 @@ use crate::{config::SourcesConfig, store::Store, telemetry::Metrics};
 
 /// How often the sources' metrics are refreshed.
 const WATCH_INTERVAL: Duration = Duration::from_secs(5);
+/// The most sources with metric series of their own: a source's name comes from outside
+/// (a store's id), and a series per name must not grow without bound.
+const SOURCE_SERIES_MAX: usize = 500;
 
 /// At most this many out-of-order ranges are remembered above the contiguous sequence; a
 /// source that leaves more holes than that is reported by its gap, and its oldest ranges
@@ -184,6 +187,7 @@ impl SourceReport {
 pub async fn watch(store: Arc<dyn Store>, metrics: Metrics, config: SourcesConfig, shutdown: CancellationToken) {
     let mut interval = tokio::time::interval(WATCH_INTERVAL);
     let mut alerted = std::collections::HashSet::new();
+    let mut exported: std::collections::BTreeSet<String> = std::collections::BTreeSet::new();
     loop {
         tokio::select! {
             _ = shutdown.cancelled() => return,
@@ -191,6 +195,27 @@ pub async fn watch(store: Arc<dyn Store>, metrics: Metrics, config: SourcesConfi
         }
         let Ok(states) = store.sources().await else { continue };
         let now = Utc::now();
+        if states.len() > SOURCE_SERIES_MAX {
+            warn!(
+                sources = states.len(),
+                max = SOURCE_SERIES_MAX,
+                "more sources than metric series; GET /v1/sources lists them all"
+            );
+        }
+        // Sorted by name (the store's order): the same sources keep their series.
+        let states: Vec<SourceState> = states.into_iter().take(SOURCE_SERIES_MAX).collect();
+        let current: std::collections::BTreeSet<String> = states.iter().map(|s| s.source.clone()).collect();
+        for gone in exported.difference(&current) {
+            for gauge in [
+                &metrics.source_behind_movements,
+                &metrics.source_behind_seconds,
+                &metrics.source_gap,
+                &metrics.source_healthy,
+            ] {
+                let _ = gauge.remove_label_values(&[gone]);
+            }
+        }
+        exported = current;
         for state in states {
             let report = SourceReport::new(state, now, &config);
             let source = report.state.source.as_str();

@@ -639,3 +639,47 @@ fn extreme_quantities_in_the_journal_are_refused() {
         }
     }
 }
+
+proptest::proptest! {
+    #![proptest_config(onhand_core::fuzzing::config())]
+
+    /// Fuzz harness: a Debezium change event, whatever its bytes, gives a journal row, a
+    /// change to report or a reason, and a row a movement or a reason; never a panic.
+    #[test]
+    fn a_change_event_never_panics(bytes in onhand_core::fuzzing::hostile(CHANGE_SEED)) {
+        let columns = super::DebeziumColumns::default();
+        if let Ok(super::debezium::Change::Row(row)) = super::debezium::read_change(&bytes, &columns) {
+            let _ = to_movement(&row, &codes(), Utc::now());
+        }
+    }
+
+    /// Fuzz harness: a polled journal row with any values maps to a movement or a reason.
+    #[test]
+    fn a_journal_row_never_panics(
+        id in proptest::prelude::any::<i64>(),
+        quantity in proptest::prelude::any::<i64>(),
+        item in "\\PC{0,80}",
+        code in proptest::sample::select(vec!["ENT", "SAI", "AJU", "INV", "XXX", ""]),
+    ) {
+        let mut journal = row(id, code, "CD01", quantity);
+        journal.item = item;
+        let _ = to_movement(&journal, &codes(), Utc::now());
+    }
+}
+
+const CHANGE_SEED: &str = r#"{"schema":{"type":"struct","fields":[{"type":"struct","field":"after","fields":[
+{"type":"struct","name":"io.debezium.data.VariableScaleDecimal","field":"ID","fields":[{"type":"int32","field":"scale"},{"type":"bytes","field":"value"}]},
+{"type":"int64","name":"io.debezium.time.Timestamp","field":"CHANGED_AT"},{"type":"string","field":"ITEM"},{"type":"string","field":"WAREHOUSE"},
+{"type":"string","field":"MOVEMENT_TYPE"},{"type":"bytes","name":"org.apache.kafka.connect.data.Decimal","parameters":{"scale":"2"},"field":"QUANTITY"},
+{"type":"string","optional":true,"field":"REFERENCE"}]}]},
+"payload":{"before":null,"op":"c","source":{"scn":"1"},"after":{"ID":{"scale":0,"value":"AQ=="},"CHANGED_AT":1795369212000,
+"ITEM":"SKU-D","WAREHOUSE":"CD01","MOVEMENT_TYPE":"ENT","QUANTITY":"JxA=","REFERENCE":null}}}"#;
+
+#[test]
+fn the_fuzz_harness_starts_from_a_valid_change_event() {
+    let change = super::debezium::read_change(CHANGE_SEED.as_bytes(), &super::DebeziumColumns::default());
+    assert!(
+        matches!(change, Ok(super::debezium::Change::Row(ref row)) if row.quantity == 100 && row.id == 1),
+        "{change:?}"
+    );
+}

@@ -93,3 +93,34 @@ fn extreme_quantities_from_a_till_or_a_report_are_refused() {
     let line = report_line(&reports[0], "report-1", now());
     assert_eq!(to_movement(&store(), &line, SourceSystem::Pos, now()).unwrap_err().code, RejectCode::InvalidQuantity);
 }
+
+const REPORT_SEED: &str = r#"[{"id_produto":"01","nome_produto":"Arroz","quantidade":10,"id_loja":"001","nome_loja":"Mercado Central","id_relatorio":"c-1","contado_em":"2026-11-22T08:00:00-03:00"}]"#;
+const LINE_SEED: &str = r#"{"seq":41,"transaction_id":"T000123","line":1,"kind":"sale","sku":"7891000100103","quantity":2,"occurred_at":"2026-11-22T11:31:07-03:00","till":"04","cashier":"c"}"#;
+
+proptest::proptest! {
+    #![proptest_config(onhand_core::fuzzing::config())]
+
+    /// Fuzz harness: a till's feed, whatever its bytes, gives lines or reasons, and every
+    /// line a movement or a reason; never a panic.
+    #[test]
+    fn a_tills_feed_never_panics(bytes in onhand_core::fuzzing::hostile(LINE_SEED)) {
+        for line in read_lines(&bytes).into_iter().flatten() {
+            let _ = to_movement(&store(), &line, SourceSystem::StoreAgent, now());
+        }
+    }
+
+    /// Fuzz harness: the brief's stock report, likewise, down to the answer with its alert.
+    #[test]
+    fn a_stock_report_never_panics(bytes in onhand_core::fuzzing::hostile(REPORT_SEED)) {
+        if let Ok((reports, _)) = read_reports(&bytes) {
+            for (i, report) in reports.iter().enumerate() {
+                let _ = report_location("store-{id_loja}", report);
+                if let Ok(id) = report_transaction_id(report, ReportIdentity::Key("k"), i) {
+                    let line = report_line(report, &id, now());
+                    let _ = to_movement(&store(), &line, SourceSystem::Pos, now());
+                }
+                let _ = answer_report(report, 5);
+            }
+        }
+    }
+}

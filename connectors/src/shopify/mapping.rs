@@ -337,7 +337,8 @@ pub fn judge_level_update(
     } else if Some(update.available) == onhand_now {
         Verdict::InSync
     } else {
-        Verdict::ManualChange { delta: update.available - pushed }
+        // Saturating: a delta that large is refused by the gate and dead-lettered.
+        Verdict::ManualChange { delta: update.available.saturating_sub(pushed) }
     }
 }
 

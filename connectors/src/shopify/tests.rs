@@ -84,6 +84,30 @@ fn movement(mapped: &Mapped) -> &onhand_core::event::Movement {
     }
 }
 
+/// C1: a line with a quantity at the edge of i64 is dead-lettered as an invalid quantity,
+/// never wrapped into a huge sale.
+#[test]
+fn extreme_quantities_of_an_order_are_dead_lettered() {
+    for quantity in [i64::MIN, i64::MAX] {
+        let mut order: Value = serde_json::from_str(ORDERS_CREATE).unwrap();
+        order["line_items"][0]["quantity"] = json!(quantity);
+        let order = payloads::rest_order(order.to_string().as_bytes()).unwrap();
+        let mapped = mapping::resolve(mapping::order_all_facts(&order), &catalog(), &config(), now());
+        let refused: Vec<&str> = mapped
+            .iter()
+            .filter_map(|m| match m {
+                Mapped::Unmapped { reason_code, .. } => Some(*reason_code),
+                Mapped::Movement(_) => None,
+            })
+            .collect();
+        if quantity > 0 {
+            assert_eq!(refused, ["invalid_quantity"], "{quantity}");
+        } else {
+            assert!(refused.is_empty(), "a line with no quantity left moves nothing");
+        }
+    }
+}
+
 #[test]
 fn a_web_order_sells_each_line_at_the_default_location() {
     let order = payloads::rest_order(ORDERS_CREATE.as_bytes()).unwrap();
@@ -659,5 +683,59 @@ proptest::proptest! {
             }
         }
         proptest::prop_assert_eq!(pending.take(usize::MAX), model.oldest());
+    }
+}
+
+/// Maps whatever a delivery under `topic` reads as, as the webhook route does.
+fn deliver(topic: &str, bytes: &[u8]) {
+    match super::source::read_delivery(topic, bytes) {
+        Ok(super::source::Delivery::Facts(facts)) => {
+            let _ = mapping::lookups(&facts);
+            let _ = mapping::resolve(facts, &catalog(), &config(), now());
+        }
+        Ok(super::source::Delivery::LevelUpdate(update)) => {
+            for pushed in [Some(i64::MIN), Some(i64::MAX), Some(0), None] {
+                let verdict = mapping::judge_level_update(&update, Some(update.location_id), None, pushed, Some(3));
+                if let mapping::Verdict::ManualChange { delta } = verdict {
+                    let fact = mapping::level_update_fact(&update, delta);
+                    let _ = mapping::resolve(vec![fact], &catalog(), &config(), now());
+                }
+            }
+        }
+        _ => {}
+    }
+}
+
+proptest::proptest! {
+    #![proptest_config(onhand_core::fuzzing::config())]
+
+    /// Fuzz harness: every webhook body, under its own topic and under the others, gives
+    /// movements, dead letters or an error, never a panic.
+    #[test]
+    fn webhooks_never_panic(
+        order in onhand_core::fuzzing::hostile(ORDERS_CREATE),
+        cancelled in onhand_core::fuzzing::hostile(ORDERS_CANCELLED),
+        refund in onhand_core::fuzzing::hostile(REFUNDS_CREATE),
+        level in onhand_core::fuzzing::hostile(LEVEL_UPDATE),
+    ) {
+        for topic in ["orders/create", "orders/cancelled", "refunds/create", "inventory_levels/update"] {
+            for body in [&order, &cancelled, &refund, &level] {
+                deliver(topic, body);
+            }
+        }
+    }
+
+    /// Fuzz harness: a page of the reconciliation's orders query, likewise.
+    #[test]
+    fn a_graphql_orders_page_never_panics(page in onhand_core::fuzzing::hostile(GRAPHQL_ORDERS)) {
+        let Ok(page) = serde_json::from_slice::<Value>(&page) else { return Ok(()) };
+        let nodes = page.pointer("/data/orders/nodes").and_then(Value::as_array).cloned().unwrap_or_default();
+        for node in nodes {
+            if let Ok(order) = serde_json::from_value::<payloads::GqlOrder>(node) {
+                if let Ok(order) = order.into_order() {
+                    let _ = mapping::resolve(mapping::order_all_facts(&order), &catalog(), &config(), now());
+                }
+            }
+        }
     }
 }

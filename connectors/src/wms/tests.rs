@@ -256,3 +256,37 @@ fn lasting_failures_of_a_file_are_told_from_passing_ones() {
     assert!(io_error(io::ErrorKind::Interrupted).retryable());
     assert!(WmsError::Stopped.retryable());
 }
+
+const FILE_SEED: &str = "sku,location,kind,quantity,occurred_at,reference
+7891000100103,dc-sp,receipt,480,2026-11-20T09:10:00-03:00,ASN-2026-0042/1
+7891000100103,dc-sp,adjustment,-2,2026-11-20T11:30:00-03:00,
+";
+const SNAPSHOT_SEED: &str = "sku,quantity,counted_at
+7891000100103,480,2026-11-20T09:10:00-03:00
+";
+
+/// Reads a whole file as the connector does: the header, then every row through the gate.
+fn read_file(bytes: &[u8], location_default: Option<&LocationId>) {
+    let mut reader = super::source::csv_reader(bytes);
+    let Ok(header) = reader.headers().cloned() else { return };
+    let Ok(format) = read_header(header.iter(), location_default.is_some()) else { return };
+    let context = file(location_default);
+    for (i, record) in reader.records().enumerate() {
+        let Ok(record) = record else { continue };
+        let fields: Vec<&str> = record.iter().collect();
+        let _ = to_movement(&format, &context, i as u64 + 2, &fields);
+    }
+}
+
+proptest::proptest! {
+    #![proptest_config(onhand_core::fuzzing::config())]
+
+    /// Fuzz harness: a WMS file, whatever its bytes, gives movements or line errors, never
+    /// a panic.
+    #[test]
+    fn a_wms_file_never_panics(bytes in onhand_core::fuzzing::hostile(FILE_SEED), snapshot in onhand_core::fuzzing::hostile(SNAPSHOT_SEED)) {
+        read_file(&bytes, None);
+        let dc = LocationId::parse("dc-sp").unwrap();
+        read_file(&snapshot, Some(&dc));
+    }
+}

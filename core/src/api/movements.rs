@@ -228,6 +228,21 @@ mod tests {
         )
     }
 
+    const SEED: &str = r#"[{"event_id":"a","source":{"system":"api","instance":"t","ref":"r"},"sku":"S1","location":"l1","kind":"receipt","quantity":1,"occurred_at":"2026-11-20T10:00:00Z"},{"event_id":"b","source":{"system":"api","instance":"t","ref":"r"},"sku":"S1","location":"l1","kind":"sale","quantity":1,"occurred_at":"2026-11-20T10:00:00Z"}]"#;
+
+    proptest::proptest! {
+        #![proptest_config(crate::fuzzing::config())]
+
+        /// Fuzz harness: any body, as a JSON array, one object or NDJSON, is split into
+        /// items or refused, never a panic.
+        #[test]
+        fn bodies_never_panic(bytes in crate::fuzzing::hostile(SEED), ndjson in proptest::bool::ANY) {
+            let _ = parse_items(&Bytes::from(bytes.clone()), ndjson, 1_000);
+            let lines: Vec<u8> = bytes.iter().map(|b| if *b == b',' { b'\n' } else { *b }).collect();
+            let _ = parse_items(&Bytes::from(lines), true, 1_000);
+        }
+    }
+
     #[test]
     fn arrays_and_ndjson_are_split_into_items() {
         let array = Bytes::from(format!("[{},{}]", item("a"), item("b")));
