@@ -10,10 +10,13 @@ use common::{process::Process, *};
 use onhand_core::{event::MovementKind::*, store};
 use serde_json::json;
 
+/// on_hand per (sku, location).
+type Levels = HashMap<(String, String), i64>;
+
 /// Movements over 50 SKUs x 4 locations, and the on_hand each level must end with.
-fn workload(count: usize) -> (Vec<(String, Vec<u8>)>, HashMap<(String, String), i64>) {
+fn workload(count: usize) -> (Vec<(String, Vec<u8>)>, Levels) {
     let mut records = Vec::with_capacity(count);
-    let mut expected: HashMap<(String, String), i64> = HashMap::new();
+    let mut expected = Levels::new();
     for i in 0..count {
         let (sku, location) = (format!("SKU-{}", i % 50), format!("store-{}", (i / 50) % 4));
         let (kind, quantity, delta) = if i % 4 == 0 { (Sale, 1, -1) } else { (Receipt, 3, 3) };

@@ -38,7 +38,7 @@ impl Servers {
 
 /// `builder` made into a client that sends a new admin key of `store` with every request.
 pub async fn client_with_key(store: &dyn Store, builder: reqwest::ClientBuilder) -> anyhow::Result<reqwest::Client> {
-    let created = onhand::keys::create(store, "benchmark", "admin").await?;
+    let created = onhand::keys::create(store, "benchmark", "admin", None).await?;
     let mut value = HeaderValue::from_str(&format!("Bearer {}", created.plaintext))?;
     value.set_sensitive(true);
     Ok(builder.default_headers(HeaderMap::from_iter([(AUTHORIZATION, value)])).build()?)
