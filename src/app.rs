@@ -185,71 +185,22 @@ impl App {
             config.channels.clone(),
             metrics.clone(),
         );
-        let supervised = |name: &str, task: fn(Runner, CancellationToken) -> BoxedTask, runner: Runner| {
-            let (component, shutdown) = (health.component(name, false), shutdown.child_token());
-            tokio::spawn(async move {
-                let stop = shutdown.clone();
-                supervise(component, shutdown, move |_| task(runner.clone(), stop.clone())).await;
-            })
-        };
-        let runner = Runner {
-            relay: relay.clone(),
-            reservations: reservations.clone(),
-            store: Arc::clone(&store),
-            metrics: metrics.clone(),
-            config: config.clone(),
-            cache: cache.clone(),
-        };
-        tasks.push(supervised(
-            "relay",
-            |r, stop| {
-                Box::pin(async move {
-                    r.relay.run(stop).await;
-                    Ok(())
-                })
-            },
-            runner.clone(),
-        ));
-        tasks.push(supervised(
-            "reservation_expiry",
-            |r, stop| {
-                Box::pin(async move {
-                    r.reservations.run_expiry(stop).await;
-                    Ok(())
-                })
-            },
-            runner.clone(),
-        ));
-        tasks.push(supervised(
-            "source_watch",
-            |r, stop| {
-                Box::pin(async move {
-                    onhand_core::source::watch(r.store, r.metrics, r.config.sources, stop).await;
-                    Ok(())
-                })
-            },
-            runner.clone(),
-        ));
-        tasks.push(supervised(
-            "cache_follower",
-            |r, stop| {
-                Box::pin(async move {
-                    cache::follow_stock_topic(r.config.kafka, r.cache, stop).await;
-                    Ok(())
-                })
-            },
-            runner.clone(),
-        ));
-        tasks.push(supervised(
-            "cache_preload",
-            |r, stop| {
-                Box::pin(async move {
-                    r.cache.preload(stop).await;
-                    Ok(())
-                })
-            },
-            runner,
-        ));
+        let (relaying, expiring) = (relay.clone(), reservations.clone());
+        tasks.push(supervised(&health, "relay", &shutdown, move |stop| relaying.clone().run(stop)));
+        tasks.push(supervised(&health, "reservation_expiry", &shutdown, move |stop| expiring.clone().run_expiry(stop)));
+        let (watched, watch_metrics, sources) = (Arc::clone(&store), metrics.clone(), config.sources.clone());
+        tasks.push(supervised(&health, "source_watch", &shutdown, move |stop| {
+            onhand_core::source::watch(Arc::clone(&watched), watch_metrics.clone(), sources.clone(), stop)
+        }));
+        let (followed, kafka_config) = (cache.clone(), config.kafka.clone());
+        tasks.push(supervised(&health, "cache_follower", &shutdown, move |stop| {
+            cache::follow_stock_topic(kafka_config.clone(), followed.clone(), stop)
+        }));
+        let preloaded = cache.clone();
+        tasks.push(supervised(&health, "cache_preload", &shutdown, move |stop| {
+            let cache = preloaded.clone();
+            async move { cache.preload(stop).await }
+        }));
 
         let context = ConnectorContext {
             producer: producer.clone(),
@@ -322,18 +273,26 @@ impl App {
     }
 }
 
-/// What the supervised background tasks are made from; each run of a task takes a copy.
-#[derive(Clone)]
-struct Runner {
-    relay: Relay,
-    reservations: Reservations,
-    store: Arc<dyn Store>,
-    metrics: Metrics,
-    config: Config,
-    cache: StockCache,
+/// Spawns a background task supervised as the component `name`: `task` makes each run,
+/// which ends only at shutdown (or by a panic, after which it is started again).
+fn supervised<F, Fut>(health: &Health, name: &str, shutdown: &CancellationToken, mut task: F) -> JoinHandle<()>
+where
+    F: FnMut(CancellationToken) -> Fut + Send + 'static,
+    Fut: std::future::Future<Output = ()> + Send + 'static,
+{
+    let (component, shutdown) = (health.component(name, false), shutdown.child_token());
+    tokio::spawn(async move {
+        let stop = shutdown.clone();
+        supervise(component, shutdown, move |_| {
+            let run = task(stop.clone());
+            async move {
+                run.await;
+                Ok(())
+            }
+        })
+        .await;
+    })
 }
-
-type BoxedTask = std::pin::Pin<Box<dyn std::future::Future<Output = Result<(), Failure>> + Send>>;
 
 /// Runs a connector under supervision, as the component `connector:NAME`: started again
 /// after a retryable failure or a panic, reported failed after one that needs a person.
