@@ -277,6 +277,7 @@ async fn an_oversized_record_is_dead_lettered_truncated_with_its_size_and_digest
     assert_eq!(headers["onhand.dlq.original_bytes"], huge.len().to_string());
     assert_eq!(headers["onhand.dlq.original_sha256"], hex::encode(sha2::Sha256::digest(&huge)));
     assert_eq!(dead[0].payload().unwrap().len(), onhand_core::kafka::DEAD_LETTER_TRUNCATED_BYTES);
+    assert_eq!(metric(&app, "onhand_dlq_truncated_total"), 1.0);
     app.stop().await.unwrap();
 }
 

@@ -118,6 +118,37 @@ async fn a_stock_report_sent_twice_counts_once() {
     app.stop().await.unwrap();
 }
 
+/// H4 through a store agent: the agent stamps a report's identity from its key when the
+/// till sends it, so the till's retry, forwarded as a second line, counts once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_stock_report_sent_twice_through_a_store_agent_counts_once() {
+    let app = serve(&pos_config().await).await;
+    let dir = tempfile::tempdir().unwrap();
+    let agent = Agent::start(agent_config(app.local_addr, dir.path())).await.unwrap();
+    let report = json!({ "id_produto": "RA", "nome_produto": "Arroz", "quantidade": 9, "id_loja": "001",
+                         "nome_loja": "Loja 1", "contado_em": "2026-11-22T08:00:00-03:00" });
+    for _ in 0..2 {
+        let (status, answer) = http_send_raw(
+            agent.local_addr,
+            "/connectors/pos/stock-report",
+            &[("idempotency-key", "till-4-0001")],
+            report.to_string(),
+        )
+        .await;
+        assert_eq!(status, 200, "{answer}");
+    }
+    on_hand_is(&app, "RA", "store-001", 9).await;
+    eventually("both lines forwarded", 30, || async {
+        let (_, level) = http_get(agent.local_addr, "/v1/stock/RA").await;
+        (level["pending_lines"] == 0).then_some(())
+    })
+    .await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(app.store.movement_count().await.unwrap(), 1, "the retry is the same count");
+    agent.stop().await;
+    app.stop().await.unwrap();
+}
+
 /// Posts a JSON body with `TEST_API_KEY` and extra headers.
 async fn http_send_raw(addr: SocketAddr, path: &str, headers: &[(&str, &str)], body: String) -> (u16, Value) {
     let mut request = reqwest::Client::new()

@@ -95,8 +95,13 @@ async fn a_key_writes_only_what_its_source_may_say() {
 async fn a_flood_of_invented_keys_is_limited_and_does_not_stop_the_ledger() {
     let mut config = test_config(1).await;
     config.database.connections_max = 2;
+    // A slow refill, so that a loaded machine spreading the flood over seconds lets few
+    // more through: at most 10 at once and one a second.
+    config.http.unverified_per_address_per_s = 1;
+    config.http.unverified_per_address_burst = 10;
     let app = serve(&config).await;
     let addr = app.local_addr;
+    assert_eq!(http_get(addr, "/v1/stock/SKU-F").await.0, 404, "the known key, cached before the flood");
     let flood = futures::future::join_all((0..300).map(|_| {
         let key = Token::generate().reveal();
         async move { http_get_as(addr, "/v1/stock/SKU-1", Some(&key)).await.0 }
@@ -105,9 +110,9 @@ async fn a_flood_of_invented_keys_is_limited_and_does_not_stop_the_ledger() {
     let (test_producer, records) = (producer(), [record]);
     let (statuses, ()) = tokio::join!(flood, produce(&test_producer, &config.kafka.topics.movements, &records));
     let limited = statuses.iter().filter(|s| **s == 429).count();
-    assert!(limited >= 200, "most invented keys are refused before a read: {limited} of 300 limited");
+    assert!(limited >= 240, "most invented keys are refused before a read: {limited} of 300 limited");
     until_recorded(&app, 1, 30).await;
-    assert_eq!(http_get(addr, "/v1/stock/SKU-F").await.0, 200, "a known key is not held back by the flood");
+    assert_eq!(http_get(addr, "/v1/stock/SKU-F").await.0, 200, "a cached key is not held back by the flood");
     app.stop().await.unwrap();
 }
 
@@ -118,6 +123,8 @@ async fn a_query_of_many_skus_costs_one_request_per_sku() {
     let mut config = test_config(1).await;
     config.http.rate_limit_per_s = 1;
     config.http.rate_limit_burst = 600;
+    // One read of 500 SKUs on a loaded machine may take longer than the default budget.
+    config.query.database_budget_ms = 10_000;
     let app = serve(&config).await;
     let addr = app.local_addr;
     let skus: Vec<String> = (0..500).map(|i| format!("NOPE-{i}")).collect();

@@ -256,6 +256,12 @@ impl ChannelConfig {
     pub fn serves(&self, location: &str) -> bool {
         self.all_locations || self.locations.iter().any(|l| l == location)
     }
+
+    /// What the channel may sell of a SKU: the availability of its serving locations. The
+    /// one computation of it, for the API and the connectors that push it.
+    pub fn available(&self, levels: &[crate::event::StockLevel]) -> i64 {
+        levels.iter().filter(|l| self.serves(l.location.as_str())).map(|l| l.available()).sum()
+    }
 }
 
 #[derive(Debug, thiserror::Error)]

@@ -89,16 +89,22 @@ pub async fn dead_letter(
     dlq: &str,
     letter: DeadLetter<'_>,
     timeout: Duration,
+    metrics: &Metrics,
 ) -> Result<(), KafkaError> {
-    let keep =
-        if letter.payload.len() > DEAD_LETTER_PAYLOAD_BYTES_MAX { DEAD_LETTER_TRUNCATED_BYTES } else { usize::MAX };
-    match send_dead_letter(producer, dlq, &letter, keep, timeout).await {
+    let whole = letter.payload.len() <= DEAD_LETTER_PAYLOAD_BYTES_MAX;
+    let keep = if whole { usize::MAX } else { DEAD_LETTER_TRUNCATED_BYTES };
+    let truncated = match send_dead_letter(producer, dlq, &letter, keep, timeout).await {
         // The broker's limit is below ours: what is kept must fit any broker.
-        Err(e) if is_too_large(&e) && keep == usize::MAX => {
-            send_dead_letter(producer, dlq, &letter, DEAD_LETTER_TRUNCATED_BYTES, timeout).await
+        Err(e) if is_too_large(&e) && whole => {
+            send_dead_letter(producer, dlq, &letter, DEAD_LETTER_TRUNCATED_BYTES, timeout).await?;
+            true
         }
-        sent => sent,
+        sent => sent.map(|()| !whole)?,
+    };
+    if truncated {
+        metrics.dlq_truncated_total.inc();
     }
+    Ok(())
 }
 
 async fn send_dead_letter(
@@ -157,7 +163,7 @@ pub async fn dead_letter_until_sent(
     let mut backoff = Duration::from_millis(200);
     let mut blocked = false;
     loop {
-        let send = dead_letter(producer, dlq, letter, timeout);
+        let send = dead_letter(producer, dlq, letter, timeout, metrics);
         tokio::pin!(send);
         let sent = tokio::select! {
             sent = &mut send => sent,
@@ -173,9 +179,6 @@ pub async fn dead_letter_until_sent(
         };
         match sent {
             Ok(()) => {
-                if letter.payload.len() > DEAD_LETTER_PAYLOAD_BYTES_MAX {
-                    metrics.dlq_truncated_total.inc();
-                }
                 if blocked {
                     component.running();
                 }

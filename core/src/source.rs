@@ -286,15 +286,17 @@ mod tests {
     /// L3: sequence numbers and heads at the edges of i64 never overflow the arithmetic.
     #[test]
     fn extreme_sequence_numbers_do_not_overflow() {
-        let state = SourceState::new("pos:s1", at(0))
+        let heartbeat = |head| SourceUpdate::Heartbeat { epoch: "e1".into(), head, oldest_pending_at: None };
+        let full = SourceState::new("pos:s1", at(0))
             .apply(&received(1, i64::MAX), at(1))
             .apply(&received(i64::MAX, i64::MAX), at(1))
-            .apply(&SourceUpdate::Heartbeat { epoch: "e1".into(), head: i64::MIN, oldest_pending_at: None }, at(2));
-        assert_eq!(state.acked_seq, i64::MAX);
+            .apply(&heartbeat(i64::MIN), at(2));
+        assert_eq!((full.acked_seq, full.head_seq, full.behind_movements()), (i64::MAX, i64::MAX, 0));
         let behind = SourceState::new("pos:s1", at(0))
             .apply(&received(i64::MIN, i64::MIN + 1), at(1))
-            .apply(&SourceUpdate::Heartbeat { epoch: "e1".into(), head: i64::MAX, oldest_pending_at: None }, at(2));
-        assert!(behind.behind_movements() >= 0);
+            .apply(&received(1, 5), at(1))
+            .apply(&heartbeat(i64::MAX), at(2));
+        assert_eq!((behind.acked_seq, behind.behind_movements()), (5, i64::MAX - 5));
     }
 
     #[test]

@@ -58,7 +58,7 @@ pub(super) async fn deliver(
                 reason_code: unmapped.code,
                 reason: &unmapped.message,
             };
-            dead_letter(producer, &context.topics.dlq, letter, timeout).await?;
+            dead_letter(producer, &context.topics.dlq, letter, timeout, &context.metrics).await?;
             outcome
         }
     };

@@ -22,7 +22,7 @@ use std::{
 use axum::{
     body::Bytes,
     extract::{Path, State},
-    http::StatusCode,
+    http::{HeaderMap, StatusCode},
     response::{IntoResponse, Response},
     routing::{get, post},
     Json, Router,
@@ -373,7 +373,10 @@ async fn sales(State(shared): State<Shared>, Path(store): Path<String>, body: By
 
 /// The brief's stock report, for this store: each record becomes a count in the outbox
 /// and is answered with the alert when low, from what the agent knows of the level.
-async fn stock_report(State(shared): State<Shared>, body: Bytes) -> Result<Response, ApiError> {
+async fn stock_report(State(shared): State<Shared>, headers: HeaderMap, body: Bytes) -> Result<Response, ApiError> {
+    // The identity is stamped here, once, and kept in the outbox line through every
+    // forward: a till's retry with the same key (or id_relatorio) counts once too.
+    let identity = super::source::report_identity(&headers)?;
     let (reports, array) = mapping::read_reports(&body).map_err(ApiError::InvalidRequest)?;
     let now = Utc::now();
     let mut lines = Vec::with_capacity(reports.len());
@@ -387,7 +390,8 @@ async fn stock_report(State(shared): State<Shared>, body: Bytes) -> Result<Respo
                 report.id_loja, shared.config.store
             )));
         }
-        let line = mapping::report_line(report, &format!("report-{}", uuid::Uuid::new_v4().simple()), now);
+        let transaction_id = mapping::report_transaction_id(report, identity, i).map_err(bad)?;
+        let line = mapping::report_line(report, &transaction_id, now);
         let movement = mapping::to_movement(&shared.config.store, &line, SourceSystem::StoreAgent, now)
             .map_err(|e| bad(e.message))?;
         lines.push((line, movement));

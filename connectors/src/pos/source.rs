@@ -23,7 +23,7 @@ use axum::{
 };
 use chrono::{DateTime, Utc};
 use onhand_core::{
-    api::{ApiError, Principal},
+    api::{idempotency_key, ApiError, Principal},
     auth::Binding,
     event::{LocationId, Movement, Sku, SourceSystem},
     kafka::{dead_letter, DeadLetter},
@@ -171,7 +171,15 @@ async fn deliver(
                     reason_code: &code,
                     reason: &message,
                 };
-                let status = match dead_letter(&context.producer, &context.topics.dlq, letter, timeout).await {
+                let status = match dead_letter(
+                    &context.producer,
+                    &context.topics.dlq,
+                    letter,
+                    timeout,
+                    &context.metrics,
+                )
+                .await
+                {
                     Ok(()) => "dead_lettered",
                     Err(e) => {
                         warn!(error = %e, "a refused pos line was not dead-lettered");
@@ -322,13 +330,7 @@ async fn stock_report(
 /// The request's `Idempotency-Key`, the identity of its records when they have no
 /// `id_relatorio` of their own.
 pub(super) fn report_identity(headers: &HeaderMap) -> Result<ReportIdentity<'_>, ApiError> {
-    match headers.get("idempotency-key") {
-        None => Ok(ReportIdentity::None),
-        Some(value) => match value.to_str() {
-            Ok(key) if !key.is_empty() && key.len() <= mapping::REPORT_ID_LEN_MAX => Ok(ReportIdentity::Key(key)),
-            _ => Err(ApiError::InvalidIdempotencyKey(mapping::REPORT_ID_LEN_MAX)),
-        },
-    }
+    Ok(idempotency_key(headers)?.map_or(ReportIdentity::None, ReportIdentity::Key))
 }
 
 /// Creates the products and names the stores a report mentions for the first time.

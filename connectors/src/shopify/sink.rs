@@ -41,11 +41,6 @@ use super::{
     ShopifyError, NAME,
 };
 
-/// What a channel may sell of a SKU: the availability of its serving locations.
-pub fn channel_available(levels: &[StockLevel], channel: &ChannelConfig) -> i64 {
-    levels.iter().filter(|l| channel.serves(l.location.as_str())).map(StockLevel::available).sum()
-}
-
 /// The SKUs waiting for a push, each once. A SKU marked again while its push is under way
 /// stays pending, so the newer value goes out too.
 ///
@@ -295,7 +290,7 @@ impl Sink {
             let levels = store.stock_by_sku(&sku).await?;
             let serving = levels.iter().filter(|l| self.channel.serves(l.location.as_str()));
             let version = serving.map(|l| l.version).sum();
-            let available = channel_available(&levels, &self.channel);
+            let available = self.channel.available(&levels);
             planned.push(Planned { sku, generation, inventory_item_id, available, version });
         }
         Ok(planned)

@@ -265,7 +265,7 @@ async fn onhand_now(shared: &Shared, inventory_item_id: u64) -> Result<Option<i6
     let products = shared.context.store.products_by_attribute(mapping::INVENTORY_ITEM_ATTRIBUTE, &[item]).await?;
     let Some(product) = products.first() else { return Ok(None) };
     Ok(match shared.context.cache.get(&product.sku).await {
-        Ok(stock) => Some(super::sink::channel_available(stock.levels(), channel)),
+        Ok(stock) => Some(channel.available(stock.levels())),
         Err(_) => None,
     })
 }
@@ -312,7 +312,7 @@ async fn send_dead_letter(
     let context = &shared.context;
     let letter = DeadLetter { source: NAME, read_from: None, key: None, payload, reason_code, reason };
     let timeout = Duration::from_millis(context.config.kafka.produce_timeout_ms);
-    dead_letter(&context.producer, &context.topics.dlq, letter, timeout).await?;
+    dead_letter(&context.producer, &context.topics.dlq, letter, timeout, &context.metrics).await?;
     context.metrics.shopify_dlq_records_total.with_label_values(&[reason_code]).inc();
     Ok(())
 }

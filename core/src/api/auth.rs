@@ -300,26 +300,17 @@ impl Authenticator {
     }
 
     /// Takes `n` requests' worth from the key's token bucket (a query of many SKUs costs
-    /// as many; one larger than the bucket empties it).
+    /// as many; one larger than the bucket takes the whole bucket).
     pub(super) fn limit(&self, key_id: &String, n: u32) -> Result<(), ApiError> {
         let Some(n) = NonZeroU32::new(n) else { return Ok(()) };
         let checked = match self.limiter.check_key_n(key_id, n) {
             Ok(checked) => checked,
-            // More than the bucket holds: take what it holds, so the cost is never waived.
-            Err(_) => return self.limit(key_id, 1).and_then(|()| self.drain(key_id)),
+            Err(governor::InsufficientCapacity(capacity)) => {
+                let capacity = NonZeroU32::new(capacity).unwrap_or(NonZeroU32::MIN);
+                self.limiter.check_key_n(key_id, capacity).unwrap_or(Ok(()))
+            }
         };
-        checked.map_err(|not_until| {
-            let wait = not_until.wait_time_from(self.limiter.clock().now());
-            // Retry-After is in whole seconds: round up, so that a retry on time succeeds.
-            let retry_after_s = (wait.as_secs() + u64::from(wait.subsec_nanos() > 0)).max(1);
-            ApiError::RateLimited { retry_after_s }
-        })
-    }
-
-    /// Empties a key's bucket.
-    fn drain(&self, key_id: &String) -> Result<(), ApiError> {
-        while self.limiter.check_key(key_id).is_ok() {}
-        Ok(())
+        checked.map_err(|not_until| rate_limited(not_until.wait_time_from(self.limiter.clock().now())))
     }
 
     /// Takes one request from the address's bucket of unverified requests.
@@ -328,12 +319,16 @@ impl Authenticator {
             self.addresses.retain_recent();
             self.addresses.shrink_to_fit();
         }
-        self.addresses.check_key(&client).map_err(|not_until| {
-            let wait = not_until.wait_time_from(self.addresses.clock().now());
-            let retry_after_s = (wait.as_secs() + u64::from(wait.subsec_nanos() > 0)).max(1);
-            ApiError::RateLimited { retry_after_s }
-        })
+        self.addresses
+            .check_key(&client)
+            .map_err(|not_until| rate_limited(not_until.wait_time_from(self.addresses.clock().now())))
     }
+}
+
+/// A 429 that says when to retry, in whole seconds, rounded up so that a retry on time
+/// succeeds.
+fn rate_limited(wait: Duration) -> ApiError {
+    ApiError::RateLimited { retry_after_s: (wait.as_secs() + u64::from(wait.subsec_nanos() > 0)).max(1) }
 }
 
 /// The bearer token of a request. No `Authorization`, or one of another scheme, is a

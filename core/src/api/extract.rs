@@ -4,10 +4,21 @@
 use axum::{
     body::Bytes,
     extract::{FromRequest, Request},
-    http::StatusCode,
+    http::{HeaderMap, StatusCode},
 };
 
 use super::{error::ApiError, SMALL_BODY_BYTES_MAX};
+use crate::reservation::IDEMPOTENCY_KEY_LEN_MAX;
+
+/// The request's `Idempotency-Key`, when it has one: 1 to 255 visible characters, or the
+/// request is refused. A retry with the same key must get the first request's effect.
+pub fn idempotency_key(headers: &HeaderMap) -> Result<Option<&str>, ApiError> {
+    let Some(value) = headers.get("idempotency-key") else { return Ok(None) };
+    match value.to_str() {
+        Ok(key) if !key.is_empty() && key.len() <= IDEMPOTENCY_KEY_LEN_MAX => Ok(Some(key)),
+        _ => Err(ApiError::InvalidIdempotencyKey(IDEMPOTENCY_KEY_LEN_MAX)),
+    }
+}
 
 /// The body of a route that takes a small JSON document: at most
 /// [`SMALL_BODY_BYTES_MAX`], the limit [`super::finish`] sets for every route.

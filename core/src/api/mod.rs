@@ -51,6 +51,7 @@ use utoipa_axum::{router::OpenApiRouter, routes};
 pub use self::{
     auth::Principal,
     error::{error_body, ApiError, ErrorBody, ErrorDetail},
+    extract::idempotency_key,
 };
 use crate::{
     auth::Scope,

@@ -19,10 +19,7 @@ use super::{
 };
 use crate::{
     event::{LocationId, Sku},
-    reservation::{
-        Caller, LineRequest, Reservation, ReservationError, ReservationRequest, ShortAnswer, Status,
-        IDEMPOTENCY_KEY_LEN_MAX,
-    },
+    reservation::{Caller, LineRequest, Reservation, ReservationError, ReservationRequest, ShortAnswer, Status},
 };
 
 /// A reservation request: all lines are held, or none.
@@ -71,14 +68,6 @@ fn read_request(body: &[u8]) -> Result<ReservationRequest, ApiError> {
     Ok(ReservationRequest { channel: raw.channel, lines, ttl_s: raw.ttl_s })
 }
 
-fn idempotency_key(headers: &HeaderMap) -> Result<&str, ApiError> {
-    let value = headers.get("idempotency-key").ok_or(ApiError::IdempotencyKeyRequired)?;
-    match value.to_str() {
-        Ok(key) if !key.is_empty() && key.len() <= IDEMPOTENCY_KEY_LEN_MAX => Ok(key),
-        _ => Err(ApiError::InvalidIdempotencyKey(IDEMPOTENCY_KEY_LEN_MAX)),
-    }
-}
-
 #[utoipa::path(
     post, path = "/v1/reservations", operation_id = "createReservation", tag = "reservations", security(("api_key" = ["reservations:write"])),
     summary = "Hold units for a checkout",
@@ -99,7 +88,7 @@ pub(super) async fn create(
     headers: HeaderMap,
     SmallBody(body): SmallBody,
 ) -> Result<Response, ApiError> {
-    let key = idempotency_key(&headers)?;
+    let key = super::idempotency_key(&headers)?.ok_or(ApiError::IdempotencyKeyRequired)?;
     let request = read_request(&body)?;
     // Idempotency keys belong to the API key that sent them: two clients may use the same.
     let answer = state.reservations.reserve(&principal.key_id, key, &request).await?;

@@ -303,7 +303,7 @@ pub(super) async fn availability(
     Ok(Json(AvailabilityAnswer {
         sku: sku.to_string(),
         channel: name,
-        available: serving.iter().map(|l| l.available()).sum(),
+        available: channel.available(stock.levels()),
         locations: serving
             .iter()
             .map(|l| LocationAvailability { location: l.location.to_string(), available: l.available() })

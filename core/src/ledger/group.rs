@@ -171,9 +171,10 @@ impl LedgerContext {
     }
 }
 
-/// How long a consumer may hold no partition before the watchdog looks at the lag: the
-/// session timeout, within which a broker should have handed a dead member's partitions on.
-pub(super) const EMPTY_ASSIGNMENT_GRACE: Duration = Duration::from_secs(10);
+/// The consumer's session timeout, and so how long it may hold no partition before the
+/// watchdog looks at the lag: within it, a broker should have handed a dead member's
+/// partitions on.
+pub(super) const SESSION_TIMEOUT: Duration = Duration::from_secs(10);
 /// How often the watchdog looks, once the grace is over.
 const WATCH_INTERVAL: Duration = Duration::from_secs(2);
 
@@ -208,9 +209,7 @@ impl Watchdog {
             return;
         }
         let empty_since = *self.empty_since.get_or_insert_with(Instant::now);
-        if empty_since.elapsed() < EMPTY_ASSIGNMENT_GRACE
-            || self.checked_at.is_some_and(|at| at.elapsed() < WATCH_INTERVAL)
-        {
+        if empty_since.elapsed() < SESSION_TIMEOUT || self.checked_at.is_some_and(|at| at.elapsed() < WATCH_INTERVAL) {
             return;
         }
         self.checked_at = Some(Instant::now());

@@ -226,7 +226,7 @@ impl Ledger {
             // Eager rebalancing: every rebalance revokes everything, and the callback seeks
             // each newly assigned partition to the offset saved in the database.
             .set("partition.assignment.strategy", "roundrobin")
-            .set("session.timeout.ms", group::EMPTY_ASSIGNMENT_GRACE.as_millis().to_string())
+            .set("session.timeout.ms", group::SESSION_TIMEOUT.as_millis().to_string())
             .set("statistics.interval.ms", "5000")
             .set("fetch.wait.max.ms", kafka::FETCH_WAIT_MAX_MS)
             .create_with_context(context)?;
