@@ -8,7 +8,9 @@ use axum::{
 };
 
 use super::{error::ApiError, SMALL_BODY_BYTES_MAX};
-use crate::reservation::IDEMPOTENCY_KEY_LEN_MAX;
+
+/// The longest Idempotency-Key accepted.
+pub const IDEMPOTENCY_KEY_LEN_MAX: usize = 255;
 
 /// The request's `Idempotency-Key`, when it has one: 1 to 255 visible characters, or the
 /// request is refused. A retry with the same key must get the first request's effect.

@@ -16,7 +16,7 @@ use std::collections::{BTreeMap, HashMap};
 use chrono::{DateTime, Utc};
 use serde::Serialize;
 
-pub use self::service::{Caller, ReservationError, ReservationRequest, Reservations, IDEMPOTENCY_KEY_LEN_MAX};
+pub use self::service::{Caller, ReservationError, ReservationRequest, Reservations};
 use crate::{
     api::ErrorDetail,
     event::{EventId, LocationId, Movement, MovementKind, Sku, Source, SourceSystem},

@@ -24,8 +24,6 @@ use crate::{
 const ATTEMPTS_MAX: u32 = 3;
 /// The most reservations expired in one pass of the scheduler.
 const EXPIRY_BATCH_MAX: i64 = 500;
-/// The longest Idempotency-Key accepted.
-pub const IDEMPOTENCY_KEY_LEN_MAX: usize = 255;
 
 /// Who asks about a reservation: the API key, and whether it is an admin's.
 #[derive(Debug, Clone, Copy)]
