@@ -9,13 +9,13 @@ use onhand_core::{
     cache::{self, StockCache},
     clock::Clock,
     config::Config,
+    db::{self, Db, DbError},
     health::{supervise, Component, Failure, Health},
     ingest::{Durability, Ingest},
     kafka::{self, EmbeddedKafka, KafkaSetupError},
     ledger::{self, FaultInjection, LedgerError, LedgerHandle, LedgerParts},
     relay::{Forget, Relay},
     reservation::Reservations,
-    store::{self, Store, StoreError},
     telemetry::Metrics,
 };
 use rdkafka::{error::KafkaError, producer::Producer as _, types::RDKafkaErrorCode};
@@ -33,7 +33,7 @@ pub enum StartError {
     #[error(transparent)]
     Config(#[from] onhand_core::config::ConfigError),
     #[error("database {url} is unreachable or refused the migrations: {source}")]
-    Database { url: String, source: StoreError },
+    Database { url: String, source: DbError },
     #[error("kafka brokers {brokers} are unreachable: {source}")]
     KafkaUnreachable { brokers: String, source: KafkaError },
     #[error(transparent)]
@@ -62,7 +62,7 @@ pub struct App {
     pub local_addr: SocketAddr,
     pub config: Config,
     pub metrics: Metrics,
-    pub store: Arc<dyn Store>,
+    pub db: Arc<dyn Db>,
     pub health: Health,
     shutdown: CancellationToken,
     ledger: Option<LedgerHandle>,
@@ -84,7 +84,7 @@ impl App {
     /// missing topics and runs the migrations; refuses to start when either is unreachable.
     pub async fn serve(config: Config, options: StartOptions) -> Result<App, StartError> {
         config.check()?;
-        let store = open_store(&config, config.database.connections_max).await?;
+        let db = open_store(&config, config.database.connections_max).await?;
         let producer = kafka::Producer::new(&config.kafka, API_LINGER)?;
         check_brokers(&config, &producer).await?;
         tokio::time::timeout(Duration::from_secs(30), kafka::ensure_topics(&config.kafka)).await.map_err(|_| {
@@ -93,7 +93,7 @@ impl App {
                 source: KafkaError::AdminOpCreation("creating topics timed out".into()),
             }
         })??;
-        Self::start(config, store, producer, None, options, Mode::Serve).await
+        Self::start(config, db, producer, None, options, Mode::Serve).await
     }
 
     /// `onhand dev`: Kafka in process (librdkafka's mock cluster), an SQLite file in
@@ -102,7 +102,7 @@ impl App {
     pub async fn dev(listen: SocketAddr, data_dir: &Path) -> Result<App, StartError> {
         std::fs::create_dir_all(data_dir).map_err(|source| StartError::Database {
             url: data_dir.display().to_string(),
-            source: StoreError::Database(sqlx::Error::Io(source)),
+            source: DbError::Database(sqlx::Error::Io(source)),
         })?;
         let mut config = Config::default();
         config.http.listen = listen;
@@ -112,21 +112,20 @@ impl App {
         let topics = &config.kafka.topics;
         let embedded = EmbeddedKafka::start(&[&topics.movements, &topics.stock, &topics.dlq], config.kafka.partitions)?;
         config.kafka.brokers = embedded.brokers().to_string();
-        let store = open_store(&config, config.database.connections_max).await?;
+        let db = open_store(&config, config.database.connections_max).await?;
         // The embedded Kafka starts empty every run, so offsets saved by an earlier run
         // point nowhere; the movements that run applied stay recorded in SQLite, and what
         // it accepted without applying is still in the outbox, relayed again.
-        store
-            .reset_consumer_offsets(&config.ledger.group_id, &config.kafka.topics.movements)
+        db.reset_consumer_offsets(&config.ledger.group_id, &config.kafka.topics.movements)
             .await
             .map_err(|source| StartError::Database { url: config.database.url.clone(), source })?;
         let producer = kafka::Producer::new(&config.kafka, API_LINGER)?;
-        Self::start(config, store, producer, Some(embedded), StartOptions::default(), Mode::Dev).await
+        Self::start(config, db, producer, Some(embedded), StartOptions::default(), Mode::Dev).await
     }
 
     async fn start(
         config: Config,
-        store: Arc<dyn Store>,
+        db: Arc<dyn Db>,
         producer: kafka::Producer,
         embedded: Option<EmbeddedKafka>,
         options: StartOptions,
@@ -140,7 +139,7 @@ impl App {
         let metrics = Metrics::new();
         let health = Health::new(metrics.clone());
         let mut tasks = vec![tokio::spawn(api::watch_database(
-            Arc::clone(&store),
+            Arc::clone(&db),
             health.component("database", true),
             shutdown.child_token(),
         ))];
@@ -148,7 +147,7 @@ impl App {
             // A pool of its own: no flood of API requests can take the ledger's connections.
             let ledger_store = open_store(&config, config.database.ledger_connections_max).await?;
             let parts = LedgerParts {
-                store: ledger_store,
+                db: ledger_store,
                 metrics: metrics.clone(),
                 component: health.component("ledger", true),
                 shutdown: shutdown.child_token(),
@@ -159,9 +158,9 @@ impl App {
             None
         };
 
-        let cache = StockCache::new(Arc::clone(&store), &config.query, metrics.clone());
+        let cache = StockCache::new(Arc::clone(&db), &config.query, metrics.clone());
         let relay = Relay {
-            store: Arc::clone(&store),
+            db: Arc::clone(&db),
             producer: producer.clone(),
             topics: config.kafka.topics.clone(),
             produce_timeout: Duration::from_millis(config.kafka.produce_timeout_ms),
@@ -175,7 +174,7 @@ impl App {
             producer: producer.clone(),
             movements_topic: config.kafka.topics.movements.clone(),
             produce_timeout: Duration::from_millis(config.kafka.produce_timeout_ms),
-            store: Arc::clone(&store),
+            db: Arc::clone(&db),
             relay: relay.clone(),
         };
         let reservations = Reservations::new(
@@ -188,9 +187,9 @@ impl App {
         let (relaying, expiring) = (relay.clone(), reservations.clone());
         tasks.push(supervised(&health, "relay", &shutdown, move |stop| relaying.clone().run(stop)));
         tasks.push(supervised(&health, "reservation_expiry", &shutdown, move |stop| expiring.clone().run_expiry(stop)));
-        let (watched, watch_metrics, sources) = (Arc::clone(&store), metrics.clone(), config.sources.clone());
+        let (watched, watch_metrics, sources) = (Arc::clone(&db), metrics.clone(), config.sources.clone());
         tasks.push(supervised(&health, "source_watch", &shutdown, move |stop| {
-            onhand_core::source::watch(Arc::clone(&watched), watch_metrics.clone(), sources.clone(), stop)
+            onhand_core::freshness::watch(Arc::clone(&watched), watch_metrics.clone(), sources.clone(), stop)
         }));
         let (followed, kafka_config) = (cache.clone(), config.kafka.clone());
         tasks.push(supervised(&health, "cache_follower", &shutdown, move |stop| {
@@ -207,7 +206,7 @@ impl App {
             ingest: ingest.clone(),
             component: Component::detached("connectors"),
             topics: config.kafka.topics.clone(),
-            store: Arc::clone(&store),
+            db: Arc::clone(&db),
             cache: cache.clone(),
             config: Arc::new(config.clone()),
             shutdown: shutdown.child_token(),
@@ -216,7 +215,7 @@ impl App {
         let routes = connectors.iter().flat_map(|c| c.routes(&context)).collect();
         let router = api::router(
             ApiContext {
-                store: Arc::clone(&store),
+                db: Arc::clone(&db),
                 ingest,
                 metrics: metrics.clone(),
                 http: config.http.clone(),
@@ -240,7 +239,7 @@ impl App {
         let server = tokio::spawn(api::serve(listener, api::finish(router), shutdown.child_token()));
         stop_on_failure.disarm();
         info!(%local_addr, "http api listening");
-        Ok(App { local_addr, config, metrics, store, health, shutdown, ledger, tasks, server, _embedded: embedded })
+        Ok(App { local_addr, config, metrics, db, health, shutdown, ledger, tasks, server, _embedded: embedded })
     }
 
     pub fn ledger(&self) -> Option<&LedgerHandle> {
@@ -312,9 +311,9 @@ pub(crate) fn run_connector(
     }
 }
 
-pub(crate) async fn open_store(config: &Config, connections_max: u32) -> Result<Arc<dyn Store>, StartError> {
+pub(crate) async fn open_store(config: &Config, connections_max: u32) -> Result<Arc<dyn Db>, StartError> {
     let url = &config.database.url;
-    store::open(url, connections_max).await.map_err(|source| StartError::Database { url: redact(url), source })
+    db::open(url, connections_max).await.map_err(|source| StartError::Database { url: redact(url), source })
 }
 
 /// Asks the brokers for metadata, so that a wrong address fails at start, not later.

@@ -45,7 +45,7 @@ pub async fn run(
         message: format!("no connector is named {name:?}"),
         retryable: false,
     })?;
-    let store = open_store(&config, config.database.connections_max).await?;
+    let db = open_store(&config, config.database.connections_max).await?;
     let producer = kafka::Producer::new(&config.kafka, API_LINGER)?;
     check_brokers(&config, &producer).await?;
     tokio::time::timeout(Duration::from_secs(30), kafka::ensure_topics(&config.kafka)).await.map_err(|_| {
@@ -56,7 +56,7 @@ pub async fn run(
     })??;
     let metrics = Metrics::new();
     let health = Health::new(metrics.clone());
-    let context = ConnectorContext::standalone(&config, store, producer, metrics, shutdown);
+    let context = ConnectorContext::standalone(&config, db, producer, metrics, shutdown);
     let component = format!("connector:{}", connector.name());
     info!(connector = connector.name(), "connector running on its own");
     // Supervised as inside `onhand serve`: a passing failure restarts it; one that needs a

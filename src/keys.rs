@@ -10,7 +10,7 @@ use std::{
 
 use onhand_core::{
     auth::{ApiKey, Binding, KeyError, Scopes, Token},
-    store::{Store, StoreError},
+    db::{Db, DbError},
 };
 
 /// The file in `onhand dev`'s data directory that holds its admin key.
@@ -25,7 +25,7 @@ pub enum KeysError {
     #[error("no active api key has the id {0:?}")]
     NotFound(String),
     #[error("database: {0}")]
-    Store(#[from] StoreError),
+    Store(#[from] DbError),
     #[error("{path}: {source}")]
     File { path: String, source: std::io::Error },
 }
@@ -39,23 +39,23 @@ pub struct Created {
 
 /// Creates a key named `name` with `scopes` (comma- or space-separated), bound to the
 /// source `bound_to` (`store:store-012`, `erp:erp-main`) when given.
-pub async fn create(store: &dyn Store, name: &str, scopes: &str, bound_to: Option<&str>) -> Result<Created, KeysError> {
+pub async fn create(db: &dyn Db, name: &str, scopes: &str, bound_to: Option<&str>) -> Result<Created, KeysError> {
     let token = Token::generate();
     let mut key = ApiKey::new(&token, name, Scopes::parse(scopes)?)?;
     key.bound_to = bound_to.map(Binding::parse).transpose()?;
-    store.create_api_key(&key).await?;
+    db.create_api_key(&key).await?;
     Ok(Created { key, plaintext: token.reveal() })
 }
 
 /// Every key, oldest first, revoked ones included.
-pub async fn list(store: &dyn Store) -> Result<Vec<ApiKey>, KeysError> {
-    Ok(store.api_keys(LISTED_KEYS_MAX).await?)
+pub async fn list(db: &dyn Db) -> Result<Vec<ApiKey>, KeysError> {
+    Ok(db.api_keys(LISTED_KEYS_MAX).await?)
 }
 
 /// Revokes the key `id`. Running instances refuse it once their cached copy expires
 /// (`http.api_key_cache_ttl_s`).
-pub async fn revoke(store: &dyn Store, id: &str) -> Result<(), KeysError> {
-    if store.revoke_api_key(id).await? {
+pub async fn revoke(db: &dyn Db, id: &str) -> Result<(), KeysError> {
+    if db.revoke_api_key(id).await? {
         Ok(())
     } else {
         Err(KeysError::NotFound(id.to_string()))
@@ -81,13 +81,13 @@ pub fn describe(key: &ApiKey) -> String {
 /// `DATA_DIR/dev-api-key`, or created and written there (readable by its owner only) when
 /// the file is missing or its key no longer works (the database was deleted, the key
 /// revoked).
-pub async fn dev_key(store: &dyn Store, data_dir: &Path) -> Result<String, KeysError> {
+pub async fn dev_key(db: &dyn Db, data_dir: &Path) -> Result<String, KeysError> {
     let path = data_dir.join(DEV_KEY_FILE);
     let file_error = |source| KeysError::File { path: path.display().to_string(), source };
     match std::fs::read_to_string(&path) {
         Ok(text) => {
             if let Ok(token) = Token::parse(text.trim()) {
-                if store.api_key(token.id()).await?.is_some_and(|key| key.verifies(&token)) {
+                if db.api_key(token.id()).await?.is_some_and(|key| key.verifies(&token)) {
                     return Ok(token.reveal());
                 }
             }
@@ -95,7 +95,7 @@ pub async fn dev_key(store: &dyn Store, data_dir: &Path) -> Result<String, KeysE
         Err(e) if e.kind() == ErrorKind::NotFound => {}
         Err(e) => return Err(file_error(e)),
     }
-    let created = create(store, "dev", "admin", None).await?;
+    let created = create(db, "dev", "admin", None).await?;
     write_private(&path, &created.plaintext).map_err(file_error)?;
     Ok(created.plaintext)
 }
@@ -118,20 +118,20 @@ fn write_private(path: &Path, text: &str) -> std::io::Result<()> {
 mod tests {
     use std::sync::Arc;
 
-    use onhand_core::store::SqliteStore;
+    use onhand_core::db::SqliteDb;
 
     use super::*;
 
-    async fn store(dir: &Path) -> Arc<dyn Store> {
-        Arc::new(SqliteStore::connect(&format!("sqlite://{}", dir.join("onhand.db").display())).await.unwrap())
+    async fn db(dir: &Path) -> Arc<dyn Db> {
+        Arc::new(SqliteDb::connect(&format!("sqlite://{}", dir.join("onhand.db").display())).await.unwrap())
     }
 
     #[tokio::test]
     async fn the_dev_key_is_created_once_and_read_back_after() {
         let dir = tempfile::tempdir().unwrap();
-        let store = store(dir.path()).await;
-        let first = dev_key(&*store, dir.path()).await.unwrap();
-        assert_eq!(dev_key(&*store, dir.path()).await.unwrap(), first, "the same key at the next start");
+        let db = db(dir.path()).await;
+        let first = dev_key(&*db, dir.path()).await.unwrap();
+        assert_eq!(dev_key(&*db, dir.path()).await.unwrap(), first, "the same key at the next start");
         let path = dir.path().join(DEV_KEY_FILE);
         assert_eq!(std::fs::read_to_string(&path).unwrap().trim(), first);
         #[cfg(unix)]
@@ -139,12 +139,12 @@ mod tests {
             use std::os::unix::fs::PermissionsExt;
             assert_eq!(std::fs::metadata(&path).unwrap().permissions().mode() & 0o777, 0o600);
         }
-        let keys = list(&*store).await.unwrap();
+        let keys = list(&*db).await.unwrap();
         assert_eq!((keys.len(), keys[0].name.as_str(), keys[0].scopes), (1, "dev", Scopes::admin()));
 
         // Revoked (or lost with its database): a new key replaces it in the file.
-        revoke(&*store, &keys[0].id).await.unwrap();
-        let second = dev_key(&*store, dir.path()).await.unwrap();
+        revoke(&*db, &keys[0].id).await.unwrap();
+        let second = dev_key(&*db, dir.path()).await.unwrap();
         assert_ne!(second, first);
         assert_eq!(std::fs::read_to_string(&path).unwrap().trim(), second);
     }
@@ -152,13 +152,13 @@ mod tests {
     #[tokio::test]
     async fn bad_names_scopes_and_ids_are_refused() {
         let dir = tempfile::tempdir().unwrap();
-        let store = store(dir.path()).await;
+        let db = db(dir.path()).await;
         assert!(matches!(
-            create(&*store, "x", "stock:write", None).await,
+            create(&*db, "x", "stock:write", None).await,
             Err(KeysError::Invalid(KeyError::UnknownScope(_)))
         ));
-        assert!(matches!(create(&*store, "", "admin", None).await, Err(KeysError::Invalid(KeyError::InvalidName))));
-        assert!(matches!(revoke(&*store, "0123456789ab").await, Err(KeysError::NotFound(_))));
-        assert!(list(&*store).await.unwrap().is_empty());
+        assert!(matches!(create(&*db, "", "admin", None).await, Err(KeysError::Invalid(KeyError::InvalidName))));
+        assert!(matches!(revoke(&*db, "0123456789ab").await, Err(KeysError::NotFound(_))));
+        assert!(list(&*db).await.unwrap().is_empty());
     }
 }

@@ -159,8 +159,8 @@ async fn main() -> ExitCode {
 async fn run(cli: Cli) -> anyhow::Result<()> {
     let app = match cli.command {
         Command::Products { command: ProductsCommand::Import { file, database_url } } => {
-            let store = onhand_core::store::open(&database_url, 2).await?;
-            let report = onhand::products::import(&file, &*store).await?;
+            let db = onhand_core::db::open(&database_url, 2).await?;
+            let report = onhand::products::import(&file, &*db).await?;
             println!("imported {} products ({} new)", report.products, report.created);
             return Ok(());
         }
@@ -204,7 +204,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         }
         Command::Dev { listen, data_dir } => {
             let app = App::dev(listen, &data_dir).await?;
-            let key = onhand::keys::dev_key(&*app.store, &data_dir).await?;
+            let key = onhand::keys::dev_key(&*app.db, &data_dir).await?;
             print_dev_banner(&app, &data_dir, &key);
             app
         }
@@ -257,9 +257,9 @@ async fn connector(
 async fn keys(command: KeysCommand) -> anyhow::Result<()> {
     match command {
         KeysCommand::Create { name, scopes, store: bound_store, source, database_url } => {
-            let store = onhand_core::store::open(&database_url, 1).await?;
+            let db = onhand_core::db::open(&database_url, 1).await?;
             let bound_to = bound_store.map(|s| format!("store:{s}")).or(source);
-            let created = onhand::keys::create(&*store, &name, &scopes, bound_to.as_deref()).await?;
+            let created = onhand::keys::create(&*db, &name, &scopes, bound_to.as_deref()).await?;
             println!("id      {}", created.key.id);
             println!("name    {}", created.key.name);
             println!("scopes  {}", created.key.scopes);
@@ -270,14 +270,14 @@ async fn keys(command: KeysCommand) -> anyhow::Result<()> {
             eprintln!("keep the key now: it is not shown again, onhand stores only its hash");
         }
         KeysCommand::List { database_url } => {
-            let store = onhand_core::store::open(&database_url, 1).await?;
-            for key in onhand::keys::list(&*store).await? {
+            let db = onhand_core::db::open(&database_url, 1).await?;
+            for key in onhand::keys::list(&*db).await? {
                 println!("{}", onhand::keys::describe(&key));
             }
         }
         KeysCommand::Revoke { id, database_url } => {
-            let store = onhand_core::store::open(&database_url, 1).await?;
-            onhand::keys::revoke(&*store, &id).await?;
+            let db = onhand_core::db::open(&database_url, 1).await?;
+            onhand::keys::revoke(&*db, &id).await?;
             println!("revoked api key {id}");
         }
     }

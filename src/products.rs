@@ -8,9 +8,9 @@
 use std::{collections::BTreeMap, fs::File, io::BufRead, path::Path};
 
 use onhand_core::{
+    db::{Db, DbError},
     event::Sku,
     product::{Product, ProductInput},
-    store::{Store, StoreError},
 };
 use serde::Deserialize;
 
@@ -30,7 +30,7 @@ pub enum ImportError {
     #[error("nothing imported, {} bad line(s):\n{}", .0.len(), .0.iter().take(ERRORS_SHOWN_MAX).map(|(line, e)| format!("  line {line}: {e}")).collect::<Vec<_>>().join("\n"))]
     Invalid(Vec<(u64, String)>),
     #[error("database: {0}")]
-    Store(#[from] StoreError),
+    Store(#[from] DbError),
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -40,11 +40,11 @@ pub struct ImportReport {
 }
 
 /// Reads and checks the whole file, then writes it.
-pub async fn import(path: &Path, store: &dyn Store) -> Result<ImportReport, ImportError> {
+pub async fn import(path: &Path, db: &dyn Db) -> Result<ImportReport, ImportError> {
     let products = read(path)?;
     let mut created = 0;
     for chunk in products.chunks(CHUNK_PRODUCTS) {
-        created += store.put_products(chunk).await?;
+        created += db.put_products(chunk).await?;
     }
     Ok(ImportReport { products: products.len(), created })
 }

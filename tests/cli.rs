@@ -144,10 +144,10 @@ async fn products_import_takes_a_good_file_whole_and_a_bad_file_not_at_all() {
     assert!(good.status.success(), "{}", String::from_utf8_lossy(&good.stderr));
     assert_eq!(String::from_utf8_lossy(&good.stdout).trim(), "imported 2 products (2 new)");
 
-    let store = onhand_core::store::open(&url, 1).await.unwrap();
+    let db = onhand_core::db::open(&url, 1).await.unwrap();
     let sku = |s: &str| onhand_core::event::Sku::parse(s).unwrap();
-    assert!(store.product(&sku("02")).await.unwrap().is_some());
-    let arroz = store.product(&sku("01")).await.unwrap().unwrap();
+    assert!(db.product(&sku("02")).await.unwrap().is_some());
+    let arroz = db.product(&sku("01")).await.unwrap().unwrap();
     assert_eq!(arroz.product.attributes.get("brand").map(String::as_str), Some("Tio João"));
 }
 
@@ -173,8 +173,8 @@ async fn api_keys_are_created_listed_and_revoked() {
     assert_eq!(field("scopes "), "stock:read movements:write");
     assert!(key.starts_with(&format!("onh_{id}_")), "{key}");
 
-    let store = onhand_core::store::open(&url, 1).await.unwrap();
-    let stored = store.api_key(&id).await.unwrap().expect("the key is stored");
+    let db = onhand_core::db::open(&url, 1).await.unwrap();
+    let stored = db.api_key(&id).await.unwrap().expect("the key is stored");
     assert!(stored.verifies(&onhand_core::auth::Token::parse(&key).unwrap()));
     let dump = sqlx::query_scalar::<_, String>("SELECT id || name || scopes || secret_hash FROM api_keys")
         .fetch_all(&sqlx::PgPool::connect(&url).await.unwrap())

@@ -26,10 +26,10 @@ async fn the_same_movement_delivered_three_times_counts_once() {
         (metric(&app, "onhand_ledger_duplicates_skipped_total") == 2.0).then_some(())
     })
     .await;
-    assert_eq!(app.store.movement_count().await.unwrap(), 1);
+    assert_eq!(app.db.movement_count().await.unwrap(), 1);
     assert_eq!(levels(&app, "SKU-A").await, HashMap::from([("store-1".into(), 7)]));
     assert_eq!(metric(&app, "onhand_ledger_movements_applied_total"), 1.0);
-    let store = std::sync::Arc::clone(&app.store);
+    let db = std::sync::Arc::clone(&app.db);
 
     // The level after the change is published on the stock topic, keyed sku@location.
     let published = consume_all(&config.kafka.topics.stock, 1);
@@ -38,7 +38,7 @@ async fn the_same_movement_delivered_three_times_counts_once() {
     assert_eq!((level.on_hand, level.version), (7, 1));
     app.stop().await.unwrap();
     // A clean stop records the publications in flight: nothing is left to republish.
-    assert!(store.unpublished_levels(chrono::Utc::now(), 10).await.unwrap().is_empty());
+    assert!(db.unpublished_levels(chrono::Utc::now(), 10).await.unwrap().is_empty());
 }
 
 /// on_hand per (sku, location).
@@ -84,7 +84,7 @@ async fn a_ledger_killed_after_its_database_commit_restarts_without_loss_or_doub
         crashing.ledger().unwrap().is_finished().then_some(())
     })
     .await;
-    let applied_before_crash = crashing.store.movement_count().await.unwrap();
+    let applied_before_crash = crashing.db.movement_count().await.unwrap();
     assert!(matches!(crashing.stop().await, Err(LedgerError::InjectedCrash(1))));
     assert!(
         (1..1_000).contains(&applied_before_crash),
@@ -98,7 +98,7 @@ async fn a_ledger_killed_after_its_database_commit_restarts_without_loss_or_doub
     // The levels of the batch committed just before the crash were never published by
     // the crashed ledger; the restarted one publishes them and records it.
     eventually("every level published", 60, || async {
-        restarted.store.unpublished_levels(chrono::Utc::now(), 1_000).await.unwrap().is_empty().then_some(())
+        restarted.db.unpublished_levels(chrono::Utc::now(), 1_000).await.unwrap().is_empty().then_some(())
     })
     .await;
     assert_eq!(
@@ -334,15 +334,15 @@ async fn a_dead_letter_that_cannot_be_written_blocks_its_component_visibly() {
 async fn a_saved_offset_beyond_the_partitions_end_is_reported() {
     let config = test_config(1).await;
     onhand_core::kafka::ensure_topics(&config.kafka).await.unwrap();
-    let store = onhand_core::store::open(&config.database.url, 2).await.unwrap();
-    let batch = onhand_core::store::Batch {
+    let db = onhand_core::db::open(&config.database.url, 2).await.unwrap();
+    let batch = onhand_core::db::Batch {
         group_id: config.ledger.group_id.clone(),
         topic: config.kafka.topics.movements.clone(),
         movements: Vec::new(),
-        offsets: vec![onhand_core::store::PartitionOffset { partition: 0, next_offset: 1_000 }],
+        offsets: vec![onhand_core::db::PartitionOffset { partition: 0, next_offset: 1_000 }],
         published: Vec::new(),
     };
-    store.apply_batch(&batch).await.unwrap();
+    db.apply_batch(&batch).await.unwrap();
     let app = serve(&config).await;
     eventually("the offset beyond the end counted", 60, || async {
         (metric(&app, "onhand_ledger_offsets_beyond_end_total") >= 1.0).then_some(())

@@ -103,7 +103,7 @@ async fn a_stock_report_sent_twice_counts_once() {
     assert_eq!(status, 200);
     until_recorded(&app, 4, 30).await;
     tokio::time::sleep(Duration::from_millis(500)).await;
-    assert_eq!(app.store.movement_count().await.unwrap(), 4, "two counts and two sales");
+    assert_eq!(app.db.movement_count().await.unwrap(), 4, "two counts and two sales");
     on_hand_is(&app, "R1", "store-003", 7).await;
     on_hand_is(&app, "R2", "store-003", 16).await;
     // All or nothing: a bad record refuses the whole report.
@@ -144,7 +144,7 @@ async fn a_stock_report_sent_twice_through_a_store_agent_counts_once() {
     })
     .await;
     tokio::time::sleep(Duration::from_millis(500)).await;
-    assert_eq!(app.store.movement_count().await.unwrap(), 1, "the retry is the same count");
+    assert_eq!(app.db.movement_count().await.unwrap(), 1, "the retry is the same count");
     agent.stop().await;
     app.stop().await.unwrap();
 }

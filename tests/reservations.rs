@@ -171,8 +171,8 @@ async fn reservation_requests_are_checked_and_replayed() {
     }
 
     // Idempotency keys are each API key's own: another checkout service may use the same.
-    let other_service = onhand::keys::create(&*app.store, "checkout-b", "reservations:write", None).await.unwrap();
-    let reader = onhand::keys::create(&*app.store, "reader", "stock:read", None).await.unwrap();
+    let other_service = onhand::keys::create(&*app.db, "checkout-b", "reservations:write", None).await.unwrap();
+    let reader = onhand::keys::create(&*app.db, "reader", "stock:read", None).await.unwrap();
     let as_key = |key: &str| format!("Bearer {key}");
     let (status, theirs) = http_send(
         Method::POST,

@@ -7,7 +7,7 @@ mod common;
 use std::{collections::HashMap, time::Duration};
 
 use common::{process::Process, *};
-use onhand_core::{event::MovementKind::*, store};
+use onhand_core::{db, event::MovementKind::*};
 use serde_json::json;
 
 /// on_hand per (sku, location).
@@ -37,7 +37,7 @@ async fn a_ledger_killed_mid_apply_and_restarted_at_once_ends_exact() {
     const MOVEMENTS: usize = 12_000;
     let (records, expected) = workload(MOVEMENTS);
     produce(&producer(), &config.kafka.topics.movements, &records).await;
-    let store = store::open(&config.database.url, 2).await.unwrap();
+    let db = db::open(&config.database.url, 2).await.unwrap();
     let logs = tempfile::tempdir().unwrap();
 
     let mut process = Process::serve(&config, logs.path(), "serve-0");
@@ -46,7 +46,7 @@ async fn a_ledger_killed_mid_apply_and_restarted_at_once_ends_exact() {
         // Mid-apply: some more movements recorded since the last start, not all.
         let before = recorded;
         recorded = eventually(&format!("progress before kill {kill}"), 120, || async {
-            let count = store.movement_count().await.ok()?;
+            let count = db.movement_count().await.ok()?;
             (count >= before + 500).then_some(count)
         })
         .await;
@@ -56,7 +56,7 @@ async fn a_ledger_killed_mid_apply_and_restarted_at_once_ends_exact() {
     }
     let done = tokio::time::timeout(Duration::from_secs(180), async {
         loop {
-            if store.movement_count().await.unwrap_or(0) == MOVEMENTS as i64 {
+            if db.movement_count().await.unwrap_or(0) == MOVEMENTS as i64 {
                 return;
             }
             tokio::time::sleep(Duration::from_millis(200)).await;
@@ -65,11 +65,11 @@ async fn a_ledger_killed_mid_apply_and_restarted_at_once_ends_exact() {
     .await;
     assert!(done.is_ok(), "the restarted ledger did not finish; its log:\n{}", process.log_tail());
     for ((sku, location), on_hand) in &expected {
-        let levels = store.stock_by_sku(&onhand_core::event::Sku::parse(sku).unwrap()).await.unwrap();
+        let levels = db.stock_by_sku(&onhand_core::event::Sku::parse(sku).unwrap()).await.unwrap();
         let level = levels.iter().find(|l| l.location.as_str() == location).expect("a level");
         assert_eq!(level.on_hand, *on_hand, "{sku}@{location}");
     }
-    assert_eq!(store.movement_count().await.unwrap(), MOVEMENTS as i64);
+    assert_eq!(db.movement_count().await.unwrap(), MOVEMENTS as i64);
     let (status, ready) = eventually("the restarted process ready", 60, || async {
         let answer = http_get(process.addr, "/readyz").await;
         (answer.0 == 200).then_some(answer)

@@ -6,17 +6,17 @@ mod common;
 use std::net::SocketAddr;
 
 use common::*;
-use onhand_core::{auth::Token, store::Store};
+use onhand_core::{auth::Token, db::Db};
 use serde_json::{json, Value};
 
 /// A new key of the app's store.
-async fn key(store: &dyn Store, scopes: &str) -> String {
-    onhand::keys::create(store, "test", scopes, None).await.expect("a key is created").plaintext
+async fn key(db: &dyn Db, scopes: &str) -> String {
+    onhand::keys::create(db, "test", scopes, None).await.expect("a key is created").plaintext
 }
 
 /// A new key bound to a source (`store:store-012`, `erp:erp-main`).
-async fn bound_key(store: &dyn Store, scopes: &str, bound_to: &str) -> String {
-    onhand::keys::create(store, "bound", scopes, Some(bound_to)).await.expect("a key is created").plaintext
+async fn bound_key(db: &dyn Db, scopes: &str, bound_to: &str) -> String {
+    onhand::keys::create(db, "bound", scopes, Some(bound_to)).await.expect("a key is created").plaintext
 }
 
 fn movement(event_id: &str, system: &str, instance: &str, location: &str) -> Value {
@@ -35,9 +35,9 @@ async fn a_key_writes_only_what_its_source_may_say() {
     config.connectors.insert("pos".into(), json!({}));
     let app = serve(&config).await;
     let addr = app.local_addr;
-    let store_12 = bound_key(&*app.store, "movements:write", "store:store-012").await;
-    let erp = bound_key(&*app.store, "movements:write", "erp:erp-main").await;
-    let unbound = key(&*app.store, "movements:write").await;
+    let store_12 = bound_key(&*app.db, "movements:write", "store:store-012").await;
+    let erp = bound_key(&*app.db, "movements:write", "erp:erp-main").await;
+    let unbound = key(&*app.db, "movements:write").await;
     let post = |key: String, body: Value| async move {
         http_post_as(addr, "/v1/movements", "application/json", body.to_string(), Some(&key)).await
     };
@@ -170,7 +170,7 @@ async fn a_request_needs_a_valid_key_with_the_scope_of_its_route() {
         assert_eq!(challenge.as_deref(), Some(r#"Bearer error="invalid_token""#));
     }
 
-    let reader = key(&*app.store, "stock:read").await;
+    let reader = key(&*app.db, "stock:read").await;
     assert_eq!(http_get_as(addr, "/v1/stock/SKU-1", Some(&reader)).await.1["error"]["code"], "sku_not_found");
     let (status, body) = http_post_as(addr, "/v1/movements", "application/json", "[]", Some(&reader)).await;
     assert_eq!((status, body["error"]["code"].as_str()), (403, Some("insufficient_scope")));
@@ -180,7 +180,7 @@ async fn a_request_needs_a_valid_key_with_the_scope_of_its_route() {
     assert_eq!((status, body["error"]["code"].as_str()), (403, Some("insufficient_scope")));
     assert_eq!(challenge.as_deref(), Some(r#"Bearer error="insufficient_scope", scope="admin""#));
 
-    let writer = key(&*app.store, "movements:write").await;
+    let writer = key(&*app.db, "movements:write").await;
     assert_eq!(http_get_as(addr, "/v1/stock/SKU-1", Some(&writer)).await.0, 403);
     let (status, body) = http_post_as(addr, "/v1/movements", "application/json", "[]", Some(&writer)).await;
     assert_eq!((status, body["error"]["code"].as_str()), (422, Some("no_movements")), "past the key: {body}");
@@ -199,11 +199,11 @@ async fn a_revoked_key_is_refused_once_its_cached_copy_expires() {
     config.http.api_key_cache_ttl_s = 1;
     let app = serve(&config).await;
     let addr = app.local_addr;
-    let reader = key(&*app.store, "stock:read").await;
+    let reader = key(&*app.db, "stock:read").await;
     assert_eq!(http_get_as(addr, "/v1/stock/SKU-1", Some(&reader)).await.0, 404);
 
     let id = Token::parse(&reader).unwrap().id().to_string();
-    onhand::keys::revoke(&*app.store, &id).await.unwrap();
+    onhand::keys::revoke(&*app.db, &id).await.unwrap();
     eventually("the revoked key refused", 10, || async {
         let (status, body) = http_get_as(addr, "/v1/stock/SKU-1", Some(&reader)).await;
         (status == 401).then_some(body)
@@ -236,7 +236,7 @@ async fn each_key_is_rate_limited_on_its_own() {
     assert_eq!((status, body["error"]["code"].as_str()), (429, Some("rate_limited")), "{body}");
     assert_eq!(retry_after.as_deref(), Some("1"), "one request a second: the next one is due within a second");
 
-    let other = key(&*app.store, "stock:read").await;
+    let other = key(&*app.db, "stock:read").await;
     assert_eq!(http_get_as(addr, "/v1/stock/SKU-1", Some(&other)).await.0, 404, "another key has its own bucket");
     assert_eq!(
         reqwest::get(format!("http://{addr}/healthz")).await.unwrap().status(),

@@ -67,7 +67,7 @@ async fn start(config: &Config) -> App {
         ]
         .into(),
     };
-    app.store.put_products(&[product(RICE, "808950810", RICE_ITEM), product(OIL, "49148385", OIL_ITEM)]).await.unwrap();
+    app.db.put_products(&[product(RICE, "808950810", RICE_ITEM), product(OIL, "49148385", OIL_ITEM)]).await.unwrap();
     app
 }
 
@@ -211,7 +211,7 @@ async fn an_order_whose_webhook_never_came_is_reconciled_with_the_same_event_ids
     until_recorded(&app, 5, 60).await;
     on_hand_is(&app, RICE, "dc-sp", 9).await;
     on_hand_is(&app, OIL, "dc-sp", 4).await;
-    let cursor = app.store.connector_state("shopify", "reconcile_cursor").await.unwrap();
+    let cursor = app.db.connector_state("shopify", "reconcile_cursor").await.unwrap();
     assert!(cursor.is_some(), "the cursor is saved once Kafka acknowledged");
 
     // The webhooks arrive late after all: nothing counts twice.
@@ -221,7 +221,7 @@ async fn an_order_whose_webhook_never_came_is_reconciled_with_the_same_event_ids
         (metric(&app, "onhand_ledger_duplicates_skipped_total") >= 3.0).then_some(())
     })
     .await;
-    assert_eq!(app.store.movement_count().await.unwrap(), 5);
+    assert_eq!(app.db.movement_count().await.unwrap(), 5);
     on_hand_is(&app, RICE, "dc-sp", 9).await;
     app.stop().await.unwrap();
 }
@@ -294,7 +294,7 @@ async fn an_echo_is_ignored_and_a_manual_change_becomes_an_adjustment() {
     eventually("rice pushed", 60, || async { (fake.available(RICE_ITEM) == Some(10)).then_some(()) }).await;
     eventually("the push recorded", 30, || async {
         let key = format!("pushed:{RICE_ITEM}:{WEB_LOCATION}");
-        (app.store.connector_state("shopify", &key).await.ok()?.as_deref() == Some("10")).then_some(())
+        (app.db.connector_state("shopify", &key).await.ok()?.as_deref() == Some("10")).then_some(())
     })
     .await;
 
@@ -325,7 +325,7 @@ async fn an_echo_is_ignored_and_a_manual_change_becomes_an_adjustment() {
     receive(&app, "r2", RICE, 2).await;
     eventually("15 pushed and recorded", 60, || async {
         let key = format!("pushed:{RICE_ITEM}:{WEB_LOCATION}");
-        let recorded = app.store.connector_state("shopify", &key).await.ok()?;
+        let recorded = app.db.connector_state("shopify", &key).await.ok()?;
         (fake.available(RICE_ITEM) == Some(15) && recorded.as_deref() == Some("15")).then_some(())
     })
     .await;
@@ -337,7 +337,7 @@ async fn an_echo_is_ignored_and_a_manual_change_becomes_an_adjustment() {
     assert_eq!((status, answer["movements"].as_u64()), (200, Some(0)), "{answer}");
     assert_eq!(metric(&app, "onhand_shopify_level_updates_total{verdict=\"superseded\"}"), 3.0);
     let key = format!("pushed:{RICE_ITEM}:{WEB_LOCATION}");
-    assert_eq!(app.store.connector_state("shopify", &key).await.unwrap().as_deref(), Some("15"));
+    assert_eq!(app.db.connector_state("shopify", &key).await.unwrap().as_deref(), Some("15"));
     until_recorded(&app, 3, 60).await;
     on_hand_is(&app, RICE, "dc-sp", 15).await;
     app.stop().await.unwrap();

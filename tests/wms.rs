@@ -176,7 +176,7 @@ async fn the_same_file_dropped_twice_counts_once() {
         (metric(&app, "onhand_ledger_duplicates_skipped_total") == 4.0).then_some(())
     })
     .await;
-    assert_eq!(app.store.movement_count().await.unwrap(), 4);
+    assert_eq!(app.db.movement_count().await.unwrap(), 4);
     app.stop().await.unwrap();
 }
 

@@ -2,7 +2,7 @@
 //!
 //! - [`Connector`]: what every connector implements: a long-running task, and optionally
 //!   HTTP routes (webhooks, store feeds) served by the API.
-//! - [`ConnectorContext`]: what a connector gets: the Kafka producer and topics, the store
+//! - [`ConnectorContext`]: what a connector gets: the Kafka producer and topics, the database
 //!   (its catalog, its saved cursors), the stock cache, the configuration, the shutdown
 //!   signal and the metrics.
 //! - [`registry`]: the explicit list of connectors, built from the configuration.
@@ -31,11 +31,11 @@ use onhand_core::{
     cache::StockCache,
     clock::Clock,
     config::{Config, Topics},
+    db::Db,
     health::{Component, Failure},
     ingest::{Durability, Ingest},
     kafka::Producer,
     relay::{Forget, Relay},
-    store::Store,
     telemetry::Metrics,
 };
 use tokio_util::sync::CancellationToken;
@@ -71,7 +71,7 @@ pub struct ConnectorContext {
     pub topics: Topics,
     /// The catalog and the connectors' saved state. A connector never writes stock levels:
     /// it produces movements.
-    pub store: Arc<dyn Store>,
+    pub db: Arc<dyn Db>,
     /// The stock levels as the API answers them.
     pub cache: StockCache,
     /// The whole configuration: a connector reads its own section, and the Kafka settings
@@ -86,15 +86,15 @@ impl ConnectorContext {
     /// NAME`, benchmarks): against a Kafka cluster, so movements are safe once acknowledged.
     pub fn standalone(
         config: &Config,
-        store: Arc<dyn Store>,
+        db: Arc<dyn Db>,
         producer: Producer,
         metrics: Metrics,
         shutdown: CancellationToken,
     ) -> ConnectorContext {
-        let cache = StockCache::new(Arc::clone(&store), &config.query, metrics.clone());
+        let cache = StockCache::new(Arc::clone(&db), &config.query, metrics.clone());
         let produce_timeout = std::time::Duration::from_millis(config.kafka.produce_timeout_ms);
         let relay = Relay {
-            store: Arc::clone(&store),
+            db: Arc::clone(&db),
             producer: producer.clone(),
             topics: config.kafka.topics.clone(),
             produce_timeout,
@@ -108,7 +108,7 @@ impl ConnectorContext {
             producer: producer.clone(),
             movements_topic: config.kafka.topics.movements.clone(),
             produce_timeout,
-            store: Arc::clone(&store),
+            db: Arc::clone(&db),
             relay,
         };
         ConnectorContext {
@@ -116,7 +116,7 @@ impl ConnectorContext {
             ingest,
             component: Component::detached("connector"),
             topics: config.kafka.topics.clone(),
-            store,
+            db,
             cache,
             config: Arc::new(config.clone()),
             shutdown,

@@ -1,4 +1,4 @@
-//! The read side's cache of stock levels, between the store and the HTTP API.
+//! The read side's cache of stock levels, between the database and the HTTP API.
 //!
 //! Every API instance keeps its own bounded cache (moka) and follows the stock topic, so a
 //! level the ledger commits reaches every replica's cache within a second; a time-to-live
@@ -28,9 +28,9 @@ use tracing::{debug, info, warn};
 
 use crate::{
     config::{KafkaConfig, QueryConfig},
+    db::Db,
     event::{Sku, StockLevel},
     kafka,
-    store::Store,
     telemetry::Metrics,
 };
 
@@ -87,7 +87,7 @@ impl Entry {
 
 #[derive(Debug, Clone)]
 pub struct StockCache {
-    store: Arc<dyn Store>,
+    db: Arc<dyn Db>,
     entries: Cache<Sku, Arc<Entry>>,
     /// SKUs the database had no level of, briefly: a query of many unknown SKUs costs one
     /// read, not one per request. A level arriving from the stock topic forgets it.
@@ -104,9 +104,9 @@ const MISSING_TTL: Duration = Duration::from_secs(2);
 const MISSING_MAX: u64 = 100_000;
 
 impl StockCache {
-    pub fn new(store: Arc<dyn Store>, config: &QueryConfig, metrics: Metrics) -> Self {
+    pub fn new(db: Arc<dyn Db>, config: &QueryConfig, metrics: Metrics) -> Self {
         Self {
-            store,
+            db,
             // No time-based eviction: an old entry is still the last known value when the
             // database is down. Age is checked on read instead.
             entries: Cache::new(config.cache_skus_max),
@@ -153,7 +153,7 @@ impl StockCache {
         }
         misses.sort();
         misses.dedup();
-        let read = match tokio::time::timeout(self.budget, self.store.stock_by_skus(&misses)).await {
+        let read = match tokio::time::timeout(self.budget, self.db.stock_by_skus(&misses)).await {
             Ok(Ok(levels)) => Some(levels),
             Ok(Err(e)) => {
                 warn!(error = %e, "stock read failed; answering from the cache");
@@ -246,7 +246,7 @@ impl StockCache {
         let mut after: Option<Sku> = None;
         let mut loaded = 0u64;
         while !shutdown.is_cancelled() && loaded < self.capacity {
-            let mut page = match self.store.stock_page(after.as_ref(), PAGE_LEVELS as i64).await {
+            let mut page = match self.db.stock_page(after.as_ref(), PAGE_LEVELS as i64).await {
                 Ok(page) if page.is_empty() => break,
                 Ok(page) => page,
                 Err(e) => {
@@ -385,7 +385,7 @@ mod tests {
     use proptest::prelude::*;
 
     use super::*;
-    use crate::{event::LocationId, store::SqliteStore};
+    use crate::{db::SqliteDb, event::LocationId};
 
     fn level(version: i64) -> StockLevel {
         StockLevel {
@@ -418,18 +418,18 @@ mod tests {
             let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(4).enable_all().build().unwrap();
             let cached = runtime.block_on(async {
                 let dir = tempfile::tempdir().unwrap();
-                let store = SqliteStore::connect(&format!("sqlite://{}", dir.path().join("t.db").display())).await.unwrap();
+                let db = SqliteDb::connect(&format!("sqlite://{}", dir.path().join("t.db").display())).await.unwrap();
                 sqlx::query(
                     "INSERT INTO stock_levels (sku, location, on_hand, version, last_movement_at, last_event_id, updated_at)
                      VALUES ('SKU-1', 's1', 0, ?1, 0, 'e', 0)",
                 )
                 .bind(database_version)
-                .execute(store.pool())
+                .execute(db.pool())
                 .await
                 .unwrap();
                 // ttl 0: every read goes to the database and merges its answer.
                 let config = QueryConfig { cache_ttl_s: 0, ..QueryConfig::default() };
-                let cache = StockCache::new(Arc::new(store), &config, Metrics::new());
+                let cache = StockCache::new(Arc::new(db), &config, Metrics::new());
                 let sku = Sku::parse("SKU-1").unwrap();
                 cache.get(&sku).await.unwrap();
                 let mut tasks = Vec::new();

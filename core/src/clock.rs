@@ -19,7 +19,7 @@ impl Clock {
         Clock::Manual(Arc::new(Mutex::new(Utc::now().trunc_subsecs(6))))
     }
 
-    /// The current time, to the microsecond (what the stores keep).
+    /// The current time, to the microsecond (what the databases keep).
     pub fn now(&self) -> DateTime<Utc> {
         match self {
             Clock::System => Utc::now().trunc_subsecs(6),

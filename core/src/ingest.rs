@@ -19,7 +19,7 @@ use futures::future::join_all;
 use rdkafka::producer::FutureRecord;
 use tracing::warn;
 
-use crate::{event::Movement, kafka::Producer, relay::Relay, store::Store};
+use crate::{db::Db, event::Movement, kafka::Producer, relay::Relay};
 
 /// Where an accepted movement is safe before its answer.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -57,7 +57,7 @@ pub struct Ingest {
     pub producer: Producer,
     pub movements_topic: String,
     pub produce_timeout: Duration,
-    pub store: Arc<dyn Store>,
+    pub db: Arc<dyn Db>,
     pub relay: Relay,
 }
 
@@ -85,7 +85,7 @@ impl Ingest {
         if movements.is_empty() {
             return Ok(());
         }
-        let records = self.store.enqueue_outbox(movements, Utc::now()).await.map_err(|e| {
+        let records = self.db.enqueue_outbox(movements, Utc::now()).await.map_err(|e| {
             warn!(error = %e, "movements not written to the outbox");
             IngestError::Database
         })?;

@@ -5,12 +5,12 @@
 //! - [`kafka`]: client settings, the idempotent producer, topic creation, the embedded
 //!   mock cluster of `onhand dev`.
 //! - [`ledger`]: the consumer that applies movements exactly once, and its rules.
-//! - [`store`]: the `Store` trait and its PostgreSQL and SQLite implementations.
+//! - [`db`]: persistence: the `Db` trait and its PostgreSQL and SQLite implementations.
 //! - [`cache`]: the read side's cache of stock levels, kept fresh by the stock topic.
 //! - [`reservation`]: checkouts' promises of units, held by the database.
 //! - [`relay`]: how levels and movements the API writes reach Kafka (the outbox).
 //! - [`ingest`]: how a movement an edge accepts is made safe before the answer.
-//! - [`source`]: how far behind each source (store agent, connector) is.
+//! - [`freshness`]: how far behind each source (store agent, connector) is.
 //! - [`api`]: the HTTP API.
 //! - [`auth`]: API keys and their scopes; only hashes of their secrets are stored.
 //! - [`product`]: the product catalog's type, checked at the edge.
@@ -26,7 +26,9 @@ pub mod auth;
 pub mod cache;
 pub mod clock;
 pub mod config;
+pub mod db;
 pub mod event;
+pub mod freshness;
 #[cfg(any(test, feature = "fuzzing"))]
 #[doc(hidden)]
 pub mod fuzzing;
@@ -37,8 +39,6 @@ pub mod ledger;
 pub mod product;
 pub mod relay;
 pub mod reservation;
-pub mod source;
-pub mod store;
 pub mod telemetry;
 #[doc(hidden)]
 pub mod testing;

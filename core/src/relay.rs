@@ -27,9 +27,9 @@ use crate::{
     cache::StockCache,
     clock::Clock,
     config::Topics,
+    db::{Db, OutboxRecord, Published},
     event::StockLevel,
     kafka::Producer,
-    store::{OutboxRecord, Published, Store},
 };
 
 /// How long an outbox record is left to the instance that wrote it before any instance
@@ -52,7 +52,7 @@ pub enum Forget {
 
 #[derive(Clone)]
 pub struct Relay {
-    pub store: Arc<dyn Store>,
+    pub db: Arc<dyn Db>,
     pub producer: Producer,
     pub topics: Topics,
     pub produce_timeout: Duration,
@@ -96,7 +96,7 @@ impl Relay {
         if published.is_empty() {
             return;
         }
-        if let Err(e) = self.store.record_published(published).await {
+        if let Err(e) = self.db.record_published(published).await {
             warn!(error = %e, "publication not recorded; the level may be published again");
         }
     }
@@ -118,7 +118,7 @@ impl Relay {
         let all = sent.len() == records.len();
         match self.forget {
             Forget::WhenAcknowledged => {
-                if let Err(e) = self.store.delete_outbox(&sent).await {
+                if let Err(e) = self.db.delete_outbox(&sent).await {
                     warn!(error = %e, "sent outbox records not deleted; they will be sent again");
                     return false;
                 }
@@ -149,9 +149,9 @@ impl Relay {
 
     /// Forgets what the ledger recorded (when that is the rule), then sends the records
     /// written before `before` that this process has not had acknowledged.
-    async fn sweep(&self, before: chrono::DateTime<chrono::Utc>) -> Result<(), crate::store::StoreError> {
+    async fn sweep(&self, before: chrono::DateTime<chrono::Utc>) -> Result<(), crate::db::DbError> {
         if self.forget == Forget::WhenRecorded {
-            let recorded = self.store.delete_recorded_outbox().await?;
+            let recorded = self.db.delete_recorded_outbox().await?;
             let mut acknowledged = self.acknowledged.lock().unwrap_or_else(PoisonError::into_inner);
             for id in recorded {
                 acknowledged.remove(&id);
@@ -159,7 +159,7 @@ impl Relay {
         }
         let mut after_id = 0;
         loop {
-            let page = self.store.outbox(before, after_id, OUTBOX_BATCH_MAX).await?;
+            let page = self.db.outbox(before, after_id, OUTBOX_BATCH_MAX).await?;
             let Some(last) = page.last() else { return Ok(()) };
             after_id = last.id;
             let full = page.len() as i64 == OUTBOX_BATCH_MAX;

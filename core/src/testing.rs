@@ -12,19 +12,19 @@ use sqlx::{Connection, PgConnection};
 
 use crate::{
     auth::{ApiKey, Scopes, Token},
+    db::{Db, DbError},
     event::{EventId, LocationId, Movement, MovementKind, Sku, Source, SourceSystem},
-    store::{Store, StoreError},
 };
 
 /// An admin key with a fixed value, so that test helpers send it without being told.
 /// Only [`insert_test_api_key`] puts it in a store: never in a real one.
 pub const TEST_API_KEY: &str = "onh_7e57000000aa_0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef";
 
-/// Stores [`TEST_API_KEY`] (admin) unless the store has it already.
-pub async fn insert_test_api_key(store: &dyn Store) -> Result<(), StoreError> {
+/// Stores [`TEST_API_KEY`] (admin) unless the database has it already.
+pub async fn insert_test_api_key(db: &dyn Db) -> Result<(), DbError> {
     let token = Token::parse(TEST_API_KEY).expect("the test key is well formed");
-    if store.api_key(token.id()).await?.is_none() {
-        store.create_api_key(&ApiKey::new(&token, "test", Scopes::admin()).expect("a valid name")).await?;
+    if db.api_key(token.id()).await?.is_none() {
+        db.create_api_key(&ApiKey::new(&token, "test", Scopes::admin()).expect("a valid name")).await?;
     }
     Ok(())
 }

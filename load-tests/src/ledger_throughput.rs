@@ -17,11 +17,11 @@ use clap::Parser;
 use futures::{stream, StreamExt};
 use onhand_core::{
     config::{Config, KafkaConfig},
+    db,
     event::{Movement, MovementKind},
     health::Component,
     kafka,
     ledger::{self, LedgerParts},
-    store,
     telemetry::Metrics,
     testing::{self, unique_name},
 };
@@ -66,19 +66,19 @@ async fn main() -> anyhow::Result<()> {
     produce(&kafka_config, &args).await?;
     let produce_seconds = produce_started.elapsed().as_secs_f64();
 
-    let store = store::open(&database.url, 8).await?;
+    let db = db::open(&database.url, 8).await?;
     let shutdown = CancellationToken::new();
     let metrics = Metrics::new();
     let apply_started = Instant::now();
     let parts = LedgerParts {
-        store: Arc::clone(&store),
+        db: Arc::clone(&db),
         metrics: metrics.clone(),
         component: Component::detached("ledger"),
         shutdown: shutdown.clone(),
         faults: Default::default(),
     };
     let handle = ledger::spawn(&kafka_config, &ledger_config, parts).await?;
-    until_recorded(&*store, &handle, args.movements).await?;
+    until_recorded(&*db, &handle, args.movements).await?;
     let apply_seconds = apply_started.elapsed().as_secs_f64();
     shutdown.cancel();
     handle.join().await?;

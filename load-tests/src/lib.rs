@@ -4,7 +4,7 @@
 
 use std::net::SocketAddr;
 
-use onhand_core::{config::Config, ledger::LedgerHandle, store::Store, testing};
+use onhand_core::{config::Config, db::Db, ledger::LedgerHandle, testing};
 use reqwest::header::{HeaderMap, HeaderValue, AUTHORIZATION};
 
 #[derive(Debug, clap::Args)]
@@ -36,19 +36,19 @@ impl Servers {
     }
 }
 
-/// `builder` made into a client that sends a new admin key of `store` with every request.
-pub async fn client_with_key(store: &dyn Store, builder: reqwest::ClientBuilder) -> anyhow::Result<reqwest::Client> {
-    let created = onhand::keys::create(store, "benchmark", "admin", None).await?;
+/// `builder` made into a client that sends a new admin key of `db` with every request.
+pub async fn client_with_key(db: &dyn Db, builder: reqwest::ClientBuilder) -> anyhow::Result<reqwest::Client> {
+    let created = onhand::keys::create(db, "benchmark", "admin", None).await?;
     let mut value = HeaderValue::from_str(&format!("Bearer {}", created.plaintext))?;
     value.set_sensitive(true);
     Ok(builder.default_headers(HeaderMap::from_iter([(AUTHORIZATION, value)])).build()?)
 }
 
-/// Waits until `store` has recorded `movements`, checking that the ledger is still running.
-pub async fn until_recorded(store: &dyn Store, ledger: &LedgerHandle, movements: u64) -> anyhow::Result<()> {
+/// Waits until `db` has recorded `movements`, checking that the ledger is still running.
+pub async fn until_recorded(db: &dyn Db, ledger: &LedgerHandle, movements: u64) -> anyhow::Result<()> {
     let expected = i64::try_from(movements)?;
     loop {
-        let recorded = store.movement_count().await?;
+        let recorded = db.movement_count().await?;
         if recorded >= expected {
             return Ok(());
         }

@@ -65,7 +65,7 @@ async fn main() -> anyhow::Result<()> {
     let config = args.servers.config(&prefix).await?;
     let app = App::serve(config, StartOptions::default()).await?;
     let addr = app.local_addr;
-    let client = client_with_key(&*app.store, reqwest::Client::builder()).await?;
+    let client = client_with_key(&*app.db, reqwest::Client::builder()).await?;
 
     // Every SKU gets a first unit and is read once, so that it is cached, as a selling SKU is.
     let skus: Vec<String> = (0..args.skus).map(|i| format!("PROP-{i:05}")).collect();

@@ -50,15 +50,15 @@ async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
     let prefix = unique_name("bench");
     let mut config = args.servers.config(&prefix).await?;
-    // Opening the store runs the migrations.
-    onhand_core::store::open(&config.database.url, 2).await?;
+    // Opening the database runs the migrations.
+    onhand_core::db::open(&config.database.url, 2).await?;
     load_levels(&config.database.url, args.skus, args.locations).await?;
     // Only the read path is measured.
     config.ledger.enabled = false;
     let app = App::serve(config, StartOptions::default()).await?;
     let addr = app.local_addr;
     let client =
-        client_with_key(&*app.store, reqwest::Client::builder().pool_max_idle_per_host(args.concurrency * 2)).await?;
+        client_with_key(&*app.db, reqwest::Client::builder().pool_max_idle_per_host(args.concurrency * 2)).await?;
     // Measure once the cache has loaded every SKU, as a running service has.
     let preload_started = Instant::now();
     while app.metrics.query_cache_preloaded_skus.get() == 0 {

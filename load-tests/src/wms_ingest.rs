@@ -29,10 +29,10 @@ use onhand_connectors::{
 };
 use onhand_core::{
     config::{Config, KafkaConfig},
+    db,
     health::Component,
     kafka,
     ledger::{self, LedgerParts},
-    store,
     telemetry::Metrics,
     testing::unique_name,
 };
@@ -86,7 +86,7 @@ async fn main() -> anyhow::Result<()> {
     let file_bytes = std::fs::metadata(&hidden)?.len();
     let rss_before_kib = status_kib("VmRSS")?;
 
-    let (connector_seconds, store) = ingest(&config, &args, &inbox, &hidden).await?;
+    let (connector_seconds, db) = ingest(&config, &args, &inbox, &hidden).await?;
     let peak_rss_kib = status_kib("VmHWM")?;
 
     let records = records_of(&inbox.join("archive/movements.csv"))?;
@@ -94,7 +94,7 @@ async fn main() -> anyhow::Result<()> {
     drop(records);
     std::fs::remove_dir_all(&inbox)?;
 
-    let ledger_seconds = apply(&config, Arc::clone(&store), args.lines).await?;
+    let ledger_seconds = apply(&config, Arc::clone(&db), args.lines).await?;
     let connector_rate = args.lines as f64 / connector_seconds;
     let bare_rate = args.lines as f64 / bare_seconds;
     let report = json!({
@@ -173,17 +173,12 @@ fn write_file(path: &Path, args: &Args) -> anyhow::Result<()> {
 }
 
 /// (a) The connector: drops the file and times it until it is archived.
-async fn ingest(
-    config: &Config,
-    args: &Args,
-    inbox: &Path,
-    hidden: &Path,
-) -> anyhow::Result<(f64, Arc<dyn store::Store>)> {
-    let store = store::open(&config.database.url, 8).await?;
+async fn ingest(config: &Config, args: &Args, inbox: &Path, hidden: &Path) -> anyhow::Result<(f64, Arc<dyn db::Db>)> {
+    let db = db::open(&config.database.url, 8).await?;
     let metrics = Metrics::new();
     let shutdown = CancellationToken::new();
     let producer = kafka::Producer::new(&config.kafka, Duration::from_millis(args.linger_ms))?;
-    let context = ConnectorContext::standalone(config, Arc::clone(&store), producer, metrics, shutdown.clone());
+    let context = ConnectorContext::standalone(config, Arc::clone(&db), producer, metrics, shutdown.clone());
     let wms = WmsConfig {
         inbox: inbox.to_path_buf(),
         in_flight_max: args.in_flight_max,
@@ -204,7 +199,7 @@ async fn ingest(
     let seconds = started.elapsed().as_secs_f64();
     shutdown.cancel();
     running.await??;
-    Ok((seconds, store))
+    Ok((seconds, db))
 }
 
 /// The records the connector produced, byte for byte, read back from the archived file
@@ -248,18 +243,18 @@ async fn bare(config: &KafkaConfig, args: &Args, topic: &str, records: &[(String
 }
 
 /// (d) The ledger on the empty database, until every line is recorded.
-async fn apply(config: &Config, store: Arc<dyn store::Store>, lines: u64) -> anyhow::Result<f64> {
+async fn apply(config: &Config, db: Arc<dyn db::Db>, lines: u64) -> anyhow::Result<f64> {
     let shutdown = CancellationToken::new();
     let started = Instant::now();
     let parts = LedgerParts {
-        store: Arc::clone(&store),
+        db: Arc::clone(&db),
         metrics: Metrics::new(),
         component: Component::detached("ledger"),
         shutdown: shutdown.clone(),
         faults: Default::default(),
     };
     let handle = ledger::spawn(&config.kafka, &config.ledger, parts).await?;
-    until_recorded(&*store, &handle, lines).await?;
+    until_recorded(&*db, &handle, lines).await?;
     let seconds = started.elapsed().as_secs_f64();
     shutdown.cancel();
     handle.join().await?;

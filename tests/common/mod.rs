@@ -55,7 +55,7 @@ pub async fn serve_with(config: &Config, options: StartOptions) -> App {
         .with_test_writer()
         .try_init();
     let app = App::serve(config.clone(), options).await.expect("onhand serve starts");
-    insert_test_api_key(&*app.store).await.expect("the test api key is stored");
+    insert_test_api_key(&*app.db).await.expect("the test api key is stored");
     app
 }
 
@@ -136,14 +136,14 @@ where
 /// Waits until the store holds `count` movements.
 pub async fn until_recorded(app: &App, count: i64, seconds: u64) {
     eventually(&format!("{count} movements recorded"), seconds, || async {
-        (app.store.movement_count().await.ok()? == count).then_some(())
+        (app.db.movement_count().await.ok()? == count).then_some(())
     })
     .await;
 }
 
 /// on_hand per location of a SKU, as the store has it.
 pub async fn levels(app: &App, sku: &str) -> HashMap<String, i64> {
-    app.store
+    app.db
         .stock_by_sku(&Sku::parse(sku).expect("a valid sku"))
         .await
         .expect("stock read")

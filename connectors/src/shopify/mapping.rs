@@ -9,7 +9,7 @@
 //! Mapping is in two steps. [`order_facts`], [`refund_facts`] and [`level_update_fact`]
 //! say what happened in Shopify's terms ([`Fact`]: a variant or inventory item at a Shopify
 //! location); [`resolve`] turns facts into movements with a [`Catalog`] (the SKUs the
-//! caller looked up in the store) and the location map, or into the reason they cannot be
+//! caller looked up in the database) and the location map, or into the reason they cannot be
 //! mapped, for the dead-letter topic.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
@@ -375,7 +375,7 @@ pub fn level_update_fact(update: &LevelUpdate, delta: i64) -> Fact {
     }
 }
 
-/// The SKUs of the products facts name, as the caller found them in the store.
+/// The SKUs of the products facts name, as the caller found them in the database.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Catalog {
     /// Line SKUs that are products of the catalog.
@@ -384,7 +384,7 @@ pub struct Catalog {
     pub inventory_items: HashMap<u64, Sku>,
 }
 
-/// What to look up in the store before [`resolve`].
+/// What to look up in the database before [`resolve`].
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Lookups {
     pub skus: Vec<Sku>,

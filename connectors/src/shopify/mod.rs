@@ -22,7 +22,7 @@ mod tests;
 use std::sync::Arc;
 
 use async_trait::async_trait;
-use onhand_core::{config::Config, store::StoreError};
+use onhand_core::{config::Config, db::DbError};
 
 use self::{
     client::{Admin, AdminError},
@@ -40,7 +40,7 @@ pub enum ShopifyError {
     #[error("kafka did not acknowledge: {0}")]
     Kafka(#[from] rdkafka::error::KafkaError),
     #[error("database: {0}")]
-    Store(#[from] StoreError),
+    Store(#[from] DbError),
     #[error(transparent)]
     Admin(#[from] AdminError),
 }

@@ -4,7 +4,7 @@
 //! partitions) and marks each SKU whose level at a serving location changed as pending.
 //! The pending set holds each SKU once, however many changes arrive, and is bounded: when
 //! full, the sink stops reading until pushes make room, and Kafka keeps the rest. A push
-//! reads the SKU's levels from the store at that moment, so it always sends the newest
+//! reads the SKU's levels from the database at that moment, so it always sends the newest
 //! value, and a value computed earlier can never overwrite a newer one, even when Shopify
 //! was offline for hours or two replicas push the same SKU.
 //!
@@ -272,12 +272,12 @@ impl Sink {
         }
     }
 
-    /// The SKUs' current availability and inventory items, read from the store now.
+    /// The SKUs' current availability and inventory items, read from the database now.
     async fn plan(&mut self, taken: Vec<(Sku, u64)>) -> Result<Vec<Planned>, ShopifyError> {
-        let store = &self.shared.context.store;
+        let db = &self.shared.context.db;
         let mut planned = Vec::with_capacity(taken.len());
         for (sku, generation) in taken {
-            let item = store
+            let item = db
                 .product(&sku)
                 .await?
                 .and_then(|p| p.product.attributes.get(INVENTORY_ITEM_ATTRIBUTE).and_then(|v| v.parse::<u64>().ok()));
@@ -287,7 +287,7 @@ impl Sink {
                 self.pending.done(&sku, generation);
                 continue;
             };
-            let levels = store.stock_by_sku(&sku).await?;
+            let levels = db.stock_by_sku(&sku).await?;
             let serving = levels.iter().filter(|l| self.channel.serves(l.location.as_str()));
             let version = serving.map(|l| l.version).sum();
             let available = self.channel.available(&levels);
@@ -338,8 +338,8 @@ impl Sink {
     async fn settled(&mut self, p: &Planned) {
         if self.recorded.get(&p.inventory_item_id) != Some(&p.available) {
             let key = pushed_key(p.inventory_item_id, self.config.location_id);
-            let store = &self.shared.context.store;
-            match store.set_connector_state(NAME, &key, &p.available.to_string()).await {
+            let db = &self.shared.context.db;
+            match db.set_connector_state(NAME, &key, &p.available.to_string()).await {
                 Ok(()) => {
                     self.recorded.insert(p.inventory_item_id, p.available);
                 }

@@ -23,8 +23,8 @@ use futures::future::try_join_all;
 use hmac::{Hmac, Mac};
 use onhand_core::{
     api::error_body,
+    db::Db,
     kafka::{dead_letter, DeadLetter},
-    store::Store,
 };
 use rdkafka::producer::FutureRecord;
 use serde_json::json;
@@ -216,19 +216,19 @@ pub fn seen_key(inventory_item_id: u64, location_id: u64) -> String {
 /// onhand to catch up first: a web order's update may come before its sale went through
 /// the ledger.
 async fn level_update(shared: &Shared, update: &LevelUpdate, body: &[u8]) -> Result<(usize, usize), ShopifyError> {
-    let store = &shared.context.store;
+    let db = &shared.context.db;
     let key = pushed_key(update.inventory_item_id, update.location_id);
     let seen_key = seen_key(update.inventory_item_id, update.location_id);
     let push_location = shared.config.sink.as_ref().map(|s| s.location_id);
     let seen = if push_location == Some(update.location_id) {
-        store.connector_state(NAME, &seen_key).await?.as_deref().and_then(SeenUpdates::from_state)
+        db.connector_state(NAME, &seen_key).await?.as_deref().and_then(SeenUpdates::from_state)
     } else {
         None
     };
     let settle = Duration::from_millis(shared.config.echo_settle_ms);
     let started = tokio::time::Instant::now();
     let verdict = loop {
-        let pushed = store.connector_state(NAME, &key).await?.and_then(|v| v.parse().ok());
+        let pushed = db.connector_state(NAME, &key).await?.and_then(|v| v.parse().ok());
         let now = onhand_now(shared, update.inventory_item_id).await?;
         let verdict = mapping::judge_level_update(update, push_location, seen.as_ref(), pushed, now);
         if !matches!(verdict, Verdict::ManualChange { .. }) || started.elapsed() >= settle {
@@ -247,13 +247,13 @@ async fn level_update(shared: &Shared, update: &LevelUpdate, body: &[u8]) -> Res
             emitted = emit(shared, vec![mapping::level_update_fact(update, delta)], body).await?;
             // Shopify holds this quantity now: the next update is judged against it. Saved
             // only after Kafka acknowledged the adjustment, so a failure here re-delivers it.
-            store.set_connector_state(NAME, &key, &update.available.to_string()).await?;
+            db.set_connector_state(NAME, &key, &update.available.to_string()).await?;
         }
         _ => {}
     }
     // Last, once all the update caused is recorded: a failure before leaves it unseen,
     // and Shopify's re-delivery judges it again with the same event id.
-    store.set_connector_state(NAME, &seen_key, &SeenUpdates::with(seen, update).to_state()).await?;
+    db.set_connector_state(NAME, &seen_key, &SeenUpdates::with(seen, update).to_state()).await?;
     Ok(emitted)
 }
 
@@ -262,7 +262,7 @@ async fn onhand_now(shared: &Shared, inventory_item_id: u64) -> Result<Option<i6
     let Some(sink) = &shared.config.sink else { return Ok(None) };
     let Some(channel) = shared.context.config.channels.get(&sink.channel) else { return Ok(None) };
     let item = inventory_item_id.to_string();
-    let products = shared.context.store.products_by_attribute(mapping::INVENTORY_ITEM_ATTRIBUTE, &[item]).await?;
+    let products = shared.context.db.products_by_attribute(mapping::INVENTORY_ITEM_ATTRIBUTE, &[item]).await?;
     let Some(product) = products.first() else { return Ok(None) };
     Ok(match shared.context.cache.get(&product.sku).await {
         Ok(stock) => Some(channel.available(stock.levels())),
@@ -276,7 +276,7 @@ pub async fn emit(shared: &Shared, facts: Vec<Fact>, original: &[u8]) -> Result<
     if facts.is_empty() {
         return Ok((0, 0));
     }
-    let catalog = catalog(&*shared.context.store, &mapping::lookups(&facts)).await?;
+    let catalog = catalog(&*shared.context.db, &mapping::lookups(&facts)).await?;
     let mapped = mapping::resolve(facts, &catalog, &shared.config, Utc::now());
     let context = &shared.context;
     let timeout = Duration::from_millis(context.config.kafka.produce_timeout_ms);
@@ -317,11 +317,11 @@ async fn send_dead_letter(
     Ok(())
 }
 
-/// The SKUs of the products the facts name, read from the store.
-pub async fn catalog(store: &dyn Store, lookups: &mapping::Lookups) -> Result<Catalog, ShopifyError> {
+/// The SKUs of the products the facts name, read from the database.
+pub async fn catalog(db: &dyn Db, lookups: &mapping::Lookups) -> Result<Catalog, ShopifyError> {
     let mut catalog = Catalog::default();
     for sku in &lookups.skus {
-        if store.product(sku).await?.is_some() {
+        if db.product(sku).await?.is_some() {
             catalog.skus.insert(sku.clone());
         }
     }
@@ -333,7 +333,7 @@ pub async fn catalog(store: &dyn Store, lookups: &mapping::Lookups) -> Result<Ca
             continue;
         }
         // Ordered by SKU: when two products claim one id, the first SKU wins, every time.
-        for product in store.products_by_attribute(attribute, values).await? {
+        for product in db.products_by_attribute(attribute, values).await? {
             if let Some(id) = product.attributes.get(attribute).and_then(|v| v.parse::<u64>().ok()) {
                 into.entry(id).or_insert_with(|| product.sku.clone());
             }
@@ -376,12 +376,9 @@ pub async fn reconcile(shared: Arc<Shared>) {
 /// One round: at most `pages_max` pages of orders, the cursor saved after each page.
 pub async fn reconcile_round(shared: &Shared) -> Result<(), ShopifyError> {
     let config = &shared.config.reconcile;
-    let store = &shared.context.store;
-    let saved: Option<DateTime<Utc>> = store
-        .connector_state(NAME, CURSOR_KEY)
-        .await?
-        .and_then(|c| DateTime::parse_from_rfc3339(&c).ok())
-        .map(Into::into);
+    let db = &shared.context.db;
+    let saved: Option<DateTime<Utc>> =
+        db.connector_state(NAME, CURSOR_KEY).await?.and_then(|c| DateTime::parse_from_rfc3339(&c).ok()).map(Into::into);
     let mut cursor = saved.unwrap_or_else(|| Utc::now() - chrono::Duration::hours(config.initial_lookback_h as i64));
     let since =
         (cursor - chrono::Duration::seconds(config.overlap_s as i64)).to_rfc3339_opts(SecondsFormat::Secs, true);
@@ -395,7 +392,7 @@ pub async fn reconcile_round(shared: &Shared) -> Result<(), ShopifyError> {
         }
         // Everything up to the cursor is acknowledged: it may move (never backwards).
         if saved.is_none_or(|s| cursor > s) {
-            store.set_connector_state(NAME, CURSOR_KEY, &cursor.to_rfc3339_opts(SecondsFormat::Micros, true)).await?;
+            db.set_connector_state(NAME, CURSOR_KEY, &cursor.to_rfc3339_opts(SecondsFormat::Micros, true)).await?;
         }
         match page.end_cursor.filter(|_| page.has_next_page) {
             Some(next) => after = Some(next),

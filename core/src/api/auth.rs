@@ -39,7 +39,7 @@ use super::error::ApiError;
 use crate::{
     auth::{ApiKey, Binding, Scope, Scopes, Token},
     config::HttpConfig,
-    store::Store,
+    db::Db,
     telemetry::Metrics,
 };
 
@@ -123,11 +123,11 @@ impl Drop for Refreshing {
 /// Verifies keys and applies their rate limit; one per router, shared by its routes.
 #[derive(Clone)]
 pub(super) struct Authenticator {
-    store: Arc<dyn Store>,
+    db: Arc<dyn Db>,
     keys: Cache<String, Arc<Cached>>,
     unknown: Cache<String, ()>,
     /// Only keys that verified reach the limiter, so it holds at most one bucket per key
-    /// of the store: few, and no caller can make it grow by inventing keys.
+    /// of the database: few, and no caller can make it grow by inventing keys.
     limiter: Arc<DefaultKeyedRateLimiter<String>>,
     /// Requests that cost a read before they are verified, or were refused, per address.
     addresses: Arc<DefaultKeyedRateLimiter<IpAddr>>,
@@ -154,11 +154,11 @@ fn quota(per_s: u32, burst: u32) -> Quota {
 impl Authenticator {
     /// `refresh_budget` is how long a request waits for the database to read an expired
     /// key again before it goes on with the cached one.
-    pub(super) fn new(store: Arc<dyn Store>, http: &HttpConfig, refresh_budget: Duration, metrics: Metrics) -> Self {
+    pub(super) fn new(db: Arc<dyn Db>, http: &HttpConfig, refresh_budget: Duration, metrics: Metrics) -> Self {
         let ttl = Duration::from_secs(http.api_key_cache_ttl_s);
         let unknown_ttl = ttl.clamp(Duration::from_secs(1), Duration::from_secs(60));
         Authenticator {
-            store,
+            db,
             keys: Cache::builder().max_capacity(CACHED_KEYS_MAX).build(),
             unknown: Cache::builder().max_capacity(UNKNOWN_IDS_MAX).time_to_live(unknown_ttl).build(),
             limiter: Arc::new(DefaultKeyedRateLimiter::keyed(quota(http.rate_limit_per_s, http.rate_limit_burst))),
@@ -255,7 +255,7 @@ impl Authenticator {
     }
 
     async fn load(&self, id: &str) -> Result<Arc<Cached>, LoadError> {
-        match tokio::time::timeout(LOAD_BUDGET, self.store.api_key(id)).await {
+        match tokio::time::timeout(LOAD_BUDGET, self.db.api_key(id)).await {
             Ok(Ok(Some(key))) => Ok(Cached::new(key, Instant::now())),
             Ok(Ok(None)) => {
                 self.unknown.insert(id.to_string(), ()).await;
@@ -279,7 +279,7 @@ impl Authenticator {
     async fn refresh(self, stale: Arc<Cached>, owns_flag: bool) -> Result<Arc<Cached>, ApiError> {
         let _flag = owns_flag.then(|| Refreshing(Arc::clone(&stale.refreshing)));
         let id = stale.key.id.clone();
-        let fresh = match tokio::time::timeout(LOAD_BUDGET, self.store.api_key(&id)).await {
+        let fresh = match tokio::time::timeout(LOAD_BUDGET, self.db.api_key(&id)).await {
             Ok(Ok(Some(key))) => Cached::new(key, Instant::now()),
             Ok(Ok(None)) => {
                 self.keys.invalidate(&id).await;
@@ -376,30 +376,26 @@ mod tests {
     use axum::http::HeaderValue;
 
     use super::*;
-    use crate::store::SqliteStore;
+    use crate::db::SqliteDb;
 
     struct Setup {
-        store: SqliteStore,
+        db: SqliteDb,
         _dir: tempfile::TempDir,
     }
 
     async fn setup() -> Setup {
         let dir = tempfile::tempdir().unwrap();
-        let store = SqliteStore::connect(&format!("sqlite://{}", dir.path().join("t.db").display())).await.unwrap();
-        Setup { store, _dir: dir }
+        let db = SqliteDb::connect(&format!("sqlite://{}", dir.path().join("t.db").display())).await.unwrap();
+        Setup { db, _dir: dir }
     }
 
     fn authenticator(setup: &Setup, http: HttpConfig) -> Authenticator {
-        Authenticator::new(Arc::new(setup.store.clone()), &http, Duration::from_millis(500), Metrics::new())
+        Authenticator::new(Arc::new(setup.db.clone()), &http, Duration::from_millis(500), Metrics::new())
     }
 
     async fn key(setup: &Setup, scopes: &str) -> String {
         let token = Token::generate();
-        setup
-            .store
-            .create_api_key(&ApiKey::new(&token, "test", Scopes::parse(scopes).unwrap()).unwrap())
-            .await
-            .unwrap();
+        setup.db.create_api_key(&ApiKey::new(&token, "test", Scopes::parse(scopes).unwrap()).unwrap()).await.unwrap();
         token.reveal()
     }
 
@@ -447,7 +443,7 @@ mod tests {
         for auth in [&cached, &uncached] {
             assert_eq!(code(auth, Some(&admin), Scope::Admin).await, "ok");
         }
-        setup.store.revoke_api_key(&admin[11..23]).await.unwrap();
+        setup.db.revoke_api_key(&admin[11..23]).await.unwrap();
         assert_eq!(code(&cached, Some(&admin), Scope::Admin).await, "ok", "within the ttl, from the cache");
         assert_eq!(code(&uncached, Some(&admin), Scope::Admin).await, "invalid_api_key");
         assert_eq!(code(&uncached, Some(&admin), Scope::Admin).await, "invalid_api_key");
@@ -460,7 +456,7 @@ mod tests {
         let known = format!("Bearer {}", key(&setup, "stock:read").await);
         let unseen = format!("Bearer {}", key(&setup, "stock:read").await);
         assert_eq!(code(&auth, Some(&known), Scope::StockRead).await, "ok");
-        setup.store.pool().close().await;
+        setup.db.pool().close().await;
         // Expired at once (ttl 0), so each request tries the database and goes on without it.
         assert_eq!(code(&auth, Some(&known), Scope::StockRead).await, "ok");
         assert_eq!(code(&auth, Some(&known), Scope::StockRead).await, "ok");
@@ -506,7 +502,7 @@ mod tests {
         let invented = format!("Bearer {}", Token::generate().reveal());
         assert_eq!(admit(invented.clone()).await, "invalid_api_key");
         // With the database gone, the same invented id is still known to be unknown.
-        setup.store.pool().close().await;
+        setup.db.pool().close().await;
         assert_eq!(admit(invented.clone()).await, "invalid_api_key", "remembered, not read again");
         // Each new invented id would cost a read: the address runs out of them.
         let codes: Vec<&str> =
@@ -527,7 +523,7 @@ mod tests {
         let auth = authenticator(&setup, HttpConfig { api_key_cache_ttl_s: 0, ..HttpConfig::default() });
         let admin = format!("Bearer {}", key(&setup, "admin").await);
         assert_eq!(code(&auth, Some(&admin), Scope::Admin).await, "ok");
-        setup.store.revoke_api_key(&admin[11..23]).await.unwrap();
+        setup.db.revoke_api_key(&admin[11..23]).await.unwrap();
         // Polled once, then dropped: its refresh has begun and not finished.
         let dropped = futures::FutureExt::now_or_never(code(&auth, Some(&admin), Scope::Admin));
         assert!(dropped.is_none(), "the request was dropped mid-refresh");
@@ -551,7 +547,7 @@ mod tests {
         let auth = authenticator(&setup, http);
         let known = format!("Bearer {}", key(&setup, "stock:read").await);
         assert_eq!(code(&auth, Some(&known), Scope::StockRead).await, "ok");
-        setup.store.pool().close().await;
+        setup.db.pool().close().await;
         assert_eq!(code(&auth, Some(&known), Scope::StockRead).await, "unavailable");
     }
 }

@@ -57,18 +57,18 @@ use crate::{
     auth::Scope,
     cache::StockCache,
     config::{ChannelConfig, HttpConfig, QueryConfig, SourcesConfig},
+    db::Db,
+    freshness::SourceReport,
     health::{Health, Readiness},
     ingest::Ingest,
     relay::Relay,
     reservation::Reservations,
-    source::SourceReport,
-    store::Store,
     telemetry::Metrics,
 };
 
 /// What every handler shares, built once by the app.
 pub struct ApiContext {
-    pub store: Arc<dyn Store>,
+    pub db: Arc<dyn Db>,
     /// Where accepted movements are made safe before the answer.
     pub ingest: Ingest,
     pub metrics: Metrics,
@@ -117,7 +117,7 @@ const SMALL_BODY_BYTES_MAX: usize = 64 * 1024;
 pub fn router(context: ApiContext, connector_routes: Vec<ScopedRoutes>) -> Router {
     let refresh_budget = Duration::from_millis(context.query.database_budget_ms);
     let keys = Arc::new(auth::Authenticator::new(
-        Arc::clone(&context.store),
+        Arc::clone(&context.db),
         &context.http,
         refresh_budget,
         context.metrics.clone(),
@@ -282,7 +282,7 @@ const DATABASE_WATCH_INTERVAL: Duration = Duration::from_secs(1);
 
 /// Pings the database every second and reports it as the `database` component, until
 /// `shutdown`.
-pub async fn watch_database(store: Arc<dyn Store>, component: crate::health::Component, shutdown: CancellationToken) {
+pub async fn watch_database(db: Arc<dyn Db>, component: crate::health::Component, shutdown: CancellationToken) {
     let mut interval = tokio::time::interval(DATABASE_WATCH_INTERVAL);
     interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
@@ -290,7 +290,7 @@ pub async fn watch_database(store: Arc<dyn Store>, component: crate::health::Com
             _ = shutdown.cancelled() => return,
             _ = interval.tick() => {}
         }
-        match tokio::time::timeout(DATABASE_WATCH_INTERVAL, store.ping()).await {
+        match tokio::time::timeout(DATABASE_WATCH_INTERVAL, db.ping()).await {
             Ok(Ok(())) => component.running(),
             Ok(Err(e)) => {
                 // The error's text may name hosts and users: logged, never served.
@@ -321,7 +321,7 @@ struct SourcesAnswer {
     security(("api_key" = ["stock:read"])), summary = "How far behind each source is",
     responses((status = 200, body = SourcesAnswer), (status = 503, description = "`unavailable`", body = ErrorBody)))]
 async fn sources(State(state): State<ApiState>) -> Result<Json<SourcesAnswer>, ApiError> {
-    let states = state.store.sources().await.map_err(|e| {
+    let states = state.db.sources().await.map_err(|e| {
         tracing::warn!(error = %e, "sources read failed");
         ApiError::Unavailable("the database")
     })?;

@@ -39,12 +39,12 @@ pub(super) async fn put(
     let sku = Sku::parse(sku).map_err(|e| ApiError::InvalidSku(e.message))?;
     let input: ProductInput = serde_json::from_slice(&body).map_err(|e| ApiError::InvalidProduct(e.to_string()))?;
     let product = Product::parse(sku.clone(), input).map_err(ApiError::InvalidProduct)?;
-    let unavailable = |e: crate::store::StoreError| {
+    let unavailable = |e: crate::db::DbError| {
         warn!(error = %e, "product write failed");
         ApiError::Unavailable("the database")
     };
-    let created = state.store.put_products(std::slice::from_ref(&product)).await.map_err(unavailable)? == 1;
-    let stored = state.store.product(&sku).await.map_err(unavailable)?.ok_or(ApiError::Unavailable("the database"))?;
+    let created = state.db.put_products(std::slice::from_ref(&product)).await.map_err(unavailable)? == 1;
+    let stored = state.db.product(&sku).await.map_err(unavailable)?.ok_or(ApiError::Unavailable("the database"))?;
     Ok((if created { StatusCode::CREATED } else { StatusCode::OK }, Json(stored)))
 }
 
@@ -64,7 +64,7 @@ pub(super) async fn get(
     Path(sku): Path<String>,
 ) -> Result<Json<StoredProduct>, ApiError> {
     let sku = Sku::parse(sku).map_err(|e| ApiError::InvalidSku(e.message))?;
-    let product = state.store.product(&sku).await.map_err(|e| {
+    let product = state.db.product(&sku).await.map_err(|e| {
         warn!(error = %e, "product read failed");
         ApiError::Unavailable("the database")
     })?;

@@ -24,8 +24,8 @@ use super::{
 };
 use crate::{
     cache::{ReadError, SkuStock},
+    db::StockPolicy,
     event::{LocationId, Sku, StockLevel, QUANTITY_MAX},
-    store::StockPolicy,
 };
 
 /// A SKU's stock at every location (or the locations asked for), with network totals.
@@ -351,7 +351,7 @@ pub(super) async fn put_policy(
         )));
     }
     let policy = StockPolicy { safety_stock: request.safety_stock, reorder_point: request.reorder_point };
-    let level = state.store.set_policy(&(sku, location), policy).await.map_err(|e| {
+    let level = state.db.set_policy(&(sku, location), policy).await.map_err(|e| {
         warn!(error = %e, "policy write failed");
         ApiError::Unavailable("the database")
     })?;

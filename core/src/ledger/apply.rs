@@ -17,10 +17,10 @@ use tokio_util::sync::CancellationToken;
 use tracing::{error, warn};
 
 use crate::{
+    db::{Applied, Batch, Db, DbError, Envelope},
     event::{EventId, InvalidMovement, LocationId, Sku, StockLevel},
     health::Component,
     kafka::{self, DeadLetter},
-    store::{Applied, Batch, Envelope, Store, StoreError},
     telemetry::Metrics,
 };
 
@@ -102,7 +102,7 @@ impl DeadLetters {
 
 /// What applying a batch needs, moved into its task.
 pub(super) struct Applier {
-    pub store: std::sync::Arc<dyn Store>,
+    pub db: std::sync::Arc<dyn Db>,
     pub dead_letters: DeadLetters,
     pub metrics: Metrics,
     pub shutdown: CancellationToken,
@@ -112,7 +112,7 @@ pub(super) struct Applier {
 impl Applier {
     /// Dead-letters `rejected`, then applies `batch` (its offsets last). `None` when
     /// shutdown came first: nothing of the batch's offsets was saved.
-    pub async fn run(self, rejected: Vec<Rejected>, mut batch: Batch) -> Result<Option<Applied>, StoreError> {
+    pub async fn run(self, rejected: Vec<Rejected>, mut batch: Batch) -> Result<Option<Applied>, DbError> {
         for r in &rejected {
             if !self.dead_letters.send(r, &self.shutdown, &self.component).await {
                 return Ok(None);
@@ -123,9 +123,9 @@ impl Applier {
             match self.apply(&batch).await {
                 Ok(Some(applied)) => return Ok(Some(merge(searched, applied))),
                 Ok(None) => return Ok(None),
-                Err(StoreError::Refused { event_id, code, reason }) => {
+                Err(DbError::Refused { event_id, code, reason }) => {
                     let Some(envelope) = take(&mut batch.movements, &event_id) else {
-                        return Err(StoreError::Refused { event_id, code, reason });
+                        return Err(DbError::Refused { event_id, code, reason });
                     };
                     if !self
                         .dead_letters
@@ -167,7 +167,7 @@ impl Applier {
         &self,
         movements: Vec<Envelope>,
         template: &Batch,
-    ) -> Result<Option<(Vec<Rejected>, Applied)>, StoreError> {
+    ) -> Result<Option<(Vec<Rejected>, Applied)>, DbError> {
         let mut refused = Vec::new();
         let mut applied = Applied::default();
         let mut pending = vec![movements];
@@ -182,12 +182,12 @@ impl Applier {
             match self.apply(&batch).await {
                 Ok(Some(done)) => applied = merge(applied, done),
                 Ok(None) => return Ok(None),
-                Err(StoreError::Refused { event_id, code, reason }) => match take(&mut part, &event_id) {
+                Err(DbError::Refused { event_id, code, reason }) => match take(&mut part, &event_id) {
                     Some(envelope) => {
                         refused.push(Rejected::refused(&envelope, code, reason));
                         pending.push(part);
                     }
-                    None => return Err(StoreError::Refused { event_id, code, reason }),
+                    None => return Err(DbError::Refused { event_id, code, reason }),
                 },
                 Err(e) if e.is_refused_data() && part.len() == 1 => {
                     refused.push(Rejected::refused(&part[0], DATABASE_REFUSED, e.to_string()));
@@ -205,10 +205,10 @@ impl Applier {
 
     /// Applies a batch, retrying with backoff while the database is unavailable or the
     /// batch lost too many races. `None` when shutdown came first: nothing was applied.
-    async fn apply(&self, batch: &Batch) -> Result<Option<Applied>, StoreError> {
+    async fn apply(&self, batch: &Batch) -> Result<Option<Applied>, DbError> {
         let mut backoff = Duration::from_millis(100);
         loop {
-            match self.store.apply_batch(batch).await {
+            match self.db.apply_batch(batch).await {
                 Ok(applied) => return Ok(Some(applied)),
                 Err(e) if e.is_retryable() => {
                     self.metrics.ledger_batch_retries_total.inc();

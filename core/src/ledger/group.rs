@@ -32,12 +32,12 @@ use tokio::runtime::Handle;
 use tokio_util::sync::CancellationToken;
 use tracing::{error, info, warn};
 
-use crate::{health::Component, store::Store, telemetry::Metrics};
+use crate::{db::Db, health::Component, telemetry::Metrics};
 
 /// The consumer's context: seeks assigned partitions to the offsets saved in the
 /// database, and counts rebalances so that the loop can drop a batch that straddles one.
 pub(super) struct LedgerContext {
-    pub store: Arc<dyn Store>,
+    pub db: Arc<dyn Db>,
     pub runtime: Handle,
     pub group_id: String,
     pub topic: String,
@@ -158,7 +158,7 @@ impl LedgerContext {
     fn saved_offsets(&self) -> BTreeMap<i32, i64> {
         let mut backoff = Duration::from_millis(100);
         loop {
-            match self.runtime.block_on(self.store.consumer_offsets(&self.group_id, &self.topic)) {
+            match self.runtime.block_on(self.db.consumer_offsets(&self.group_id, &self.topic)) {
                 Ok(offsets) => return offsets.into_iter().map(|o| (o.partition, o.next_offset)).collect(),
                 Err(e) if !self.shutdown.is_cancelled() => {
                     warn!(error = %e, "cannot read the saved offsets; retrying");
@@ -245,7 +245,7 @@ fn lag(consumer: &BaseConsumer<LedgerContext>) -> Option<(i64, BTreeMap<i32, i64
     let partitions: Vec<i32> = metadata.topics().iter().flat_map(|t| t.partitions().iter().map(|p| p.id())).collect();
     let saved: BTreeMap<i32, i64> = context
         .runtime
-        .block_on(context.store.consumer_offsets(&context.group_id, &context.topic))
+        .block_on(context.db.consumer_offsets(&context.group_id, &context.topic))
         .ok()?
         .into_iter()
         .map(|o| (o.partition, o.next_offset))

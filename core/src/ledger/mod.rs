@@ -50,10 +50,10 @@ use self::{
 };
 use crate::{
     config::{KafkaConfig, LedgerConfig},
+    db::{Applied, Batch, Db, DbError, Envelope, PartitionOffset, Published},
     event::{InvalidMovement, Movement, RejectCode, StockLevel},
     health::{Component, State},
     kafka,
-    store::{Applied, Batch, Envelope, PartitionOffset, Published, Store, StoreError},
     telemetry::Metrics,
 };
 
@@ -62,7 +62,7 @@ pub enum LedgerError {
     #[error("ledger: kafka: {0}")]
     Kafka(#[from] KafkaError),
     #[error("ledger: {0}")]
-    Store(#[from] StoreError),
+    Store(#[from] DbError),
     #[error("ledger: stopped on purpose after {0} committed batches (fault injection)")]
     InjectedCrash(u64),
     #[error("ledger: the consumer thread panicked")]
@@ -80,7 +80,7 @@ pub struct FaultInjection {
 /// What a ledger runs with, besides its configuration.
 #[derive(Debug, Clone)]
 pub struct LedgerParts {
-    pub store: Arc<dyn Store>,
+    pub db: Arc<dyn Db>,
     pub metrics: Metrics,
     /// Where the ledger reports what it does (`/readyz`): running, blocked and why, failed.
     pub component: Component,
@@ -172,7 +172,7 @@ fn read(message: &BorrowedMessage<'_>) -> Result<Envelope, Rejected> {
 struct Ledger {
     consumer: BaseConsumer<LedgerContext>,
     producer: kafka::Producer,
-    store: Arc<dyn Store>,
+    db: Arc<dyn Db>,
     metrics: Metrics,
     component: Component,
     shutdown: CancellationToken,
@@ -205,9 +205,9 @@ impl Ledger {
         runtime: Handle,
         assignment: Arc<Mutex<BTreeSet<i32>>>,
     ) -> Result<Self, LedgerError> {
-        let LedgerParts { store, metrics, component, shutdown, faults } = parts;
+        let LedgerParts { db, metrics, component, shutdown, faults } = parts;
         let context = LedgerContext {
-            store: Arc::clone(&store),
+            db: Arc::clone(&db),
             runtime: runtime.clone(),
             group_id: config.group_id.clone(),
             topic: kafka_config.topics.movements.clone(),
@@ -239,7 +239,7 @@ impl Ledger {
             // more ledger throughput on the 2-core benchmark), for 50 ms more on the way of
             // a change to the readers, whose budget is seconds.
             producer: kafka::Producer::new(kafka_config, Duration::from_millis(50))?,
-            store,
+            db,
             metrics,
             component,
             shutdown,
@@ -431,7 +431,7 @@ impl Ledger {
     /// stock topic: at start, those a previous run left; later, those whose publication
     /// failed.
     fn publish_unacknowledged(&mut self, written_before: DateTime<Utc>) {
-        let unpublished = self.store.unpublished_levels(written_before, UNPUBLISHED_SWEEP_MAX);
+        let unpublished = self.db.unpublished_levels(written_before, UNPUBLISHED_SWEEP_MAX);
         match self.runtime.block_on(unpublished) {
             Ok(levels) if !levels.is_empty() => {
                 info!(levels = levels.len(), "publishing levels whose publication was never acknowledged");
@@ -470,7 +470,7 @@ impl Ledger {
         if !batch.published.is_empty() {
             // Shutdown is already cancelled, so this is one attempt: a failure only means
             // that the next start publishes these levels again.
-            if let Err(e) = self.runtime.block_on(self.store.apply_batch(&batch)) {
+            if let Err(e) = self.runtime.block_on(self.db.apply_batch(&batch)) {
                 warn!(error = %e, "cannot record the last publications; they are published again at the next start");
             }
         }
@@ -497,7 +497,7 @@ impl Ledger {
     /// What a batch's task needs to apply it.
     fn applier(&self) -> Applier {
         Applier {
-            store: Arc::clone(&self.store),
+            db: Arc::clone(&self.db),
             dead_letters: DeadLetters {
                 producer: self.producer.clone(),
                 dlq: self.topics.dlq.clone(),
@@ -549,7 +549,7 @@ impl Ledger {
 
 /// A batch being applied in the database while the next one is read.
 struct InFlight {
-    task: tokio::task::JoinHandle<Result<Option<Applied>, StoreError>>,
+    task: tokio::task::JoinHandle<Result<Option<Applied>, DbError>>,
     offsets: BTreeMap<i32, i64>,
     movements: usize,
     started: Instant,

@@ -1,5 +1,5 @@
 //! The ledger's rules as pure functions: how a movement changes the level of its
-//! sku@location. The stores call [`plan_key`] inside their transaction; the tests drive
+//! sku@location. The backends call [`plan_key`] inside their transaction; the tests drive
 //! it directly. `docs/consistency.md` states the rules in prose.
 
 use std::collections::HashMap;

@@ -6,7 +6,7 @@
 //! sale and releases its units in the same write, so `available` never jumps), cancelled or
 //! expired (its units are released). Every change is also a movement (`reserve`, `release`,
 //! `commit`) written to the outbox in the same transaction, so the audit trail on Kafka is
-//! complete. The pure parts live here; the transactions in `store/reservations.rs`; the
+//! complete. The pure parts live here; the transactions in `db/reservations.rs`; the
 //! routes in `api/reservations.rs`.
 
 mod service;

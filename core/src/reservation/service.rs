@@ -1,5 +1,5 @@
 //! The reservation service the API calls: checks a request at the edge, runs its
-//! transaction in the store, then hands what it wrote to the [`Relay`]. The expiry
+//! transaction in the database, then hands what it wrote to the [`Relay`]. The expiry
 //! scheduler ([`Reservations::run_expiry`]) runs in every API instance; two instances
 //! expiring the same reservation is harmless, the second finds it no longer held.
 
@@ -13,9 +13,9 @@ use super::{Answer, LineRequest, Reservation, Status};
 use crate::{
     clock::Clock,
     config::{ChannelConfig, ReservationConfig},
+    db::{Closed, Closing, Db, DbError, NewReservation, OutboxRecord, Reserved},
     event::{StockLevel, QUANTITY_MAX},
     relay::Relay,
-    store::{Closed, Closing, NewReservation, OutboxRecord, Reserved, Store, StoreError},
     telemetry::Metrics,
 };
 
@@ -55,12 +55,12 @@ pub enum ReservationError {
     #[error("reservation {id} is {}, it cannot be {action}", status.as_str())]
     NotHeld { id: String, status: Status, action: &'static str },
     #[error(transparent)]
-    Store(#[from] StoreError),
+    Store(#[from] DbError),
 }
 
 #[derive(Clone)]
 pub struct Reservations {
-    store: Arc<dyn Store>,
+    db: Arc<dyn Db>,
     relay: Relay,
     clock: Clock,
     config: ReservationConfig,
@@ -82,7 +82,7 @@ impl Reservations {
         channels: BTreeMap<String, ChannelConfig>,
         metrics: Metrics,
     ) -> Self {
-        Self { store: Arc::clone(&relay.store), relay, clock, config, channels, metrics }
+        Self { db: Arc::clone(&relay.db), relay, clock, config, channels, metrics }
     }
 
     /// Takes a reservation for `owner` (the API key), or replays the first answer to
@@ -109,7 +109,7 @@ impl Reservations {
             now,
             expires_at: now + chrono::Duration::seconds(ttl_s as i64),
         };
-        let reserved = retry(|| self.store.reserve(&new)).await?;
+        let reserved = retry(|| self.db.reserve(&new)).await?;
         let outcome = |o: &str| self.metrics.reservations_requests_total.with_label_values(&[o]).inc();
         match reserved {
             Reserved::Decided { answer, levels, outbox } => {
@@ -131,7 +131,7 @@ impl Reservations {
     /// The reservation `id`, when `caller` may see it: another key's reservation is not
     /// found, as if it did not exist.
     pub async fn get(&self, id: &str, caller: &Caller<'_>) -> Result<Reservation, ReservationError> {
-        self.store
+        self.db
             .reservation(id)
             .await?
             .filter(|r| r.belongs_to(caller.key_id, caller.admin))
@@ -151,7 +151,7 @@ impl Reservations {
     }
 
     async fn close(&self, id: &str, to: Status, action: &'static str) -> Result<Reservation, ReservationError> {
-        let closed = retry(|| self.store.close_reservation(id, to, self.clock.now())).await?;
+        let closed = retry(|| self.db.close_reservation(id, to, self.clock.now())).await?;
         match self.after_close(closed) {
             Closing::Done(r) | Closing::Already(r) => Ok(r),
             Closing::Refused(r) => Err(ReservationError::NotHeld { id: r.id, status: r.status, action }),
@@ -188,7 +188,7 @@ impl Reservations {
         });
     }
 
-    /// Checks what the store cannot: the channel, the bounds, and that each given location
+    /// Checks what the database cannot: the channel, the bounds, and that each given location
     /// serves the channel. Answers the channel's configuration.
     fn check(&self, request: &ReservationRequest) -> Result<&ChannelConfig, ReservationError> {
         let serving = self
@@ -236,7 +236,7 @@ impl Reservations {
             passes += 1;
             if passes % 3_600 == 1 {
                 let kept = chrono::Duration::hours(self.config.idempotency_keys_kept_h as i64);
-                match self.store.forget_idempotency_keys(self.clock.now() - kept).await {
+                match self.db.forget_idempotency_keys(self.clock.now() - kept).await {
                     Ok(0) => {}
                     Ok(n) => info!(keys = n, "old idempotency keys forgotten"),
                     Err(e) => warn!(error = %e, "old idempotency keys not forgotten"),
@@ -246,13 +246,13 @@ impl Reservations {
     }
 
     /// Releases the held reservations past their time now; answers how many.
-    pub async fn expire_due(&self) -> Result<usize, StoreError> {
-        let due = self.store.due_reservations(self.clock.now(), EXPIRY_BATCH_MAX).await?;
+    pub async fn expire_due(&self) -> Result<usize, DbError> {
+        let due = self.db.due_reservations(self.clock.now(), EXPIRY_BATCH_MAX).await?;
         let mut expired = 0;
         for id in &due {
             // One reservation that cannot be closed must not hold back the ones after it;
             // it is tried again at the next pass.
-            match retry(|| self.store.close_reservation(id, Status::Expired, self.clock.now())).await {
+            match retry(|| self.db.close_reservation(id, Status::Expired, self.clock.now())).await {
                 Ok(closed) => expired += usize::from(matches!(self.after_close(closed), Closing::Done(_))),
                 Err(e) => warn!(error = %e, reservation = %id, "expired reservation not released; trying again later"),
             }
@@ -276,10 +276,10 @@ fn canonical(request: &ReservationRequest, ttl_s: u64) -> String {
 }
 
 /// Runs a store operation again when it failed on a passing error.
-async fn retry<T, F, Fut>(mut operation: F) -> Result<T, StoreError>
+async fn retry<T, F, Fut>(mut operation: F) -> Result<T, DbError>
 where
     F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = Result<T, StoreError>>,
+    Fut: std::future::Future<Output = Result<T, DbError>>,
 {
     let mut attempt = 1;
     loop {
@@ -296,10 +296,10 @@ where
 /// A conflict between transactions, which the next attempt does not meet: a deadlock or
 /// serialization failure (SQLSTATE class 40) or levels that kept changing. An unreachable
 /// database is not retried here; the client gets 503 and retries.
-fn passing(e: &StoreError) -> bool {
+fn passing(e: &DbError) -> bool {
     match e {
-        StoreError::Contended => true,
-        StoreError::Database(sqlx::Error::Database(e)) => e.code().is_some_and(|c| c.starts_with("40")),
+        DbError::Contended => true,
+        DbError::Database(sqlx::Error::Database(e)) => e.code().is_some_and(|c| c.starts_with("40")),
         _ => false,
     }
 }

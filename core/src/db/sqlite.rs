@@ -1,4 +1,4 @@
-//! The embedded store of `onhand dev`: one SQLite file in WAL mode. SQLite has one writer
+//! The embedded database of `onhand dev`: one SQLite file in WAL mode. SQLite has one writer
 //! at a time (`BEGIN IMMEDIATE`), so its statements go row by row, which is fast in process.
 //! Reservations are in `sqlite/reservations.rs`.
 
@@ -20,27 +20,27 @@ use sqlx::{
 use self::reservations::{load_reservation, SqliteReservationTx};
 use super::{
     api_key_from, apply_batch, corrupt, next_source_state, optional_event_id, product_from, Allocation, Applied, Batch,
-    Closed, Envelope, LedgerTx, LevelWrite, NewReservation, OutboxRecord, PartitionOffset, Published, Reserved,
-    StockPolicy, Store, StoreError, StoredLevel,
+    Closed, Db, DbError, Envelope, LedgerTx, LevelWrite, NewReservation, OutboxRecord, PartitionOffset, Published,
+    Reserved, StockPolicy, StoredLevel,
 };
 use crate::{
     auth::ApiKey,
     event::{EventId, LocationId, Movement, Sku, StockLevel},
+    freshness::{SourceState, SourceUpdate},
     ledger::rules::{CountMark, LevelKey, LevelState},
     product::{Product, StoredProduct},
     reservation::{Reservation, Status},
-    source::{SourceState, SourceUpdate},
 };
 
 #[derive(Debug, Clone)]
-pub struct SqliteStore {
+pub struct SqliteDb {
     pool: SqlitePool,
 }
 
-impl SqliteStore {
+impl SqliteDb {
     /// Opens (creating when missing) the database file of `url` and runs the migrations
     /// under `migrations/sqlite`.
-    pub async fn connect(url: &str) -> Result<Self, StoreError> {
+    pub async fn connect(url: &str) -> Result<Self, DbError> {
         let options = SqliteConnectOptions::from_str(url)?
             .create_if_missing(true)
             .journal_mode(SqliteJournalMode::Wal)
@@ -60,19 +60,19 @@ fn micros(t: DateTime<Utc>) -> i64 {
     t.timestamp_micros()
 }
 
-fn time(micros: i64) -> Result<DateTime<Utc>, StoreError> {
+fn time(micros: i64) -> Result<DateTime<Utc>, DbError> {
     DateTime::from_timestamp_micros(micros).ok_or_else(|| corrupt(format!("time {micros} is out of range")))
 }
 
-fn time_at(row: &SqliteRow, column: &str) -> Result<DateTime<Utc>, StoreError> {
+fn time_at(row: &SqliteRow, column: &str) -> Result<DateTime<Utc>, DbError> {
     time(row.try_get(column)?)
 }
 
-fn optional_time_at(row: &SqliteRow, column: &str) -> Result<Option<DateTime<Utc>>, StoreError> {
+fn optional_time_at(row: &SqliteRow, column: &str) -> Result<Option<DateTime<Utc>>, DbError> {
     row.try_get::<Option<i64>, _>(column)?.map(time).transpose()
 }
 
-fn key_at(row: &SqliteRow) -> Result<LevelKey, StoreError> {
+fn key_at(row: &SqliteRow) -> Result<LevelKey, DbError> {
     Ok((
         Sku::parse(row.try_get::<String, _>("sku")?).map_err(corrupt)?,
         LocationId::parse(row.try_get::<String, _>("location")?).map_err(corrupt)?,
@@ -80,13 +80,13 @@ fn key_at(row: &SqliteRow) -> Result<LevelKey, StoreError> {
 }
 
 #[async_trait]
-impl Store for SqliteStore {
-    async fn apply_batch(&self, batch: &Batch) -> Result<Applied, StoreError> {
+impl Db for SqliteDb {
+    async fn apply_batch(&self, batch: &Batch) -> Result<Applied, DbError> {
         let tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
         apply_batch(Box::new(SqliteLedgerTx { tx }), batch).await
     }
 
-    async fn consumer_offsets(&self, group_id: &str, topic: &str) -> Result<Vec<PartitionOffset>, StoreError> {
+    async fn consumer_offsets(&self, group_id: &str, topic: &str) -> Result<Vec<PartitionOffset>, DbError> {
         let rows = sqlx::query(
             "SELECT partition, next_offset FROM consumer_offsets WHERE group_id = ? AND topic = ? ORDER BY partition",
         )
@@ -99,7 +99,7 @@ impl Store for SqliteStore {
             .collect()
     }
 
-    async fn reset_consumer_offsets(&self, group_id: &str, topic: &str) -> Result<(), StoreError> {
+    async fn reset_consumer_offsets(&self, group_id: &str, topic: &str) -> Result<(), DbError> {
         sqlx::query("DELETE FROM consumer_offsets WHERE group_id = ? AND topic = ?")
             .bind(group_id)
             .bind(topic)
@@ -108,11 +108,7 @@ impl Store for SqliteStore {
         Ok(())
     }
 
-    async fn unpublished_levels(
-        &self,
-        written_before: DateTime<Utc>,
-        limit: i64,
-    ) -> Result<Vec<StockLevel>, StoreError> {
+    async fn unpublished_levels(&self, written_before: DateTime<Utc>, limit: i64) -> Result<Vec<StockLevel>, DbError> {
         let rows = sqlx::query(concat!(
             "SELECT ",
             stock_level_columns!(),
@@ -125,7 +121,7 @@ impl Store for SqliteStore {
         rows.iter().map(stock_level).collect()
     }
 
-    async fn stock_page(&self, after: Option<&Sku>, levels_max: i64) -> Result<Vec<StockLevel>, StoreError> {
+    async fn stock_page(&self, after: Option<&Sku>, levels_max: i64) -> Result<Vec<StockLevel>, DbError> {
         let rows = sqlx::query(concat!(
             "SELECT ",
             stock_level_columns!(),
@@ -138,7 +134,7 @@ impl Store for SqliteStore {
         rows.iter().map(stock_level).collect()
     }
 
-    async fn stock_by_sku(&self, sku: &Sku) -> Result<Vec<StockLevel>, StoreError> {
+    async fn stock_by_sku(&self, sku: &Sku) -> Result<Vec<StockLevel>, DbError> {
         let rows = sqlx::query(concat!(
             "SELECT ",
             stock_level_columns!(),
@@ -150,7 +146,7 @@ impl Store for SqliteStore {
         rows.iter().map(stock_level).collect()
     }
 
-    async fn stock_by_skus(&self, skus: &[Sku]) -> Result<Vec<StockLevel>, StoreError> {
+    async fn stock_by_skus(&self, skus: &[Sku]) -> Result<Vec<StockLevel>, DbError> {
         let skus: Vec<&str> = skus.iter().map(Sku::as_str).collect();
         let rows = sqlx::query(concat!(
             "SELECT ",
@@ -163,7 +159,7 @@ impl Store for SqliteStore {
         rows.iter().map(stock_level).collect()
     }
 
-    async fn set_policy(&self, (sku, location): &LevelKey, policy: StockPolicy) -> Result<StockLevel, StoreError> {
+    async fn set_policy(&self, (sku, location): &LevelKey, policy: StockPolicy) -> Result<StockLevel, DbError> {
         let row = sqlx::query(concat!(
             "INSERT INTO stock_levels (sku, location, on_hand, version, safety_stock, reorder_point, updated_at)
              VALUES (?1, ?2, 0, 1, ?3, ?4, ?5)
@@ -183,7 +179,7 @@ impl Store for SqliteStore {
         stock_level(&row)
     }
 
-    async fn put_products(&self, products: &[Product]) -> Result<u64, StoreError> {
+    async fn put_products(&self, products: &[Product]) -> Result<u64, DbError> {
         let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
         let mut inserted = 0;
         let now = micros(Utc::now());
@@ -211,7 +207,7 @@ impl Store for SqliteStore {
         Ok(inserted)
     }
 
-    async fn product(&self, sku: &Sku) -> Result<Option<StoredProduct>, StoreError> {
+    async fn product(&self, sku: &Sku) -> Result<Option<StoredProduct>, DbError> {
         let row = sqlx::query("SELECT sku, name, category, attributes, updated_at FROM products WHERE sku = ?")
             .bind(sku.as_str())
             .fetch_optional(&self.pool)
@@ -225,7 +221,7 @@ impl Store for SqliteStore {
         .transpose()
     }
 
-    async fn products_by_attribute(&self, name: &str, values: &[String]) -> Result<Vec<Product>, StoreError> {
+    async fn products_by_attribute(&self, name: &str, values: &[String]) -> Result<Vec<Product>, DbError> {
         if name.contains(['"', '\\']) || values.is_empty() {
             return Ok(Vec::new());
         }
@@ -247,7 +243,7 @@ impl Store for SqliteStore {
             .collect()
     }
 
-    async fn create_api_key(&self, key: &ApiKey) -> Result<(), StoreError> {
+    async fn create_api_key(&self, key: &ApiKey) -> Result<(), DbError> {
         sqlx::query(
             "INSERT INTO api_keys (id, name, scopes, secret_hash, created_at, revoked_at, bound_to)
              VALUES (?, ?, ?, ?, ?, ?, ?)",
@@ -264,7 +260,7 @@ impl Store for SqliteStore {
         Ok(())
     }
 
-    async fn api_key(&self, id: &str) -> Result<Option<ApiKey>, StoreError> {
+    async fn api_key(&self, id: &str) -> Result<Option<ApiKey>, DbError> {
         let row = sqlx::query(concat!("SELECT ", api_key_columns!(), " FROM api_keys WHERE id = ?"))
             .bind(id)
             .fetch_optional(&self.pool)
@@ -272,7 +268,7 @@ impl Store for SqliteStore {
         row.as_ref().map(api_key).transpose()
     }
 
-    async fn api_keys(&self, limit: i64) -> Result<Vec<ApiKey>, StoreError> {
+    async fn api_keys(&self, limit: i64) -> Result<Vec<ApiKey>, DbError> {
         let rows =
             sqlx::query(concat!("SELECT ", api_key_columns!(), " FROM api_keys ORDER BY created_at, id LIMIT ?"))
                 .bind(limit)
@@ -281,7 +277,7 @@ impl Store for SqliteStore {
         rows.iter().map(api_key).collect()
     }
 
-    async fn revoke_api_key(&self, id: &str) -> Result<bool, StoreError> {
+    async fn revoke_api_key(&self, id: &str) -> Result<bool, DbError> {
         let done = sqlx::query("UPDATE api_keys SET revoked_at = ? WHERE id = ? AND revoked_at IS NULL")
             .bind(micros(Utc::now()))
             .bind(id)
@@ -290,11 +286,11 @@ impl Store for SqliteStore {
         Ok(done.rows_affected() == 1)
     }
 
-    async fn movement_count(&self) -> Result<i64, StoreError> {
+    async fn movement_count(&self) -> Result<i64, DbError> {
         Ok(sqlx::query_scalar("SELECT count(*) FROM movements").fetch_one(&self.pool).await?)
     }
 
-    async fn ping(&self) -> Result<(), StoreError> {
+    async fn ping(&self) -> Result<(), DbError> {
         sqlx::query("SELECT 1").execute(&self.pool).await?;
         Ok(())
     }
@@ -304,7 +300,7 @@ impl Store for SqliteStore {
         source: &str,
         update: &SourceUpdate,
         now: DateTime<Utc>,
-    ) -> Result<SourceState, StoreError> {
+    ) -> Result<SourceState, DbError> {
         let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
         let stored: Option<String> = sqlx::query_scalar("SELECT state FROM sources WHERE source = ?1")
             .bind(source)
@@ -324,13 +320,13 @@ impl Store for SqliteStore {
         Ok(state)
     }
 
-    async fn sources(&self) -> Result<Vec<SourceState>, StoreError> {
+    async fn sources(&self) -> Result<Vec<SourceState>, DbError> {
         let rows: Vec<String> =
             sqlx::query_scalar("SELECT state FROM sources ORDER BY source").fetch_all(&self.pool).await?;
         rows.iter().map(|json| serde_json::from_str(json).map_err(corrupt)).collect()
     }
 
-    async fn name_locations(&self, names: &[(LocationId, String)]) -> Result<u64, StoreError> {
+    async fn name_locations(&self, names: &[(LocationId, String)]) -> Result<u64, DbError> {
         let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
         let mut created = 0;
         for (id, name) in names {
@@ -348,7 +344,7 @@ impl Store for SqliteStore {
         Ok(created)
     }
 
-    async fn connector_state(&self, connector: &str, key: &str) -> Result<Option<String>, StoreError> {
+    async fn connector_state(&self, connector: &str, key: &str) -> Result<Option<String>, DbError> {
         Ok(sqlx::query_scalar("SELECT value FROM connector_state WHERE connector = ?1 AND key = ?2")
             .bind(connector)
             .bind(key)
@@ -356,7 +352,7 @@ impl Store for SqliteStore {
             .await?)
     }
 
-    async fn set_connector_state(&self, connector: &str, key: &str, value: &str) -> Result<(), StoreError> {
+    async fn set_connector_state(&self, connector: &str, key: &str, value: &str) -> Result<(), DbError> {
         sqlx::query(
             "INSERT INTO connector_state (connector, key, value, updated_at) VALUES (?1, ?2, ?3, ?4)
              ON CONFLICT (connector, key) DO UPDATE SET value = excluded.value, updated_at = excluded.updated_at",
@@ -370,22 +366,22 @@ impl Store for SqliteStore {
         Ok(())
     }
 
-    async fn reserve(&self, new: &NewReservation<'_>) -> Result<Reserved, StoreError> {
+    async fn reserve(&self, new: &NewReservation<'_>) -> Result<Reserved, DbError> {
         let tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
         super::reservations::reserve(Box::new(SqliteReservationTx { tx }), new).await
     }
 
-    async fn reservation(&self, id: &str) -> Result<Option<Reservation>, StoreError> {
+    async fn reservation(&self, id: &str) -> Result<Option<Reservation>, DbError> {
         let mut conn = self.pool.acquire().await?;
         load_reservation(&mut conn, id).await
     }
 
-    async fn close_reservation(&self, id: &str, to: Status, now: DateTime<Utc>) -> Result<Closed, StoreError> {
+    async fn close_reservation(&self, id: &str, to: Status, now: DateTime<Utc>) -> Result<Closed, DbError> {
         let tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
         super::reservations::close(Box::new(SqliteReservationTx { tx }), id, to, now).await
     }
 
-    async fn due_reservations(&self, now: DateTime<Utc>, limit: i64) -> Result<Vec<String>, StoreError> {
+    async fn due_reservations(&self, now: DateTime<Utc>, limit: i64) -> Result<Vec<String>, DbError> {
         Ok(sqlx::query_scalar(
             "SELECT id FROM reservations WHERE status = 'held' AND expires_at <= ?1 ORDER BY expires_at LIMIT ?2",
         )
@@ -395,7 +391,7 @@ impl Store for SqliteStore {
         .await?)
     }
 
-    async fn forget_idempotency_keys(&self, created_before: DateTime<Utc>) -> Result<u64, StoreError> {
+    async fn forget_idempotency_keys(&self, created_before: DateTime<Utc>) -> Result<u64, DbError> {
         let done = sqlx::query("DELETE FROM idempotency_keys WHERE created_at < ?1")
             .bind(micros(created_before))
             .execute(&self.pool)
@@ -408,7 +404,7 @@ impl Store for SqliteStore {
         created_before: DateTime<Utc>,
         after_id: i64,
         limit: i64,
-    ) -> Result<Vec<OutboxRecord>, StoreError> {
+    ) -> Result<Vec<OutboxRecord>, DbError> {
         let rows = sqlx::query(
             "SELECT id, kafka_key, payload FROM outbox WHERE created_at < ?1 AND id > ?2 ORDER BY id LIMIT ?3",
         )
@@ -424,18 +420,14 @@ impl Store for SqliteStore {
             .collect()
     }
 
-    async fn enqueue_outbox(
-        &self,
-        movements: &[Movement],
-        now: DateTime<Utc>,
-    ) -> Result<Vec<OutboxRecord>, StoreError> {
+    async fn enqueue_outbox(&self, movements: &[Movement], now: DateTime<Utc>) -> Result<Vec<OutboxRecord>, DbError> {
         let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
         let records = reservations::enqueue(&mut tx, movements, now).await?;
         tx.commit().await?;
         Ok(records)
     }
 
-    async fn delete_recorded_outbox(&self) -> Result<Vec<i64>, StoreError> {
+    async fn delete_recorded_outbox(&self) -> Result<Vec<i64>, DbError> {
         Ok(sqlx::query_scalar(
             "DELETE FROM outbox WHERE EXISTS (SELECT 1 FROM movements m WHERE m.event_id = outbox.event_id) RETURNING id",
         )
@@ -443,7 +435,7 @@ impl Store for SqliteStore {
         .await?)
     }
 
-    async fn delete_outbox(&self, ids: &[i64]) -> Result<(), StoreError> {
+    async fn delete_outbox(&self, ids: &[i64]) -> Result<(), DbError> {
         if ids.is_empty() {
             return Ok(());
         }
@@ -456,7 +448,7 @@ impl Store for SqliteStore {
     }
 }
 
-fn api_key(row: &SqliteRow) -> Result<ApiKey, StoreError> {
+fn api_key(row: &SqliteRow) -> Result<ApiKey, DbError> {
     let (scopes, secret_hash): (String, String) = (row.try_get("scopes")?, row.try_get("secret_hash")?);
     api_key_from(
         row.try_get("id")?,
@@ -469,7 +461,7 @@ fn api_key(row: &SqliteRow) -> Result<ApiKey, StoreError> {
     )
 }
 
-fn stock_level(row: &SqliteRow) -> Result<StockLevel, StoreError> {
+fn stock_level(row: &SqliteRow) -> Result<StockLevel, DbError> {
     let (sku, location) = key_at(row)?;
     Ok(StockLevel {
         sku,
@@ -492,7 +484,7 @@ struct SqliteLedgerTx {
 
 #[async_trait]
 impl LedgerTx for SqliteLedgerTx {
-    async fn insert_movements(&mut self, movements: &[&Envelope]) -> Result<HashSet<EventId>, StoreError> {
+    async fn insert_movements(&mut self, movements: &[&Envelope]) -> Result<HashSet<EventId>, DbError> {
         let now = micros(Utc::now());
         let mut inserted = HashSet::with_capacity(movements.len());
         for e in movements {
@@ -524,7 +516,7 @@ impl LedgerTx for SqliteLedgerTx {
         Ok(inserted)
     }
 
-    async fn load_levels(&mut self, keys: &[&LevelKey]) -> Result<HashMap<LevelKey, StoredLevel>, StoreError> {
+    async fn load_levels(&mut self, keys: &[&LevelKey]) -> Result<HashMap<LevelKey, StoredLevel>, DbError> {
         let mut levels = HashMap::with_capacity(keys.len());
         for (sku, location) in keys {
             let row = sqlx::query(
@@ -566,7 +558,7 @@ impl LedgerTx for SqliteLedgerTx {
         &mut self,
         counts: &[&Movement],
         batch_ids: &[&EventId],
-    ) -> Result<HashMap<EventId, i128>, StoreError> {
+    ) -> Result<HashMap<EventId, i128>, DbError> {
         let batch: HashSet<&str> = batch_ids.iter().map(|id| id.as_str()).collect();
         let mut sums = HashMap::with_capacity(counts.len());
         for count in counts {
@@ -594,7 +586,7 @@ impl LedgerTx for SqliteLedgerTx {
         &mut self,
         writes: &[LevelWrite],
         updated_at: DateTime<Utc>,
-    ) -> Result<HashSet<LevelKey>, StoreError> {
+    ) -> Result<HashSet<LevelKey>, DbError> {
         let mut written = HashSet::with_capacity(writes.len());
         for w in writes {
             let sql = match w.expected_version {
@@ -635,7 +627,7 @@ impl LedgerTx for SqliteLedgerTx {
         &mut self,
         sales: &[(&str, i32, &Movement)],
         now: DateTime<Utc>,
-    ) -> Result<HashMap<LevelKey, i64>, StoreError> {
+    ) -> Result<HashMap<LevelKey, i64>, DbError> {
         let mut released = HashMap::new();
         for (id, line, m) in sales {
             // As in PostgreSQL: only a matching line of a committed reservation, once.
@@ -660,7 +652,7 @@ impl LedgerTx for SqliteLedgerTx {
         Ok(released)
     }
 
-    async fn mark_effect(&mut self, event_ids: &[EventId], effect: &str) -> Result<(), StoreError> {
+    async fn mark_effect(&mut self, event_ids: &[EventId], effect: &str) -> Result<(), DbError> {
         for id in event_ids {
             sqlx::query("UPDATE movements SET effect = ?2 WHERE event_id = ?1")
                 .bind(id.as_str())
@@ -671,7 +663,7 @@ impl LedgerTx for SqliteLedgerTx {
         Ok(())
     }
 
-    async fn mark_published(&mut self, published: &[Published]) -> Result<(), StoreError> {
+    async fn mark_published(&mut self, published: &[Published]) -> Result<(), DbError> {
         for p in published {
             sqlx::query(
                 "UPDATE stock_levels SET published_version = ?3
@@ -686,12 +678,7 @@ impl LedgerTx for SqliteLedgerTx {
         Ok(())
     }
 
-    async fn save_offsets(
-        &mut self,
-        group_id: &str,
-        topic: &str,
-        offsets: &[PartitionOffset],
-    ) -> Result<(), StoreError> {
+    async fn save_offsets(&mut self, group_id: &str, topic: &str, offsets: &[PartitionOffset]) -> Result<(), DbError> {
         for o in offsets {
             sqlx::query(
                 "INSERT INTO consumer_offsets (group_id, topic, partition, next_offset, updated_at)
@@ -710,7 +697,7 @@ impl LedgerTx for SqliteLedgerTx {
         Ok(())
     }
 
-    async fn commit(self: Box<Self>) -> Result<(), StoreError> {
+    async fn commit(self: Box<Self>) -> Result<(), DbError> {
         self.tx.commit().await?;
         Ok(())
     }

@@ -9,16 +9,16 @@ use sqlx::{PgConnection, Postgres, Row, Transaction};
 use super::stock_level;
 use crate::{
     config::ChannelConfig,
-    event::{Movement, Sku, StockLevel},
-    ledger::rules::LevelKey,
-    reservation::{Answer, Reservation, Status, Suggestion},
-    store::{
+    db::{
         corrupt,
         reservations::{
             key_parts, reservation_from_rows, text_attributes, ReservationRow, ReservationTx, SimilarProducts,
         },
-        OutboxRecord, StoreError,
+        DbError, OutboxRecord,
     },
+    event::{Movement, Sku, StockLevel},
+    ledger::rules::LevelKey,
+    reservation::{Answer, Reservation, Status, Suggestion},
 };
 
 pub(super) struct PgReservationTx {
@@ -33,7 +33,7 @@ impl ReservationTx for PgReservationTx {
         key: &str,
         request: &str,
         now: DateTime<Utc>,
-    ) -> Result<Option<(String, Option<Answer>)>, StoreError> {
+    ) -> Result<Option<(String, Option<Answer>)>, DbError> {
         let claimed = sqlx::query(
             "INSERT INTO idempotency_keys (owner, key, request, created_at) VALUES ($1, $2, $3, $4)
              ON CONFLICT (owner, key) DO NOTHING",
@@ -59,7 +59,7 @@ impl ReservationTx for PgReservationTx {
         Ok(Some((row.try_get("request")?, answer)))
     }
 
-    async fn save_answer(&mut self, owner: &str, key: &str, answer: &Answer) -> Result<(), StoreError> {
+    async fn save_answer(&mut self, owner: &str, key: &str, answer: &Answer) -> Result<(), DbError> {
         sqlx::query("UPDATE idempotency_keys SET status = $3, body = $4 WHERE owner = $1 AND key = $2")
             .bind(owner)
             .bind(key)
@@ -70,7 +70,7 @@ impl ReservationTx for PgReservationTx {
         Ok(())
     }
 
-    async fn levels_of(&mut self, skus: &[&Sku]) -> Result<Vec<StockLevel>, StoreError> {
+    async fn levels_of(&mut self, skus: &[&Sku]) -> Result<Vec<StockLevel>, DbError> {
         let skus: Vec<&str> = skus.iter().map(|s| s.as_str()).collect();
         let rows = sqlx::query(concat!(
             "SELECT ",
@@ -83,12 +83,12 @@ impl ReservationTx for PgReservationTx {
         rows.iter().map(stock_level).collect()
     }
 
-    async fn savepoint(&mut self) -> Result<(), StoreError> {
+    async fn savepoint(&mut self) -> Result<(), DbError> {
         sqlx::query("SAVEPOINT hold").execute(&mut *self.tx).await?;
         Ok(())
     }
 
-    async fn rollback_to_savepoint(&mut self) -> Result<(), StoreError> {
+    async fn rollback_to_savepoint(&mut self) -> Result<(), DbError> {
         sqlx::query("ROLLBACK TO SAVEPOINT hold").execute(&mut *self.tx).await?;
         Ok(())
     }
@@ -98,7 +98,7 @@ impl ReservationTx for PgReservationTx {
         key: &LevelKey,
         delta: i64,
         now: DateTime<Utc>,
-    ) -> Result<Option<StockLevel>, StoreError> {
+    ) -> Result<Option<StockLevel>, DbError> {
         let (sku, location) = key_parts(key);
         let row = sqlx::query(concat!(
             "UPDATE stock_levels SET reserved = reserved + $3, version = version + 1, updated_at = $4
@@ -115,7 +115,7 @@ impl ReservationTx for PgReservationTx {
         row.as_ref().map(stock_level).transpose()
     }
 
-    async fn insert_reservation(&mut self, r: &Reservation) -> Result<(), StoreError> {
+    async fn insert_reservation(&mut self, r: &Reservation) -> Result<(), DbError> {
         sqlx::query(
             "INSERT INTO reservations (id, channel, status, created_at, expires_at, owner) VALUES ($1, $2, $3, $4, $5, $6)",
         )
@@ -151,7 +151,7 @@ impl ReservationTx for PgReservationTx {
         to: Status,
         now: DateTime<Utc>,
         unexpired_only: bool,
-    ) -> Result<bool, StoreError> {
+    ) -> Result<bool, DbError> {
         let moved = sqlx::query(
             "UPDATE reservations SET status = $2, closed_at = $3
              WHERE id = $1 AND status = 'held' AND (NOT $4 OR expires_at > $3)",
@@ -165,11 +165,11 @@ impl ReservationTx for PgReservationTx {
         Ok(moved.rows_affected() == 1)
     }
 
-    async fn load_reservation(&mut self, id: &str) -> Result<Option<Reservation>, StoreError> {
+    async fn load_reservation(&mut self, id: &str) -> Result<Option<Reservation>, DbError> {
         load_reservation(&mut self.tx, id).await
     }
 
-    async fn enqueue(&mut self, movements: &[Movement], now: DateTime<Utc>) -> Result<Vec<OutboxRecord>, StoreError> {
+    async fn enqueue(&mut self, movements: &[Movement], now: DateTime<Utc>) -> Result<Vec<OutboxRecord>, DbError> {
         enqueue(&mut self.tx, movements, now).await
     }
 
@@ -178,7 +178,7 @@ impl ReservationTx for PgReservationTx {
         sku: &Sku,
         serving: &ChannelConfig,
         quantity: i64,
-    ) -> Result<Option<SimilarProducts>, StoreError> {
+    ) -> Result<Option<SimilarProducts>, DbError> {
         let Some(product) = sqlx::query("SELECT category, attributes::text AS attributes FROM products WHERE sku = $1")
             .bind(sku.as_str())
             .fetch_optional(&mut *self.tx)
@@ -221,17 +221,17 @@ impl ReservationTx for PgReservationTx {
                 let attributes: String = row.try_get("attributes")?;
                 Ok((suggestion, row.try_get("category")?, text_attributes(&attributes)))
             })
-            .collect::<Result<_, StoreError>>()?;
+            .collect::<Result<_, DbError>>()?;
         Ok(Some(SimilarProducts { category, attributes: text_attributes(&attributes), candidates }))
     }
 
-    async fn commit(self: Box<Self>) -> Result<(), StoreError> {
+    async fn commit(self: Box<Self>) -> Result<(), DbError> {
         self.tx.commit().await?;
         Ok(())
     }
 }
 
-pub(super) async fn load_reservation(conn: &mut PgConnection, id: &str) -> Result<Option<Reservation>, StoreError> {
+pub(super) async fn load_reservation(conn: &mut PgConnection, id: &str) -> Result<Option<Reservation>, DbError> {
     let rows = sqlx::query(
         "SELECT r.id, r.channel, r.status, r.created_at, r.expires_at, r.closed_at, r.owner,
                 l.line, l.sku, l.location, l.quantity
@@ -258,16 +258,16 @@ pub(super) async fn load_reservation(conn: &mut PgConnection, id: &str) -> Resul
                 quantity: row.try_get("quantity")?,
             })
         })
-        .collect::<Result<Vec<_>, StoreError>>()?;
+        .collect::<Result<Vec<_>, DbError>>()?;
     reservation_from_rows(rows)
 }
 
 /// Writes movements to the outbox, in order, inside the caller's transaction.
-pub(in crate::store) async fn enqueue(
+pub(in crate::db) async fn enqueue(
     conn: &mut sqlx::PgConnection,
     movements: &[Movement],
     now: DateTime<Utc>,
-) -> Result<Vec<OutboxRecord>, StoreError> {
+) -> Result<Vec<OutboxRecord>, DbError> {
     let keys: Vec<&str> = movements.iter().map(Movement::kafka_key).collect();
     let event_ids: Vec<&str> = movements.iter().map(|m| m.event_id.as_str()).collect();
     let payloads: Vec<String> =

@@ -1,12 +1,12 @@
-//! Where stock lives: one [`Store`] trait, with a PostgreSQL implementation for production
+//! Where stock lives: one [`Db`] trait, with a PostgreSQL implementation for production
 //! and an SQLite one for `onhand dev`. Both run the same batch algorithm ([`apply_batch`])
-//! over their own SQL, and one contract test suite (`store/tests.rs`) runs on both.
+//! over their own SQL, and one contract test suite (`db/tests.rs`) runs on both.
 //!
 //! A batch is applied in one transaction: new movements are inserted (a duplicate
 //! `event_id` is skipped), the levels they touch are written with a compare-and-set on
 //! `version` (retried on conflict), and the consumer's offsets are saved, all or nothing.
 
-/// The columns of a published stock level, in the order every store's `stock_level`
+/// The columns of a published stock level, in the order every backend's `stock_level`
 /// reads them: one list, so that a new column cannot be forgotten in one query.
 macro_rules! stock_level_columns {
     () => {
@@ -15,7 +15,7 @@ macro_rules! stock_level_columns {
     };
 }
 
-/// The columns of an API key, in the order every store's `api_key` reads them.
+/// The columns of an API key, in the order every backend's `api_key` reads them.
 macro_rules! api_key_columns {
     () => {
         "id, name, scopes, secret_hash, created_at, revoked_at, bound_to"
@@ -35,17 +35,17 @@ use async_trait::async_trait;
 use chrono::{DateTime, SubsecRound, Utc};
 
 pub use self::{
-    postgres::PostgresStore,
+    postgres::PostgresDb,
     reservations::{Closed, Closing, NewReservation, OutboxRecord, Reserved},
-    sqlite::SqliteStore,
+    sqlite::SqliteDb,
 };
 use crate::{
     auth::{ApiKey, Binding, Scopes},
     event::{EventId, LocationId, Movement, MovementKind, Sku, StockLevel},
+    freshness::{SourceState, SourceUpdate},
     ledger::rules::{plan_key, KeyPlan, LevelKey, LevelState},
     product::{Product, StoredProduct},
     reservation::{self, Reservation, Status},
-    source::{SourceState, SourceUpdate},
 };
 
 /// The dead-letter reason of a movement that would take its level out of range.
@@ -56,7 +56,7 @@ pub const LEVEL_OUT_OF_RANGE: &str = "level_out_of_range";
 const CONFLICT_ROUNDS_MAX: u32 = 32;
 
 #[derive(Debug, thiserror::Error)]
-pub enum StoreError {
+pub enum DbError {
     #[error("database error: {0}")]
     Database(#[from] sqlx::Error),
     #[error("database migration failed: {0}")]
@@ -73,13 +73,13 @@ pub enum StoreError {
     Refused { event_id: EventId, code: &'static str, reason: String },
 }
 
-impl StoreError {
+impl DbError {
     /// Retrying the same operation later may succeed: the database was unreachable, busy or
     /// contended. Bad data or a bug (a constraint, a value out of range, bad SQL) fails the
     /// same way every time, and needs a person.
     pub fn is_retryable(&self) -> bool {
         match self {
-            StoreError::Database(sqlx::Error::Database(e)) => match e.code() {
+            DbError::Database(sqlx::Error::Database(e)) => match e.code() {
                 // A PostgreSQL SQLSTATE: data exceptions, integrity violations, syntax or
                 // access-rule errors are permanent.
                 Some(code) if code.len() == 5 => !matches!(&code[..2], "22" | "23" | "42"),
@@ -88,12 +88,9 @@ impl StoreError {
                 Some(code) => !matches!(code.parse::<i32>().map(|c| c & 0xff), Ok(18 | 19 | 20 | 25)),
                 None => true,
             },
-            StoreError::Database(e) => !matches!(e, sqlx::Error::Configuration(_) | sqlx::Error::Migrate(_)),
-            StoreError::Contended => true,
-            StoreError::Migrate(_)
-            | StoreError::UnsupportedUrl(_)
-            | StoreError::Corrupt(_)
-            | StoreError::Refused { .. } => false,
+            DbError::Database(e) => !matches!(e, sqlx::Error::Configuration(_) | sqlx::Error::Migrate(_)),
+            DbError::Contended => true,
+            DbError::Migrate(_) | DbError::UnsupportedUrl(_) | DbError::Corrupt(_) | DbError::Refused { .. } => false,
         }
     }
 
@@ -101,7 +98,7 @@ impl StoreError {
     /// statement with other rows may pass, so one bad movement can be found and set aside.
     /// A syntax or permission error fails whatever the rows, and is not one of these.
     pub fn is_refused_data(&self) -> bool {
-        let StoreError::Database(sqlx::Error::Database(e)) = self else { return false };
+        let DbError::Database(sqlx::Error::Database(e)) = self else { return false };
         match e.code() {
             Some(code) if code.len() == 5 => matches!(&code[..2], "22" | "23"),
             Some(code) => matches!(code.parse::<i32>().map(|c| c & 0xff), Ok(18 | 19 | 20 | 25)),
@@ -172,34 +169,30 @@ pub struct Applied {
 }
 
 #[async_trait]
-pub trait Store: Send + Sync + std::fmt::Debug {
+pub trait Db: Send + Sync + std::fmt::Debug {
     /// Applies a batch exactly once, in one transaction.
-    async fn apply_batch(&self, batch: &Batch) -> Result<Applied, StoreError>;
+    async fn apply_batch(&self, batch: &Batch) -> Result<Applied, DbError>;
     /// The saved next offsets of a consumer group on a topic.
-    async fn consumer_offsets(&self, group_id: &str, topic: &str) -> Result<Vec<PartitionOffset>, StoreError>;
+    async fn consumer_offsets(&self, group_id: &str, topic: &str) -> Result<Vec<PartitionOffset>, DbError>;
     /// Forgets the saved offsets of a consumer group on a topic, so that it starts over
     /// from the beginning. Applied movements stay recorded, so nothing counts twice.
-    async fn reset_consumer_offsets(&self, group_id: &str, topic: &str) -> Result<(), StoreError>;
+    async fn reset_consumer_offsets(&self, group_id: &str, topic: &str) -> Result<(), DbError>;
     /// Levels written before `written_before` but not acknowledged on the stock topic yet,
     /// oldest first, at most `limit`.
-    async fn unpublished_levels(
-        &self,
-        written_before: DateTime<Utc>,
-        limit: i64,
-    ) -> Result<Vec<StockLevel>, StoreError>;
+    async fn unpublished_levels(&self, written_before: DateTime<Utc>, limit: i64) -> Result<Vec<StockLevel>, DbError>;
     /// At most `levels_max` levels of the SKUs after `after` (all SKUs when `None`), in SKU
     /// then location order: for paging through every level. The last SKU of a full page
     /// may have more levels on the next one.
-    async fn stock_page(&self, after: Option<&Sku>, levels_max: i64) -> Result<Vec<StockLevel>, StoreError>;
+    async fn stock_page(&self, after: Option<&Sku>, levels_max: i64) -> Result<Vec<StockLevel>, DbError>;
     /// The levels of a SKU at every location, ordered by location.
-    async fn stock_by_sku(&self, sku: &Sku) -> Result<Vec<StockLevel>, StoreError>;
+    async fn stock_by_sku(&self, sku: &Sku) -> Result<Vec<StockLevel>, DbError>;
     /// The levels of many SKUs in one read, ordered by SKU then location.
-    async fn stock_by_skus(&self, skus: &[Sku]) -> Result<Vec<StockLevel>, StoreError>;
+    async fn stock_by_skus(&self, skus: &[Sku]) -> Result<Vec<StockLevel>, DbError>;
     /// Sets the stock policy of a level, creating the level (with nothing on hand) when no
     /// movement reached it yet. Bumps the version like every other write of the level.
-    async fn set_policy(&self, key: &LevelKey, policy: StockPolicy) -> Result<StockLevel, StoreError>;
+    async fn set_policy(&self, key: &LevelKey, policy: StockPolicy) -> Result<StockLevel, DbError>;
     /// Records publications outside a ledger batch (the policy API publishes its levels).
-    async fn record_published(&self, published: Vec<Published>) -> Result<(), StoreError> {
+    async fn record_published(&self, published: Vec<Published>) -> Result<(), DbError> {
         let batch = Batch {
             group_id: String::new(),
             topic: String::new(),
@@ -210,33 +203,33 @@ pub trait Store: Send + Sync + std::fmt::Debug {
         self.apply_batch(&batch).await.map(|_| ())
     }
     /// Creates or replaces products, in one transaction; answers how many were new.
-    async fn put_products(&self, products: &[Product]) -> Result<u64, StoreError>;
-    async fn product(&self, sku: &Sku) -> Result<Option<StoredProduct>, StoreError>;
+    async fn put_products(&self, products: &[Product]) -> Result<u64, DbError>;
+    async fn product(&self, sku: &Sku) -> Result<Option<StoredProduct>, DbError>;
     /// The products whose attribute `name` has one of `values`, ordered by SKU: how a
     /// connector finds the SKU of an outside id kept in the catalog (a Shopify variant id
     /// in `shopify_variant_id`). Answers nothing for a name with `"` or `\\` in it.
-    async fn products_by_attribute(&self, name: &str, values: &[String]) -> Result<Vec<Product>, StoreError>;
+    async fn products_by_attribute(&self, name: &str, values: &[String]) -> Result<Vec<Product>, DbError>;
     /// Stores a new API key; fails when its id is taken.
-    async fn create_api_key(&self, key: &ApiKey) -> Result<(), StoreError>;
+    async fn create_api_key(&self, key: &ApiKey) -> Result<(), DbError>;
     /// The API key with this id, revoked or not.
-    async fn api_key(&self, id: &str) -> Result<Option<ApiKey>, StoreError>;
+    async fn api_key(&self, id: &str) -> Result<Option<ApiKey>, DbError>;
     /// At most `limit` API keys, oldest first.
-    async fn api_keys(&self, limit: i64) -> Result<Vec<ApiKey>, StoreError>;
+    async fn api_keys(&self, limit: i64) -> Result<Vec<ApiKey>, DbError>;
     /// Revokes an API key; answers false when no active key has this id.
-    async fn revoke_api_key(&self, id: &str) -> Result<bool, StoreError>;
+    async fn revoke_api_key(&self, id: &str) -> Result<bool, DbError>;
     /// How many movements are recorded.
-    async fn movement_count(&self) -> Result<i64, StoreError>;
+    async fn movement_count(&self) -> Result<i64, DbError>;
 
     /// Takes a reservation, all lines or none, or answers why not; replays the first
     /// answer to a retry with the same idempotency key.
-    async fn reserve(&self, new: &NewReservation<'_>) -> Result<Reserved, StoreError>;
-    async fn reservation(&self, id: &str) -> Result<Option<Reservation>, StoreError>;
+    async fn reserve(&self, new: &NewReservation<'_>) -> Result<Reserved, DbError>;
+    async fn reservation(&self, id: &str) -> Result<Option<Reservation>, DbError>;
     /// Ends a held reservation: `Committed`, `Cancelled` or `Expired`.
-    async fn close_reservation(&self, id: &str, to: Status, now: DateTime<Utc>) -> Result<Closed, StoreError>;
+    async fn close_reservation(&self, id: &str, to: Status, now: DateTime<Utc>) -> Result<Closed, DbError>;
     /// Held reservations whose time is up at `now`, at most `limit`, oldest first.
-    async fn due_reservations(&self, now: DateTime<Utc>, limit: i64) -> Result<Vec<String>, StoreError>;
+    async fn due_reservations(&self, now: DateTime<Utc>, limit: i64) -> Result<Vec<String>, DbError>;
     /// Idempotency keys older than `created_before` are forgotten; answers how many.
-    async fn forget_idempotency_keys(&self, created_before: DateTime<Utc>) -> Result<u64, StoreError>;
+    async fn forget_idempotency_keys(&self, created_before: DateTime<Utc>) -> Result<u64, DbError>;
     /// Outbox records written before `created_before` with an id above `after_id`, oldest
     /// first, at most `limit`.
     async fn outbox(
@@ -244,19 +237,18 @@ pub trait Store: Send + Sync + std::fmt::Debug {
         created_before: DateTime<Utc>,
         after_id: i64,
         limit: i64,
-    ) -> Result<Vec<OutboxRecord>, StoreError>;
-    async fn delete_outbox(&self, ids: &[i64]) -> Result<(), StoreError>;
+    ) -> Result<Vec<OutboxRecord>, DbError>;
+    async fn delete_outbox(&self, ids: &[i64]) -> Result<(), DbError>;
     /// Writes movements to the outbox in one transaction, all or none: what an edge of
     /// onhand accepted is then safe in the database, whatever happens to Kafka.
-    async fn enqueue_outbox(&self, movements: &[Movement], now: DateTime<Utc>)
-        -> Result<Vec<OutboxRecord>, StoreError>;
+    async fn enqueue_outbox(&self, movements: &[Movement], now: DateTime<Utc>) -> Result<Vec<OutboxRecord>, DbError>;
     /// Deletes the outbox records whose movement the ledger recorded; answers their ids.
-    async fn delete_recorded_outbox(&self) -> Result<Vec<i64>, StoreError>;
+    async fn delete_recorded_outbox(&self) -> Result<Vec<i64>, DbError>;
 
     /// A value a connector saved under `key` (a cursor), if any.
-    async fn connector_state(&self, connector: &str, key: &str) -> Result<Option<String>, StoreError>;
+    async fn connector_state(&self, connector: &str, key: &str) -> Result<Option<String>, DbError>;
     /// Saves a connector's value under `key`, replacing the one before.
-    async fn set_connector_state(&self, connector: &str, key: &str, value: &str) -> Result<(), StoreError>;
+    async fn set_connector_state(&self, connector: &str, key: &str, value: &str) -> Result<(), DbError>;
 
     /// Applies what a source just said to its state, in one transaction, and answers the
     /// new state.
@@ -265,25 +257,25 @@ pub trait Store: Send + Sync + std::fmt::Debug {
         source: &str,
         update: &SourceUpdate,
         now: DateTime<Utc>,
-    ) -> Result<SourceState, StoreError>;
+    ) -> Result<SourceState, DbError>;
     /// Every source's state, by name.
-    async fn sources(&self) -> Result<Vec<SourceState>, StoreError>;
+    async fn sources(&self) -> Result<Vec<SourceState>, DbError>;
     /// Names locations that have none yet (a store's name from its stock report); answers
     /// how many were new.
-    async fn name_locations(&self, names: &[(LocationId, String)]) -> Result<u64, StoreError>;
+    async fn name_locations(&self, names: &[(LocationId, String)]) -> Result<u64, DbError>;
 
     /// Checks that the database answers.
-    async fn ping(&self) -> Result<(), StoreError>;
+    async fn ping(&self) -> Result<(), DbError>;
 }
 
-/// Opens the store named by `url` (`postgres://` or `sqlite://`) and runs its migrations.
-pub async fn open(url: &str, connections_max: u32) -> Result<Arc<dyn Store>, StoreError> {
+/// Opens the database named by `url` (`postgres://` or `sqlite://`) and runs its migrations.
+pub async fn open(url: &str, connections_max: u32) -> Result<Arc<dyn Db>, DbError> {
     if url.starts_with("postgres://") || url.starts_with("postgresql://") {
-        Ok(Arc::new(PostgresStore::connect(url, connections_max).await?))
+        Ok(Arc::new(PostgresDb::connect(url, connections_max).await?))
     } else if url.starts_with("sqlite:") {
-        Ok(Arc::new(SqliteStore::connect(url).await?))
+        Ok(Arc::new(SqliteDb::connect(url).await?))
     } else {
-        Err(StoreError::UnsupportedUrl(url.to_string()))
+        Err(DbError::UnsupportedUrl(url.to_string()))
     }
 }
 
@@ -335,47 +327,42 @@ impl LevelWrite {
 }
 
 /// The steps of a ledger transaction, each one statement or a few; the algorithm that
-/// strings them together is [`apply_batch`], shared by every store.
+/// strings them together is [`apply_batch`], shared by both backends.
 #[async_trait]
 trait LedgerTx: Send {
     /// Inserts the movements whose event_id is new and returns those ids.
-    async fn insert_movements(&mut self, movements: &[&Envelope]) -> Result<HashSet<EventId>, StoreError>;
-    async fn load_levels(&mut self, keys: &[&LevelKey]) -> Result<HashMap<LevelKey, StoredLevel>, StoreError>;
+    async fn insert_movements(&mut self, movements: &[&Envelope]) -> Result<HashSet<EventId>, DbError>;
+    async fn load_levels(&mut self, keys: &[&LevelKey]) -> Result<HashMap<LevelKey, StoredLevel>, DbError>;
     /// For each count, the sum of the deltas recorded for its level that occurred after it,
     /// leaving out the movements of this batch. Wide: a sum of any number of deltas.
     async fn recorded_later(
         &mut self,
         counts: &[&Movement],
         batch_ids: &[&EventId],
-    ) -> Result<HashMap<EventId, i128>, StoreError>;
+    ) -> Result<HashMap<EventId, i128>, DbError>;
     /// Writes the levels whose version still matches and returns the keys written.
     async fn write_levels(
         &mut self,
         writes: &[LevelWrite],
         updated_at: DateTime<Utc>,
-    ) -> Result<HashSet<LevelKey>, StoreError>;
+    ) -> Result<HashSet<LevelKey>, DbError>;
     /// Settles the lines of committed reservations whose sales are in `sales` (each once)
     /// and answers the units each level releases.
     async fn settle_reservation_lines(
         &mut self,
         sales: &[(&str, i32, &Movement)],
         now: DateTime<Utc>,
-    ) -> Result<HashMap<LevelKey, i64>, StoreError>;
+    ) -> Result<HashMap<LevelKey, i64>, DbError>;
     /// Records the effect of movements that did not simply apply: `superseded` or `recorded`.
-    async fn mark_effect(&mut self, event_ids: &[EventId], effect: &str) -> Result<(), StoreError>;
+    async fn mark_effect(&mut self, event_ids: &[EventId], effect: &str) -> Result<(), DbError>;
     /// Records publications; a level's published version never moves backwards.
-    async fn mark_published(&mut self, published: &[Published]) -> Result<(), StoreError>;
-    async fn save_offsets(
-        &mut self,
-        group_id: &str,
-        topic: &str,
-        offsets: &[PartitionOffset],
-    ) -> Result<(), StoreError>;
-    async fn commit(self: Box<Self>) -> Result<(), StoreError>;
+    async fn mark_published(&mut self, published: &[Published]) -> Result<(), DbError>;
+    async fn save_offsets(&mut self, group_id: &str, topic: &str, offsets: &[PartitionOffset]) -> Result<(), DbError>;
+    async fn commit(self: Box<Self>) -> Result<(), DbError>;
 }
 
-/// Applies a batch inside `tx`: the one algorithm of every store.
-async fn apply_batch(mut tx: Box<dyn LedgerTx + '_>, batch: &Batch) -> Result<Applied, StoreError> {
+/// Applies a batch inside `tx`: the one algorithm of both backends.
+async fn apply_batch(mut tx: Box<dyn LedgerTx + '_>, batch: &Batch) -> Result<Applied, DbError> {
     let mut outcome = Applied::default();
 
     // A re-delivery can put the same event twice in one batch: keep the first.
@@ -422,7 +409,7 @@ async fn apply_batch(mut tx: Box<dyn LedgerTx + '_>, batch: &Batch) -> Result<Ap
             break;
         }
         if round == CONFLICT_ROUNDS_MAX {
-            return Err(StoreError::Contended);
+            return Err(DbError::Contended);
         }
         let stored = tx.load_levels(&pending).await?;
         let counts: Vec<&Movement> =
@@ -433,7 +420,7 @@ async fn apply_batch(mut tx: Box<dyn LedgerTx + '_>, batch: &Batch) -> Result<Ap
         let mut writes = Vec::new();
         for key in &pending {
             let prior = stored.get(*key);
-            let plan = plan_key(prior.map(|s| &s.state), &by_key[*key], &later).map_err(|e| StoreError::Refused {
+            let plan = plan_key(prior.map(|s| &s.state), &by_key[*key], &later).map_err(|e| DbError::Refused {
                 event_id: e.event_id,
                 code: LEVEL_OUT_OF_RANGE,
                 reason: e.reason,
@@ -505,7 +492,7 @@ fn newest_publications(published: &[Published]) -> Vec<Published> {
         .collect()
 }
 
-fn product_from(sku: String, name: String, category: Option<String>, attributes: &str) -> Result<Product, StoreError> {
+fn product_from(sku: String, name: String, category: Option<String>, attributes: &str) -> Result<Product, DbError> {
     Ok(Product {
         sku: Sku::parse(sku).map_err(corrupt)?,
         name,
@@ -523,7 +510,7 @@ fn api_key_from(
     created_at: DateTime<Utc>,
     revoked_at: Option<DateTime<Utc>>,
     bound_to: Option<String>,
-) -> Result<ApiKey, StoreError> {
+) -> Result<ApiKey, DbError> {
     let mut secret_sha256 = [0u8; 32];
     hex::decode_to_slice(secret_hash, &mut secret_sha256).map_err(corrupt)?;
     let bound_to = bound_to.map(|b| Binding::parse(&b).map_err(corrupt)).transpose()?;
@@ -531,7 +518,7 @@ fn api_key_from(
     Ok(ApiKey { id, name, scopes, secret_sha256, created_at, revoked_at, bound_to })
 }
 
-fn optional_event_id(id: Option<String>) -> Result<Option<EventId>, StoreError> {
+fn optional_event_id(id: Option<String>) -> Result<Option<EventId>, DbError> {
     id.map(|id| EventId::parse(id).map_err(corrupt)).transpose()
 }
 
@@ -541,7 +528,7 @@ fn next_source_state(
     stored: Option<String>,
     update: &SourceUpdate,
     now: DateTime<Utc>,
-) -> Result<SourceState, StoreError> {
+) -> Result<SourceState, DbError> {
     let state = match stored {
         Some(json) => serde_json::from_str(&json).map_err(corrupt)?,
         None => SourceState::new(source, now),
@@ -549,8 +536,8 @@ fn next_source_state(
     Ok(state.apply(update, now))
 }
 
-fn corrupt(what: impl std::fmt::Display) -> StoreError {
-    StoreError::Corrupt(what.to_string())
+fn corrupt(what: impl std::fmt::Display) -> DbError {
+    DbError::Corrupt(what.to_string())
 }
 
 #[cfg(test)]

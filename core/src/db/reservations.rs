@@ -1,5 +1,5 @@
-//! The transactions of reservations, shared by every store like [`super::apply_batch`]:
-//! taking one ([`reserve`]) and ending one ([`close`]). Each store implements the steps
+//! The transactions of reservations, shared by both backends like [`super::apply_batch`]:
+//! taking one ([`reserve`]) and ending one ([`close`]). Each backend implements the steps
 //! ([`ReservationTx`]) in its SQL.
 
 use std::collections::BTreeMap;
@@ -7,7 +7,7 @@ use std::collections::BTreeMap;
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 
-use super::StoreError;
+use super::DbError;
 use crate::{
     config::ChannelConfig,
     event::{LocationId, Movement, MovementKind, Sku, StockLevel},
@@ -87,11 +87,11 @@ pub(super) trait ReservationTx: Send {
         key: &str,
         request: &str,
         now: DateTime<Utc>,
-    ) -> Result<Option<(String, Option<Answer>)>, StoreError>;
-    async fn save_answer(&mut self, owner: &str, key: &str, answer: &Answer) -> Result<(), StoreError>;
-    async fn levels_of(&mut self, skus: &[&Sku]) -> Result<Vec<StockLevel>, StoreError>;
-    async fn savepoint(&mut self) -> Result<(), StoreError>;
-    async fn rollback_to_savepoint(&mut self) -> Result<(), StoreError>;
+    ) -> Result<Option<(String, Option<Answer>)>, DbError>;
+    async fn save_answer(&mut self, owner: &str, key: &str, answer: &Answer) -> Result<(), DbError>;
+    async fn levels_of(&mut self, skus: &[&Sku]) -> Result<Vec<StockLevel>, DbError>;
+    async fn savepoint(&mut self) -> Result<(), DbError>;
+    async fn rollback_to_savepoint(&mut self) -> Result<(), DbError>;
     /// Adds `delta` to the level's reserved units: a hold (> 0) only if that many units
     /// are available, a release (< 0) always. The level as written, or `None` when the
     /// units are not available (any more) or the level does not exist.
@@ -100,8 +100,8 @@ pub(super) trait ReservationTx: Send {
         key: &LevelKey,
         delta: i64,
         now: DateTime<Utc>,
-    ) -> Result<Option<StockLevel>, StoreError>;
-    async fn insert_reservation(&mut self, reservation: &Reservation) -> Result<(), StoreError>;
+    ) -> Result<Option<StockLevel>, DbError>;
+    async fn insert_reservation(&mut self, reservation: &Reservation) -> Result<(), DbError>;
     /// Moves a held reservation to `to`; with `unexpired_only`, only if it has not expired
     /// at `now`. Answers whether it moved.
     async fn close_held(
@@ -110,9 +110,9 @@ pub(super) trait ReservationTx: Send {
         to: Status,
         now: DateTime<Utc>,
         unexpired_only: bool,
-    ) -> Result<bool, StoreError>;
-    async fn load_reservation(&mut self, id: &str) -> Result<Option<Reservation>, StoreError>;
-    async fn enqueue(&mut self, movements: &[Movement], now: DateTime<Utc>) -> Result<Vec<OutboxRecord>, StoreError>;
+    ) -> Result<bool, DbError>;
+    async fn load_reservation(&mut self, id: &str) -> Result<Option<Reservation>, DbError>;
+    async fn enqueue(&mut self, movements: &[Movement], now: DateTime<Utc>) -> Result<Vec<OutboxRecord>, DbError>;
     /// Products like `sku` (same category or a shared attribute) that one serving
     /// location has at least `quantity` of, with their category and attributes.
     async fn similar_in_stock(
@@ -120,8 +120,8 @@ pub(super) trait ReservationTx: Send {
         sku: &Sku,
         serving: &ChannelConfig,
         quantity: i64,
-    ) -> Result<Option<SimilarProducts>, StoreError>;
-    async fn commit(self: Box<Self>) -> Result<(), StoreError>;
+    ) -> Result<Option<SimilarProducts>, DbError>;
+    async fn commit(self: Box<Self>) -> Result<(), DbError>;
 }
 
 /// The short SKU's category and attributes, and the candidates to rank against them.
@@ -135,7 +135,7 @@ pub(super) struct SimilarProducts {
 pub(super) async fn reserve(
     mut tx: Box<dyn ReservationTx + '_>,
     new: &NewReservation<'_>,
-) -> Result<Reserved, StoreError> {
+) -> Result<Reserved, DbError> {
     // The first statement claims the key: a concurrent request with the same key waits
     // here for this transaction, then finds its answer.
     if let Some((request, answer)) = tx.claim_key(new.owner, new.idempotency_key, new.request, new.now).await? {
@@ -185,7 +185,7 @@ pub(super) async fn reserve(
             if round < PLAN_ROUNDS_MAX {
                 continue;
             }
-            return Err(StoreError::Contended);
+            return Err(DbError::Contended);
         }
         let reservation = Reservation {
             id: new.id.to_string(),
@@ -210,7 +210,7 @@ async fn short_lines(
     tx: &mut (dyn ReservationTx + '_),
     new: &NewReservation<'_>,
     short: Vec<(usize, i64)>,
-) -> Result<Vec<ShortLine>, StoreError> {
+) -> Result<Vec<ShortLine>, DbError> {
     let mut lines = Vec::with_capacity(short.len());
     for (i, available) in short {
         let line = &new.lines[i];
@@ -241,7 +241,7 @@ pub(super) async fn close(
     id: &str,
     to: Status,
     now: DateTime<Utc>,
-) -> Result<Closed, StoreError> {
+) -> Result<Closed, DbError> {
     let mut closed = Closed { closing: Closing::NotFound, levels: Vec::new(), outbox: Vec::new() };
     let moved = tx.close_held(id, to, now, to == Status::Committed).await?;
     let expired_on_commit = !moved && to == Status::Committed && tx.close_held(id, Status::Expired, now, false).await?;
@@ -278,7 +278,7 @@ pub(super) fn key_parts((sku, location): &LevelKey) -> (&str, &str) {
 /// Rebuilds a reservation from its rows, one per line, ordered by line.
 pub(super) fn reservation_from_rows(
     rows: impl IntoIterator<Item = ReservationRow>,
-) -> Result<Option<Reservation>, StoreError> {
+) -> Result<Option<Reservation>, DbError> {
     let mut reservation: Option<Reservation> = None;
     for row in rows {
         let line = Line {

@@ -1,4 +1,4 @@
-//! The contract every store keeps, run on SQLite and on PostgreSQL.
+//! The contract both backends keep, run on SQLite and on PostgreSQL.
 
 use std::sync::Arc;
 
@@ -23,13 +23,13 @@ fn batch(movements: Vec<Envelope>, next_offset: i64) -> Batch {
     }
 }
 
-async fn on_hand(store: &dyn Store, location: &str) -> Option<i64> {
-    let levels = store.stock_by_sku(&Sku::parse("SKU-1").unwrap()).await.unwrap();
+async fn on_hand(db: &dyn Db, location: &str) -> Option<i64> {
+    let levels = db.stock_by_sku(&Sku::parse("SKU-1").unwrap()).await.unwrap();
     levels.iter().find(|l| l.location.as_str() == location).map(|l| l.on_hand)
 }
 
-async fn deltas_are_applied_and_levels_returned(store: Arc<dyn Store>) {
-    let applied = store
+async fn deltas_are_applied_and_levels_returned(db: Arc<dyn Db>) {
+    let applied = db
         .apply_batch(&batch(
             vec![
                 envelope("a", "s1", Receipt, 10, 0),
@@ -46,68 +46,68 @@ async fn deltas_are_applied_and_levels_returned(store: Arc<dyn Store>) {
     levels.sort();
     assert_eq!(levels, vec![("s1".into(), 7, 1), ("s2".into(), 4, 1)]);
 
-    let stored = store.stock_by_sku(&Sku::parse("SKU-1").unwrap()).await.unwrap();
+    let stored = db.stock_by_sku(&Sku::parse("SKU-1").unwrap()).await.unwrap();
     assert_eq!(stored.len(), 2);
     assert_eq!(stored[0].last_event_id.as_ref().map(EventId::as_str), Some("b"));
     assert_eq!(stored[0].last_movement_at, Some(at(1)));
-    assert_eq!(store.movement_count().await.unwrap(), 3);
+    assert_eq!(db.movement_count().await.unwrap(), 3);
 }
 
-async fn a_movement_delivered_three_times_counts_once(store: Arc<dyn Store>) {
-    let first = store.apply_batch(&batch(vec![envelope("a", "s1", Receipt, 5, 0)], 1)).await.unwrap();
-    let again = store
+async fn a_movement_delivered_three_times_counts_once(db: Arc<dyn Db>) {
+    let first = db.apply_batch(&batch(vec![envelope("a", "s1", Receipt, 5, 0)], 1)).await.unwrap();
+    let again = db
         .apply_batch(&batch(vec![envelope("a", "s1", Receipt, 5, 0), envelope("a", "s1", Receipt, 5, 0)], 3))
         .await
         .unwrap();
     assert_eq!((first.applied, again.applied, again.duplicates), (1, 0, 2));
     assert!(again.levels.is_empty(), "a duplicate changes no level");
-    assert_eq!(on_hand(&*store, "s1").await, Some(5));
-    assert_eq!(store.movement_count().await.unwrap(), 1);
+    assert_eq!(on_hand(&*db, "s1").await, Some(5));
+    assert_eq!(db.movement_count().await.unwrap(), 1);
 }
 
-async fn a_batch_applied_twice_equals_it_applied_once(store: Arc<dyn Store>) {
+async fn a_batch_applied_twice_equals_it_applied_once(db: Arc<dyn Db>) {
     let movements = vec![
         envelope("a", "s1", Receipt, 10, 0),
         envelope("b", "s1", Count, 4, 5),
         envelope("c", "s1", Sale, 1, 3),
         envelope("d", "s2", Adjustment, -2, 1),
     ];
-    store.apply_batch(&batch(movements.clone(), 4)).await.unwrap();
-    let before = store.stock_by_sku(&Sku::parse("SKU-1").unwrap()).await.unwrap();
-    let replay = store.apply_batch(&batch(movements, 4)).await.unwrap();
+    db.apply_batch(&batch(movements.clone(), 4)).await.unwrap();
+    let before = db.stock_by_sku(&Sku::parse("SKU-1").unwrap()).await.unwrap();
+    let replay = db.apply_batch(&batch(movements, 4)).await.unwrap();
     assert_eq!(replay.duplicates, 4);
-    assert_eq!(store.stock_by_sku(&Sku::parse("SKU-1").unwrap()).await.unwrap(), before);
-    assert_eq!(on_hand(&*store, "s1").await, Some(4));
-    assert_eq!(on_hand(&*store, "s2").await, Some(-2));
+    assert_eq!(db.stock_by_sku(&Sku::parse("SKU-1").unwrap()).await.unwrap(), before);
+    assert_eq!(on_hand(&*db, "s1").await, Some(4));
+    assert_eq!(on_hand(&*db, "s2").await, Some(-2));
 }
 
-async fn a_late_count_keeps_a_sale_that_is_delivered_again_beside_it(store: Arc<dyn Store>) {
-    store.apply_batch(&batch(vec![envelope("sale-30", "s1", Sale, 2, 30)], 1)).await.unwrap();
+async fn a_late_count_keeps_a_sale_that_is_delivered_again_beside_it(db: Arc<dyn Db>) {
+    db.apply_batch(&batch(vec![envelope("sale-30", "s1", Sale, 2, 30)], 1)).await.unwrap();
     // A replay brings the sale again, in the batch of a count taken before it.
-    let replay = store
+    let replay = db
         .apply_batch(&batch(vec![envelope("sale-30", "s1", Sale, 2, 30), envelope("count-10", "s1", Count, 50, 10)], 2))
         .await
         .unwrap();
     assert_eq!((replay.applied, replay.duplicates), (1, 1));
-    assert_eq!(on_hand(&*store, "s1").await, Some(48));
+    assert_eq!(on_hand(&*db, "s1").await, Some(48));
 }
 
-async fn a_policy_is_part_of_the_level_and_bumps_its_version(store: Arc<dyn Store>) {
+async fn a_policy_is_part_of_the_level_and_bumps_its_version(db: Arc<dyn Db>) {
     let key = (Sku::parse("SKU-1").unwrap(), LocationId::parse("s1").unwrap());
     // Set before any movement: the level exists with nothing on hand.
-    let level = store.set_policy(&key, StockPolicy { safety_stock: 2, reorder_point: Some(5) }).await.unwrap();
+    let level = db.set_policy(&key, StockPolicy { safety_stock: 2, reorder_point: Some(5) }).await.unwrap();
     assert_eq!((level.on_hand, level.safety_stock, level.reorder_point, level.version), (0, 2, Some(5), 1));
     assert_eq!(level.last_event_id, None);
     // The ledger keeps the policy, and its write is one more version.
-    let applied = store.apply_batch(&batch(vec![envelope("a", "s1", Receipt, 10, 0)], 1)).await.unwrap();
+    let applied = db.apply_batch(&batch(vec![envelope("a", "s1", Receipt, 10, 0)], 1)).await.unwrap();
     let published = &applied.levels[0];
     assert_eq!((published.on_hand, published.safety_stock, published.version, published.available()), (10, 2, 2, 8));
-    let level = store.set_policy(&key, StockPolicy { safety_stock: 4, reorder_point: None }).await.unwrap();
+    let level = db.set_policy(&key, StockPolicy { safety_stock: 4, reorder_point: None }).await.unwrap();
     assert_eq!((level.on_hand, level.safety_stock, level.reorder_point, level.version), (10, 4, None, 3));
-    assert_eq!(store.unpublished_levels(Utc::now(), 10).await.unwrap().len(), 1, "the policy write is unpublished");
+    assert_eq!(db.unpublished_levels(Utc::now(), 10).await.unwrap().len(), 1, "the policy write is unpublished");
 }
 
-async fn every_level_can_be_paged_through(store: Arc<dyn Store>) {
+async fn every_level_can_be_paged_through(db: Arc<dyn Db>) {
     let mut movements = Vec::new();
     for (i, sku) in ["A", "B", "C"].iter().enumerate() {
         for location in ["s1", "s2"] {
@@ -116,16 +116,16 @@ async fn every_level_can_be_paged_through(store: Arc<dyn Store>) {
             movements.push(e);
         }
     }
-    store.apply_batch(&batch(movements, 6)).await.unwrap();
-    let first = store.stock_page(None, 3).await.unwrap();
+    db.apply_batch(&batch(movements, 6)).await.unwrap();
+    let first = db.stock_page(None, 3).await.unwrap();
     let keys = |page: &[StockLevel]| page.iter().map(|l| format!("{}@{}", l.sku, l.location)).collect::<Vec<_>>();
     assert_eq!(keys(&first), ["A@s1", "A@s2", "B@s1"]);
-    let second = store.stock_page(Some(&first[1].sku), 4).await.unwrap();
+    let second = db.stock_page(Some(&first[1].sku), 4).await.unwrap();
     assert_eq!(keys(&second), ["B@s1", "B@s2", "C@s1", "C@s2"]);
-    assert!(store.stock_page(Some(&second[3].sku), 4).await.unwrap().is_empty());
+    assert!(db.stock_page(Some(&second[3].sku), 4).await.unwrap().is_empty());
 }
 
-async fn products_are_created_replaced_and_read(store: Arc<dyn Store>) {
+async fn products_are_created_replaced_and_read(db: Arc<dyn Db>) {
     let product = |sku: &str, name: &str| {
         let input = crate::product::ProductInput {
             name: name.into(),
@@ -134,49 +134,48 @@ async fn products_are_created_replaced_and_read(store: Arc<dyn Store>) {
         };
         Product::parse(Sku::parse(sku).unwrap(), input).unwrap()
     };
-    assert_eq!(store.put_products(&[product("01", "Arroz"), product("02", "Feijão")]).await.unwrap(), 2);
-    assert_eq!(store.put_products(&[product("01", "Arroz 5 kg"), product("03", "Café")]).await.unwrap(), 1);
-    let stored = store.product(&Sku::parse("01").unwrap()).await.unwrap().unwrap();
+    assert_eq!(db.put_products(&[product("01", "Arroz"), product("02", "Feijão")]).await.unwrap(), 2);
+    assert_eq!(db.put_products(&[product("01", "Arroz 5 kg"), product("03", "Café")]).await.unwrap(), 1);
+    let stored = db.product(&Sku::parse("01").unwrap()).await.unwrap().unwrap();
     assert_eq!(stored.product, product("01", "Arroz 5 kg"));
-    assert!(store.product(&Sku::parse("99").unwrap()).await.unwrap().is_none());
+    assert!(db.product(&Sku::parse("99").unwrap()).await.unwrap().is_none());
 }
 
-async fn offsets_are_saved_and_never_go_back(store: Arc<dyn Store>) {
-    assert!(store.consumer_offsets("ledger", "movements").await.unwrap().is_empty());
-    store.apply_batch(&batch(vec![envelope("a", "s1", Receipt, 1, 0)], 42)).await.unwrap();
+async fn offsets_are_saved_and_never_go_back(db: Arc<dyn Db>) {
+    assert!(db.consumer_offsets("ledger", "movements").await.unwrap().is_empty());
+    db.apply_batch(&batch(vec![envelope("a", "s1", Receipt, 1, 0)], 42)).await.unwrap();
     // A late batch from a consumer that lost the partition must not rewind it.
-    store.apply_batch(&batch(vec![], 7)).await.unwrap();
-    let offsets = store.consumer_offsets("ledger", "movements").await.unwrap();
+    db.apply_batch(&batch(vec![], 7)).await.unwrap();
+    let offsets = db.consumer_offsets("ledger", "movements").await.unwrap();
     assert_eq!(offsets, vec![PartitionOffset { partition: 0, next_offset: 42 }]);
-    assert!(store.consumer_offsets("other-group", "movements").await.unwrap().is_empty());
-    store.reset_consumer_offsets("ledger", "movements").await.unwrap();
-    assert!(store.consumer_offsets("ledger", "movements").await.unwrap().is_empty());
+    assert!(db.consumer_offsets("other-group", "movements").await.unwrap().is_empty());
+    db.reset_consumer_offsets("ledger", "movements").await.unwrap();
+    assert!(db.consumer_offsets("ledger", "movements").await.unwrap().is_empty());
 }
 
-async fn the_count_rule_holds_across_batches(store: Arc<dyn Store>) {
+async fn the_count_rule_holds_across_batches(db: Arc<dyn Db>) {
     // A sale at t=20 arrives first; the count taken at t=10 arrives later and keeps it.
-    store.apply_batch(&batch(vec![envelope("sale-20", "s1", Sale, 2, 20)], 1)).await.unwrap();
-    store.apply_batch(&batch(vec![envelope("count-10", "s1", Count, 50, 10)], 2)).await.unwrap();
-    assert_eq!(on_hand(&*store, "s1").await, Some(48));
+    db.apply_batch(&batch(vec![envelope("sale-20", "s1", Sale, 2, 20)], 1)).await.unwrap();
+    db.apply_batch(&batch(vec![envelope("count-10", "s1", Count, 50, 10)], 2)).await.unwrap();
+    assert_eq!(on_hand(&*db, "s1").await, Some(48));
     // A receipt that occurred before the count is recorded but changes nothing.
-    let late = store.apply_batch(&batch(vec![envelope("receipt-5", "s1", Receipt, 9, 5)], 3)).await.unwrap();
+    let late = db.apply_batch(&batch(vec![envelope("receipt-5", "s1", Receipt, 9, 5)], 3)).await.unwrap();
     assert_eq!((late.applied, late.superseded), (0, 1));
-    assert_eq!(on_hand(&*store, "s1").await, Some(48));
+    assert_eq!(on_hand(&*db, "s1").await, Some(48));
     // An older count changes nothing; a newer one sets the level.
-    store.apply_batch(&batch(vec![envelope("count-1", "s1", Count, 1, 1)], 4)).await.unwrap();
-    assert_eq!(on_hand(&*store, "s1").await, Some(48));
-    store
-        .apply_batch(&batch(vec![envelope("sale-40", "s1", Sale, 5, 40), envelope("count-30", "s1", Count, 30, 30)], 6))
+    db.apply_batch(&batch(vec![envelope("count-1", "s1", Count, 1, 1)], 4)).await.unwrap();
+    assert_eq!(on_hand(&*db, "s1").await, Some(48));
+    db.apply_batch(&batch(vec![envelope("sale-40", "s1", Sale, 5, 40), envelope("count-30", "s1", Count, 30, 30)], 6))
         .await
         .unwrap();
-    assert_eq!(on_hand(&*store, "s1").await, Some(25));
-    let level = &store.stock_by_sku(&Sku::parse("SKU-1").unwrap()).await.unwrap()[0];
+    assert_eq!(on_hand(&*db, "s1").await, Some(25));
+    let level = &db.stock_by_sku(&Sku::parse("SKU-1").unwrap()).await.unwrap()[0];
     assert_eq!(level.last_count_at, Some(at(30)));
 }
 
-async fn two_writers_on_one_row_lose_no_update(store: Arc<dyn Store>) {
+async fn two_writers_on_one_row_lose_no_update(db: Arc<dyn Db>) {
     let writer = |name: &'static str| {
-        let store = Arc::clone(&store);
+        let db = Arc::clone(&db);
         tokio::spawn(async move {
             let mut conflicts = 0;
             for i in 0..100 {
@@ -184,7 +183,7 @@ async fn two_writers_on_one_row_lose_no_update(store: Arc<dyn Store>) {
                 let mut b = batch(vec![e], 1);
                 b.group_id = name.into();
                 loop {
-                    match store.apply_batch(&b).await {
+                    match db.apply_batch(&b).await {
                         Ok(applied) => {
                             conflicts += applied.conflicts_retried;
                             break;
@@ -199,17 +198,16 @@ async fn two_writers_on_one_row_lose_no_update(store: Arc<dyn Store>) {
     };
     let (a, b) = (writer("a"), writer("b"));
     let _conflicts = a.await.unwrap() + b.await.unwrap();
-    assert_eq!(on_hand(&*store, "s1").await, Some(200));
-    let level = &store.stock_by_sku(&Sku::parse("SKU-1").unwrap()).await.unwrap()[0];
+    assert_eq!(on_hand(&*db, "s1").await, Some(200));
+    let level = &db.stock_by_sku(&Sku::parse("SKU-1").unwrap()).await.unwrap()[0];
     assert_eq!(level.version, 200, "every write bumps the version once");
 }
 
-async fn levels_stay_unpublished_until_their_publication_is_recorded(store: Arc<dyn Store>) {
-    store
-        .apply_batch(&batch(vec![envelope("a", "s1", Receipt, 5, 0), envelope("b", "s2", Receipt, 6, 1)], 2))
+async fn levels_stay_unpublished_until_their_publication_is_recorded(db: Arc<dyn Db>) {
+    db.apply_batch(&batch(vec![envelope("a", "s1", Receipt, 5, 0), envelope("b", "s2", Receipt, 6, 1)], 2))
         .await
         .unwrap();
-    let pending = store.unpublished_levels(Utc::now(), 100).await.unwrap();
+    let pending = db.unpublished_levels(Utc::now(), 100).await.unwrap();
     assert_eq!(pending.len(), 2);
     // s1 changes again in the batch that records both publications: only s2 is done.
     let mut next = batch(vec![envelope("c", "s1", Sale, 1, 3)], 3);
@@ -217,18 +215,18 @@ async fn levels_stay_unpublished_until_their_publication_is_recorded(store: Arc<
         .iter()
         .map(|l| Published { sku: l.sku.clone(), location: l.location.clone(), version: l.version })
         .collect();
-    store.apply_batch(&next).await.unwrap();
-    let pending = store.unpublished_levels(Utc::now(), 100).await.unwrap();
+    db.apply_batch(&next).await.unwrap();
+    let pending = db.unpublished_levels(Utc::now(), 100).await.unwrap();
     assert_eq!(pending.iter().map(|l| (l.location.as_str(), l.version)).collect::<Vec<_>>(), [("s1", 2)]);
     // Acknowledgements of two versions in one batch, the newer first: the newer one counts,
     // and an older one arriving later does not move the level backwards.
     let ack = |version| Published { sku: pending[0].sku.clone(), location: pending[0].location.clone(), version };
     let mut late = batch(vec![], 3);
     late.published = vec![ack(2), ack(1)];
-    store.apply_batch(&late).await.unwrap();
+    db.apply_batch(&late).await.unwrap();
     late.published = vec![ack(1)];
-    store.apply_batch(&late).await.unwrap();
-    assert!(store.unpublished_levels(Utc::now(), 100).await.unwrap().is_empty());
+    db.apply_batch(&late).await.unwrap();
+    assert!(db.unpublished_levels(Utc::now(), 100).await.unwrap().is_empty());
 }
 
 fn config(all: bool, locations: &[&str]) -> crate::config::ChannelConfig {
@@ -246,7 +244,7 @@ fn line(sku: &str, quantity: i64, location: Option<&str>) -> reservation::LineRe
 /// Takes a reservation with idempotency key `key` and request text `key` too, so that one
 /// key always carries the same request.
 async fn reserve(
-    store: &dyn Store,
+    db: &dyn Db,
     key: &str,
     serving: &crate::config::ChannelConfig,
     lines: &[reservation::LineRequest],
@@ -263,7 +261,7 @@ async fn reserve(
         now: at(100),
         expires_at: at(700),
     };
-    store.reserve(&new).await.unwrap()
+    db.reserve(&new).await.unwrap()
 }
 
 fn answer_of(reserved: &Reserved) -> (u16, serde_json::Value) {
@@ -275,22 +273,22 @@ fn answer_of(reserved: &Reserved) -> (u16, serde_json::Value) {
     }
 }
 
-async fn level(store: &dyn Store, sku: &str, location: &str) -> StockLevel {
-    let levels = store.stock_by_sku(&Sku::parse(sku).unwrap()).await.unwrap();
+async fn level(db: &dyn Db, sku: &str, location: &str) -> StockLevel {
+    let levels = db.stock_by_sku(&Sku::parse(sku).unwrap()).await.unwrap();
     levels.into_iter().find(|l| l.location.as_str() == location).unwrap()
 }
 
-async fn stock(store: &dyn Store, sku: &str, location: &str, quantity: i64) {
+async fn stock(db: &dyn Db, sku: &str, location: &str, quantity: i64) {
     let m = movement(&format!("stock-{sku}-{location}"), sku, location, Receipt, quantity, at(0));
-    store.apply_batch(&batch(vec![Envelope { movement: m, partition: 0, offset: 0 }], 1)).await.unwrap();
+    db.apply_batch(&batch(vec![Envelope { movement: m, partition: 0, offset: 0 }], 1)).await.unwrap();
 }
 
-async fn a_reservation_holds_units_at_the_most_available_serving_location(store: Arc<dyn Store>) {
-    stock(&*store, "SKU-1", "s1", 3).await;
-    stock(&*store, "SKU-1", "s2", 5).await;
-    stock(&*store, "SKU-1", "dc", 50).await;
+async fn a_reservation_holds_units_at_the_most_available_serving_location(db: Arc<dyn Db>) {
+    stock(&*db, "SKU-1", "s1", 3).await;
+    stock(&*db, "SKU-1", "s2", 5).await;
+    stock(&*db, "SKU-1", "dc", 50).await;
     let web = config(false, &["s1", "s2"]);
-    let reserved = reserve(&*store, "a", &web, &[line("SKU-1", 2, None), line("SKU-1", 3, None)]).await;
+    let reserved = reserve(&*db, "a", &web, &[line("SKU-1", 2, None), line("SKU-1", 3, None)]).await;
     let (status, body) = answer_of(&reserved);
     assert_eq!(status, 201, "{body}");
     // s2 has the most (5): the first line takes 2 there, leaving 3, tied with s1 (3): s1 first by name.
@@ -300,38 +298,37 @@ async fn a_reservation_holds_units_at_the_most_available_serving_location(store:
     assert_eq!(levels.len(), 2);
     assert_eq!(outbox.len(), 2, "one reserve event per line");
     assert!(outbox[0].payload.contains("\"kind\":\"reserve\""));
-    let s2 = level(&*store, "SKU-1", "s2").await;
+    let s2 = level(&*db, "SKU-1", "s2").await;
     assert_eq!((s2.on_hand, s2.reserved, s2.available(), s2.version), (5, 2, 3, 2));
-    assert_eq!(level(&*store, "SKU-1", "dc").await.reserved, 0, "dc does not serve the channel");
-    let stored = store.reservation("r-a").await.unwrap().unwrap();
+    assert_eq!(level(&*db, "SKU-1", "dc").await.reserved, 0, "dc does not serve the channel");
+    let stored = db.reservation("r-a").await.unwrap().unwrap();
     assert_eq!((stored.status, stored.lines.len()), (reservation::Status::Held, 2));
 }
 
-async fn a_short_reservation_holds_nothing_and_suggests_similar_products(store: Arc<dyn Store>) {
-    stock(&*store, "SKU-1", "s1", 1).await;
-    stock(&*store, "SKU-2", "s1", 9).await;
-    stock(&*store, "RICE-W", "s1", 4).await;
-    stock(&*store, "RICE-B", "s1", 8).await;
-    stock(&*store, "BEANS", "s1", 20).await;
+async fn a_short_reservation_holds_nothing_and_suggests_similar_products(db: Arc<dyn Db>) {
+    stock(&*db, "SKU-1", "s1", 1).await;
+    stock(&*db, "SKU-2", "s1", 9).await;
+    stock(&*db, "RICE-W", "s1", 4).await;
+    stock(&*db, "RICE-B", "s1", 8).await;
+    stock(&*db, "BEANS", "s1", 20).await;
     let product = |sku: &str, category: &str, brand: &str| Product {
         sku: Sku::parse(sku).unwrap(),
         name: sku.to_lowercase(),
         category: Some(category.into()),
         attributes: [("brand".to_string(), brand.to_string())].into(),
     };
-    store
-        .put_products(&[
-            product("RICE-1KG", "rice", "tio"),
-            product("RICE-W", "rice", "camil"),
-            product("RICE-B", "rice", "camil"),
-            product("BEANS", "beans", "tio"),
-        ])
-        .await
-        .unwrap();
-    stock(&*store, "RICE-1KG", "s1", 1).await;
+    db.put_products(&[
+        product("RICE-1KG", "rice", "tio"),
+        product("RICE-W", "rice", "camil"),
+        product("RICE-B", "rice", "camil"),
+        product("BEANS", "beans", "tio"),
+    ])
+    .await
+    .unwrap();
+    stock(&*db, "RICE-1KG", "s1", 1).await;
     let all = config(true, &[]);
     let reserved =
-        reserve(&*store, "b", &all, &[line("SKU-2", 1, None), line("RICE-1KG", 3, None), line("SKU-1", 2, Some("s1"))])
+        reserve(&*db, "b", &all, &[line("SKU-2", 1, None), line("RICE-1KG", 3, None), line("SKU-1", 2, Some("s1"))])
             .await;
     let (status, body) = answer_of(&reserved);
     assert_eq!(status, 409, "{body}");
@@ -344,24 +341,24 @@ async fn a_short_reservation_holds_nothing_and_suggests_similar_products(store: 
     // Same category first (most available first), then a shared attribute.
     assert_eq!(suggested, vec!["RICE-B", "RICE-W", "BEANS"]);
     assert_eq!(short[1]["suggestions"], serde_json::json!([]), "SKU-1 is not in the catalog");
-    assert_eq!(level(&*store, "SKU-2", "s1").await.reserved, 0, "all lines or none");
-    assert!(store.reservation("r-b").await.unwrap().is_none());
+    assert_eq!(level(&*db, "SKU-2", "s1").await.reserved, 0, "all lines or none");
+    assert!(db.reservation("r-b").await.unwrap().is_none());
 }
 
-async fn a_retry_gets_the_first_answer_and_another_request_is_refused(store: Arc<dyn Store>) {
-    stock(&*store, "SKU-1", "s1", 1).await;
+async fn a_retry_gets_the_first_answer_and_another_request_is_refused(db: Arc<dyn Db>) {
+    stock(&*db, "SKU-1", "s1", 1).await;
     let all = config(true, &[]);
-    let first = answer_of(&reserve(&*store, "c", &all, &[line("SKU-1", 1, None)]).await);
+    let first = answer_of(&reserve(&*db, "c", &all, &[line("SKU-1", 1, None)]).await);
     assert_eq!(first.0, 201);
-    let retry = reserve(&*store, "c", &all, &[line("SKU-1", 1, None)]).await;
+    let retry = reserve(&*db, "c", &all, &[line("SKU-1", 1, None)]).await;
     assert!(matches!(retry, Reserved::Replayed(_)));
     assert_eq!(answer_of(&retry), first, "the same answer, not a second hold");
-    assert_eq!(level(&*store, "SKU-1", "s1").await.reserved, 1);
+    assert_eq!(level(&*db, "SKU-1", "s1").await.reserved, 1);
     // A short answer is replayed too, even after stock arrived.
-    let short = answer_of(&reserve(&*store, "d", &all, &[line("SKU-1", 1, None)]).await);
+    let short = answer_of(&reserve(&*db, "d", &all, &[line("SKU-1", 1, None)]).await);
     assert_eq!(short.0, 409);
-    stock(&*store, "SKU-1", "s2", 5).await;
-    assert_eq!(answer_of(&reserve(&*store, "d", &all, &[line("SKU-1", 1, None)]).await), short);
+    stock(&*db, "SKU-1", "s2", 5).await;
+    assert_eq!(answer_of(&reserve(&*db, "d", &all, &[line("SKU-1", 1, None)]).await), short);
     let new = NewReservation {
         owner: "k1",
         idempotency_key: "c",
@@ -373,85 +370,85 @@ async fn a_retry_gets_the_first_answer_and_another_request_is_refused(store: Arc
         now: at(100),
         expires_at: at(700),
     };
-    assert!(matches!(store.reserve(&new).await.unwrap(), Reserved::KeyReused));
+    assert!(matches!(db.reserve(&new).await.unwrap(), Reserved::KeyReused));
 }
 
-async fn a_committed_reservation_is_released_by_its_sales_once(store: Arc<dyn Store>) {
-    stock(&*store, "SKU-1", "s1", 5).await;
+async fn a_committed_reservation_is_released_by_its_sales_once(db: Arc<dyn Db>) {
+    stock(&*db, "SKU-1", "s1", 5).await;
     let all = config(true, &[]);
-    reserve(&*store, "e", &all, &[line("SKU-1", 2, None)]).await;
-    let closed = store.close_reservation("r-e", reservation::Status::Committed, at(200)).await.unwrap();
+    reserve(&*db, "e", &all, &[line("SKU-1", 2, None)]).await;
+    let closed = db.close_reservation("r-e", reservation::Status::Committed, at(200)).await.unwrap();
     assert!(matches!(closed.closing, Closing::Done(ref r) if r.status == reservation::Status::Committed));
     let sales: Vec<Movement> =
         closed.outbox.iter().map(|r| Movement::from_json(r.payload.as_bytes()).unwrap()).collect();
     let kinds: Vec<MovementKind> = sales.iter().map(|m| m.kind).collect();
     assert_eq!(kinds, vec![MovementKind::Commit, Sale]);
-    let held = level(&*store, "SKU-1", "s1").await;
+    let held = level(&*db, "SKU-1", "s1").await;
     assert_eq!((held.on_hand, held.reserved, held.available()), (5, 2, 3), "a commit alone changes no level");
 
     let envelopes: Vec<Envelope> =
         sales.iter().map(|m| Envelope { movement: m.clone(), partition: 0, offset: 0 }).collect();
-    let applied = store.apply_batch(&batch(envelopes.clone(), 2)).await.unwrap();
+    let applied = db.apply_batch(&batch(envelopes.clone(), 2)).await.unwrap();
     assert_eq!((applied.applied, applied.recorded, applied.released), (1, 1, 2));
-    let sold = level(&*store, "SKU-1", "s1").await;
+    let sold = level(&*db, "SKU-1", "s1").await;
     assert_eq!((sold.on_hand, sold.reserved, sold.available()), (3, 0, 3), "available never jumps");
-    let again = store.apply_batch(&batch(envelopes, 2)).await.unwrap();
+    let again = db.apply_batch(&batch(envelopes, 2)).await.unwrap();
     assert_eq!((again.duplicates, again.released), (2, 0));
     // A sale that only names the line settles nothing.
     let mut forged = sales[1].clone();
     forged.event_id = EventId::parse(format!("{}-again", forged.event_id)).unwrap();
-    store.apply_batch(&batch(vec![Envelope { movement: forged, partition: 0, offset: 0 }], 3)).await.unwrap();
-    assert_eq!(level(&*store, "SKU-1", "s1").await.reserved, 0);
-    let twice = store.close_reservation("r-e", reservation::Status::Committed, at(201)).await.unwrap();
+    db.apply_batch(&batch(vec![Envelope { movement: forged, partition: 0, offset: 0 }], 3)).await.unwrap();
+    assert_eq!(level(&*db, "SKU-1", "s1").await.reserved, 0);
+    let twice = db.close_reservation("r-e", reservation::Status::Committed, at(201)).await.unwrap();
     assert!(matches!(twice.closing, Closing::Already(_)) && twice.outbox.is_empty());
 }
 
-async fn cancelled_and_expired_reservations_release_their_units(store: Arc<dyn Store>) {
-    stock(&*store, "SKU-1", "s1", 5).await;
+async fn cancelled_and_expired_reservations_release_their_units(db: Arc<dyn Db>) {
+    stock(&*db, "SKU-1", "s1", 5).await;
     let all = config(true, &[]);
-    reserve(&*store, "f", &all, &[line("SKU-1", 2, None)]).await;
-    reserve(&*store, "g", &all, &[line("SKU-1", 3, None)]).await;
-    assert_eq!(level(&*store, "SKU-1", "s1").await.available(), 0);
+    reserve(&*db, "f", &all, &[line("SKU-1", 2, None)]).await;
+    reserve(&*db, "g", &all, &[line("SKU-1", 3, None)]).await;
+    assert_eq!(level(&*db, "SKU-1", "s1").await.available(), 0);
 
-    let cancelled = store.close_reservation("r-f", reservation::Status::Cancelled, at(200)).await.unwrap();
+    let cancelled = db.close_reservation("r-f", reservation::Status::Cancelled, at(200)).await.unwrap();
     assert!(matches!(cancelled.closing, Closing::Done(_)));
     assert_eq!(cancelled.levels[0].reserved, 3);
     assert!(cancelled.outbox[0].payload.contains("\"kind\":\"release\""));
-    let commit_cancelled = store.close_reservation("r-f", reservation::Status::Committed, at(201)).await.unwrap();
+    let commit_cancelled = db.close_reservation("r-f", reservation::Status::Committed, at(201)).await.unwrap();
     assert!(matches!(commit_cancelled.closing, Closing::Refused(ref r) if r.status == reservation::Status::Cancelled));
 
-    assert!(store.due_reservations(at(699), 10).await.unwrap().is_empty());
-    assert_eq!(store.due_reservations(at(700), 10).await.unwrap(), vec!["r-g".to_string()]);
+    assert!(db.due_reservations(at(699), 10).await.unwrap().is_empty());
+    assert_eq!(db.due_reservations(at(700), 10).await.unwrap(), vec!["r-g".to_string()]);
     // A commit that comes after the time is up expires the reservation instead.
-    let late = store.close_reservation("r-g", reservation::Status::Committed, at(701)).await.unwrap();
+    let late = db.close_reservation("r-g", reservation::Status::Committed, at(701)).await.unwrap();
     assert!(matches!(late.closing, Closing::Refused(ref r) if r.status == reservation::Status::Expired));
-    assert_eq!(level(&*store, "SKU-1", "s1").await.reserved, 0);
-    assert!(store.due_reservations(at(800), 10).await.unwrap().is_empty());
+    assert_eq!(level(&*db, "SKU-1", "s1").await.reserved, 0);
+    assert!(db.due_reservations(at(800), 10).await.unwrap().is_empty());
     assert!(matches!(
-        store.close_reservation("nope", reservation::Status::Cancelled, at(800)).await.unwrap().closing,
+        db.close_reservation("nope", reservation::Status::Cancelled, at(800)).await.unwrap().closing,
         Closing::NotFound
     ));
 }
 
-async fn the_outbox_keeps_records_until_they_are_deleted(store: Arc<dyn Store>) {
-    stock(&*store, "SKU-1", "s1", 5).await;
-    reserve(&*store, "h", &config(true, &[]), &[line("SKU-1", 1, None)]).await;
-    let records = store.outbox(at(101), 0, 10).await.unwrap();
+async fn the_outbox_keeps_records_until_they_are_deleted(db: Arc<dyn Db>) {
+    stock(&*db, "SKU-1", "s1", 5).await;
+    reserve(&*db, "h", &config(true, &[]), &[line("SKU-1", 1, None)]).await;
+    let records = db.outbox(at(101), 0, 10).await.unwrap();
     assert_eq!(records.len(), 1);
-    assert!(store.outbox(at(100), 0, 10).await.unwrap().is_empty(), "only records written before the time");
-    store.delete_outbox(&[records[0].id]).await.unwrap();
-    assert!(store.outbox(at(101), 0, 10).await.unwrap().is_empty());
-    assert_eq!(store.forget_idempotency_keys(at(101)).await.unwrap(), 1);
+    assert!(db.outbox(at(100), 0, 10).await.unwrap().is_empty(), "only records written before the time");
+    db.delete_outbox(&[records[0].id]).await.unwrap();
+    assert!(db.outbox(at(101), 0, 10).await.unwrap().is_empty());
+    assert_eq!(db.forget_idempotency_keys(at(101)).await.unwrap(), 1);
 }
 
-async fn concurrent_reservations_never_promise_the_last_unit_twice(store: Arc<dyn Store>) {
-    stock(&*store, "SKU-1", "s1", 1).await;
+async fn concurrent_reservations_never_promise_the_last_unit_twice(db: Arc<dyn Db>) {
+    stock(&*db, "SKU-1", "s1", 1).await;
     let all = config(true, &[]);
     let attempts = (0..20).map(|i| {
-        let store = Arc::clone(&store);
+        let db = Arc::clone(&db);
         let all = all.clone();
         tokio::spawn(
-            async move { answer_of(&reserve(&*store, &format!("k{i}"), &all, &[line("SKU-1", 1, None)]).await).0 },
+            async move { answer_of(&reserve(&*db, &format!("k{i}"), &all, &[line("SKU-1", 1, None)]).await).0 },
         )
     });
     let mut statuses: Vec<u16> = Vec::new();
@@ -460,65 +457,64 @@ async fn concurrent_reservations_never_promise_the_last_unit_twice(store: Arc<dy
     }
     assert_eq!(statuses.iter().filter(|s| **s == 201).count(), 1, "{statuses:?}");
     assert_eq!(statuses.iter().filter(|s| **s == 409).count(), 19, "{statuses:?}");
-    assert_eq!(level(&*store, "SKU-1", "s1").await.reserved, 1);
+    assert_eq!(level(&*db, "SKU-1", "s1").await.reserved, 1);
 }
 
-async fn api_keys_are_stored_as_hashes_listed_and_revoked(store: Arc<dyn Store>) {
+async fn api_keys_are_stored_as_hashes_listed_and_revoked(db: Arc<dyn Db>) {
     let token = Token::generate();
     let scopes = Scopes::parse("stock:read,movements:write").unwrap();
     let key = ApiKey::new(&token, "pos sync", scopes).unwrap();
-    store.create_api_key(&key).await.unwrap();
-    let stored = store.api_key(token.id()).await.unwrap().expect("the key is stored");
+    db.create_api_key(&key).await.unwrap();
+    let stored = db.api_key(token.id()).await.unwrap().expect("the key is stored");
     assert_eq!(stored, key);
     assert!(stored.verifies(&token));
-    assert!(store.create_api_key(&key).await.is_err(), "an id is never reused");
-    assert_eq!(store.api_key("0123456789ab").await.unwrap(), None);
+    assert!(db.create_api_key(&key).await.is_err(), "an id is never reused");
+    assert_eq!(db.api_key("0123456789ab").await.unwrap(), None);
 
     let other = ApiKey::new(&Token::generate(), "dev", Scopes::admin()).unwrap();
-    store.create_api_key(&other).await.unwrap();
-    let names: Vec<String> = store.api_keys(10).await.unwrap().into_iter().map(|k| k.name).collect();
+    db.create_api_key(&other).await.unwrap();
+    let names: Vec<String> = db.api_keys(10).await.unwrap().into_iter().map(|k| k.name).collect();
     assert_eq!(names.len(), 2);
     assert!(names.contains(&"pos sync".to_string()) && names.contains(&"dev".to_string()));
-    assert_eq!(store.api_keys(1).await.unwrap().len(), 1);
+    assert_eq!(db.api_keys(1).await.unwrap().len(), 1);
 
-    assert!(store.revoke_api_key(token.id()).await.unwrap());
-    assert!(!store.revoke_api_key(token.id()).await.unwrap(), "a revoked key is not revoked twice");
-    assert!(!store.revoke_api_key("0123456789ab").await.unwrap());
-    let revoked = store.api_key(token.id()).await.unwrap().unwrap();
+    assert!(db.revoke_api_key(token.id()).await.unwrap());
+    assert!(!db.revoke_api_key(token.id()).await.unwrap(), "a revoked key is not revoked twice");
+    assert!(!db.revoke_api_key("0123456789ab").await.unwrap());
+    let revoked = db.api_key(token.id()).await.unwrap().unwrap();
     assert!(revoked.revoked_at.is_some());
     assert!(!revoked.verifies(&token));
-    assert!(store.api_key(other.id.as_str()).await.unwrap().unwrap().revoked_at.is_none());
+    assert!(db.api_key(other.id.as_str()).await.unwrap().unwrap().revoked_at.is_none());
 }
 
-async fn connectors_keep_their_state(store: Arc<dyn Store>) {
-    assert_eq!(store.connector_state("shopify", "cursor").await.unwrap(), None);
-    store.set_connector_state("shopify", "cursor", "2026-11-22T10:00:00Z").await.unwrap();
-    store.set_connector_state("shopify", "cursor", "2026-11-22T11:00:00Z").await.unwrap();
-    store.set_connector_state("erp", "cursor", "42").await.unwrap();
-    assert_eq!(store.connector_state("shopify", "cursor").await.unwrap().as_deref(), Some("2026-11-22T11:00:00Z"));
-    assert_eq!(store.connector_state("erp", "cursor").await.unwrap().as_deref(), Some("42"));
+async fn connectors_keep_their_state(db: Arc<dyn Db>) {
+    assert_eq!(db.connector_state("shopify", "cursor").await.unwrap(), None);
+    db.set_connector_state("shopify", "cursor", "2026-11-22T10:00:00Z").await.unwrap();
+    db.set_connector_state("shopify", "cursor", "2026-11-22T11:00:00Z").await.unwrap();
+    db.set_connector_state("erp", "cursor", "42").await.unwrap();
+    assert_eq!(db.connector_state("shopify", "cursor").await.unwrap().as_deref(), Some("2026-11-22T11:00:00Z"));
+    assert_eq!(db.connector_state("erp", "cursor").await.unwrap().as_deref(), Some("42"));
 }
 
-async fn sources_and_location_names_are_kept(store: Arc<dyn Store>) {
-    use crate::source::SourceUpdate;
+async fn sources_and_location_names_are_kept(db: Arc<dyn Db>) {
+    use crate::freshness::SourceUpdate;
     let received = |first, last| SourceUpdate::Received { epoch: "e1".into(), first, last };
-    store.update_source("pos:s1", &received(1, 10), at(1)).await.unwrap();
-    let state = store.update_source("pos:s1", &received(21, 30), at(2)).await.unwrap();
+    db.update_source("pos:s1", &received(1, 10), at(1)).await.unwrap();
+    let state = db.update_source("pos:s1", &received(21, 30), at(2)).await.unwrap();
     assert_eq!((state.acked_seq, state.max_seq, state.gap_since), (10, 30, Some(at(2))));
-    store
-        .update_source("erp", &SourceUpdate::Health { healthy: false, detail: Some("kafka".into()) }, at(3))
+    db.update_source("erp", &SourceUpdate::Health { healthy: false, detail: Some("kafka".into()) }, at(3))
         .await
         .unwrap();
-    let sources = store.sources().await.unwrap();
+    let sources = db.sources().await.unwrap();
     assert_eq!(sources.iter().map(|s| s.source.as_str()).collect::<Vec<_>>(), vec!["erp", "pos:s1"]);
     assert_eq!(sources[1], state);
     assert!(!sources[0].healthy);
     let names = [(LocationId::parse("store-001").unwrap(), "Mercado Central".to_string())];
-    assert_eq!(store.name_locations(&names).await.unwrap(), 1);
-    assert_eq!(store.name_locations(&names).await.unwrap(), 0);
+    assert_eq!(db.name_locations(&names).await.unwrap(), 1);
+    assert_eq!(db.name_locations(&names).await.unwrap(), 0);
 }
 
-async fn products_are_found_by_an_attribute(store: Arc<dyn Store>) {
+async fn products_are_found_by_an_attribute(db: Arc<dyn Db>) {
     let product = |sku: &str, variant: &str| Product {
         sku: Sku::parse(sku).unwrap(),
         name: format!("product {sku}"),
@@ -528,12 +524,12 @@ async fn products_are_found_by_an_attribute(store: Arc<dyn Store>) {
             ("colour".to_string(), "red".to_string()),
         ]),
     };
-    store.put_products(&[product("SKU-A", "111"), product("SKU-B", "222"), product("SKU-C", "333")]).await.unwrap();
+    db.put_products(&[product("SKU-A", "111"), product("SKU-B", "222"), product("SKU-C", "333")]).await.unwrap();
     let found = |name: &'static str, values: &[&str]| {
-        let store = Arc::clone(&store);
+        let db = Arc::clone(&db);
         let values: Vec<String> = values.iter().map(|v| v.to_string()).collect();
         async move {
-            let products = store.products_by_attribute(name, &values).await.unwrap();
+            let products = db.products_by_attribute(name, &values).await.unwrap();
             products.into_iter().map(|p| p.sku.to_string()).collect::<Vec<_>>()
         }
     };
@@ -578,20 +574,20 @@ macro_rules! contract {
         $(
             #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
             async fn $case() {
-                let (store, _dir) = $open.await;
-                super::$case(store).await;
+                let (db, _dir) = $open.await;
+                super::$case(db).await;
             }
         )*
     };
 }
 
-async fn open_sqlite() -> (Arc<dyn Store>, tempfile::TempDir) {
+async fn open_sqlite() -> (Arc<dyn Db>, tempfile::TempDir) {
     let dir = tempfile::tempdir().unwrap();
     let url = format!("sqlite://{}", dir.path().join("onhand.db").display());
     (open(&url, 4).await.unwrap(), dir)
 }
 
-async fn open_postgres() -> (Arc<dyn Store>, ()) {
+async fn open_postgres() -> (Arc<dyn Db>, ()) {
     (open(&fresh_postgres_url().await, 8).await.unwrap(), ())
 }
 
@@ -624,13 +620,13 @@ mod properties {
     fn levels_after(batches: &[Vec<Envelope>], times: usize) -> Vec<(String, i64)> {
         let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
         runtime.block_on(async {
-            let (store, _dir) = open_sqlite().await;
+            let (db, _dir) = open_sqlite().await;
             for _ in 0..times {
                 for b in batches {
-                    store.apply_batch(&batch(b.clone(), 1)).await.unwrap();
+                    db.apply_batch(&batch(b.clone(), 1)).await.unwrap();
                 }
             }
-            let mut levels: Vec<(String, i64)> = store
+            let mut levels: Vec<(String, i64)> = db
                 .stock_by_sku(&Sku::parse("SKU-1").unwrap())
                 .await
                 .unwrap()
@@ -649,7 +645,7 @@ mod properties {
     proptest! {
         #![proptest_config(ProptestConfig::with_cases(32))]
 
-        /// Through the real store: any order and any batching of the same movements give
+        /// Through the real database: any order and any batching of the same movements give
         /// the same levels, and applying every batch twice equals applying it once.
         #[test]
         fn order_batching_and_repetition_do_not_change_the_levels(

@@ -2,7 +2,7 @@
 //! (a per-store sequence), and the connectors report their health. The central service
 //! keeps, per source, the highest sequence number up to which nothing is missing, what
 //! the source last said it holds, and since when a gap has lasted. `GET /v1/sources`
-//! answers these; the pure rules are here, the stores keep the state.
+//! answers these; the pure rules are here, the database keeps the state.
 
 use std::{sync::Arc, time::Duration};
 
@@ -11,7 +11,7 @@ use serde::{Deserialize, Serialize};
 use tokio_util::sync::CancellationToken;
 use tracing::warn;
 
-use crate::{config::SourcesConfig, store::Store, telemetry::Metrics};
+use crate::{config::SourcesConfig, db::Db, telemetry::Metrics};
 
 /// How often the sources' metrics are refreshed.
 const WATCH_INTERVAL: Duration = Duration::from_secs(5);
@@ -184,7 +184,7 @@ impl SourceReport {
 }
 
 /// Keeps the sources' metrics current and warns about lasting gaps, until `shutdown`.
-pub async fn watch(store: Arc<dyn Store>, metrics: Metrics, config: SourcesConfig, shutdown: CancellationToken) {
+pub async fn watch(db: Arc<dyn Db>, metrics: Metrics, config: SourcesConfig, shutdown: CancellationToken) {
     let mut interval = tokio::time::interval(WATCH_INTERVAL);
     let mut alerted = std::collections::HashSet::new();
     let mut exported: std::collections::BTreeSet<String> = std::collections::BTreeSet::new();
@@ -193,7 +193,7 @@ pub async fn watch(store: Arc<dyn Store>, metrics: Metrics, config: SourcesConfi
             _ = shutdown.cancelled() => return,
             _ = interval.tick() => {}
         }
-        let Ok(states) = store.sources().await else { continue };
+        let Ok(states) = db.sources().await else { continue };
         let now = Utc::now();
         if states.len() > SOURCE_SERIES_MAX {
             warn!(
@@ -202,7 +202,7 @@ pub async fn watch(store: Arc<dyn Store>, metrics: Metrics, config: SourcesConfi
                 "more sources than metric series; GET /v1/sources lists them all"
             );
         }
-        // Sorted by name (the store's order): the same sources keep their series.
+        // Sorted by name (the database's order): the same sources keep their series.
         let states: Vec<SourceState> = states.into_iter().take(SOURCE_SERIES_MAX).collect();
         let current: std::collections::BTreeSet<String> = states.iter().map(|s| s.source.clone()).collect();
         for gone in exported.difference(&current) {

@@ -1,4 +1,4 @@
-//! The production store. Each step of a batch is one set-based statement over `UNNEST`ed
+//! The production database. Each step of a batch is one set-based statement over `UNNEST`ed
 //! arrays, so a batch costs a handful of round trips whatever its size. Reservations are
 //! in `postgres/reservations.rs`.
 
@@ -13,26 +13,26 @@ use sqlx::{postgres::PgPoolOptions, PgPool, Postgres, Row, Transaction};
 use self::reservations::{load_reservation, PgReservationTx};
 use super::{
     api_key_from, apply_batch, corrupt, next_source_state, optional_event_id, product_from, Allocation, Applied, Batch,
-    Closed, Envelope, LedgerTx, LevelWrite, NewReservation, OutboxRecord, PartitionOffset, Published, Reserved,
-    StockPolicy, Store, StoreError, StoredLevel,
+    Closed, Db, DbError, Envelope, LedgerTx, LevelWrite, NewReservation, OutboxRecord, PartitionOffset, Published,
+    Reserved, StockPolicy, StoredLevel,
 };
 use crate::{
     auth::ApiKey,
     event::{EventId, LocationId, Movement, Sku, StockLevel},
+    freshness::{SourceState, SourceUpdate},
     ledger::rules::{CountMark, LevelKey, LevelState},
     product::{Product, StoredProduct},
     reservation::{Reservation, Status},
-    source::{SourceState, SourceUpdate},
 };
 
 #[derive(Debug, Clone)]
-pub struct PostgresStore {
+pub struct PostgresDb {
     pool: PgPool,
 }
 
-impl PostgresStore {
+impl PostgresDb {
     /// Connects and runs the migrations under `migrations/postgres`.
-    pub async fn connect(url: &str, connections_max: u32) -> Result<Self, StoreError> {
+    pub async fn connect(url: &str, connections_max: u32) -> Result<Self, DbError> {
         let pool = PgPoolOptions::new()
             .max_connections(connections_max)
             .acquire_timeout(std::time::Duration::from_secs(5))
@@ -48,13 +48,13 @@ impl PostgresStore {
 }
 
 #[async_trait]
-impl Store for PostgresStore {
-    async fn apply_batch(&self, batch: &Batch) -> Result<Applied, StoreError> {
+impl Db for PostgresDb {
+    async fn apply_batch(&self, batch: &Batch) -> Result<Applied, DbError> {
         let tx = self.pool.begin().await?;
         apply_batch(Box::new(PgLedgerTx { tx }), batch).await
     }
 
-    async fn consumer_offsets(&self, group_id: &str, topic: &str) -> Result<Vec<PartitionOffset>, StoreError> {
+    async fn consumer_offsets(&self, group_id: &str, topic: &str) -> Result<Vec<PartitionOffset>, DbError> {
         let rows = sqlx::query(
             "SELECT partition, next_offset FROM consumer_offsets WHERE group_id = $1 AND topic = $2 ORDER BY partition",
         )
@@ -67,7 +67,7 @@ impl Store for PostgresStore {
             .collect()
     }
 
-    async fn reset_consumer_offsets(&self, group_id: &str, topic: &str) -> Result<(), StoreError> {
+    async fn reset_consumer_offsets(&self, group_id: &str, topic: &str) -> Result<(), DbError> {
         sqlx::query("DELETE FROM consumer_offsets WHERE group_id = $1 AND topic = $2")
             .bind(group_id)
             .bind(topic)
@@ -76,11 +76,7 @@ impl Store for PostgresStore {
         Ok(())
     }
 
-    async fn unpublished_levels(
-        &self,
-        written_before: DateTime<Utc>,
-        limit: i64,
-    ) -> Result<Vec<StockLevel>, StoreError> {
+    async fn unpublished_levels(&self, written_before: DateTime<Utc>, limit: i64) -> Result<Vec<StockLevel>, DbError> {
         let rows = sqlx::query(concat!(
             "SELECT ",
             stock_level_columns!(),
@@ -93,7 +89,7 @@ impl Store for PostgresStore {
         rows.iter().map(stock_level).collect()
     }
 
-    async fn stock_page(&self, after: Option<&Sku>, levels_max: i64) -> Result<Vec<StockLevel>, StoreError> {
+    async fn stock_page(&self, after: Option<&Sku>, levels_max: i64) -> Result<Vec<StockLevel>, DbError> {
         let rows = sqlx::query(concat!(
             "SELECT ",
             stock_level_columns!(),
@@ -106,7 +102,7 @@ impl Store for PostgresStore {
         rows.iter().map(stock_level).collect()
     }
 
-    async fn stock_by_sku(&self, sku: &Sku) -> Result<Vec<StockLevel>, StoreError> {
+    async fn stock_by_sku(&self, sku: &Sku) -> Result<Vec<StockLevel>, DbError> {
         let rows = sqlx::query(concat!(
             "SELECT ",
             stock_level_columns!(),
@@ -118,7 +114,7 @@ impl Store for PostgresStore {
         rows.iter().map(stock_level).collect()
     }
 
-    async fn stock_by_skus(&self, skus: &[Sku]) -> Result<Vec<StockLevel>, StoreError> {
+    async fn stock_by_skus(&self, skus: &[Sku]) -> Result<Vec<StockLevel>, DbError> {
         let skus: Vec<&str> = skus.iter().map(Sku::as_str).collect();
         let rows = sqlx::query(concat!(
             "SELECT ",
@@ -131,7 +127,7 @@ impl Store for PostgresStore {
         rows.iter().map(stock_level).collect()
     }
 
-    async fn set_policy(&self, (sku, location): &LevelKey, policy: StockPolicy) -> Result<StockLevel, StoreError> {
+    async fn set_policy(&self, (sku, location): &LevelKey, policy: StockPolicy) -> Result<StockLevel, DbError> {
         let row = sqlx::query(concat!(
             "INSERT INTO stock_levels (sku, location, on_hand, version, safety_stock, reorder_point, updated_at)
              VALUES ($1, $2, 0, 1, $3, $4, $5)
@@ -151,7 +147,7 @@ impl Store for PostgresStore {
         stock_level(&row)
     }
 
-    async fn put_products(&self, products: &[Product]) -> Result<u64, StoreError> {
+    async fn put_products(&self, products: &[Product]) -> Result<u64, DbError> {
         let skus: Vec<&str> = products.iter().map(|p| p.sku.as_str()).collect();
         let names: Vec<&str> = products.iter().map(|p| p.name.as_str()).collect();
         let categories: Vec<Option<&str>> = products.iter().map(|p| p.category.as_deref()).collect();
@@ -176,7 +172,7 @@ impl Store for PostgresStore {
         Ok(inserted.into_iter().filter(|new| *new).count() as u64)
     }
 
-    async fn product(&self, sku: &Sku) -> Result<Option<StoredProduct>, StoreError> {
+    async fn product(&self, sku: &Sku) -> Result<Option<StoredProduct>, DbError> {
         let row = sqlx::query(
             "SELECT sku, name, category, attributes::text AS attributes, updated_at FROM products WHERE sku = $1",
         )
@@ -192,7 +188,7 @@ impl Store for PostgresStore {
         .transpose()
     }
 
-    async fn products_by_attribute(&self, name: &str, values: &[String]) -> Result<Vec<Product>, StoreError> {
+    async fn products_by_attribute(&self, name: &str, values: &[String]) -> Result<Vec<Product>, DbError> {
         if name.contains(['"', '\\']) || values.is_empty() {
             return Ok(Vec::new());
         }
@@ -216,7 +212,7 @@ impl Store for PostgresStore {
             .collect()
     }
 
-    async fn create_api_key(&self, key: &ApiKey) -> Result<(), StoreError> {
+    async fn create_api_key(&self, key: &ApiKey) -> Result<(), DbError> {
         sqlx::query(
             "INSERT INTO api_keys (id, name, scopes, secret_hash, created_at, revoked_at, bound_to)
              VALUES ($1, $2, $3, $4, $5, $6, $7)",
@@ -233,7 +229,7 @@ impl Store for PostgresStore {
         Ok(())
     }
 
-    async fn api_key(&self, id: &str) -> Result<Option<ApiKey>, StoreError> {
+    async fn api_key(&self, id: &str) -> Result<Option<ApiKey>, DbError> {
         let row = sqlx::query(concat!("SELECT ", api_key_columns!(), " FROM api_keys WHERE id = $1"))
             .bind(id)
             .fetch_optional(&self.pool)
@@ -241,7 +237,7 @@ impl Store for PostgresStore {
         row.as_ref().map(api_key).transpose()
     }
 
-    async fn api_keys(&self, limit: i64) -> Result<Vec<ApiKey>, StoreError> {
+    async fn api_keys(&self, limit: i64) -> Result<Vec<ApiKey>, DbError> {
         let rows =
             sqlx::query(concat!("SELECT ", api_key_columns!(), " FROM api_keys ORDER BY created_at, id LIMIT $1"))
                 .bind(limit)
@@ -250,7 +246,7 @@ impl Store for PostgresStore {
         rows.iter().map(api_key).collect()
     }
 
-    async fn revoke_api_key(&self, id: &str) -> Result<bool, StoreError> {
+    async fn revoke_api_key(&self, id: &str) -> Result<bool, DbError> {
         let done = sqlx::query("UPDATE api_keys SET revoked_at = $2 WHERE id = $1 AND revoked_at IS NULL")
             .bind(id)
             .bind(Utc::now().trunc_subsecs(6))
@@ -259,11 +255,11 @@ impl Store for PostgresStore {
         Ok(done.rows_affected() == 1)
     }
 
-    async fn movement_count(&self) -> Result<i64, StoreError> {
+    async fn movement_count(&self) -> Result<i64, DbError> {
         Ok(sqlx::query_scalar("SELECT count(*) FROM movements").fetch_one(&self.pool).await?)
     }
 
-    async fn ping(&self) -> Result<(), StoreError> {
+    async fn ping(&self) -> Result<(), DbError> {
         sqlx::query("SELECT 1").execute(&self.pool).await?;
         Ok(())
     }
@@ -273,7 +269,7 @@ impl Store for PostgresStore {
         source: &str,
         update: &SourceUpdate,
         now: DateTime<Utc>,
-    ) -> Result<SourceState, StoreError> {
+    ) -> Result<SourceState, DbError> {
         let mut tx = self.pool.begin().await?;
         // Replicas may hear from one source at once: the row lock orders them.
         let stored: Option<String> = sqlx::query_scalar("SELECT state FROM sources WHERE source = $1 FOR UPDATE")
@@ -294,13 +290,13 @@ impl Store for PostgresStore {
         Ok(state)
     }
 
-    async fn sources(&self) -> Result<Vec<SourceState>, StoreError> {
+    async fn sources(&self) -> Result<Vec<SourceState>, DbError> {
         let rows: Vec<String> =
             sqlx::query_scalar("SELECT state FROM sources ORDER BY source").fetch_all(&self.pool).await?;
         rows.iter().map(|json| serde_json::from_str(json).map_err(corrupt)).collect()
     }
 
-    async fn name_locations(&self, names: &[(LocationId, String)]) -> Result<u64, StoreError> {
+    async fn name_locations(&self, names: &[(LocationId, String)]) -> Result<u64, DbError> {
         let ids: Vec<&str> = names.iter().map(|(id, _)| id.as_str()).collect();
         let texts: Vec<&str> = names.iter().map(|(_, name)| name.as_str()).collect();
         let done = sqlx::query(
@@ -315,7 +311,7 @@ impl Store for PostgresStore {
         Ok(done.rows_affected())
     }
 
-    async fn connector_state(&self, connector: &str, key: &str) -> Result<Option<String>, StoreError> {
+    async fn connector_state(&self, connector: &str, key: &str) -> Result<Option<String>, DbError> {
         Ok(sqlx::query_scalar("SELECT value FROM connector_state WHERE connector = $1 AND key = $2")
             .bind(connector)
             .bind(key)
@@ -323,7 +319,7 @@ impl Store for PostgresStore {
             .await?)
     }
 
-    async fn set_connector_state(&self, connector: &str, key: &str, value: &str) -> Result<(), StoreError> {
+    async fn set_connector_state(&self, connector: &str, key: &str, value: &str) -> Result<(), DbError> {
         sqlx::query(
             "INSERT INTO connector_state (connector, key, value, updated_at) VALUES ($1, $2, $3, now())
              ON CONFLICT (connector, key) DO UPDATE SET value = EXCLUDED.value, updated_at = EXCLUDED.updated_at",
@@ -336,22 +332,22 @@ impl Store for PostgresStore {
         Ok(())
     }
 
-    async fn reserve(&self, new: &NewReservation<'_>) -> Result<Reserved, StoreError> {
+    async fn reserve(&self, new: &NewReservation<'_>) -> Result<Reserved, DbError> {
         let tx = self.pool.begin().await?;
         super::reservations::reserve(Box::new(PgReservationTx { tx }), new).await
     }
 
-    async fn reservation(&self, id: &str) -> Result<Option<Reservation>, StoreError> {
+    async fn reservation(&self, id: &str) -> Result<Option<Reservation>, DbError> {
         let mut conn = self.pool.acquire().await?;
         load_reservation(&mut conn, id).await
     }
 
-    async fn close_reservation(&self, id: &str, to: Status, now: DateTime<Utc>) -> Result<Closed, StoreError> {
+    async fn close_reservation(&self, id: &str, to: Status, now: DateTime<Utc>) -> Result<Closed, DbError> {
         let tx = self.pool.begin().await?;
         super::reservations::close(Box::new(PgReservationTx { tx }), id, to, now).await
     }
 
-    async fn due_reservations(&self, now: DateTime<Utc>, limit: i64) -> Result<Vec<String>, StoreError> {
+    async fn due_reservations(&self, now: DateTime<Utc>, limit: i64) -> Result<Vec<String>, DbError> {
         Ok(sqlx::query_scalar(
             "SELECT id FROM reservations WHERE status = 'held' AND expires_at <= $1 ORDER BY expires_at LIMIT $2",
         )
@@ -361,7 +357,7 @@ impl Store for PostgresStore {
         .await?)
     }
 
-    async fn forget_idempotency_keys(&self, created_before: DateTime<Utc>) -> Result<u64, StoreError> {
+    async fn forget_idempotency_keys(&self, created_before: DateTime<Utc>) -> Result<u64, DbError> {
         let done = sqlx::query("DELETE FROM idempotency_keys WHERE created_at < $1")
             .bind(created_before)
             .execute(&self.pool)
@@ -374,7 +370,7 @@ impl Store for PostgresStore {
         created_before: DateTime<Utc>,
         after_id: i64,
         limit: i64,
-    ) -> Result<Vec<OutboxRecord>, StoreError> {
+    ) -> Result<Vec<OutboxRecord>, DbError> {
         let rows = sqlx::query(
             "SELECT id, kafka_key, payload FROM outbox WHERE created_at < $1 AND id > $2 ORDER BY id LIMIT $3",
         )
@@ -390,24 +386,20 @@ impl Store for PostgresStore {
             .collect()
     }
 
-    async fn enqueue_outbox(
-        &self,
-        movements: &[Movement],
-        now: DateTime<Utc>,
-    ) -> Result<Vec<OutboxRecord>, StoreError> {
+    async fn enqueue_outbox(&self, movements: &[Movement], now: DateTime<Utc>) -> Result<Vec<OutboxRecord>, DbError> {
         let mut tx = self.pool.begin().await?;
         let records = reservations::enqueue(&mut tx, movements, now).await?;
         tx.commit().await?;
         Ok(records)
     }
 
-    async fn delete_recorded_outbox(&self) -> Result<Vec<i64>, StoreError> {
+    async fn delete_recorded_outbox(&self) -> Result<Vec<i64>, DbError> {
         Ok(sqlx::query_scalar("DELETE FROM outbox o USING movements m WHERE m.event_id = o.event_id RETURNING o.id")
             .fetch_all(&self.pool)
             .await?)
     }
 
-    async fn delete_outbox(&self, ids: &[i64]) -> Result<(), StoreError> {
+    async fn delete_outbox(&self, ids: &[i64]) -> Result<(), DbError> {
         if !ids.is_empty() {
             sqlx::query("DELETE FROM outbox WHERE id = ANY($1::int8[])").bind(ids).execute(&self.pool).await?;
         }
@@ -415,7 +407,7 @@ impl Store for PostgresStore {
     }
 }
 
-fn api_key(row: &sqlx::postgres::PgRow) -> Result<ApiKey, StoreError> {
+fn api_key(row: &sqlx::postgres::PgRow) -> Result<ApiKey, DbError> {
     let (scopes, secret_hash): (String, String) = (row.try_get("scopes")?, row.try_get("secret_hash")?);
     api_key_from(
         row.try_get("id")?,
@@ -428,7 +420,7 @@ fn api_key(row: &sqlx::postgres::PgRow) -> Result<ApiKey, StoreError> {
     )
 }
 
-fn stock_level(row: &sqlx::postgres::PgRow) -> Result<StockLevel, StoreError> {
+fn stock_level(row: &sqlx::postgres::PgRow) -> Result<StockLevel, DbError> {
     Ok(StockLevel {
         sku: Sku::parse(row.try_get::<String, _>("sku")?).map_err(corrupt)?,
         location: LocationId::parse(row.try_get::<String, _>("location")?).map_err(corrupt)?,
@@ -454,7 +446,7 @@ fn keys_as_columns<'a>(keys: impl Iterator<Item = &'a LevelKey>) -> (Vec<&'a str
 
 #[async_trait]
 impl LedgerTx for PgLedgerTx {
-    async fn insert_movements(&mut self, movements: &[&Envelope]) -> Result<HashSet<EventId>, StoreError> {
+    async fn insert_movements(&mut self, movements: &[&Envelope]) -> Result<HashSet<EventId>, DbError> {
         let n = movements.len();
         let (mut ids, mut skus, mut locations, mut kinds) =
             (Vec::with_capacity(n), Vec::with_capacity(n), Vec::with_capacity(n), Vec::with_capacity(n));
@@ -502,7 +494,7 @@ impl LedgerTx for PgLedgerTx {
         inserted.into_iter().map(|id| EventId::parse(id).map_err(corrupt)).collect()
     }
 
-    async fn load_levels(&mut self, keys: &[&LevelKey]) -> Result<HashMap<LevelKey, StoredLevel>, StoreError> {
+    async fn load_levels(&mut self, keys: &[&LevelKey]) -> Result<HashMap<LevelKey, StoredLevel>, DbError> {
         let (skus, locations) = keys_as_columns(keys.iter().copied());
         let rows = sqlx::query(
             "SELECT s.sku, s.location, s.on_hand, s.reserved, s.safety_stock, s.reorder_point, s.version,
@@ -546,7 +538,7 @@ impl LedgerTx for PgLedgerTx {
         &mut self,
         counts: &[&Movement],
         batch_ids: &[&EventId],
-    ) -> Result<HashMap<EventId, i128>, StoreError> {
+    ) -> Result<HashMap<EventId, i128>, DbError> {
         let ids: Vec<&str> = counts.iter().map(|m| m.event_id.as_str()).collect();
         let skus: Vec<&str> = counts.iter().map(|m| m.sku.as_str()).collect();
         let locations: Vec<&str> = counts.iter().map(|m| m.location.as_str()).collect();
@@ -584,7 +576,7 @@ impl LedgerTx for PgLedgerTx {
         &mut self,
         writes: &[LevelWrite],
         updated_at: DateTime<Utc>,
-    ) -> Result<HashSet<LevelKey>, StoreError> {
+    ) -> Result<HashSet<LevelKey>, DbError> {
         let (updates, inserts): (Vec<&LevelWrite>, Vec<&LevelWrite>) =
             writes.iter().partition(|w| w.expected_version.is_some());
         let mut written = HashSet::with_capacity(writes.len());
@@ -630,7 +622,7 @@ impl LedgerTx for PgLedgerTx {
         &mut self,
         sales: &[(&str, i32, &Movement)],
         now: DateTime<Utc>,
-    ) -> Result<HashMap<LevelKey, i64>, StoreError> {
+    ) -> Result<HashMap<LevelKey, i64>, DbError> {
         let ids: Vec<&str> = sales.iter().map(|(id, _, _)| *id).collect();
         let lines: Vec<i32> = sales.iter().map(|(_, line, _)| *line).collect();
         let skus: Vec<&str> = sales.iter().map(|(_, _, m)| m.sku.as_str()).collect();
@@ -666,7 +658,7 @@ impl LedgerTx for PgLedgerTx {
         Ok(released)
     }
 
-    async fn mark_effect(&mut self, event_ids: &[EventId], effect: &str) -> Result<(), StoreError> {
+    async fn mark_effect(&mut self, event_ids: &[EventId], effect: &str) -> Result<(), DbError> {
         let ids: Vec<&str> = event_ids.iter().map(|id| id.as_str()).collect();
         sqlx::query("UPDATE movements SET effect = $2 WHERE event_id = ANY($1::text[])")
             .bind(&ids)
@@ -676,7 +668,7 @@ impl LedgerTx for PgLedgerTx {
         Ok(())
     }
 
-    async fn mark_published(&mut self, published: &[Published]) -> Result<(), StoreError> {
+    async fn mark_published(&mut self, published: &[Published]) -> Result<(), DbError> {
         let skus: Vec<&str> = published.iter().map(|p| p.sku.as_str()).collect();
         let locations: Vec<&str> = published.iter().map(|p| p.location.as_str()).collect();
         let versions: Vec<i64> = published.iter().map(|p| p.version).collect();
@@ -693,12 +685,7 @@ impl LedgerTx for PgLedgerTx {
         Ok(())
     }
 
-    async fn save_offsets(
-        &mut self,
-        group_id: &str,
-        topic: &str,
-        offsets: &[PartitionOffset],
-    ) -> Result<(), StoreError> {
+    async fn save_offsets(&mut self, group_id: &str, topic: &str, offsets: &[PartitionOffset]) -> Result<(), DbError> {
         let partitions: Vec<i32> = offsets.iter().map(|o| o.partition).collect();
         let next: Vec<i64> = offsets.iter().map(|o| o.next_offset).collect();
         sqlx::query(
@@ -716,7 +703,7 @@ impl LedgerTx for PgLedgerTx {
         Ok(())
     }
 
-    async fn commit(self: Box<Self>) -> Result<(), StoreError> {
+    async fn commit(self: Box<Self>) -> Result<(), DbError> {
         self.tx.commit().await?;
         Ok(())
     }

@@ -8,16 +8,16 @@ use sqlx::{Row, Sqlite, SqliteConnection, Transaction};
 use super::{micros, optional_time_at, stock_level, time_at};
 use crate::{
     config::ChannelConfig,
-    event::{Movement, Sku, StockLevel},
-    ledger::rules::LevelKey,
-    reservation::{Answer, Reservation, Status, Suggestion},
-    store::{
+    db::{
         corrupt,
         reservations::{
             key_parts, reservation_from_rows, text_attributes, ReservationRow, ReservationTx, SimilarProducts,
         },
-        OutboxRecord, StoreError,
+        DbError, OutboxRecord,
     },
+    event::{Movement, Sku, StockLevel},
+    ledger::rules::LevelKey,
+    reservation::{Answer, Reservation, Status, Suggestion},
 };
 
 pub(super) struct SqliteReservationTx {
@@ -32,7 +32,7 @@ impl ReservationTx for SqliteReservationTx {
         key: &str,
         request: &str,
         now: DateTime<Utc>,
-    ) -> Result<Option<(String, Option<Answer>)>, StoreError> {
+    ) -> Result<Option<(String, Option<Answer>)>, DbError> {
         let claimed = sqlx::query(
             "INSERT INTO idempotency_keys (owner, key, request, created_at) VALUES (?1, ?2, ?3, ?4)
              ON CONFLICT (owner, key) DO NOTHING",
@@ -58,7 +58,7 @@ impl ReservationTx for SqliteReservationTx {
         Ok(Some((row.try_get("request")?, answer)))
     }
 
-    async fn save_answer(&mut self, owner: &str, key: &str, answer: &Answer) -> Result<(), StoreError> {
+    async fn save_answer(&mut self, owner: &str, key: &str, answer: &Answer) -> Result<(), DbError> {
         sqlx::query("UPDATE idempotency_keys SET status = ?3, body = ?4 WHERE owner = ?1 AND key = ?2")
             .bind(owner)
             .bind(key)
@@ -69,7 +69,7 @@ impl ReservationTx for SqliteReservationTx {
         Ok(())
     }
 
-    async fn levels_of(&mut self, skus: &[&Sku]) -> Result<Vec<StockLevel>, StoreError> {
+    async fn levels_of(&mut self, skus: &[&Sku]) -> Result<Vec<StockLevel>, DbError> {
         let mut levels = Vec::new();
         for sku in skus {
             let rows = sqlx::query(concat!(
@@ -87,12 +87,12 @@ impl ReservationTx for SqliteReservationTx {
         Ok(levels)
     }
 
-    async fn savepoint(&mut self) -> Result<(), StoreError> {
+    async fn savepoint(&mut self) -> Result<(), DbError> {
         sqlx::query("SAVEPOINT hold").execute(&mut *self.tx).await?;
         Ok(())
     }
 
-    async fn rollback_to_savepoint(&mut self) -> Result<(), StoreError> {
+    async fn rollback_to_savepoint(&mut self) -> Result<(), DbError> {
         sqlx::query("ROLLBACK TO SAVEPOINT hold").execute(&mut *self.tx).await?;
         Ok(())
     }
@@ -102,7 +102,7 @@ impl ReservationTx for SqliteReservationTx {
         key: &LevelKey,
         delta: i64,
         now: DateTime<Utc>,
-    ) -> Result<Option<StockLevel>, StoreError> {
+    ) -> Result<Option<StockLevel>, DbError> {
         let (sku, location) = key_parts(key);
         let row = sqlx::query(concat!(
             "UPDATE stock_levels SET reserved = reserved + ?3, version = version + 1, updated_at = ?4
@@ -119,7 +119,7 @@ impl ReservationTx for SqliteReservationTx {
         row.as_ref().map(stock_level).transpose()
     }
 
-    async fn insert_reservation(&mut self, r: &Reservation) -> Result<(), StoreError> {
+    async fn insert_reservation(&mut self, r: &Reservation) -> Result<(), DbError> {
         sqlx::query(
             "INSERT INTO reservations (id, channel, status, created_at, expires_at, owner) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
         )
@@ -153,7 +153,7 @@ impl ReservationTx for SqliteReservationTx {
         to: Status,
         now: DateTime<Utc>,
         unexpired_only: bool,
-    ) -> Result<bool, StoreError> {
+    ) -> Result<bool, DbError> {
         let moved = sqlx::query(
             "UPDATE reservations SET status = ?2, closed_at = ?3
              WHERE id = ?1 AND status = 'held' AND (NOT ?4 OR expires_at > ?3)",
@@ -167,11 +167,11 @@ impl ReservationTx for SqliteReservationTx {
         Ok(moved.rows_affected() == 1)
     }
 
-    async fn load_reservation(&mut self, id: &str) -> Result<Option<Reservation>, StoreError> {
+    async fn load_reservation(&mut self, id: &str) -> Result<Option<Reservation>, DbError> {
         load_reservation(&mut self.tx, id).await
     }
 
-    async fn enqueue(&mut self, movements: &[Movement], now: DateTime<Utc>) -> Result<Vec<OutboxRecord>, StoreError> {
+    async fn enqueue(&mut self, movements: &[Movement], now: DateTime<Utc>) -> Result<Vec<OutboxRecord>, DbError> {
         enqueue(&mut self.tx, movements, now).await
     }
 
@@ -180,7 +180,7 @@ impl ReservationTx for SqliteReservationTx {
         sku: &Sku,
         serving: &ChannelConfig,
         quantity: i64,
-    ) -> Result<Option<SimilarProducts>, StoreError> {
+    ) -> Result<Option<SimilarProducts>, DbError> {
         let Some(product) = sqlx::query("SELECT category, attributes FROM products WHERE sku = ?1")
             .bind(sku.as_str())
             .fetch_optional(&mut *self.tx)
@@ -224,17 +224,17 @@ impl ReservationTx for SqliteReservationTx {
                 let attributes: String = row.try_get("attributes")?;
                 Ok((suggestion, row.try_get("category")?, text_attributes(&attributes)))
             })
-            .collect::<Result<_, StoreError>>()?;
+            .collect::<Result<_, DbError>>()?;
         Ok(Some(SimilarProducts { category, attributes: text_attributes(&attributes), candidates }))
     }
 
-    async fn commit(self: Box<Self>) -> Result<(), StoreError> {
+    async fn commit(self: Box<Self>) -> Result<(), DbError> {
         self.tx.commit().await?;
         Ok(())
     }
 }
 
-pub(super) async fn load_reservation(conn: &mut SqliteConnection, id: &str) -> Result<Option<Reservation>, StoreError> {
+pub(super) async fn load_reservation(conn: &mut SqliteConnection, id: &str) -> Result<Option<Reservation>, DbError> {
     let rows = sqlx::query(
         "SELECT r.id, r.channel, r.status, r.created_at, r.expires_at, r.closed_at, r.owner,
                 l.line, l.sku, l.location, l.quantity
@@ -261,16 +261,16 @@ pub(super) async fn load_reservation(conn: &mut SqliteConnection, id: &str) -> R
                 quantity: row.try_get("quantity")?,
             })
         })
-        .collect::<Result<Vec<_>, StoreError>>()?;
+        .collect::<Result<Vec<_>, DbError>>()?;
     reservation_from_rows(rows)
 }
 
 /// Writes movements to the outbox, in order, inside the caller's transaction.
-pub(in crate::store) async fn enqueue(
+pub(in crate::db) async fn enqueue(
     conn: &mut sqlx::SqliteConnection,
     movements: &[Movement],
     now: DateTime<Utc>,
-) -> Result<Vec<OutboxRecord>, StoreError> {
+) -> Result<Vec<OutboxRecord>, DbError> {
     let mut records = Vec::with_capacity(movements.len());
     for m in movements {
         let payload = String::from_utf8(m.to_json()).expect("JSON is UTF-8");
