@@ -12,6 +12,7 @@
 //! - [`ingest`]: how a movement an edge accepts is made safe before the answer.
 //! - [`freshness`]: how far behind each source (store agent, connector) is.
 //! - [`api`]: the HTTP API.
+//! - [`backoff`]: the pauses of every retrying loop.
 //! - [`auth`]: API keys and their scopes; only hashes of their secrets are stored.
 //! - [`product`]: the product catalog's type, checked at the edge.
 //! - [`telemetry`]: every metric, in one place.
@@ -23,6 +24,7 @@
 
 pub mod api;
 pub mod auth;
+pub mod backoff;
 pub mod cache;
 pub mod clock;
 pub mod config;
