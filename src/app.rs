@@ -15,7 +15,7 @@ use onhand_core::{
     kafka::{self, EmbeddedKafka, KafkaSetupError},
     ledger::{self, FaultInjection, LedgerError, LedgerHandle, LedgerParts},
     relay::{Forget, Relay},
-    reservation::Reservations,
+    reservation::service::Reservations,
     telemetry::Metrics,
 };
 use rdkafka::{error::KafkaError, producer::Producer as _, types::RDKafkaErrorCode};
@@ -189,7 +189,7 @@ impl App {
         tasks.push(supervised(&health, "reservation_expiry", &shutdown, move |stop| expiring.clone().run_expiry(stop)));
         let (watched, watch_metrics, sources) = (Arc::clone(&db), metrics.clone(), config.sources.clone());
         tasks.push(supervised(&health, "source_watch", &shutdown, move |stop| {
-            onhand_core::freshness::watch(Arc::clone(&watched), watch_metrics.clone(), sources.clone(), stop)
+            onhand_core::freshness::watch::run(Arc::clone(&watched), watch_metrics.clone(), sources.clone(), stop)
         }));
         let (followed, kafka_config) = (cache.clone(), config.kafka.clone());
         tasks.push(supervised(&health, "cache_follower", &shutdown, move |stop| {

@@ -25,7 +25,7 @@ pub enum KeysError {
     #[error("no active api key has the id {0:?}")]
     NotFound(String),
     #[error("database: {0}")]
-    Store(#[from] DbError),
+    Db(#[from] DbError),
     #[error("{path}: {source}")]
     File { path: String, source: std::io::Error },
 }

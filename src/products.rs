@@ -30,7 +30,7 @@ pub enum ImportError {
     #[error("nothing imported, {} bad line(s):\n{}", .0.len(), .0.iter().take(ERRORS_SHOWN_MAX).map(|(line, e)| format!("  line {line}: {e}")).collect::<Vec<_>>().join("\n"))]
     Invalid(Vec<(u64, String)>),
     #[error("database: {0}")]
-    Store(#[from] DbError),
+    Db(#[from] DbError),
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

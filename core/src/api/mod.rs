@@ -62,7 +62,7 @@ use crate::{
     health::{Health, Readiness},
     ingest::Ingest,
     relay::Relay,
-    reservation::Reservations,
+    reservation::service::Reservations,
     telemetry::Metrics,
 };
 

@@ -1,26 +1,53 @@
 //! Reservations: `POST /v1/reservations` (with an `Idempotency-Key` header),
 //! `GET /v1/reservations/{id}`, `POST /v1/reservations/{id}/commit` and
 //! `POST /v1/reservations/{id}/cancel`. The decisions are the reservation service's; this
-//! module reads requests at the edge and maps outcomes to answers.
+//! module reads requests at the edge and turns decisions into statuses and bodies.
 
 use axum::{
     extract::{Path, State},
-    http::{header::CONTENT_TYPE, HeaderMap, StatusCode},
+    http::{HeaderMap, StatusCode},
     response::{IntoResponse, Response},
     Extension, Json,
 };
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use tracing::warn;
 
 use super::{
-    error::{ApiError, ErrorBody},
+    error::{ApiError, ErrorBody, ErrorDetail},
     extract::SmallBody,
     ApiState, Principal,
 };
 use crate::{
     event::{LocationId, Sku},
-    reservation::{Caller, LineRequest, Reservation, ReservationError, ReservationRequest, ShortAnswer, Status},
+    reservation::{
+        service::{Caller, ReservationError, ReservationRequest},
+        Decision, LineRequest, Reservation, ShortLine, Status,
+    },
 };
+
+/// The answer when some line is short (409): the error, and every short line.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub(super) struct ShortAnswer<'a> {
+    error: ErrorDetail<'a>,
+    short_lines: &'a [ShortLine],
+}
+
+/// A decision as HTTP answers it: 201 with the reservation, or 409 `insufficient_stock`
+/// with the short lines.
+fn answer(decision: &Decision) -> Response {
+    match decision {
+        Decision::Held(reservation) => (StatusCode::CREATED, Json(reservation)).into_response(),
+        Decision::Short(lines) => {
+            let skus: Vec<&str> = lines.iter().map(|l| l.sku.as_str()).collect();
+            let message = format!("not enough stock for {}; nothing was reserved", skus.join(", "));
+            let body = ShortAnswer {
+                error: ErrorDetail { code: "insufficient_stock", message: message.into() },
+                short_lines: lines,
+            };
+            (StatusCode::CONFLICT, Json(body)).into_response()
+        }
+    }
+}
 
 /// A reservation request: all lines are held, or none.
 #[derive(Debug, Deserialize, utoipa::ToSchema)]
@@ -91,9 +118,8 @@ pub(super) async fn create(
     let key = super::idempotency_key(&headers)?.ok_or(ApiError::IdempotencyKeyRequired)?;
     let request = read_request(&body)?;
     // Idempotency keys belong to the API key that sent them: two clients may use the same.
-    let answer = state.reservations.reserve(&principal.key_id, key, &request).await?;
-    let status = StatusCode::from_u16(answer.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
-    Ok((status, [(CONTENT_TYPE, "application/json")], answer.body).into_response())
+    let decision = state.reservations.reserve(&principal.key_id, key, &request).await?;
+    Ok(answer(&decision))
 }
 
 #[utoipa::path(
@@ -166,7 +192,7 @@ impl From<ReservationError> for ApiError {
                 ApiError::ReservationExpired(e.to_string())
             }
             e @ ReservationError::NotHeld { .. } => ApiError::ReservationNotHeld(e.to_string()),
-            ReservationError::Store(e) => {
+            ReservationError::Db(e) => {
                 warn!(error = %e, "reservation transaction failed");
                 ApiError::Unavailable("the database")
             }

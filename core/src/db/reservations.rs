@@ -12,7 +12,7 @@ use crate::{
     config::ChannelConfig,
     event::{LocationId, Movement, MovementKind, Sku, StockLevel},
     ledger::rules::LevelKey,
-    reservation::{self, Answer, Line, LineRequest, Reservation, ShortLine, Status, Suggestion},
+    reservation::{self, Decision, Line, LineRequest, Reservation, ShortLine, Status, Suggestion},
 };
 
 /// How many times a reservation re-reads the levels after another writer took the units
@@ -48,12 +48,51 @@ pub struct NewReservation<'a> {
 /// The outcome of a reservation request.
 #[derive(Debug, Clone)]
 pub enum Reserved {
-    /// Decided now: held (201) or short (409), saved as the key's answer.
-    Decided { answer: Answer, levels: Vec<StockLevel>, outbox: Vec<OutboxRecord> },
-    /// The key was used before for this request: its first answer.
-    Replayed(Answer),
+    /// Decided now, and saved as the key's decision.
+    Decided { decision: Decision, levels: Vec<StockLevel>, outbox: Vec<OutboxRecord> },
+    /// The key was used before for this request: its first decision.
+    Replayed(Decision),
     /// The key was used before for another request.
     KeyReused,
+}
+
+/// A [`Decision`] as `idempotency_keys` keeps it: `status` names the kind with the numbers
+/// its rows have always carried (held 201, short 409), and `body` is the decision as JSON
+/// (the reservation, or `{"short_lines": [...]}`; rows written before decisions were typed
+/// also carry an `error` beside the short lines, which reading ignores).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(super) struct SavedDecision {
+    pub status: i64,
+    pub body: String,
+}
+
+const SAVED_HELD: i64 = 201;
+const SAVED_SHORT: i64 = 409;
+
+#[derive(serde::Serialize, serde::Deserialize)]
+struct SavedShort {
+    short_lines: Vec<ShortLine>,
+}
+
+impl SavedDecision {
+    fn of(decision: &Decision) -> SavedDecision {
+        let (status, body) = match decision {
+            Decision::Held(reservation) => (SAVED_HELD, serde_json::to_string(reservation)),
+            Decision::Short(lines) => (SAVED_SHORT, serde_json::to_string(&SavedShort { short_lines: lines.clone() })),
+        };
+        SavedDecision { status, body: body.expect("a decision always serializes") }
+    }
+
+    fn decision(&self) -> Result<Decision, DbError> {
+        let unreadable = |e: serde_json::Error| super::corrupt(format!("a saved reservation decision: {e}"));
+        match self.status {
+            SAVED_HELD => serde_json::from_str(&self.body).map(Decision::Held).map_err(unreadable),
+            SAVED_SHORT => serde_json::from_str::<SavedShort>(&self.body)
+                .map(|s| Decision::Short(s.short_lines))
+                .map_err(unreadable),
+            other => Err(super::corrupt(format!("a saved reservation decision of kind {other}"))),
+        }
+    }
 }
 
 /// What ending a reservation did.
@@ -80,15 +119,15 @@ pub struct Closed {
 #[async_trait]
 pub(super) trait ReservationTx: Send {
     /// Claims an idempotency key for `request`; when it was claimed before, answers the
-    /// request it was claimed for and its answer.
+    /// request it was claimed for and its decision.
     async fn claim_key(
         &mut self,
         owner: &str,
         key: &str,
         request: &str,
         now: DateTime<Utc>,
-    ) -> Result<Option<(String, Option<Answer>)>, DbError>;
-    async fn save_answer(&mut self, owner: &str, key: &str, answer: &Answer) -> Result<(), DbError>;
+    ) -> Result<Option<(String, Option<SavedDecision>)>, DbError>;
+    async fn save_decision(&mut self, owner: &str, key: &str, decision: &SavedDecision) -> Result<(), DbError>;
     async fn levels_of(&mut self, skus: &[&Sku]) -> Result<Vec<StockLevel>, DbError>;
     async fn savepoint(&mut self) -> Result<(), DbError>;
     async fn rollback_to_savepoint(&mut self) -> Result<(), DbError>;
@@ -137,10 +176,10 @@ pub(super) async fn reserve(
     new: &NewReservation<'_>,
 ) -> Result<Reserved, DbError> {
     // The first statement claims the key: a concurrent request with the same key waits
-    // here for this transaction, then finds its answer.
-    if let Some((request, answer)) = tx.claim_key(new.owner, new.idempotency_key, new.request, new.now).await? {
-        return Ok(match answer {
-            Some(answer) if request == new.request => Reserved::Replayed(answer),
+    // here for this transaction, then finds its decision.
+    if let Some((request, saved)) = tx.claim_key(new.owner, new.idempotency_key, new.request, new.now).await? {
+        return Ok(match saved {
+            Some(saved) if request == new.request => Reserved::Replayed(saved.decision()?),
             _ => Reserved::KeyReused,
         });
     }
@@ -148,7 +187,7 @@ pub(super) async fn reserve(
     skus.sort();
     skus.dedup();
     let mut round = 0;
-    let (answer, levels, outbox) = loop {
+    let (decision, levels, outbox) = loop {
         round += 1;
         let available: BTreeMap<LevelKey, i64> = tx
             .levels_of(&skus)
@@ -160,7 +199,7 @@ pub(super) async fn reserve(
             Ok(locations) => locations,
             Err(short) => {
                 let lines = short_lines(&mut *tx, new, short).await?;
-                break (Answer::short(&lines), Vec::new(), Vec::new());
+                break (Decision::Short(lines), Vec::new(), Vec::new());
             }
         };
         let lines: Vec<Line> = new
@@ -199,11 +238,11 @@ pub(super) async fn reserve(
         };
         tx.insert_reservation(&reservation).await?;
         let outbox = tx.enqueue(&reservation::events(&reservation, MovementKind::Reserve, new.now), new.now).await?;
-        break (Answer::reserved(&reservation), levels, outbox);
+        break (Decision::Held(reservation), levels, outbox);
     };
-    tx.save_answer(new.owner, new.idempotency_key, &answer).await?;
+    tx.save_decision(new.owner, new.idempotency_key, &SavedDecision::of(&decision)).await?;
     tx.commit().await?;
-    Ok(Reserved::Decided { answer, levels, outbox })
+    Ok(Reserved::Decided { decision, levels, outbox })
 }
 
 async fn short_lines(

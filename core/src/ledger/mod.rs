@@ -62,7 +62,7 @@ pub enum LedgerError {
     #[error("ledger: kafka: {0}")]
     Kafka(#[from] KafkaError),
     #[error("ledger: {0}")]
-    Store(#[from] DbError),
+    Db(#[from] DbError),
     #[error("ledger: stopped on purpose after {0} committed batches (fault injection)")]
     InjectedCrash(u64),
     #[error("ledger: the consumer thread panicked")]

@@ -9,22 +9,20 @@
 //! complete. The pure parts live here; the transactions in `db/reservations.rs`; the
 //! routes in `api/reservations.rs`.
 
-mod service;
+pub mod service;
 
 use std::collections::{BTreeMap, HashMap};
 
 use chrono::{DateTime, Utc};
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
-pub use self::service::{Caller, ReservationError, ReservationRequest, Reservations};
 use crate::{
-    api::ErrorDetail,
     event::{EventId, LocationId, Movement, MovementKind, Sku, Source, SourceSystem},
     ledger::rules::LevelKey,
 };
 
 /// Where a reservation is in its life. Only `held` ones hold units.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, utoipa::ToSchema)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum Status {
     Held,
@@ -57,7 +55,7 @@ pub struct LineRequest {
 }
 
 /// A line as held, numbered from 1 in the order asked.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, utoipa::ToSchema)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct Line {
     pub line: i32,
     pub sku: Sku,
@@ -65,7 +63,7 @@ pub struct Line {
     pub quantity: i64,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, utoipa::ToSchema)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct Reservation {
     pub id: String,
     pub channel: String,
@@ -89,7 +87,7 @@ impl Reservation {
 }
 
 /// A SKU like a short one that the channel has enough of.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, utoipa::ToSchema)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct Suggestion {
     pub sku: Sku,
     pub name: String,
@@ -99,7 +97,7 @@ pub struct Suggestion {
 
 /// A line that cannot be held: what was asked, the most one location can give, and
 /// similar SKUs to offer instead.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, utoipa::ToSchema)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct ShortLine {
     pub line: i32,
     pub sku: Sku,
@@ -108,34 +106,14 @@ pub struct ShortLine {
     pub suggestions: Vec<Suggestion>,
 }
 
-/// The first answer to an Idempotency-Key, replayed to every retry.
+/// What a request for a reservation decided: the first decision for an Idempotency-Key
+/// is kept and given again to every retry with that key.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Answer {
-    pub status: u16,
-    pub body: String,
-}
-
-impl Answer {
-    pub fn reserved(reservation: &Reservation) -> Answer {
-        Answer { status: 201, body: serde_json::to_string(reservation).expect("a reservation always serializes") }
-    }
-
-    pub fn short(lines: &[ShortLine]) -> Answer {
-        let skus: Vec<&str> = lines.iter().map(|l| l.sku.as_str()).collect();
-        let message = format!("not enough stock for {}; nothing was reserved", skus.join(", "));
-        let body = ShortAnswer {
-            error: ErrorDetail { code: "insufficient_stock", message: message.into() },
-            short_lines: lines.to_vec(),
-        };
-        Answer { status: 409, body: serde_json::to_string(&body).expect("a short answer always serializes") }
-    }
-}
-
-/// The answer when some line is short (409): the error, and every short line.
-#[derive(Debug, Serialize, utoipa::ToSchema)]
-pub struct ShortAnswer<'a> {
-    pub error: ErrorDetail<'a>,
-    pub short_lines: Vec<ShortLine>,
+pub enum Decision {
+    /// Every line is held.
+    Held(Reservation),
+    /// Some lines are short: nothing was held.
+    Short(Vec<ShortLine>),
 }
 
 /// Picks a location for each line from what is available now (by level), or says which

@@ -9,7 +9,7 @@ use serde_json::json;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
-use super::{Answer, LineRequest, Reservation, Status};
+use super::{Decision, LineRequest, Reservation, Status};
 use crate::{
     clock::Clock,
     config::{ChannelConfig, ReservationConfig},
@@ -55,7 +55,7 @@ pub enum ReservationError {
     #[error("reservation {id} is {}, it cannot be {action}", status.as_str())]
     NotHeld { id: String, status: Status, action: &'static str },
     #[error(transparent)]
-    Store(#[from] DbError),
+    Db(#[from] DbError),
 }
 
 #[derive(Clone)]
@@ -85,14 +85,14 @@ impl Reservations {
         Self { db: Arc::clone(&relay.db), relay, clock, config, channels, metrics }
     }
 
-    /// Takes a reservation for `owner` (the API key), or replays the first answer to
-    /// `idempotency_key`. The answer is 201 with the reservation or 409 with the short lines.
+    /// Takes a reservation for `owner` (the API key), or gives again the first decision
+    /// for `idempotency_key`: held, or short with the lines that are.
     pub async fn reserve(
         &self,
         owner: &str,
         idempotency_key: &str,
         request: &ReservationRequest,
-    ) -> Result<Answer, ReservationError> {
+    ) -> Result<Decision, ReservationError> {
         let serving = self.check(request)?;
         let now = self.clock.now();
         let ttl_s = request.ttl_s.unwrap_or(self.config.ttl_s_default);
@@ -112,14 +112,17 @@ impl Reservations {
         let reserved = retry(|| self.db.reserve(&new)).await?;
         let outcome = |o: &str| self.metrics.reservations_requests_total.with_label_values(&[o]).inc();
         match reserved {
-            Reserved::Decided { answer, levels, outbox } => {
-                outcome(if answer.status == 201 { "held" } else { "short" });
+            Reserved::Decided { decision, levels, outbox } => {
+                outcome(match decision {
+                    Decision::Held(_) => "held",
+                    Decision::Short(_) => "short",
+                });
                 self.hand_over(levels, outbox);
-                Ok(answer)
+                Ok(decision)
             }
-            Reserved::Replayed(answer) => {
+            Reserved::Replayed(decision) => {
                 outcome("replayed");
-                Ok(answer)
+                Ok(decision)
             }
             Reserved::KeyReused => {
                 outcome("refused");

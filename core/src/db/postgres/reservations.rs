@@ -12,13 +12,14 @@ use crate::{
     db::{
         corrupt,
         reservations::{
-            key_parts, reservation_from_rows, text_attributes, ReservationRow, ReservationTx, SimilarProducts,
+            key_parts, reservation_from_rows, text_attributes, ReservationRow, ReservationTx, SavedDecision,
+            SimilarProducts,
         },
         DbError, OutboxRecord,
     },
     event::{Movement, Sku, StockLevel},
     ledger::rules::LevelKey,
-    reservation::{Answer, Reservation, Status, Suggestion},
+    reservation::{Reservation, Status, Suggestion},
 };
 
 pub(super) struct PgReservationTx {
@@ -33,7 +34,7 @@ impl ReservationTx for PgReservationTx {
         key: &str,
         request: &str,
         now: DateTime<Utc>,
-    ) -> Result<Option<(String, Option<Answer>)>, DbError> {
+    ) -> Result<Option<(String, Option<SavedDecision>)>, DbError> {
         let claimed = sqlx::query(
             "INSERT INTO idempotency_keys (owner, key, request, created_at) VALUES ($1, $2, $3, $4)
              ON CONFLICT (owner, key) DO NOTHING",
@@ -52,19 +53,19 @@ impl ReservationTx for PgReservationTx {
             .bind(key)
             .fetch_one(&mut *self.tx)
             .await?;
-        let answer = match (row.try_get::<Option<i32>, _>("status")?, row.try_get::<Option<String>, _>("body")?) {
-            (Some(status), Some(body)) => Some(Answer { status: status as u16, body }),
+        let saved = match (row.try_get::<Option<i32>, _>("status")?, row.try_get::<Option<String>, _>("body")?) {
+            (Some(status), Some(body)) => Some(SavedDecision { status: i64::from(status), body }),
             _ => None,
         };
-        Ok(Some((row.try_get("request")?, answer)))
+        Ok(Some((row.try_get("request")?, saved)))
     }
 
-    async fn save_answer(&mut self, owner: &str, key: &str, answer: &Answer) -> Result<(), DbError> {
+    async fn save_decision(&mut self, owner: &str, key: &str, decision: &SavedDecision) -> Result<(), DbError> {
         sqlx::query("UPDATE idempotency_keys SET status = $3, body = $4 WHERE owner = $1 AND key = $2")
             .bind(owner)
             .bind(key)
-            .bind(i32::from(answer.status))
-            .bind(&answer.body)
+            .bind(i32::try_from(decision.status).map_err(corrupt)?)
+            .bind(&decision.body)
             .execute(&mut *self.tx)
             .await?;
         Ok(())

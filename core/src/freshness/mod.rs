@@ -2,22 +2,14 @@
 //! (a per-store sequence), and the connectors report their health. The central service
 //! keeps, per source, the highest sequence number up to which nothing is missing, what
 //! the source last said it holds, and since when a gap has lasted. `GET /v1/sources`
-//! answers these; the pure rules are here, the database keeps the state.
+//! answers these. The pure rules are here; the database keeps the state; `watch` keeps the
+//! `onhand_source_*` metrics current.
 
-use std::{sync::Arc, time::Duration};
+pub mod watch;
 
+use crate::config::SourcesConfig;
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
-use tokio_util::sync::CancellationToken;
-use tracing::warn;
-
-use crate::{config::SourcesConfig, db::Db, telemetry::Metrics};
-
-/// How often the sources' metrics are refreshed.
-const WATCH_INTERVAL: Duration = Duration::from_secs(5);
-/// The most sources with metric series of their own: a source's name comes from outside
-/// (a store's id), and a series per name must not grow without bound.
-const SOURCE_SERIES_MAX: usize = 500;
 
 /// At most this many out-of-order ranges are remembered above the contiguous sequence; a
 /// source that leaves more holes than that is reported by its gap, and its oldest ranges
@@ -179,60 +171,6 @@ impl SourceReport {
             behind_seconds: state.behind_seconds(now),
             gap_alert,
             state,
-        }
-    }
-}
-
-/// Keeps the sources' metrics current and warns about lasting gaps, until `shutdown`.
-pub async fn watch(db: Arc<dyn Db>, metrics: Metrics, config: SourcesConfig, shutdown: CancellationToken) {
-    let mut interval = tokio::time::interval(WATCH_INTERVAL);
-    let mut alerted = std::collections::HashSet::new();
-    let mut exported: std::collections::BTreeSet<String> = std::collections::BTreeSet::new();
-    loop {
-        tokio::select! {
-            _ = shutdown.cancelled() => return,
-            _ = interval.tick() => {}
-        }
-        let Ok(states) = db.sources().await else { continue };
-        let now = Utc::now();
-        if states.len() > SOURCE_SERIES_MAX {
-            warn!(
-                sources = states.len(),
-                max = SOURCE_SERIES_MAX,
-                "more sources than metric series; GET /v1/sources lists them all"
-            );
-        }
-        // Sorted by name (the database's order): the same sources keep their series.
-        let states: Vec<SourceState> = states.into_iter().take(SOURCE_SERIES_MAX).collect();
-        let current: std::collections::BTreeSet<String> = states.iter().map(|s| s.source.clone()).collect();
-        for gone in exported.difference(&current) {
-            for gauge in [
-                &metrics.source_behind_movements,
-                &metrics.source_behind_seconds,
-                &metrics.source_gap,
-                &metrics.source_healthy,
-            ] {
-                let _ = gauge.remove_label_values(&[gone]);
-            }
-        }
-        exported = current;
-        for state in states {
-            let report = SourceReport::new(state, now, &config);
-            let source = report.state.source.as_str();
-            metrics.source_behind_movements.with_label_values(&[source]).set(report.behind_movements);
-            metrics.source_behind_seconds.with_label_values(&[source]).set(report.behind_seconds);
-            metrics.source_gap.with_label_values(&[source]).set(i64::from(report.gap_alert));
-            metrics.source_healthy.with_label_values(&[source]).set(i64::from(report.state.healthy));
-            if report.gap_alert && alerted.insert(source.to_string()) {
-                warn!(
-                    source,
-                    acked_seq = report.state.acked_seq,
-                    max_seq = report.state.max_seq,
-                    "movements are missing from this source"
-                );
-            } else if !report.gap_alert {
-                alerted.remove(source);
-            }
         }
     }
 }
