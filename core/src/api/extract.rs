@@ -7,7 +7,11 @@ use axum::{
     http::{HeaderMap, StatusCode},
 };
 
-use super::{error::ApiError, SMALL_BODY_BYTES_MAX};
+use super::error::ApiError;
+
+/// The largest body of every route but `POST /v1/movements`, which reads its own body up
+/// to `http.body_bytes_max`.
+pub(super) const SMALL_BODY_BYTES_MAX: usize = 64 * 1024;
 
 /// The longest Idempotency-Key accepted.
 pub const IDEMPOTENCY_KEY_LEN_MAX: usize = 255;

@@ -15,6 +15,7 @@
 //! - `error`: the table from errors to status and stable code.
 //! - `auth`: API keys at the edge: the scope of each route group, the per-key rate limit,
 //!   the [`Principal`] handed to routes.
+//! - `state`: what every handler shares.
 //! - `extract`: body extractors that answer with the error table.
 //! - `movements`: ingest of movements onto Kafka.
 //! - `stock`: stock reads through the cache, channel availability, stock policies.
@@ -27,6 +28,7 @@ mod extract;
 mod movements;
 mod products;
 mod reservations;
+mod state;
 mod stock;
 
 use std::{collections::BTreeMap, sync::Arc, time::Duration};
@@ -48,67 +50,14 @@ use tower_http::trace::TraceLayer;
 use utoipa::OpenApi as _;
 use utoipa_axum::{router::OpenApiRouter, routes};
 
+use self::extract::SMALL_BODY_BYTES_MAX;
 pub use self::{
     auth::Principal,
     error::{error_body, ApiError, ErrorBody, ErrorDetail},
     extract::idempotency_key,
+    state::{ApiContext, ApiState},
 };
-use crate::{
-    auth::Scope,
-    cache::StockCache,
-    config::{ChannelConfig, HttpConfig, QueryConfig, SourcesConfig},
-    db::Db,
-    freshness::SourceReport,
-    health::{Health, Readiness},
-    ingest::Ingest,
-    relay::Relay,
-    reservation::service::Reservations,
-    telemetry::Metrics,
-};
-
-/// What every handler shares, built once by the app.
-pub struct ApiContext {
-    pub db: Arc<dyn Db>,
-    /// Where accepted movements are made safe before the answer.
-    pub ingest: Ingest,
-    pub metrics: Metrics,
-    pub http: HttpConfig,
-    /// What every component of this process is doing, for `/readyz`.
-    pub health: Health,
-    pub cache: StockCache,
-    pub query: QueryConfig,
-    pub channels: BTreeMap<String, ChannelConfig>,
-    pub relay: Relay,
-    pub reservations: Reservations,
-    pub sources: SourcesConfig,
-}
-
-impl std::fmt::Debug for ApiContext {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("ApiContext").field("ingest", &self.ingest).finish_non_exhaustive()
-    }
-}
-
-/// The handlers' state: axum clones it for every request, so it is two `Arc`s.
-#[derive(Debug, Clone)]
-pub struct ApiState {
-    context: Arc<ApiContext>,
-    /// The keys' verification and rate limits, for routes that charge more than one
-    /// request's worth.
-    auth: Arc<auth::Authenticator>,
-}
-
-impl std::ops::Deref for ApiState {
-    type Target = ApiContext;
-
-    fn deref(&self) -> &ApiContext {
-        &self.context
-    }
-}
-
-/// The largest body of every route but `POST /v1/movements`, which reads its own body up
-/// to `http.body_bytes_max`.
-const SMALL_BODY_BYTES_MAX: usize = 64 * 1024;
+use crate::{auth::Scope, db::Db, freshness::SourceReport, health::Readiness};
 
 /// The routes of the API and the connectors' routes, which [`finish`] then wraps. Each
 /// group of routes needs one scope, checked by its `route_layer`; a connector's routes

@@ -18,8 +18,9 @@ use chrono::Utc;
 use serde::Serialize;
 
 use super::{
+    auth::Principal,
     error::{ApiError, ErrorBody},
-    ApiState, Principal,
+    state::ApiState,
 };
 use crate::{
     auth::may_write,

@@ -10,7 +10,7 @@ use tracing::warn;
 use super::{
     error::{ApiError, ErrorBody},
     extract::SmallBody,
-    ApiState,
+    state::ApiState,
 };
 use crate::{
     event::Sku,

@@ -13,9 +13,10 @@ use serde::{Deserialize, Serialize};
 use tracing::warn;
 
 use super::{
+    auth::Principal,
     error::{ApiError, ErrorBody, ErrorDetail},
     extract::SmallBody,
-    ApiState, Principal,
+    state::ApiState,
 };
 use crate::{
     event::{LocationId, Sku},
@@ -115,7 +116,7 @@ pub(super) async fn create(
     headers: HeaderMap,
     SmallBody(body): SmallBody,
 ) -> Result<Response, ApiError> {
-    let key = super::idempotency_key(&headers)?.ok_or(ApiError::IdempotencyKeyRequired)?;
+    let key = super::extract::idempotency_key(&headers)?.ok_or(ApiError::IdempotencyKeyRequired)?;
     let request = read_request(&body)?;
     // Idempotency keys belong to the API key that sent them: two clients may use the same.
     let decision = state.reservations.reserve(&principal.key_id, key, &request).await?;

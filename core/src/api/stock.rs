@@ -18,9 +18,10 @@ use serde::{Deserialize, Serialize};
 use tracing::warn;
 
 use super::{
+    auth::Principal,
     error::{ApiError, ErrorBody, ErrorDetail},
     extract::SmallBody,
-    ApiState, Principal,
+    state::ApiState,
 };
 use crate::{
     cache::{ReadError, SkuStock},

@@ -1,0 +1,56 @@
+//! What every handler shares: the [`ApiContext`] the app builds once, and the
+//! [`ApiState`] axum hands each request.
+
+use std::{collections::BTreeMap, sync::Arc};
+
+use super::auth::Authenticator;
+use crate::{
+    cache::StockCache,
+    config::{ChannelConfig, HttpConfig, QueryConfig, SourcesConfig},
+    db::Db,
+    health::Health,
+    ingest::Ingest,
+    relay::Relay,
+    reservation::service::Reservations,
+    telemetry::Metrics,
+};
+
+/// What every handler shares, built once by the app.
+pub struct ApiContext {
+    pub db: Arc<dyn Db>,
+    /// Where accepted movements are made safe before the answer.
+    pub ingest: Ingest,
+    pub metrics: Metrics,
+    pub http: HttpConfig,
+    /// What every component of this process is doing, for `/readyz`.
+    pub health: Health,
+    pub cache: StockCache,
+    pub query: QueryConfig,
+    pub channels: BTreeMap<String, ChannelConfig>,
+    pub relay: Relay,
+    pub reservations: Reservations,
+    pub sources: SourcesConfig,
+}
+
+impl std::fmt::Debug for ApiContext {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ApiContext").field("ingest", &self.ingest).finish_non_exhaustive()
+    }
+}
+
+/// The handlers' state: axum clones it for every request, so it is two `Arc`s.
+#[derive(Debug, Clone)]
+pub struct ApiState {
+    pub(super) context: Arc<ApiContext>,
+    /// The keys' verification and rate limits, for routes that charge more than one
+    /// request's worth.
+    pub(super) auth: Arc<Authenticator>,
+}
+
+impl std::ops::Deref for ApiState {
+    type Target = ApiContext;
+
+    fn deref(&self) -> &ApiContext {
+        &self.context
+    }
+}
