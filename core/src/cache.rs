@@ -27,6 +27,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
 use crate::{
+    backoff::Backoff,
     config::{KafkaConfig, QueryConfig},
     db::Db,
     event::{Sku, StockLevel},
@@ -315,7 +316,7 @@ impl StockCache {
 /// Follows the stock topic from its end and applies every level to the cache, until
 /// `shutdown`. It reads every partition (no consumer group): each instance needs all.
 pub async fn follow_stock_topic(config: KafkaConfig, cache: StockCache, shutdown: CancellationToken) {
-    let mut backoff = Duration::from_millis(200);
+    let mut backoff = Backoff::new(Duration::from_millis(200), Duration::from_secs(10));
     loop {
         match subscribe_from_end(&config).await {
             Ok(consumer) => {
@@ -327,9 +328,8 @@ pub async fn follow_stock_topic(config: KafkaConfig, cache: StockCache, shutdown
                 warn!(error = %e, "cannot follow the stock topic; retrying");
                 tokio::select! {
                     _ = shutdown.cancelled() => return,
-                    _ = tokio::time::sleep(backoff) => {}
+                    _ = tokio::time::sleep(backoff.fail()) => {}
                 }
-                backoff = (backoff * 2).min(Duration::from_secs(10));
             }
         }
     }

@@ -23,7 +23,7 @@ use sha2::{Digest, Sha256};
 use tokio_util::sync::CancellationToken;
 use tracing::warn;
 
-use crate::{config::KafkaConfig, health::Component, telemetry::Metrics};
+use crate::{backoff::Backoff, config::KafkaConfig, health::Component, telemetry::Metrics};
 
 /// A record that cannot become a movement, on its way to the dead-letter topic.
 #[derive(Debug, Clone, Copy)]
@@ -160,7 +160,7 @@ pub async fn dead_letter_until_sent(
     component: &Component,
     metrics: &Metrics,
 ) -> bool {
-    let mut backoff = Duration::from_millis(200);
+    let mut backoff = Backoff::new(Duration::from_millis(200), Duration::from_secs(30));
     let mut blocked = false;
     loop {
         let send = dead_letter(producer, dlq, letter, timeout, metrics);
@@ -193,9 +193,8 @@ pub async fn dead_letter_until_sent(
         }
         tokio::select! {
             _ = shutdown.cancelled() => return false,
-            _ = tokio::time::sleep(backoff) => {}
+            _ = tokio::time::sleep(backoff.fail()) => {}
         }
-        backoff = (backoff * 2).min(Duration::from_secs(30));
     }
 }
 

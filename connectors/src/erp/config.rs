@@ -1,7 +1,8 @@
 //! `[connectors.erp]`: where the ERP's stock journal is and how its codes map to onhand.
 
-use std::collections::BTreeMap;
+use std::{collections::BTreeMap, time::Duration};
 
+use onhand_core::backoff::Backoff;
 use serde::Deserialize;
 
 /// The journal query of a PostgreSQL ERP, as in `tests/fixtures/erp/schema.sql`. Any query
@@ -117,5 +118,13 @@ impl Default for ErpConfig {
             lookback_window_s: 900,
             debezium: DebeziumConfig::default(),
         }
+    }
+}
+
+impl ErpConfig {
+    /// The pauses between attempts while the ERP database or Kafka fails, for the poller and
+    /// the Debezium follower alike: 200 ms, doubling, at most `retry_max_ms`.
+    pub fn retry_backoff(&self) -> Backoff {
+        Backoff::new(Duration::from_millis(200), Duration::from_millis(self.retry_max_ms))
     }
 }

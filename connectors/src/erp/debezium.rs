@@ -138,7 +138,7 @@ impl Follower {
                     continue;
                 }
             };
-            let mut backoff = Duration::from_millis(200);
+            let mut backoff = self.config.retry_backoff();
             let mut blocked = false;
             loop {
                 // A change that cannot be delivered holds every later one back (its offset
@@ -161,9 +161,8 @@ impl Follower {
                 producer.renew();
                 tokio::select! {
                     _ = self.context.shutdown.cancelled() => return Ok(()),
-                    _ = tokio::time::sleep(backoff) => {}
+                    _ = tokio::time::sleep(backoff.fail()) => {}
                 }
-                backoff = (backoff * 2).min(Duration::from_millis(self.config.retry_max_ms));
             }
             if blocked {
                 component.running();

@@ -106,7 +106,7 @@ impl Poller {
         let mut cursor = self.load_cursor().await;
         let mut look_back =
             LookBack { started_at: cursor, produced: Default::default(), scanned_at: tokio::time::Instant::now() };
-        let mut backoff = Duration::ZERO;
+        let mut backoff = self.config.retry_backoff();
         let mut healthy: Option<bool> = None;
         loop {
             if let Err(reason) = self.look_back(cursor, &mut look_back).await {
@@ -116,22 +116,21 @@ impl Poller {
                 Ok(Some((next, ids))) => {
                     look_back.produced.extend(ids);
                     cursor = next;
-                    backoff = Duration::ZERO;
+                    backoff.reset();
                     self.report(&mut healthy, true, None).await;
                     Duration::ZERO
                 }
                 Ok(None) => {
-                    backoff = Duration::ZERO;
+                    backoff.reset();
                     self.report(&mut healthy, true, None).await;
                     Duration::from_millis(self.config.poll_interval_ms)
                 }
                 Err(reason) => {
                     self.producer.renew();
-                    backoff = (backoff * 2)
-                        .clamp(Duration::from_millis(200), Duration::from_millis(self.config.retry_max_ms));
-                    warn!(reason, retry_in_ms = backoff.as_millis() as u64, "erp poll failed; the cursor stays");
+                    let pause = backoff.fail();
+                    warn!(reason, retry_in_ms = pause.as_millis() as u64, "erp poll failed; the cursor stays");
                     self.report(&mut healthy, false, Some(reason)).await;
-                    backoff
+                    pause
                 }
             };
             let lag = (Utc::now() - cursor.changed_at).num_seconds().max(0);

@@ -65,6 +65,17 @@ fn unknown_codes_and_bad_rows_are_refused_with_a_reason() {
 }
 
 #[test]
+fn failed_polls_and_changes_wait_200_ms_doubling_to_retry_max() {
+    use std::time::Duration;
+    let config = super::config::ErpConfig { retry_max_ms: 1_000, ..Default::default() };
+    let mut backoff = config.retry_backoff();
+    let pauses: Vec<u128> = (0..5).map(|_| backoff.fail().as_millis()).collect();
+    assert_eq!(pauses, [200, 400, 800, 1_000, 1_000]);
+    backoff.reset();
+    assert_eq!(backoff.fail(), Duration::from_millis(200));
+}
+
+#[test]
 fn the_code_maps_are_checked_at_start() {
     let kinds: BTreeMap<String, String> = [("RES".to_string(), "reserve".to_string())].into();
     assert!(Codes::new(&kinds, &BTreeMap::new(), "erp").unwrap_err().contains("kinds.RES"));

@@ -30,6 +30,7 @@ use axum::{
 use chrono::{DateTime, Utc};
 use onhand_core::{
     api::ApiError,
+    backoff::Backoff,
     event::{LocationId, Movement, Sku, SourceSystem},
 };
 use serde_json::json;
@@ -488,12 +489,18 @@ async fn known_level(shared: &Shared, sku: &Sku) -> Option<(i64, Option<i64>, Da
     Some((row.try_get("on_hand").ok()?, row.try_get("reorder_point").ok()?, as_of))
 }
 
+/// The first pause after the central service could not be reached; it doubles up to
+/// `retry_max`.
+const FORWARD_RETRY_MIN: Duration = Duration::from_millis(200);
+
 /// Sends the outbox to the central service in sequence order until `shutdown`, and says
 /// it is alive when there is nothing to send.
 async fn forward(shared: Shared, shutdown: CancellationToken) {
-    let mut backoff = Duration::ZERO;
+    let mut backoff = Backoff::new(FORWARD_RETRY_MIN, shared.config.retry_max);
+    // The pause before the next attempt after a failure; `None` while the service answers.
+    let mut retry_in: Option<Duration> = None;
     loop {
-        let wait = if backoff.is_zero() { shared.config.heartbeat_interval } else { backoff };
+        let wait = retry_in.unwrap_or(shared.config.heartbeat_interval);
         let outcome = match next_batch(&shared).await {
             Ok(batch) if batch.is_empty() => heartbeat(&shared).await.map(|()| false),
             Ok(batch) => send(&shared, &batch).await.map(|()| true),
@@ -501,22 +508,24 @@ async fn forward(shared: Shared, shutdown: CancellationToken) {
         };
         let more = match outcome {
             Ok(more) => {
-                backoff = Duration::ZERO;
+                backoff.reset();
+                retry_in = None;
                 more
             }
             Err(e) => {
-                backoff = (backoff * 2).clamp(Duration::from_millis(200), shared.config.retry_max);
-                warn!(error = %e, retry_in_ms = backoff.as_millis() as u64, "central service not reached; lines stay in the outbox");
+                let pause = backoff.fail();
+                warn!(error = %e, retry_in_ms = pause.as_millis() as u64, "central service not reached; lines stay in the outbox");
+                retry_in = Some(pause);
                 false
             }
         };
         if more {
             continue;
         }
-        let wait = if backoff.is_zero() { wait } else { backoff };
+        let wait = retry_in.unwrap_or(wait);
         tokio::select! {
             _ = shutdown.cancelled() => return,
-            _ = shared.arrived.notified(), if backoff.is_zero() => {}
+            _ = shared.arrived.notified(), if retry_in.is_none() => {}
             _ = tokio::time::sleep(wait) => {}
         }
     }

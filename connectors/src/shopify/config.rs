@@ -2,9 +2,9 @@
 //! the limits of the reconciliation and the sink. `docs/connectors/shopify.md` explains
 //! each field; `deploy/onhand.toml` has a commented example.
 
-use std::collections::BTreeMap;
+use std::{collections::BTreeMap, time::Duration};
 
-use onhand_core::{config::Config, event::LocationId};
+use onhand_core::{backoff::Backoff, config::Config, event::LocationId};
 use serde::{Deserialize, Deserializer};
 
 use crate::ConnectorError;
@@ -193,6 +193,13 @@ pub struct HttpClientConfig {
 impl Default for HttpClientConfig {
     fn default() -> Self {
         Self { request_timeout_ms: 10_000, backoff_ms_min: 200, backoff_ms_max: 30_000 }
+    }
+}
+
+impl HttpClientConfig {
+    /// The pauses between failed calls to Shopify, for the sink and the reconciliation.
+    pub fn backoff(&self) -> Backoff {
+        Backoff::new(Duration::from_millis(self.backoff_ms_min), Duration::from_millis(self.backoff_ms_max))
     }
 }
 

@@ -21,6 +21,7 @@ use std::{
 };
 
 use onhand_core::{
+    backoff::Backoff,
     config::ChannelConfig,
     event::{Sku, StockLevel},
     kafka,
@@ -112,30 +113,6 @@ impl Pending {
     }
 }
 
-/// Exponential backoff between `min` and `max`.
-#[derive(Debug, Clone, Copy)]
-pub struct Backoff {
-    min: Duration,
-    max: Duration,
-    next: Duration,
-}
-
-impl Backoff {
-    pub fn new(min: Duration, max: Duration) -> Self {
-        Self { min, max, next: min }
-    }
-
-    pub fn fail(&mut self) -> Duration {
-        let wait = self.next;
-        self.next = (self.next * 2).min(self.max);
-        wait
-    }
-
-    pub fn reset(&mut self) {
-        self.next = self.min;
-    }
-}
-
 /// The idempotency key of one push: the same items at the same level versions with the
 /// same compare give the same key, so a retry after a timeout is applied once.
 pub fn idempotency_key(items: &[(u64, i64, i64, i64)]) -> String {
@@ -181,8 +158,7 @@ pub async fn run(shared: Arc<Shared>, config: SinkConfig) -> Result<(), ShopifyE
         .create()?;
     consumer.subscribe(&[&context.topics.stock])?;
     info!(channel = %config.channel, location_id = config.location_id, "shopify sink following the stock topic");
-    let http = &shared.config.http;
-    let backoff = Backoff::new(Duration::from_millis(http.backoff_ms_min), Duration::from_millis(http.backoff_ms_max));
+    let backoff = shared.config.http.backoff();
     let mut sink = Sink {
         shared: Arc::clone(&shared),
         config,

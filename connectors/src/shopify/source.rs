@@ -351,8 +351,7 @@ pub async fn reconcile(shared: Arc<Shared>) {
         return;
     }
     let shutdown = shared.context.shutdown.clone();
-    let http = &shared.config.http;
-    let mut backoff = Duration::from_millis(http.backoff_ms_min);
+    let mut backoff = shared.config.http.backoff();
     let mut wait = Duration::ZERO;
     loop {
         tokio::select! {
@@ -361,13 +360,13 @@ pub async fn reconcile(shared: Arc<Shared>) {
         }
         match reconcile_round(&shared).await {
             Ok(()) => {
-                backoff = Duration::from_millis(http.backoff_ms_min);
+                backoff.reset();
                 wait = Duration::from_secs(config.interval_s);
             }
             Err(e) => {
-                warn!(error = %e, retry_in_ms = backoff.as_millis() as u64, "shopify reconciliation failed");
-                wait = if e.is_retryable() { backoff } else { Duration::from_secs(config.interval_s) };
-                backoff = (backoff * 2).min(Duration::from_millis(http.backoff_ms_max));
+                let pause = backoff.fail();
+                warn!(error = %e, retry_in_ms = pause.as_millis() as u64, "shopify reconciliation failed");
+                wait = if e.is_retryable() { pause } else { Duration::from_secs(config.interval_s) };
             }
         }
     }

@@ -5,6 +5,7 @@ use std::{collections::HashMap, time::Duration};
 
 use chrono::{DateTime, Utc};
 use onhand_core::{
+    backoff::Backoff,
     config::{ChannelConfig, Config},
     event::{MovementKind, Sku},
 };
@@ -14,7 +15,7 @@ use super::{
     config::ShopifyConfig,
     mapping::{self, Catalog, LevelUpdate, Mapped, Restock, SeenUpdates, Verdict},
     payloads,
-    sink::{idempotency_key, Backoff, Pending},
+    sink::{idempotency_key, Pending},
     source::{freshness, read_delivery, verify_signature, Delivery, Freshness},
 };
 

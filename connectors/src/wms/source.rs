@@ -23,8 +23,7 @@ use std::{
 use chrono::{DateTime, Utc};
 use futures::{stream::FuturesUnordered, StreamExt};
 use notify::{RecommendedWatcher, RecursiveMode, Watcher};
-use onhand_core::event::LocationId;
-use onhand_core::kafka::Producer;
+use onhand_core::{backoff::Backoff, event::LocationId, kafka::Producer};
 use rdkafka::{error::KafkaError, producer::FutureRecord};
 use sha2::{Digest, Sha256};
 use tokio::sync::{mpsc, Notify};
@@ -156,14 +155,16 @@ fn fatal(message: String) -> ConnectorError {
     ConnectorError { connector: "wms", message, retryable: false }
 }
 
-/// The pause after `failures` failed attempts in a row: 1 s, doubling, at most 5 minutes.
+/// The pause after `failures` failed attempts in a row (1 or more): 1 s, doubling, at most
+/// 5 minutes.
 pub(super) fn file_backoff(failures: u32) -> Duration {
-    Duration::from_secs(1u64 << failures.saturating_sub(1).min(16)).min(FILE_RETRY_MAX)
+    Backoff::new(Duration::from_secs(1), FILE_RETRY_MAX).after(failures)
 }
 
-/// The pause before sending a record again: 100 ms, doubling, at most 10 s.
+/// The pause before sending a record again after its `attempt`-th try (1 or more): 100 ms,
+/// doubling, at most 10 s.
 pub(super) fn send_backoff(attempt: u32) -> Duration {
-    Duration::from_millis(100u64 << attempt.saturating_sub(1).min(16)).min(Duration::from_secs(10))
+    Backoff::new(Duration::from_millis(100), Duration::from_secs(10)).after(attempt)
 }
 
 fn watch(inbox: &Path, wake: Arc<Notify>) -> notify::Result<RecommendedWatcher> {

@@ -17,6 +17,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{error, warn};
 
 use crate::{
+    backoff::Backoff,
     db::{Applied, Batch, Db, DbError, Envelope},
     event::{EventId, InvalidMovement, LocationId, Sku, StockLevel},
     health::Component,
@@ -206,7 +207,7 @@ impl Applier {
     /// Applies a batch, retrying with backoff while the database is unavailable or the
     /// batch lost too many races. `None` when shutdown came first: nothing was applied.
     async fn apply(&self, batch: &Batch) -> Result<Option<Applied>, DbError> {
-        let mut backoff = Duration::from_millis(100);
+        let mut backoff = database_backoff();
         loop {
             match self.db.apply_batch(batch).await {
                 Ok(applied) => return Ok(Some(applied)),
@@ -215,14 +216,18 @@ impl Applier {
                     warn!(error = %e, movements = batch.movements.len(), "batch not applied; retrying");
                     tokio::select! {
                         _ = self.shutdown.cancelled() => return Ok(None),
-                        _ = tokio::time::sleep(backoff) => {}
+                        _ = tokio::time::sleep(backoff.fail()) => {}
                     }
-                    backoff = (backoff * 2).min(Duration::from_secs(5));
                 }
                 Err(e) => return Err(e),
             }
         }
     }
+}
+
+/// The pauses of the ledger while its database is unavailable: 100 ms, doubling, at most 5 s.
+pub(super) fn database_backoff() -> Backoff {
+    Backoff::new(Duration::from_millis(100), Duration::from_secs(5))
 }
 
 /// Removes the movement `id` from `movements`, with every copy of it (a re-delivery in the

@@ -156,14 +156,13 @@ impl LedgerContext {
     /// Reads the saved offsets, retrying while the database is unreachable: assigning a
     /// partition anywhere else could skip or repeat movements.
     fn saved_offsets(&self) -> BTreeMap<i32, i64> {
-        let mut backoff = Duration::from_millis(100);
+        let mut backoff = super::apply::database_backoff();
         loop {
             match self.runtime.block_on(self.db.consumer_offsets(&self.group_id, &self.topic)) {
                 Ok(offsets) => return offsets.into_iter().map(|o| (o.partition, o.next_offset)).collect(),
                 Err(e) if !self.shutdown.is_cancelled() => {
                     warn!(error = %e, "cannot read the saved offsets; retrying");
-                    thread::sleep(backoff);
-                    backoff = (backoff * 2).min(Duration::from_secs(5));
+                    thread::sleep(backoff.fail());
                 }
                 Err(_) => return BTreeMap::new(),
             }
