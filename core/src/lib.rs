@@ -5,6 +5,7 @@
 //! - [`kafka`]: client settings, the idempotent producer, topic creation, the embedded
 //!   mock cluster of `onhand dev`.
 //! - [`ledger`]: the consumer that applies movements exactly once, and its rules.
+//! - [`publish`]: the one way a written level reaches the stock topic.
 //! - [`db`]: persistence: the `Db` trait and its PostgreSQL and SQLite implementations.
 //! - [`cache`]: the read side's cache of stock levels, kept fresh by the stock topic.
 //! - [`reservation`]: checkouts' promises of units, held by the database.
@@ -39,6 +40,7 @@ pub mod ingest;
 pub mod kafka;
 pub mod ledger;
 pub mod product;
+pub mod publish;
 pub mod relay;
 pub mod reservation;
 pub mod telemetry;

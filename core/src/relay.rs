@@ -27,9 +27,10 @@ use crate::{
     cache::StockCache,
     clock::Clock,
     config::Topics,
-    db::{Db, OutboxRecord, Published},
+    db::{Db, OutboxRecord},
     event::StockLevel,
     kafka::Producer,
+    publish,
 };
 
 /// How long an outbox record is left to the instance that wrote it before any instance
@@ -78,21 +79,8 @@ impl Relay {
         for level in levels {
             self.cache.apply(level.clone()).await;
         }
-        let sends = levels.iter().map(|level| async move {
-            let value = serde_json::to_vec(level).expect("a level always serializes");
-            let key = level.kafka_key();
-            let record = FutureRecord::to(&self.topics.stock).key(&key).payload(&value);
-            match self.producer.send(record, self.produce_timeout).await {
-                Ok(_) => {
-                    Some(Published { sku: level.sku.clone(), location: level.location.clone(), version: level.version })
-                }
-                Err((e, _)) => {
-                    warn!(error = %e, "level not published; the ledger's sweep will");
-                    None
-                }
-            }
-        });
-        let published: Vec<Published> = join_all(sends).await.into_iter().flatten().collect();
+        let sent = publish::enqueue(&self.producer, &self.topics.stock, levels).await;
+        let published = sent.acknowledged().await.published;
         if published.is_empty() {
             return;
         }

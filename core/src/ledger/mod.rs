@@ -36,8 +36,7 @@ use rdkafka::{
     consumer::{BaseConsumer, CommitMode, Consumer},
     error::KafkaError,
     message::BorrowedMessage,
-    producer::{FutureRecord, Producer as _},
-    types::RDKafkaErrorCode,
+    producer::Producer as _,
     Message, Offset, TopicPartitionList,
 };
 use tokio::{runtime::Handle, sync::mpsc};
@@ -54,6 +53,7 @@ use crate::{
     event::{InvalidMovement, Movement, RejectCode, StockLevel},
     health::{Component, State},
     kafka,
+    publish::{self, Acknowledged},
     telemetry::Metrics,
 };
 
@@ -384,45 +384,13 @@ impl Ledger {
     /// next batch records in the database. A level whose publication failed or was never
     /// recorded stays unpublished there, and is published again when the ledger starts.
     fn publish(&mut self, levels: &[StockLevel]) {
-        let mut sends = Vec::with_capacity(levels.len());
-        let producer = self.producer.get();
-        for level in levels {
-            let key = level.kafka_key();
-            let value = serde_json::to_vec(level).expect("a level always serializes");
-            let mut record = FutureRecord::to(&self.topics.stock).key(&key).payload(&value);
-            let delivery = loop {
-                match producer.send_result(record) {
-                    Ok(delivery) => break Some(delivery),
-                    // The producer's queue is full: wait for it to drain.
-                    Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), back)) => {
-                        record = back;
-                        thread::sleep(Duration::from_millis(10));
-                    }
-                    Err((e, _)) => {
-                        warn!(error = %e, "stock level not published");
-                        self.metrics.ledger_stock_publish_failures_total.inc();
-                        break None;
-                    }
-                }
-            };
-            let Some(delivery) = delivery else { continue };
-            let published =
-                Published { sku: level.sku.clone(), location: level.location.clone(), version: level.version };
-            sends.push(async move { delivery.await.ok()?.ok().map(|_| published) });
-        }
-        if producer.client().fatal_error().is_some() {
-            self.producer.renew_if(&producer);
-        }
+        // Waits only while the producer's queue is full, as a thread must before it adds more.
+        let publications = self.runtime.block_on(publish::enqueue(&self.producer, &self.topics.stock, levels));
         let (acknowledged, metrics) = (self.acknowledged_tx.clone(), self.metrics.clone());
         self.acknowledging.retain(|task| !task.is_finished());
         self.acknowledging.push(self.runtime.spawn(async move {
-            let results = join_all(sends).await;
-            let total = results.len();
-            let published: Vec<Published> = results.into_iter().flatten().collect();
-            if published.len() < total {
-                metrics.ledger_stock_publish_failures_total.inc_by((total - published.len()) as u64);
-                warn!(failures = total - published.len(), "stock levels not published");
-            }
+            let Acknowledged { published, failed } = publications.acknowledged().await;
+            metrics.ledger_stock_publish_failures_total.inc_by(failed as u64);
             let _ = acknowledged.send(published).await;
         }));
     }
