@@ -131,12 +131,12 @@ impl App {
         options: StartOptions,
         mode: Mode,
     ) -> Result<App, StartError> {
+        let metrics = Metrics::new();
         // A connector whose section cannot be read refuses the start before anything runs.
-        let connectors = registry(&config)?;
+        let connectors = registry(&config, metrics.registry())?;
         let shutdown = CancellationToken::new();
         // Until the app is fully started, a failure stops what already runs.
         let stop_on_failure = shutdown.clone().drop_guard();
-        let metrics = Metrics::new();
         let health = Health::new(metrics.clone());
         let mut tasks = vec![tokio::spawn(api::watch_database(
             Arc::clone(&db),

@@ -40,7 +40,8 @@ pub async fn run(
 ) -> Result<(), StartError> {
     config.check()?;
     let config = only(config, name, overrides);
-    let connector = registry(&config)?.pop().ok_or_else(|| ConnectorError {
+    let metrics = Metrics::new();
+    let connector = registry(&config, metrics.registry())?.pop().ok_or_else(|| ConnectorError {
         connector: "registry",
         message: format!("no connector is named {name:?}"),
         retryable: false,
@@ -54,7 +55,6 @@ pub async fn run(
             source: KafkaError::AdminOpCreation("creating topics timed out".into()),
         }
     })??;
-    let metrics = Metrics::new();
     let health = Health::new(metrics.clone());
     let context = ConnectorContext::standalone(&config, db, producer, metrics, shutdown);
     let component = format!("connector:{}", connector.name());

@@ -1,7 +1,9 @@
-//! Every metric of onhand, defined in one place, named `onhand_<component>_<noun>_<unit>`.
-//! Labels come from small fixed sets (reject codes, partitions, outcomes), never from SKUs
-//! or error text. Each [`Metrics`] has its own registry, so several instances can live in
-//! one process (as they do in tests).
+//! The metrics of core's components, defined in one place, named
+//! `onhand_<component>_<noun>_<unit>`. Labels come from small fixed sets (reject codes,
+//! partitions, outcomes), never from SKUs or error text. Each [`Metrics`] has its own
+//! registry, so several instances can live in one process (as they do in tests); a
+//! component defined outside core (a connector) registers its own metrics on the same
+//! registry ([`Metrics::registry`]), so that `/metrics` shows them too.
 
 use std::sync::Arc;
 
@@ -42,23 +44,11 @@ pub struct Registered {
     pub query_reads_total: IntCounterVec,
     pub query_cache_preloaded_skus: IntGauge,
     pub reservations_requests_total: IntCounterVec,
-    pub erp_rows_total: IntCounterVec,
-    pub erp_cursor_lag_seconds: IntGauge,
     pub source_behind_movements: IntGaugeVec,
     pub source_behind_seconds: IntGaugeVec,
     pub source_gap: IntGaugeVec,
     pub source_healthy: IntGaugeVec,
     pub reservations_closed_total: IntCounterVec,
-    pub shopify_webhooks_total: IntCounterVec,
-    pub shopify_dlq_records_total: IntCounterVec,
-    pub shopify_level_updates_total: IntCounterVec,
-    pub shopify_reconcile_movements_total: IntCounter,
-    pub shopify_reconcile_cursor_age_seconds: IntGauge,
-    pub shopify_pushes_total: IntCounterVec,
-    pub shopify_pending_items: IntGauge,
-    pub wms_files_total: IntCounterVec,
-    pub wms_lines_total: IntCounter,
-    pub wms_file_lines: IntGauge,
     pub component_up: IntGaugeVec,
     pub component_restarts_total: IntCounterVec,
     pub ledger_assigned_partitions: IntGauge,
@@ -66,7 +56,6 @@ pub struct Registered {
     pub ledger_offsets_beyond_end_total: IntCounter,
     pub ledger_refused_batches_total: IntCounter,
     pub dlq_truncated_total: IntCounter,
-    pub erp_late_rows_total: IntCounter,
 }
 
 impl Default for Metrics {
@@ -125,20 +114,6 @@ impl Metrics {
                 "1 when a source's sequence numbers have had a hole for longer than sources.gap_alert_s.",
             ),
             source_healthy: gauge_vec("onhand_source_healthy", "1 when a source reports itself healthy."),
-            erp_rows_total: counter_vec(
-                "onhand_erp_rows_total",
-                "ERP journal rows acknowledged by Kafka, by outcome (produced, dead_lettered).",
-                &["outcome"],
-            ),
-            erp_cursor_lag_seconds: {
-                let g = IntGauge::new(
-                    "onhand_erp_cursor_lag_seconds",
-                    "Age of the change time of the last journal row the ERP connector produced.",
-                )
-                .expect("a valid metric");
-                registry.register(Box::new(g.clone())).expect("a metric registered once");
-                g
-            },
             ledger_movements_applied_total: counter(
                 "onhand_ledger_movements_applied_total",
                 "Movements that changed a stock level.",
@@ -213,56 +188,6 @@ impl Metrics {
                 "Reservations that stopped holding units, by status (committed, cancelled, expired).",
                 &["status"],
             ),
-            shopify_webhooks_total: counter_vec(
-                "onhand_shopify_webhooks_total",
-                "Shopify webhooks by topic (orders_create, orders_cancelled, refunds_create, inventory_levels_update, \
-                 other) and outcome (accepted, ignored, invalid_signature, stale, failed).",
-                &["topic", "outcome"],
-            ),
-            shopify_dlq_records_total: counter_vec(
-                "onhand_shopify_dlq_records_total",
-                "Shopify records sent to the dead-letter topic, by reason code.",
-                &["reason"],
-            ),
-            shopify_level_updates_total: counter_vec(
-                "onhand_shopify_level_updates_total",
-                "inventory_levels/update webhooks by verdict (echo, in_sync, no_baseline, not_pushed_location, \
-                 superseded, manual_change, manual_change_ignored).",
-                &["verdict"],
-            ),
-            shopify_reconcile_movements_total: counter(
-                "onhand_shopify_reconcile_movements_total",
-                "Movements the reconciliation produced (most are duplicates of webhooks the ledger skips).",
-            ),
-            shopify_reconcile_cursor_age_seconds: gauge(
-                "onhand_shopify_reconcile_cursor_age_seconds",
-                "How far behind now the reconciliation's saved cursor is, after its last round.",
-            ),
-            shopify_pushes_total: counter_vec(
-                "onhand_shopify_pushes_total",
-                "Inventory items the sink handled, by outcome (pushed, unchanged, stale, throttled, failed, \
-                 rejected, unmapped).",
-                &["outcome"],
-            ),
-            shopify_pending_items: gauge(
-                "onhand_shopify_pending_items",
-                "Items whose newest availability the sink has not pushed to Shopify yet (one per item at most).",
-            ),
-            wms_files_total: counter_vec(
-                "onhand_wms_files_total",
-                "WMS files done with, by outcome (archived: every line acknowledged by Kafka; rejected: a bad line).",
-                &["outcome"],
-            ),
-            wms_lines_total: counter(
-                "onhand_wms_lines_total",
-                "Lines of WMS files produced to Kafka and acknowledged (a file taken again counts again).",
-            ),
-            wms_file_lines: {
-                let g = IntGauge::new("onhand_wms_file_lines", "Lines of the WMS file being produced, 0 when none is.")
-                    .expect("a valid metric");
-                registry.register(Box::new(g.clone())).expect("a metric registered once");
-                g
-            },
             component_up: {
                 let g = IntGaugeVec::new(
                     Opts::new(
@@ -305,16 +230,17 @@ impl Metrics {
                 "Dead letters whose original was too large for the broker and went truncated, with its size and \
                  SHA-256 in headers.",
             ),
-            erp_late_rows_total: counter(
-                "onhand_erp_late_rows_total",
-                "ERP journal rows found behind the cursor by the look-back re-scan (a transaction that committed \
-                 later than safety_delay_ms), produced then.",
-            ),
             registry,
         }))
     }
 
-    /// The Prometheus text exposition of every metric.
+    /// The registry these metrics are on, where a component defined outside core registers
+    /// its own: what is registered there is rendered with the rest.
+    pub fn registry(&self) -> &Registry {
+        &self.registry
+    }
+
+    /// The Prometheus text exposition of every metric on the registry.
     pub fn render(&self) -> String {
         let mut out = Vec::new();
         TextEncoder::new().encode(&self.registry.gather(), &mut out).expect("the text encoder writes to memory");

@@ -178,7 +178,7 @@ async fn ingest(config: &Config, args: &Args, inbox: &Path, hidden: &Path) -> an
     let metrics = Metrics::new();
     let shutdown = CancellationToken::new();
     let producer = kafka::Producer::new(&config.kafka, Duration::from_millis(args.linger_ms))?;
-    let context = ConnectorContext::standalone(config, Arc::clone(&db), producer, metrics, shutdown.clone());
+    let context = ConnectorContext::standalone(config, Arc::clone(&db), producer, metrics.clone(), shutdown.clone());
     let wms = WmsConfig {
         inbox: inbox.to_path_buf(),
         in_flight_max: args.in_flight_max,
@@ -186,7 +186,7 @@ async fn ingest(config: &Config, args: &Args, inbox: &Path, hidden: &Path) -> an
         source_instance: "wms-dc-sp".into(),
         ..WmsConfig::default()
     };
-    let connector = Arc::new(Wms::new(wms)?);
+    let connector = Arc::new(Wms::new(wms, metrics.registry())?);
     let running = tokio::spawn(connector.run(context));
     tokio::time::sleep(Duration::from_millis(500)).await; // watching
     let archived = inbox.join("archive/movements.csv");

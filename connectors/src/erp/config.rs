@@ -5,6 +5,9 @@ use std::{collections::BTreeMap, time::Duration};
 use onhand_core::backoff::Backoff;
 use serde::Deserialize;
 
+/// The connector's name: its section, its component `connector:erp`.
+pub const NAME: &str = "erp";
+
 /// The journal query of a PostgreSQL ERP, as in `tests/fixtures/erp/schema.sql`. Any query
 /// works that takes the same four parameters (`$1` the cursor's change time, `$2` its row
 /// id, `$3` the safety delay in seconds, `$4` the most rows) and returns the same columns.

@@ -20,9 +20,10 @@ use super::{
     config::{DebeziumColumns, ErpConfig},
     encodings,
     mapping::{self, Codes, JournalRow},
+    metrics::ErpMetrics,
     source::{deliver, PRODUCER_LINGER},
 };
-use crate::ConnectorContext;
+use crate::contract::ConnectorContext;
 
 /// What a change event says about the journal.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -105,6 +106,7 @@ const BLOCKED_AFTER: Duration = Duration::from_secs(3);
 
 pub(super) struct Follower {
     pub context: ConnectorContext,
+    pub metrics: ErpMetrics,
     pub config: ErpConfig,
     pub codes: Codes,
 }
@@ -185,6 +187,6 @@ impl Follower {
             }
             Err(unmapped) => Err((unmapped, None, value, "dead_lettered")),
         };
-        deliver(&self.context, producer, mapped).await.map_err(|e| e.to_string())
+        deliver(&self.context, &self.metrics, producer, mapped).await.map_err(|e| e.to_string())
     }
 }

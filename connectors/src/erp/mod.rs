@@ -1,7 +1,9 @@
 //! The ERP's stock journal: captured by polling (a PostgreSQL journal, or a replica of the
 //! Java + Oracle ERP's), or read from Debezium's change events (Oracle itself).
 //!
-//! - `config`: `[connectors.erp]`, the journal query and the code maps.
+//! - `mod.rs`: [`KIND`], the connector in the registry, and [`Erp`], the built connector.
+//! - `config`: its name and `[connectors.erp]`, the journal query and the code maps.
+//! - `metrics`: `onhand_erp_*`.
 //! - `mapping`: pure functions from a journal row to a movement.
 //! - `source`: the poller with its persisted cursor on (change time, row id).
 //! - `debezium`: the other way in, Debezium's change events of the journal table.
@@ -11,29 +13,39 @@ mod config;
 pub mod debezium;
 mod encodings;
 pub mod mapping;
+mod metrics;
 mod source;
 
 use std::sync::Arc;
 
 use async_trait::async_trait;
+use prometheus::Registry;
 use sqlx::postgres::PgPoolOptions;
 
+use self::metrics::ErpMetrics;
 pub use self::{
-    config::{DebeziumColumns, ErpConfig, Mode},
+    config::{DebeziumColumns, ErpConfig, Mode, NAME},
     source::Cursor,
 };
-use crate::{Connector, ConnectorContext, ConnectorError};
+use crate::contract::{section, Connector, ConnectorContext, ConnectorError, ConnectorKind};
+
+/// The ERP connector, as the registry lists it.
+pub const KIND: ConnectorKind = ConnectorKind {
+    name: NAME,
+    build: |value, _config, metrics| Ok(Arc::new(Erp::new(section(NAME, value)?, metrics)?)),
+};
 
 #[derive(Debug)]
 pub struct Erp {
     config: ErpConfig,
     codes: mapping::Codes,
+    metrics: ErpMetrics,
 }
 
 impl Erp {
-    /// Checks the code maps; a wrong one refuses the start.
-    pub fn new(config: ErpConfig) -> Result<Erp, ConnectorError> {
-        let refuse = |message: String| ConnectorError { connector: "erp", message, retryable: false };
+    /// Checks the code maps (a wrong one refuses the start), then registers the metrics.
+    pub fn new(config: ErpConfig, metrics: &Registry) -> Result<Erp, ConnectorError> {
+        let refuse = |message: String| ConnectorError { connector: NAME, message, retryable: false };
         match config.mode {
             Mode::Poll if config.source_url.is_empty() => {
                 return Err(refuse("[connectors.erp] source_url is not set (mode = \"poll\")".into()))
@@ -45,21 +57,26 @@ impl Erp {
         }
         let codes = mapping::Codes::new(&config.kinds, &config.locations, &config.source_instance)
             .map_err(|e| refuse(format!("[connectors.erp] {e}")))?;
-        Ok(Erp { config, codes })
+        Ok(Erp { config, codes, metrics: ErpMetrics::register(metrics)? })
     }
 }
 
 #[async_trait]
 impl Connector for Erp {
     fn name(&self) -> &'static str {
-        "erp"
+        NAME
     }
 
     async fn run(self: Arc<Self>, context: ConnectorContext) -> Result<(), ConnectorError> {
         if self.config.mode == Mode::Debezium {
-            let follower = debezium::Follower { context, config: self.config.clone(), codes: self.codes.clone() };
+            let follower = debezium::Follower {
+                context,
+                metrics: self.metrics.clone(),
+                config: self.config.clone(),
+                codes: self.codes.clone(),
+            };
             return follower.run().await.map_err(|message| ConnectorError {
-                connector: "erp",
+                connector: NAME,
                 message,
                 retryable: true,
             });
@@ -69,11 +86,17 @@ impl Connector for Erp {
             .max_connections(2)
             .acquire_timeout(std::time::Duration::from_secs(5))
             .connect_lazy(&self.config.source_url)
-            .map_err(|e| ConnectorError { connector: "erp", message: e.to_string(), retryable: false })?;
+            .map_err(|e| ConnectorError { connector: NAME, message: e.to_string(), retryable: false })?;
         let producer = onhand_core::kafka::Producer::new(&context.config.kafka, source::PRODUCER_LINGER)
-            .map_err(|e| ConnectorError { connector: "erp", message: e.to_string(), retryable: true })?;
-        let poller =
-            source::Poller { context, config: self.config.clone(), codes: self.codes.clone(), journal, producer };
+            .map_err(|e| ConnectorError { connector: NAME, message: e.to_string(), retryable: true })?;
+        let poller = source::Poller {
+            context,
+            metrics: self.metrics.clone(),
+            config: self.config.clone(),
+            codes: self.codes.clone(),
+            journal,
+            producer,
+        };
         poller.run().await;
         Ok(())
     }

@@ -20,8 +20,9 @@ use tracing::{info, warn};
 use super::{
     config::ErpConfig,
     mapping::{self, Codes, JournalRow, Unmapped},
+    metrics::ErpMetrics,
 };
-use crate::ConnectorContext;
+use crate::contract::ConnectorContext;
 
 /// How long the producer gathers a batch's records into one request.
 pub(super) const PRODUCER_LINGER: Duration = Duration::from_millis(5);
@@ -38,6 +39,7 @@ pub(super) type Undeliverable<'a> = (Unmapped, Option<&'a [u8]>, &'a [u8], &'sta
 /// poller and the Debezium follower.
 pub(super) async fn deliver(
     context: &ConnectorContext,
+    metrics: &ErpMetrics,
     producer: &Producer,
     mapped: Result<Movement, Undeliverable<'_>>,
 ) -> Result<(), KafkaError> {
@@ -62,7 +64,7 @@ pub(super) async fn deliver(
             outcome
         }
     };
-    context.metrics.erp_rows_total.with_label_values(&[outcome]).inc();
+    metrics.rows_total.with_label_values(&[outcome]).inc();
     Ok(())
 }
 
@@ -81,6 +83,7 @@ impl Default for Cursor {
 
 pub(super) struct Poller {
     pub context: ConnectorContext,
+    pub metrics: ErpMetrics,
     pub config: ErpConfig,
     pub codes: Codes,
     pub journal: PgPool,
@@ -134,7 +137,7 @@ impl Poller {
                 }
             };
             let lag = (Utc::now() - cursor.changed_at).num_seconds().max(0);
-            self.context.metrics.erp_cursor_lag_seconds.set(lag);
+            self.metrics.cursor_lag_seconds.set(lag);
             tokio::select! {
                 _ = self.context.shutdown.cancelled() => return,
                 _ = tokio::time::sleep(wait) => {}
@@ -194,7 +197,7 @@ impl Poller {
                     rows = late,
                     "erp rows appeared behind the cursor (a transaction longer than safety_delay_ms); produced now"
                 );
-                self.context.metrics.erp_late_rows_total.inc_by(late as u64);
+                self.metrics.late_rows_total.inc_by(late as u64);
             }
             state.produced.extend(unknown.iter().map(|r| (r.id, r.changed_at)));
             if !full {
@@ -238,7 +241,7 @@ impl Poller {
                     Err((unmapped, Some(row.item.as_bytes()), payload.as_slice(), "dead_lettered"))
                 }
             };
-            deliver(&self.context, &self.producer, mapped).await
+            deliver(&self.context, &self.metrics, &self.producer, mapped).await
         });
         let failed = join_all(sends).await.into_iter().filter_map(Result::err).last();
         match failed {

@@ -44,7 +44,7 @@ use tracing::{info, warn};
 
 use super::{
     mapping::{self, PosLine},
-    EPOCH_HEADER, HEAD_HEADER, OLDEST_PENDING_HEADER,
+    source::{EPOCH_HEADER, HEAD_HEADER, OLDEST_PENDING_HEADER},
 };
 
 /// How long a read of the central level may take before the last known level answers.

@@ -3,6 +3,9 @@
 
 use serde::Deserialize;
 
+/// The connector's name: its section, its component `connector:pos`.
+pub const NAME: &str = "pos";
+
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct PosConfig {

@@ -1,10 +1,14 @@
 //! Store POS feeds: what the tills sell and return, and the stores' stock reports.
 //!
-//! - `config`: `[connectors.pos]`.
+//! - `mod.rs`: [`KIND`], the connector in the registry, and [`Pos`], the built connector.
+//! - `config`: its name and `[connectors.pos]`.
 //! - `mapping`: pure functions from a till's line and the brief's stock report to movements.
-//! - `source`: the central routes (`/connectors/pos/...`) that tills and store agents post to.
+//! - `source`: the central routes (`/connectors/pos/...`) that tills and store agents post
+//!   to, and the headers an agent sends them.
 //! - `agent`: `onhand store-agent`, which serves the same routes in a store, keeps every
 //!   line in a local outbox and forwards it in order when the network allows.
+//!
+//! It defines no metrics of its own, so it has no `metrics.rs`.
 
 pub mod agent;
 mod config;
@@ -16,15 +20,15 @@ use std::sync::Arc;
 use async_trait::async_trait;
 use onhand_core::auth::Scope;
 
-pub use self::config::PosConfig;
-use crate::{Connector, ConnectorContext, ConnectorError, ScopedRoutes};
+pub use self::{
+    config::{PosConfig, NAME},
+    source::{EPOCH_HEADER, HEAD_HEADER, OLDEST_PENDING_HEADER},
+};
+use crate::contract::{section, Connector, ConnectorContext, ConnectorError, ConnectorKind, ScopedRoutes};
 
-/// The header a store agent names its numbering's life with.
-pub const EPOCH_HEADER: &str = "x-onhand-agent-epoch";
-/// The highest sequence number the agent holds.
-pub const HEAD_HEADER: &str = "x-onhand-agent-head";
-/// When the oldest line the agent has not forwarded yet occurred.
-pub const OLDEST_PENDING_HEADER: &str = "x-onhand-agent-oldest-pending";
+/// The POS connector, as the registry lists it.
+pub const KIND: ConnectorKind =
+    ConnectorKind { name: NAME, build: |value, _config, _metrics| Ok(Arc::new(Pos::new(section(NAME, value)?))) };
 
 #[derive(Debug)]
 pub struct Pos {
@@ -40,7 +44,7 @@ impl Pos {
 #[async_trait]
 impl Connector for Pos {
     fn name(&self) -> &'static str {
-        "pos"
+        NAME
     }
 
     /// The tills and agents post with an API key that may write movements.

@@ -37,9 +37,15 @@ use tracing::warn;
 use super::{
     config::PosConfig,
     mapping::{self, ReportIdentity},
-    EPOCH_HEADER, HEAD_HEADER, OLDEST_PENDING_HEADER,
 };
-use crate::ConnectorContext;
+use crate::contract::ConnectorContext;
+
+/// The header a store agent names its numbering's life with.
+pub const EPOCH_HEADER: &str = "x-onhand-agent-epoch";
+/// The highest sequence number the agent holds.
+pub const HEAD_HEADER: &str = "x-onhand-agent-head";
+/// When the oldest line the agent has not forwarded yet occurred.
+pub const OLDEST_PENDING_HEADER: &str = "x-onhand-agent-oldest-pending";
 
 #[derive(Clone)]
 struct PosState {

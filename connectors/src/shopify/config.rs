@@ -7,7 +7,10 @@ use std::{collections::BTreeMap, time::Duration};
 use onhand_core::{backoff::Backoff, config::Config, event::LocationId};
 use serde::{Deserialize, Deserializer};
 
-use crate::ConnectorError;
+use crate::contract::{section, ConnectorError};
+
+/// The name of the connector: its section, its routes' prefix, its saved state.
+pub const NAME: &str = "shopify";
 
 /// The Admin API version whose shapes this connector reads and writes. 2026-04 is the
 /// first version that requires `changeFromQuantity` and an idempotency key on
@@ -231,10 +234,10 @@ fn linger_ms() -> u64 {
 impl ShopifyConfig {
     /// Reads and checks the section against the whole configuration (the sink's channel
     /// must exist).
-    pub fn from_section(config: &Config, section: &serde_json::Value) -> Result<Self, ConnectorError> {
-        let shopify: ShopifyConfig = crate::section("shopify", section)?;
+    pub fn from_section(config: &Config, value: &serde_json::Value) -> Result<Self, ConnectorError> {
+        let shopify: ShopifyConfig = section(NAME, value)?;
         shopify.check(config).map_err(|message| ConnectorError {
-            connector: "shopify",
+            connector: NAME,
             message: format!("[connectors.shopify] is not valid: {message}"),
             retryable: false,
         })?;

@@ -1,19 +1,26 @@
 //! The Shopify connector: the web store's orders, refunds and manual stock changes in,
 //! onhand's availability out. `docs/connectors/shopify.md` is the user's guide.
 //!
-//! - `config`: `[connectors.shopify]`.
+//! - `mod.rs`: [`KIND`], the connector in the registry, and [`Shopify`], the built
+//!   connector.
+//! - `config`: its name and `[connectors.shopify]`.
+//! - `metrics`: `onhand_shopify_*`.
 //! - `payloads`: Shopify's wire shapes (webhook REST JSON, Admin GraphQL nodes).
 //! - `mapping`: pure functions from those shapes to movements and dead letters, and the
 //!   echo rule of `inventory_levels/update`.
+//! - `client`: the Admin GraphQL client: rate limit, retryable errors.
+//! - `shared`: what the route, the reconciliation and the sink share: the running state,
+//!   the connector's error, the key of what the sink pushed.
 //! - `source`: the webhook route (`POST /connectors/shopify/webhooks`) and the
 //!   reconciliation task that polls the orders the webhooks missed.
 //! - `sink`: follows the stock topic and pushes a channel's availability to Shopify.
-//! - `client`: the Admin GraphQL client: rate limit, retryable errors.
 
 pub mod client;
 pub mod config;
 pub mod mapping;
+mod metrics;
 pub mod payloads;
+pub mod shared;
 pub mod sink;
 pub mod source;
 #[cfg(test)]
@@ -22,57 +29,39 @@ mod tests;
 use std::sync::Arc;
 
 use async_trait::async_trait;
-use onhand_core::{config::Config, db::DbError};
+use prometheus::Registry;
 
-use self::{
-    client::{Admin, AdminError},
-    config::ShopifyConfig,
+use self::{client::Admin, config::ShopifyConfig, metrics::ShopifyMetrics, shared::Shared};
+pub use self::{config::NAME, shared::ShopifyError};
+use crate::contract::{Connector, ConnectorContext, ConnectorError, ConnectorKind, ScopedRoutes};
+
+/// The Shopify connector, as the registry lists it.
+pub const KIND: ConnectorKind = ConnectorKind {
+    name: NAME,
+    build: |value, config, metrics| Ok(Arc::new(Shopify::new(ShopifyConfig::from_section(config, value)?, metrics)?)),
 };
-use crate::{Connector, ConnectorContext, ConnectorError, ScopedRoutes};
-
-/// The name of the connector: its section, its routes' prefix, its saved state.
-pub const NAME: &str = "shopify";
-
-/// Something the connector could not do; `is_retryable` says whether trying again later
-/// may work.
-#[derive(Debug, thiserror::Error)]
-pub enum ShopifyError {
-    #[error("kafka did not acknowledge: {0}")]
-    Kafka(#[from] rdkafka::error::KafkaError),
-    #[error("database: {0}")]
-    Store(#[from] DbError),
-    #[error(transparent)]
-    Admin(#[from] AdminError),
-}
-
-impl ShopifyError {
-    pub fn is_retryable(&self) -> bool {
-        match self {
-            ShopifyError::Kafka(_) => true,
-            ShopifyError::Store(e) => e.is_retryable(),
-            ShopifyError::Admin(e) => e.is_retryable(),
-        }
-    }
-}
 
 #[derive(Debug)]
 pub struct Shopify {
     config: Arc<ShopifyConfig>,
     admin: Arc<Admin>,
+    metrics: ShopifyMetrics,
 }
 
 impl Shopify {
-    pub fn from_section(config: &Config, section: &serde_json::Value) -> Result<Self, ConnectorError> {
-        let shopify = ShopifyConfig::from_section(config, section)?;
+    /// Makes the Admin API client, then registers the metrics.
+    pub fn new(shopify: ShopifyConfig, metrics: &Registry) -> Result<Self, ConnectorError> {
         let admin = Admin::new(shopify.graphql_url(), shopify.access_token.clone(), &shopify.http)
             .map_err(|e| ConnectorError { connector: NAME, message: format!("http client: {e}"), retryable: false })?;
-        Ok(Self { config: Arc::new(shopify), admin: Arc::new(admin) })
+        let metrics = ShopifyMetrics::register(metrics)?;
+        Ok(Self { config: Arc::new(shopify), admin: Arc::new(admin), metrics })
     }
 
-    fn shared(&self, context: &ConnectorContext) -> Arc<source::Shared> {
-        Arc::new(source::Shared {
+    fn shared(&self, context: &ConnectorContext) -> Arc<Shared> {
+        Arc::new(Shared {
             config: Arc::clone(&self.config),
             admin: Arc::clone(&self.admin),
+            metrics: self.metrics.clone(),
             context: context.clone(),
         })
     }

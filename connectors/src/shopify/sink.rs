@@ -36,10 +36,9 @@ use tracing::{error, info, warn};
 
 use super::{
     client::{AdminError, SetQuantity},
-    config::SinkConfig,
+    config::{SinkConfig, NAME},
     mapping::INVENTORY_ITEM_ATTRIBUTE,
-    source::{pushed_key, Shared},
-    ShopifyError, NAME,
+    shared::{pushed_key, Shared, ShopifyError},
 };
 
 /// The SKUs waiting for a push, each once. A SKU marked again while its push is under way
@@ -196,7 +195,7 @@ impl Sink {
                     }
                 }
             }
-            self.shared.context.metrics.shopify_pending_items.set(self.pending.len() as i64);
+            self.shared.metrics.pending_items.set(self.pending.len() as i64);
         }
     }
 
@@ -210,7 +209,7 @@ impl Sink {
     }
 
     fn count(&self, outcome: &str, n: usize) {
-        self.shared.context.metrics.shopify_pushes_total.with_label_values(&[outcome]).inc_by(n as u64);
+        self.shared.metrics.pushes_total.with_label_values(&[outcome]).inc_by(n as u64);
     }
 
     /// One batch: plan, read unknown quantities, push, and settle the outcome.

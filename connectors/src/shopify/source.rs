@@ -32,31 +32,16 @@ use sha2::Sha256;
 use tracing::{info, instrument, warn};
 
 use super::{
-    client::Admin,
-    config::{ManualChanges, ShopifyConfig},
+    config::{ManualChanges, NAME},
     mapping::{self, Catalog, Fact, LevelUpdate, Mapped, SeenUpdates, Verdict},
-    payloads, ShopifyError, NAME,
+    payloads,
+    shared::{pushed_key, Shared, ShopifyError},
 };
-use crate::ConnectorContext;
 
 /// The route Shopify's webhook subscriptions point at.
 pub const WEBHOOK_PATH: &str = "/connectors/shopify/webhooks";
 /// The saved state of the reconciliation: the newest `updated_at` fully emitted.
 pub const CURSOR_KEY: &str = "reconcile_cursor";
-
-/// What the route, the reconciliation and the sink share.
-#[derive(Debug)]
-pub struct Shared {
-    pub config: Arc<ShopifyConfig>,
-    pub admin: Arc<Admin>,
-    pub context: ConnectorContext,
-}
-
-/// The key under which the sink records what it pushed for an item at a location, in
-/// `connector_state`, so that every replica's webhook route sees it.
-pub fn pushed_key(inventory_item_id: u64, location_id: u64) -> String {
-    format!("pushed:{inventory_item_id}:{location_id}")
-}
 
 pub fn routes(shared: Arc<Shared>) -> Router {
     let body_limit = shared.config.webhook_body_bytes_max;
@@ -149,8 +134,7 @@ fn refuse(status: StatusCode, code: &str, message: &str) -> Response {
 async fn webhook(State(shared): State<Arc<Shared>>, headers: HeaderMap, body: Bytes) -> Response {
     let topic = header(&headers, "x-shopify-topic").unwrap_or_default().to_string();
     let label = topic_label(&topic);
-    let count =
-        |outcome: &str| shared.context.metrics.shopify_webhooks_total.with_label_values(&[label, outcome]).inc();
+    let count = |outcome: &str| shared.metrics.webhooks_total.with_label_values(&[label, outcome]).inc();
     let secret = shared.config.webhook_secret.expose().as_bytes();
     if !verify_signature(secret, &body, header(&headers, "x-shopify-hmac-sha256")) {
         count("invalid_signature");
@@ -239,7 +223,7 @@ async fn level_update(shared: &Shared, update: &LevelUpdate, body: &[u8]) -> Res
     let ignored =
         matches!(verdict, Verdict::ManualChange { .. }) && shared.config.manual_changes == ManualChanges::Ignore;
     let label = if ignored { "manual_change_ignored" } else { verdict.label() };
-    shared.context.metrics.shopify_level_updates_total.with_label_values(&[label]).inc();
+    shared.metrics.level_updates_total.with_label_values(&[label]).inc();
     let mut emitted = (0, 0);
     match verdict {
         Verdict::NotPushedLocation | Verdict::Superseded => return Ok(emitted),
@@ -313,7 +297,7 @@ async fn send_dead_letter(
     let letter = DeadLetter { source: NAME, read_from: None, key: None, payload, reason_code, reason };
     let timeout = Duration::from_millis(context.config.kafka.produce_timeout_ms);
     dead_letter(&context.producer, &context.topics.dlq, letter, timeout, &context.metrics).await?;
-    context.metrics.shopify_dlq_records_total.with_label_values(&[reason_code]).inc();
+    shared.metrics.dlq_records_total.with_label_values(&[reason_code]).inc();
     Ok(())
 }
 
@@ -399,7 +383,7 @@ pub async fn reconcile_round(shared: &Shared) -> Result<(), ShopifyError> {
         }
     }
     let age = (Utc::now() - cursor).num_seconds().max(0);
-    shared.context.metrics.shopify_reconcile_cursor_age_seconds.set(age);
+    shared.metrics.reconcile_cursor_age_seconds.set(age);
     info!(cursor = %cursor, "shopify reconciliation round done");
     Ok(())
 }
@@ -435,7 +419,7 @@ async fn reconcile_order(
         }
     };
     let (movements, _) = emit(shared, mapping::order_all_facts(&order), original.as_bytes()).await?;
-    shared.context.metrics.shopify_reconcile_movements_total.inc_by(movements as u64);
+    shared.metrics.reconcile_movements_total.inc_by(movements as u64);
     if !complete {
         warn!(order_id = order.id, "shopify order reconciled without all its lines");
         let reason = format!(

@@ -5,7 +5,10 @@ use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
 
-use crate::ConnectorError;
+use crate::contract::ConnectorError;
+
+/// The connector's name: its section, its component `connector:wms`.
+pub const NAME: &str = "wms";
 
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -72,7 +75,7 @@ impl WmsConfig {
     /// Refuses a section that cannot work, naming the field.
     pub fn check(&self) -> Result<(), ConnectorError> {
         let invalid = |message: &str| {
-            Err(ConnectorError { connector: "wms", message: format!("[connectors.wms] {message}"), retryable: false })
+            Err(ConnectorError { connector: NAME, message: format!("[connectors.wms] {message}"), retryable: false })
         };
         if self.inbox.as_os_str().is_empty() {
             return invalid("inbox is not set (or pass --inbox)");

@@ -31,10 +31,11 @@ use tokio_util::sync::CancellationToken;
 use tracing::{error, info, instrument, warn};
 
 use super::{
-    config::WmsConfig,
+    config::{WmsConfig, NAME},
     mapping::{self, FileContext, Format, LineError},
+    metrics::WmsMetrics,
 };
-use crate::{ConnectorContext, ConnectorError};
+use crate::contract::{ConnectorContext, ConnectorError};
 
 /// Why a file could not be taken this time. It stays in the inbox either way; `retryable`
 /// says whether taking it again may succeed without a person acting.
@@ -85,7 +86,11 @@ impl WmsError {
 const FILE_RETRY_MAX: Duration = Duration::from_secs(300);
 
 /// Runs until `context.shutdown` fires.
-pub(super) async fn run(config: Arc<WmsConfig>, context: ConnectorContext) -> Result<(), ConnectorError> {
+pub(super) async fn run(
+    config: Arc<WmsConfig>,
+    metrics: WmsMetrics,
+    context: ConnectorContext,
+) -> Result<(), ConnectorError> {
     let location_default = match &config.location {
         Some(l) => Some(LocationId::parse(l.as_str()).map_err(|e| fatal(format!("location: {}", e.message)))?),
         None => None,
@@ -98,7 +103,7 @@ pub(super) async fn run(config: Arc<WmsConfig>, context: ConnectorContext) -> Re
     let _watcher = watch(&config.inbox, Arc::clone(&wake))
         .inspect_err(|e| warn!(error = %e, "the wms inbox is not watched; relying on the periodic scan"))
         .ok();
-    let taker = Taker { config: Arc::clone(&config), context: context.clone(), location_default };
+    let taker = Taker { config: Arc::clone(&config), metrics, context: context.clone(), location_default };
     let scan_interval = Duration::from_millis(config.scan_interval_ms);
     let mut waiting = Waiting::default();
     info!(inbox = %config.inbox.display(), "wms connector watching its inbox");
@@ -152,7 +157,7 @@ impl Waiting {
 }
 
 fn fatal(message: String) -> ConnectorError {
-    ConnectorError { connector: "wms", message, retryable: false }
+    ConnectorError { connector: NAME, message, retryable: false }
 }
 
 /// The pause after `failures` failed attempts in a row (1 or more): 1 s, doubling, at most
@@ -217,6 +222,7 @@ fn scan(inbox: &Path) -> Result<Vec<Entry>, WmsError> {
 #[derive(Debug)]
 struct Taker {
     config: Arc<WmsConfig>,
+    metrics: WmsMetrics,
     context: ConnectorContext,
     location_default: Option<LocationId>,
 }
@@ -258,7 +264,7 @@ impl Taker {
                     match self.move_aside(&entry.name, &e).await {
                         Ok(destination) => {
                             waiting.done(&entry.name);
-                            self.context.metrics.wms_files_total.with_label_values(&["rejected"]).inc();
+                            self.metrics.files_total.with_label_values(&["rejected"]).inc();
                             warn!(rejected = %destination.display(), "wms file moved aside");
                         }
                         Err(moving) => {
@@ -302,22 +308,22 @@ impl Taker {
         let checked = self.blocking(name, now, |taker, name, now, stop| taker.check(name, now, stop)).await?;
         if checked.bad_lines > 0 {
             let destination = self.move_rejected(name, &checked).await?;
-            self.context.metrics.wms_files_total.with_label_values(&["rejected"]).inc();
+            self.metrics.files_total.with_label_values(&["rejected"]).inc();
             warn!(bad_lines = checked.bad_lines, lines = checked.lines, rejected = %destination.display(), "wms file rejected");
             return Ok(());
         }
-        self.context.metrics.wms_file_lines.set(i64::try_from(checked.lines).unwrap_or(i64::MAX));
+        self.metrics.file_lines.set(i64::try_from(checked.lines).unwrap_or(i64::MAX));
         let produced = tokio::select! {
             produced = self.produce(name, &checked.sha256, now) => produced,
             _ = self.context.shutdown.cancelled() => Err(WmsError::Stopped),
         };
-        self.context.metrics.wms_file_lines.set(0);
+        self.metrics.file_lines.set(0);
         produced?;
         let (from, to) = (path, self.config.archive_dir());
         let destination = tokio::task::spawn_blocking(move || move_file(&from, &to, None))
             .await
             .expect("moving a file does not panic")?;
-        self.context.metrics.wms_files_total.with_label_values(&["archived"]).inc();
+        self.metrics.files_total.with_label_values(&["archived"]).inc();
         info!(lines = checked.lines, archived = %destination.display(), "wms file produced and archived");
         Ok(())
     }
@@ -331,6 +337,7 @@ impl Taker {
     ) -> Result<T, WmsError> {
         let taker = Taker {
             config: Arc::clone(&self.config),
+            metrics: self.metrics.clone(),
             context: self.context.clone(),
             location_default: self.location_default.clone(),
         };
@@ -436,7 +443,7 @@ impl Taker {
     fn acknowledged(&self, result: Option<Result<(), WmsError>>) -> Result<(), WmsError> {
         if let Some(result) = result {
             result?;
-            self.context.metrics.wms_lines_total.inc();
+            self.metrics.lines_total.inc();
         }
         Ok(())
     }
