@@ -31,6 +31,7 @@ fn workload(count: usize) -> (Vec<(String, Vec<u8>)>, Levels) {
 /// dead one (whose session has not timed out yet) must not sit without partitions for good.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_ledger_killed_mid_apply_and_restarted_at_once_ends_exact() {
+    onhand_core::skip_without_servers!();
     let mut config = test_config(3).await;
     config.ledger.batch_size_max = 200;
     onhand_core::kafka::ensure_topics(&config.kafka).await.unwrap();
