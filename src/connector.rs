@@ -1,22 +1,17 @@
 //! `onhand connector NAME`: one connector on its own, without the HTTP API or the ledger,
 //! for a connector that runs near its outside system (the WMS's file share, the ERP's
 //! network). It gets what it gets inside `onhand serve`: the Kafka producer and topics
-//! (created when missing), the store, a stock cache, its `[connectors.NAME]` section.
-
-use std::time::Duration;
+//! (created when missing), the database, a stock cache, its `[connectors.NAME]` section.
 
 use onhand_connectors::{registry, ConnectorContext, ConnectorError};
-use onhand_core::{
-    config::Config,
-    health::{Health, State},
-    kafka,
-    telemetry::Metrics,
-};
-use rdkafka::error::KafkaError;
+use onhand_core::{config::Config, health::Health, supervisor::Supervisor, telemetry::Metrics};
 use tokio_util::sync::CancellationToken;
 use tracing::info;
 
-use crate::app::{check_brokers, open_store, run_connector, StartError, API_LINGER};
+use crate::{
+    app::{spawn_connector, StartError},
+    boot,
+};
 
 /// The configuration with only connector `name` in it: its section as configured (an
 /// empty one when there is none, for connectors whose defaults suffice), with the fields
@@ -46,26 +41,16 @@ pub async fn run(
         message: format!("no connector is named {name:?}"),
         retryable: false,
     })?;
-    let db = open_store(&config, config.database.connections_max).await?;
-    let producer = kafka::Producer::new(&config.kafka, API_LINGER)?;
-    check_brokers(&config, &producer).await?;
-    tokio::time::timeout(Duration::from_secs(30), kafka::ensure_topics(&config.kafka)).await.map_err(|_| {
-        StartError::KafkaUnreachable {
-            brokers: config.kafka.brokers.clone(),
-            source: KafkaError::AdminOpCreation("creating topics timed out".into()),
-        }
-    })??;
-    let health = Health::new(metrics.clone());
+    let db = boot::db(&config, config.database.connections_max).await?;
+    let producer = boot::kafka(&config).await?;
+    let mut supervisor = Supervisor::new(Health::new(metrics.clone()), shutdown.clone());
     let context = ConnectorContext::standalone(&config, db, producer, metrics, shutdown);
-    let component = format!("connector:{}", connector.name());
     info!(connector = connector.name(), "connector running on its own");
     // Supervised as inside `onhand serve`: a passing failure restarts it; one that needs a
     // person ends the process with the reason, for its service manager to report.
-    run_connector(connector, context, &health).await;
-    match health.state(&component) {
-        Some(State::Failed(message)) => {
-            Err(ConnectorError { connector: "connector", message, retryable: false }.into())
-        }
-        _ => Ok(()),
-    }
+    spawn_connector(&mut supervisor, connector, context);
+    supervisor
+        .join()
+        .await
+        .map_err(|failure| ConnectorError { connector: "connector", message: failure.message, retryable: false }.into())
 }

@@ -215,12 +215,14 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             app
         }
     };
-    tokio::select! {
-        _ = shutdown_signal() => {}
-        _ = app.failed() => {}
-    }
+    // A component that cannot go on fails the process, with its reason, for the service
+    // manager to start it again; a signal stops it cleanly.
+    let failure = tokio::select! {
+        _ = shutdown_signal() => None,
+        failure = app.failed() => Some(failure),
+    };
     app.stop().await?;
-    Ok(())
+    failure.map_or(Ok(()), |failure| Err(failure.into()))
 }
 
 /// The file in the agent's data directory with the tills' tokens, made at the first start.

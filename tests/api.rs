@@ -20,6 +20,7 @@ fn item(id: &str, sku: &str, kind: &str, quantity: i64) -> Value {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn posted_movements_are_acknowledged_then_applied_and_readable() {
+    onhand_core::skip_without_servers!();
     let config = test_config(3).await;
     let app = serve(&config).await;
     let body = json!([item("api-1", "SKU-H", "receipt", 12), item("api-2", "SKU-H", "sale", 5)]);
@@ -43,6 +44,7 @@ async fn posted_movements_are_acknowledged_then_applied_and_readable() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn ndjson_items_are_judged_one_by_one() {
+    onhand_core::skip_without_servers!();
     let config = test_config(1).await;
     let app = serve(&config).await;
     let body = [
@@ -72,6 +74,7 @@ async fn ndjson_items_are_judged_one_by_one() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn bad_requests_get_a_status_and_a_stable_code() {
+    onhand_core::skip_without_servers!();
     let mut config = test_config(1).await;
     config.http.movements_per_request_max = 3;
     config.http.body_bytes_max = 4_096;
@@ -106,6 +109,7 @@ async fn bad_requests_get_a_status_and_a_stable_code() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn health_readiness_and_metrics_answer() {
+    onhand_core::skip_without_servers!();
     let config = test_config(1).await;
     let app = serve(&config).await;
     assert_eq!(http_get(app.local_addr, "/healthz").await.0, 200);
@@ -154,6 +158,7 @@ async fn health_readiness_and_metrics_answer() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn products_are_created_replaced_and_read() {
+    onhand_core::skip_without_servers!();
     let config = test_config(1).await;
     let app = serve(&config).await;
     let client = reqwest::Client::new();

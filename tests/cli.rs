@@ -89,6 +89,7 @@ fn serve_fails(envs: &[(&str, &str)], args: &[&str]) -> String {
 
 #[test]
 fn onhand_serve_refuses_to_start_with_a_clear_message() {
+    onhand_core::skip_without_servers!();
     let brokers = onhand_core::testing::kafka_brokers();
     let no_database = serve_fails(&[("ONHAND_KAFKA__BROKERS", &brokers)], &[]);
     assert!(no_database.contains("database.url is not set"), "{no_database}");
@@ -112,6 +113,7 @@ fn onhand_serve_refuses_to_start_with_a_clear_message() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn onhand_serve_refuses_unreachable_kafka() {
+    onhand_core::skip_without_servers!();
     let url = onhand_core::testing::fresh_postgres_url().await;
     let output = tokio::task::spawn_blocking(move || {
         serve_fails(&[("DATABASE_URL", url.as_str()), ("ONHAND_KAFKA__BROKERS", "127.0.0.1:1")], &[])
@@ -123,6 +125,7 @@ async fn onhand_serve_refuses_unreachable_kafka() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn products_import_takes_a_good_file_whole_and_a_bad_file_not_at_all() {
+    onhand_core::skip_without_servers!();
     let url = onhand_core::testing::fresh_postgres_url().await;
     let dir = tempfile::tempdir().unwrap();
     let import = |name: &str, text: &str| {
@@ -153,6 +156,7 @@ async fn products_import_takes_a_good_file_whole_and_a_bad_file_not_at_all() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn api_keys_are_created_listed_and_revoked() {
+    onhand_core::skip_without_servers!();
     let url = onhand_core::testing::fresh_postgres_url().await;
     let keys = |args: &[&str]| {
         let output = Command::new(env!("CARGO_BIN_EXE_onhand"))

@@ -23,6 +23,7 @@ async fn source(addr: std::net::SocketAddr, name: &str) -> serde_json::Value {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn every_journal_row_arrives_once_through_a_network_cut() {
+    onhand_core::skip_without_servers!();
     let broker = PrivateBroker::start().await;
     let (erp_url, mut erp) = erp_database().await;
     let mut config = test_config(3).await;
@@ -78,6 +79,7 @@ async fn every_journal_row_arrives_once_through_a_network_cut() {
 /// logged: `/readyz` says it failed, and why, and the process is not ready.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_connector_that_fails_for_good_makes_the_process_unready() {
+    onhand_core::skip_without_servers!();
     let mut config = test_config(1).await;
     config.connectors.insert("erp".into(), json!({ "source_url": "not a database url", "kinds": {}, "locations": {} }));
     let app = serve(&config).await;
@@ -96,6 +98,7 @@ async fn a_connector_that_fails_for_good_makes_the_process_unready() {
 /// and counted; the rows produced before are not produced again as late.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_row_that_appears_behind_the_cursor_is_found_by_the_look_back() {
+    onhand_core::skip_without_servers!();
     let (erp_url, mut erp) = erp_database().await;
     let mut config = test_config(3).await;
     config.connectors.insert(
@@ -132,6 +135,7 @@ async fn a_row_that_appears_behind_the_cursor_is_found_by_the_look_back() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn debezium_change_events_become_movements_and_row_changes_are_reported() {
+    onhand_core::skip_without_servers!();
     use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
     let mut config = test_config(3).await;
     let topic = format!("{}.erp.STOCK_JOURNAL", config.kafka.topics.movements);

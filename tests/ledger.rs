@@ -15,6 +15,7 @@ use rdkafka::message::{Headers, Message};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn the_same_movement_delivered_three_times_counts_once() {
+    onhand_core::skip_without_servers!();
     let config = test_config(3).await;
     let app = serve(&config).await;
     let record = movement_json("pos:store-1:T9:1", "SKU-A", "store-1", Receipt, 7, 0);
@@ -73,6 +74,7 @@ async fn assert_levels(app: &onhand::app::App, expected: &Levels) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_ledger_killed_after_its_database_commit_restarts_without_loss_or_double_count() {
+    onhand_core::skip_without_servers!();
     let mut config = test_config(3).await;
     config.ledger.batch_size_max = 100;
     let (records, expected) = workload("crash", 1_000);
@@ -111,6 +113,7 @@ async fn a_ledger_killed_after_its_database_commit_restarts_without_loss_or_doub
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn two_ledgers_in_one_group_split_six_partitions_and_the_levels_are_exact() {
+    onhand_core::skip_without_servers!();
     let config = test_config(6).await;
     let first = serve(&config).await;
     let second = serve(&config).await;
@@ -139,6 +142,7 @@ async fn two_ledgers_in_one_group_split_six_partitions_and_the_levels_are_exact(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn malformed_records_go_to_the_dead_letter_topic_and_the_ledger_goes_on() {
+    onhand_core::skip_without_servers!();
     let config = test_config(1).await;
     let app = serve(&config).await;
     let valid = movement_json("good-1", "SKU-D", "dc", Receipt, 3, 0);
@@ -207,6 +211,7 @@ fn dlq_headers(message: &rdkafka::message::OwnedMessage) -> HashMap<String, Stri
 /// the reason, and every other movement of their batches is applied: ingestion goes on.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn what_the_database_or_the_rules_refuse_is_dead_lettered_and_the_rest_applied() {
+    onhand_core::skip_without_servers!();
     use sqlx::{Connection, Executor};
     let mut config = test_config(1).await;
     config.ledger.linger_ms = 500;
@@ -259,6 +264,7 @@ async fn what_the_database_or_the_rules_refuse_is_dead_lettered_and_the_rest_app
 /// SHA-256 in headers, instead of being retried for ever.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn an_oversized_record_is_dead_lettered_truncated_with_its_size_and_digest() {
+    onhand_core::skip_without_servers!();
     use sha2::Digest;
     let config = test_config(1).await;
     let app = serve(&config).await;
@@ -286,6 +292,7 @@ async fn an_oversized_record_is_dead_lettered_truncated_with_its_size_and_digest
 /// seconds, and keeps trying.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_dead_letter_that_cannot_be_written_blocks_its_component_visibly() {
+    onhand_core::skip_without_servers!();
     use onhand_core::{
         health::{Health, State},
         kafka::{dead_letter_until_sent, DeadLetter, Producer},
@@ -332,6 +339,7 @@ async fn a_dead_letter_that_cannot_be_written_blocks_its_component_visibly() {
 /// a metric, and the ledger blocked in `/readyz` with the reason.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_saved_offset_beyond_the_partitions_end_is_reported() {
+    onhand_core::skip_without_servers!();
     let config = test_config(1).await;
     onhand_core::kafka::ensure_topics(&config.kafka).await.unwrap();
     let db = onhand_core::db::open(&config.database.url, 2).await.unwrap();

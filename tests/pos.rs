@@ -45,6 +45,7 @@ fn sale(transaction: &str, line: u32, sku: &str, quantity: i64) -> String {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn the_briefs_stock_report_is_counted_and_answered_with_its_alert() {
+    onhand_core::skip_without_servers!();
     let app = serve(&pos_config().await).await;
     let addr = app.local_addr;
     let report = json!({ "id_produto": "01", "nome_produto": "Arroz", "quantidade": 10, "id_loja": "001", "nome_loja": "Mercado Central" });
@@ -76,6 +77,7 @@ async fn the_briefs_stock_report_is_counted_and_answered_with_its_alert() {
 /// two sends stand; a report with a bad record records nothing.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_stock_report_sent_twice_counts_once() {
+    onhand_core::skip_without_servers!();
     let app = serve(&pos_config().await).await;
     let addr = app.local_addr;
     let report = json!([
@@ -122,6 +124,7 @@ async fn a_stock_report_sent_twice_counts_once() {
 /// till sends it, so the till's retry, forwarded as a second line, counts once.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_stock_report_sent_twice_through_a_store_agent_counts_once() {
+    onhand_core::skip_without_servers!();
     let app = serve(&pos_config().await).await;
     let dir = tempfile::tempdir().unwrap();
     let agent = Agent::start(agent_config(app.local_addr, dir.path())).await.unwrap();
@@ -165,6 +168,7 @@ async fn http_send_raw(addr: SocketAddr, path: &str, headers: &[(&str, &str)], b
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_tills_feed_counts_each_line_once() {
+    onhand_core::skip_without_servers!();
     let app = serve(&pos_config().await).await;
     let addr = app.local_addr;
     receive(addr, "SKU-T", "store-002", 10).await;
@@ -223,6 +227,7 @@ async fn source(addr: SocketAddr, name: &str) -> Value {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_store_agent_cut_off_from_the_central_service_loses_nothing() {
+    onhand_core::skip_without_servers!();
     let central = serve(&pos_config().await).await;
     receive(central.local_addr, "SKU-A", "store-001", 1000).await;
     on_hand_is(&central, "SKU-A", "store-001", 1000).await;
@@ -254,6 +259,7 @@ async fn a_store_agent_cut_off_from_the_central_service_loses_nothing() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_store_agent_killed_mid_forward_loses_nothing() {
+    onhand_core::skip_without_servers!();
     let central = serve(&pos_config().await).await;
     receive(central.local_addr, "SKU-A", "store-001", 1000).await;
     let network = Proxy::start(central.local_addr).await;

@@ -35,6 +35,7 @@ async fn stock_once(addr: SocketAddr, sku: &str, on_hand: i64) -> Value {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn reads_show_what_each_channel_may_sell() {
+    onhand_core::skip_without_servers!();
     let mut config = test_config(3).await;
     config.channels.insert("ecommerce".into(), ChannelConfig { all_locations: false, locations: vec!["dc".into()] });
     let app = serve(&config).await;
@@ -86,6 +87,7 @@ async fn reads_show_what_each_channel_may_sell() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_batch_query_answers_each_sku() {
+    onhand_core::skip_without_servers!();
     let mut config = test_config(3).await;
     config.query.query_skus_max = 4;
     let app = serve(&config).await;
@@ -121,6 +123,7 @@ async fn a_batch_query_answers_each_sku() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn the_cache_follows_the_stock_topic_without_waiting_for_its_ttl() {
+    onhand_core::skip_without_servers!();
     let mut config = test_config(3).await;
     config.query.cache_ttl_s = 3_600;
     let app = serve(&config).await;
@@ -141,6 +144,7 @@ async fn the_cache_follows_the_stock_topic_without_waiting_for_its_ttl() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn with_the_database_down_reads_are_stale_then_fresh_again() {
+    onhand_core::skip_without_servers!();
     let mut config = test_config(3).await;
     // Every read goes to the database, so that an outage shows at once.
     config.query.cache_ttl_s = 0;

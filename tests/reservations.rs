@@ -41,6 +41,7 @@ fn web_channel() -> ChannelConfig {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn fifty_checkouts_for_the_last_unit_through_two_replicas_get_it_once() {
+    onhand_core::skip_without_servers!();
     let mut config = test_config(3).await;
     config.channels.insert("web".into(), web_channel());
     let first = serve(&config).await;
@@ -85,6 +86,7 @@ async fn fifty_checkouts_for_the_last_unit_through_two_replicas_get_it_once() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn an_expired_reservation_gives_its_units_back_and_refuses_its_commit() {
+    onhand_core::skip_without_servers!();
     let mut config = test_config(3).await;
     config.channels.insert("web".into(), web_channel());
     config.reservations.expiry_interval_ms = 50;
@@ -118,6 +120,7 @@ async fn an_expired_reservation_gives_its_units_back_and_refuses_its_commit() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn reservation_requests_are_checked_and_replayed() {
+    onhand_core::skip_without_servers!();
     let mut config = test_config(3).await;
     config.channels.insert("web".into(), web_channel());
     let app = serve(&config).await;

@@ -1,6 +1,7 @@
 //! onhand as an operator runs it: separate processes killed with SIGKILL and started again
 //! at once (what systemd's `Restart=always` and Kubernetes do), and stopped with SIGTERM.
-//! Whatever was answered as accepted counts exactly once.
+//! Whatever was answered as accepted counts exactly once. A process that cannot go on
+//! exits with the reason, for its service manager to start it again.
 
 mod common;
 
@@ -31,6 +32,7 @@ fn workload(count: usize) -> (Vec<(String, Vec<u8>)>, Levels) {
 /// dead one (whose session has not timed out yet) must not sit without partitions for good.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_ledger_killed_mid_apply_and_restarted_at_once_ends_exact() {
+    onhand_core::skip_without_servers!();
     let mut config = test_config(3).await;
     config.ledger.batch_size_max = 200;
     onhand_core::kafka::ensure_topics(&config.kafka).await.unwrap();
@@ -77,4 +79,19 @@ async fn a_ledger_killed_mid_apply_and_restarted_at_once_ends_exact() {
     .await;
     assert_eq!((status, &ready["components"]["ledger"]["state"]), (200, &json!("running")), "{ready}");
     assert!(process.terminate(), "a stop with SIGTERM ends cleanly");
+}
+
+/// A task that fails for good (here a connector whose journal URL cannot work) ends the
+/// process with a failure status and the reason, instead of leaving it up and unready.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_connector_that_fails_for_good_ends_the_process_with_the_reason() {
+    onhand_core::skip_without_servers!();
+    let config = test_config(1).await;
+    let logs = tempfile::tempdir().unwrap();
+    let erp = [("ONHAND_CONNECTORS__ERP__SOURCE_URL", "not a database url")];
+    let mut process = Process::serve_with(&config, &erp, logs.path(), "serve");
+    let status = tokio::task::block_in_place(|| process.exited(120));
+    let log = process.log_tail();
+    assert!(status.is_some_and(|status| !status.success()), "onhand serve must exit with a failure: {log}");
+    assert!(log.contains("onhand: connector:erp failed: connector erp: "), "{log}");
 }

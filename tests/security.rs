@@ -31,6 +31,7 @@ fn movement(event_id: &str, system: &str, instance: &str, location: &str) -> Val
 /// connectors and reservations; every refusal says why, with a stable code.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_key_writes_only_what_its_source_may_say() {
+    onhand_core::skip_without_servers!();
     let mut config = test_config(1).await;
     config.connectors.insert("pos".into(), json!({}));
     let app = serve(&config).await;
@@ -93,6 +94,7 @@ async fn a_key_writes_only_what_its_source_may_say() {
 /// the ledger, on a pool of its own, applies movements all along.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_flood_of_invented_keys_is_limited_and_does_not_stop_the_ledger() {
+    onhand_core::skip_without_servers!();
     let mut config = test_config(1).await;
     config.database.connections_max = 2;
     // A slow refill, so that a loaded machine spreading the flood over seconds lets few
@@ -120,6 +122,7 @@ async fn a_flood_of_invented_keys_is_limited_and_does_not_stop_the_ledger() {
 /// moment, and costs one request of the key's limit per SKU.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_query_of_many_skus_costs_one_request_per_sku() {
+    onhand_core::skip_without_servers!();
     let mut config = test_config(1).await;
     config.http.rate_limit_per_s = 1;
     config.http.rate_limit_burst = 600;
@@ -154,6 +157,7 @@ fn get(addr: SocketAddr, path: &str, key: Option<&str>) -> reqwest::RequestBuild
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_request_needs_a_valid_key_with_the_scope_of_its_route() {
+    onhand_core::skip_without_servers!();
     let config = test_config(1).await;
     let app = serve(&config).await;
     let addr = app.local_addr;
@@ -195,6 +199,7 @@ async fn a_request_needs_a_valid_key_with_the_scope_of_its_route() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_revoked_key_is_refused_once_its_cached_copy_expires() {
+    onhand_core::skip_without_servers!();
     let mut config = test_config(1).await;
     config.http.api_key_cache_ttl_s = 1;
     let app = serve(&config).await;
@@ -217,6 +222,7 @@ async fn a_revoked_key_is_refused_once_its_cached_copy_expires() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn each_key_is_rate_limited_on_its_own() {
+    onhand_core::skip_without_servers!();
     let mut config = test_config(1).await;
     config.http.rate_limit_per_s = 1;
     config.http.rate_limit_burst = 3;
@@ -250,6 +256,7 @@ async fn each_key_is_rate_limited_on_its_own() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn an_oversized_body_gets_body_too_large_on_every_route() {
+    onhand_core::skip_without_servers!();
     let config = test_config(1).await;
     let app = serve(&config).await;
     let addr = app.local_addr;

@@ -90,6 +90,7 @@ async fn on_hand_is(app: &App, sku: &str, location: &str, expected: i64) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn webhooks_become_movements_once_and_bad_ones_change_nothing() {
+    onhand_core::skip_without_servers!();
     let fake = FakeShopify::start().await;
     let config = shopify_config(fake.addr, false).await;
     let app = start(&config).await;
@@ -198,6 +199,7 @@ async fn webhooks_become_movements_once_and_bad_ones_change_nothing() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn an_order_whose_webhook_never_came_is_reconciled_with_the_same_event_ids() {
+    onhand_core::skip_without_servers!();
     let fake = FakeShopify::start().await;
     let mut node = serde_json::from_str::<Value>(GRAPHQL_ORDERS).unwrap()["data"]["orders"]["nodes"][0].clone();
     node["updatedAt"] = json!((chrono::Utc::now() - chrono::Duration::minutes(5)).to_rfc3339());
@@ -228,6 +230,7 @@ async fn an_order_whose_webhook_never_came_is_reconciled_with_the_same_event_ids
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn the_sink_pushes_the_newest_availability_through_throttling_failures_and_an_outage() {
+    onhand_core::skip_without_servers!();
     let fake = FakeShopify::start().await;
     fake.with(|s| s.levels.extend([(RICE_ITEM, 0), (OIL_ITEM, 0)]));
     let proxy = Proxy::start(fake.addr).await;
@@ -285,6 +288,7 @@ async fn the_sink_pushes_the_newest_availability_through_throttling_failures_and
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn an_echo_is_ignored_and_a_manual_change_becomes_an_adjustment() {
+    onhand_core::skip_without_servers!();
     let fake = FakeShopify::start().await;
     fake.with(|s| s.levels.extend([(RICE_ITEM, 0), (OIL_ITEM, 0)]));
     let mut config = shopify_config(fake.addr, true).await;
@@ -367,6 +371,7 @@ fn large_order(id: u64, lines: u64, refund_lines: u64) -> Value {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn an_order_with_more_lines_than_a_page_is_reconciled_whole() {
+    onhand_core::skip_without_servers!();
     let fake = FakeShopify::start().await;
     // More lines than one query may ask for, in the order and in its refund.
     fake.with(|s| s.orders.push(large_order(900, 300, 260)));
@@ -385,6 +390,7 @@ async fn an_order_with_more_lines_than_a_page_is_reconciled_whole() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn an_order_with_more_lines_than_line_pages_max_records_the_lines_read() {
+    onhand_core::skip_without_servers!();
     let fake = FakeShopify::start().await;
     fake.with(|s| s.orders.push(large_order(901, 300, 10)));
     let mut config = shopify_config(fake.addr, false).await;

@@ -77,6 +77,7 @@ sku,location,kind,quantity,occurred_at,reference
 /// its reason, and the files after it are taken all the same.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_file_that_cannot_be_taken_is_moved_aside_and_the_others_go_on() {
+    onhand_core::skip_without_servers!();
     let inbox = tempfile::tempdir().unwrap();
     let app = serve(&wms_config(inbox.path(), json!({ "file_bytes_max": 1_000 })).await).await;
     let huge = format!("{MOVEMENTS}{}", "7891000100103,dc-sp,receipt,1,2026-11-20T09:10:00-03:00,X\n".repeat(40));
@@ -97,6 +98,7 @@ async fn a_file_that_cannot_be_taken_is_moved_aside_and_the_others_go_on() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_good_file_reaches_the_ledger_and_is_archived() {
+    onhand_core::skip_without_servers!();
     let inbox = tempfile::tempdir().unwrap();
     let app = serve(&wms_config(inbox.path(), json!({})).await).await;
     drop_file(inbox.path(), "movements-20261120.csv", MOVEMENTS);
@@ -120,6 +122,7 @@ async fn a_good_file_reaches_the_ledger_and_is_archived() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_file_with_bad_lines_is_rejected_whole_with_every_bad_line_listed() {
+    onhand_core::skip_without_servers!();
     let inbox = tempfile::tempdir().unwrap();
     let config = wms_config(inbox.path(), json!({})).await;
     let app = serve(&config).await;
@@ -162,6 +165,7 @@ sku,location,kind,quantity,occurred_at,reference
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn the_same_file_dropped_twice_counts_once() {
+    onhand_core::skip_without_servers!();
     let inbox = tempfile::tempdir().unwrap();
     let config = wms_config(inbox.path(), json!({})).await;
     let app = serve(&config).await;
@@ -182,6 +186,7 @@ async fn the_same_file_dropped_twice_counts_once() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_file_is_taken_only_once_complete() {
+    onhand_core::skip_without_servers!();
     let inbox = tempfile::tempdir().unwrap();
     let config = wms_config(inbox.path(), json!({})).await;
     let app = serve(&config).await;
@@ -224,6 +229,7 @@ fn write_receipts(path: &Path, lines: u64, skus: u64) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_stop_mid_file_produces_it_again_harmlessly() {
+    onhand_core::skip_without_servers!();
     let inbox = tempfile::tempdir().unwrap();
     // A small window makes the file take a few seconds, long enough to stop in the middle.
     let config = wms_config(inbox.path(), json!({ "batch_lines_max": 100, "in_flight_max": 20 })).await;
@@ -252,6 +258,7 @@ async fn a_stop_mid_file_produces_it_again_harmlessly() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_million_line_file_goes_through() {
+    onhand_core::skip_without_servers!();
     let inbox = tempfile::tempdir().unwrap();
     let mut config = wms_config(inbox.path(), json!({})).await;
     // Only the connector is measured here: the ledger's side is in load-tests/.
@@ -279,6 +286,7 @@ impl Drop for Running {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn onhand_connector_wms_runs_the_connector_on_its_own() {
+    onhand_core::skip_without_servers!();
     let inbox = tempfile::tempdir().unwrap();
     let config = test_config(3).await;
     let child = Command::new(env!("CARGO_BIN_EXE_onhand"))

@@ -1,6 +1,6 @@
 //! What each long-running part of a process is doing, for `GET /readyz` and the
-//! `onhand_component_*` metrics, and [`supervise`], which runs a task, restarts it with
-//! backoff when it fails on an error that may pass, and says so.
+//! `onhand_component_*` metrics. `supervisor` runs the tasks and reports their restarts
+//! and failures here.
 //!
 //! A component is one task (the ledger, the relay, a connector...). It reports its own
 //! [`State`]: a task that is alive but cannot make progress (its dead letters cannot be
@@ -10,15 +10,12 @@
 
 use std::{
     collections::BTreeMap,
-    future::Future,
     sync::{Arc, Mutex, PoisonError},
-    time::Duration,
 };
 
 use chrono::{DateTime, SubsecRound, Utc};
 use serde::Serialize;
-use tokio_util::sync::CancellationToken;
-use tracing::{error, info, warn};
+use tracing::{info, warn};
 
 use crate::telemetry::Metrics;
 
@@ -191,6 +188,15 @@ impl Component {
         self.set(State::Blocked(why.into()));
     }
 
+    /// Reports that the task failed on an error that may pass and starts again after a
+    /// pause; counted in `onhand_component_restarts_total`.
+    pub fn restarting(&self, why: impl Into<String>) {
+        if let Some(health) = &self.health {
+            health.metrics.component_restarts_total.with_label_values(&[&self.name]).inc();
+        }
+        self.set(State::Restarting(why.into()));
+    }
+
     pub fn state(&self) -> Option<State> {
         self.health.as_ref()?.state(&self.name)
     }
@@ -208,77 +214,8 @@ pub struct Failure {
     pub retryable: bool,
 }
 
-/// The first pause before a failed task is started again; it doubles up to
-/// [`RESTART_BACKOFF_MAX`], and starts over once the task ran for that long.
-const RESTART_BACKOFF_MIN: Duration = Duration::from_secs(1);
-const RESTART_BACKOFF_MAX: Duration = Duration::from_secs(60);
-
-/// Runs `task` until `shutdown`, as `component`: started again after a pause when it
-/// fails on a retryable error or panics; left failed when its error needs a person. The
-/// task gets the component, to report that it is blocked. Answers the last state.
-pub async fn supervise<F, Fut>(component: Component, shutdown: CancellationToken, mut task: F) -> State
-where
-    F: FnMut(Component) -> Fut,
-    Fut: Future<Output = Result<(), Failure>> + Send + 'static,
-{
-    let metrics = component.health.as_ref().map(|h| h.metrics.clone());
-    let mut backoff = RESTART_BACKOFF_MIN;
-    loop {
-        component.running();
-        let started = tokio::time::Instant::now();
-        // A task of its own, so that a panic ends only it.
-        let outcome = tokio::spawn(task(component.clone())).await;
-        if shutdown.is_cancelled() {
-            component.set(State::Done);
-            return State::Done;
-        }
-        let why = match outcome {
-            Ok(Ok(())) => {
-                component.set(State::Done);
-                return State::Done;
-            }
-            Ok(Err(Failure { message, retryable: false })) => {
-                error!(component = component.name(), error = %message, "component failed; it needs a person");
-                let state = State::Failed(message);
-                component.set(state.clone());
-                return state;
-            }
-            Ok(Err(Failure { message, retryable: true })) => message,
-            Err(e) if e.is_panic() => format!("panicked: {}", panic_message(e.into_panic())),
-            Err(_) => "cancelled".to_string(),
-        };
-        if started.elapsed() >= RESTART_BACKOFF_MAX {
-            backoff = RESTART_BACKOFF_MIN;
-        }
-        warn!(component = component.name(), error = %why, retry_in_s = backoff.as_secs(), "component stopped; starting it again");
-        if let Some(metrics) = &metrics {
-            metrics.component_restarts_total.with_label_values(&[component.name()]).inc();
-        }
-        component.set(State::Restarting(why));
-        tokio::select! {
-            _ = shutdown.cancelled() => {
-                component.set(State::Done);
-                return State::Done;
-            }
-            _ = tokio::time::sleep(backoff) => {}
-        }
-        backoff = (backoff * 2).min(RESTART_BACKOFF_MAX);
-    }
-}
-
-fn panic_message(payload: Box<dyn std::any::Any + Send>) -> String {
-    match payload.downcast::<String>() {
-        Ok(text) => *text,
-        Err(payload) => {
-            payload.downcast::<&'static str>().map(|s| s.to_string()).unwrap_or_else(|_| "(no message)".into())
-        }
-    }
-}
-
 #[cfg(test)]
 mod tests {
-    use std::sync::atomic::{AtomicU32, Ordering};
-
     use super::*;
 
     #[test]
@@ -299,48 +236,5 @@ mod tests {
         ledger.running();
         sink.set(State::Failed("bad token".into()));
         assert!(!health.readiness().ready, "a failed component needs a person");
-    }
-
-    /// M2: a task that fails on a passing error or panics is started again, and the
-    /// restarts show in the component's state and the metric; a permanent error stops it.
-    #[tokio::test(start_paused = true)]
-    async fn a_failing_task_is_restarted_and_a_permanent_failure_is_reported() {
-        let metrics = Metrics::new();
-        let health = Health::new(metrics.clone());
-        let runs = Arc::new(AtomicU32::new(0));
-        let counted = Arc::clone(&runs);
-        let state = supervise(health.component("relay", false), CancellationToken::new(), move |_| {
-            let run = counted.fetch_add(1, Ordering::SeqCst);
-            async move {
-                match run {
-                    0 => Err(Failure { message: "kafka down".into(), retryable: true }),
-                    1 => panic!("a bug"),
-                    _ => Err(Failure { message: "bad config".into(), retryable: false }),
-                }
-            }
-        })
-        .await;
-        assert_eq!(state, State::Failed("bad config".into()));
-        assert_eq!(runs.load(Ordering::SeqCst), 3);
-        assert_eq!(metrics.component_restarts_total.with_label_values(&["relay"]).get(), 2);
-        assert_eq!(metrics.component_up.with_label_values(&["relay"]).get(), 0);
-        assert_eq!(health.state("relay"), Some(State::Failed("bad config".into())));
-    }
-
-    #[tokio::test(start_paused = true)]
-    async fn shutdown_ends_a_supervised_task_as_done() {
-        let health = Health::new(Metrics::new());
-        let shutdown = CancellationToken::new();
-        let stop = shutdown.clone();
-        let state = supervise(health.component("watch", false), shutdown, move |_| {
-            let stop = stop.clone();
-            async move {
-                stop.cancel();
-                Ok(())
-            }
-        })
-        .await;
-        assert_eq!(state, State::Done);
-        assert!(health.readiness().ready);
     }
 }

@@ -19,7 +19,8 @@
 //! - [`telemetry`]: every metric, in one place.
 //! - [`config`]: typed configuration, from a file and the environment.
 //! - [`clock`]: the time decisions are taken by, moved by hand in tests.
-//! - [`health`]: what each component is doing (`/readyz`), and the supervisor of tasks.
+//! - [`health`]: what each component is doing (`/readyz`).
+//! - [`supervisor`]: the process's tasks, restarted with backoff, failed for good visibly.
 //! - [`testing`]: helpers for tests against the real servers of `scripts/test`.
 //! - `fuzzing` (tests only): inputs that hostile clients send, for the parsers' harness.
 
@@ -43,6 +44,7 @@ pub mod product;
 pub mod publish;
 pub mod relay;
 pub mod reservation;
+pub mod supervisor;
 pub mod telemetry;
 #[doc(hidden)]
 pub mod testing;

@@ -1,9 +1,14 @@
 //! Helpers for tests that run against the real servers started by `scripts/test`:
 //! a fresh PostgreSQL database and unique Kafka topic names per test, and an API key
 //! every test server accepts.
+//!
+//! A test that needs the servers starts with [`skip_without_servers!`](crate::skip_without_servers),
+//! so that a contributor's first `cargo test`, with no server configured, runs every other
+//! test and names the ones `scripts/test` runs.
 
 use std::{
     env,
+    io::Write,
     sync::atomic::{AtomicU32, Ordering},
 };
 
@@ -29,16 +34,82 @@ pub async fn insert_test_api_key(db: &dyn Db) -> Result<(), DbError> {
     Ok(())
 }
 
+/// The variables that name the servers of `scripts/test`.
+const SERVER_VARIABLES: [&str; 2] = ["ONHAND_TEST_DATABASE_URL", "ONHAND_TEST_KAFKA_BROKERS"];
+
+/// Whether a test that needs PostgreSQL and the broker must return without running, as
+/// on a machine where `scripts/test` did not configure them (`ONHAND_TEST_DATABASE_URL`,
+/// `ONHAND_TEST_KAFKA_BROKERS` unset). The test says so in one line on stderr, past the
+/// test harness's capture. Where a skip would hide a failure, a missing server fails the
+/// test instead: under CI (`CI` set), or with `ONHAND_REQUIRE_SERVERS=1`, which
+/// `scripts/test` exports.
+pub fn skip_without_servers() -> bool {
+    let unset: Vec<&str> = SERVER_VARIABLES.into_iter().filter(|name| !is_set(name)).collect();
+    if unset.is_empty() {
+        return false;
+    }
+    let unset = unset.join(" and ");
+    assert!(
+        !servers_required(),
+        "{unset} not set, and this run requires the servers (CI or ONHAND_REQUIRE_SERVERS=1): \
+         run scripts/test, which starts PostgreSQL and the broker"
+    );
+    // The harness names each test's thread after the test; the binary names the suite.
+    let test = std::thread::current().name().unwrap_or("a test").to_string();
+    let suite = env::current_exe().ok().and_then(|exe| {
+        let stem = exe.file_stem()?.to_string_lossy().into_owned();
+        Some(stem.rsplit_once('-').map_or(stem.clone(), |(suite, _hash)| suite.to_string()))
+    });
+    let name = suite.map_or(test.clone(), |suite| format!("{suite}::{test}"));
+    let _ = writeln!(
+        std::io::stderr(),
+        "skipped {name}: needs PostgreSQL and the broker ({unset} unset); run scripts/test"
+    );
+    true
+}
+
+/// Returns from the test that needs PostgreSQL and the broker when they are not
+/// configured, saying so on stderr; fails it when the run requires them (see
+/// [`skip_without_servers`](crate::testing::skip_without_servers)).
+#[macro_export]
+macro_rules! skip_without_servers {
+    () => {
+        if $crate::testing::skip_without_servers() {
+            return;
+        }
+    };
+}
+
+/// Whether this run must have the servers: CI, or `ONHAND_REQUIRE_SERVERS=1`.
+fn servers_required() -> bool {
+    ["CI", "ONHAND_REQUIRE_SERVERS"]
+        .into_iter()
+        .any(|name| env::var(name).is_ok_and(|value| !matches!(value.as_str(), "" | "0" | "false")))
+}
+
+fn is_set(name: &str) -> bool {
+    env::var_os(name).is_some_and(|value| !value.is_empty())
+}
+
 /// The PostgreSQL server of the test suite: an admin URL whose database may be replaced.
 pub fn postgres_admin_url() -> String {
-    env::var("ONHAND_TEST_DATABASE_URL")
-        .expect("ONHAND_TEST_DATABASE_URL is not set: run the suite with scripts/test, which starts PostgreSQL")
+    server("ONHAND_TEST_DATABASE_URL", "PostgreSQL")
 }
 
 /// The Kafka-protocol broker of the test suite.
 pub fn kafka_brokers() -> String {
-    env::var("ONHAND_TEST_KAFKA_BROKERS")
-        .expect("ONHAND_TEST_KAFKA_BROKERS is not set: run the suite with scripts/test, which starts the broker")
+    server("ONHAND_TEST_KAFKA_BROKERS", "the broker")
+}
+
+/// The server that `variable` names; a test that reaches here without it lacks its
+/// [`skip_without_servers!`](crate::skip_without_servers).
+fn server(variable: &str, server: &str) -> String {
+    env::var(variable).unwrap_or_else(|_| {
+        panic!(
+            "{variable} is not set: a test that needs {server} starts with skip_without_servers!(); \
+             run the suite with scripts/test, which starts it"
+        )
+    })
 }
 
 /// A name no other test of any process uses, for databases, topics and consumer groups.

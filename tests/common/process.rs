@@ -28,6 +28,11 @@ impl Process {
     /// `onhand serve` with `config`'s database, brokers, topics and ledger group, through
     /// the environment variables an operator would set; its log goes to `log_dir`.
     pub fn serve(config: &Config, log_dir: &Path, name: &str) -> Process {
+        Self::serve_with(config, &[], log_dir, name)
+    }
+
+    /// As [`Process::serve`], with more variables (`ONHAND_CONNECTORS__ERP__...`).
+    pub fn serve_with(config: &Config, more: &[(&str, &str)], log_dir: &Path, name: &str) -> Process {
         let addr = free_addr();
         let topics = &config.kafka.topics;
         let env = [
@@ -41,6 +46,8 @@ impl Process {
             ("ONHAND_LEDGER__BATCH_SIZE_MAX", config.ledger.batch_size_max.to_string()),
             ("ONHAND_HTTP__LISTEN", addr.to_string()),
         ];
+        let env: Vec<(&str, String)> =
+            env.into_iter().chain(more.iter().map(|(key, value)| (*key, value.to_string()))).collect();
         Self::spawn(&["serve"], &env, addr, log_dir, name)
     }
 
@@ -95,6 +102,17 @@ impl Process {
         let _ = self.child.kill();
         let _ = self.child.wait();
         false
+    }
+
+    /// Waits up to `seconds` for it to exit on its own; its exit status, if it did.
+    pub fn exited(&mut self, seconds: u64) -> Option<std::process::ExitStatus> {
+        for _ in 0..seconds * 10 {
+            if let Ok(Some(status)) = self.child.try_wait() {
+                return Some(status);
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        None
     }
 
     /// The last lines of its log, for a failing test's message.
