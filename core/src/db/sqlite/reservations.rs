@@ -53,7 +53,7 @@ impl ReservationTx for SqliteReservationTx {
             .fetch_one(&mut *self.tx)
             .await?;
         let saved = match (row.try_get::<Option<i64>, _>("status")?, row.try_get::<Option<String>, _>("body")?) {
-            (Some(status), Some(body)) => Some(SavedDecision { status: i64::from(status), body }),
+            (Some(status), Some(body)) => Some(SavedDecision { status, body }),
             _ => None,
         };
         Ok(Some((row.try_get("request")?, saved)))
