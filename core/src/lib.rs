@@ -16,7 +16,7 @@
 //! - [`backoff`]: the pauses of every retrying loop.
 //! - [`auth`]: API keys and their scopes; only hashes of their secrets are stored.
 //! - [`product`]: the product catalog's type, checked at the edge.
-//! - [`telemetry`]: every metric, in one place.
+//! - [`telemetry`]: the metrics of core's components, and the registry connectors add theirs to.
 //! - [`config`]: typed configuration, from a file and the environment.
 //! - [`clock`]: the time decisions are taken by, moved by hand in tests.
 //! - [`health`]: what each component is doing (`/readyz`).
