@@ -1,13 +1,23 @@
-//! Where stock lives: one [`Db`] trait, with a PostgreSQL implementation for production
-//! and an SQLite one for `onhand dev`. Both run the same batch algorithm ([`apply_batch`])
-//! over their own SQL, and one contract test suite (`db/tests.rs`) runs on both.
+//! Where stock lives: the [`Db`] trait and its one implementation, [`SqlDb`], on
+//! PostgreSQL in production ([`PostgresDb`]) and on SQLite for `onhand dev` ([`SqliteDb`]).
+//!
+//! - `sql.rs`: `SqlDb<D>`, every method of `Db` written once over the database's
+//!   `Dialect` `D`, and the codecs of rows.
+//! - `reservations.rs`: the reservation transactions and their steps, written once too.
+//! - `driver.rs`: sqlx for code that does not name its database (`query`, a row's
+//!   `Cells`), and the two values the databases store differently: `Time` (`timestamptz`,
+//!   or microseconds in SQLite) and `List` (an array, or a JSON array in SQLite).
+//! - `postgres.rs`, `sqlite.rs`: each database's `Dialect`: how a write begins, the few
+//!   statements whose text differs, the writes of many rows (set-based over `UNNEST` in
+//!   PostgreSQL, row by row in SQLite) and the steps of a ledger batch (`LedgerTx`).
+//! - `tests.rs`: one contract suite, run on both databases.
 //!
 //! A batch is applied in one transaction: new movements are inserted (a duplicate
 //! `event_id` is skipped), the levels they touch are written with a compare-and-set on
 //! `version` (retried on conflict), and the consumer's offsets are saved, all or nothing.
 
-/// The columns of a published stock level, in the order every backend's `stock_level`
-/// reads them: one list, so that a new column cannot be forgotten in one query.
+/// The columns of a published stock level, which `sql::stock_level` reads: one list, so
+/// that a new column cannot be forgotten in one query.
 macro_rules! stock_level_columns {
     () => {
         "sku, location, on_hand, reserved, safety_stock, reorder_point, version, last_movement_at, last_event_id, \
@@ -15,15 +25,17 @@ macro_rules! stock_level_columns {
     };
 }
 
-/// The columns of an API key, in the order every backend's `api_key` reads them.
+/// The columns of an API key, which `sql::api_key` reads.
 macro_rules! api_key_columns {
     () => {
         "id, name, scopes, secret_hash, created_at, revoked_at, bound_to"
     };
 }
 
+mod driver;
 mod postgres;
 mod reservations;
+mod sql;
 mod sqlite;
 
 use std::{
@@ -37,10 +49,11 @@ use chrono::{DateTime, SubsecRound, Utc};
 pub use self::{
     postgres::PostgresDb,
     reservations::{Closed, Closing, NewReservation, OutboxRecord, Reserved},
+    sql::SqlDb,
     sqlite::SqliteDb,
 };
 use crate::{
-    auth::{ApiKey, Binding, Scopes},
+    auth::ApiKey,
     event::{EventId, LocationId, Movement, MovementKind, Sku, StockLevel},
     freshness::{SourceState, SourceUpdate},
     ledger::rules::{plan_key, KeyPlan, LevelKey, LevelState},
@@ -326,12 +339,20 @@ impl LevelWrite {
     }
 }
 
-/// The steps of a ledger transaction, each one statement or a few; the algorithm that
-/// strings them together is [`apply_batch`], shared by both backends.
+/// The steps of a ledger transaction, in the order [`apply_batch`] takes them, each one
+/// statement or a few in each database's SQL (set-based in PostgreSQL); the algorithm that
+/// strings them together is shared by both.
 #[async_trait]
 trait LedgerTx: Send {
     /// Inserts the movements whose event_id is new and returns those ids.
     async fn insert_movements(&mut self, movements: &[&Envelope]) -> Result<HashSet<EventId>, DbError>;
+    /// Settles the lines of committed reservations whose sales are in `sales` (each once)
+    /// and answers the units each level releases.
+    async fn settle_reservation_lines(
+        &mut self,
+        sales: &[(&str, i32, &Movement)],
+        now: DateTime<Utc>,
+    ) -> Result<HashMap<LevelKey, i64>, DbError>;
     async fn load_levels(&mut self, keys: &[&LevelKey]) -> Result<HashMap<LevelKey, StoredLevel>, DbError>;
     /// For each count, the sum of the deltas recorded for its level that occurred after it,
     /// leaving out the movements of this batch. Wide: a sum of any number of deltas.
@@ -346,22 +367,15 @@ trait LedgerTx: Send {
         writes: &[LevelWrite],
         updated_at: DateTime<Utc>,
     ) -> Result<HashSet<LevelKey>, DbError>;
-    /// Settles the lines of committed reservations whose sales are in `sales` (each once)
-    /// and answers the units each level releases.
-    async fn settle_reservation_lines(
-        &mut self,
-        sales: &[(&str, i32, &Movement)],
-        now: DateTime<Utc>,
-    ) -> Result<HashMap<LevelKey, i64>, DbError>;
     /// Records the effect of movements that did not simply apply: `superseded` or `recorded`.
     async fn mark_effect(&mut self, event_ids: &[EventId], effect: &str) -> Result<(), DbError>;
     /// Records publications; a level's published version never moves backwards.
     async fn mark_published(&mut self, published: &[Published]) -> Result<(), DbError>;
     async fn save_offsets(&mut self, group_id: &str, topic: &str, offsets: &[PartitionOffset]) -> Result<(), DbError>;
-    async fn commit(self: Box<Self>) -> Result<(), DbError>;
 }
 
-/// Applies a batch inside `tx`: the one algorithm of both backends.
+/// Applies a batch with the steps of `tx`: the one algorithm of both backends. The caller
+/// commits the transaction the steps run in.
 async fn apply_batch(mut tx: Box<dyn LedgerTx + '_>, batch: &Batch) -> Result<Applied, DbError> {
     let mut outcome = Applied::default();
 
@@ -377,31 +391,71 @@ async fn apply_batch(mut tx: Box<dyn LedgerTx + '_>, batch: &Batch) -> Result<Ap
     let new_ids = tx.insert_movements(&by_id).await?;
     outcome.duplicates += (unique.len() - new_ids.len()) as u64;
 
-    let mut by_key: BTreeMap<LevelKey, Vec<&Movement>> = BTreeMap::new();
-    let mut recorded = Vec::new();
-    let mut sales = Vec::new();
-    for envelope in unique.iter().filter(|e| new_ids.contains(&e.movement.event_id)) {
-        let m = &envelope.movement;
-        if m.kind.is_reservation_event() {
-            recorded.push(m.event_id.clone());
-            continue;
-        }
-        if let (MovementKind::Sale, Some((id, line))) = (m.kind, reservation::settled_line(&m.event_id)) {
-            sales.push((id, line, m));
-        }
-        by_key.entry((m.sku.clone(), m.location.clone())).or_default().push(m);
-    }
-    outcome.recorded = recorded.len() as u64;
-    // Only this batch's new movements are left out of the recorded deltas a count adds
-    // (plan_key adds them itself); a re-delivered one was recorded before and counts.
-    let batch_ids: Vec<&EventId> = new_ids.iter().collect();
+    let new = NewMovements::sort(&unique, &new_ids);
+    outcome.recorded = new.recorded.len() as u64;
     let updated_at = Utc::now().trunc_subsecs(6);
     // A committed reservation's units are released by the same write that applies its
     // sale, so what a channel may sell never jumps.
     let released =
-        if sales.is_empty() { HashMap::new() } else { tx.settle_reservation_lines(&sales, updated_at).await? };
+        if new.sales.is_empty() { HashMap::new() } else { tx.settle_reservation_lines(&new.sales, updated_at).await? };
     outcome.released = released.values().sum();
+    // Only this batch's new movements are left out of the recorded deltas a count adds
+    // (plan_key adds them itself); a re-delivered one was recorded before and counts.
+    let batch_ids: Vec<&EventId> = new_ids.iter().collect();
+    let superseded = write_in_rounds(&mut *tx, &new.by_key, &batch_ids, &released, updated_at, &mut outcome).await?;
 
+    if !superseded.is_empty() {
+        tx.mark_effect(&superseded, "superseded").await?;
+    }
+    if !new.recorded.is_empty() {
+        tx.mark_effect(&new.recorded, "recorded").await?;
+    }
+    if !batch.published.is_empty() {
+        tx.mark_published(&newest_publications(&batch.published)).await?;
+    }
+    tx.save_offsets(&batch.group_id, &batch.topic, &batch.offsets).await?;
+    Ok(outcome)
+}
+
+/// A batch's new movements, by what they do.
+struct NewMovements<'a> {
+    /// The movements of each level they change, in arrival order.
+    by_key: BTreeMap<LevelKey, Vec<&'a Movement>>,
+    /// Reservation events: recorded for the audit trail, they change no level.
+    recorded: Vec<EventId>,
+    /// Sales that may settle a line of a committed reservation: (reservation, line, sale).
+    sales: Vec<(&'a str, i32, &'a Movement)>,
+}
+
+impl<'a> NewMovements<'a> {
+    fn sort(unique: &[&'a Envelope], new_ids: &HashSet<EventId>) -> Self {
+        let mut new = NewMovements { by_key: BTreeMap::new(), recorded: Vec::new(), sales: Vec::new() };
+        for envelope in unique.iter().filter(|e| new_ids.contains(&e.movement.event_id)) {
+            let m = &envelope.movement;
+            if m.kind.is_reservation_event() {
+                new.recorded.push(m.event_id.clone());
+                continue;
+            }
+            if let (MovementKind::Sale, Some((id, line))) = (m.kind, reservation::settled_line(&m.event_id)) {
+                new.sales.push((id, line, m));
+            }
+            new.by_key.entry((m.sku.clone(), m.location.clone())).or_default().push(m);
+        }
+        new
+    }
+}
+
+/// Writes the levels the movements of `by_key` change, each with a compare-and-set on its
+/// version; a level another writer changed first is read and planned again, for at most
+/// [`CONFLICT_ROUNDS_MAX`] rounds. Answers the movements a count superseded.
+async fn write_in_rounds(
+    tx: &mut (dyn LedgerTx + '_),
+    by_key: &BTreeMap<LevelKey, Vec<&Movement>>,
+    batch_ids: &[&EventId],
+    released: &HashMap<LevelKey, i64>,
+    updated_at: DateTime<Utc>,
+    outcome: &mut Applied,
+) -> Result<Vec<EventId>, DbError> {
     let mut pending: Vec<&LevelKey> = by_key.keys().collect();
     let mut superseded = Vec::new();
     for round in 0.. {
@@ -414,22 +468,8 @@ async fn apply_batch(mut tx: Box<dyn LedgerTx + '_>, batch: &Batch) -> Result<Ap
         let stored = tx.load_levels(&pending).await?;
         let counts: Vec<&Movement> =
             pending.iter().flat_map(|k| by_key[*k].iter().copied()).filter(|m| m.delta().is_none()).collect();
-        let later = if counts.is_empty() { HashMap::new() } else { tx.recorded_later(&counts, &batch_ids).await? };
-
-        let mut plans: HashMap<&LevelKey, KeyPlan> = HashMap::with_capacity(pending.len());
-        let mut writes = Vec::new();
-        for key in &pending {
-            let prior = stored.get(*key);
-            let plan = plan_key(prior.map(|s| &s.state), &by_key[*key], &later).map_err(|e| DbError::Refused {
-                event_id: e.event_id,
-                code: LEVEL_OUT_OF_RANGE,
-                reason: e.reason,
-            })?;
-            if let Some(write) = level_write(key, prior, &plan, released.get(*key).copied().unwrap_or(0)) {
-                writes.push(write);
-            }
-            plans.insert(*key, plan);
-        }
+        let later = if counts.is_empty() { HashMap::new() } else { tx.recorded_later(&counts, batch_ids).await? };
+        let (mut plans, writes) = plan_writes(&pending, &stored, by_key, &later, released)?;
         let written = tx.write_levels(&writes, updated_at).await?;
         let planned: HashSet<&LevelKey> = writes.iter().map(|w| &w.key).collect();
 
@@ -448,19 +488,32 @@ async fn apply_batch(mut tx: Box<dyn LedgerTx + '_>, batch: &Batch) -> Result<Ap
         outcome.conflicts_retried += conflicts.len() as u64;
         pending = conflicts;
     }
+    Ok(superseded)
+}
 
-    if !superseded.is_empty() {
-        tx.mark_effect(&superseded, "superseded").await?;
+/// The plan of each pending level, from its stored state, and the writes the plans need.
+fn plan_writes<'k>(
+    pending: &[&'k LevelKey],
+    stored: &HashMap<LevelKey, StoredLevel>,
+    by_key: &BTreeMap<LevelKey, Vec<&Movement>>,
+    later: &HashMap<EventId, i128>,
+    released: &HashMap<LevelKey, i64>,
+) -> Result<(HashMap<&'k LevelKey, KeyPlan>, Vec<LevelWrite>), DbError> {
+    let mut plans = HashMap::with_capacity(pending.len());
+    let mut writes = Vec::new();
+    for &key in pending {
+        let prior = stored.get(key);
+        let plan = plan_key(prior.map(|s| &s.state), &by_key[key], later).map_err(|e| DbError::Refused {
+            event_id: e.event_id,
+            code: LEVEL_OUT_OF_RANGE,
+            reason: e.reason,
+        })?;
+        if let Some(write) = level_write(key, prior, &plan, released.get(key).copied().unwrap_or(0)) {
+            writes.push(write);
+        }
+        plans.insert(key, plan);
     }
-    if !recorded.is_empty() {
-        tx.mark_effect(&recorded, "recorded").await?;
-    }
-    if !batch.published.is_empty() {
-        tx.mark_published(&newest_publications(&batch.published)).await?;
-    }
-    tx.save_offsets(&batch.group_id, &batch.topic, &batch.offsets).await?;
-    tx.commit().await?;
-    Ok(outcome)
+    Ok((plans, writes))
 }
 
 /// The write a level needs: its new state when movements applied, or its state as it was
@@ -490,50 +543,6 @@ fn newest_publications(published: &[Published]) -> Vec<Published> {
         .into_iter()
         .map(|((sku, location), version)| Published { sku: sku.clone(), location: location.clone(), version })
         .collect()
-}
-
-fn product_from(sku: String, name: String, category: Option<String>, attributes: &str) -> Result<Product, DbError> {
-    Ok(Product {
-        sku: Sku::parse(sku).map_err(corrupt)?,
-        name,
-        category,
-        attributes: serde_json::from_str(attributes).map_err(corrupt)?,
-    })
-}
-
-/// An API key from its stored columns.
-fn api_key_from(
-    id: String,
-    name: String,
-    scopes: &str,
-    secret_hash: &str,
-    created_at: DateTime<Utc>,
-    revoked_at: Option<DateTime<Utc>>,
-    bound_to: Option<String>,
-) -> Result<ApiKey, DbError> {
-    let mut secret_sha256 = [0u8; 32];
-    hex::decode_to_slice(secret_hash, &mut secret_sha256).map_err(corrupt)?;
-    let bound_to = bound_to.map(|b| Binding::parse(&b).map_err(corrupt)).transpose()?;
-    let scopes = Scopes::parse(scopes).map_err(corrupt)?;
-    Ok(ApiKey { id, name, scopes, secret_sha256, created_at, revoked_at, bound_to })
-}
-
-fn optional_event_id(id: Option<String>) -> Result<Option<EventId>, DbError> {
-    id.map(|id| EventId::parse(id).map_err(corrupt)).transpose()
-}
-
-/// A source's stored state with `update` applied.
-fn next_source_state(
-    source: &str,
-    stored: Option<String>,
-    update: &SourceUpdate,
-    now: DateTime<Utc>,
-) -> Result<SourceState, DbError> {
-    let state = match stored {
-        Some(json) => serde_json::from_str(&json).map_err(corrupt)?,
-        None => SourceState::new(source, now),
-    };
-    Ok(state.apply(update, now))
 }
 
 fn corrupt(what: impl std::fmt::Display) -> DbError {

@@ -1,34 +1,21 @@
-//! The production database. Each step of a batch is one set-based statement over `UNNEST`ed
-//! arrays, so a batch costs a handful of round trips whatever its size. Reservations are
-//! in `postgres/reservations.rs`.
-
-mod reservations;
+//! PostgreSQL, the production database: its [`Dialect`] for [`SqlDb`]. Each write of many
+//! rows is one set-based statement over `UNNEST`ed arrays, so a ledger batch costs a
+//! handful of round trips whatever its size. Statements run at READ COMMITTED.
 
 use std::collections::{HashMap, HashSet};
 
 use async_trait::async_trait;
-use chrono::{DateTime, SubsecRound, Utc};
-use sqlx::{postgres::PgPoolOptions, PgPool, Postgres, Row, Transaction};
+use chrono::{DateTime, Utc};
+use sqlx::{postgres::PgPoolOptions, PgConnection, Postgres, Row};
 
-use self::reservations::{load_reservation, PgReservationTx};
 use super::{
-    api_key_from, apply_batch, corrupt, next_source_state, optional_event_id, product_from, Allocation, Applied, Batch,
-    Closed, Db, DbError, Envelope, LedgerTx, LevelWrite, NewReservation, OutboxRecord, PartitionOffset, Published,
-    Reserved, StockPolicy, StoredLevel,
-};
-use crate::{
-    auth::ApiKey,
-    event::{EventId, LocationId, Movement, Sku, StockLevel},
-    freshness::{SourceState, SourceUpdate},
-    ledger::rules::{CountMark, LevelKey, LevelState},
-    product::{Product, StoredProduct},
-    reservation::{Reservation, Status},
+    corrupt,
+    sql::{level_key, stored_level, Dialect, SqlDb},
+    DbError, Envelope, EventId, LedgerTx, LevelKey, LevelWrite, LocationId, Movement, OutboxRecord, PartitionOffset,
+    Product, Published, Reservation, StoredLevel,
 };
 
-#[derive(Debug, Clone)]
-pub struct PostgresDb {
-    pool: PgPool,
-}
+pub type PostgresDb = SqlDb<Postgres>;
 
 impl PostgresDb {
     /// Connects and runs the migrations under `migrations/postgres`.
@@ -39,115 +26,43 @@ impl PostgresDb {
             .connect(url)
             .await?;
         sqlx::migrate!("../migrations/postgres").run(&pool).await?;
-        Ok(Self { pool })
-    }
-
-    pub fn pool(&self) -> &PgPool {
-        &self.pool
+        Ok(SqlDb::migrated(pool))
     }
 }
 
 #[async_trait]
-impl Db for PostgresDb {
-    async fn apply_batch(&self, batch: &Batch) -> Result<Applied, DbError> {
-        let tx = self.pool.begin().await?;
-        apply_batch(Box::new(PgLedgerTx { tx }), batch).await
+impl Dialect for Postgres {
+    const BEGIN_WRITE: &'static str = "BEGIN";
+    const STOCK_BY_SKUS: &'static str =
+        concat!("SELECT ", stock_level_columns!(), " FROM stock_levels WHERE sku = ANY($1) ORDER BY sku, location");
+    const SOURCE_FOR_UPDATE: &'static str = "SELECT state FROM sources WHERE source = $1 FOR UPDATE";
+    // One containment test per value, so that each can use the GIN index of
+    // 0008_product_attributes.sql.
+    const PRODUCTS_BY_ATTRIBUTE: &'static str = "
+        SELECT DISTINCT p.sku, p.name, p.category, p.attributes::text AS attributes
+        FROM UNNEST($2::text[]) AS v(value)
+        JOIN products p ON p.attributes @> jsonb_build_object($1::text, v.value)
+        ORDER BY p.sku";
+    const SIMILAR_IN_STOCK: &'static str = "
+        SELECT p.sku, p.name, p.category, p.attributes::text AS attributes,
+               MAX(s.on_hand - s.reserved - s.safety_stock)::int8 AS available
+        FROM products p JOIN stock_levels s ON s.sku = p.sku
+        WHERE p.sku <> $1
+          AND (p.category = $2 OR EXISTS (
+                SELECT 1 FROM jsonb_each_text(p.attributes) a
+                JOIN jsonb_each_text($3::jsonb) b ON a.key = b.key AND a.value = b.value))
+          AND ($4 OR s.location = ANY($5::text[]))
+        GROUP BY p.sku
+        HAVING MAX(s.on_hand - s.reserved - s.safety_stock) >= $6
+        ORDER BY (p.category IS NOT DISTINCT FROM $2) DESC, available DESC
+        LIMIT 50";
+    const DELETE_OUTBOX: &'static str = "DELETE FROM outbox WHERE id = ANY($1)";
+
+    fn ledger(tx: &mut PgConnection) -> Box<dyn LedgerTx + '_> {
+        Box::new(PgLedgerTx { tx })
     }
 
-    async fn consumer_offsets(&self, group_id: &str, topic: &str) -> Result<Vec<PartitionOffset>, DbError> {
-        let rows = sqlx::query(
-            "SELECT partition, next_offset FROM consumer_offsets WHERE group_id = $1 AND topic = $2 ORDER BY partition",
-        )
-        .bind(group_id)
-        .bind(topic)
-        .fetch_all(&self.pool)
-        .await?;
-        rows.iter()
-            .map(|r| Ok(PartitionOffset { partition: r.try_get("partition")?, next_offset: r.try_get("next_offset")? }))
-            .collect()
-    }
-
-    async fn reset_consumer_offsets(&self, group_id: &str, topic: &str) -> Result<(), DbError> {
-        sqlx::query("DELETE FROM consumer_offsets WHERE group_id = $1 AND topic = $2")
-            .bind(group_id)
-            .bind(topic)
-            .execute(&self.pool)
-            .await?;
-        Ok(())
-    }
-
-    async fn unpublished_levels(&self, written_before: DateTime<Utc>, limit: i64) -> Result<Vec<StockLevel>, DbError> {
-        let rows = sqlx::query(concat!(
-            "SELECT ",
-            stock_level_columns!(),
-            " FROM stock_levels WHERE published_version < version AND updated_at < $1 ORDER BY updated_at LIMIT $2"
-        ))
-        .bind(written_before)
-        .bind(limit)
-        .fetch_all(&self.pool)
-        .await?;
-        rows.iter().map(stock_level).collect()
-    }
-
-    async fn stock_page(&self, after: Option<&Sku>, levels_max: i64) -> Result<Vec<StockLevel>, DbError> {
-        let rows = sqlx::query(concat!(
-            "SELECT ",
-            stock_level_columns!(),
-            " FROM stock_levels WHERE sku > $1 ORDER BY sku, location LIMIT $2"
-        ))
-        .bind(after.map_or("", Sku::as_str))
-        .bind(levels_max)
-        .fetch_all(&self.pool)
-        .await?;
-        rows.iter().map(stock_level).collect()
-    }
-
-    async fn stock_by_sku(&self, sku: &Sku) -> Result<Vec<StockLevel>, DbError> {
-        let rows = sqlx::query(concat!(
-            "SELECT ",
-            stock_level_columns!(),
-            " FROM stock_levels WHERE sku = $1 ORDER BY location"
-        ))
-        .bind(sku.as_str())
-        .fetch_all(&self.pool)
-        .await?;
-        rows.iter().map(stock_level).collect()
-    }
-
-    async fn stock_by_skus(&self, skus: &[Sku]) -> Result<Vec<StockLevel>, DbError> {
-        let skus: Vec<&str> = skus.iter().map(Sku::as_str).collect();
-        let rows = sqlx::query(concat!(
-            "SELECT ",
-            stock_level_columns!(),
-            " FROM stock_levels WHERE sku = ANY($1::text[]) ORDER BY sku, location"
-        ))
-        .bind(&skus)
-        .fetch_all(&self.pool)
-        .await?;
-        rows.iter().map(stock_level).collect()
-    }
-
-    async fn set_policy(&self, (sku, location): &LevelKey, policy: StockPolicy) -> Result<StockLevel, DbError> {
-        let row = sqlx::query(concat!(
-            "INSERT INTO stock_levels (sku, location, on_hand, version, safety_stock, reorder_point, updated_at)
-             VALUES ($1, $2, 0, 1, $3, $4, $5)
-             ON CONFLICT (sku, location) DO UPDATE
-             SET safety_stock = EXCLUDED.safety_stock, reorder_point = EXCLUDED.reorder_point,
-                 version = stock_levels.version + 1, updated_at = EXCLUDED.updated_at
-             RETURNING ",
-            stock_level_columns!()
-        ))
-        .bind(sku.as_str())
-        .bind(location.as_str())
-        .bind(policy.safety_stock)
-        .bind(policy.reorder_point)
-        .bind(Utc::now().trunc_subsecs(6))
-        .fetch_one(&self.pool)
-        .await?;
-        stock_level(&row)
-    }
-
-    async fn put_products(&self, products: &[Product]) -> Result<u64, DbError> {
+    async fn put_products(conn: &mut PgConnection, products: &[Product]) -> Result<u64, DbError> {
         let skus: Vec<&str> = products.iter().map(|p| p.sku.as_str()).collect();
         let names: Vec<&str> = products.iter().map(|p| p.name.as_str()).collect();
         let categories: Vec<Option<&str>> = products.iter().map(|p| p.category.as_deref()).collect();
@@ -167,136 +82,12 @@ impl Db for PostgresDb {
         .bind(&names)
         .bind(&categories)
         .bind(&attributes)
-        .fetch_all(&self.pool)
+        .fetch_all(conn)
         .await?;
         Ok(inserted.into_iter().filter(|new| *new).count() as u64)
     }
 
-    async fn product(&self, sku: &Sku) -> Result<Option<StoredProduct>, DbError> {
-        let row = sqlx::query(
-            "SELECT sku, name, category, attributes::text AS attributes, updated_at FROM products WHERE sku = $1",
-        )
-        .bind(sku.as_str())
-        .fetch_optional(&self.pool)
-        .await?;
-        row.map(|row| {
-            let attributes: String = row.try_get("attributes")?;
-            let product =
-                product_from(row.try_get("sku")?, row.try_get("name")?, row.try_get("category")?, &attributes)?;
-            Ok(StoredProduct { product, updated_at: row.try_get("updated_at")? })
-        })
-        .transpose()
-    }
-
-    async fn products_by_attribute(&self, name: &str, values: &[String]) -> Result<Vec<Product>, DbError> {
-        if name.contains(['"', '\\']) || values.is_empty() {
-            return Ok(Vec::new());
-        }
-        // One containment test per value, so that each can use the GIN index of
-        // 0007_product_attributes.sql.
-        let rows = sqlx::query(
-            "SELECT DISTINCT p.sku, p.name, p.category, p.attributes::text AS attributes
-             FROM UNNEST($2::text[]) AS v(value)
-             JOIN products p ON p.attributes @> jsonb_build_object($1::text, v.value)
-             ORDER BY p.sku",
-        )
-        .bind(name)
-        .bind(values)
-        .fetch_all(&self.pool)
-        .await?;
-        rows.iter()
-            .map(|row| {
-                let attributes: String = row.try_get("attributes")?;
-                product_from(row.try_get("sku")?, row.try_get("name")?, row.try_get("category")?, &attributes)
-            })
-            .collect()
-    }
-
-    async fn create_api_key(&self, key: &ApiKey) -> Result<(), DbError> {
-        sqlx::query(
-            "INSERT INTO api_keys (id, name, scopes, secret_hash, created_at, revoked_at, bound_to)
-             VALUES ($1, $2, $3, $4, $5, $6, $7)",
-        )
-        .bind(&key.id)
-        .bind(&key.name)
-        .bind(key.scopes.to_string())
-        .bind(hex::encode(key.secret_sha256))
-        .bind(key.created_at)
-        .bind(key.revoked_at)
-        .bind(key.bound_to.as_ref().map(ToString::to_string))
-        .execute(&self.pool)
-        .await?;
-        Ok(())
-    }
-
-    async fn api_key(&self, id: &str) -> Result<Option<ApiKey>, DbError> {
-        let row = sqlx::query(concat!("SELECT ", api_key_columns!(), " FROM api_keys WHERE id = $1"))
-            .bind(id)
-            .fetch_optional(&self.pool)
-            .await?;
-        row.as_ref().map(api_key).transpose()
-    }
-
-    async fn api_keys(&self, limit: i64) -> Result<Vec<ApiKey>, DbError> {
-        let rows =
-            sqlx::query(concat!("SELECT ", api_key_columns!(), " FROM api_keys ORDER BY created_at, id LIMIT $1"))
-                .bind(limit)
-                .fetch_all(&self.pool)
-                .await?;
-        rows.iter().map(api_key).collect()
-    }
-
-    async fn revoke_api_key(&self, id: &str) -> Result<bool, DbError> {
-        let done = sqlx::query("UPDATE api_keys SET revoked_at = $2 WHERE id = $1 AND revoked_at IS NULL")
-            .bind(id)
-            .bind(Utc::now().trunc_subsecs(6))
-            .execute(&self.pool)
-            .await?;
-        Ok(done.rows_affected() == 1)
-    }
-
-    async fn movement_count(&self) -> Result<i64, DbError> {
-        Ok(sqlx::query_scalar("SELECT count(*) FROM movements").fetch_one(&self.pool).await?)
-    }
-
-    async fn ping(&self) -> Result<(), DbError> {
-        sqlx::query("SELECT 1").execute(&self.pool).await?;
-        Ok(())
-    }
-
-    async fn update_source(
-        &self,
-        source: &str,
-        update: &SourceUpdate,
-        now: DateTime<Utc>,
-    ) -> Result<SourceState, DbError> {
-        let mut tx = self.pool.begin().await?;
-        // Replicas may hear from one source at once: the row lock orders them.
-        let stored: Option<String> = sqlx::query_scalar("SELECT state FROM sources WHERE source = $1 FOR UPDATE")
-            .bind(source)
-            .fetch_optional(&mut *tx)
-            .await?;
-        let state = next_source_state(source, stored, update, now)?;
-        sqlx::query(
-            "INSERT INTO sources (source, state, updated_at) VALUES ($1, $2, $3)
-             ON CONFLICT (source) DO UPDATE SET state = EXCLUDED.state, updated_at = EXCLUDED.updated_at",
-        )
-        .bind(source)
-        .bind(serde_json::to_string(&state).expect("a source state serializes"))
-        .bind(now)
-        .execute(&mut *tx)
-        .await?;
-        tx.commit().await?;
-        Ok(state)
-    }
-
-    async fn sources(&self) -> Result<Vec<SourceState>, DbError> {
-        let rows: Vec<String> =
-            sqlx::query_scalar("SELECT state FROM sources ORDER BY source").fetch_all(&self.pool).await?;
-        rows.iter().map(|json| serde_json::from_str(json).map_err(corrupt)).collect()
-    }
-
-    async fn name_locations(&self, names: &[(LocationId, String)]) -> Result<u64, DbError> {
+    async fn name_locations(conn: &mut PgConnection, names: &[(LocationId, String)]) -> Result<u64, DbError> {
         let ids: Vec<&str> = names.iter().map(|(id, _)| id.as_str()).collect();
         let texts: Vec<&str> = names.iter().map(|(_, name)| name.as_str()).collect();
         let done = sqlx::query(
@@ -306,138 +97,61 @@ impl Db for PostgresDb {
         )
         .bind(&ids)
         .bind(&texts)
-        .execute(&self.pool)
+        .execute(conn)
         .await?;
         Ok(done.rows_affected())
     }
 
-    async fn connector_state(&self, connector: &str, key: &str) -> Result<Option<String>, DbError> {
-        Ok(sqlx::query_scalar("SELECT value FROM connector_state WHERE connector = $1 AND key = $2")
-            .bind(connector)
-            .bind(key)
-            .fetch_optional(&self.pool)
-            .await?)
-    }
-
-    async fn set_connector_state(&self, connector: &str, key: &str, value: &str) -> Result<(), DbError> {
+    async fn insert_reservation_lines(conn: &mut PgConnection, r: &Reservation) -> Result<(), DbError> {
+        let lines: Vec<i32> = r.lines.iter().map(|l| l.line).collect();
+        let skus: Vec<&str> = r.lines.iter().map(|l| l.sku.as_str()).collect();
+        let locations: Vec<&str> = r.lines.iter().map(|l| l.location.as_str()).collect();
+        let quantities: Vec<i64> = r.lines.iter().map(|l| l.quantity).collect();
         sqlx::query(
-            "INSERT INTO connector_state (connector, key, value, updated_at) VALUES ($1, $2, $3, now())
-             ON CONFLICT (connector, key) DO UPDATE SET value = EXCLUDED.value, updated_at = EXCLUDED.updated_at",
+            "INSERT INTO reservation_lines (reservation_id, line, sku, location, quantity)
+             SELECT $1, * FROM UNNEST($2::int4[], $3::text[], $4::text[], $5::int8[])",
         )
-        .bind(connector)
-        .bind(key)
-        .bind(value)
-        .execute(&self.pool)
+        .bind(&r.id)
+        .bind(&lines)
+        .bind(&skus)
+        .bind(&locations)
+        .bind(&quantities)
+        .execute(conn)
         .await?;
         Ok(())
     }
 
-    async fn reserve(&self, new: &NewReservation<'_>) -> Result<Reserved, DbError> {
-        let tx = self.pool.begin().await?;
-        super::reservations::reserve(Box::new(PgReservationTx { tx }), new).await
-    }
-
-    async fn reservation(&self, id: &str) -> Result<Option<Reservation>, DbError> {
-        let mut conn = self.pool.acquire().await?;
-        load_reservation(&mut conn, id).await
-    }
-
-    async fn close_reservation(&self, id: &str, to: Status, now: DateTime<Utc>) -> Result<Closed, DbError> {
-        let tx = self.pool.begin().await?;
-        super::reservations::close(Box::new(PgReservationTx { tx }), id, to, now).await
-    }
-
-    async fn due_reservations(&self, now: DateTime<Utc>, limit: i64) -> Result<Vec<String>, DbError> {
-        Ok(sqlx::query_scalar(
-            "SELECT id FROM reservations WHERE status = 'held' AND expires_at <= $1 ORDER BY expires_at LIMIT $2",
-        )
-        .bind(now)
-        .bind(limit)
-        .fetch_all(&self.pool)
-        .await?)
-    }
-
-    async fn forget_idempotency_keys(&self, created_before: DateTime<Utc>) -> Result<u64, DbError> {
-        let done = sqlx::query("DELETE FROM idempotency_keys WHERE created_at < $1")
-            .bind(created_before)
-            .execute(&self.pool)
-            .await?;
-        Ok(done.rows_affected())
-    }
-
-    async fn outbox(
-        &self,
-        created_before: DateTime<Utc>,
-        after_id: i64,
-        limit: i64,
+    async fn enqueue(
+        conn: &mut PgConnection,
+        movements: &[Movement],
+        now: DateTime<Utc>,
     ) -> Result<Vec<OutboxRecord>, DbError> {
-        let rows = sqlx::query(
-            "SELECT id, kafka_key, payload FROM outbox WHERE created_at < $1 AND id > $2 ORDER BY id LIMIT $3",
+        let keys: Vec<&str> = movements.iter().map(Movement::kafka_key).collect();
+        let event_ids: Vec<&str> = movements.iter().map(|m| m.event_id.as_str()).collect();
+        let payloads: Vec<String> =
+            movements.iter().map(|m| String::from_utf8(m.to_json()).expect("JSON is UTF-8")).collect();
+        let ids: Vec<i64> = sqlx::query_scalar(
+            "INSERT INTO outbox (kafka_key, payload, event_id, created_at)
+             SELECT k, p, e, $4 FROM UNNEST($1::text[], $2::text[], $3::text[]) WITH ORDINALITY AS t(k, p, e, n) ORDER BY n
+             RETURNING id",
         )
-        .bind(created_before)
-        .bind(after_id)
-        .bind(limit)
-        .fetch_all(&self.pool)
+        .bind(&keys)
+        .bind(&payloads)
+        .bind(&event_ids)
+        .bind(now)
+        .fetch_all(conn)
         .await?;
-        rows.iter()
-            .map(|r| {
-                Ok(OutboxRecord { id: r.try_get("id")?, key: r.try_get("kafka_key")?, payload: r.try_get("payload")? })
-            })
-            .collect()
-    }
-
-    async fn enqueue_outbox(&self, movements: &[Movement], now: DateTime<Utc>) -> Result<Vec<OutboxRecord>, DbError> {
-        let mut tx = self.pool.begin().await?;
-        let records = reservations::enqueue(&mut tx, movements, now).await?;
-        tx.commit().await?;
-        Ok(records)
-    }
-
-    async fn delete_recorded_outbox(&self) -> Result<Vec<i64>, DbError> {
-        Ok(sqlx::query_scalar("DELETE FROM outbox o USING movements m WHERE m.event_id = o.event_id RETURNING o.id")
-            .fetch_all(&self.pool)
-            .await?)
-    }
-
-    async fn delete_outbox(&self, ids: &[i64]) -> Result<(), DbError> {
-        if !ids.is_empty() {
-            sqlx::query("DELETE FROM outbox WHERE id = ANY($1::int8[])").bind(ids).execute(&self.pool).await?;
-        }
-        Ok(())
+        Ok(ids
+            .into_iter()
+            .zip(keys.into_iter().zip(payloads))
+            .map(|(id, (key, payload))| OutboxRecord { id, key: key.to_string(), payload })
+            .collect())
     }
 }
 
-fn api_key(row: &sqlx::postgres::PgRow) -> Result<ApiKey, DbError> {
-    let (scopes, secret_hash): (String, String) = (row.try_get("scopes")?, row.try_get("secret_hash")?);
-    api_key_from(
-        row.try_get("id")?,
-        row.try_get("name")?,
-        &scopes,
-        &secret_hash,
-        row.try_get("created_at")?,
-        row.try_get("revoked_at")?,
-        row.try_get("bound_to")?,
-    )
-}
-
-fn stock_level(row: &sqlx::postgres::PgRow) -> Result<StockLevel, DbError> {
-    Ok(StockLevel {
-        sku: Sku::parse(row.try_get::<String, _>("sku")?).map_err(corrupt)?,
-        location: LocationId::parse(row.try_get::<String, _>("location")?).map_err(corrupt)?,
-        on_hand: row.try_get("on_hand")?,
-        reserved: row.try_get("reserved")?,
-        safety_stock: row.try_get("safety_stock")?,
-        reorder_point: row.try_get("reorder_point")?,
-        version: row.try_get("version")?,
-        last_movement_at: row.try_get("last_movement_at")?,
-        last_event_id: optional_event_id(row.try_get("last_event_id")?)?,
-        last_count_at: row.try_get("last_count_at")?,
-        updated_at: row.try_get("updated_at")?,
-    })
-}
-
-struct PgLedgerTx {
-    tx: Transaction<'static, Postgres>,
+/// The steps of a ledger batch, on the connection of its transaction.
+struct PgLedgerTx<'t> {
+    tx: &'t mut PgConnection,
 }
 
 fn keys_as_columns<'a>(keys: impl Iterator<Item = &'a LevelKey>) -> (Vec<&'a str>, Vec<&'a str>) {
@@ -445,7 +159,7 @@ fn keys_as_columns<'a>(keys: impl Iterator<Item = &'a LevelKey>) -> (Vec<&'a str
 }
 
 #[async_trait]
-impl LedgerTx for PgLedgerTx {
+impl LedgerTx for PgLedgerTx<'_> {
     async fn insert_movements(&mut self, movements: &[&Envelope]) -> Result<HashSet<EventId>, DbError> {
         let n = movements.len();
         let (mut ids, mut skus, mut locations, mut kinds) =
@@ -494,6 +208,42 @@ impl LedgerTx for PgLedgerTx {
         inserted.into_iter().map(|id| EventId::parse(id).map_err(corrupt)).collect()
     }
 
+    async fn settle_reservation_lines(
+        &mut self,
+        sales: &[(&str, i32, &Movement)],
+        now: DateTime<Utc>,
+    ) -> Result<HashMap<LevelKey, i64>, DbError> {
+        let ids: Vec<&str> = sales.iter().map(|(id, _, _)| *id).collect();
+        let lines: Vec<i32> = sales.iter().map(|(_, line, _)| *line).collect();
+        let skus: Vec<&str> = sales.iter().map(|(_, _, m)| m.sku.as_str()).collect();
+        let locations: Vec<&str> = sales.iter().map(|(_, _, m)| m.location.as_str()).collect();
+        let quantities: Vec<i64> = sales.iter().map(|(_, _, m)| m.quantity).collect();
+        // Only a line of a committed reservation, matching the sale exactly, settles, and
+        // only once: a sale that merely looks like one releases nothing.
+        let rows = sqlx::query(
+            "UPDATE reservation_lines l SET settled_at = $6
+             FROM UNNEST($1::text[], $2::int4[], $3::text[], $4::text[], $5::int8[])
+                  AS u(id, line, sku, location, quantity), reservations r
+             WHERE l.reservation_id = u.id AND l.line = u.line AND l.sku = u.sku AND l.location = u.location
+               AND l.quantity = u.quantity AND l.settled_at IS NULL
+               AND r.id = l.reservation_id AND r.status = 'committed'
+             RETURNING l.sku, l.location, l.quantity",
+        )
+        .bind(&ids)
+        .bind(&lines)
+        .bind(&skus)
+        .bind(&locations)
+        .bind(&quantities)
+        .bind(now)
+        .fetch_all(&mut *self.tx)
+        .await?;
+        let mut released = HashMap::new();
+        for row in &rows {
+            *released.entry(level_key(row)?).or_default() += row.try_get::<i64, _>("quantity")?;
+        }
+        Ok(released)
+    }
+
     async fn load_levels(&mut self, keys: &[&LevelKey]) -> Result<HashMap<LevelKey, StoredLevel>, DbError> {
         let (skus, locations) = keys_as_columns(keys.iter().copied());
         let rows = sqlx::query(
@@ -506,32 +256,7 @@ impl LedgerTx for PgLedgerTx {
         .bind(&locations)
         .fetch_all(&mut *self.tx)
         .await?;
-        rows.iter()
-            .map(|row| {
-                let key = (
-                    Sku::parse(row.try_get::<String, _>("sku")?).map_err(corrupt)?,
-                    LocationId::parse(row.try_get::<String, _>("location")?).map_err(corrupt)?,
-                );
-                let count_at: Option<DateTime<Utc>> = row.try_get("last_count_at")?;
-                let count_id: Option<String> = row.try_get("last_count_event_id")?;
-                let last_count = match (count_at, count_id) {
-                    (Some(at), Some(id)) => Some(CountMark { at, event_id: EventId::parse(id).map_err(corrupt)? }),
-                    _ => None,
-                };
-                let state = LevelState {
-                    on_hand: row.try_get("on_hand")?,
-                    last_movement_at: row.try_get("last_movement_at")?,
-                    last_event_id: optional_event_id(row.try_get("last_event_id")?)?,
-                    last_count,
-                };
-                let allocation = Allocation {
-                    reserved: row.try_get("reserved")?,
-                    safety_stock: row.try_get("safety_stock")?,
-                    reorder_point: row.try_get("reorder_point")?,
-                };
-                Ok((key, StoredLevel { state, allocation, version: row.try_get("version")? }))
-            })
-            .collect()
+        rows.iter().map(stored_level).collect()
     }
 
     async fn recorded_later(
@@ -608,54 +333,11 @@ impl LedgerTx for PgLedgerTx {
                 .bind(updated_at)
                 .fetch_all(&mut *self.tx)
                 .await?;
-            for row in rows {
-                written.insert((
-                    Sku::parse(row.try_get::<String, _>(0)?).map_err(corrupt)?,
-                    LocationId::parse(row.try_get::<String, _>(1)?).map_err(corrupt)?,
-                ));
+            for row in &rows {
+                written.insert(level_key(row)?);
             }
         }
         Ok(written)
-    }
-
-    async fn settle_reservation_lines(
-        &mut self,
-        sales: &[(&str, i32, &Movement)],
-        now: DateTime<Utc>,
-    ) -> Result<HashMap<LevelKey, i64>, DbError> {
-        let ids: Vec<&str> = sales.iter().map(|(id, _, _)| *id).collect();
-        let lines: Vec<i32> = sales.iter().map(|(_, line, _)| *line).collect();
-        let skus: Vec<&str> = sales.iter().map(|(_, _, m)| m.sku.as_str()).collect();
-        let locations: Vec<&str> = sales.iter().map(|(_, _, m)| m.location.as_str()).collect();
-        let quantities: Vec<i64> = sales.iter().map(|(_, _, m)| m.quantity).collect();
-        // Only a line of a committed reservation, matching the sale exactly, settles, and
-        // only once: a sale that merely looks like one releases nothing.
-        let rows = sqlx::query(
-            "UPDATE reservation_lines l SET settled_at = $6
-             FROM UNNEST($1::text[], $2::int4[], $3::text[], $4::text[], $5::int8[])
-                  AS u(id, line, sku, location, quantity), reservations r
-             WHERE l.reservation_id = u.id AND l.line = u.line AND l.sku = u.sku AND l.location = u.location
-               AND l.quantity = u.quantity AND l.settled_at IS NULL
-               AND r.id = l.reservation_id AND r.status = 'committed'
-             RETURNING l.sku, l.location, l.quantity",
-        )
-        .bind(&ids)
-        .bind(&lines)
-        .bind(&skus)
-        .bind(&locations)
-        .bind(&quantities)
-        .bind(now)
-        .fetch_all(&mut *self.tx)
-        .await?;
-        let mut released = HashMap::new();
-        for row in rows {
-            let key = (
-                Sku::parse(row.try_get::<String, _>(0)?).map_err(corrupt)?,
-                LocationId::parse(row.try_get::<String, _>(1)?).map_err(corrupt)?,
-            );
-            *released.entry(key).or_default() += row.try_get::<i64, _>(2)?;
-        }
-        Ok(released)
     }
 
     async fn mark_effect(&mut self, event_ids: &[EventId], effect: &str) -> Result<(), DbError> {
@@ -700,11 +382,6 @@ impl LedgerTx for PgLedgerTx {
         .bind(&next)
         .execute(&mut *self.tx)
         .await?;
-        Ok(())
-    }
-
-    async fn commit(self: Box<Self>) -> Result<(), DbError> {
-        self.tx.commit().await?;
         Ok(())
     }
 }

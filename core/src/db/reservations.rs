@@ -1,13 +1,20 @@
-//! The transactions of reservations, shared by both backends like [`super::apply_batch`]:
-//! taking one ([`reserve`]) and ending one ([`close`]). Each backend implements the steps
-//! ([`ReservationTx`]) in its SQL.
+//! The transactions of reservations, written once for both databases: taking one
+//! ([`reserve`]) and ending one ([`close`]), from the steps of a [`ReservationTx`]. Only
+//! the writes of many rows and the search for similar products are the [`Dialect`]'s.
 
-use std::collections::BTreeMap;
+use std::{
+    collections::{BTreeMap, HashMap},
+    ops::DerefMut,
+};
 
-use async_trait::async_trait;
 use chrono::{DateTime, Utc};
+use sqlx::{Database, Pool, Transaction};
 
-use super::DbError;
+use super::{
+    driver::{query, Cells, List, Time},
+    sql::{stock_level, Dialect},
+    DbError,
+};
 use crate::{
     config::ChannelConfig,
     event::{LocationId, Movement, MovementKind, Sku, StockLevel},
@@ -61,7 +68,7 @@ pub enum Reserved {
 /// (the reservation, or `{"short_lines": [...]}`; rows written before decisions were typed
 /// also carry an `error` beside the short lines, which reading ignores).
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub(super) struct SavedDecision {
+struct SavedDecision {
     pub status: i64,
     pub body: String,
 }
@@ -115,64 +122,9 @@ pub struct Closed {
     pub outbox: Vec<OutboxRecord>,
 }
 
-/// The steps of a reservation transaction.
-#[async_trait]
-pub(super) trait ReservationTx: Send {
-    /// Claims an idempotency key for `request`; when it was claimed before, answers the
-    /// request it was claimed for and its decision.
-    async fn claim_key(
-        &mut self,
-        owner: &str,
-        key: &str,
-        request: &str,
-        now: DateTime<Utc>,
-    ) -> Result<Option<(String, Option<SavedDecision>)>, DbError>;
-    async fn save_decision(&mut self, owner: &str, key: &str, decision: &SavedDecision) -> Result<(), DbError>;
-    async fn levels_of(&mut self, skus: &[&Sku]) -> Result<Vec<StockLevel>, DbError>;
-    async fn savepoint(&mut self) -> Result<(), DbError>;
-    async fn rollback_to_savepoint(&mut self) -> Result<(), DbError>;
-    /// Adds `delta` to the level's reserved units: a hold (> 0) only if that many units
-    /// are available, a release (< 0) always. The level as written, or `None` when the
-    /// units are not available (any more) or the level does not exist.
-    async fn change_reserved(
-        &mut self,
-        key: &LevelKey,
-        delta: i64,
-        now: DateTime<Utc>,
-    ) -> Result<Option<StockLevel>, DbError>;
-    async fn insert_reservation(&mut self, reservation: &Reservation) -> Result<(), DbError>;
-    /// Moves a held reservation to `to`; with `unexpired_only`, only if it has not expired
-    /// at `now`. Answers whether it moved.
-    async fn close_held(
-        &mut self,
-        id: &str,
-        to: Status,
-        now: DateTime<Utc>,
-        unexpired_only: bool,
-    ) -> Result<bool, DbError>;
-    async fn load_reservation(&mut self, id: &str) -> Result<Option<Reservation>, DbError>;
-    async fn enqueue(&mut self, movements: &[Movement], now: DateTime<Utc>) -> Result<Vec<OutboxRecord>, DbError>;
-    /// Products like `sku` (same category or a shared attribute) that one serving
-    /// location has at least `quantity` of, with their category and attributes.
-    async fn similar_in_stock(
-        &mut self,
-        sku: &Sku,
-        serving: &ChannelConfig,
-        quantity: i64,
-    ) -> Result<Option<SimilarProducts>, DbError>;
-    async fn commit(self: Box<Self>) -> Result<(), DbError>;
-}
-
-/// The short SKU's category and attributes, and the candidates to rank against them.
-pub(super) struct SimilarProducts {
-    pub category: Option<String>,
-    pub attributes: std::collections::HashMap<String, String>,
-    pub candidates: Vec<(Suggestion, Option<String>, std::collections::HashMap<String, String>)>,
-}
-
 /// Takes a reservation: all lines or none, decided by conditional updates in the database.
-pub(super) async fn reserve(
-    mut tx: Box<dyn ReservationTx + '_>,
+pub(super) async fn reserve<D: Dialect>(
+    mut tx: ReservationTx<D>,
     new: &NewReservation<'_>,
 ) -> Result<Reserved, DbError> {
     // The first statement claims the key: a concurrent request with the same key waits
@@ -198,7 +150,7 @@ pub(super) async fn reserve(
         let locations = match reservation::plan(new.lines, &available, |l| new.serving.serves(l.as_str())) {
             Ok(locations) => locations,
             Err(short) => {
-                let lines = short_lines(&mut *tx, new, short).await?;
+                let lines = short_lines(&mut tx, new, short).await?;
                 break (Decision::Short(lines), Vec::new(), Vec::new());
             }
         };
@@ -245,8 +197,8 @@ pub(super) async fn reserve(
     Ok(Reserved::Decided { decision, levels, outbox })
 }
 
-async fn short_lines(
-    tx: &mut (dyn ReservationTx + '_),
+async fn short_lines<D: Dialect>(
+    tx: &mut ReservationTx<D>,
     new: &NewReservation<'_>,
     short: Vec<(usize, i64)>,
 ) -> Result<Vec<ShortLine>, DbError> {
@@ -275,8 +227,8 @@ async fn short_lines(
 
 /// Ends a held reservation: `Committed` queues its sales, `Cancelled` and `Expired`
 /// release its units. A commit of a reservation past its time expires it instead.
-pub(super) async fn close(
-    mut tx: Box<dyn ReservationTx + '_>,
+pub(super) async fn close<D: Dialect>(
+    mut tx: ReservationTx<D>,
     id: &str,
     to: Status,
     now: DateTime<Utc>,
@@ -309,60 +261,242 @@ pub(super) async fn close(
     Ok(closed)
 }
 
-/// A level key's parts, for binding.
-pub(super) fn key_parts((sku, location): &LevelKey) -> (&str, &str) {
-    (sku.as_str(), location.as_str())
+/// A reservation transaction, and its steps.
+pub(super) struct ReservationTx<D: Database> {
+    tx: Transaction<'static, D>,
 }
 
-/// Rebuilds a reservation from its rows, one per line, ordered by line.
-pub(super) fn reservation_from_rows(
-    rows: impl IntoIterator<Item = ReservationRow>,
-) -> Result<Option<Reservation>, DbError> {
-    let mut reservation: Option<Reservation> = None;
-    for row in rows {
-        let line = Line {
-            line: row.line,
-            sku: Sku::parse(row.sku).map_err(super::corrupt)?,
-            location: LocationId::parse(row.location).map_err(super::corrupt)?,
-            quantity: row.quantity,
-        };
-        match &mut reservation {
-            Some(r) => r.lines.push(line),
-            None => {
-                reservation = Some(Reservation {
-                    id: row.id,
-                    channel: row.channel,
-                    status: Status::parse(&row.status)
-                        .ok_or_else(|| super::corrupt(format!("unknown reservation status {:?}", row.status)))?,
-                    created_at: row.created_at,
-                    expires_at: row.expires_at,
-                    closed_at: row.closed_at,
-                    lines: vec![line],
-                    owner: row.owner,
-                })
-            }
-        }
+/// The short SKU's category and attributes, and the candidates to rank against them.
+struct SimilarProducts {
+    category: Option<String>,
+    attributes: HashMap<String, String>,
+    candidates: Vec<(Suggestion, Option<String>, HashMap<String, String>)>,
+}
+
+impl<D: Dialect> ReservationTx<D> {
+    pub(super) async fn begin(pool: &Pool<D>) -> Result<Self, DbError> {
+        Ok(ReservationTx { tx: D::begin_write(pool).await? })
     }
-    Ok(reservation)
+
+    /// Claims an idempotency key for `request`; when it was claimed before, answers the
+    /// request it was claimed for and its decision.
+    async fn claim_key(
+        &mut self,
+        owner: &str,
+        key: &str,
+        request: &str,
+        now: DateTime<Utc>,
+    ) -> Result<Option<(String, Option<SavedDecision>)>, DbError> {
+        let claimed = query::<D>(
+            "INSERT INTO idempotency_keys (owner, key, request, created_at) VALUES ($1, $2, $3, $4)
+             ON CONFLICT (owner, key) DO NOTHING",
+        )
+        .bind(owner)
+        .bind(key)
+        .bind(request)
+        .bind(Time(now))
+        .execute(&mut *self.tx)
+        .await?;
+        if claimed == 1 {
+            return Ok(None);
+        }
+        let row = query::<D>("SELECT request, status, body FROM idempotency_keys WHERE owner = $1 AND key = $2")
+            .bind(owner)
+            .bind(key)
+            .fetch_one(&mut *self.tx)
+            .await?;
+        let saved = match (row.cell::<Option<i32>>("status")?, row.cell::<Option<String>>("body")?) {
+            (Some(status), Some(body)) => Some(SavedDecision { status: i64::from(status), body }),
+            _ => None,
+        };
+        Ok(Some((row.cell("request")?, saved)))
+    }
+
+    async fn save_decision(&mut self, owner: &str, key: &str, decision: &SavedDecision) -> Result<(), DbError> {
+        query::<D>("UPDATE idempotency_keys SET status = $3, body = $4 WHERE owner = $1 AND key = $2")
+            .bind(owner)
+            .bind(key)
+            .bind(i32::try_from(decision.status).map_err(super::corrupt)?)
+            .bind(decision.body.as_str())
+            .execute(&mut *self.tx)
+            .await?;
+        Ok(())
+    }
+
+    async fn levels_of(&mut self, skus: &[&Sku]) -> Result<Vec<StockLevel>, DbError> {
+        let skus: Vec<&str> = skus.iter().map(|s| s.as_str()).collect();
+        let rows = query::<D>(D::STOCK_BY_SKUS).bind(List(&skus)).fetch_all(&mut *self.tx).await?;
+        rows.iter().map(stock_level).collect()
+    }
+
+    async fn savepoint(&mut self) -> Result<(), DbError> {
+        query::<D>("SAVEPOINT hold").execute(&mut *self.tx).await?;
+        Ok(())
+    }
+
+    async fn rollback_to_savepoint(&mut self) -> Result<(), DbError> {
+        query::<D>("ROLLBACK TO SAVEPOINT hold").execute(&mut *self.tx).await?;
+        Ok(())
+    }
+
+    /// Adds `delta` to the level's reserved units: a hold (> 0) only if that many units
+    /// are available, a release (< 0) always. The level as written, or `None` when the
+    /// units are not available (any more) or the level does not exist. In PostgreSQL, at
+    /// READ COMMITTED, an update that waited for another writer's row lock checks its
+    /// condition again on the row as that writer left it, which is what makes the last
+    /// unit go to one request; in SQLite the transaction is the only writer.
+    async fn change_reserved(
+        &mut self,
+        (sku, location): &LevelKey,
+        delta: i64,
+        now: DateTime<Utc>,
+    ) -> Result<Option<StockLevel>, DbError> {
+        let row = query::<D>(concat!(
+            "UPDATE stock_levels SET reserved = reserved + $3, version = version + 1, updated_at = $4
+             WHERE sku = $1 AND location = $2 AND ($3 < 0 OR on_hand - reserved - safety_stock >= $3)
+             RETURNING ",
+            stock_level_columns!()
+        ))
+        .bind(sku.as_str())
+        .bind(location.as_str())
+        .bind(delta)
+        .bind(Time(now))
+        .fetch_optional(&mut *self.tx)
+        .await?;
+        row.as_ref().map(stock_level).transpose()
+    }
+
+    async fn insert_reservation(&mut self, r: &Reservation) -> Result<(), DbError> {
+        query::<D>(
+            "INSERT INTO reservations (id, channel, status, created_at, expires_at, owner) VALUES ($1, $2, $3, $4, $5, $6)",
+        )
+        .bind(r.id.as_str())
+        .bind(r.channel.as_str())
+        .bind(r.status.as_str())
+        .bind(Time(r.created_at))
+        .bind(Time(r.expires_at))
+        .bind(r.owner.as_deref())
+        .execute(&mut *self.tx)
+        .await?;
+        D::insert_reservation_lines(&mut self.tx, r).await
+    }
+
+    /// Moves a held reservation to `to`; with `unexpired_only`, only if it has not expired
+    /// at `now`. Answers whether it moved.
+    async fn close_held(
+        &mut self,
+        id: &str,
+        to: Status,
+        now: DateTime<Utc>,
+        unexpired_only: bool,
+    ) -> Result<bool, DbError> {
+        let moved = query::<D>(
+            "UPDATE reservations SET status = $2, closed_at = $3
+             WHERE id = $1 AND status = 'held' AND (NOT $4 OR expires_at > $3)",
+        )
+        .bind(id)
+        .bind(to.as_str())
+        .bind(Time(now))
+        .bind(unexpired_only)
+        .execute(&mut *self.tx)
+        .await?;
+        Ok(moved == 1)
+    }
+
+    async fn load_reservation(&mut self, id: &str) -> Result<Option<Reservation>, DbError> {
+        load_reservation::<D>(&mut *self.tx, id).await
+    }
+
+    async fn enqueue(&mut self, movements: &[Movement], now: DateTime<Utc>) -> Result<Vec<OutboxRecord>, DbError> {
+        D::enqueue(&mut self.tx, movements, now).await
+    }
+
+    /// Products like `sku` (same category or a shared attribute) that one serving
+    /// location has at least `quantity` of, with their category and attributes.
+    async fn similar_in_stock(
+        &mut self,
+        sku: &Sku,
+        serving: &ChannelConfig,
+        quantity: i64,
+    ) -> Result<Option<SimilarProducts>, DbError> {
+        let Some(product) =
+            query::<D>("SELECT category, CAST(attributes AS TEXT) AS attributes FROM products WHERE sku = $1")
+                .bind(sku.as_str())
+                .fetch_optional(&mut *self.tx)
+                .await?
+        else {
+            return Ok(None);
+        };
+        let category: Option<String> = product.cell("category")?;
+        let attributes: String = product.cell("attributes")?;
+        let rows = query::<D>(D::SIMILAR_IN_STOCK)
+            .bind(sku.as_str())
+            .bind(category.as_deref())
+            .bind(attributes.as_str())
+            .bind(serving.all_locations)
+            .bind(List(&serving.locations))
+            .bind(quantity)
+            .fetch_all(&mut *self.tx)
+            .await?;
+        let candidates = rows
+            .iter()
+            .map(|row| {
+                let suggestion = Suggestion {
+                    sku: Sku::parse(row.cell::<String>("sku")?).map_err(super::corrupt)?,
+                    name: row.cell("name")?,
+                    available: row.cell("available")?,
+                };
+                Ok((suggestion, row.cell("category")?, text_attributes(&row.cell::<String>("attributes")?)))
+            })
+            .collect::<Result<_, DbError>>()?;
+        Ok(Some(SimilarProducts { category, attributes: text_attributes(&attributes), candidates }))
+    }
+
+    async fn commit(self) -> Result<(), DbError> {
+        self.tx.commit().await?;
+        Ok(())
+    }
 }
 
-/// One row of a reservation joined with one of its lines.
-pub(super) struct ReservationRow {
-    pub id: String,
-    pub channel: String,
-    pub status: String,
-    pub created_at: DateTime<Utc>,
-    pub expires_at: DateTime<Utc>,
-    pub closed_at: Option<DateTime<Utc>>,
-    pub owner: Option<String>,
-    pub line: i32,
-    pub sku: String,
-    pub location: String,
-    pub quantity: i64,
+/// A reservation with its lines, ordered by line.
+pub(super) async fn load_reservation<D: Dialect>(
+    conn: impl DerefMut<Target = D::Connection> + Send,
+    id: &str,
+) -> Result<Option<Reservation>, DbError> {
+    let rows = query::<D>(
+        "SELECT r.id, r.channel, r.status, r.created_at, r.expires_at, r.closed_at, r.owner,
+                l.line, l.sku, l.location, l.quantity
+         FROM reservations r JOIN reservation_lines l ON l.reservation_id = r.id
+         WHERE r.id = $1 ORDER BY l.line",
+    )
+    .bind(id)
+    .fetch_all(conn)
+    .await?;
+    let Some(first) = rows.first() else { return Ok(None) };
+    let status: String = first.cell("status")?;
+    let lines = rows.iter().map(|row| {
+        Ok(Line {
+            line: row.cell("line")?,
+            sku: Sku::parse(row.cell::<String>("sku")?).map_err(super::corrupt)?,
+            location: LocationId::parse(row.cell::<String>("location")?).map_err(super::corrupt)?,
+            quantity: row.cell("quantity")?,
+        })
+    });
+    Ok(Some(Reservation {
+        id: first.cell("id")?,
+        channel: first.cell("channel")?,
+        status: Status::parse(&status)
+            .ok_or_else(|| super::corrupt(format!("unknown reservation status {status:?}")))?,
+        created_at: first.time("created_at")?,
+        expires_at: first.time("expires_at")?,
+        closed_at: first.optional_time("closed_at")?,
+        lines: lines.collect::<Result<_, DbError>>()?,
+        owner: first.cell("owner")?,
+    }))
 }
 
 /// Product attributes as text, whatever JSON type a value has.
-pub(super) fn text_attributes(json: &str) -> std::collections::HashMap<String, String> {
+fn text_attributes(json: &str) -> HashMap<String, String> {
     let map: serde_json::Map<String, serde_json::Value> = serde_json::from_str(json).unwrap_or_default();
     map.into_iter()
         .map(|(k, v)| {

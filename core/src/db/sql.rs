@@ -1,0 +1,483 @@
+//! The one implementation of [`Db`]: [`SqlDb`], over a database's [`Dialect`]. Every
+//! statement whose text both PostgreSQL and SQLite accept is written here once; the
+//! dialect supplies the rest: how a write begins, the statements whose text differs, and
+//! the writes of many rows, which PostgreSQL makes set-based.
+
+use async_trait::async_trait;
+use chrono::{DateTime, SubsecRound, Utc};
+use sqlx::{pool::PoolConnection, Database, Pool, Transaction};
+
+use super::{
+    apply_batch, corrupt,
+    driver::{query, Cells, Driver, List, Time},
+    reservations::{self, load_reservation, ReservationTx},
+    Allocation, Applied, Batch, Closed, Db, DbError, LedgerTx, NewReservation, OutboxRecord, PartitionOffset, Reserved,
+    StockPolicy, StoredLevel,
+};
+use crate::{
+    auth::{ApiKey, Binding, Scopes},
+    event::{EventId, LocationId, Movement, Sku, StockLevel},
+    freshness::{SourceState, SourceUpdate},
+    ledger::rules::{CountMark, LevelKey, LevelState},
+    product::{Product, StoredProduct},
+    reservation::{Reservation, Status},
+};
+
+/// What PostgreSQL and SQLite do differently.
+#[async_trait]
+pub(super) trait Dialect: Driver {
+    /// Begins a transaction that writes. SQLite takes its one write lock here (`BEGIN
+    /// IMMEDIATE`, waiting up to its busy timeout): a transaction that took the lock only
+    /// at its first write could find that another writer committed since it read, and
+    /// fail without waiting.
+    const BEGIN_WRITE: &'static str;
+    /// The levels of the SKUs in the list `$1`, ordered by SKU then location.
+    const STOCK_BY_SKUS: &'static str;
+    /// The state of source `$1`, which the transaction will write: locked in PostgreSQL,
+    /// where replicas may hear from one source at once.
+    const SOURCE_FOR_UPDATE: &'static str;
+    /// Product rows (sku, name, category, attributes as text) whose attribute `$1` has a
+    /// value in the list `$2`, ordered by SKU.
+    const PRODUCTS_BY_ATTRIBUTE: &'static str;
+    /// Products other than `$1` in category `$2` or sharing an attribute of `$3`, with
+    /// their most `available` at a serving location (every one when `$4`, else those in
+    /// the list `$5`) at least `$6`: the same category first, then the most available.
+    const SIMILAR_IN_STOCK: &'static str;
+    /// Deletes the outbox records whose ids are in the list `$1`.
+    const DELETE_OUTBOX: &'static str;
+
+    async fn begin_write(pool: &Pool<Self>) -> Result<Transaction<'static, Self>, DbError> {
+        Ok(pool.begin_with(Self::BEGIN_WRITE).await?)
+    }
+
+    /// The steps of a ledger batch, in the transaction `tx` is the connection of.
+    fn ledger(tx: &mut Self::Connection) -> Box<dyn LedgerTx + '_>;
+    /// Creates or replaces products; answers how many were new.
+    async fn put_products(conn: &mut Self::Connection, products: &[Product]) -> Result<u64, DbError>;
+    /// Names the locations that have no name yet; answers how many.
+    async fn name_locations(conn: &mut Self::Connection, names: &[(LocationId, String)]) -> Result<u64, DbError>;
+    async fn insert_reservation_lines(conn: &mut Self::Connection, reservation: &Reservation) -> Result<(), DbError>;
+    /// Writes movements to the outbox, in order.
+    async fn enqueue(
+        conn: &mut Self::Connection,
+        movements: &[Movement],
+        now: DateTime<Utc>,
+    ) -> Result<Vec<OutboxRecord>, DbError>;
+}
+
+/// The database, PostgreSQL or SQLite as `D` says: `PostgresDb` and `SqliteDb`.
+pub struct SqlDb<D: Database> {
+    pool: Pool<D>,
+}
+
+impl<D: Database> Clone for SqlDb<D> {
+    fn clone(&self) -> Self {
+        SqlDb { pool: self.pool.clone() }
+    }
+}
+
+impl<D: Database> std::fmt::Debug for SqlDb<D> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SqlDb").field("pool", &self.pool).finish()
+    }
+}
+
+impl<D: Database> SqlDb<D> {
+    /// A database whose migrations have run.
+    pub(super) fn migrated(pool: Pool<D>) -> Self {
+        SqlDb { pool }
+    }
+
+    pub fn pool(&self) -> &Pool<D> {
+        &self.pool
+    }
+
+    async fn conn(&self) -> Result<PoolConnection<D>, DbError> {
+        Ok(self.pool.acquire().await?)
+    }
+}
+
+#[async_trait]
+impl<D: Dialect> Db for SqlDb<D> {
+    async fn apply_batch(&self, batch: &Batch) -> Result<Applied, DbError> {
+        let mut tx = D::begin_write(&self.pool).await?;
+        let applied = apply_batch(D::ledger(&mut tx), batch).await?;
+        tx.commit().await?;
+        Ok(applied)
+    }
+
+    async fn consumer_offsets(&self, group_id: &str, topic: &str) -> Result<Vec<PartitionOffset>, DbError> {
+        let rows = query::<D>(
+            "SELECT partition, next_offset FROM consumer_offsets WHERE group_id = $1 AND topic = $2 ORDER BY partition",
+        )
+        .bind(group_id)
+        .bind(topic)
+        .fetch_all(self.conn().await?)
+        .await?;
+        rows.iter()
+            .map(|r| Ok(PartitionOffset { partition: r.cell("partition")?, next_offset: r.cell("next_offset")? }))
+            .collect()
+    }
+
+    async fn reset_consumer_offsets(&self, group_id: &str, topic: &str) -> Result<(), DbError> {
+        query::<D>("DELETE FROM consumer_offsets WHERE group_id = $1 AND topic = $2")
+            .bind(group_id)
+            .bind(topic)
+            .execute(self.conn().await?)
+            .await?;
+        Ok(())
+    }
+
+    async fn unpublished_levels(&self, written_before: DateTime<Utc>, limit: i64) -> Result<Vec<StockLevel>, DbError> {
+        let rows = query::<D>(concat!(
+            "SELECT ",
+            stock_level_columns!(),
+            " FROM stock_levels WHERE published_version < version AND updated_at < $1 ORDER BY updated_at LIMIT $2"
+        ))
+        .bind(Time(written_before))
+        .bind(limit)
+        .fetch_all(self.conn().await?)
+        .await?;
+        rows.iter().map(stock_level).collect()
+    }
+
+    async fn stock_page(&self, after: Option<&Sku>, levels_max: i64) -> Result<Vec<StockLevel>, DbError> {
+        let rows = query::<D>(concat!(
+            "SELECT ",
+            stock_level_columns!(),
+            " FROM stock_levels WHERE sku > $1 ORDER BY sku, location LIMIT $2"
+        ))
+        .bind(after.map_or("", Sku::as_str))
+        .bind(levels_max)
+        .fetch_all(self.conn().await?)
+        .await?;
+        rows.iter().map(stock_level).collect()
+    }
+
+    async fn stock_by_sku(&self, sku: &Sku) -> Result<Vec<StockLevel>, DbError> {
+        let rows = query::<D>(concat!(
+            "SELECT ",
+            stock_level_columns!(),
+            " FROM stock_levels WHERE sku = $1 ORDER BY location"
+        ))
+        .bind(sku.as_str())
+        .fetch_all(self.conn().await?)
+        .await?;
+        rows.iter().map(stock_level).collect()
+    }
+
+    async fn stock_by_skus(&self, skus: &[Sku]) -> Result<Vec<StockLevel>, DbError> {
+        let skus: Vec<&str> = skus.iter().map(Sku::as_str).collect();
+        let rows = query::<D>(D::STOCK_BY_SKUS).bind(List(&skus)).fetch_all(self.conn().await?).await?;
+        rows.iter().map(stock_level).collect()
+    }
+
+    async fn set_policy(&self, (sku, location): &LevelKey, policy: StockPolicy) -> Result<StockLevel, DbError> {
+        let row = query::<D>(concat!(
+            "INSERT INTO stock_levels (sku, location, on_hand, version, safety_stock, reorder_point, updated_at)
+             VALUES ($1, $2, 0, 1, $3, $4, $5)
+             ON CONFLICT (sku, location) DO UPDATE
+             SET safety_stock = excluded.safety_stock, reorder_point = excluded.reorder_point,
+                 version = stock_levels.version + 1, updated_at = excluded.updated_at
+             RETURNING ",
+            stock_level_columns!()
+        ))
+        .bind(sku.as_str())
+        .bind(location.as_str())
+        .bind(policy.safety_stock)
+        .bind(policy.reorder_point)
+        .bind(Time(Utc::now().trunc_subsecs(6)))
+        .fetch_one(self.conn().await?)
+        .await?;
+        stock_level(&row)
+    }
+
+    async fn put_products(&self, products: &[Product]) -> Result<u64, DbError> {
+        let mut tx = D::begin_write(&self.pool).await?;
+        let inserted = D::put_products(&mut tx, products).await?;
+        tx.commit().await?;
+        Ok(inserted)
+    }
+
+    async fn product(&self, sku: &Sku) -> Result<Option<StoredProduct>, DbError> {
+        let row = query::<D>(
+            "SELECT sku, name, category, CAST(attributes AS TEXT) AS attributes, updated_at FROM products
+             WHERE sku = $1",
+        )
+        .bind(sku.as_str())
+        .fetch_optional(self.conn().await?)
+        .await?;
+        row.map(|row| Ok(StoredProduct { product: product(&row)?, updated_at: row.time("updated_at")? })).transpose()
+    }
+
+    async fn products_by_attribute(&self, name: &str, values: &[String]) -> Result<Vec<Product>, DbError> {
+        if name.contains(['"', '\\']) || values.is_empty() {
+            return Ok(Vec::new());
+        }
+        let rows =
+            query::<D>(D::PRODUCTS_BY_ATTRIBUTE).bind(name).bind(List(values)).fetch_all(self.conn().await?).await?;
+        rows.iter().map(product).collect()
+    }
+
+    async fn create_api_key(&self, key: &ApiKey) -> Result<(), DbError> {
+        query::<D>(
+            "INSERT INTO api_keys (id, name, scopes, secret_hash, created_at, revoked_at, bound_to)
+             VALUES ($1, $2, $3, $4, $5, $6, $7)",
+        )
+        .bind(key.id.as_str())
+        .bind(key.name.as_str())
+        .bind(key.scopes.to_string())
+        .bind(hex::encode(key.secret_sha256))
+        .bind(Time(key.created_at))
+        .bind(key.revoked_at.map(Time))
+        .bind(key.bound_to.as_ref().map(ToString::to_string))
+        .execute(self.conn().await?)
+        .await?;
+        Ok(())
+    }
+
+    async fn api_key(&self, id: &str) -> Result<Option<ApiKey>, DbError> {
+        let row = query::<D>(concat!("SELECT ", api_key_columns!(), " FROM api_keys WHERE id = $1"))
+            .bind(id)
+            .fetch_optional(self.conn().await?)
+            .await?;
+        row.as_ref().map(api_key).transpose()
+    }
+
+    async fn api_keys(&self, limit: i64) -> Result<Vec<ApiKey>, DbError> {
+        let rows =
+            query::<D>(concat!("SELECT ", api_key_columns!(), " FROM api_keys ORDER BY created_at, id LIMIT $1"))
+                .bind(limit)
+                .fetch_all(self.conn().await?)
+                .await?;
+        rows.iter().map(api_key).collect()
+    }
+
+    async fn revoke_api_key(&self, id: &str) -> Result<bool, DbError> {
+        let revoked = query::<D>("UPDATE api_keys SET revoked_at = $2 WHERE id = $1 AND revoked_at IS NULL")
+            .bind(id)
+            .bind(Time(Utc::now().trunc_subsecs(6)))
+            .execute(self.conn().await?)
+            .await?;
+        Ok(revoked == 1)
+    }
+
+    async fn movement_count(&self) -> Result<i64, DbError> {
+        query::<D>("SELECT count(*) AS n FROM movements").fetch_one(self.conn().await?).await?.cell("n")
+    }
+
+    async fn reserve(&self, new: &NewReservation<'_>) -> Result<Reserved, DbError> {
+        reservations::reserve(ReservationTx::begin(&self.pool).await?, new).await
+    }
+
+    async fn reservation(&self, id: &str) -> Result<Option<Reservation>, DbError> {
+        load_reservation::<D>(self.conn().await?, id).await
+    }
+
+    async fn close_reservation(&self, id: &str, to: Status, now: DateTime<Utc>) -> Result<Closed, DbError> {
+        reservations::close(ReservationTx::begin(&self.pool).await?, id, to, now).await
+    }
+
+    async fn due_reservations(&self, now: DateTime<Utc>, limit: i64) -> Result<Vec<String>, DbError> {
+        let rows = query::<D>(
+            "SELECT id FROM reservations WHERE status = 'held' AND expires_at <= $1 ORDER BY expires_at LIMIT $2",
+        )
+        .bind(Time(now))
+        .bind(limit)
+        .fetch_all(self.conn().await?)
+        .await?;
+        rows.iter().map(|r| r.cell("id")).collect()
+    }
+
+    async fn forget_idempotency_keys(&self, created_before: DateTime<Utc>) -> Result<u64, DbError> {
+        query::<D>("DELETE FROM idempotency_keys WHERE created_at < $1")
+            .bind(Time(created_before))
+            .execute(self.conn().await?)
+            .await
+    }
+
+    async fn outbox(
+        &self,
+        created_before: DateTime<Utc>,
+        after_id: i64,
+        limit: i64,
+    ) -> Result<Vec<OutboxRecord>, DbError> {
+        let rows = query::<D>(
+            "SELECT id, kafka_key, payload FROM outbox WHERE created_at < $1 AND id > $2 ORDER BY id LIMIT $3",
+        )
+        .bind(Time(created_before))
+        .bind(after_id)
+        .bind(limit)
+        .fetch_all(self.conn().await?)
+        .await?;
+        rows.iter()
+            .map(|r| Ok(OutboxRecord { id: r.cell("id")?, key: r.cell("kafka_key")?, payload: r.cell("payload")? }))
+            .collect()
+    }
+
+    async fn delete_outbox(&self, ids: &[i64]) -> Result<(), DbError> {
+        if !ids.is_empty() {
+            query::<D>(D::DELETE_OUTBOX).bind(List(ids)).execute(self.conn().await?).await?;
+        }
+        Ok(())
+    }
+
+    async fn enqueue_outbox(&self, movements: &[Movement], now: DateTime<Utc>) -> Result<Vec<OutboxRecord>, DbError> {
+        let mut tx = D::begin_write(&self.pool).await?;
+        let records = D::enqueue(&mut tx, movements, now).await?;
+        tx.commit().await?;
+        Ok(records)
+    }
+
+    async fn delete_recorded_outbox(&self) -> Result<Vec<i64>, DbError> {
+        let rows = query::<D>(
+            "DELETE FROM outbox WHERE EXISTS (SELECT 1 FROM movements m WHERE m.event_id = outbox.event_id)
+             RETURNING id",
+        )
+        .fetch_all(self.conn().await?)
+        .await?;
+        rows.iter().map(|r| r.cell("id")).collect()
+    }
+
+    async fn connector_state(&self, connector: &str, key: &str) -> Result<Option<String>, DbError> {
+        let row = query::<D>("SELECT value FROM connector_state WHERE connector = $1 AND key = $2")
+            .bind(connector)
+            .bind(key)
+            .fetch_optional(self.conn().await?)
+            .await?;
+        row.map(|r| r.cell("value")).transpose()
+    }
+
+    async fn set_connector_state(&self, connector: &str, key: &str, value: &str) -> Result<(), DbError> {
+        query::<D>(
+            "INSERT INTO connector_state (connector, key, value, updated_at) VALUES ($1, $2, $3, $4)
+             ON CONFLICT (connector, key) DO UPDATE SET value = excluded.value, updated_at = excluded.updated_at",
+        )
+        .bind(connector)
+        .bind(key)
+        .bind(value)
+        .bind(Time(Utc::now()))
+        .execute(self.conn().await?)
+        .await?;
+        Ok(())
+    }
+
+    async fn update_source(
+        &self,
+        source: &str,
+        update: &SourceUpdate,
+        now: DateTime<Utc>,
+    ) -> Result<SourceState, DbError> {
+        let mut tx = D::begin_write(&self.pool).await?;
+        let stored = query::<D>(D::SOURCE_FOR_UPDATE).bind(source).fetch_optional(&mut *tx).await?;
+        let state = match stored {
+            Some(row) => serde_json::from_str(&row.cell::<String>("state")?).map_err(corrupt)?,
+            None => SourceState::new(source, now),
+        };
+        let state = state.apply(update, now);
+        query::<D>(
+            "INSERT INTO sources (source, state, updated_at) VALUES ($1, $2, $3)
+             ON CONFLICT (source) DO UPDATE SET state = excluded.state, updated_at = excluded.updated_at",
+        )
+        .bind(source)
+        .bind(serde_json::to_string(&state).expect("a source state serializes"))
+        .bind(Time(now))
+        .execute(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        Ok(state)
+    }
+
+    async fn sources(&self) -> Result<Vec<SourceState>, DbError> {
+        let rows = query::<D>("SELECT state FROM sources ORDER BY source").fetch_all(self.conn().await?).await?;
+        rows.iter().map(|r| serde_json::from_str(&r.cell::<String>("state")?).map_err(corrupt)).collect()
+    }
+
+    async fn name_locations(&self, names: &[(LocationId, String)]) -> Result<u64, DbError> {
+        let mut tx = D::begin_write(&self.pool).await?;
+        let named = D::name_locations(&mut tx, names).await?;
+        tx.commit().await?;
+        Ok(named)
+    }
+
+    async fn ping(&self) -> Result<(), DbError> {
+        query::<D>("SELECT 1").execute(self.conn().await?).await?;
+        Ok(())
+    }
+}
+
+/// A published level from the columns of `stock_level_columns!`.
+pub(super) fn stock_level(row: &impl Cells) -> Result<StockLevel, DbError> {
+    let (sku, location) = level_key(row)?;
+    Ok(StockLevel {
+        sku,
+        location,
+        on_hand: row.cell("on_hand")?,
+        reserved: row.cell("reserved")?,
+        safety_stock: row.cell("safety_stock")?,
+        reorder_point: row.cell("reorder_point")?,
+        version: row.cell("version")?,
+        last_movement_at: row.optional_time("last_movement_at")?,
+        last_event_id: optional_event_id(row.cell("last_event_id")?)?,
+        last_count_at: row.optional_time("last_count_at")?,
+        updated_at: row.time("updated_at")?,
+    })
+}
+
+/// The level a row of `stock_levels` is of, from its `sku` and `location`.
+pub(super) fn level_key(row: &impl Cells) -> Result<LevelKey, DbError> {
+    Ok((
+        Sku::parse(row.cell::<String>("sku")?).map_err(corrupt)?,
+        LocationId::parse(row.cell::<String>("location")?).map_err(corrupt)?,
+    ))
+}
+
+/// A level as the ledger reads it before writing it again.
+pub(super) fn stored_level(row: &impl Cells) -> Result<(LevelKey, StoredLevel), DbError> {
+    let last_count = match (row.optional_time("last_count_at")?, row.cell::<Option<String>>("last_count_event_id")?) {
+        (Some(at), Some(id)) => Some(CountMark { at, event_id: EventId::parse(id).map_err(corrupt)? }),
+        _ => None,
+    };
+    let state = LevelState {
+        on_hand: row.cell("on_hand")?,
+        last_movement_at: row.optional_time("last_movement_at")?,
+        last_event_id: optional_event_id(row.cell("last_event_id")?)?,
+        last_count,
+    };
+    let allocation = Allocation {
+        reserved: row.cell("reserved")?,
+        safety_stock: row.cell("safety_stock")?,
+        reorder_point: row.cell("reorder_point")?,
+    };
+    Ok((level_key(row)?, StoredLevel { state, allocation, version: row.cell("version")? }))
+}
+
+/// A product from its `sku`, `name`, `category` and `attributes` (as JSON text).
+fn product(row: &impl Cells) -> Result<Product, DbError> {
+    Ok(Product {
+        sku: Sku::parse(row.cell::<String>("sku")?).map_err(corrupt)?,
+        name: row.cell("name")?,
+        category: row.cell("category")?,
+        attributes: serde_json::from_str(&row.cell::<String>("attributes")?).map_err(corrupt)?,
+    })
+}
+
+/// An API key from the columns of `api_key_columns!`.
+fn api_key(row: &impl Cells) -> Result<ApiKey, DbError> {
+    let mut secret_sha256 = [0u8; 32];
+    hex::decode_to_slice(row.cell::<String>("secret_hash")?, &mut secret_sha256).map_err(corrupt)?;
+    let bound_to = row.cell::<Option<String>>("bound_to")?;
+    Ok(ApiKey {
+        id: row.cell("id")?,
+        name: row.cell("name")?,
+        scopes: Scopes::parse(&row.cell::<String>("scopes")?).map_err(corrupt)?,
+        secret_sha256,
+        created_at: row.time("created_at")?,
+        revoked_at: row.optional_time("revoked_at")?,
+        bound_to: bound_to.map(|b| Binding::parse(&b).map_err(corrupt)).transpose()?,
+    })
+}
+
+fn optional_event_id(id: Option<String>) -> Result<Option<EventId>, DbError> {
+    id.map(|id| EventId::parse(id).map_err(corrupt)).transpose()
+}
