@@ -1,9 +1,16 @@
 //! Where stock lives: the [`Db`] trait and its one implementation, [`SqlDb`], on
 //! PostgreSQL in production ([`PostgresDb`]) and on SQLite for `onhand dev` ([`SqliteDb`]).
+//! This file is the contract: `Db`, the types its methods take and answer, and
+//! [`DbError`]. The files below implement it and import from here, never the other way
+//! round, so that no files import each other in a loop:
 //!
+//! - `batch.rs`: the one algorithm that applies a ledger batch, over the steps of a
+//!   `LedgerTx`.
+//! - `reservations.rs`: the reservation transactions and their steps.
 //! - `sql.rs`: `SqlDb<D>`, every method of `Db` written once over the database's
-//!   `Dialect` `D`, and the codecs of rows.
-//! - `reservations.rs`: the reservation transactions and their steps, written once too.
+//!   `Dialect` `D`.
+//! - `dialect.rs`: the `Dialect` trait, what PostgreSQL and SQLite do differently, and the
+//!   codecs of rows both read alike.
 //! - `driver.rs`: sqlx for code that does not name its database (`query`, a row's
 //!   `Cells`), and the two values the databases store differently: `Time` (`timestamptz`,
 //!   or microseconds in SQLite) and `List` (an array, or a JSON array in SQLite).
@@ -16,7 +23,7 @@
 //! `event_id` is skipped), the levels they touch are written with a compare-and-set on
 //! `version` (retried on conflict), and the consumer's offsets are saved, all or nothing.
 
-/// The columns of a published stock level, which `sql::stock_level` reads: one list, so
+/// The columns of a published stock level, which `dialect::stock_level` reads: one list, so
 /// that a new column cannot be forgotten in one query.
 macro_rules! stock_level_columns {
     () => {
@@ -25,40 +32,35 @@ macro_rules! stock_level_columns {
     };
 }
 
-/// The columns of an API key, which `sql::api_key` reads.
+/// The columns of an API key, which `dialect::api_key` reads.
 macro_rules! api_key_columns {
     () => {
         "id, name, scopes, secret_hash, created_at, revoked_at, bound_to"
     };
 }
 
+mod batch;
+mod dialect;
 mod driver;
 mod postgres;
 mod reservations;
 mod sql;
 mod sqlite;
 
-use std::{
-    collections::{BTreeMap, HashMap, HashSet},
-    sync::Arc,
-};
+use std::sync::Arc;
 
 use async_trait::async_trait;
-use chrono::{DateTime, SubsecRound, Utc};
+use chrono::{DateTime, Utc};
+use sqlx::{pool::PoolConnection, Database, Pool};
 
-pub use self::{
-    postgres::PostgresDb,
-    reservations::{Closed, Closing, NewReservation, OutboxRecord, Reserved},
-    sql::SqlDb,
-    sqlite::SqliteDb,
-};
 use crate::{
     auth::ApiKey,
-    event::{EventId, LocationId, Movement, MovementKind, Sku, StockLevel},
+    config::ChannelConfig,
+    event::{EventId, LocationId, Movement, Sku, StockLevel},
     freshness::{SourceState, SourceUpdate},
-    ledger::rules::{plan_key, KeyPlan, LevelKey, LevelState},
+    ledger::rules::LevelKey,
     product::{Product, StoredProduct},
-    reservation::{self, Reservation, Status},
+    reservation::{Decision, LineRequest, Reservation, Status},
 };
 
 /// The dead-letter reason of a movement that would take its level out of range.
@@ -118,6 +120,11 @@ impl DbError {
             None => false,
         }
     }
+}
+
+/// Stored data that does not read back as what was written.
+fn corrupt(what: impl std::fmt::Display) -> DbError {
+    DbError::Corrupt(what.to_string())
 }
 
 /// A movement with the Kafka coordinates it was read from.
@@ -281,6 +288,98 @@ pub trait Db: Send + Sync + std::fmt::Debug {
     async fn ping(&self) -> Result<(), DbError>;
 }
 
+/// A movement waiting in the outbox for the movements topic.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OutboxRecord {
+    pub id: i64,
+    pub key: String,
+    pub payload: String,
+}
+
+/// Everything a reservation request carries into its transaction.
+#[derive(Debug, Clone)]
+pub struct NewReservation<'a> {
+    /// Who asked (the API key): idempotency keys are theirs alone.
+    pub owner: &'a str,
+    pub idempotency_key: &'a str,
+    /// The request as canonical JSON, to refuse the same key with another request.
+    pub request: &'a str,
+    pub id: &'a str,
+    pub channel: &'a str,
+    pub serving: &'a ChannelConfig,
+    pub lines: &'a [LineRequest],
+    pub now: DateTime<Utc>,
+    pub expires_at: DateTime<Utc>,
+}
+
+/// The outcome of a reservation request.
+#[derive(Debug, Clone)]
+pub enum Reserved {
+    /// Decided now, and saved as the key's decision.
+    Decided { decision: Decision, levels: Vec<StockLevel>, outbox: Vec<OutboxRecord> },
+    /// The key was used before for this request: its first decision.
+    Replayed(Decision),
+    /// The key was used before for another request.
+    KeyReused,
+}
+
+/// What ending a reservation did.
+#[derive(Debug, Clone)]
+pub enum Closing {
+    /// It was held and is now in the status asked.
+    Done(Reservation),
+    /// It already was in the status asked: nothing changed.
+    Already(Reservation),
+    /// It is in another status, which cannot change to the one asked; an expired
+    /// reservation refuses a commit (and is expired now if it was not yet).
+    Refused(Reservation),
+    NotFound,
+}
+
+#[derive(Debug, Clone)]
+pub struct Closed {
+    pub closing: Closing,
+    pub levels: Vec<StockLevel>,
+    pub outbox: Vec<OutboxRecord>,
+}
+
+/// The database, PostgreSQL or SQLite as `D` says: `PostgresDb` and `SqliteDb`.
+pub struct SqlDb<D: Database> {
+    pool: Pool<D>,
+}
+
+impl<D: Database> Clone for SqlDb<D> {
+    fn clone(&self) -> Self {
+        SqlDb { pool: self.pool.clone() }
+    }
+}
+
+impl<D: Database> std::fmt::Debug for SqlDb<D> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SqlDb").field("pool", &self.pool).finish()
+    }
+}
+
+impl<D: Database> SqlDb<D> {
+    /// A database whose migrations have run.
+    fn migrated(pool: Pool<D>) -> Self {
+        SqlDb { pool }
+    }
+
+    pub fn pool(&self) -> &Pool<D> {
+        &self.pool
+    }
+
+    async fn conn(&self) -> Result<PoolConnection<D>, DbError> {
+        Ok(self.pool.acquire().await?)
+    }
+}
+
+/// PostgreSQL, the production database (`postgres.rs`).
+pub type PostgresDb = SqlDb<sqlx::Postgres>;
+/// SQLite, the embedded database of `onhand dev` (`sqlite.rs`).
+pub type SqliteDb = SqlDb<sqlx::Sqlite>;
+
 /// Opens the database named by `url` (`postgres://` or `sqlite://`) and runs its migrations.
 pub async fn open(url: &str, connections_max: u32) -> Result<Arc<dyn Db>, DbError> {
     if url.starts_with("postgres://") || url.starts_with("postgresql://") {
@@ -290,263 +389,6 @@ pub async fn open(url: &str, connections_max: u32) -> Result<Arc<dyn Db>, DbErro
     } else {
         Err(DbError::UnsupportedUrl(url.to_string()))
     }
-}
-
-/// The columns of a level that writers other than the ledger own: units reserved by
-/// checkouts, and the stock policy. The ledger reads them only to publish whole levels.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-struct Allocation {
-    reserved: i64,
-    safety_stock: i64,
-    reorder_point: Option<i64>,
-}
-
-/// A level as stored, with the version its next write must compare against.
-#[derive(Debug, Clone)]
-struct StoredLevel {
-    state: LevelState,
-    allocation: Allocation,
-    version: i64,
-}
-
-/// A compare-and-set write: `expected_version` `None` inserts a row that must not exist yet.
-#[derive(Debug, Clone)]
-struct LevelWrite {
-    key: LevelKey,
-    expected_version: Option<i64>,
-    state: LevelState,
-    /// As it will be written: `reserved` already less `release`.
-    allocation: Allocation,
-    /// Reserved units that committed sales of this batch release.
-    release: i64,
-}
-
-impl LevelWrite {
-    fn level(&self, updated_at: DateTime<Utc>) -> StockLevel {
-        StockLevel {
-            sku: self.key.0.clone(),
-            location: self.key.1.clone(),
-            on_hand: self.state.on_hand,
-            reserved: self.allocation.reserved,
-            safety_stock: self.allocation.safety_stock,
-            reorder_point: self.allocation.reorder_point,
-            version: self.expected_version.map_or(1, |v| v + 1),
-            last_movement_at: self.state.last_movement_at,
-            last_event_id: self.state.last_event_id.clone(),
-            last_count_at: self.state.last_count.as_ref().map(|c| c.at),
-            updated_at,
-        }
-    }
-}
-
-/// The steps of a ledger transaction, in the order [`apply_batch`] takes them, each one
-/// statement or a few in each database's SQL (set-based in PostgreSQL); the algorithm that
-/// strings them together is shared by both.
-#[async_trait]
-trait LedgerTx: Send {
-    /// Inserts the movements whose event_id is new and returns those ids.
-    async fn insert_movements(&mut self, movements: &[&Envelope]) -> Result<HashSet<EventId>, DbError>;
-    /// Settles the lines of committed reservations whose sales are in `sales` (each once)
-    /// and answers the units each level releases.
-    async fn settle_reservation_lines(
-        &mut self,
-        sales: &[(&str, i32, &Movement)],
-        now: DateTime<Utc>,
-    ) -> Result<HashMap<LevelKey, i64>, DbError>;
-    async fn load_levels(&mut self, keys: &[&LevelKey]) -> Result<HashMap<LevelKey, StoredLevel>, DbError>;
-    /// For each count, the sum of the deltas recorded for its level that occurred after it,
-    /// leaving out the movements of this batch. Wide: a sum of any number of deltas.
-    async fn recorded_later(
-        &mut self,
-        counts: &[&Movement],
-        batch_ids: &[&EventId],
-    ) -> Result<HashMap<EventId, i128>, DbError>;
-    /// Writes the levels whose version still matches and returns the keys written.
-    async fn write_levels(
-        &mut self,
-        writes: &[LevelWrite],
-        updated_at: DateTime<Utc>,
-    ) -> Result<HashSet<LevelKey>, DbError>;
-    /// Records the effect of movements that did not simply apply: `superseded` or `recorded`.
-    async fn mark_effect(&mut self, event_ids: &[EventId], effect: &str) -> Result<(), DbError>;
-    /// Records publications; a level's published version never moves backwards.
-    async fn mark_published(&mut self, published: &[Published]) -> Result<(), DbError>;
-    async fn save_offsets(&mut self, group_id: &str, topic: &str, offsets: &[PartitionOffset]) -> Result<(), DbError>;
-}
-
-/// Applies a batch with the steps of `tx`: the one algorithm of both backends. The caller
-/// commits the transaction the steps run in.
-async fn apply_batch(mut tx: Box<dyn LedgerTx + '_>, batch: &Batch) -> Result<Applied, DbError> {
-    let mut outcome = Applied::default();
-
-    // A re-delivery can put the same event twice in one batch: keep the first.
-    let mut seen = HashSet::with_capacity(batch.movements.len());
-    let unique: Vec<&Envelope> = batch.movements.iter().filter(|e| seen.insert(&e.movement.event_id)).collect();
-    outcome.duplicates = (batch.movements.len() - unique.len()) as u64;
-
-    // Inserting in event_id order means two transactions that share events wait for each
-    // other in the same order, instead of deadlocking.
-    let mut by_id = unique.clone();
-    by_id.sort_by(|a, b| a.movement.event_id.cmp(&b.movement.event_id));
-    let new_ids = tx.insert_movements(&by_id).await?;
-    outcome.duplicates += (unique.len() - new_ids.len()) as u64;
-
-    let new = NewMovements::sort(&unique, &new_ids);
-    outcome.recorded = new.recorded.len() as u64;
-    let updated_at = Utc::now().trunc_subsecs(6);
-    // A committed reservation's units are released by the same write that applies its
-    // sale, so what a channel may sell never jumps.
-    let released =
-        if new.sales.is_empty() { HashMap::new() } else { tx.settle_reservation_lines(&new.sales, updated_at).await? };
-    outcome.released = released.values().sum();
-    // Only this batch's new movements are left out of the recorded deltas a count adds
-    // (plan_key adds them itself); a re-delivered one was recorded before and counts.
-    let batch_ids: Vec<&EventId> = new_ids.iter().collect();
-    let superseded = write_in_rounds(&mut *tx, &new.by_key, &batch_ids, &released, updated_at, &mut outcome).await?;
-
-    if !superseded.is_empty() {
-        tx.mark_effect(&superseded, "superseded").await?;
-    }
-    if !new.recorded.is_empty() {
-        tx.mark_effect(&new.recorded, "recorded").await?;
-    }
-    if !batch.published.is_empty() {
-        tx.mark_published(&newest_publications(&batch.published)).await?;
-    }
-    tx.save_offsets(&batch.group_id, &batch.topic, &batch.offsets).await?;
-    Ok(outcome)
-}
-
-/// A batch's new movements, by what they do.
-struct NewMovements<'a> {
-    /// The movements of each level they change, in arrival order.
-    by_key: BTreeMap<LevelKey, Vec<&'a Movement>>,
-    /// Reservation events: recorded for the audit trail, they change no level.
-    recorded: Vec<EventId>,
-    /// Sales that may settle a line of a committed reservation: (reservation, line, sale).
-    sales: Vec<(&'a str, i32, &'a Movement)>,
-}
-
-impl<'a> NewMovements<'a> {
-    fn sort(unique: &[&'a Envelope], new_ids: &HashSet<EventId>) -> Self {
-        let mut new = NewMovements { by_key: BTreeMap::new(), recorded: Vec::new(), sales: Vec::new() };
-        for envelope in unique.iter().filter(|e| new_ids.contains(&e.movement.event_id)) {
-            let m = &envelope.movement;
-            if m.kind.is_reservation_event() {
-                new.recorded.push(m.event_id.clone());
-                continue;
-            }
-            if let (MovementKind::Sale, Some((id, line))) = (m.kind, reservation::settled_line(&m.event_id)) {
-                new.sales.push((id, line, m));
-            }
-            new.by_key.entry((m.sku.clone(), m.location.clone())).or_default().push(m);
-        }
-        new
-    }
-}
-
-/// Writes the levels the movements of `by_key` change, each with a compare-and-set on its
-/// version; a level another writer changed first is read and planned again, for at most
-/// [`CONFLICT_ROUNDS_MAX`] rounds. Answers the movements a count superseded.
-async fn write_in_rounds(
-    tx: &mut (dyn LedgerTx + '_),
-    by_key: &BTreeMap<LevelKey, Vec<&Movement>>,
-    batch_ids: &[&EventId],
-    released: &HashMap<LevelKey, i64>,
-    updated_at: DateTime<Utc>,
-    outcome: &mut Applied,
-) -> Result<Vec<EventId>, DbError> {
-    let mut pending: Vec<&LevelKey> = by_key.keys().collect();
-    let mut superseded = Vec::new();
-    for round in 0.. {
-        if pending.is_empty() {
-            break;
-        }
-        if round == CONFLICT_ROUNDS_MAX {
-            return Err(DbError::Contended);
-        }
-        let stored = tx.load_levels(&pending).await?;
-        let counts: Vec<&Movement> =
-            pending.iter().flat_map(|k| by_key[*k].iter().copied()).filter(|m| m.delta().is_none()).collect();
-        let later = if counts.is_empty() { HashMap::new() } else { tx.recorded_later(&counts, batch_ids).await? };
-        let (mut plans, writes) = plan_writes(&pending, &stored, by_key, &later, released)?;
-        let written = tx.write_levels(&writes, updated_at).await?;
-        let planned: HashSet<&LevelKey> = writes.iter().map(|w| &w.key).collect();
-
-        let mut conflicts = Vec::new();
-        for key in pending {
-            let plan = plans.remove(key).expect("every pending key has a plan");
-            if planned.contains(key) && !written.contains(key) {
-                conflicts.push(key);
-                continue;
-            }
-            outcome.applied += plan.applied;
-            outcome.superseded += plan.superseded.len() as u64;
-            superseded.extend(plan.superseded);
-        }
-        outcome.levels.extend(writes.iter().filter(|w| written.contains(&w.key)).map(|w| w.level(updated_at)));
-        outcome.conflicts_retried += conflicts.len() as u64;
-        pending = conflicts;
-    }
-    Ok(superseded)
-}
-
-/// The plan of each pending level, from its stored state, and the writes the plans need.
-fn plan_writes<'k>(
-    pending: &[&'k LevelKey],
-    stored: &HashMap<LevelKey, StoredLevel>,
-    by_key: &BTreeMap<LevelKey, Vec<&Movement>>,
-    later: &HashMap<EventId, i128>,
-    released: &HashMap<LevelKey, i64>,
-) -> Result<(HashMap<&'k LevelKey, KeyPlan>, Vec<LevelWrite>), DbError> {
-    let mut plans = HashMap::with_capacity(pending.len());
-    let mut writes = Vec::new();
-    for &key in pending {
-        let prior = stored.get(key);
-        let plan = plan_key(prior.map(|s| &s.state), &by_key[key], later).map_err(|e| DbError::Refused {
-            event_id: e.event_id,
-            code: LEVEL_OUT_OF_RANGE,
-            reason: e.reason,
-        })?;
-        if let Some(write) = level_write(key, prior, &plan, released.get(key).copied().unwrap_or(0)) {
-            writes.push(write);
-        }
-        plans.insert(key, plan);
-    }
-    Ok((plans, writes))
-}
-
-/// The write a level needs: its new state when movements applied, or its state as it was
-/// when only reserved units are released (a sale a count superseded still settles its
-/// reservation).
-fn level_write(key: &LevelKey, prior: Option<&StoredLevel>, plan: &KeyPlan, release: i64) -> Option<LevelWrite> {
-    let release = if prior.is_some() { release } else { 0 };
-    let state = match (&plan.state, prior) {
-        (Some(state), _) => state.clone(),
-        (None, Some(prior)) if release > 0 => prior.state.clone(),
-        (None, _) => return None,
-    };
-    let mut allocation = prior.map(|s| s.allocation).unwrap_or_default();
-    allocation.reserved -= release;
-    Some(LevelWrite { key: key.clone(), expected_version: prior.map(|s| s.version), state, allocation, release })
-}
-
-/// The newest acknowledged version of each level: one statement that updates a row from
-/// two source rows applies just one of them, maybe the older.
-fn newest_publications(published: &[Published]) -> Vec<Published> {
-    let mut newest: HashMap<(&Sku, &LocationId), i64> = HashMap::with_capacity(published.len());
-    for p in published {
-        let version = newest.entry((&p.sku, &p.location)).or_default();
-        *version = (*version).max(p.version);
-    }
-    newest
-        .into_iter()
-        .map(|((sku, location), version)| Published { sku: sku.clone(), location: location.clone(), version })
-        .collect()
-}
-
-fn corrupt(what: impl std::fmt::Display) -> DbError {
-    DbError::Corrupt(what.to_string())
 }
 
 #[cfg(test)]

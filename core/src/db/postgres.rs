@@ -8,14 +8,14 @@ use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use sqlx::{postgres::PgPoolOptions, PgConnection, Postgres, Row};
 
+// The domain types too come from `db`, whose contract is written in them.
 use super::{
+    batch::{LedgerTx, LevelWrite, StoredLevel},
     corrupt,
-    sql::{level_key, stored_level, Dialect, SqlDb},
-    DbError, Envelope, EventId, LedgerTx, LevelKey, LevelWrite, LocationId, Movement, OutboxRecord, PartitionOffset,
-    Product, Published, Reservation, StoredLevel,
+    dialect::{level_key, stored_level, Dialect},
+    DbError, Envelope, EventId, LevelKey, LocationId, Movement, OutboxRecord, PartitionOffset, PostgresDb, Product,
+    Published, Reservation, SqlDb,
 };
-
-pub type PostgresDb = SqlDb<Postgres>;
 
 impl PostgresDb {
     /// Connects and runs the migrations under `migrations/postgres`.

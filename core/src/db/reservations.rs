@@ -11,15 +11,16 @@ use chrono::{DateTime, Utc};
 use sqlx::{Database, Pool, Transaction};
 
 use super::{
+    corrupt,
+    dialect::{stock_level, Dialect},
     driver::{query, Cells, List, Time},
-    sql::{stock_level, Dialect},
-    DbError,
+    Closed, Closing, DbError, NewReservation, OutboxRecord, Reserved,
 };
 use crate::{
     config::ChannelConfig,
     event::{LocationId, Movement, MovementKind, Sku, StockLevel},
     ledger::rules::LevelKey,
-    reservation::{self, Decision, Line, LineRequest, Reservation, ShortLine, Status, Suggestion},
+    reservation::{self, Decision, Line, Reservation, ShortLine, Status, Suggestion},
 };
 
 /// How many times a reservation re-reads the levels after another writer took the units
@@ -27,41 +28,6 @@ use crate::{
 const PLAN_ROUNDS_MAX: u32 = 8;
 /// How many similar SKUs a short line suggests.
 const SUGGESTIONS_MAX: usize = 5;
-
-/// A movement waiting in the outbox for the movements topic.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct OutboxRecord {
-    pub id: i64,
-    pub key: String,
-    pub payload: String,
-}
-
-/// Everything a reservation request carries into its transaction.
-#[derive(Debug, Clone)]
-pub struct NewReservation<'a> {
-    /// Who asked (the API key): idempotency keys are theirs alone.
-    pub owner: &'a str,
-    pub idempotency_key: &'a str,
-    /// The request as canonical JSON, to refuse the same key with another request.
-    pub request: &'a str,
-    pub id: &'a str,
-    pub channel: &'a str,
-    pub serving: &'a ChannelConfig,
-    pub lines: &'a [LineRequest],
-    pub now: DateTime<Utc>,
-    pub expires_at: DateTime<Utc>,
-}
-
-/// The outcome of a reservation request.
-#[derive(Debug, Clone)]
-pub enum Reserved {
-    /// Decided now, and saved as the key's decision.
-    Decided { decision: Decision, levels: Vec<StockLevel>, outbox: Vec<OutboxRecord> },
-    /// The key was used before for this request: its first decision.
-    Replayed(Decision),
-    /// The key was used before for another request.
-    KeyReused,
-}
 
 /// A [`Decision`] as `idempotency_keys` keeps it: `status` names the kind with the numbers
 /// its rows have always carried (held 201, short 409), and `body` is the decision as JSON
@@ -91,35 +57,15 @@ impl SavedDecision {
     }
 
     fn decision(&self) -> Result<Decision, DbError> {
-        let unreadable = |e: serde_json::Error| super::corrupt(format!("a saved reservation decision: {e}"));
+        let unreadable = |e: serde_json::Error| corrupt(format!("a saved reservation decision: {e}"));
         match self.status {
             SAVED_HELD => serde_json::from_str(&self.body).map(Decision::Held).map_err(unreadable),
             SAVED_SHORT => serde_json::from_str::<SavedShort>(&self.body)
                 .map(|s| Decision::Short(s.short_lines))
                 .map_err(unreadable),
-            other => Err(super::corrupt(format!("a saved reservation decision of kind {other}"))),
+            other => Err(corrupt(format!("a saved reservation decision of kind {other}"))),
         }
     }
-}
-
-/// What ending a reservation did.
-#[derive(Debug, Clone)]
-pub enum Closing {
-    /// It was held and is now in the status asked.
-    Done(Reservation),
-    /// It already was in the status asked: nothing changed.
-    Already(Reservation),
-    /// It is in another status, which cannot change to the one asked; an expired
-    /// reservation refuses a commit (and is expired now if it was not yet).
-    Refused(Reservation),
-    NotFound,
-}
-
-#[derive(Debug, Clone)]
-pub struct Closed {
-    pub closing: Closing,
-    pub levels: Vec<StockLevel>,
-    pub outbox: Vec<OutboxRecord>,
 }
 
 /// Takes a reservation: all lines or none, decided by conditional updates in the database.
@@ -245,7 +191,7 @@ pub(super) async fn close<D: Dialect>(
             _ => {
                 for (key, quantity) in reservation::holds(&reservation.lines) {
                     let level = tx.change_reserved(&key, -quantity, now).await?;
-                    closed.levels.push(level.ok_or_else(|| super::corrupt("a reserved level disappeared"))?);
+                    closed.levels.push(level.ok_or_else(|| corrupt("a reserved level disappeared"))?);
                 }
                 MovementKind::Release
             }
@@ -316,7 +262,7 @@ impl<D: Dialect> ReservationTx<D> {
         query::<D>("UPDATE idempotency_keys SET status = $3, body = $4 WHERE owner = $1 AND key = $2")
             .bind(owner)
             .bind(key)
-            .bind(i32::try_from(decision.status).map_err(super::corrupt)?)
+            .bind(i32::try_from(decision.status).map_err(corrupt)?)
             .bind(decision.body.as_str())
             .execute(&mut *self.tx)
             .await?;
@@ -442,7 +388,7 @@ impl<D: Dialect> ReservationTx<D> {
             .iter()
             .map(|row| {
                 let suggestion = Suggestion {
-                    sku: Sku::parse(row.cell::<String>("sku")?).map_err(super::corrupt)?,
+                    sku: Sku::parse(row.cell::<String>("sku")?).map_err(corrupt)?,
                     name: row.cell("name")?,
                     available: row.cell("available")?,
                 };
@@ -477,16 +423,15 @@ pub(super) async fn load_reservation<D: Dialect>(
     let lines = rows.iter().map(|row| {
         Ok(Line {
             line: row.cell("line")?,
-            sku: Sku::parse(row.cell::<String>("sku")?).map_err(super::corrupt)?,
-            location: LocationId::parse(row.cell::<String>("location")?).map_err(super::corrupt)?,
+            sku: Sku::parse(row.cell::<String>("sku")?).map_err(corrupt)?,
+            location: LocationId::parse(row.cell::<String>("location")?).map_err(corrupt)?,
             quantity: row.cell("quantity")?,
         })
     });
     Ok(Some(Reservation {
         id: first.cell("id")?,
         channel: first.cell("channel")?,
-        status: Status::parse(&status)
-            .ok_or_else(|| super::corrupt(format!("unknown reservation status {status:?}")))?,
+        status: Status::parse(&status).ok_or_else(|| corrupt(format!("unknown reservation status {status:?}")))?,
         created_at: first.time("created_at")?,
         expires_at: first.time("expires_at")?,
         closed_at: first.optional_time("closed_at")?,

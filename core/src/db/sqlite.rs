@@ -17,14 +17,14 @@ use sqlx::{
     Row, Sqlite, SqliteConnection,
 };
 
+// The domain types too come from `db`, whose contract is written in them.
 use super::{
+    batch::{LedgerTx, LevelWrite, StoredLevel},
+    dialect::{stored_level, Dialect},
     driver::Time,
-    sql::{stored_level, Dialect, SqlDb},
-    DbError, Envelope, EventId, LedgerTx, LevelKey, LevelWrite, LocationId, Movement, OutboxRecord, PartitionOffset,
-    Product, Published, Reservation, StoredLevel,
+    DbError, Envelope, EventId, LevelKey, LocationId, Movement, OutboxRecord, PartitionOffset, Product, Published,
+    Reservation, SqlDb, SqliteDb,
 };
-
-pub type SqliteDb = SqlDb<Sqlite>;
 
 impl SqliteDb {
     /// Opens (creating when missing) the database file of `url` and runs the migrations

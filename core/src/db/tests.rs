@@ -1,12 +1,12 @@
 //! The contract both backends keep, run on SQLite and on PostgreSQL.
 
-use std::sync::Arc;
+use std::{collections::BTreeMap, sync::Arc};
 
 use super::*;
 use crate::{
     auth::{ApiKey, Scopes, Token},
     event::MovementKind::{self, *},
-    reservation::Decision,
+    reservation::{self, Decision},
     testing::{at, fresh_postgres_url, movement, skip_without_servers},
 };
 
