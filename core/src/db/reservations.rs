@@ -91,7 +91,7 @@ pub(super) async fn reserve<D: Dialect>(
             .levels_of(&skus)
             .await?
             .into_iter()
-            .map(|l| ((l.sku.clone(), l.location.clone()), l.on_hand - l.reserved - l.safety_stock))
+            .map(|l| ((l.sku.clone(), l.location.clone()), l.available()))
             .collect();
         let locations = match reservation::plan(new.lines, &available, |l| new.serving.serves(l.as_str())) {
             Ok(locations) => locations,
