@@ -29,7 +29,7 @@ pub enum ShopifyError {
     #[error("kafka did not acknowledge: {0}")]
     Kafka(#[from] rdkafka::error::KafkaError),
     #[error("database: {0}")]
-    Store(#[from] DbError),
+    Db(#[from] DbError),
     #[error(transparent)]
     Admin(#[from] AdminError),
 }
@@ -38,7 +38,7 @@ impl ShopifyError {
     pub fn is_retryable(&self) -> bool {
         match self {
             ShopifyError::Kafka(_) => true,
-            ShopifyError::Store(e) => e.is_retryable(),
+            ShopifyError::Db(e) => e.is_retryable(),
             ShopifyError::Admin(e) => e.is_retryable(),
         }
     }
