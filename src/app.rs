@@ -10,7 +10,7 @@ use onhand_core::{
     cache::{self, StockCache},
     clock::Clock,
     config::Config,
-    db::{Db, DbError},
+    db::{Db, DbError, Ping, Sources},
     health::{Component, Failure, Health, State},
     ingest::{Durability, Ingest},
     kafka::{self, EmbeddedKafka},
@@ -114,7 +114,7 @@ impl App {
         // Until the app is fully started, a failure stops what already runs: the ledger by
         // the token, the tasks as the supervisor is dropped.
         let stop_on_failure = supervisor.shutdown().clone().drop_guard();
-        let watched = Arc::clone(&db);
+        let watched: Arc<dyn Ping> = db.clone();
         supervisor.spawn(Task::new("database").critical(), move |component, stop| {
             api::watch_database(Arc::clone(&watched), component, stop)
         });
@@ -128,7 +128,10 @@ impl App {
             ingest: ingest.clone(),
             component: Component::detached("connectors"),
             topics: config.kafka.topics.clone(),
-            db: Arc::clone(&db),
+            catalog: db.clone(),
+            stock: db.clone(),
+            cursors: db.clone(),
+            sources: db.clone(),
             cache: cache.clone(),
             config: Arc::new(config.clone()),
             shutdown: supervisor.shutdown().child_token(),
@@ -137,7 +140,10 @@ impl App {
         let routes = connectors.iter().flat_map(|c| c.routes(&context)).collect();
         let router = api::router(
             ApiContext {
-                db: Arc::clone(&db),
+                keys: db.clone(),
+                catalog: db.clone(),
+                policies: db.clone(),
+                freshness: db.clone(),
                 ingest,
                 metrics: metrics.clone(),
                 http: config.http.clone(),
@@ -251,9 +257,9 @@ impl Engine {
         clock: &Clock,
         mode: Mode,
     ) -> Engine {
-        let cache = StockCache::new(Arc::clone(db), &config.query, metrics.clone());
+        let cache = StockCache::new(db.clone(), &config.query, metrics.clone());
         let relay = Relay {
-            db: Arc::clone(db),
+            db: db.clone(),
             producer: producer.clone(),
             topics: config.kafka.topics.clone(),
             produce_timeout: Duration::from_millis(config.kafka.produce_timeout_ms),
@@ -267,10 +273,11 @@ impl Engine {
             producer: producer.clone(),
             movements_topic: config.kafka.topics.movements.clone(),
             produce_timeout: Duration::from_millis(config.kafka.produce_timeout_ms),
-            db: Arc::clone(db),
+            db: db.clone(),
             relay: relay.clone(),
         };
         let reservations = Reservations::new(
+            db.clone(),
             relay.clone(),
             clock.clone(),
             config.reservations.clone(),
@@ -293,7 +300,8 @@ fn spawn_background(
     let (relaying, expiring) = (engine.relay.clone(), engine.reservations.clone());
     supervisor.spawn(Task::new("relay"), move |_, stop| relaying.clone().run(stop));
     supervisor.spawn(Task::new("reservation_expiry"), move |_, stop| expiring.clone().run_expiry(stop));
-    let (watched, watch_metrics, sources) = (Arc::clone(db), metrics.clone(), config.sources.clone());
+    let watched: Arc<dyn Sources> = db.clone();
+    let (watch_metrics, sources) = (metrics.clone(), config.sources.clone());
     supervisor.spawn(Task::new("source_watch"), move |_, stop| {
         onhand_core::freshness::watch::run(Arc::clone(&watched), watch_metrics.clone(), sources.clone(), stop)
     });

@@ -10,7 +10,7 @@ use std::{
 
 use onhand_core::{
     auth::{ApiKey, Binding, KeyError, Scopes, Token},
-    db::{Db, DbError},
+    db::{DbError, Keys},
 };
 
 /// The file in `onhand dev`'s data directory that holds its admin key.
@@ -39,7 +39,7 @@ pub struct Created {
 
 /// Creates a key named `name` with `scopes` (comma- or space-separated), bound to the
 /// source `bound_to` (`store:store-012`, `erp:erp-main`) when given.
-pub async fn create(db: &dyn Db, name: &str, scopes: &str, bound_to: Option<&str>) -> Result<Created, KeysError> {
+pub async fn create(db: &dyn Keys, name: &str, scopes: &str, bound_to: Option<&str>) -> Result<Created, KeysError> {
     let token = Token::generate();
     let mut key = ApiKey::new(&token, name, Scopes::parse(scopes)?)?;
     key.bound_to = bound_to.map(Binding::parse).transpose()?;
@@ -48,13 +48,13 @@ pub async fn create(db: &dyn Db, name: &str, scopes: &str, bound_to: Option<&str
 }
 
 /// Every key, oldest first, revoked ones included.
-pub async fn list(db: &dyn Db) -> Result<Vec<ApiKey>, KeysError> {
+pub async fn list(db: &dyn Keys) -> Result<Vec<ApiKey>, KeysError> {
     Ok(db.api_keys(LISTED_KEYS_MAX).await?)
 }
 
 /// Revokes the key `id`. Running instances refuse it once their cached copy expires
 /// (`http.api_key_cache_ttl_s`).
-pub async fn revoke(db: &dyn Db, id: &str) -> Result<(), KeysError> {
+pub async fn revoke(db: &dyn Keys, id: &str) -> Result<(), KeysError> {
     if db.revoke_api_key(id).await? {
         Ok(())
     } else {
@@ -81,7 +81,7 @@ pub fn describe(key: &ApiKey) -> String {
 /// `DATA_DIR/dev-api-key`, or created and written there (readable by its owner only) when
 /// the file is missing or its key no longer works (the database was deleted, the key
 /// revoked).
-pub async fn dev_key(db: &dyn Db, data_dir: &Path) -> Result<String, KeysError> {
+pub async fn dev_key(db: &dyn Keys, data_dir: &Path) -> Result<String, KeysError> {
     let path = data_dir.join(DEV_KEY_FILE);
     let file_error = |source| KeysError::File { path: path.display().to_string(), source };
     match std::fs::read_to_string(&path) {
@@ -122,7 +122,7 @@ mod tests {
 
     use super::*;
 
-    async fn db(dir: &Path) -> Arc<dyn Db> {
+    async fn db(dir: &Path) -> Arc<dyn Keys> {
         Arc::new(SqliteDb::connect(&format!("sqlite://{}", dir.join("onhand.db").display())).await.unwrap())
     }
 

@@ -8,7 +8,7 @@
 use std::{collections::BTreeMap, fs::File, io::BufRead, path::Path};
 
 use onhand_core::{
-    db::{Db, DbError},
+    db::{Catalog, DbError},
     event::Sku,
     product::{Product, ProductInput},
 };
@@ -40,7 +40,7 @@ pub struct ImportReport {
 }
 
 /// Reads and checks the whole file, then writes it.
-pub async fn import(path: &Path, db: &dyn Db) -> Result<ImportReport, ImportError> {
+pub async fn import(path: &Path, db: &dyn Catalog) -> Result<ImportReport, ImportError> {
     let products = read(path)?;
     let mut created = 0;
     for chunk in products.chunks(CHUNK_PRODUCTS) {

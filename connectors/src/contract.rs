@@ -17,7 +17,7 @@ use onhand_core::{
     cache::StockCache,
     clock::Clock,
     config::{Config, Topics},
-    db::Db,
+    db::{Catalog, ConnectorState, Db, Sources, StockReads},
     health::{Component, Failure},
     ingest::{Durability, Ingest},
     kafka::Producer,
@@ -90,9 +90,15 @@ pub struct ConnectorContext {
     /// restarts and failures.
     pub component: Component,
     pub topics: Topics,
-    /// The catalog and the connectors' saved state. A connector never writes stock levels:
-    /// it produces movements.
-    pub db: Arc<dyn Db>,
+    /// The product catalog and the locations' names. A connector never writes stock
+    /// levels: it produces movements.
+    pub catalog: Arc<dyn Catalog>,
+    /// The stock levels as the database has them now (a sink pushing them outside).
+    pub stock: Arc<dyn StockReads>,
+    /// The connector's saved cursors.
+    pub cursors: Arc<dyn ConnectorState>,
+    /// The sources' progress, which a connector reports.
+    pub sources: Arc<dyn Sources>,
     /// The stock levels as the API answers them.
     pub cache: StockCache,
     /// The whole configuration: a connector reads its own section, and the Kafka settings
@@ -114,10 +120,10 @@ impl ConnectorContext {
         metrics: Metrics,
         shutdown: CancellationToken,
     ) -> ConnectorContext {
-        let cache = StockCache::new(Arc::clone(&db), &config.query, metrics.clone());
+        let cache = StockCache::new(db.clone(), &config.query, metrics.clone());
         let produce_timeout = std::time::Duration::from_millis(config.kafka.produce_timeout_ms);
         let relay = Relay {
-            db: Arc::clone(&db),
+            db: db.clone(),
             producer: producer.clone(),
             topics: config.kafka.topics.clone(),
             produce_timeout,
@@ -131,7 +137,7 @@ impl ConnectorContext {
             producer: producer.clone(),
             movements_topic: config.kafka.topics.movements.clone(),
             produce_timeout,
-            db: Arc::clone(&db),
+            db: db.clone(),
             relay,
         };
         ConnectorContext {
@@ -139,7 +145,10 @@ impl ConnectorContext {
             ingest,
             component: Component::detached("connector"),
             topics: config.kafka.topics.clone(),
-            db,
+            catalog: db.clone(),
+            stock: db.clone(),
+            cursors: db.clone(),
+            sources: db,
             cache,
             config: Arc::new(config.clone()),
             shutdown,

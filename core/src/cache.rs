@@ -29,7 +29,7 @@ use tracing::{debug, info, warn};
 use crate::{
     backoff::Backoff,
     config::{KafkaConfig, QueryConfig},
-    db::Db,
+    db::StockReads,
     event::{Sku, StockLevel},
     kafka,
     telemetry::Metrics,
@@ -88,7 +88,7 @@ impl Entry {
 
 #[derive(Debug, Clone)]
 pub struct StockCache {
-    db: Arc<dyn Db>,
+    db: Arc<dyn StockReads>,
     entries: Cache<Sku, Arc<Entry>>,
     /// SKUs the database had no level of, briefly: a query of many unknown SKUs costs one
     /// read, not one per request. A level arriving from the stock topic forgets it.
@@ -105,7 +105,7 @@ const MISSING_TTL: Duration = Duration::from_secs(2);
 const MISSING_MAX: u64 = 100_000;
 
 impl StockCache {
-    pub fn new(db: Arc<dyn Db>, config: &QueryConfig, metrics: Metrics) -> Self {
+    pub fn new(db: Arc<dyn StockReads>, config: &QueryConfig, metrics: Metrics) -> Self {
         Self {
             db,
             // No time-based eviction: an old entry is still the last known value when the

@@ -19,7 +19,7 @@ use futures::future::join_all;
 use rdkafka::producer::FutureRecord;
 use tracing::warn;
 
-use crate::{db::Db, event::Movement, kafka::Producer, relay::Relay};
+use crate::{db::Outbox, event::Movement, kafka::Producer, relay::Relay};
 
 /// Where an accepted movement is safe before its answer.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -57,7 +57,7 @@ pub struct Ingest {
     pub producer: Producer,
     pub movements_topic: String,
     pub produce_timeout: Duration,
-    pub db: Arc<dyn Db>,
+    pub db: Arc<dyn Outbox>,
     pub relay: Relay,
 }
 

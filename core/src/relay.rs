@@ -27,7 +27,7 @@ use crate::{
     cache::StockCache,
     clock::Clock,
     config::Topics,
-    db::{Db, OutboxRecord},
+    db::{Outbox, OutboxRecord},
     event::StockLevel,
     kafka::Producer,
     publish,
@@ -53,7 +53,7 @@ pub enum Forget {
 
 #[derive(Clone)]
 pub struct Relay {
-    pub db: Arc<dyn Db>,
+    pub db: Arc<dyn Outbox>,
     pub producer: Producer,
     pub topics: Topics,
     pub produce_timeout: Duration,

@@ -17,7 +17,7 @@ use sqlx::{Connection, PgConnection};
 
 use crate::{
     auth::{ApiKey, Scopes, Token},
-    db::{Db, DbError},
+    db::{DbError, Keys},
     event::{EventId, LocationId, Movement, MovementKind, Sku, Source, SourceSystem},
 };
 
@@ -26,7 +26,7 @@ use crate::{
 pub const TEST_API_KEY: &str = "onh_7e57000000aa_0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef";
 
 /// Stores [`TEST_API_KEY`] (admin) unless the database has it already.
-pub async fn insert_test_api_key(db: &dyn Db) -> Result<(), DbError> {
+pub async fn insert_test_api_key(db: &dyn Keys) -> Result<(), DbError> {
     let token = Token::parse(TEST_API_KEY).expect("the test key is well formed");
     if db.api_key(token.id()).await?.is_none() {
         db.create_api_key(&ApiKey::new(&token, "test", Scopes::admin()).expect("a valid name")).await?;

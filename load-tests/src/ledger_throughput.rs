@@ -6,10 +6,7 @@
 //! scripts/services run cargo run --release -p onhand-load-tests --bin ledger-throughput
 //! ```
 
-use std::{
-    sync::Arc,
-    time::{Duration, Instant},
-};
+use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use chrono::Utc;
@@ -71,7 +68,7 @@ async fn main() -> anyhow::Result<()> {
     let metrics = Metrics::new();
     let apply_started = Instant::now();
     let parts = LedgerParts {
-        db: Arc::clone(&db),
+        db: db.clone(),
         metrics: metrics.clone(),
         component: Component::detached("ledger"),
         shutdown: shutdown.clone(),

@@ -247,7 +247,7 @@ async fn apply(config: &Config, db: Arc<dyn db::Db>, lines: u64) -> anyhow::Resu
     let shutdown = CancellationToken::new();
     let started = Instant::now();
     let parts = LedgerParts {
-        db: Arc::clone(&db),
+        db: db.clone(),
         metrics: Metrics::new(),
         component: Component::detached("ledger"),
         shutdown: shutdown.clone(),

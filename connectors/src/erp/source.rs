@@ -155,7 +155,7 @@ impl Poller {
         let ids = rows.iter().map(|r| (r.id, r.changed_at)).collect();
         let text = serde_json::to_string(&next).expect("a cursor serializes");
         self.context
-            .db
+            .cursors
             .set_connector_state(SOURCE, "cursor", &text)
             .await
             .map_err(|e| format!("the cursor was not saved: {e}"))?;
@@ -252,7 +252,7 @@ impl Poller {
 
     async fn load_cursor(&self) -> Cursor {
         loop {
-            match self.context.db.connector_state(SOURCE, "cursor").await {
+            match self.context.cursors.connector_state(SOURCE, "cursor").await {
                 Ok(Some(text)) => match serde_json::from_str(&text) {
                     Ok(cursor) => return cursor,
                     Err(e) => warn!(error = %e, "the saved erp cursor is not readable; starting from the beginning"),
@@ -274,7 +274,7 @@ impl Poller {
             return;
         }
         let update = SourceUpdate::Health { healthy: now_healthy, detail };
-        match self.context.db.update_source(SOURCE, &update, Utc::now()).await {
+        match self.context.sources.update_source(SOURCE, &update, Utc::now()).await {
             Ok(_) => {
                 if now_healthy && healthy.is_some() {
                     info!("erp connector healthy again");

@@ -258,7 +258,7 @@ async fn record_progress(
         updates.push(SourceUpdate::Heartbeat { epoch: agent.epoch.clone(), head, oldest_pending_at });
     }
     for update in &updates {
-        context.db.update_source(&source, update, Utc::now()).await.map_err(|e| {
+        context.sources.update_source(&source, update, Utc::now()).await.map_err(|e| {
             warn!(error = %e, source, "source progress not recorded");
             ApiError::Unavailable("the database")
         })?;
@@ -286,7 +286,7 @@ async fn heartbeat(
     let beat: Heartbeat = serde_json::from_slice(&body).map_err(|e| ApiError::InvalidRequest(e.to_string()))?;
     let update =
         SourceUpdate::Heartbeat { epoch: beat.epoch, head: beat.head_seq, oldest_pending_at: beat.oldest_pending_at };
-    state.context.db.update_source(&format!("pos:{store}"), &update, Utc::now()).await.map_err(|e| {
+    state.context.sources.update_source(&format!("pos:{store}"), &update, Utc::now()).await.map_err(|e| {
         warn!(error = %e, "heartbeat not recorded");
         ApiError::Unavailable("the database")
     })?;
@@ -351,17 +351,17 @@ async fn name_what_is_new(
     };
     let names: Vec<(LocationId, String)> =
         reports.iter().zip(movements).map(|(r, (location, _))| (location.clone(), r.nome_loja.clone())).collect();
-    state.context.db.name_locations(&names).await.map_err(unavailable)?;
+    state.context.catalog.name_locations(&names).await.map_err(unavailable)?;
     let mut new = Vec::new();
     for (report, (_, m)) in reports.iter().zip(movements) {
-        if state.context.db.product(&m.sku).await.map_err(unavailable)?.is_none() {
+        if state.context.catalog.product(&m.sku).await.map_err(unavailable)?.is_none() {
             let input =
                 ProductInput { name: report.nome_produto.clone(), category: None, attributes: Default::default() };
             new.push(Product::parse(m.sku.clone(), input).map_err(ApiError::InvalidRequest)?);
         }
     }
     if !new.is_empty() {
-        state.context.db.put_products(&new).await.map_err(unavailable)?;
+        state.context.catalog.put_products(&new).await.map_err(unavailable)?;
     }
     Ok(())
 }

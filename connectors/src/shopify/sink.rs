@@ -249,10 +249,10 @@ impl Sink {
 
     /// The SKUs' current availability and inventory items, read from the database now.
     async fn plan(&mut self, taken: Vec<(Sku, u64)>) -> Result<Vec<Planned>, ShopifyError> {
-        let db = &self.shared.context.db;
+        let (stock, catalog) = (&self.shared.context.stock, &self.shared.context.catalog);
         let mut planned = Vec::with_capacity(taken.len());
         for (sku, generation) in taken {
-            let item = db
+            let item = catalog
                 .product(&sku)
                 .await?
                 .and_then(|p| p.product.attributes.get(INVENTORY_ITEM_ATTRIBUTE).and_then(|v| v.parse::<u64>().ok()));
@@ -262,7 +262,7 @@ impl Sink {
                 self.pending.done(&sku, generation);
                 continue;
             };
-            let levels = db.stock_by_sku(&sku).await?;
+            let levels = stock.stock_by_sku(&sku).await?;
             let serving = levels.iter().filter(|l| self.channel.serves(l.location.as_str()));
             let version = serving.map(|l| l.version).sum();
             let available = self.channel.available(&levels);
@@ -313,8 +313,7 @@ impl Sink {
     async fn settled(&mut self, p: &Planned) {
         if self.recorded.get(&p.inventory_item_id) != Some(&p.available) {
             let key = pushed_key(p.inventory_item_id, self.config.location_id);
-            let db = &self.shared.context.db;
-            match db.set_connector_state(NAME, &key, &p.available.to_string()).await {
+            match self.shared.context.cursors.set_connector_state(NAME, &key, &p.available.to_string()).await {
                 Ok(()) => {
                     self.recorded.insert(p.inventory_item_id, p.available);
                 }

@@ -23,7 +23,7 @@ use futures::future::try_join_all;
 use hmac::{Hmac, Mac};
 use onhand_core::{
     api::error_body,
-    db::Db,
+    db,
     kafka::{dead_letter, DeadLetter},
 };
 use rdkafka::producer::FutureRecord;
@@ -200,19 +200,19 @@ pub fn seen_key(inventory_item_id: u64, location_id: u64) -> String {
 /// onhand to catch up first: a web order's update may come before its sale went through
 /// the ledger.
 async fn level_update(shared: &Shared, update: &LevelUpdate, body: &[u8]) -> Result<(usize, usize), ShopifyError> {
-    let db = &shared.context.db;
+    let cursors = &shared.context.cursors;
     let key = pushed_key(update.inventory_item_id, update.location_id);
     let seen_key = seen_key(update.inventory_item_id, update.location_id);
     let push_location = shared.config.sink.as_ref().map(|s| s.location_id);
     let seen = if push_location == Some(update.location_id) {
-        db.connector_state(NAME, &seen_key).await?.as_deref().and_then(SeenUpdates::from_state)
+        cursors.connector_state(NAME, &seen_key).await?.as_deref().and_then(SeenUpdates::from_state)
     } else {
         None
     };
     let settle = Duration::from_millis(shared.config.echo_settle_ms);
     let started = tokio::time::Instant::now();
     let verdict = loop {
-        let pushed = db.connector_state(NAME, &key).await?.and_then(|v| v.parse().ok());
+        let pushed = cursors.connector_state(NAME, &key).await?.and_then(|v| v.parse().ok());
         let now = onhand_now(shared, update.inventory_item_id).await?;
         let verdict = mapping::judge_level_update(update, push_location, seen.as_ref(), pushed, now);
         if !matches!(verdict, Verdict::ManualChange { .. }) || started.elapsed() >= settle {
@@ -231,13 +231,13 @@ async fn level_update(shared: &Shared, update: &LevelUpdate, body: &[u8]) -> Res
             emitted = emit(shared, vec![mapping::level_update_fact(update, delta)], body).await?;
             // Shopify holds this quantity now: the next update is judged against it. Saved
             // only after Kafka acknowledged the adjustment, so a failure here re-delivers it.
-            db.set_connector_state(NAME, &key, &update.available.to_string()).await?;
+            cursors.set_connector_state(NAME, &key, &update.available.to_string()).await?;
         }
         _ => {}
     }
     // Last, once all the update caused is recorded: a failure before leaves it unseen,
     // and Shopify's re-delivery judges it again with the same event id.
-    db.set_connector_state(NAME, &seen_key, &SeenUpdates::with(seen, update).to_state()).await?;
+    cursors.set_connector_state(NAME, &seen_key, &SeenUpdates::with(seen, update).to_state()).await?;
     Ok(emitted)
 }
 
@@ -246,7 +246,7 @@ async fn onhand_now(shared: &Shared, inventory_item_id: u64) -> Result<Option<i6
     let Some(sink) = &shared.config.sink else { return Ok(None) };
     let Some(channel) = shared.context.config.channels.get(&sink.channel) else { return Ok(None) };
     let item = inventory_item_id.to_string();
-    let products = shared.context.db.products_by_attribute(mapping::INVENTORY_ITEM_ATTRIBUTE, &[item]).await?;
+    let products = shared.context.catalog.products_by_attribute(mapping::INVENTORY_ITEM_ATTRIBUTE, &[item]).await?;
     let Some(product) = products.first() else { return Ok(None) };
     Ok(match shared.context.cache.get(&product.sku).await {
         Ok(stock) => Some(channel.available(stock.levels())),
@@ -260,7 +260,7 @@ pub async fn emit(shared: &Shared, facts: Vec<Fact>, original: &[u8]) -> Result<
     if facts.is_empty() {
         return Ok((0, 0));
     }
-    let catalog = catalog(&*shared.context.db, &mapping::lookups(&facts)).await?;
+    let catalog = catalog(&*shared.context.catalog, &mapping::lookups(&facts)).await?;
     let mapped = mapping::resolve(facts, &catalog, &shared.config, Utc::now());
     let context = &shared.context;
     let timeout = Duration::from_millis(context.config.kafka.produce_timeout_ms);
@@ -302,7 +302,7 @@ async fn send_dead_letter(
 }
 
 /// The SKUs of the products the facts name, read from the database.
-pub async fn catalog(db: &dyn Db, lookups: &mapping::Lookups) -> Result<Catalog, ShopifyError> {
+pub async fn catalog(db: &dyn db::Catalog, lookups: &mapping::Lookups) -> Result<Catalog, ShopifyError> {
     let mut catalog = Catalog::default();
     for sku in &lookups.skus {
         if db.product(sku).await?.is_some() {
@@ -359,9 +359,12 @@ pub async fn reconcile(shared: Arc<Shared>) {
 /// One round: at most `pages_max` pages of orders, the cursor saved after each page.
 pub async fn reconcile_round(shared: &Shared) -> Result<(), ShopifyError> {
     let config = &shared.config.reconcile;
-    let db = &shared.context.db;
-    let saved: Option<DateTime<Utc>> =
-        db.connector_state(NAME, CURSOR_KEY).await?.and_then(|c| DateTime::parse_from_rfc3339(&c).ok()).map(Into::into);
+    let cursors = &shared.context.cursors;
+    let saved: Option<DateTime<Utc>> = cursors
+        .connector_state(NAME, CURSOR_KEY)
+        .await?
+        .and_then(|c| DateTime::parse_from_rfc3339(&c).ok())
+        .map(Into::into);
     let mut cursor = saved.unwrap_or_else(|| Utc::now() - chrono::Duration::hours(config.initial_lookback_h as i64));
     let since =
         (cursor - chrono::Duration::seconds(config.overlap_s as i64)).to_rfc3339_opts(SecondsFormat::Secs, true);
@@ -375,7 +378,7 @@ pub async fn reconcile_round(shared: &Shared) -> Result<(), ShopifyError> {
         }
         // Everything up to the cursor is acknowledged: it may move (never backwards).
         if saved.is_none_or(|s| cursor > s) {
-            db.set_connector_state(NAME, CURSOR_KEY, &cursor.to_rfc3339_opts(SecondsFormat::Micros, true)).await?;
+            cursors.set_connector_state(NAME, CURSOR_KEY, &cursor.to_rfc3339_opts(SecondsFormat::Micros, true)).await?;
         }
         match page.end_cursor.filter(|_| page.has_next_page) {
             Some(next) => after = Some(next),

@@ -39,7 +39,7 @@ use super::error::ApiError;
 use crate::{
     auth::{ApiKey, Binding, Scope, Scopes, Token},
     config::HttpConfig,
-    db::Db,
+    db::Keys,
     telemetry::Metrics,
 };
 
@@ -123,7 +123,7 @@ impl Drop for Refreshing {
 /// Verifies keys and applies their rate limit; one per router, shared by its routes.
 #[derive(Clone)]
 pub(super) struct Authenticator {
-    db: Arc<dyn Db>,
+    db: Arc<dyn Keys>,
     keys: Cache<String, Arc<Cached>>,
     unknown: Cache<String, ()>,
     /// Only keys that verified reach the limiter, so it holds at most one bucket per key
@@ -154,7 +154,7 @@ fn quota(per_s: u32, burst: u32) -> Quota {
 impl Authenticator {
     /// `refresh_budget` is how long a request waits for the database to read an expired
     /// key again before it goes on with the cached one.
-    pub(super) fn new(db: Arc<dyn Db>, http: &HttpConfig, refresh_budget: Duration, metrics: Metrics) -> Self {
+    pub(super) fn new(db: Arc<dyn Keys>, http: &HttpConfig, refresh_budget: Duration, metrics: Metrics) -> Self {
         let ttl = Duration::from_secs(http.api_key_cache_ttl_s);
         let unknown_ttl = ttl.clamp(Duration::from_secs(1), Duration::from_secs(60));
         Authenticator {

@@ -57,7 +57,7 @@ pub use self::{
     extract::idempotency_key,
     state::{ApiContext, ApiState},
 };
-use crate::{auth::Scope, db::Db, freshness::SourceReport, health::Readiness};
+use crate::{auth::Scope, db::Ping, freshness::SourceReport, health::Readiness};
 
 /// The routes of the API and the connectors' routes, which [`finish`] then wraps. Each
 /// group of routes needs one scope, checked by its `route_layer`; a connector's routes
@@ -66,7 +66,7 @@ use crate::{auth::Scope, db::Db, freshness::SourceReport, health::Readiness};
 pub fn router(context: ApiContext, connector_routes: Vec<ScopedRoutes>) -> Router {
     let refresh_budget = Duration::from_millis(context.query.database_budget_ms);
     let keys = Arc::new(auth::Authenticator::new(
-        Arc::clone(&context.db),
+        Arc::clone(&context.keys),
         &context.http,
         refresh_budget,
         context.metrics.clone(),
@@ -231,7 +231,7 @@ const DATABASE_WATCH_INTERVAL: Duration = Duration::from_secs(1);
 
 /// Pings the database every second and reports it as the `database` component, until
 /// `shutdown`.
-pub async fn watch_database(db: Arc<dyn Db>, component: crate::health::Component, shutdown: CancellationToken) {
+pub async fn watch_database(db: Arc<dyn Ping>, component: crate::health::Component, shutdown: CancellationToken) {
     let mut interval = tokio::time::interval(DATABASE_WATCH_INTERVAL);
     interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
@@ -270,7 +270,7 @@ struct SourcesAnswer {
     security(("api_key" = ["stock:read"])), summary = "How far behind each source is",
     responses((status = 200, body = SourcesAnswer), (status = 503, description = "`unavailable`", body = ErrorBody)))]
 async fn sources(State(state): State<ApiState>) -> Result<Json<SourcesAnswer>, ApiError> {
-    let states = state.db.sources().await.map_err(|e| {
+    let states = state.freshness.sources().await.map_err(|e| {
         tracing::warn!(error = %e, "sources read failed");
         ApiError::Unavailable("the database")
     })?;

@@ -43,8 +43,9 @@ pub(super) async fn put(
         warn!(error = %e, "product write failed");
         ApiError::Unavailable("the database")
     };
-    let created = state.db.put_products(std::slice::from_ref(&product)).await.map_err(unavailable)? == 1;
-    let stored = state.db.product(&sku).await.map_err(unavailable)?.ok_or(ApiError::Unavailable("the database"))?;
+    let created = state.catalog.put_products(std::slice::from_ref(&product)).await.map_err(unavailable)? == 1;
+    let stored =
+        state.catalog.product(&sku).await.map_err(unavailable)?.ok_or(ApiError::Unavailable("the database"))?;
     Ok((if created { StatusCode::CREATED } else { StatusCode::OK }, Json(stored)))
 }
 
@@ -64,7 +65,7 @@ pub(super) async fn get(
     Path(sku): Path<String>,
 ) -> Result<Json<StoredProduct>, ApiError> {
     let sku = Sku::parse(sku).map_err(|e| ApiError::InvalidSku(e.message))?;
-    let product = state.db.product(&sku).await.map_err(|e| {
+    let product = state.catalog.product(&sku).await.map_err(|e| {
         warn!(error = %e, "product read failed");
         ApiError::Unavailable("the database")
     })?;

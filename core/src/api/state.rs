@@ -7,7 +7,7 @@ use super::auth::Authenticator;
 use crate::{
     cache::StockCache,
     config::{ChannelConfig, HttpConfig, QueryConfig, SourcesConfig},
-    db::Db,
+    db::{Catalog, Keys, Sources, StockPolicies},
     health::Health,
     ingest::Ingest,
     relay::Relay,
@@ -17,7 +17,14 @@ use crate::{
 
 /// What every handler shares, built once by the app.
 pub struct ApiContext {
-    pub db: Arc<dyn Db>,
+    /// The API keys, for the authenticator.
+    pub keys: Arc<dyn Keys>,
+    /// The catalog (`/v1/products`).
+    pub catalog: Arc<dyn Catalog>,
+    /// The stock policies (`PUT /v1/stock/{sku}/{location}/policy`).
+    pub policies: Arc<dyn StockPolicies>,
+    /// The sources' progress (`GET /v1/sources`).
+    pub freshness: Arc<dyn Sources>,
     /// Where accepted movements are made safe before the answer.
     pub ingest: Ingest,
     pub metrics: Metrics,

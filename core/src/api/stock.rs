@@ -352,7 +352,7 @@ pub(super) async fn put_policy(
         )));
     }
     let policy = StockPolicy { safety_stock: request.safety_stock, reorder_point: request.reorder_point };
-    let level = state.db.set_policy(&(sku, location), policy).await.map_err(|e| {
+    let level = state.policies.set_policy(&(sku, location), policy).await.map_err(|e| {
         warn!(error = %e, "policy write failed");
         ApiError::Unavailable("the database")
     })?;

@@ -188,8 +188,15 @@ pub struct Applied {
     pub levels: Vec<StockLevel>,
 }
 
+// The roles of the database: one trait per kind of work, so each component gets the
+// narrow interface it uses (the ledger its writes, the cache its reads, a connector its
+// cursors) and reaches nothing else. `Db` is every role at once: what `open` answers and
+// what the application wires from; an `Arc<dyn Db>` coerces to any role.
+
+/// The ledger's: batches applied exactly once with their consumer offsets, and the
+/// levels it has still to publish.
 #[async_trait]
-pub trait Db: Send + Sync + std::fmt::Debug {
+pub trait LedgerWrites: Send + Sync + std::fmt::Debug {
     /// Applies a batch exactly once, in one transaction.
     async fn apply_batch(&self, batch: &Batch) -> Result<Applied, DbError>;
     /// The saved next offsets of a consumer group on a topic.
@@ -200,6 +207,13 @@ pub trait Db: Send + Sync + std::fmt::Debug {
     /// Levels written before `written_before` but not acknowledged on the stock topic yet,
     /// oldest first, at most `limit`.
     async fn unpublished_levels(&self, written_before: DateTime<Utc>, limit: i64) -> Result<Vec<StockLevel>, DbError>;
+    /// How many movements are recorded.
+    async fn movement_count(&self) -> Result<i64, DbError>;
+}
+
+/// The read side's: levels by SKU, for the cache and the sinks.
+#[async_trait]
+pub trait StockReads: Send + Sync + std::fmt::Debug {
     /// At most `levels_max` levels of the SKUs after `after` (all SKUs when `None`), in SKU
     /// then location order: for paging through every level. The last SKU of a full page
     /// may have more levels on the next one.
@@ -208,20 +222,19 @@ pub trait Db: Send + Sync + std::fmt::Debug {
     async fn stock_by_sku(&self, sku: &Sku) -> Result<Vec<StockLevel>, DbError>;
     /// The levels of many SKUs in one read, ordered by SKU then location.
     async fn stock_by_skus(&self, skus: &[Sku]) -> Result<Vec<StockLevel>, DbError>;
+}
+
+/// The stock policies (reorder point, safety stock) an admin sets through the API.
+#[async_trait]
+pub trait StockPolicies: Send + Sync + std::fmt::Debug {
     /// Sets the stock policy of a level, creating the level (with nothing on hand) when no
     /// movement reached it yet. Bumps the version like every other write of the level.
     async fn set_policy(&self, key: &LevelKey, policy: StockPolicy) -> Result<StockLevel, DbError>;
-    /// Records publications outside a ledger batch (the policy API publishes its levels).
-    async fn record_published(&self, published: Vec<Published>) -> Result<(), DbError> {
-        let batch = Batch {
-            group_id: String::new(),
-            topic: String::new(),
-            movements: Vec::new(),
-            offsets: Vec::new(),
-            published,
-        };
-        self.apply_batch(&batch).await.map(|_| ())
-    }
+}
+
+/// The product catalog and the locations' names.
+#[async_trait]
+pub trait Catalog: Send + Sync + std::fmt::Debug {
     /// Creates or replaces products, in one transaction; answers how many were new.
     async fn put_products(&self, products: &[Product]) -> Result<u64, DbError>;
     async fn product(&self, sku: &Sku) -> Result<Option<StoredProduct>, DbError>;
@@ -229,6 +242,14 @@ pub trait Db: Send + Sync + std::fmt::Debug {
     /// connector finds the SKU of an outside id kept in the catalog (a Shopify variant id
     /// in `shopify_variant_id`). Answers nothing for a name with `"` or `\\` in it.
     async fn products_by_attribute(&self, name: &str, values: &[String]) -> Result<Vec<Product>, DbError>;
+    /// Names locations that have none yet (a store's name from its stock report); answers
+    /// how many were new.
+    async fn name_locations(&self, names: &[(LocationId, String)]) -> Result<u64, DbError>;
+}
+
+/// The API keys, as hashes of their secrets.
+#[async_trait]
+pub trait Keys: Send + Sync + std::fmt::Debug {
     /// Stores a new API key; fails when its id is taken.
     async fn create_api_key(&self, key: &ApiKey) -> Result<(), DbError>;
     /// The API key with this id, revoked or not.
@@ -237,11 +258,13 @@ pub trait Db: Send + Sync + std::fmt::Debug {
     async fn api_keys(&self, limit: i64) -> Result<Vec<ApiKey>, DbError>;
     /// Revokes an API key; answers false when no active key has this id.
     async fn revoke_api_key(&self, id: &str) -> Result<bool, DbError>;
-    /// How many movements are recorded.
-    async fn movement_count(&self) -> Result<i64, DbError>;
+}
 
-    /// Takes a reservation, all lines or none, or answers why not; replays the first
-    /// answer to a retry with the same idempotency key.
+/// Reservations and the idempotency keys of their requests.
+#[async_trait]
+pub trait ReservationRecords: Send + Sync + std::fmt::Debug {
+    /// Takes a reservation, all lines or none, or answers why not; gives a retry with the
+    /// same idempotency key the first decision again.
     async fn reserve(&self, new: &NewReservation<'_>) -> Result<Reserved, DbError>;
     async fn reservation(&self, id: &str) -> Result<Option<Reservation>, DbError>;
     /// Ends a held reservation: `Committed`, `Cancelled` or `Expired`.
@@ -250,6 +273,12 @@ pub trait Db: Send + Sync + std::fmt::Debug {
     async fn due_reservations(&self, now: DateTime<Utc>, limit: i64) -> Result<Vec<String>, DbError>;
     /// Idempotency keys older than `created_before` are forgotten; answers how many.
     async fn forget_idempotency_keys(&self, created_before: DateTime<Utc>) -> Result<u64, DbError>;
+}
+
+/// What waits to reach Kafka from outside the ledger: movements in the outbox, and the
+/// levels the API wrote, once published.
+#[async_trait]
+pub trait Outbox: Send + Sync + std::fmt::Debug {
     /// Outbox records written before `created_before` with an id above `after_id`, oldest
     /// first, at most `limit`.
     async fn outbox(
@@ -264,12 +293,22 @@ pub trait Db: Send + Sync + std::fmt::Debug {
     async fn enqueue_outbox(&self, movements: &[Movement], now: DateTime<Utc>) -> Result<Vec<OutboxRecord>, DbError>;
     /// Deletes the outbox records whose movement the ledger recorded; answers their ids.
     async fn delete_recorded_outbox(&self) -> Result<Vec<i64>, DbError>;
+    /// Records publications of levels written outside a ledger batch (by the API).
+    async fn record_published(&self, published: Vec<Published>) -> Result<(), DbError>;
+}
 
+/// What connectors keep between runs: their cursors.
+#[async_trait]
+pub trait ConnectorState: Send + Sync + std::fmt::Debug {
     /// A value a connector saved under `key` (a cursor), if any.
     async fn connector_state(&self, connector: &str, key: &str) -> Result<Option<String>, DbError>;
     /// Saves a connector's value under `key`, replacing the one before.
     async fn set_connector_state(&self, connector: &str, key: &str, value: &str) -> Result<(), DbError>;
+}
 
+/// How far behind each source is (see `freshness`).
+#[async_trait]
+pub trait Sources: Send + Sync + std::fmt::Debug {
     /// Applies what a source just said to its state, in one transaction, and answers the
     /// new state.
     async fn update_source(
@@ -280,12 +319,44 @@ pub trait Db: Send + Sync + std::fmt::Debug {
     ) -> Result<SourceState, DbError>;
     /// Every source's state, by name.
     async fn sources(&self) -> Result<Vec<SourceState>, DbError>;
-    /// Names locations that have none yet (a store's name from its stock report); answers
-    /// how many were new.
-    async fn name_locations(&self, names: &[(LocationId, String)]) -> Result<u64, DbError>;
+}
 
+/// Whether the database answers, for `/readyz`.
+#[async_trait]
+pub trait Ping: Send + Sync + std::fmt::Debug {
     /// Checks that the database answers.
     async fn ping(&self) -> Result<(), DbError>;
+}
+
+/// Every role: the database as `open` answers it. Components take the roles they use
+/// (`Arc<dyn StockReads>`), which an `Arc<dyn Db>` turns into by coercion.
+pub trait Db:
+    LedgerWrites
+    + StockReads
+    + StockPolicies
+    + Catalog
+    + Keys
+    + ReservationRecords
+    + Outbox
+    + ConnectorState
+    + Sources
+    + Ping
+{
+}
+
+impl<T> Db for T where
+    T: LedgerWrites
+        + StockReads
+        + StockPolicies
+        + Catalog
+        + Keys
+        + ReservationRecords
+        + Outbox
+        + ConnectorState
+        + Sources
+        + Ping
+        + ?Sized
+{
 }
 
 /// A movement waiting in the outbox for the movements topic.

@@ -1,17 +1,21 @@
-//! The one implementation of [`Db`]: [`SqlDb`], over a database's [`Dialect`]. Every
+//! The one implementation of [`Db`]'s roles: [`SqlDb`], over a database's [`Dialect`]. Every
 //! statement whose text both PostgreSQL and SQLite accept is written here once; the
 //! dialect supplies the rest.
 
 use async_trait::async_trait;
 use chrono::{DateTime, SubsecRound, Utc};
 
+#[cfg(doc)]
+use super::Db;
 use super::{
     batch::apply_batch,
     corrupt,
     dialect::{api_key, product, stock_level, Dialect},
     driver::{query, Cells, List, Time},
     reservations::{self, load_reservation, ReservationTx},
-    Applied, Batch, Closed, Db, DbError, NewReservation, OutboxRecord, PartitionOffset, Reserved, SqlDb, StockPolicy,
+    Applied, Batch, Catalog, Closed, ConnectorState, DbError, Keys, LedgerWrites, NewReservation, Outbox, OutboxRecord,
+    PartitionOffset, Ping, Published, ReservationRecords, Reserved, Sources, SqlDb, StockPolicies, StockPolicy,
+    StockReads,
 };
 use crate::{
     auth::ApiKey,
@@ -23,7 +27,7 @@ use crate::{
 };
 
 #[async_trait]
-impl<D: Dialect> Db for SqlDb<D> {
+impl<D: Dialect> LedgerWrites for SqlDb<D> {
     async fn apply_batch(&self, batch: &Batch) -> Result<Applied, DbError> {
         let mut tx = D::begin_write(&self.pool).await?;
         let applied = apply_batch(D::ledger(&mut tx), batch).await?;
@@ -66,6 +70,13 @@ impl<D: Dialect> Db for SqlDb<D> {
         rows.iter().map(stock_level).collect()
     }
 
+    async fn movement_count(&self) -> Result<i64, DbError> {
+        query::<D>("SELECT count(*) AS n FROM movements").fetch_one(self.conn().await?).await?.cell("n")
+    }
+}
+
+#[async_trait]
+impl<D: Dialect> StockReads for SqlDb<D> {
     async fn stock_page(&self, after: Option<&Sku>, levels_max: i64) -> Result<Vec<StockLevel>, DbError> {
         let rows = query::<D>(concat!(
             "SELECT ",
@@ -96,7 +107,10 @@ impl<D: Dialect> Db for SqlDb<D> {
         let rows = query::<D>(D::STOCK_BY_SKUS).bind(List(&skus)).fetch_all(self.conn().await?).await?;
         rows.iter().map(stock_level).collect()
     }
+}
 
+#[async_trait]
+impl<D: Dialect> StockPolicies for SqlDb<D> {
     async fn set_policy(&self, (sku, location): &LevelKey, policy: StockPolicy) -> Result<StockLevel, DbError> {
         let row = query::<D>(concat!(
             "INSERT INTO stock_levels (sku, location, on_hand, version, safety_stock, reorder_point, updated_at)
@@ -116,7 +130,10 @@ impl<D: Dialect> Db for SqlDb<D> {
         .await?;
         stock_level(&row)
     }
+}
 
+#[async_trait]
+impl<D: Dialect> Catalog for SqlDb<D> {
     async fn put_products(&self, products: &[Product]) -> Result<u64, DbError> {
         let mut tx = D::begin_write(&self.pool).await?;
         let inserted = D::put_products(&mut tx, products).await?;
@@ -144,6 +161,16 @@ impl<D: Dialect> Db for SqlDb<D> {
         rows.iter().map(product).collect()
     }
 
+    async fn name_locations(&self, names: &[(LocationId, String)]) -> Result<u64, DbError> {
+        let mut tx = D::begin_write(&self.pool).await?;
+        let named = D::name_locations(&mut tx, names).await?;
+        tx.commit().await?;
+        Ok(named)
+    }
+}
+
+#[async_trait]
+impl<D: Dialect> Keys for SqlDb<D> {
     async fn create_api_key(&self, key: &ApiKey) -> Result<(), DbError> {
         query::<D>(
             "INSERT INTO api_keys (id, name, scopes, secret_hash, created_at, revoked_at, bound_to)
@@ -186,11 +213,10 @@ impl<D: Dialect> Db for SqlDb<D> {
             .await?;
         Ok(revoked == 1)
     }
+}
 
-    async fn movement_count(&self) -> Result<i64, DbError> {
-        query::<D>("SELECT count(*) AS n FROM movements").fetch_one(self.conn().await?).await?.cell("n")
-    }
-
+#[async_trait]
+impl<D: Dialect> ReservationRecords for SqlDb<D> {
     async fn reserve(&self, new: &NewReservation<'_>) -> Result<Reserved, DbError> {
         reservations::reserve(ReservationTx::begin(&self.pool).await?, new).await
     }
@@ -219,6 +245,21 @@ impl<D: Dialect> Db for SqlDb<D> {
             .bind(Time(created_before))
             .execute(self.conn().await?)
             .await
+    }
+}
+
+#[async_trait]
+impl<D: Dialect> Outbox for SqlDb<D> {
+    async fn record_published(&self, published: Vec<Published>) -> Result<(), DbError> {
+        // A batch of publications alone: the ledger's one way of recording them.
+        let batch = Batch {
+            group_id: String::new(),
+            topic: String::new(),
+            movements: Vec::new(),
+            offsets: Vec::new(),
+            published,
+        };
+        self.apply_batch(&batch).await.map(|_| ())
     }
 
     async fn outbox(
@@ -263,7 +304,10 @@ impl<D: Dialect> Db for SqlDb<D> {
         .await?;
         rows.iter().map(|r| r.cell("id")).collect()
     }
+}
 
+#[async_trait]
+impl<D: Dialect> ConnectorState for SqlDb<D> {
     async fn connector_state(&self, connector: &str, key: &str) -> Result<Option<String>, DbError> {
         let row = query::<D>("SELECT value FROM connector_state WHERE connector = $1 AND key = $2")
             .bind(connector)
@@ -286,7 +330,10 @@ impl<D: Dialect> Db for SqlDb<D> {
         .await?;
         Ok(())
     }
+}
 
+#[async_trait]
+impl<D: Dialect> Sources for SqlDb<D> {
     async fn update_source(
         &self,
         source: &str,
@@ -317,14 +364,10 @@ impl<D: Dialect> Db for SqlDb<D> {
         let rows = query::<D>("SELECT state FROM sources ORDER BY source").fetch_all(self.conn().await?).await?;
         rows.iter().map(|r| serde_json::from_str(&r.cell::<String>("state")?).map_err(corrupt)).collect()
     }
+}
 
-    async fn name_locations(&self, names: &[(LocationId, String)]) -> Result<u64, DbError> {
-        let mut tx = D::begin_write(&self.pool).await?;
-        let named = D::name_locations(&mut tx, names).await?;
-        tx.commit().await?;
-        Ok(named)
-    }
-
+#[async_trait]
+impl<D: Dialect> Ping for SqlDb<D> {
     async fn ping(&self) -> Result<(), DbError> {
         query::<D>("SELECT 1").execute(self.conn().await?).await?;
         Ok(())

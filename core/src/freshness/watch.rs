@@ -8,7 +8,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::warn;
 
 use super::{SourceReport, SourceState};
-use crate::{config::SourcesConfig, db::Db, telemetry::Metrics};
+use crate::{config::SourcesConfig, db::Sources, telemetry::Metrics};
 
 /// How often the sources' metrics are refreshed.
 const WATCH_INTERVAL: Duration = Duration::from_secs(5);
@@ -17,7 +17,7 @@ const WATCH_INTERVAL: Duration = Duration::from_secs(5);
 const SOURCE_SERIES_MAX: usize = 500;
 
 /// Keeps the sources' metrics current and warns about lasting gaps, until `shutdown`.
-pub async fn run(db: Arc<dyn Db>, metrics: Metrics, config: SourcesConfig, shutdown: CancellationToken) {
+pub async fn run(db: Arc<dyn Sources>, metrics: Metrics, config: SourcesConfig, shutdown: CancellationToken) {
     let mut interval = tokio::time::interval(WATCH_INTERVAL);
     let mut alerted = std::collections::HashSet::new();
     let mut exported: std::collections::BTreeSet<String> = std::collections::BTreeSet::new();

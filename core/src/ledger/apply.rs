@@ -18,7 +18,7 @@ use tracing::{error, warn};
 
 use crate::{
     backoff::Backoff,
-    db::{Applied, Batch, Db, DbError, Envelope},
+    db::{Applied, Batch, DbError, Envelope, LedgerWrites},
     event::{EventId, InvalidMovement, LocationId, Sku, StockLevel},
     health::Component,
     kafka::{self, DeadLetter},
@@ -103,7 +103,7 @@ impl DeadLetters {
 
 /// What applying a batch needs, moved into its task.
 pub(super) struct Applier {
-    pub db: std::sync::Arc<dyn Db>,
+    pub db: std::sync::Arc<dyn LedgerWrites>,
     pub dead_letters: DeadLetters,
     pub metrics: Metrics,
     pub shutdown: CancellationToken,

@@ -32,12 +32,12 @@ use tokio::runtime::Handle;
 use tokio_util::sync::CancellationToken;
 use tracing::{error, info, warn};
 
-use crate::{db::Db, health::Component, telemetry::Metrics};
+use crate::{db::LedgerWrites, health::Component, telemetry::Metrics};
 
 /// The consumer's context: seeks assigned partitions to the offsets saved in the
 /// database, and counts rebalances so that the loop can drop a batch that straddles one.
 pub(super) struct LedgerContext {
-    pub db: Arc<dyn Db>,
+    pub db: Arc<dyn LedgerWrites>,
     pub runtime: Handle,
     pub group_id: String,
     pub topic: String,

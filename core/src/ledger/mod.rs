@@ -49,7 +49,7 @@ use self::{
 };
 use crate::{
     config::{KafkaConfig, LedgerConfig},
-    db::{Applied, Batch, Db, DbError, Envelope, PartitionOffset, Published},
+    db::{Applied, Batch, DbError, Envelope, LedgerWrites, PartitionOffset, Published},
     event::{InvalidMovement, Movement, RejectCode, StockLevel},
     health::{Component, State},
     kafka,
@@ -80,7 +80,7 @@ pub struct FaultInjection {
 /// What a ledger runs with, besides its configuration.
 #[derive(Debug, Clone)]
 pub struct LedgerParts {
-    pub db: Arc<dyn Db>,
+    pub db: Arc<dyn LedgerWrites>,
     pub metrics: Metrics,
     /// Where the ledger reports what it does (`/readyz`): running, blocked and why, failed.
     pub component: Component,
@@ -172,7 +172,7 @@ fn read(message: &BorrowedMessage<'_>) -> Result<Envelope, Rejected> {
 struct Ledger {
     consumer: BaseConsumer<LedgerContext>,
     producer: kafka::Producer,
-    db: Arc<dyn Db>,
+    db: Arc<dyn LedgerWrites>,
     metrics: Metrics,
     component: Component,
     shutdown: CancellationToken,

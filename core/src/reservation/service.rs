@@ -13,7 +13,7 @@ use super::{Decision, LineRequest, Reservation, Status};
 use crate::{
     clock::Clock,
     config::{ChannelConfig, ReservationConfig},
-    db::{Closed, Closing, Db, DbError, NewReservation, OutboxRecord, Reserved},
+    db::{Closed, Closing, DbError, NewReservation, OutboxRecord, ReservationRecords, Reserved},
     event::{StockLevel, QUANTITY_MAX},
     relay::Relay,
     telemetry::Metrics,
@@ -60,7 +60,7 @@ pub enum ReservationError {
 
 #[derive(Clone)]
 pub struct Reservations {
-    db: Arc<dyn Db>,
+    db: Arc<dyn ReservationRecords>,
     relay: Relay,
     clock: Clock,
     config: ReservationConfig,
@@ -76,13 +76,14 @@ impl std::fmt::Debug for Reservations {
 
 impl Reservations {
     pub fn new(
+        db: Arc<dyn ReservationRecords>,
         relay: Relay,
         clock: Clock,
         config: ReservationConfig,
         channels: BTreeMap<String, ChannelConfig>,
         metrics: Metrics,
     ) -> Self {
-        Self { db: Arc::clone(&relay.db), relay, clock, config, channels, metrics }
+        Self { db, relay, clock, config, channels, metrics }
     }
 
     /// Takes a reservation for `owner` (the API key), or gives again the first decision
