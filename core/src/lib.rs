@@ -6,7 +6,7 @@
 //!   mock cluster of `onhand dev`.
 //! - [`ledger`]: the consumer that applies movements exactly once, and its rules.
 //! - [`publish`]: the one way a written level reaches the stock topic.
-//! - [`db`]: persistence: the `Db` trait and its PostgreSQL and SQLite implementations.
+//! - [`db`]: persistence: the role traits (`Db` is all of them), on PostgreSQL or SQLite.
 //! - [`cache`]: the read side's cache of stock levels, kept fresh by the stock topic.
 //! - [`reservation`]: checkouts' promises of units, held by the database.
 //! - [`relay`]: how levels and movements the API writes reach Kafka (the outbox).
