@@ -328,8 +328,8 @@ pub trait Ping: Send + Sync + std::fmt::Debug {
     async fn ping(&self) -> Result<(), DbError>;
 }
 
-/// Every role: the database as `open` answers it. Components take the roles they use
-/// (`Arc<dyn StockReads>`), which an `Arc<dyn Db>` turns into by coercion.
+/// Every role: the database as `open` answers it, implemented by `SqlDb`. Components take
+/// the roles they use (`Arc<dyn StockReads>`), which an `Arc<dyn Db>` turns into by coercion.
 pub trait Db:
     LedgerWrites
     + StockReads
@@ -341,21 +341,6 @@ pub trait Db:
     + ConnectorState
     + Sources
     + Ping
-{
-}
-
-impl<T> Db for T where
-    T: LedgerWrites
-        + StockReads
-        + StockPolicies
-        + Catalog
-        + Keys
-        + ReservationRecords
-        + Outbox
-        + ConnectorState
-        + Sources
-        + Ping
-        + ?Sized
 {
 }
 

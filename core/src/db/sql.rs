@@ -5,17 +5,15 @@
 use async_trait::async_trait;
 use chrono::{DateTime, SubsecRound, Utc};
 
-#[cfg(doc)]
-use super::Db;
 use super::{
     batch::apply_batch,
     corrupt,
     dialect::{api_key, product, stock_level, Dialect},
     driver::{query, Cells, List, Time},
     reservations::{self, load_reservation, ReservationTx},
-    Applied, Batch, Catalog, Closed, ConnectorState, DbError, Keys, LedgerWrites, NewReservation, Outbox, OutboxRecord,
-    PartitionOffset, Ping, Published, ReservationRecords, Reserved, Sources, SqlDb, StockPolicies, StockPolicy,
-    StockReads,
+    Applied, Batch, Catalog, Closed, ConnectorState, Db, DbError, Keys, LedgerWrites, NewReservation, Outbox,
+    OutboxRecord, PartitionOffset, Ping, Published, ReservationRecords, Reserved, Sources, SqlDb, StockPolicies,
+    StockPolicy, StockReads,
 };
 use crate::{
     auth::ApiKey,
@@ -25,6 +23,9 @@ use crate::{
     product::{Product, StoredProduct},
     reservation::{Reservation, Status},
 };
+
+/// Every role below, which makes `SqlDb` the [`Db`] that `open` answers.
+impl<D: Dialect> Db for SqlDb<D> {}
 
 #[async_trait]
 impl<D: Dialect> LedgerWrites for SqlDb<D> {
