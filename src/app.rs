@@ -87,6 +87,12 @@ impl App {
         let topics = &config.kafka.topics;
         let embedded = EmbeddedKafka::start(&[&topics.movements, &topics.stock, &topics.dlq], config.kafka.partitions)?;
         config.kafka.brokers = embedded.brokers().to_string();
+        // For the operator's commands (`onhand verify --dev DATA_DIR`) to find it.
+        let brokers_file = data_dir.join(crate::ops::DEV_BROKERS_FILE);
+        std::fs::write(&brokers_file, &config.kafka.brokers).map_err(|source| StartError::Database {
+            url: brokers_file.display().to_string(),
+            source: DbError::Database(sqlx::Error::Io(source)),
+        })?;
         let db = boot::db(&config, config.database.connections_max).await?;
         // The embedded Kafka starts empty every run, so offsets saved by an earlier run
         // point nowhere; the movements that run applied stay recorded in SQLite, and what

@@ -6,10 +6,12 @@
 //! - `boot`: the start-up steps `serve` and `connector` share (database, Kafka), once.
 //! - [`connector`]: `onhand connector NAME`, one connector on its own.
 //! - [`products`]: `onhand products import`, the catalog from CSV or NDJSON.
+//! - [`ops`]: `onhand verify|rebuild|replay|dlq|doctor`, the operator's commands.
 //! - [`keys`]: `onhand keys create|list|revoke`, and the admin key of `onhand dev`.
 
 pub mod app;
 mod boot;
 pub mod connector;
 pub mod keys;
+pub mod ops;
 pub mod products;

@@ -3,7 +3,10 @@
 use std::{net::SocketAddr, path::PathBuf, process::ExitCode};
 
 use clap::{Parser, Subcommand};
-use onhand::app::{App, StartOptions};
+use onhand::{
+    app::{App, StartOptions},
+    ops::{self, Exit},
+};
 use onhand_connectors::pos::agent::{Agent, AgentConfig, LocalAuth};
 use onhand_core::config::Config;
 use tokio_util::sync::CancellationToken;
@@ -72,6 +75,8 @@ enum Command {
         #[command(subcommand)]
         command: KeysCommand,
     },
+    #[command(flatten)]
+    Operation(ops::Operation),
 }
 
 #[derive(Debug, Subcommand)]
@@ -147,33 +152,37 @@ async fn main() -> ExitCode {
         .with_env_filter(EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")))
         .with_writer(std::io::stderr)
         .init();
-    match run(Cli::parse()).await {
-        Ok(()) => ExitCode::SUCCESS,
+    let command = Cli::parse().command;
+    // The operator's commands end with a code scripts act on (`ops::Exit`), 2 for an error.
+    let error = if matches!(command, Command::Operation(_)) { ops::EXIT_ERROR } else { 1 };
+    match run(command).await {
+        Ok(exit) => exit.into(),
         Err(e) => {
             eprintln!("onhand: {e:#}");
-            ExitCode::FAILURE
+            ExitCode::from(error)
         }
     }
 }
 
-async fn run(cli: Cli) -> anyhow::Result<()> {
-    let app = match cli.command {
+async fn run(command: Command) -> anyhow::Result<Exit> {
+    let app = match command {
+        Command::Operation(operation) => return ops::run(operation).await,
         Command::Products { command: ProductsCommand::Import { file, database_url } } => {
             let db = onhand_core::db::open(&database_url, 2).await?;
             let report = onhand::products::import(&file, &*db).await?;
             println!("imported {} products ({} new)", report.products, report.created);
-            return Ok(());
+            return Ok(Exit::Ok);
         }
-        Command::Keys { command } => return keys(command).await,
+        Command::Keys { command } => return keys(command).await.map(|()| Exit::Ok),
         Command::Connector { connector: ConnectorCommand::Wms { inbox, config } } => {
             let mut overrides = serde_json::Map::new();
             if let Some(inbox) = inbox {
                 overrides.insert("inbox".into(), serde_json::json!(inbox));
             }
-            return connector(Config::load(config.as_deref())?, "wms", overrides).await;
+            return connector(Config::load(config.as_deref())?, "wms", overrides).await.map(|()| Exit::Ok);
         }
         Command::Connector { connector: ConnectorCommand::Erp { config } } => {
-            return connector(Config::load(config.as_deref())?, "erp", serde_json::Map::new()).await;
+            return connector(Config::load(config.as_deref())?, "erp", serde_json::Map::new()).await.map(|()| Exit::Ok);
         }
         Command::StoreAgent { store, central, key_file, listen, data_dir, local_tokens, no_local_auth } => {
             let store =
@@ -200,7 +209,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             println!("onhand store-agent: pos routes on http://{}", agent.local_addr);
             shutdown_signal().await;
             agent.stop().await;
-            return Ok(());
+            return Ok(Exit::Ok);
         }
         Command::Dev { listen, data_dir } => {
             let app = App::dev(listen, &data_dir).await?;
@@ -222,7 +231,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         failure = app.failed() => Some(failure),
     };
     app.stop().await?;
-    failure.map_or(Ok(()), |failure| Err(failure.into()))
+    failure.map_or(Ok(Exit::Ok), |failure| Err(failure.into()))
 }
 
 /// The file in the agent's data directory with the tills' tokens, made at the first start.

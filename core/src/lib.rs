@@ -13,6 +13,7 @@
 //! - [`ingest`]: how a movement an edge accepts is made safe before the answer.
 //! - [`freshness`]: how far behind each source (store agent, connector) is.
 //! - [`api`]: the HTTP API.
+//! - [`ops`]: the operator's work: verify, rebuild, replay, dead-letter re-drive, doctor.
 //! - [`backoff`]: the pauses of every retrying loop.
 //! - [`auth`]: API keys and their scopes; only hashes of their secrets are stored.
 //! - [`product`]: the product catalog's type, checked at the edge.
@@ -40,6 +41,7 @@ pub mod health;
 pub mod ingest;
 pub mod kafka;
 pub mod ledger;
+pub mod ops;
 pub mod product;
 pub mod publish;
 pub mod relay;

@@ -1,0 +1,25 @@
+//! The operator's work, which the `onhand verify|rebuild|replay|dlq|doctor` commands run:
+//! checks and repairs over the database and Kafka, run beside a live deployment.
+//!
+//! Each piece reports its progress through [`Progress`], so the command line can draw a
+//! bar and tests can ignore it.
+
+/// Where long work says how far it is.
+pub trait Progress: Send + Sync {
+    /// A new stage begins: `what` it does, and how many steps it has when that is known.
+    fn start(&self, what: &str, total: Option<u64>);
+    /// `steps` more are done.
+    fn advance(&self, steps: u64);
+    /// The work is over.
+    fn finish(&self);
+}
+
+/// Progress nobody watches.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Silent;
+
+impl Progress for Silent {
+    fn start(&self, _what: &str, _total: Option<u64>) {}
+    fn advance(&self, _steps: u64) {}
+    fn finish(&self) {}
+}

@@ -1,0 +1,15 @@
+//! `onhand dlq`: (being built).
+
+use super::{Exit, Target};
+
+/// The arguments of `onhand dlq`.
+#[derive(Debug, clap::Args)]
+pub struct Args {
+    #[command(flatten)]
+    pub target: Target,
+}
+
+pub async fn run(args: Args) -> anyhow::Result<Exit> {
+    let _config = args.target.config()?;
+    anyhow::bail!("onhand dlq is not built yet")
+}
