@@ -76,7 +76,7 @@ enum Command {
         command: KeysCommand,
     },
     #[command(flatten)]
-    Operation(ops::Operation),
+    Operation(ops::command::Operation),
 }
 
 #[derive(Debug, Subcommand)]
@@ -166,7 +166,7 @@ async fn main() -> ExitCode {
 
 async fn run(command: Command) -> anyhow::Result<Exit> {
     let app = match command {
-        Command::Operation(operation) => return ops::run(operation).await,
+        Command::Operation(operation) => return ops::command::run(operation).await,
         Command::Products { command: ProductsCommand::Import { file, database_url } } => {
             let db = onhand_core::db::open(&database_url, 2).await?;
             let report = onhand::products::import(&file, &*db).await?;

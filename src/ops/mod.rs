@@ -4,8 +4,10 @@
 //! for people or, with `--json`, one JSON document on stdout, draws progress on stderr,
 //! and ends with an [`Exit`] code scripts can act on.
 //!
-//! The work itself lives in `onhand_core::ops`; this module is the command line around it.
+//! The work itself lives in `onhand_core::ops`; this module is the command line around it:
+//! what every command shares, here; each command in its own file; `command` lists them.
 
+pub mod command;
 pub mod dlq;
 pub mod doctor;
 pub mod rebuild;
@@ -20,32 +22,6 @@ use std::{
 
 use indicatif::{ProgressBar, ProgressStyle};
 use onhand_core::{config::Config, ops::Progress};
-
-/// The operator's commands, as `onhand` lists them.
-#[derive(Debug, clap::Subcommand)]
-pub enum Operation {
-    /// Recomputes every level from the movements and compares: exits 1 on any drift.
-    Verify(verify::Args),
-    /// Recomputes the levels from the movements and swaps them in, the ledger paused.
-    Rebuild(rebuild::Args),
-    /// Reads again what Kafka or a source already gave: consumer groups, connector cursors.
-    Replay(replay::Args),
-    /// The dead-letter topic: list, show, and send records back once their cause is fixed.
-    Dlq(dlq::Args),
-    /// Checks a deployment end to end and says what is wrong and how to fix it.
-    Doctor(doctor::Args),
-}
-
-/// Runs `operation`.
-pub async fn run(operation: Operation) -> anyhow::Result<Exit> {
-    match operation {
-        Operation::Verify(args) => verify::run(args).await,
-        Operation::Rebuild(args) => rebuild::run(args).await,
-        Operation::Replay(args) => replay::run(args).await,
-        Operation::Dlq(args) => dlq::run(args).await,
-        Operation::Doctor(args) => doctor::run(args).await,
-    }
-}
 
 /// The file in `onhand dev`'s data directory with the address of its embedded Kafka,
 /// written at every start, for the operator's commands to find it.
