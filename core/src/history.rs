@@ -89,7 +89,10 @@ impl Window {
 
     /// Where step `i` ends.
     fn end(&self, i: i64) -> DateTime<Utc> {
-        let end = i32::try_from(i + 1).ok().and_then(|n| self.step.checked_mul(n)).and_then(|d| self.since.checked_add_signed(d));
+        let end = i32::try_from(i + 1)
+            .ok()
+            .and_then(|n| self.step.checked_mul(n))
+            .and_then(|d| self.since.checked_add_signed(d));
         end.map_or(self.until, |end| end.min(self.until))
     }
 }
@@ -116,7 +119,9 @@ struct Level {
 impl Level {
     fn from_start(start: &Start) -> Level {
         match &start.count {
-            Some((mark, counted)) => Level { on_hand: i128::from(*counted) + start.deltas, last_count: Some(mark.clone()) },
+            Some((mark, counted)) => {
+                Level { on_hand: i128::from(*counted) + start.deltas, last_count: Some(mark.clone()) }
+            }
             None => Level { on_hand: start.deltas, last_count: None },
         }
     }

@@ -64,7 +64,8 @@ fn deltas_a_count_and_a_late_delta_from_before_it_chart_the_ledgers_level() {
 
 #[test]
 fn a_window_starts_from_the_level_before_it_and_ends_at_until() {
-    let start = Start { count: Some((CountMark { at: minute(0), event_id: EventId::parse("c").unwrap() }, 5)), deltas: 2 };
+    let start =
+        Start { count: Some((CountMark { at: minute(0), event_id: EventId::parse("c").unwrap() }, 5)), deltas: 2 };
     let mut movements = vec![level_movement(&movement("a", Receipt, 1, 3))];
     let points = chart(&window(1, 6, 2), &start, &mut movements);
     let shown: Vec<_> = points.iter().map(|p| (p.at, p.on_hand, p.movements)).collect();
