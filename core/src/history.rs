@@ -116,6 +116,13 @@ struct Level {
     last_count: Option<CountMark>,
 }
 
+impl Start {
+    /// on_hand just before the window.
+    pub fn on_hand(&self) -> i64 {
+        Level::from_start(self).on_hand()
+    }
+}
+
 impl Level {
     fn from_start(start: &Start) -> Level {
         match &start.count {
