@@ -150,6 +150,7 @@ impl App {
                 catalog: db.clone(),
                 policies: db.clone(),
                 freshness: db.clone(),
+                history: db.clone(),
                 ingest,
                 metrics: metrics.clone(),
                 http: config.http.clone(),

@@ -12,6 +12,7 @@
 //! - [`relay`]: how levels and movements the API writes reach Kafka (the outbox).
 //! - [`ingest`]: how a movement an edge accepts is made safe before the answer.
 //! - [`freshness`]: how far behind each source (store agent, connector) is.
+//! - [`history`]: a level over time, from its movements under the ledger's rules.
 //! - [`api`]: the HTTP API.
 //! - [`ops`]: the operator's work: verify, rebuild, replay, dead-letter re-drive, doctor.
 //! - [`backoff`]: the pauses of every retrying loop.
@@ -38,6 +39,7 @@ pub mod freshness;
 #[doc(hidden)]
 pub mod fuzzing;
 pub mod health;
+pub mod history;
 pub mod ingest;
 pub mod kafka;
 pub mod ledger;

@@ -61,6 +61,16 @@ pub enum ApiError {
     ReservationExpired(String),
     #[error("{0}")]
     ReservationNotHeld(String),
+    /// A query parameter that cannot be read: `name` is the parameter (or `query` for the
+    /// whole query string).
+    #[error("invalid parameter {name}: {message}")]
+    InvalidParameter { name: &'static str, message: String },
+    #[error("invalid parameter cursor: {0}")]
+    InvalidCursor(String),
+    #[error("{0}")]
+    TooManyPoints(String),
+    #[error("more than {0} movements occurred in this window: ask a shorter one")]
+    WindowTooLarge(i64),
     #[error("no route for {0}")]
     NotFound(String),
     #[error("{0} is unavailable, retry later")]
@@ -111,6 +121,10 @@ impl ApiError {
             ApiError::ReservationNotFound(_) => (StatusCode::NOT_FOUND, "reservation_not_found"),
             ApiError::ReservationExpired(_) => (StatusCode::CONFLICT, "reservation_expired"),
             ApiError::ReservationNotHeld(_) => (StatusCode::CONFLICT, "reservation_not_held"),
+            ApiError::InvalidParameter { .. } => (StatusCode::UNPROCESSABLE_ENTITY, "invalid_parameter"),
+            ApiError::InvalidCursor(_) => (StatusCode::UNPROCESSABLE_ENTITY, "invalid_cursor"),
+            ApiError::TooManyPoints(_) => (StatusCode::UNPROCESSABLE_ENTITY, "too_many_points"),
+            ApiError::WindowTooLarge(_) => (StatusCode::UNPROCESSABLE_ENTITY, "window_too_large"),
             ApiError::NotFound(_) => (StatusCode::NOT_FOUND, "not_found"),
             ApiError::Unavailable(_) => (StatusCode::SERVICE_UNAVAILABLE, "unavailable"),
             ApiError::MissingApiKey => (StatusCode::UNAUTHORIZED, "missing_api_key"),

@@ -3,7 +3,7 @@
 //!
 //! - `stock:read`: `GET /v1/stock/{sku}`, `GET /v1/stock/{sku}/{location}`,
 //!   `POST /v1/stock/query`, `GET /v1/availability/{sku}?channel=NAME`,
-//!   `GET /v1/products/{sku}`.
+//!   `GET /v1/products/{sku}`, `GET /v1/movements`, `GET /v1/stock/{sku}/{location}/history`.
 //! - `movements:write`: `POST /v1/movements`.
 //! - `reservations:write`: `POST /v1/reservations`, `GET /v1/reservations/{id}`,
 //!   `POST /v1/reservations/{id}/commit`, `POST /v1/reservations/{id}/cancel`.
@@ -19,12 +19,14 @@
 //! - `extract`: body extractors that answer with the error table.
 //! - `movements`: ingest of movements onto Kafka.
 //! - `stock`: stock reads through the cache, channel availability, stock policies.
+//! - `history`: the audit trail of movements, and a level over time.
 //! - `products`: the product catalog.
 //! - `reservations`: holding units for checkouts, committing and cancelling them.
 
 mod auth;
 mod error;
 mod extract;
+mod history;
 mod movements;
 mod products;
 mod reservations;
@@ -119,7 +121,9 @@ fn route_groups() -> Vec<(Option<Scope>, OpenApiRouter<ApiState>)> {
         .routes(routes!(stock::get_level))
         .routes(routes!(stock::availability))
         .routes(routes!(products::get))
-        .routes(routes!(sources));
+        .routes(routes!(sources))
+        .routes(routes!(history::movements))
+        .routes(routes!(history::level));
     let movements_write = OpenApiRouter::new().routes(routes!(movements::post));
     let reservations_write = OpenApiRouter::new()
         .routes(routes!(reservations::create))
@@ -312,6 +316,8 @@ mod tests {
             ("/readyz", "get", None),
             ("/metrics", "get", None),
             ("/v1/sources", "get", Some("stock:read")),
+            ("/v1/movements", "get", Some("stock:read")),
+            ("/v1/stock/{sku}/{location}/history", "get", Some("stock:read")),
         ];
         let json = serde_json::to_value(&doc).unwrap();
         for (path, method, scope) in expected {

@@ -91,7 +91,7 @@ impl SkuBody {
 }
 
 /// Reads a SKU through the cache, turning each way it can fail into its API error.
-async fn read(state: &ApiState, sku: &str) -> Result<(Sku, SkuStock), ApiError> {
+pub(super) async fn read(state: &ApiState, sku: &str) -> Result<(Sku, SkuStock), ApiError> {
     let sku = Sku::parse(sku).map_err(|e| ApiError::InvalidSku(e.message))?;
     match state.cache.get(&sku).await {
         Ok(stock) => Ok((sku, stock)),

@@ -41,6 +41,10 @@ pub(super) trait Dialect: Driver {
     const SIMILAR_IN_STOCK: &'static str;
     /// Deletes the outbox records whose ids are in the list `$1`.
     const DELETE_OUTBOX: &'static str;
+    /// A movement's `source.system` and `source.instance`, read from its stored event: the
+    /// very expressions the index `movements_source_recorded` is built on.
+    const SOURCE_SYSTEM: &'static str;
+    const SOURCE_INSTANCE: &'static str;
 
     async fn begin_write(pool: &Pool<Self>) -> Result<Transaction<'static, Self>, DbError> {
         Ok(pool.begin_with(Self::BEGIN_WRITE).await?)

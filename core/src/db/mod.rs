@@ -7,6 +7,7 @@
 //! - `batch.rs`: the one algorithm that applies a ledger batch, over the steps of a
 //!   `LedgerTx`.
 //! - `reservations.rs`: the reservation transactions and their steps.
+//! - `history.rs`: the [`History`] role, the audit trail's reads.
 //! - `sql.rs`: `SqlDb<D>`, every method of `Db` written once over the database's
 //!   `Dialect` `D`.
 //! - `dialect.rs`: the `Dialect` trait, what PostgreSQL and SQLite do differently, and the
@@ -42,6 +43,7 @@ macro_rules! api_key_columns {
 mod batch;
 mod dialect;
 mod driver;
+mod history;
 mod postgres;
 mod reservations;
 mod sql;
@@ -56,9 +58,10 @@ use sqlx::{pool::PoolConnection, Database, Pool};
 use crate::{
     auth::ApiKey,
     config::ChannelConfig,
-    event::{EventId, LocationId, Movement, Sku, StockLevel},
+    event::{EventId, LocationId, Movement, Sku, SourceSystem, StockLevel},
     freshness::{SourceState, SourceUpdate},
-    ledger::rules::LevelKey,
+    history::{LevelMovement, Start},
+    ledger::rules::{Effect, LevelKey},
     product::{Product, StoredProduct},
     reservation::{Decision, LineRequest, Reservation, Status},
 };
@@ -328,6 +331,68 @@ pub trait Ping: Send + Sync + std::fmt::Debug {
     async fn ping(&self) -> Result<(), DbError>;
 }
 
+/// The audit trail: recorded movements as they are, for `GET /v1/movements` and a level's
+/// history. Every query is served by an index (migrations `*_history.sql`).
+#[async_trait]
+pub trait History: Send + Sync + std::fmt::Debug {
+    /// The movements `query` selects, newest recorded first (`recorded_at`, then
+    /// `event_id`, both descending), at most `query.limit`.
+    async fn movements(&self, query: &MovementQuery) -> Result<Vec<RecordedMovement>, DbError>;
+    /// The level just before `before`: the last count that occurred before it, and the
+    /// sum of the deltas after that count (or of all, without one) that occurred before it.
+    async fn level_start(&self, key: &LevelKey, before: DateTime<Utc>) -> Result<Start, DbError>;
+    /// The movements of a level that occurred in `[since, until)`, at most `limit`, in
+    /// occurred order.
+    async fn level_movements(
+        &self,
+        key: &LevelKey,
+        since: DateTime<Utc>,
+        until: DateTime<Utc>,
+        limit: i64,
+    ) -> Result<Vec<LevelMovement>, DbError>;
+}
+
+/// What `History::movements` selects: each filter is optional, and they all apply.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MovementQuery {
+    pub sku: Option<Sku>,
+    pub location: Option<LocationId>,
+    /// The source's system and instance.
+    pub source: Option<(SourceSystem, String)>,
+    /// Recorded at or after.
+    pub since: Option<DateTime<Utc>>,
+    /// Recorded before.
+    pub until: Option<DateTime<Utc>>,
+    /// Only movements after this one in the order (older): the keyset of the page before.
+    pub after: Option<MovementKey>,
+    pub limit: i64,
+}
+
+/// A movement's place in the order of `History::movements`.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+pub struct MovementKey {
+    pub recorded_at: DateTime<Utc>,
+    pub event_id: EventId,
+}
+
+/// A movement as the ledger recorded it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RecordedMovement {
+    /// The event as received.
+    pub movement: Movement,
+    /// The signed change to on_hand; `None` for a count.
+    pub delta: Option<i64>,
+    pub effect: Effect,
+    /// When the ledger recorded it.
+    pub applied_at: DateTime<Utc>,
+}
+
+impl RecordedMovement {
+    pub fn key(&self) -> MovementKey {
+        MovementKey { recorded_at: self.movement.recorded_at, event_id: self.movement.event_id.clone() }
+    }
+}
+
 /// Every role: the database as `open` answers it, implemented by `SqlDb`. Components take
 /// the roles they use (`Arc<dyn StockReads>`), which an `Arc<dyn Db>` turns into by coercion.
 pub trait Db:
@@ -341,6 +406,7 @@ pub trait Db:
     + ConnectorState
     + Sources
     + Ping
+    + History
 {
 }
 

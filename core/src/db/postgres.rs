@@ -57,6 +57,8 @@ impl Dialect for Postgres {
         ORDER BY (p.category IS NOT DISTINCT FROM $2) DESC, available DESC
         LIMIT 50";
     const DELETE_OUTBOX: &'static str = "DELETE FROM outbox WHERE id = ANY($1)";
+    const SOURCE_SYSTEM: &'static str = "(event->'source'->>'system')";
+    const SOURCE_INSTANCE: &'static str = "(event->'source'->>'instance')";
 
     fn ledger(tx: &mut PgConnection) -> Box<dyn LedgerTx + '_> {
         Box::new(PgLedgerTx { tx })

@@ -70,6 +70,8 @@ impl Dialect for Sqlite {
         ORDER BY (p.category IS $2) DESC, available DESC
         LIMIT 50";
     const DELETE_OUTBOX: &'static str = "DELETE FROM outbox WHERE id IN (SELECT value FROM json_each($1))";
+    const SOURCE_SYSTEM: &'static str = "json_extract(event, '$.source.system')";
+    const SOURCE_INSTANCE: &'static str = "json_extract(event, '$.source.instance')";
 
     fn ledger(tx: &mut SqliteConnection) -> Box<dyn LedgerTx + '_> {
         Box::new(SqliteLedgerTx { tx })

@@ -543,6 +543,114 @@ async fn products_are_found_by_an_attribute(db: Arc<dyn Db>) {
     assert!(found("bad\"name", &["111"]).await.is_empty());
 }
 
+/// A movement of `sku` at `location` from `system:instance`, recorded at `second`.
+fn audited(id: &str, sku: &str, location: &str, system: crate::event::SourceSystem, second: i64) -> Envelope {
+    let mut m = movement(id, sku, location, Receipt, 1, at(second));
+    m.source = crate::event::Source { system, instance: format!("{location}-till"), reference: id.into() };
+    m.correlation_id = Some(format!("order-{id}"));
+    Envelope { movement: m, partition: 0, offset: 0 }
+}
+
+fn movement_query() -> MovementQuery {
+    MovementQuery { sku: None, location: None, source: None, since: None, until: None, after: None, limit: 100 }
+}
+
+async fn ids(db: &dyn Db, query: &MovementQuery) -> Vec<String> {
+    db.movements(query).await.unwrap().iter().map(|r| r.movement.event_id.to_string()).collect()
+}
+
+async fn movements_are_filtered_and_paged_newest_recorded_first(db: Arc<dyn Db>) {
+    use crate::event::SourceSystem::{Pos, Shopify};
+    let recorded = vec![
+        audited("a", "SKU-A", "s1", Pos, 0),
+        audited("b", "SKU-A", "s2", Shopify, 1),
+        audited("c", "SKU-B", "s1", Pos, 2),
+        audited("d", "SKU-A", "s1", Pos, 3),
+        // Two recorded at the same instant: the event id orders them.
+        audited("e2", "SKU-B", "s2", Shopify, 4),
+        audited("e1", "SKU-A", "s2", Shopify, 4),
+    ];
+    db.apply_batch(&batch(recorded, 6)).await.unwrap();
+    let all = ids(&*db, &movement_query()).await;
+    assert_eq!(all, ["e2", "e1", "d", "c", "b", "a"]);
+
+    let sku = |s: &str| Some(Sku::parse(s).unwrap());
+    let location = |l: &str| Some(LocationId::parse(l).unwrap());
+    assert_eq!(ids(&*db, &MovementQuery { sku: sku("SKU-A"), ..movement_query() }).await, ["e1", "d", "b", "a"]);
+    assert_eq!(ids(&*db, &MovementQuery { location: location("s1"), ..movement_query() }).await, ["d", "c", "a"]);
+    let level = MovementQuery { sku: sku("SKU-A"), location: location("s2"), ..movement_query() };
+    assert_eq!(ids(&*db, &level).await, ["e1", "b"]);
+    let source = MovementQuery { source: Some((Shopify, "s2-till".into())), ..movement_query() };
+    assert_eq!(ids(&*db, &source).await, ["e2", "e1", "b"]);
+    let other = MovementQuery { source: Some((Pos, "s2-till".into())), ..movement_query() };
+    assert!(ids(&*db, &other).await.is_empty(), "the system and the instance both count");
+    let window = MovementQuery { since: Some(at(1)), until: Some(at(4)), ..movement_query() };
+    assert_eq!(ids(&*db, &window).await, ["d", "c", "b"], "since is inclusive, until is not");
+
+    // Pages of two, each after the last of the one before, while older and newer
+    // movements arrive: nothing twice, nothing of what was there skipped.
+    let mut query = MovementQuery { limit: 2, ..movement_query() };
+    let mut seen = Vec::new();
+    let mut arrivals = vec![audited("late-old", "SKU-C", "s1", Pos, -5), audited("new", "SKU-C", "s1", Pos, 60)];
+    loop {
+        let page = db.movements(&query).await.unwrap();
+        seen.extend(page.iter().map(|r| r.movement.event_id.to_string()));
+        if let Some(arrival) = arrivals.pop() {
+            db.apply_batch(&batch(vec![arrival], 7)).await.unwrap();
+        }
+        match page.last() {
+            Some(last) if page.len() == 2 => query.after = Some(last.key()),
+            _ => break,
+        }
+    }
+    assert_eq!(seen, ["e2", "e1", "d", "c", "b", "a", "late-old"], "the newer one is before the first page");
+
+    let first = &db.movements(&MovementQuery { limit: 1, ..movement_query() }).await.unwrap()[0];
+    assert_eq!(first.movement.event_id.as_str(), "new");
+    assert_eq!((first.delta, first.effect), (Some(1), Effect::Applied));
+    assert_eq!(first.movement.correlation_id.as_deref(), Some("order-new"));
+    assert_eq!(first.movement.source.instance, "s1-till");
+}
+
+async fn a_levels_history_starts_from_its_last_count(db: Arc<dyn Db>) {
+    use crate::history::{level_before, Change};
+    let arrival = vec![
+        envelope("receipt", "s1", Receipt, 10, 10),
+        envelope("sale", "s1", Sale, 3, 20),
+        envelope("count", "s1", Count, 50, 40),
+        envelope("after-count", "s1", Sale, 5, 50),
+        envelope("other-level", "s2", Receipt, 7, 30),
+    ];
+    db.apply_batch(&batch(arrival, 5)).await.unwrap();
+    // A sale that occurred before the count arrives after it: recorded, superseded.
+    db.apply_batch(&batch(vec![envelope("late-sale", "s1", Sale, 2, 30)], 6)).await.unwrap();
+    let key = (Sku::parse("SKU-1").unwrap(), LocationId::parse("s1").unwrap());
+
+    let mut all = db.level_movements(&key, at(0), at(100), 100).await.unwrap();
+    let found: Vec<(&str, Change)> = all.iter().map(|m| (m.event_id.as_str(), m.change)).collect();
+    assert_eq!(
+        found,
+        [
+            ("receipt", Change::Delta(10)),
+            ("sale", Change::Delta(-3)),
+            ("late-sale", Change::Delta(-2)),
+            ("count", Change::Count(50)),
+            ("after-count", Change::Delta(-5)),
+        ]
+    );
+    assert_eq!(db.level_movements(&key, at(20), at(40), 100).await.unwrap().len(), 2, "since in, until out");
+    assert_eq!(db.level_movements(&key, at(0), at(100), 2).await.unwrap().len(), 2);
+
+    for second in [0, 10, 11, 25, 35, 40, 41, 55, 100] {
+        let start = db.level_start(&key, at(second)).await.unwrap();
+        let on_hand = start.count.as_ref().map_or(0, |(_, counted)| i128::from(*counted)) + start.deltas;
+        assert_eq!(on_hand, i128::from(level_before(at(second), &mut all)), "before {second}s");
+    }
+    let start = db.level_start(&key, at(41)).await.unwrap();
+    assert_eq!(start.count.map(|(mark, counted)| (mark.event_id.to_string(), counted)), Some(("count".into(), 50)));
+    assert_eq!(on_hand(&*db, "s1").await, Some(45), "the ledger's level");
+}
+
 macro_rules! contract {
     ($backend:ident, $open:expr) => {
         mod $backend {
@@ -569,7 +677,9 @@ macro_rules! contract {
                 concurrent_reservations_never_promise_the_last_unit_twice,
                 connectors_keep_their_state,
                 sources_and_location_names_are_kept,
-                products_are_found_by_an_attribute);
+                products_are_found_by_an_attribute,
+                movements_are_filtered_and_paged_newest_recorded_first,
+                a_levels_history_starts_from_its_last_count);
         }
     };
     (@each $open:expr; $($case:ident),*) => {
