@@ -543,6 +543,14 @@ async fn products_are_found_by_an_attribute(db: Arc<dyn Db>) {
     assert!(found("bad\"name", &["111"]).await.is_empty());
 }
 
+async fn recorded_event_ids_are_found(db: Arc<dyn Db>) {
+    db.apply_batch(&batch(vec![envelope("a", "s1", Receipt, 5, 0), envelope("b", "s1", Sale, 1, 1)], 2)).await.unwrap();
+    let ids: Vec<EventId> = ["b", "zz", "a"].iter().map(|id| EventId::parse(*id).unwrap()).collect();
+    let found = db.recorded_event_ids(&ids).await.unwrap();
+    assert_eq!(found.iter().map(EventId::as_str).collect::<Vec<_>>(), ["b", "a"], "in the order asked, unknown left out");
+    assert!(db.recorded_event_ids(&[]).await.unwrap().is_empty());
+}
+
 macro_rules! contract {
     ($backend:ident, $open:expr) => {
         mod $backend {
@@ -569,7 +577,8 @@ macro_rules! contract {
                 concurrent_reservations_never_promise_the_last_unit_twice,
                 connectors_keep_their_state,
                 sources_and_location_names_are_kept,
-                products_are_found_by_an_attribute);
+                products_are_found_by_an_attribute,
+                recorded_event_ids_are_found);
         }
     };
     (@each $open:expr; $($case:ident),*) => {
