@@ -49,6 +49,8 @@ pub enum DlqError {
     BadPosition(String),
     #[error("no record at {0} in the dead-letter topic")]
     NotFound(Position),
+    #[error("{matched} records match, more than the {max} one redrive sends: narrow it (--since, --until)")]
+    TooMany { matched: usize, max: usize },
     #[error("database: {0}")]
     Db(#[from] DbError),
 }
@@ -410,6 +412,29 @@ pub async fn list(
     })
     .await?;
     Ok(listing)
+}
+
+/// The most records one redrive sends: each is held in memory and followed by its event id.
+pub const REDRIVE_RECORDS_MAX: usize = 100_000;
+
+/// Every dead letter `filter` keeps, whole, for a redrive; more than
+/// [`REDRIVE_RECORDS_MAX`] is [`DlqError::TooMany`].
+pub async fn select(config: &KafkaConfig, filter: &Filter, progress: &dyn Progress) -> Result<Vec<Letter>, DlqError> {
+    let (mut chosen, mut matched) = (Vec::new(), 0usize);
+    let (into, count) = (&mut chosen, &mut matched);
+    scan(config, &config.topics.dlq, &Starts::Beginning, progress, |letter| {
+        if filter.matches(&letter) {
+            *count += 1;
+            if into.len() < REDRIVE_RECORDS_MAX {
+                into.push(letter);
+            }
+        }
+    })
+    .await?;
+    if matched > REDRIVE_RECORDS_MAX {
+        return Err(DlqError::TooMany { matched, max: REDRIVE_RECORDS_MAX });
+    }
+    Ok(chosen)
 }
 
 /// One record whole, for `onhand dlq show`.
