@@ -198,7 +198,11 @@ fn header_texts(headers: &OwnedHeaders) -> Vec<(String, String)> {
 /// Produces the dead letters of `onhand dev`'s journal again into the fresh embedded
 /// topic `dlq`, each to its partition, in order, so that they keep their offsets; answers
 /// how many. The journal is written again whole, without any line a crash cut.
-pub async fn restore_dead_letters(producer: &Producer, dlq: &str, journal_path: &Path) -> Result<usize, KafkaSetupError> {
+pub async fn restore_dead_letters(
+    producer: &Producer,
+    dlq: &str,
+    journal_path: &Path,
+) -> Result<usize, KafkaSetupError> {
     let path = journal_path.to_path_buf();
     let read = tokio::task::spawn_blocking(move || {
         let records = journal::read(&path)?;

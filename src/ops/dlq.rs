@@ -111,7 +111,8 @@ fn render_listing(listing: &Listing) -> String {
     let mut out = String::new();
     for line in &listing.records {
         let failed_at = line.failed_at.as_deref().unwrap_or("-");
-        let _ = write!(out, "{:<9} {failed_at}  {:<26} {:<22}", line.position.to_string(), line.reason_code, line.source);
+        let _ =
+            write!(out, "{:<9} {failed_at}  {:<26} {:<22}", line.position.to_string(), line.reason_code, line.source);
         if let Some(id) = &line.event_id {
             let _ = write!(out, " {id}");
         }
@@ -250,7 +251,14 @@ fn render_plan(plan: &Plan, confirm: bool) -> String {
 
 fn render_refused(out: &mut String, plan: &Plan) {
     for refused in &plan.refused {
-        let _ = writeln!(out, "  refused {:<9} {} from {}: {}", refused.from.to_string(), refused.reason_code, refused.source, refused.why);
+        let _ = writeln!(
+            out,
+            "  refused {:<9} {} from {}: {}",
+            refused.from.to_string(),
+            refused.reason_code,
+            refused.source,
+            refused.why
+        );
     }
 }
 
@@ -307,7 +315,9 @@ impl Remap for Connectors {
 impl Connectors {
     async fn shopify(&self, letter: &Letter) -> Result<Vec<Movement>, String> {
         let Some(section) = self.config.connectors.get(shopify::NAME) else {
-            return Err("[connectors.shopify] is not in this configuration: run with the deployment's (--config)".into());
+            return Err(
+                "[connectors.shopify] is not in this configuration: run with the deployment's (--config)".into()
+            );
         };
         let config = shopify::config::ShopifyConfig::from_section(&self.config, section).map_err(|e| e.to_string())?;
         let (code, reason) = (letter.reason_code(), letter.reason());

@@ -547,7 +547,11 @@ async fn recorded_event_ids_are_found(db: Arc<dyn Db>) {
     db.apply_batch(&batch(vec![envelope("a", "s1", Receipt, 5, 0), envelope("b", "s1", Sale, 1, 1)], 2)).await.unwrap();
     let ids: Vec<EventId> = ["b", "zz", "a"].iter().map(|id| EventId::parse(*id).unwrap()).collect();
     let found = db.recorded_event_ids(&ids).await.unwrap();
-    assert_eq!(found.iter().map(EventId::as_str).collect::<Vec<_>>(), ["b", "a"], "in the order asked, unknown left out");
+    assert_eq!(
+        found.iter().map(EventId::as_str).collect::<Vec<_>>(),
+        ["b", "a"],
+        "in the order asked, unknown left out"
+    );
     assert!(db.recorded_event_ids(&[]).await.unwrap().is_empty());
 }
 

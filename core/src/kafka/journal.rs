@@ -27,8 +27,20 @@ pub struct JournalRecord {
 }
 
 impl JournalRecord {
-    pub fn new(partition: i32, offset: i64, key: Option<&[u8]>, payload: &[u8], headers: Vec<(String, String)>) -> Self {
-        JournalRecord { partition, offset, key: key.map(|k| STANDARD.encode(k)), payload: STANDARD.encode(payload), headers }
+    pub fn new(
+        partition: i32,
+        offset: i64,
+        key: Option<&[u8]>,
+        payload: &[u8],
+        headers: Vec<(String, String)>,
+    ) -> Self {
+        JournalRecord {
+            partition,
+            offset,
+            key: key.map(|k| STANDARD.encode(k)),
+            payload: STANDARD.encode(payload),
+            headers,
+        }
     }
 
     pub fn key_bytes(&self) -> Option<Vec<u8>> {

@@ -321,10 +321,8 @@ fn read_to_end(
 
 fn letter(position: Position, message: &rdkafka::message::BorrowedMessage<'_>) -> Letter {
     let text = |v: Option<&[u8]>| v.map(|v| String::from_utf8_lossy(v).into_owned()).unwrap_or_default();
-    let headers = message
-        .headers()
-        .map(|hs| hs.iter().map(|h| (h.key.to_string(), text(h.value))).collect())
-        .unwrap_or_default();
+    let headers =
+        message.headers().map(|hs| hs.iter().map(|h| (h.key.to_string(), text(h.value))).collect()).unwrap_or_default();
     Letter {
         position,
         key: message.key().map(<[u8]>::to_vec),
@@ -494,7 +492,11 @@ impl Shown {
 
 /// The dead letters at `positions`, read from the topic; a position the topic does not
 /// hold is [`DlqError::NotFound`].
-pub async fn fetch(config: &KafkaConfig, positions: &[Position], progress: &dyn Progress) -> Result<Vec<Letter>, DlqError> {
+pub async fn fetch(
+    config: &KafkaConfig,
+    positions: &[Position],
+    progress: &dyn Progress,
+) -> Result<Vec<Letter>, DlqError> {
     let topic = config.topics.dlq.clone();
     let wanted: BTreeSet<Position> = positions.iter().copied().collect();
     // Each partition is read from the smallest offset asked of it.
@@ -624,7 +626,12 @@ pub async fn plan(config: &KafkaConfig, letters: &[Letter], remap: &dyn Remap) -
 }
 
 /// Sends the plan's records to the movements topic and waits for Kafka's acknowledgements.
-pub async fn send(producer: &Producer, plan: &Plan, timeout: Duration, progress: &dyn Progress) -> Result<(), DlqError> {
+pub async fn send(
+    producer: &Producer,
+    plan: &Plan,
+    timeout: Duration,
+    progress: &dyn Progress,
+) -> Result<(), DlqError> {
     progress.start("sending", Some(plan.sends.len() as u64));
     for out in &plan.sends {
         let mut record = FutureRecord::to(&plan.movements_topic).payload(&out.payload);
@@ -776,7 +783,8 @@ mod tests {
     async fn movements_go_back_unchanged_and_the_rest_is_refused_with_the_reason() {
         let config = KafkaConfig::default();
         let topic = config.topics.movements.clone();
-        let from_ledger = |payload: &str| letter(&[("onhand.dlq.topic", &topic), ("onhand.dlq.source", &topic)], payload);
+        let from_ledger =
+            |payload: &str| letter(&[("onhand.dlq.topic", &topic), ("onhand.dlq.source", &topic)], payload);
         let movement = r#"{"event_id":"e1","sku":"SKU-1","location":"s1"}"#;
         let mut truncated = from_ledger(movement);
         truncated.headers.push(("onhand.dlq.truncated".into(), "true".into()));
@@ -784,7 +792,10 @@ mod tests {
             [from_ledger(movement), from_ledger("not json"), truncated, letter(&[("onhand.dlq.source", "erp")], "{}")];
         let plan = plan(&config, &letters, &NoRemap).await;
         assert_eq!(plan.sends.len(), 1);
-        assert_eq!((plan.sends[0].key.as_deref(), plan.sends[0].payload.as_slice()), (Some("SKU-1"), movement.as_bytes()));
+        assert_eq!(
+            (plan.sends[0].key.as_deref(), plan.sends[0].payload.as_slice()),
+            (Some("SKU-1"), movement.as_bytes())
+        );
         let whys: Vec<&str> = plan.refused.iter().map(|r| r.why.as_str()).collect();
         assert!(whys[0].contains("not a movement"), "{whys:?}");
         assert!(whys[1].contains("16 KiB"), "{whys:?}");
