@@ -144,7 +144,9 @@ async fn an_unknown_products_dead_letters_count_once_after_the_product_is_added_
     let order: Value = serde_json::from_str(ORDERS_CREATE).unwrap();
     let quantity = |variant: &str| {
         let lines = order["line_items"].as_array().unwrap();
-        lines.iter().find(|l| l["variant_id"].to_string() == variant).unwrap()["quantity"].as_i64().unwrap()
+        lines.iter().find(|l| l["variant_id"].as_u64().is_some_and(|v| v.to_string() == variant)).unwrap()["quantity"]
+            .as_i64()
+            .unwrap()
     };
     let (status, answer) = deliver(app.local_addr, "orders/create", "e-1", ORDERS_CREATE, SECRET).await;
     assert_eq!((status, answer["movements"].as_u64(), answer["dead_letters"].as_u64()), (200, Some(1), Some(1)));
