@@ -100,7 +100,13 @@ impl App {
         db.reset_consumer_offsets(&config.ledger.group_id, &config.kafka.topics.movements)
             .await
             .map_err(|source| StartError::Database { url: config.database.url.clone(), source })?;
+        // The embedded DLQ is lost at every stop: every dead letter is also kept in a file,
+        // and those of earlier runs go back on the fresh topic before anything runs.
+        let journal = data_dir.join(crate::ops::DEV_DEAD_LETTERS_FILE);
+        config.kafka.dead_letter_journal = Some(journal.clone());
         let producer = kafka::Producer::new(&config.kafka, API_LINGER)?;
+        let restored = kafka::restore_dead_letters(&producer, &config.kafka.topics.dlq, &journal).await?;
+        info!(restored, "dead letters of earlier runs restored");
         Self::start(config, db, producer, Some(embedded), StartOptions::default(), Mode::Dev).await
     }
 

@@ -79,6 +79,11 @@ pub struct KafkaConfig {
     pub produce_timeout_ms: u64,
     /// Extra librdkafka properties for every client (TLS, SASL, ...).
     pub client: BTreeMap<String, String>,
+    /// `onhand dev` only, never read from a file: where every dead letter Kafka
+    /// acknowledged is also kept (`kafka::journal`), since its embedded Kafka is lost at
+    /// every stop.
+    #[serde(skip)]
+    pub dead_letter_journal: Option<std::path::PathBuf>,
 }
 
 impl Default for KafkaConfig {
@@ -90,6 +95,7 @@ impl Default for KafkaConfig {
             replication_factor: 1,
             produce_timeout_ms: 10_000,
             client: BTreeMap::new(),
+            dead_letter_journal: None,
         }
     }
 }

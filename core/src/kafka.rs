@@ -2,7 +2,10 @@
 //! in-process mock cluster of `onhand dev`. Only standard Kafka client behaviour is used:
 //! no transactions, no broker-specific features.
 
+pub mod journal;
+
 use std::{
+    path::Path,
     sync::{mpsc, Arc, PoisonError, RwLock},
     thread,
     time::Duration,
@@ -12,7 +15,7 @@ use rdkafka::{
     admin::{AdminClient, AdminOptions, NewTopic, TopicReplication},
     client::DefaultClientContext,
     error::KafkaError,
-    message::{Header, OwnedHeaders, OwnedMessage, ToBytes},
+    message::{Header, Headers, OwnedHeaders, OwnedMessage, ToBytes},
     mocking::MockCluster,
     producer::{future_producer::Delivery, FutureProducer, FutureRecord, Producer as _},
     types::RDKafkaErrorCode,
@@ -23,7 +26,8 @@ use sha2::{Digest, Sha256};
 use tokio_util::sync::CancellationToken;
 use tracing::warn;
 
-use crate::{backoff::Backoff, config::KafkaConfig, health::Component, telemetry::Metrics};
+use crate::{backoff::Backoff, config::KafkaConfig, event::RejectCode, health::Component, telemetry::Metrics};
+use journal::JournalRecord;
 
 /// A record that cannot become a movement, on its way to the dead-letter topic.
 #[derive(Debug, Clone, Copy)]
@@ -48,6 +52,36 @@ pub struct DeadLetter<'a> {
 pub const DEAD_LETTER_PAYLOAD_BYTES_MAX: usize = 512 * 1024;
 /// What is kept of an original too large to carry whole.
 pub const DEAD_LETTER_TRUNCATED_BYTES: usize = 16 * 1024;
+
+/// The reason codes a dead letter may carry besides the movement gate's own
+/// ([`RejectCode`]): the ledger's and the connectors' (`docs/events.md`, section 6). The
+/// dead-letter metric's label takes these values and `other`, so that it stays bounded.
+pub const DEAD_LETTER_REASON_CODES: &[&str] = &[
+    "level_out_of_range",
+    "database_refused",
+    "shopify_unmapped_sku",
+    "shopify_unmapped_location",
+    "shopify_invalid_payload",
+    "shopify_lines_truncated",
+    "pos_unreadable_line",
+    "erp_unknown_movement_type",
+    "erp_unknown_warehouse",
+    "erp_journal_row_changed",
+    "erp_invalid_change_event",
+    "erp_fractional_quantity",
+    "erp_fractional_id",
+    "erp_decimal_without_schema",
+];
+
+/// `code` as the dead-letter metric labels it: itself when it is a known code, else `other`.
+pub fn reason_label(code: &str) -> &str {
+    let known = RejectCode::ALL.iter().any(|c| c.as_str() == code) || DEAD_LETTER_REASON_CODES.contains(&code);
+    if known {
+        code
+    } else {
+        "other"
+    }
+}
 
 /// Whether Kafka refused a record for good: what a person must fix (authorization, a
 /// missing topic, a record the broker will never take). Everything else may pass.
@@ -104,6 +138,7 @@ pub async fn dead_letter(
     if truncated {
         metrics.dlq_truncated_total.inc();
     }
+    metrics.dead_letters_total.with_label_values(&[reason_label(letter.reason_code)]).inc();
     Ok(())
 }
 
@@ -136,11 +171,61 @@ async fn send_dead_letter(
     } else {
         letter.payload
     };
+    let journal_headers = producer.config.dead_letter_journal.as_ref().map(|_| header_texts(&headers));
     let mut record = FutureRecord::to(dlq).payload(payload).headers(headers);
     if let Some(key) = letter.key {
         record = record.key(key);
     }
-    producer.send(record, timeout).await.map(|_| ()).map_err(|(e, _)| e)
+    let Delivery { partition, offset, .. } = producer.send(record, timeout).await.map_err(|(e, _)| e)?;
+    if let (Some(path), Some(headers)) = (&producer.config.dead_letter_journal, journal_headers) {
+        let record = JournalRecord::new(partition, offset, letter.key, payload, headers);
+        let path = path.clone();
+        let appended = tokio::task::spawn_blocking(move || journal::append(&path, &record)).await;
+        if let Err(e) = appended.map_err(std::io::Error::other).and_then(|r| r) {
+            warn!(error = %e, "a dead letter is on the topic but not in the dev journal: lost at the next start");
+        }
+    }
+    Ok(())
+}
+
+fn header_texts(headers: &OwnedHeaders) -> Vec<(String, String)> {
+    headers
+        .iter()
+        .map(|h| (h.key.to_string(), h.value.map(|v| String::from_utf8_lossy(v).into_owned()).unwrap_or_default()))
+        .collect()
+}
+
+/// Produces the dead letters of `onhand dev`'s journal again into the fresh embedded
+/// topic `dlq`, each to its partition, in order, so that they keep their offsets; answers
+/// how many. The journal is written again whole, without any line a crash cut.
+pub async fn restore_dead_letters(
+    producer: &Producer,
+    dlq: &str,
+    journal_path: &Path,
+) -> Result<usize, KafkaSetupError> {
+    let path = journal_path.to_path_buf();
+    let read = tokio::task::spawn_blocking(move || {
+        let records = journal::read(&path)?;
+        journal::rewrite(&path, &records)?;
+        Ok::<_, std::io::Error>(records)
+    })
+    .await
+    .map_err(std::io::Error::other)
+    .and_then(|r| r)
+    .map_err(|e| KafkaSetupError::DeadLetterJournal(format!("{}: {e}", journal_path.display())))?;
+    let timeout = Duration::from_secs(10);
+    for record in &read {
+        let (key, payload) = (record.key_bytes(), record.payload_bytes());
+        let headers = record.headers.iter().fold(OwnedHeaders::new(), |headers, (name, value)| {
+            headers.insert(Header { key: name, value: Some(value.as_str()) })
+        });
+        let mut message = FutureRecord::to(dlq).partition(record.partition).payload(&payload).headers(headers);
+        if let Some(key) = &key {
+            message = message.key(key);
+        }
+        producer.send(message, timeout).await.map_err(|(e, _)| KafkaSetupError::Client(e))?;
+    }
+    Ok(read.len())
 }
 
 /// How long a dead letter may take before its component reports itself blocked: the
@@ -206,6 +291,8 @@ pub enum KafkaSetupError {
     CreateTopic { topic: String, code: RDKafkaErrorCode },
     #[error("kafka: the embedded cluster did not start: {0}")]
     Embedded(String),
+    #[error("kafka: onhand dev's saved dead letters cannot be read: {0}")]
+    DeadLetterJournal(String),
 }
 
 /// The settings every client shares: the brokers and the configured extra properties.

@@ -56,6 +56,7 @@ pub struct Registered {
     pub ledger_offsets_beyond_end_total: IntCounter,
     pub ledger_refused_batches_total: IntCounter,
     pub dlq_truncated_total: IntCounter,
+    pub dead_letters_total: IntCounterVec,
 }
 
 impl Default for Metrics {
@@ -229,6 +230,12 @@ impl Metrics {
                 "onhand_dlq_truncated_total",
                 "Dead letters whose original was too large for the broker and went truncated, with its size and \
                  SHA-256 in headers.",
+            ),
+            dead_letters_total: counter_vec(
+                "onhand_dead_letters_total",
+                "Records sent to the dead-letter topic by any component (the ledger, connectors), by reason code \
+                 (docs/events.md; a code outside that list counts as other).",
+                &["reason_code"],
             ),
             registry,
         }))

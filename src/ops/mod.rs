@@ -27,6 +27,10 @@ use onhand_core::{config::Config, ops::Progress};
 /// written at every start, for the operator's commands to find it.
 pub const DEV_BROKERS_FILE: &str = "kafka-brokers";
 
+/// The file in `onhand dev`'s data directory that keeps its dead letters across restarts
+/// (`onhand_core::kafka::journal`), one JSON line each.
+pub const DEV_DEAD_LETTERS_FILE: &str = "dead-letters.ndjson";
+
 /// Which deployment a command works on, and how it answers.
 #[derive(Debug, Clone, clap::Args)]
 pub struct Target {

@@ -14,12 +14,15 @@
 //! - `source`: the webhook route (`POST /connectors/shopify/webhooks`) and the
 //!   reconciliation task that polls the orders the webhooks missed.
 //! - `sink`: follows the stock topic and pushes a channel's availability to Shopify.
+//! - `redrive`: a dead letter mapped again once its product or location is known, for
+//!   `onhand dlq redrive`.
 
 pub mod client;
 pub mod config;
 pub mod mapping;
 mod metrics;
 pub mod payloads;
+pub mod redrive;
 pub mod shared;
 pub mod sink;
 pub mod source;

@@ -214,6 +214,14 @@ pub trait LedgerWrites: Send + Sync + std::fmt::Debug {
     async fn movement_count(&self) -> Result<i64, DbError>;
 }
 
+/// The operator's: which event ids the ledger recorded, for `onhand dlq redrive` to tell
+/// what came through.
+#[async_trait]
+pub trait MovementLookups: Send + Sync + std::fmt::Debug {
+    /// Those of `ids` that are recorded in `movements`.
+    async fn recorded_event_ids(&self, ids: &[EventId]) -> Result<Vec<EventId>, DbError>;
+}
+
 /// The read side's: levels by SKU, for the cache and the sinks.
 #[async_trait]
 pub trait StockReads: Send + Sync + std::fmt::Debug {
@@ -407,6 +415,7 @@ pub trait Db:
     + Sources
     + Ping
     + History
+    + MovementLookups
 {
 }
 

@@ -11,13 +11,13 @@ use super::{
     dialect::{api_key, product, stock_level, Dialect},
     driver::{query, Cells, List, Time},
     reservations::{self, load_reservation, ReservationTx},
-    Applied, Batch, Catalog, Closed, ConnectorState, Db, DbError, Keys, LedgerWrites, NewReservation, Outbox,
-    OutboxRecord, PartitionOffset, Ping, Published, ReservationRecords, Reserved, Sources, SqlDb, StockPolicies,
-    StockPolicy, StockReads,
+    Applied, Batch, Catalog, Closed, ConnectorState, Db, DbError, Keys, LedgerWrites, MovementLookups, NewReservation,
+    Outbox, OutboxRecord, PartitionOffset, Ping, Published, ReservationRecords, Reserved, Sources, SqlDb,
+    StockPolicies, StockPolicy, StockReads,
 };
 use crate::{
     auth::ApiKey,
-    event::{LocationId, Movement, Sku, StockLevel},
+    event::{EventId, LocationId, Movement, Sku, StockLevel},
     freshness::{SourceState, SourceUpdate},
     ledger::rules::LevelKey,
     product::{Product, StoredProduct},
@@ -73,6 +73,25 @@ impl<D: Dialect> LedgerWrites for SqlDb<D> {
 
     async fn movement_count(&self) -> Result<i64, DbError> {
         query::<D>("SELECT count(*) AS n FROM movements").fetch_one(self.conn().await?).await?.cell("n")
+    }
+}
+
+#[async_trait]
+impl<D: Dialect> MovementLookups for SqlDb<D> {
+    async fn recorded_event_ids(&self, ids: &[EventId]) -> Result<Vec<EventId>, DbError> {
+        // One lookup by primary key each: a redrive asks about a few thousand ids at most.
+        let mut conn = self.conn().await?;
+        let mut recorded = Vec::new();
+        for id in ids {
+            let found = query::<D>("SELECT 1 AS found FROM movements WHERE event_id = $1")
+                .bind(id.as_str())
+                .fetch_optional(&mut *conn)
+                .await?;
+            if found.is_some() {
+                recorded.push(id.clone());
+            }
+        }
+        Ok(recorded)
     }
 }
 

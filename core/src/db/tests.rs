@@ -651,6 +651,18 @@ async fn a_levels_history_starts_from_its_last_count(db: Arc<dyn Db>) {
     assert_eq!(on_hand(&*db, "s1").await, Some(45), "the ledger's level");
 }
 
+async fn recorded_event_ids_are_found(db: Arc<dyn Db>) {
+    db.apply_batch(&batch(vec![envelope("a", "s1", Receipt, 5, 0), envelope("b", "s1", Sale, 1, 1)], 2)).await.unwrap();
+    let ids: Vec<EventId> = ["b", "zz", "a"].iter().map(|id| EventId::parse(*id).unwrap()).collect();
+    let found = db.recorded_event_ids(&ids).await.unwrap();
+    assert_eq!(
+        found.iter().map(EventId::as_str).collect::<Vec<_>>(),
+        ["b", "a"],
+        "in the order asked, unknown left out"
+    );
+    assert!(db.recorded_event_ids(&[]).await.unwrap().is_empty());
+}
+
 macro_rules! contract {
     ($backend:ident, $open:expr) => {
         mod $backend {
@@ -679,7 +691,8 @@ macro_rules! contract {
                 sources_and_location_names_are_kept,
                 products_are_found_by_an_attribute,
                 movements_are_filtered_and_paged_newest_recorded_first,
-                a_levels_history_starts_from_its_last_count);
+                a_levels_history_starts_from_its_last_count,
+                recorded_event_ids_are_found);
         }
     };
     (@each $open:expr; $($case:ident),*) => {

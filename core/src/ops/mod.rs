@@ -4,6 +4,8 @@
 //! Each piece reports its progress through [`Progress`], so the command line can draw a
 //! bar and tests can ignore it.
 
+pub mod dlq;
+
 /// Where long work says how far it is.
 pub trait Progress: Send + Sync {
     /// A new stage begins: `what` it does, and how many steps it has when that is known.
