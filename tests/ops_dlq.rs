@@ -123,13 +123,6 @@ fn product(sku: &str, variant: &str) -> Product {
     }
 }
 
-async fn on_hand_is(app: &onhand::app::App, sku: &str, location: &str, expected: i64) {
-    eventually(&format!("{sku}@{location} at {expected}"), 60, || async {
-        (levels(app, sku).await.get(location).copied() == Some(expected)).then_some(())
-    })
-    .await;
-}
-
 /// The Done-when of issue 11: dead letters for an unknown product, the product added,
 /// `redrive`, the levels count them once; re-driven again, still once.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]

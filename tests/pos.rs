@@ -6,7 +6,6 @@ mod common;
 use std::{net::SocketAddr, path::Path, time::Duration};
 
 use common::*;
-use onhand::app::App;
 use onhand_connectors::pos::agent::{Agent, AgentConfig};
 use onhand_core::{config::Config, event::LocationId};
 use serde_json::{json, Value};
@@ -15,13 +14,6 @@ async fn pos_config() -> Config {
     let mut config = test_config(3).await;
     config.connectors.insert("pos".into(), json!({}));
     config
-}
-
-async fn on_hand_is(app: &App, sku: &str, location: &str, on_hand: i64) {
-    eventually(&format!("{sku}@{location} at {on_hand}"), 60, || async {
-        (levels(app, sku).await.get(location) == Some(&on_hand)).then_some(())
-    })
-    .await;
 }
 
 async fn receive(addr: SocketAddr, sku: &str, location: &str, quantity: i64) {

@@ -81,13 +81,6 @@ async fn receive(app: &App, id: &str, sku: &str, quantity: i64) {
     assert_eq!(status, 202, "{answer}");
 }
 
-async fn on_hand_is(app: &App, sku: &str, location: &str, expected: i64) {
-    eventually(&format!("{sku}@{location} at {expected}"), 60, || async {
-        (levels(app, sku).await.get(location).copied() == Some(expected)).then_some(())
-    })
-    .await;
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn webhooks_become_movements_once_and_bad_ones_change_nothing() {
     onhand_core::skip_without_servers!();

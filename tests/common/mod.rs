@@ -152,6 +152,14 @@ pub async fn levels(app: &App, sku: &str) -> HashMap<String, i64> {
         .collect()
 }
 
+/// Waits (up to a minute) until `sku@location` holds `expected` on hand.
+pub async fn on_hand_is(app: &App, sku: &str, location: &str, expected: i64) {
+    eventually(&format!("{sku}@{location} at {expected}"), 60, || async {
+        (levels(app, sku).await.get(location) == Some(&expected)).then_some(())
+    })
+    .await;
+}
+
 /// A metric's value, read from the app's `/metrics` exposition.
 pub fn metric(app: &App, name: &str) -> f64 {
     app.metrics
