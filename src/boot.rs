@@ -46,7 +46,7 @@ pub enum StartError {
 /// migrations. The error shows the URL without its password.
 pub(crate) async fn db(config: &Config, connections_max: u32) -> Result<Arc<dyn Db>, StartError> {
     let url = &config.database.url;
-    db::open(url, connections_max).await.map_err(|source| StartError::Database { url: redact(url), source })
+    db::open(url, connections_max).await.map_err(|source| StartError::Database { url: db::redact_url(url), source })
 }
 
 /// The producer of a process against a Kafka cluster, once the brokers answered and the
@@ -84,45 +84,5 @@ async fn check_brokers(config: &Config, producer: &kafka::Producer) -> Result<()
         }
         attempt += 1;
         tokio::time::sleep(Duration::from_secs(1)).await;
-    }
-}
-
-/// The URL without its password, for messages.
-fn redact(url: &str) -> String {
-    let (base, query) = url.split_once('?').map_or((url, None), |(b, q)| (b, Some(q)));
-    let mut out = match (base.find("://"), base.rfind('@')) {
-        (Some(scheme_end), Some(at)) if at > scheme_end => {
-            let credentials = &base[scheme_end + 3..at];
-            let user = credentials.split(':').next().unwrap_or_default();
-            format!("{}{user}:***{}", &base[..scheme_end + 3], &base[at..])
-        }
-        _ => base.to_string(),
-    };
-    if let Some(query) = query {
-        // libpq's parameters may carry secrets too: password=, sslpassword=.
-        let pairs: Vec<String> = query
-            .split('&')
-            .map(|pair| match pair.split_once('=') {
-                Some((key, _)) if key.to_ascii_lowercase().contains("password") => format!("{key}=***"),
-                _ => pair.to_string(),
-            })
-            .collect();
-        out.push('?');
-        out.push_str(&pairs.join("&"));
-    }
-    out
-}
-
-#[cfg(test)]
-mod tests {
-    #[test]
-    fn passwords_are_not_shown() {
-        assert_eq!(super::redact("postgres://u:secret@h:5432/db"), "postgres://u:***@h:5432/db");
-        assert_eq!(super::redact("sqlite:///tmp/x.db"), "sqlite:///tmp/x.db");
-        // L8: libpq takes the password as a parameter too.
-        assert_eq!(
-            super::redact("postgres://h/db?user=u&password=secret&sslmode=require&sslpassword=s2"),
-            "postgres://h/db?user=u&password=***&sslmode=require&sslpassword=***"
-        );
     }
 }

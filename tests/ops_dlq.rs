@@ -7,13 +7,9 @@
 
 mod common;
 
-use std::{
-    net::SocketAddr,
-    path::{Path, PathBuf},
-    process::Command,
-};
+use std::{net::SocketAddr, path::Path};
 
-use common::{process::*, shopify::*, *};
+use common::{ops::*, process::*, shopify::*, *};
 use onhand_core::{
     config::Config,
     event::{MovementKind, Sku},
@@ -30,73 +26,12 @@ const RICE: &str = "7891000100103";
 const OIL: &str = "7891000100257";
 const OIL_VARIANT: &str = "49148385";
 
-/// What one run of `onhand ...` gave.
-struct Run {
-    code: i32,
-    stdout: String,
-    stderr: String,
-}
-
-impl Run {
-    fn json(&self) -> Value {
-        serde_json::from_str(&self.stdout).unwrap_or_else(|e| panic!("{e}: {}\n{}", self.stdout, self.stderr))
-    }
-}
-
-/// Runs the binary with `args`, only the environment a test sets.
-fn onhand(args: &[&str]) -> Run {
-    let mut command = Command::new(env!("CARGO_BIN_EXE_onhand"));
-    command.args(args).env("RUST_LOG", "warn");
-    for (key, _) in std::env::vars().filter(|(k, _)| k.starts_with("ONHAND_") && k.contains("__")) {
-        command.env_remove(key);
-    }
-    command.env_remove("DATABASE_URL").env_remove("ONHAND_CONFIG");
-    let output = command.output().expect("the onhand binary runs");
-    let run = Run {
-        code: output.status.code().unwrap_or(-1),
-        stdout: String::from_utf8_lossy(&output.stdout).into_owned(),
-        stderr: String::from_utf8_lossy(&output.stderr).into_owned(),
-    };
-    eprintln!("$ onhand {}\n-> {}\n{}{}", args.join(" "), run.code, run.stdout, run.stderr);
-    run
-}
-
 /// `onhand dlq ARGS --config FILE`, on the tokio blocking pool.
 async fn dlq(config_file: &Path, args: &[&str]) -> Run {
     let mut all: Vec<String> = vec!["dlq".into()];
     all.extend(args.iter().map(|a| a.to_string()));
     all.extend(["--config".to_string(), config_file.display().to_string()]);
     tokio::task::spawn_blocking(move || onhand(&all.iter().map(String::as_str).collect::<Vec<_>>())).await.unwrap()
-}
-
-/// The deployment's configuration as an operator's TOML file: database, brokers, topics,
-/// and the connectors' sections.
-fn config_file(config: &Config, dir: &Path) -> PathBuf {
-    let topics = &config.kafka.topics;
-    let mut text = format!(
-        "[database]\nurl = {:?}\n\n[kafka]\nbrokers = {:?}\n\n[kafka.topics]\nmovements = {:?}\nstock = {:?}\ndlq = {:?}\n\n\
-         [ledger]\ngroup_id = {:?}\n",
-        config.database.url, config.kafka.brokers, topics.movements, topics.stock, topics.dlq, config.ledger.group_id
-    );
-    for (name, section) in &config.connectors {
-        text.push_str(&toml_section(&format!("connectors.{name}"), section));
-    }
-    let path = dir.join("onhand.toml");
-    std::fs::write(&path, text).unwrap();
-    path
-}
-
-/// A JSON object as a TOML table, enough for the connectors' sections of these tests.
-fn toml_section(name: &str, value: &Value) -> String {
-    let mut scalars = format!("\n[{name}]\n");
-    let mut tables = String::new();
-    for (key, value) in value.as_object().unwrap() {
-        match value {
-            Value::Object(_) => tables.push_str(&toml_section(&format!("{name}.\"{key}\""), value)),
-            other => scalars.push_str(&format!("\"{key}\" = {other}\n")),
-        }
-    }
-    scalars + &tables
 }
 
 async fn shopify_config(admin: SocketAddr) -> Config {

@@ -283,6 +283,14 @@ pub enum ConfigError {
 impl Config {
     /// Reads the file (if given), then the environment, and checks the result.
     pub fn load(file: Option<&Path>) -> Result<Self, ConfigError> {
+        let config = Config::read(file)?;
+        config.check()?;
+        Ok(config)
+    }
+
+    /// What [`load`](Config::load) reads, before [`check`](Config::check): for a caller
+    /// that overrides fields (a command's `--database-url`) and checks the result.
+    pub fn read(file: Option<&Path>) -> Result<Self, ConfigError> {
         let mut figment = Figment::from(Serialized::defaults(Config::default()));
         if let Some(file) = file {
             if !file.exists() {
@@ -296,9 +304,7 @@ impl Config {
         if let Ok(url) = std::env::var("DATABASE_URL") {
             figment = figment.merge(Serialized::default("database.url", url));
         }
-        let config: Config = figment.extract().map_err(Box::new)?;
-        config.check()?;
-        Ok(config)
+        Ok(figment.extract().map_err(Box::new)?)
     }
 
     /// Refuses a configuration that cannot work, with the reason.

@@ -58,13 +58,16 @@ impl Target {
     pub fn config(&self) -> anyhow::Result<Config> {
         let mut config = match &self.dev {
             Some(data_dir) => dev_config(data_dir)?,
-            None => Config::load(self.config.as_deref())?,
+            None => Config::read(self.config.as_deref())?,
         };
         if let Some(url) = &self.database_url {
             config.database.url.clone_from(url);
         }
         if let Some(brokers) = &self.brokers {
             config.kafka.brokers.clone_from(brokers);
+        }
+        if self.dev.is_none() {
+            config.check()?;
         }
         Ok(config)
     }

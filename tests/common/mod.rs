@@ -21,6 +21,7 @@ use rdkafka::{
 };
 use serde_json::Value;
 
+pub mod ops;
 pub mod process;
 pub mod shopify;
 

@@ -8,6 +8,8 @@
 //!   `LedgerTx`.
 //! - `reservations.rs`: the reservation transactions and their steps.
 //! - `history.rs`: the [`History`] role, the audit trail's reads.
+//! - `schema.rs`: a look at a database that changes nothing (its migrations, clock, keys
+//!   and saved offsets), for `onhand doctor`.
 //! - `sql.rs`: `SqlDb<D>`, every method of `Db` written once over the database's
 //!   `Dialect` `D`.
 //! - `dialect.rs`: the `Dialect` trait, what PostgreSQL and SQLite do differently, and the
@@ -46,6 +48,7 @@ mod driver;
 mod history;
 mod postgres;
 mod reservations;
+pub mod schema;
 mod sql;
 mod sqlite;
 
@@ -522,5 +525,45 @@ pub async fn open(url: &str, connections_max: u32) -> Result<Arc<dyn Db>, DbErro
     }
 }
 
+/// The URL without its password, for messages.
+pub fn redact_url(url: &str) -> String {
+    let (base, query) = url.split_once('?').map_or((url, None), |(b, q)| (b, Some(q)));
+    let mut out = match (base.find("://"), base.rfind('@')) {
+        (Some(scheme_end), Some(at)) if at > scheme_end => {
+            let credentials = &base[scheme_end + 3..at];
+            let user = credentials.split(':').next().unwrap_or_default();
+            format!("{}{user}:***{}", &base[..scheme_end + 3], &base[at..])
+        }
+        _ => base.to_string(),
+    };
+    if let Some(query) = query {
+        // libpq's parameters may carry secrets too: password=, sslpassword=.
+        let pairs: Vec<String> = query
+            .split('&')
+            .map(|pair| match pair.split_once('=') {
+                Some((key, _)) if key.to_ascii_lowercase().contains("password") => format!("{key}=***"),
+                _ => pair.to_string(),
+            })
+            .collect();
+        out.push('?');
+        out.push_str(&pairs.join("&"));
+    }
+    out
+}
+
 #[cfg(test)]
 mod tests;
+
+#[cfg(test)]
+mod redaction {
+    #[test]
+    fn passwords_are_not_shown() {
+        assert_eq!(super::redact_url("postgres://u:secret@h:5432/db"), "postgres://u:***@h:5432/db");
+        assert_eq!(super::redact_url("sqlite:///tmp/x.db"), "sqlite:///tmp/x.db");
+        // L8: libpq takes the password as a parameter too.
+        assert_eq!(
+            super::redact_url("postgres://h/db?user=u&password=secret&sslmode=require&sslpassword=s2"),
+            "postgres://h/db?user=u&password=***&sslmode=require&sslpassword=***"
+        );
+    }
+}

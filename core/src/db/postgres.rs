@@ -17,6 +17,9 @@ use super::{
     Published, Reservation, SqlDb,
 };
 
+/// The migrations under `migrations/postgres`, embedded in the binary.
+pub(super) static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("../migrations/postgres");
+
 impl PostgresDb {
     /// Connects and runs the migrations under `migrations/postgres`.
     pub async fn connect(url: &str, connections_max: u32) -> Result<Self, DbError> {
@@ -25,7 +28,7 @@ impl PostgresDb {
             .acquire_timeout(std::time::Duration::from_secs(5))
             .connect(url)
             .await?;
-        sqlx::migrate!("../migrations/postgres").run(&pool).await?;
+        MIGRATOR.run(&pool).await?;
         Ok(SqlDb::migrated(pool))
     }
 }

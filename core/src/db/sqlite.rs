@@ -26,6 +26,9 @@ use super::{
     Reservation, SqlDb, SqliteDb,
 };
 
+/// The migrations under `migrations/sqlite`, embedded in the binary.
+pub(super) static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("../migrations/sqlite");
+
 impl SqliteDb {
     /// Opens (creating when missing) the database file of `url` and runs the migrations
     /// under `migrations/sqlite`.
@@ -36,7 +39,7 @@ impl SqliteDb {
             .synchronous(SqliteSynchronous::Normal)
             .busy_timeout(Duration::from_secs(10));
         let pool = SqlitePoolOptions::new().max_connections(4).connect_with(options).await?;
-        sqlx::migrate!("../migrations/sqlite").run(&pool).await?;
+        MIGRATOR.run(&pool).await?;
         Ok(SqlDb::migrated(pool))
     }
 }

@@ -5,6 +5,7 @@
 //! bar and tests can ignore it.
 
 pub mod dlq;
+pub mod doctor;
 
 /// Where long work says how far it is.
 pub trait Progress: Send + Sync {

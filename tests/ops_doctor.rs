@@ -1,0 +1,106 @@
+//! `onhand doctor` run as the operator runs it (the built binary) against the real broker
+//! and PostgreSQL of `scripts/test`: a running deployment passes, with its migrations,
+//! topics, keys and the ledger's lag told; a database never migrated and brokers that do
+//! not answer fail with what to do; a configuration that cannot be read is a finding too.
+
+mod common;
+
+use common::{ops::*, *};
+use onhand_core::{event::MovementKind, testing::fresh_postgres_url};
+use serde_json::Value;
+
+/// The checks of a report whose `found` contains `text`.
+fn checks<'a>(report: &'a Value, status: &str, text: &str) -> Vec<&'a Value> {
+    report["checks"]
+        .as_array()
+        .expect("a list of checks")
+        .iter()
+        .filter(|c| c["status"] == status && c["found"].as_str().unwrap_or_default().contains(text))
+        .collect()
+}
+
+async fn doctor(args: Vec<String>) -> Run {
+    tokio::task::spawn_blocking(move || {
+        let mut all = vec!["doctor".to_string(), "--json".to_string()];
+        all.extend(args);
+        onhand(&all.iter().map(String::as_str).collect::<Vec<_>>())
+    })
+    .await
+    .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_running_deployment_passes_and_says_what_it_looked_at() {
+    onhand_core::skip_without_servers!();
+    let config = test_config(2).await;
+    let app = serve(&config).await;
+    let receipt = movement_json("doctor-1", "7891000100103", "store-1", MovementKind::Receipt, 5, 0);
+    produce(&producer(), &config.kafka.topics.movements, &[receipt]).await;
+    on_hand_is(&app, "7891000100103", "store-1", 5).await;
+
+    let dir = tempfile::tempdir().unwrap();
+    let file = config_file(&config, dir.path());
+    let run = doctor(vec!["--config".into(), file.display().to_string()]).await;
+    let report = run.json();
+    assert_eq!(run.code, 0, "{report:#}");
+    assert!(checks(&report, "fail", "").is_empty(), "{report:#}");
+    assert_eq!(checks(&report, "ok", "migrations applied").len(), 1, "{report:#}");
+    assert_eq!(checks(&report, "ok", "API key(s)").len(), 1, "{report:#}");
+    for topic in [&config.kafka.topics.movements, &config.kafka.topics.stock, &config.kafka.topics.dlq] {
+        assert_eq!(checks(&report, "ok", &format!("topic {topic}: 2 partitions")).len(), 1, "{report:#}");
+    }
+    assert_eq!(checks(&report, "ok", "0 movements behind").len(), 1, "{report:#}");
+
+    // Text for people: one line per check and a count.
+    let text = tokio::task::spawn_blocking(move || onhand(&["doctor", "--config", &file.display().to_string()]))
+        .await
+        .unwrap();
+    assert_eq!(text.code, 0);
+    assert!(text.stdout.contains("0 failed"), "{}", text.stdout);
+    app.stop().await.unwrap();
+}
+
+#[tokio::test]
+async fn a_database_never_migrated_and_silent_brokers_fail_with_a_fix() {
+    onhand_core::skip_without_servers!();
+    let url = fresh_postgres_url().await;
+    // Nothing listens on port 1.
+    let run = doctor(vec!["--database-url".into(), url.clone(), "--brokers".into(), "127.0.0.1:1".into()]).await;
+    let report = run.json();
+    assert_eq!(run.code, 1, "{report:#}");
+    assert_eq!(checks(&report, "ok", "0 migrations applied").len(), 1, "{report:#}");
+    let pending = checks(&report, "warn", "not applied yet");
+    assert_eq!(pending.len(), 1, "{report:#}");
+    assert!(pending[0]["fix"].as_str().unwrap().contains("onhand serve"));
+    let silent = checks(&report, "fail", "do not answer");
+    assert_eq!(silent.len(), 1, "{report:#}");
+    assert_eq!(silent[0]["area"], "kafka");
+    // The doctor changed nothing: the database is still empty.
+    let again = doctor(vec!["--database-url".into(), url, "--brokers".into(), "127.0.0.1:1".into()]).await;
+    assert_eq!(checks(&again.json(), "ok", "0 migrations applied").len(), 1);
+}
+
+#[tokio::test]
+async fn a_configuration_that_cannot_be_read_is_a_finding() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("onhand.toml");
+    std::fs::write(&file, "[database]\nurl = 5\n").unwrap();
+    let run = doctor(vec!["--config".into(), file.display().to_string()]).await;
+    let report = run.json();
+    assert_eq!(run.code, 1, "{report:#}");
+    let failed = checks(&report, "fail", "cannot be read");
+    assert_eq!(failed.len(), 1, "{report:#}");
+    assert_eq!(failed[0]["area"], "config");
+}
+
+#[tokio::test]
+async fn a_sqlite_database_is_read_without_being_created() {
+    let dir = tempfile::tempdir().unwrap();
+    let missing = dir.path().join("nothing-here.db");
+    let url = format!("sqlite://{}", missing.display());
+    let run = doctor(vec!["--database-url".into(), url, "--brokers".into(), "127.0.0.1:1".into()]).await;
+    let report = run.json();
+    assert_eq!(run.code, 1, "{report:#}");
+    assert_eq!(checks(&report, "fail", "does not answer").first().map(|c| c["area"].clone()), Some("database".into()));
+    assert!(!missing.exists(), "the doctor created the file it looked for");
+}
