@@ -142,23 +142,30 @@ async fn a_corrupted_level_is_found_rebuilt_published_and_then_verified() {
     let report = clean.json();
     assert_eq!((report["levels"].as_u64(), report["movements"].as_u64()), (Some(3), Some(4)));
     assert_eq!(report["lag"]["checked"], true, "{report}");
-    let lags: Vec<i64> = report["lag"]["partitions"].as_array().unwrap().iter().map(|p| p["lag"].as_i64().unwrap()).collect();
+    let lags: Vec<i64> =
+        report["lag"]["partitions"].as_array().unwrap().iter().map(|p| p["lag"].as_i64().unwrap()).collect();
     assert_eq!(lags, [0, 0], "the ledger is at each partition's end");
 
     // By hand: one level's on_hand changed, another's row deleted.
-    sql(&config.database.url, "UPDATE stock_levels SET on_hand = 107 WHERE sku = 'SKU-A' AND location = 'store-1'").await;
+    sql(&config.database.url, "UPDATE stock_levels SET on_hand = 107 WHERE sku = 'SKU-A' AND location = 'store-1'")
+        .await;
     sql(&config.database.url, "DELETE FROM stock_levels WHERE sku = 'SKU-B'").await;
     let found = onhand(&["verify", "--config", &file]).await;
     assert_eq!(found.code, 1, "a drift is a problem");
     assert!(
-        found.stdout.contains("drift     SKU-A@store-1  expected 7  found 107 (+100)  [on_hand]  last moved by pos:store-1-main"),
+        found.stdout.contains(
+            "drift     SKU-A@store-1  expected 7  found 107 (+100)  [on_hand]  last moved by pos:store-1-main"
+        ),
         "{}",
         found.stdout
     );
     assert!(found.stdout.contains("drift     SKU-B@store-1  expected 5  found no level"), "{}", found.stdout);
     assert!(found.stdout.contains("2 drift(s)") && found.stdout.contains("2 problem(s)"), "{}", found.stdout);
     let drifts = onhand(&["verify", "--config", &file, "--json"]).await.json()["drifts"].clone();
-    assert_eq!(drifts[1], json!({ "level": "SKU-B@store-1", "expected": 5, "found": null, "differs": ["missing"], "source": "erp:store-1-main" }));
+    assert_eq!(
+        drifts[1],
+        json!({ "level": "SKU-B@store-1", "expected": 5, "found": null, "differs": ["missing"], "source": "erp:store-1-main" })
+    );
 
     let asked = onhand(&["rebuild", "--config", &file]).await;
     assert_eq!(asked.code, 3, "nothing written without --yes");
@@ -193,11 +200,17 @@ async fn a_corrupted_level_is_found_rebuilt_published_and_then_verified() {
     on_hand_is(&app, "SKU-A", "store-1", 5).await;
 
     // Reserved units that no reservation holds are a problem too, which a rebuild keeps.
-    sql(&config.database.url, "UPDATE stock_levels SET reserved = 3 WHERE sku = 'SKU-A' AND location = 'store-2'").await;
+    sql(&config.database.url, "UPDATE stock_levels SET reserved = 3 WHERE sku = 'SKU-A' AND location = 'store-2'")
+        .await;
     let reserved = onhand(&["verify", "--config", &file]).await;
     assert_eq!(reserved.code, 1);
-    assert!(reserved.stdout.contains("reserved  SKU-A@store-2  reserved 3  held by reservations 0"), "{}", reserved.stdout);
-    sql(&config.database.url, "UPDATE stock_levels SET reserved = 0 WHERE sku = 'SKU-A' AND location = 'store-2'").await;
+    assert!(
+        reserved.stdout.contains("reserved  SKU-A@store-2  reserved 3  held by reservations 0"),
+        "{}",
+        reserved.stdout
+    );
+    sql(&config.database.url, "UPDATE stock_levels SET reserved = 0 WHERE sku = 'SKU-A' AND location = 'store-2'")
+        .await;
 
     against_a_snapshot(&file, dir.path()).await;
     app.stop().await.unwrap();
@@ -220,8 +233,14 @@ async fn against_a_snapshot(file: &str, dir: &Path) {
             { "level": "SKU-C@store-9", "onhand": 0, "outside": 12, "difference": -12, "source": "none", "size": "6-20" },
         ])
     );
-    assert_eq!(against["by_source"], json!({ "erp:store-1-main": { "levels": 1, "units": 1 }, "none": { "levels": 1, "units": 12 } }));
-    assert_eq!(against["by_size"], json!([{ "size": "1", "levels": 1, "units": 1 }, { "size": "6-20", "levels": 1, "units": 12 }]));
+    assert_eq!(
+        against["by_source"],
+        json!({ "erp:store-1-main": { "levels": 1, "units": 1 }, "none": { "levels": 1, "units": 12 } })
+    );
+    assert_eq!(
+        against["by_size"],
+        json!([{ "size": "1", "levels": 1, "units": 1 }, { "size": "6-20", "levels": 1, "units": 12 }])
+    );
     let text = onhand(&["verify", "--config", file, "--against", &csv]).await;
     assert!(text.stdout.contains("3 level(s), 1 matching, 2 different"), "{}", text.stdout);
     assert!(text.stdout.contains("by source:") && text.stdout.contains("by size:"), "{}", text.stdout);
@@ -231,7 +250,11 @@ async fn against_a_snapshot(file: &str, dir: &Path) {
     let bad = bad.display().to_string();
     let refused = onhand(&["verify", "--config", file, "--against", &bad]).await;
     assert_eq!(refused.code, 2, "a bad file stops the command");
-    assert!(refused.stderr.contains(&format!("{bad}:3: quantity \"four\" is not a whole number")), "{}", refused.stderr);
+    assert!(
+        refused.stderr.contains(&format!("{bad}:3: quantity \"four\" is not a whole number")),
+        "{}",
+        refused.stderr
+    );
 }
 
 /// The same on `onhand dev`'s SQLite file, with its embedded Kafka.

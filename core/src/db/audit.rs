@@ -113,7 +113,8 @@ async fn facts<D: Dialect>(conn: &mut D::Connection) -> Result<AuditFacts, DbErr
     .iter()
     .map(|row| Ok((level_key(row)?, row.cell::<i64>("held")?)))
     .collect::<Result<Vec<_>, DbError>>()?;
-    let outbox = query::<D>("SELECT count(*) AS n, MIN(created_at) AS oldest FROM outbox").fetch_one(&mut *conn).await?;
+    let outbox =
+        query::<D>("SELECT count(*) AS n, MIN(created_at) AS oldest FROM outbox").fetch_one(&mut *conn).await?;
     let offsets = query::<D>(
         "SELECT group_id, topic, partition, next_offset, updated_at FROM consumer_offsets
          ORDER BY group_id, topic, partition",
@@ -131,12 +132,7 @@ async fn facts<D: Dialect>(conn: &mut D::Connection) -> Result<AuditFacts, DbErr
         })
     })
     .collect::<Result<Vec<_>, DbError>>()?;
-    Ok(AuditFacts {
-        held,
-        outbox_records: outbox.cell("n")?,
-        outbox_oldest: outbox.optional_time("oldest")?,
-        offsets,
-    })
+    Ok(AuditFacts { held, outbox_records: outbox.cell("n")?, outbox_oldest: outbox.optional_time("oldest")?, offsets })
 }
 
 /// Writes a level's ledger columns back, bumping its version; its reserved units and

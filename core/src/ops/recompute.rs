@@ -249,19 +249,17 @@ mod tests {
 
     fn arb_movements() -> impl Strategy<Value = Vec<Movement>> {
         let kinds = vec![Receipt, Sale, Return, TransferOut, TransferIn, Damage, Adjustment, Count];
-        prop::collection::vec((prop::sample::select(kinds), 1i64..40, 0i64..12, 0usize..40), 1..40).prop_map(
-            |items| {
-                items
-                    .into_iter()
-                    .enumerate()
-                    .map(|(i, (kind, quantity, second, again))| {
-                        // Now and then a movement delivered again: the same event id.
-                        let id = if again < i && again % 5 == 0 { format!("e{again}") } else { format!("e{i}") };
-                        m(&id, kind, quantity, second)
-                    })
-                    .collect()
-            },
-        )
+        prop::collection::vec((prop::sample::select(kinds), 1i64..40, 0i64..12, 0usize..40), 1..40).prop_map(|items| {
+            items
+                .into_iter()
+                .enumerate()
+                .map(|(i, (kind, quantity, second, again))| {
+                    // Now and then a movement delivered again: the same event id.
+                    let id = if again < i && again % 5 == 0 { format!("e{again}") } else { format!("e{i}") };
+                    m(&id, kind, quantity, second)
+                })
+                .collect()
+        })
     }
 
     proptest! {

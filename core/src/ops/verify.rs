@@ -627,7 +627,10 @@ mod tests {
     #[test]
     fn a_bad_row_is_refused_with_its_line() {
         let cases = [
-            ("sku,location,quantity\nSKU-1,s1,5\nSKU-2,s2,five\n", "erp.csv:3: quantity \"five\" is not a whole number"),
+            (
+                "sku,location,quantity\nSKU-1,s1,5\nSKU-2,s2,five\n",
+                "erp.csv:3: quantity \"five\" is not a whole number",
+            ),
             ("SKU-1,s1\n", "erp.csv:1: expected 3 fields (sku,location,quantity), found 2"),
             ("SKU-1,s1,1\nSKU-1,s1,2\n", "erp.csv:2: SKU-1@s1 is on line 1 already"),
             ("SKU-1,s1,1\nSKU 1,s1,2\n", "erp.csv:2: "),
@@ -652,7 +655,10 @@ mod tests {
         assert_eq!((against.rows, against.matching, against.not_in_file), (4, 1, 1));
         let found: Vec<(&str, i64, &str, &str)> =
             against.differences.iter().map(|d| (d.level.as_str(), d.difference, d.source.as_str(), d.size)).collect();
-        assert_eq!(found, [("B@s1", -1, "pos:s1", "1"), ("C@s1", 30, "erp:main", "21-100"), ("D@s1", -3, "none", "2-5")]);
+        assert_eq!(
+            found,
+            [("B@s1", -1, "pos:s1", "1"), ("C@s1", 30, "erp:main", "21-100"), ("D@s1", -3, "none", "2-5")]
+        );
         assert_eq!(against.by_source["pos:s1"], Group { levels: 1, units: 1 });
         let sizes: Vec<&str> = against.by_size.iter().map(|b| b.size).collect();
         assert_eq!(sizes, ["1", "2-5", "21-100"]);
