@@ -753,12 +753,12 @@ async fn a_rebuild_writes_the_levels_asked_keeping_reserved_units_and_policies(d
         last_count: None,
     };
 
-    let mut kept = Kept::default();
     let s9 = (Sku::parse("SKU-9").unwrap(), LocationId::parse("s9").unwrap());
-    kept.rewrites = vec![
+    let rewrites = vec![
         LevelRewrite { key: s1.clone(), state: state(40), version: Some(before.version) },
         LevelRewrite { key: s9.clone(), state: state(7), version: None },
     ];
+    let mut kept = Kept { rewrites, ..Kept::default() };
     let written = db.rebuild(&mut kept).await.unwrap();
     assert_eq!(kept.counted, (1, 1));
     assert_eq!(written.len(), 2);
@@ -773,11 +773,11 @@ async fn a_rebuild_writes_the_levels_asked_keeping_reserved_units_and_policies(d
 
     // A version that is not the one stored: nothing at all is written, not even the
     // level before it.
-    let mut stale = Kept::default();
-    stale.rewrites = vec![
+    let rewrites = vec![
         LevelRewrite { key: s1, state: state(0), version: Some(after.version) },
         LevelRewrite { key: s9, state: state(1), version: Some(5) },
     ];
+    let mut stale = Kept { rewrites, ..Kept::default() };
     assert!(matches!(db.rebuild(&mut stale).await, Err(DbError::Raced(level)) if level == "SKU-9@s9"));
     assert_eq!((level(&*db, "SKU-9", "s9").await.on_hand, level(&*db, "SKU-1", "s1").await.on_hand), (7, 40));
 }
