@@ -45,6 +45,13 @@ pub(super) trait Dialect: Driver {
     /// very expressions the index `movements_source_recorded` is built on.
     const SOURCE_SYSTEM: &'static str;
     const SOURCE_INSTANCE: &'static str;
+    /// Begins a transaction that reads one snapshot of every table and writes nothing.
+    const BEGIN_SNAPSHOT: &'static str;
+    /// Begins the transaction of `onhand rebuild`, which writes levels.
+    const BEGIN_REBUILD: &'static str;
+    /// Run first in that transaction: what makes every other writer of `stock_levels`,
+    /// the ledger first, wait until it ends. (SQLite's write lock is taken by its begin.)
+    const PAUSE_WRITERS: &'static [&'static str];
 
     async fn begin_write(pool: &Pool<Self>) -> Result<Transaction<'static, Self>, DbError> {
         Ok(pool.begin_with(Self::BEGIN_WRITE).await?)

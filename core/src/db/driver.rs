@@ -12,6 +12,7 @@ use std::ops::DerefMut;
 
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
+use futures::stream::BoxStream;
 use sqlx::{
     encode::IsNull,
     error::BoxDynError,
@@ -72,6 +73,11 @@ pub(super) trait Driver: Database<Row: Cells> {
         query: SqlxQuery<'q, Self>,
         conn: &mut Self::Connection,
     ) -> Result<Option<Self::Row>, sqlx::Error>;
+    /// The rows one at a time, as the database sends them.
+    fn fetch<'e, 'q: 'e>(
+        query: SqlxQuery<'q, Self>,
+        conn: &'e mut Self::Connection,
+    ) -> BoxStream<'e, Result<Self::Row, sqlx::Error>>;
 }
 
 macro_rules! driver {
@@ -98,6 +104,13 @@ macro_rules! driver {
                 conn: &mut Self::Connection,
             ) -> Result<Option<Self::Row>, sqlx::Error> {
                 query.fetch_optional(conn).await
+            }
+
+            fn fetch<'e, 'q: 'e>(
+                query: SqlxQuery<'q, Self>,
+                conn: &'e mut Self::Connection,
+            ) -> BoxStream<'e, Result<Self::Row, sqlx::Error>> {
+                query.fetch(conn)
             }
         }
 
@@ -144,6 +157,14 @@ impl<'q, D: Driver> Query<'q, D> {
         mut conn: impl DerefMut<Target = D::Connection> + Send,
     ) -> Result<Option<D::Row>, DbError> {
         Ok(D::fetch_optional(self.0, &mut conn).await?)
+    }
+
+    /// The rows one at a time, as the database sends them: for reads too large to hold.
+    pub fn fetch<'e>(self, conn: &'e mut D::Connection) -> BoxStream<'e, Result<D::Row, sqlx::Error>>
+    where
+        'q: 'e,
+    {
+        D::fetch(self.0, conn)
     }
 
     pub async fn fetch_one(self, conn: impl DerefMut<Target = D::Connection> + Send) -> Result<D::Row, DbError> {

@@ -10,6 +10,8 @@
 //! - `history.rs`: the [`History`] role, the audit trail's reads.
 //! - `schema.rs`: a look at a database that changes nothing (its migrations, clock, keys
 //!   and saved offsets), for `onhand doctor`.
+//! - `audit.rs`: the [`Audit`] role, `onhand verify`'s one consistent read of everything
+//!   and `onhand rebuild`'s write of recomputed levels while the ledger waits.
 //! - `sql.rs`: `SqlDb<D>`, every method of `Db` written once over the database's
 //!   `Dialect` `D`.
 //! - `dialect.rs`: the `Dialect` trait, what PostgreSQL and SQLite do differently, and the
@@ -42,6 +44,7 @@ macro_rules! api_key_columns {
     };
 }
 
+mod audit;
 mod batch;
 mod dialect;
 mod driver;
@@ -64,7 +67,7 @@ use crate::{
     event::{EventId, LocationId, Movement, Sku, SourceSystem, StockLevel},
     freshness::{SourceState, SourceUpdate},
     history::{LevelMovement, Start},
-    ledger::rules::{Effect, LevelKey},
+    ledger::rules::{CountMark, Effect, LevelKey, LevelState},
     product::{Product, StoredProduct},
     reservation::{Decision, LineRequest, Reservation, Status},
 };
@@ -84,6 +87,9 @@ pub enum DbError {
     Migrate(#[from] sqlx::migrate::MigrateError),
     #[error("stock levels kept changing under this batch after {CONFLICT_ROUNDS_MAX} rounds")]
     Contended,
+    /// A level changed under `onhand rebuild` although it held the lock every writer takes.
+    #[error("the level {0} changed while the rebuild held the lock of stock_levels; nothing was written")]
+    Raced(String),
     #[error("unsupported database url {0:?}: expected postgres://... or sqlite://...")]
     UnsupportedUrl(String),
     #[error("stored data is not valid: {0}")]
@@ -110,7 +116,7 @@ impl DbError {
                 None => true,
             },
             DbError::Database(e) => !matches!(e, sqlx::Error::Configuration(_) | sqlx::Error::Migrate(_)),
-            DbError::Contended => true,
+            DbError::Contended | DbError::Raced(_) => true,
             DbError::Migrate(_) | DbError::UnsupportedUrl(_) | DbError::Corrupt(_) | DbError::Refused { .. } => false,
         }
     }
@@ -363,6 +369,106 @@ pub trait History: Send + Sync + std::fmt::Debug {
     ) -> Result<Vec<LevelMovement>, DbError>;
 }
 
+/// The operator's audit (`onhand verify`, `onhand rebuild`): every level and every
+/// recorded movement read in one consistent snapshot, and recomputed levels written back
+/// while the ledger waits. Reads are streamed to an [`AuditReader`], so that neither side
+/// holds the movements in memory.
+#[async_trait]
+pub trait Audit: Send + Sync + std::fmt::Debug {
+    /// Reads, in one snapshot (PostgreSQL's `REPEATABLE READ`, an SQLite read
+    /// transaction), every level and then every movement into `reader`, and answers the
+    /// rest of what that snapshot holds. Writers go on meanwhile; none of them waits.
+    async fn audit(&self, reader: &mut dyn AuditReader) -> Result<AuditFacts, DbError>;
+    /// Pauses the ledger and every other writer of `stock_levels` (PostgreSQL: `LOCK TABLE
+    /// stock_levels IN SHARE ROW EXCLUSIVE MODE`, which every write of a level waits for;
+    /// SQLite: its one write lock), reads every level and movement into `reader` as
+    /// [`Audit::audit`] does, then writes the levels `reader` answers, each with its
+    /// version bumped, in the same transaction: all of them or, when anything fails or the
+    /// process stops, none. Answers the levels as written, which are unpublished until
+    /// their publication is recorded. A writer that waited re-reads what it lost the race
+    /// for (its compare-and-set on `version` fails).
+    async fn rebuild(&self, reader: &mut dyn Rebuilding) -> Result<Vec<StockLevel>, DbError>;
+}
+
+/// What receives the audit's reads, in this order: [`counted`](Self::counted) once, every
+/// level, then every movement.
+pub trait AuditReader: Send {
+    /// How many levels and movements the snapshot holds, before any is read.
+    fn counted(&mut self, levels: u64, movements: u64);
+    /// A stored level; levels come in (sku, location) order.
+    fn level(&mut self, level: AuditedLevel);
+    /// A recorded movement that may change a level (reservation events are left out).
+    /// The movements of a level come together, levels in (sku, location) order, and a
+    /// level's in ledger order: by the transaction that recorded them, then by their place
+    /// on Kafka (partition, offset), then by event id.
+    fn movement(&mut self, movement: Movement);
+}
+
+/// An [`AuditReader`] that, once everything is read, says which levels to write back.
+pub trait Rebuilding: AuditReader {
+    /// The levels to write, after the last movement was read.
+    fn rewrites(&mut self) -> Vec<LevelRewrite>;
+}
+
+/// A stored level as the audit reads it: what is published, and what the ledger keeps
+/// beside it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AuditedLevel {
+    pub level: StockLevel,
+    /// The count on_hand is based on (`last_count_at` and its event id).
+    pub last_count: Option<CountMark>,
+    /// The newest version acknowledged on the stock topic.
+    pub published_version: i64,
+}
+
+impl AuditedLevel {
+    /// What the ledger's rules know of this level.
+    pub fn state(&self) -> LevelState {
+        LevelState {
+            on_hand: self.level.on_hand,
+            last_movement_at: self.level.last_movement_at,
+            last_event_id: self.level.last_event_id.clone(),
+            last_count: self.last_count.clone(),
+        }
+    }
+}
+
+/// A level's ledger columns as `onhand rebuild` writes them back; its reserved units and
+/// stock policy stay as they are.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LevelRewrite {
+    pub key: LevelKey,
+    pub state: LevelState,
+    /// The version read, which the write compares; `None` inserts a level that has
+    /// movements but no row.
+    pub version: Option<i64>,
+}
+
+/// The rest of what the audit's snapshot holds.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct AuditFacts {
+    /// The units reservation lines hold at each level, in (sku, location) order: the lines
+    /// of held reservations, and those of committed ones whose sale the ledger has not
+    /// applied yet. Levels without any are left out.
+    pub held: Vec<(LevelKey, i64)>,
+    /// How many records wait in the outbox.
+    pub outbox_records: i64,
+    /// When the oldest of them was written.
+    pub outbox_oldest: Option<DateTime<Utc>>,
+    /// Every consumer offset saved, by group, topic and partition.
+    pub offsets: Vec<SavedOffset>,
+}
+
+/// A consumer group's saved next offset on one partition.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SavedOffset {
+    pub group_id: String,
+    pub topic: String,
+    pub partition: i32,
+    pub next_offset: i64,
+    pub updated_at: DateTime<Utc>,
+}
+
 /// What `History::movements` selects: each filter is optional, and they all apply.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct MovementQuery {
@@ -419,6 +525,7 @@ pub trait Db:
     + Ping
     + History
     + MovementLookups
+    + Audit
 {
 }
 

@@ -62,6 +62,16 @@ impl Dialect for Postgres {
     const DELETE_OUTBOX: &'static str = "DELETE FROM outbox WHERE id = ANY($1)";
     const SOURCE_SYSTEM: &'static str = "(event->'source'->>'system')";
     const SOURCE_INSTANCE: &'static str = "(event->'source'->>'instance')";
+    const BEGIN_SNAPSHOT: &'static str = "BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY";
+    // The snapshot of REPEATABLE READ is taken by the first statement after the lock, so it
+    // holds every level write committed before the rebuild, and none after.
+    const BEGIN_REBUILD: &'static str = "BEGIN ISOLATION LEVEL REPEATABLE READ";
+    // SHARE ROW EXCLUSIVE conflicts with the ROW EXCLUSIVE lock that every UPDATE or INSERT
+    // of a level takes (the ledger's, reservations', policies'), and with itself, and not
+    // with reads: the API goes on answering. The lock waits for the writer holding the
+    // table, at most the lock timeout; the ledger's next write waits for the rebuild.
+    const PAUSE_WRITERS: &'static [&'static str] =
+        &["SET LOCAL lock_timeout = '60s'", "LOCK TABLE stock_levels IN SHARE ROW EXCLUSIVE MODE"];
 
     fn ledger(tx: &mut PgConnection) -> Box<dyn LedgerTx + '_> {
         Box::new(PgLedgerTx { tx })

@@ -75,6 +75,11 @@ impl Dialect for Sqlite {
     const DELETE_OUTBOX: &'static str = "DELETE FROM outbox WHERE id IN (SELECT value FROM json_each($1))";
     const SOURCE_SYSTEM: &'static str = "json_extract(event, '$.source.system')";
     const SOURCE_INSTANCE: &'static str = "json_extract(event, '$.source.instance')";
+    // In WAL mode, a read transaction sees the snapshot of its first read until it ends.
+    const BEGIN_SNAPSHOT: &'static str = "BEGIN";
+    // The one write lock, held to the end: no other writer, the ledger first, can begin.
+    const BEGIN_REBUILD: &'static str = "BEGIN IMMEDIATE";
+    const PAUSE_WRITERS: &'static [&'static str] = &[];
 
     fn ledger(tx: &mut SqliteConnection) -> Box<dyn LedgerTx + '_> {
         Box::new(SqliteLedgerTx { tx })

@@ -663,6 +663,125 @@ async fn recorded_event_ids_are_found(db: Arc<dyn Db>) {
     assert!(db.recorded_event_ids(&[]).await.unwrap().is_empty());
 }
 
+/// An audit's reader that keeps what it is handed, and has written back what it is told.
+#[derive(Default)]
+struct Kept {
+    counted: (u64, u64),
+    levels: Vec<AuditedLevel>,
+    movements: Vec<String>,
+    rewrites: Vec<LevelRewrite>,
+}
+
+impl AuditReader for Kept {
+    fn counted(&mut self, levels: u64, movements: u64) {
+        self.counted = (levels, movements);
+    }
+
+    fn level(&mut self, level: AuditedLevel) {
+        assert!(self.movements.is_empty(), "every level comes before the movements");
+        self.levels.push(level);
+    }
+
+    fn movement(&mut self, movement: Movement) {
+        self.movements.push(format!("{}:{}", movement.location, movement.event_id));
+    }
+}
+
+impl Rebuilding for Kept {
+    fn rewrites(&mut self) -> Vec<LevelRewrite> {
+        std::mem::take(&mut self.rewrites)
+    }
+}
+
+fn at_offset(mut e: Envelope, offset: i64) -> Envelope {
+    e.offset = offset;
+    e
+}
+
+async fn the_audit_reads_levels_then_each_levels_movements_in_ledger_order(db: Arc<dyn Db>) {
+    // In the first batch, s1's "z"; in the second, s1's "y" then "x" (by offset), a
+    // reservation event, and s2's first movement. Ledger order is not event-id order.
+    db.apply_batch(&batch(vec![at_offset(envelope("z", "s1", Receipt, 10, 5), 1)], 2)).await.unwrap();
+    let second = vec![
+        at_offset(envelope("y", "s1", Count, 20, 6), 3),
+        at_offset(envelope("x", "s1", Sale, 1, 7), 4),
+        at_offset(envelope("r", "s1", Reserve, 1, 6), 5),
+        at_offset(envelope("w", "s2", Receipt, 3, 1), 2),
+    ];
+    db.apply_batch(&batch(second, 6)).await.unwrap();
+    let key = |l: &str| (Sku::parse("SKU-1").unwrap(), LocationId::parse(l).unwrap());
+    db.set_policy(&key("s3"), StockPolicy { safety_stock: 1, reorder_point: None }).await.unwrap();
+    stock(&*db, "SKU-2", "s1", 5).await;
+    reserve(&*db, "a", &config(true, &[]), &[line("SKU-2", 2, None)]).await;
+    reserve(&*db, "b", &config(true, &[]), &[line("SKU-2", 1, None)]).await;
+    db.close_reservation("r-b", reservation::Status::Cancelled, at(200)).await.unwrap();
+
+    let mut kept = Kept::default();
+    let facts = db.audit(&mut kept).await.unwrap();
+    assert_eq!(kept.counted, (4, 5), "levels, and the movements that may change one");
+    let levels: Vec<(String, i64, i64)> =
+        kept.levels.iter().map(|l| (level_name(&l.level), l.level.on_hand, l.published_version)).collect();
+    assert_eq!(
+        levels,
+        [("SKU-1@s1".into(), 19, 0), ("SKU-1@s2".into(), 3, 0), ("SKU-1@s3".into(), 0, 0), ("SKU-2@s1".into(), 5, 0)]
+    );
+    assert_eq!(kept.levels[0].last_count.as_ref().map(|c| c.event_id.as_str()), Some("y"));
+    assert_eq!(kept.levels[0].state().on_hand, 19);
+    assert_eq!(kept.movements, ["s1:z", "s1:y", "s1:x", "s2:w", "s1:stock-SKU-2-s1"]);
+    assert_eq!(facts.held, [((Sku::parse("SKU-2").unwrap(), LocationId::parse("s1").unwrap()), 2)]);
+    assert_eq!(facts.outbox_records, 3, "the reserve events of both, and b's release");
+    assert!(facts.outbox_oldest.is_some());
+    let saved: Vec<(&str, i32, i64)> =
+        facts.offsets.iter().map(|o| (o.group_id.as_str(), o.partition, o.next_offset)).collect();
+    assert_eq!(saved, [("ledger", 0, 6)]);
+}
+
+fn level_name(level: &StockLevel) -> String {
+    format!("{}@{}", level.sku, level.location)
+}
+
+async fn a_rebuild_writes_the_levels_asked_keeping_reserved_units_and_policies(db: Arc<dyn Db>) {
+    stock(&*db, "SKU-1", "s1", 5).await;
+    let s1 = (Sku::parse("SKU-1").unwrap(), LocationId::parse("s1").unwrap());
+    db.set_policy(&s1, StockPolicy { safety_stock: 1, reorder_point: Some(2) }).await.unwrap();
+    reserve(&*db, "a", &config(true, &[]), &[line("SKU-1", 2, None)]).await;
+    let before = level(&*db, "SKU-1", "s1").await;
+    let state = |on_hand| crate::ledger::rules::LevelState {
+        on_hand,
+        last_movement_at: before.last_movement_at,
+        last_event_id: before.last_event_id.clone(),
+        last_count: None,
+    };
+
+    let s9 = (Sku::parse("SKU-9").unwrap(), LocationId::parse("s9").unwrap());
+    let rewrites = vec![
+        LevelRewrite { key: s1.clone(), state: state(40), version: Some(before.version) },
+        LevelRewrite { key: s9.clone(), state: state(7), version: None },
+    ];
+    let mut kept = Kept { rewrites, ..Kept::default() };
+    let written = db.rebuild(&mut kept).await.unwrap();
+    assert_eq!(kept.counted, (1, 1));
+    assert_eq!(written.len(), 2);
+    let after = level(&*db, "SKU-1", "s1").await;
+    assert_eq!(
+        (after.on_hand, after.reserved, after.safety_stock, after.reorder_point, after.version),
+        (40, 2, 1, Some(2), before.version + 1)
+    );
+    assert_eq!(written[0], after);
+    assert_eq!((level(&*db, "SKU-9", "s9").await.on_hand, written[1].version), (7, 1));
+    assert_eq!(db.unpublished_levels(Utc::now(), 10).await.unwrap().len(), 2, "written, not yet published");
+
+    // A version that is not the one stored: nothing at all is written, not even the
+    // level before it.
+    let rewrites = vec![
+        LevelRewrite { key: s1, state: state(0), version: Some(after.version) },
+        LevelRewrite { key: s9, state: state(1), version: Some(5) },
+    ];
+    let mut stale = Kept { rewrites, ..Kept::default() };
+    assert!(matches!(db.rebuild(&mut stale).await, Err(DbError::Raced(level)) if level == "SKU-9@s9"));
+    assert_eq!((level(&*db, "SKU-9", "s9").await.on_hand, level(&*db, "SKU-1", "s1").await.on_hand), (7, 40));
+}
+
 macro_rules! contract {
     ($backend:ident, $open:expr) => {
         mod $backend {
@@ -692,7 +811,9 @@ macro_rules! contract {
                 products_are_found_by_an_attribute,
                 movements_are_filtered_and_paged_newest_recorded_first,
                 a_levels_history_starts_from_its_last_count,
-                recorded_event_ids_are_found);
+                recorded_event_ids_are_found,
+                the_audit_reads_levels_then_each_levels_movements_in_ledger_order,
+                a_rebuild_writes_the_levels_asked_keeping_reserved_units_and_policies);
         }
     };
     (@each $open:expr; $($case:ident),*) => {

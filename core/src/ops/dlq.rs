@@ -212,12 +212,14 @@ fn reader(config: &KafkaConfig) -> Result<BaseConsumer, DlqError> {
 
 /// The next offset of every partition of `topic`: where records written from now on go.
 pub async fn ends(config: &KafkaConfig, topic: &str) -> Result<BTreeMap<i32, i64>, DlqError> {
+    Ok(marks(config, topic).await?.into_iter().map(|(p, (_, high))| (p, high)).collect())
+}
+
+/// The first and the next offset of every partition of `topic` (its low and high
+/// watermarks), of any topic: `onhand verify` measures the ledger's lag with them.
+pub async fn marks(config: &KafkaConfig, topic: &str) -> Result<BTreeMap<i32, (i64, i64)>, DlqError> {
     let (config, topic) = (config.clone(), topic.to_string());
-    blocking(move || {
-        let consumer = reader(&config)?;
-        Ok(watermarks(&consumer, &topic)?.into_iter().map(|(p, (_, high))| (p, high)).collect())
-    })
-    .await
+    blocking(move || watermarks(&reader(&config)?, &topic)).await
 }
 
 fn watermarks(consumer: &BaseConsumer, topic: &str) -> Result<BTreeMap<i32, (i64, i64)>, DlqError> {

@@ -3,9 +3,18 @@
 //!
 //! Each piece reports its progress through [`Progress`], so the command line can draw a
 //! bar and tests can ignore it.
+//!
+//! - `dlq`: the dead-letter topic, read, filtered and re-driven.
+//! - `doctor`: a deployment checked end to end, changing nothing.
+//! - `recompute`: the levels as the recorded movements make them, under the ledger's rules.
+//! - `verify`: the levels, reservations, outbox, publications and lag checked.
+//! - `rebuild`: the levels that drifted written back while the ledger waits, and published.
 
 pub mod dlq;
 pub mod doctor;
+pub mod rebuild;
+pub mod recompute;
+pub mod verify;
 
 /// Where long work says how far it is.
 pub trait Progress: Send + Sync {
