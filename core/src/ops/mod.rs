@@ -1,10 +1,15 @@
 //! The operator's work, which the `onhand verify|rebuild|replay|dlq|doctor` commands run:
 //! checks and repairs over the database and Kafka, run beside a live deployment.
 //!
+//! - `dlq`: the dead-letter topic read, filtered and sent back.
+//! - `replay`: a consumer group moved back on its topic, in Kafka or, for the ledger, in
+//!   the database.
+//!
 //! Each piece reports its progress through [`Progress`], so the command line can draw a
 //! bar and tests can ignore it.
 
 pub mod dlq;
+pub mod replay;
 
 /// Where long work says how far it is.
 pub trait Progress: Send + Sync {
