@@ -12,63 +12,13 @@ use std::{
     time::Duration,
 };
 
-use common::{process::*, *};
+use common::{ops::*, process::*, *};
 use onhand_core::{config::Config, event::MovementKind, testing::at};
 use rdkafka::{
     consumer::{BaseConsumer, Consumer},
     Message,
 };
 use serde_json::{json, Value};
-
-/// What one run of `onhand ...` gave.
-struct Run {
-    code: i32,
-    stdout: String,
-    stderr: String,
-}
-
-impl Run {
-    fn json(&self) -> Value {
-        serde_json::from_str(&self.stdout).unwrap_or_else(|e| panic!("{e}: {}\n{}", self.stdout, self.stderr))
-    }
-}
-
-/// Runs the binary with `args`, on the tokio blocking pool, with only the environment a
-/// test sets.
-async fn onhand(args: &[&str]) -> Run {
-    let args: Vec<String> = args.iter().map(|a| a.to_string()).collect();
-    tokio::task::spawn_blocking(move || {
-        let mut command = Command::new(env!("CARGO_BIN_EXE_onhand"));
-        command.args(&args).env("RUST_LOG", "warn");
-        for (key, _) in std::env::vars().filter(|(k, _)| k.starts_with("ONHAND_") && k.contains("__")) {
-            command.env_remove(key);
-        }
-        command.env_remove("DATABASE_URL").env_remove("ONHAND_CONFIG");
-        let output = command.output().expect("the onhand binary runs");
-        let run = Run {
-            code: output.status.code().unwrap_or(-1),
-            stdout: String::from_utf8_lossy(&output.stdout).into_owned(),
-            stderr: String::from_utf8_lossy(&output.stderr).into_owned(),
-        };
-        eprintln!("$ onhand {}\n-> {}\n{}{}", args.join(" "), run.code, run.stdout, run.stderr);
-        run
-    })
-    .await
-    .unwrap()
-}
-
-/// The deployment's configuration as an operator's TOML file.
-fn config_file(config: &Config, dir: &Path) -> PathBuf {
-    let topics = &config.kafka.topics;
-    let text = format!(
-        "[database]\nurl = {:?}\n\n[kafka]\nbrokers = {:?}\n\n[kafka.topics]\nmovements = {:?}\nstock = {:?}\ndlq = {:?}\n\n\
-         [ledger]\ngroup_id = {:?}\n",
-        config.database.url, config.kafka.brokers, topics.movements, topics.stock, topics.dlq, config.ledger.group_id
-    );
-    let path = dir.join("onhand.toml");
-    std::fs::write(&path, text).unwrap();
-    path
-}
 
 /// A movement from `system:instance`, as JSON on the movements topic.
 fn from_source(id: &str, sku: &str, location: &str, kind: MovementKind, quantity: i64, system: &str) -> Vec<u8> {
@@ -137,7 +87,7 @@ async fn a_corrupted_level_is_found_rebuilt_published_and_then_verified() {
     let file = config_file(&config, dir.path());
     let file = file.display().to_string();
 
-    let clean = onhand(&["verify", "--config", &file, "--json"]).await;
+    let clean = onhand_async(&["verify", "--config", &file, "--json"]).await;
     assert_eq!(clean.code, 0, "{}", clean.stdout);
     let report = clean.json();
     assert_eq!((report["levels"].as_u64(), report["movements"].as_u64()), (Some(3), Some(4)));
@@ -150,7 +100,7 @@ async fn a_corrupted_level_is_found_rebuilt_published_and_then_verified() {
     sql(&config.database.url, "UPDATE stock_levels SET on_hand = 107 WHERE sku = 'SKU-A' AND location = 'store-1'")
         .await;
     sql(&config.database.url, "DELETE FROM stock_levels WHERE sku = 'SKU-B'").await;
-    let found = onhand(&["verify", "--config", &file]).await;
+    let found = onhand_async(&["verify", "--config", &file]).await;
     assert_eq!(found.code, 1, "a drift is a problem");
     assert!(
         found.stdout.contains(
@@ -161,18 +111,18 @@ async fn a_corrupted_level_is_found_rebuilt_published_and_then_verified() {
     );
     assert!(found.stdout.contains("drift     SKU-B@store-1  expected 5  found no level"), "{}", found.stdout);
     assert!(found.stdout.contains("2 drift(s)") && found.stdout.contains("2 problem(s)"), "{}", found.stdout);
-    let drifts = onhand(&["verify", "--config", &file, "--json"]).await.json()["drifts"].clone();
+    let drifts = onhand_async(&["verify", "--config", &file, "--json"]).await.json()["drifts"].clone();
     assert_eq!(
         drifts[1],
         json!({ "level": "SKU-B@store-1", "expected": 5, "found": null, "differs": ["missing"], "source": "erp:store-1-main" })
     );
 
-    let asked = onhand(&["rebuild", "--config", &file]).await;
+    let asked = onhand_async(&["rebuild", "--config", &file]).await;
     assert_eq!(asked.code, 3, "nothing written without --yes");
     assert!(asked.stdout.contains("would rewrite 2 level(s)") && asked.stdout.contains("--yes"), "{}", asked.stdout);
     assert_eq!(levels(&app, "SKU-A").await["store-1"], 107, "still as corrupted");
 
-    let rebuilt = onhand(&["rebuild", "--config", &file, "--yes"]).await;
+    let rebuilt = onhand_async(&["rebuild", "--config", &file, "--yes"]).await;
     assert_eq!(rebuilt.code, 0, "{}", rebuilt.stderr);
     assert!(rebuilt.stdout.contains("rewrote 2 level(s)"), "{}", rebuilt.stdout);
     assert!(rebuilt.stdout.contains("  SKU-A@store-1  on_hand 107 -> 7  [on_hand]"), "{}", rebuilt.stdout);
@@ -189,10 +139,10 @@ async fn a_corrupted_level_is_found_rebuilt_published_and_then_verified() {
     assert_eq!(on_topic["on_hand"], 7, "the corrected level is on the stock topic: {on_topic}");
     on_hand_is(&app, "SKU-B", "store-1", 5).await;
 
-    let again = onhand(&["verify", "--config", &file]).await;
+    let again = onhand_async(&["verify", "--config", &file]).await;
     assert_eq!(again.code, 0, "{}", again.stdout);
     assert!(again.stdout.contains("no problem"), "{}", again.stdout);
-    assert_eq!(onhand(&["rebuild", "--config", &file]).await.code, 0, "nothing left to rebuild");
+    assert_eq!(onhand_async(&["rebuild", "--config", &file]).await.code, 0, "nothing left to rebuild");
 
     // The ledger goes on after the rebuild: a sale lands on the rebuilt level.
     let sale = from_source("a-4", "SKU-A", "store-1", MovementKind::Sale, 2, "pos");
@@ -202,7 +152,7 @@ async fn a_corrupted_level_is_found_rebuilt_published_and_then_verified() {
     // Reserved units that no reservation holds are a problem too, which a rebuild keeps.
     sql(&config.database.url, "UPDATE stock_levels SET reserved = 3 WHERE sku = 'SKU-A' AND location = 'store-2'")
         .await;
-    let reserved = onhand(&["verify", "--config", &file]).await;
+    let reserved = onhand_async(&["verify", "--config", &file]).await;
     assert_eq!(reserved.code, 1);
     assert!(
         reserved.stdout.contains("reserved  SKU-A@store-2  reserved 3  held by reservations 0"),
@@ -221,7 +171,7 @@ async fn against_a_snapshot(file: &str, dir: &Path) {
     let csv = dir.join("erp.csv");
     std::fs::write(&csv, "sku,location,quantity\nSKU-A,store-1,5\nSKU-B,store-1,4\nSKU-C,store-9,12\n").unwrap();
     let csv = csv.display().to_string();
-    let run = onhand(&["verify", "--config", file, "--against", &csv, "--json"]).await;
+    let run = onhand_async(&["verify", "--config", file, "--against", &csv, "--json"]).await;
     assert_eq!(run.code, 1, "differences from the snapshot are problems");
     let against = run.json()["against"].clone();
     assert_eq!((against["rows"].as_u64(), against["matching"].as_u64()), (Some(3), Some(1)));
@@ -241,14 +191,14 @@ async fn against_a_snapshot(file: &str, dir: &Path) {
         against["by_size"],
         json!([{ "size": "1", "levels": 1, "units": 1 }, { "size": "6-20", "levels": 1, "units": 12 }])
     );
-    let text = onhand(&["verify", "--config", file, "--against", &csv]).await;
+    let text = onhand_async(&["verify", "--config", file, "--against", &csv]).await;
     assert!(text.stdout.contains("3 level(s), 1 matching, 2 different"), "{}", text.stdout);
     assert!(text.stdout.contains("by source:") && text.stdout.contains("by size:"), "{}", text.stdout);
 
     let bad = dir.join("bad.csv");
     std::fs::write(&bad, "sku,location,quantity\nSKU-A,store-1,5\nSKU-B,store-1,four\n").unwrap();
     let bad = bad.display().to_string();
-    let refused = onhand(&["verify", "--config", file, "--against", &bad]).await;
+    let refused = onhand_async(&["verify", "--config", file, "--against", &bad]).await;
     assert_eq!(refused.code, 2, "a bad file stops the command");
     assert!(
         refused.stderr.contains(&format!("{bad}:3: quantity \"four\" is not a whole number")),
@@ -285,19 +235,19 @@ async fn onhand_dev_is_verified_and_rebuilt_too() {
     })
     .await;
     let dir = data.path().display().to_string();
-    assert_eq!(onhand(&["verify", "--dev", &dir]).await.code, 0);
+    assert_eq!(onhand_async(&["verify", "--dev", &dir]).await.code, 0);
 
     sql(&url, "UPDATE stock_levels SET on_hand = 3").await;
-    let found = onhand(&["verify", "--dev", &dir, "--json"]).await;
+    let found = onhand_async(&["verify", "--dev", &dir, "--json"]).await;
     assert_eq!(found.code, 1);
     assert_eq!(found.json()["drifts"][0]["level"], "SKU-DEV@store-001");
-    let rebuilt = onhand(&["rebuild", "--dev", &dir, "--yes", "--json"]).await;
+    let rebuilt = onhand_async(&["rebuild", "--dev", &dir, "--yes", "--json"]).await;
     assert_eq!(rebuilt.code, 0, "{}", rebuilt.stderr);
     assert_eq!(rebuilt.json()["publication"], json!({ "published": 1, "failed": 0 }));
     let pool = sqlx::SqlitePool::connect(&url).await.unwrap();
     let (on_hand, unpublished): (i64, i64) =
         sqlx::query_as("SELECT on_hand, version - published_version FROM stock_levels").fetch_one(&pool).await.unwrap();
     assert_eq!((on_hand, unpublished), (10, 0), "rebuilt, and its publication recorded");
-    assert_eq!(onhand(&["verify", "--dev", &dir]).await.code, 0);
+    assert_eq!(onhand_async(&["verify", "--dev", &dir]).await.code, 0);
     assert!(dev.terminate());
 }

@@ -40,6 +40,14 @@ pub fn onhand(args: &[&str]) -> Run {
     run
 }
 
+/// [`onhand`] on the tokio blocking pool, for async tests.
+pub async fn onhand_async(args: &[&str]) -> Run {
+    let args: Vec<String> = args.iter().map(|a| a.to_string()).collect();
+    tokio::task::spawn_blocking(move || onhand(&args.iter().map(String::as_str).collect::<Vec<_>>()))
+        .await
+        .expect("the onhand run ends")
+}
+
 /// The deployment's configuration as an operator's TOML file: database, brokers, topics,
 /// and the connectors' sections.
 pub fn config_file(config: &Config, dir: &Path) -> PathBuf {

@@ -8,12 +8,14 @@
 //! - `source`: the poller with its persisted cursor on (change time, row id).
 //! - `debezium`: the other way in, Debezium's change events of the journal table.
 //! - `encodings`: pure functions reading Debezium's encodings of numbers and times.
+//! - `replay`: `onhand replay connector erp`, the cursor moved back.
 
 mod config;
 pub mod debezium;
 mod encodings;
 pub mod mapping;
 mod metrics;
+pub mod replay;
 mod source;
 
 use std::sync::Arc;

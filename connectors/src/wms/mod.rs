@@ -8,10 +8,12 @@
 //!   movements, and the event id `wms:{sha256 of the file}:{line}`.
 //! - `source`: the task that watches the inbox, checks each complete file, produces it
 //!   in batches and moves it to `archive/` or `rejected/`.
+//! - `replay`: `onhand replay connector wms`, an archived file copied back into the inbox.
 
 mod config;
 pub mod mapping;
 mod metrics;
+pub mod replay;
 mod source;
 
 use std::sync::Arc;

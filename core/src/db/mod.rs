@@ -205,8 +205,8 @@ pub struct Applied {
 // cursors) and reaches nothing else. `Db` is every role at once: what `open` answers and
 // what the application wires from; an `Arc<dyn Db>` coerces to any role.
 
-/// The ledger's: batches applied exactly once with their consumer offsets, and the
-/// levels it has still to publish.
+/// The ledger's: batches applied exactly once with their consumer offsets (which only
+/// `onhand replay` moves back), and the levels it has still to publish.
 #[async_trait]
 pub trait LedgerWrites: Send + Sync + std::fmt::Debug {
     /// Applies a batch exactly once, in one transaction.
@@ -216,6 +216,17 @@ pub trait LedgerWrites: Send + Sync + std::fmt::Debug {
     /// Forgets the saved offsets of a consumer group on a topic, so that it starts over
     /// from the beginning. Applied movements stay recorded, so nothing counts twice.
     async fn reset_consumer_offsets(&self, group_id: &str, topic: &str) -> Result<(), DbError>;
+    /// Moves saved offsets of a consumer group on a topic back to `offsets`, in one
+    /// transaction, for `onhand replay group`: a partition whose saved offset is at or
+    /// before its new one keeps it, and a partition with none saved stays without (it
+    /// starts from the beginning), so this never skips a movement. Answers the partitions
+    /// moved. The movements read again are duplicates, which change nothing.
+    async fn rewind_consumer_offsets(
+        &self,
+        group_id: &str,
+        topic: &str,
+        offsets: &[PartitionOffset],
+    ) -> Result<Vec<PartitionOffset>, DbError>;
     /// Levels written before `written_before` but not acknowledged on the stock topic yet,
     /// oldest first, at most `limit`.
     async fn unpublished_levels(&self, written_before: DateTime<Utc>, limit: i64) -> Result<Vec<StockLevel>, DbError>;

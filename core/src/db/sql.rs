@@ -58,6 +58,34 @@ impl<D: Dialect> LedgerWrites for SqlDb<D> {
         Ok(())
     }
 
+    async fn rewind_consumer_offsets(
+        &self,
+        group_id: &str,
+        topic: &str,
+        offsets: &[PartitionOffset],
+    ) -> Result<Vec<PartitionOffset>, DbError> {
+        let mut tx = D::begin_write(&self.pool).await?;
+        let mut moved = Vec::new();
+        for o in offsets {
+            let done = query::<D>(
+                "UPDATE consumer_offsets SET next_offset = $4, updated_at = $5
+                 WHERE group_id = $1 AND topic = $2 AND partition = $3 AND next_offset > $4",
+            )
+            .bind(group_id)
+            .bind(topic)
+            .bind(o.partition)
+            .bind(o.next_offset)
+            .bind(Time(Utc::now()))
+            .execute(&mut *tx)
+            .await?;
+            if done > 0 {
+                moved.push(*o);
+            }
+        }
+        tx.commit().await?;
+        Ok(moved)
+    }
+
     async fn unpublished_levels(&self, written_before: DateTime<Utc>, limit: i64) -> Result<Vec<StockLevel>, DbError> {
         let rows = query::<D>(concat!(
             "SELECT ",

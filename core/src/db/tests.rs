@@ -154,6 +154,22 @@ async fn offsets_are_saved_and_never_go_back(db: Arc<dyn Db>) {
     assert!(db.consumer_offsets("ledger", "movements").await.unwrap().is_empty());
 }
 
+async fn offsets_are_rewound_only_backwards(db: Arc<dyn Db>) {
+    let mut two = batch(vec![envelope("a", "s1", Receipt, 1, 0)], 40);
+    two.offsets.push(PartitionOffset { partition: 1, next_offset: 9 });
+    db.apply_batch(&two).await.unwrap();
+    let to = |partition, next_offset| PartitionOffset { partition, next_offset };
+    // Partition 0 goes back; 1 would go forward and stays; 2 has none saved and stays so.
+    let moved = db.rewind_consumer_offsets("ledger", "movements", &[to(0, 10), to(1, 12), to(2, 3)]).await.unwrap();
+    assert_eq!(moved, vec![to(0, 10)]);
+    assert_eq!(db.consumer_offsets("ledger", "movements").await.unwrap(), vec![to(0, 10), to(1, 9)]);
+    assert!(db.rewind_consumer_offsets("other-group", "movements", &[to(0, 1)]).await.unwrap().is_empty());
+    // The ledger saves its offsets forward from there again.
+    db.apply_batch(&batch(vec![envelope("a", "s1", Receipt, 1, 0)], 11)).await.unwrap();
+    assert_eq!(db.consumer_offsets("ledger", "movements").await.unwrap()[0], to(0, 11));
+    assert_eq!(db.movement_count().await.unwrap(), 1, "the movement read again is a duplicate");
+}
+
 async fn the_count_rule_holds_across_batches(db: Arc<dyn Db>) {
     // A sale at t=20 arrives first; the count taken at t=10 arrives later and keeps it.
     db.apply_batch(&batch(vec![envelope("sale-20", "s1", Sale, 2, 20)], 1)).await.unwrap();
@@ -791,6 +807,7 @@ macro_rules! contract {
                 a_movement_delivered_three_times_counts_once,
                 a_batch_applied_twice_equals_it_applied_once,
                 offsets_are_saved_and_never_go_back,
+                offsets_are_rewound_only_backwards,
                 the_count_rule_holds_across_batches,
                 products_are_created_replaced_and_read,
                 api_keys_are_stored_as_hashes_listed_and_revoked,

@@ -9,11 +9,14 @@
 //! - `recompute`: the levels as the recorded movements make them, under the ledger's rules.
 //! - `verify`: the levels, reservations, outbox, publications and lag checked.
 //! - `rebuild`: the levels that drifted written back while the ledger waits, and published.
+//! - `replay`: a consumer group moved back on its topic, in Kafka or, for the ledger, in
+//!   the database.
 
 pub mod dlq;
 pub mod doctor;
 pub mod rebuild;
 pub mod recompute;
+pub mod replay;
 pub mod verify;
 
 /// Where long work says how far it is.
