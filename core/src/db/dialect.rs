@@ -45,6 +45,11 @@ pub(super) trait Dialect: Driver {
     /// very expressions the index `movements_source_recorded` is built on.
     const SOURCE_SYSTEM: &'static str;
     const SOURCE_INSTANCE: &'static str;
+    /// The database's clock now, as its column of a time holds it: leases expire by it,
+    /// never by a replica's clock.
+    const NOW: &'static str;
+    /// The database's clock plus `$3` milliseconds, as `NOW`.
+    const NOW_PLUS_MS_3: &'static str;
 
     async fn begin_write(pool: &Pool<Self>) -> Result<Transaction<'static, Self>, DbError> {
         Ok(pool.begin_with(Self::BEGIN_WRITE).await?)

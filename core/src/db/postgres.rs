@@ -59,6 +59,8 @@ impl Dialect for Postgres {
     const DELETE_OUTBOX: &'static str = "DELETE FROM outbox WHERE id = ANY($1)";
     const SOURCE_SYSTEM: &'static str = "(event->'source'->>'system')";
     const SOURCE_INSTANCE: &'static str = "(event->'source'->>'instance')";
+    const NOW: &'static str = "now()";
+    const NOW_PLUS_MS_3: &'static str = "(now() + CAST($3 AS DOUBLE PRECISION) * interval '1 millisecond')";
 
     fn ledger(tx: &mut PgConnection) -> Box<dyn LedgerTx + '_> {
         Box::new(PgLedgerTx { tx })

@@ -72,6 +72,10 @@ impl Dialect for Sqlite {
     const DELETE_OUTBOX: &'static str = "DELETE FROM outbox WHERE id IN (SELECT value FROM json_each($1))";
     const SOURCE_SYSTEM: &'static str = "json_extract(event, '$.source.system')";
     const SOURCE_INSTANCE: &'static str = "json_extract(event, '$.source.instance')";
+    // Microseconds since the Unix epoch, as `Time` stores them; julianday keeps milliseconds.
+    const NOW: &'static str = "CAST(ROUND((julianday('now') - 2440587.5) * 86400000.0) * 1000 AS INTEGER)";
+    const NOW_PLUS_MS_3: &'static str =
+        "(CAST(ROUND((julianday('now') - 2440587.5) * 86400000.0) * 1000 AS INTEGER) + $3 * 1000)";
 
     fn ledger(tx: &mut SqliteConnection) -> Box<dyn LedgerTx + '_> {
         Box::new(SqliteLedgerTx { tx })
