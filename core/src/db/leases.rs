@@ -15,20 +15,23 @@ use super::{
 #[async_trait]
 impl<D: Dialect> Leases for SqlDb<D> {
     async fn acquire_lease(&self, name: &str, holder: &str, ttl: Duration) -> Result<Option<Lease>, DbError> {
-        // Taken when free (no row), expired, or the holder's own: a renewal keeps when it
-        // was taken; a takeover remembers whom it was taken from.
+        // Taken when free (no row), expired, or the holder's own. A renewal (the holder's
+        // own, not expired) keeps when it was taken and from whom; a takeover remembers
+        // the holder it replaced; the holder's own expired lease is taken afresh. Every
+        // expression reads the row as it was before the update.
         let sql = format!(
             "INSERT INTO leases (name, holder, acquired_at, expires_at, taken_from)
              VALUES ($1, $2, {now}, {expires}, NULL)
              ON CONFLICT (name) DO UPDATE SET
                  holder = excluded.holder,
                  expires_at = excluded.expires_at,
-                 acquired_at = CASE WHEN leases.holder = excluded.holder
-                                    THEN leases.acquired_at ELSE excluded.acquired_at END,
-                 taken_from = CASE WHEN leases.holder = excluded.holder
-                                   THEN leases.taken_from ELSE leases.holder END
+                 acquired_at = CASE WHEN {renewal} THEN leases.acquired_at ELSE excluded.acquired_at END,
+                 taken_from = CASE WHEN {renewal} THEN leases.taken_from
+                                   WHEN leases.holder = excluded.holder THEN NULL
+                                   ELSE leases.holder END
              WHERE leases.holder = excluded.holder OR leases.expires_at <= excluded.acquired_at
              RETURNING name, holder, acquired_at, expires_at, taken_from",
+            renewal = "leases.holder = excluded.holder AND leases.expires_at > excluded.acquired_at",
             now = D::NOW,
             expires = D::NOW_PLUS_MS_3,
         );

@@ -679,6 +679,10 @@ async fn a_lease_is_held_by_one_holder_until_it_expires_or_is_released(db: Arc<d
     assert_eq!((b.holder.as_str(), b.taken_from.as_deref()), ("b", Some("a")));
     assert_eq!(db.acquire_lease("erp", "a", ttl).await.unwrap(), None, "a lost it");
     assert_eq!(db.lease("erp").await.unwrap().map(|l| l.holder), Some("b".to_string()));
+    tokio::time::sleep(ttl + std::time::Duration::from_millis(100)).await;
+    let own = db.acquire_lease("erp", "b", ttl).await.unwrap().expect("its holder takes its own expired lease");
+    assert_eq!(own.taken_from, None, "taking one's own expired lease again is no takeover");
+    assert!(own.acquired_at > b.acquired_at);
     assert!(db.release_lease("erp", "b").await.unwrap());
     assert_eq!(db.lease("erp").await.unwrap(), None);
     let again = db.acquire_lease("erp", "a", ttl).await.unwrap().expect("a released lease is free at once");
