@@ -21,7 +21,9 @@ use onhand_core::{
 use serde_json::{json, Value};
 use sqlx::{Connection, Executor, PgConnection};
 
-const TTL_MS: u64 = 1_500;
+/// Short, for a quick takeover, yet long enough that a loaded test machine renews within
+/// its third.
+const TTL_MS: u64 = 3_000;
 
 /// The replicas' configuration: one database and one set of topics, a short ttl.
 async fn replicas_config(connector: &str, section: Value) -> Config {
@@ -180,10 +182,10 @@ async fn a_wms_file_half_taken_by_a_replica_that_dies_is_finished_by_another() {
     let second = serve(&config).await;
     stands_by(&second, "wms").await;
 
-    let lines = 10_000;
+    let lines = 3_000;
     drop_receipts(inbox.path(), "receipts.csv", lines);
     eventually("part of the file acknowledged", 60, || async {
-        (metric(&first, "onhand_wms_lines_total") >= 2_000.0).then_some(())
+        (metric(&first, "onhand_wms_lines_total") >= 600.0).then_some(())
     })
     .await;
     drop(first);
