@@ -45,8 +45,7 @@ fn held(app: &App, lease: &str) -> f64 {
 }
 
 async fn until_held(app: &App, lease: &str, seconds: u64) {
-    eventually(&format!("the lease {lease} held"), seconds, || async { (held(app, lease) == 1.0).then_some(()) })
-        .await;
+    eventually(&format!("the lease {lease} held"), seconds, || async { (held(app, lease) == 1.0).then_some(()) }).await;
 }
 
 /// Waits until the replica's port accepts connections, then answers its `/readyz`.

@@ -300,8 +300,8 @@ async fn a_cancelled_blocking_step_is_a_stop() {
     never.abort();
     let cancelled = never.await.expect_err("aborted");
     assert!(cancelled.is_cancelled());
-    assert!(matches!(joined(Err(cancelled)), Err(WmsError::Stopped)));
+    assert!(matches!(joined::<()>(Err(cancelled)), Err(WmsError::Stopped)));
     let panicked = tokio::spawn(async { panic!("a bug") }).await.map(|()| Ok::<(), WmsError>(()));
-    let unwound = std::panic::catch_unwind(|| joined(panicked));
+    let unwound = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| joined(panicked)));
     assert!(unwound.is_err(), "a panic is not turned into a stop");
 }
