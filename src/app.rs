@@ -14,6 +14,7 @@ use onhand_core::{
     health::{Component, Failure, Health, State},
     ingest::{Durability, Ingest},
     kafka::{self, EmbeddedKafka},
+    lease::Leaser,
     ledger::{self, FaultInjection, LedgerError, LedgerHandle, LedgerParts},
     relay::{Forget, Relay},
     reservation::service::Reservations,
@@ -147,6 +148,7 @@ impl App {
             cache: cache.clone(),
             config: Arc::new(config.clone()),
             shutdown: supervisor.shutdown().child_token(),
+            leaser: Leaser::new(db.clone(), &config.leases, metrics.clone(), Some(health.clone())),
             metrics: metrics.clone(),
         };
         let routes = connectors.iter().flat_map(|c| c.routes(&context)).collect();

@@ -17,7 +17,6 @@ use std::{
 
 use common::{ops::*, *};
 use onhand_core::{
-    config::Config,
     db::PartitionOffset,
     event::MovementKind::{Receipt, Sale},
     testing::{create_database, kafka_brokers, postgres_admin_url, unique_name},
@@ -28,7 +27,7 @@ use rdkafka::{
     producer::FutureRecord,
     ClientConfig,
 };
-use serde_json::{json, Value};
+use serde_json::json;
 use sqlx::{Connection, Executor, PgConnection};
 
 /// `onhand replay ARGS --config FILE`, the built binary with only the environment a test

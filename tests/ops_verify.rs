@@ -6,11 +6,7 @@
 
 mod common;
 
-use std::{
-    path::{Path, PathBuf},
-    process::Command,
-    time::Duration,
-};
+use std::{path::Path, time::Duration};
 
 use common::{ops::*, process::*, *};
 use onhand_core::{config::Config, event::MovementKind, testing::at};

@@ -5,7 +5,8 @@
 //!   [`section`]) with its own metrics (registered with a [`Registrar`]).
 //! - [`Connector`]: a built connector: its HTTP routes, if it receives pushes, and its
 //!   long-running task, which reports its health through `context.component`.
-//! - [`ConnectorContext`]: what the process hands a connector's routes and task.
+//! - [`ConnectorContext`]: what the process hands a connector's routes and task, and
+//!   [`ConnectorContext::leased`], how a poller or an inbox runs on one replica at a time.
 //! - [`ConnectorError`]: why a connector could not be built, or stopped, and whether running
 //!   it again may help.
 
@@ -21,6 +22,7 @@ use onhand_core::{
     health::{Component, Failure},
     ingest::{Durability, Ingest},
     kafka::Producer,
+    lease::Leaser,
     relay::{Forget, Relay},
     telemetry::Metrics,
 };
@@ -105,6 +107,10 @@ pub struct ConnectorContext {
     /// when it consumes a topic.
     pub config: Arc<Config>,
     pub shutdown: CancellationToken,
+    /// This replica's leases: a poller or an inbox, which must run on one replica at a
+    /// time, runs through [`ConnectorContext::leased`]. Routes need none: every replica
+    /// serves them.
+    pub leaser: Leaser,
     /// Core's metrics, which the mechanisms a connector calls (dead letters, the cache)
     /// count in; a connector's own metrics are registered when it is built.
     pub metrics: Metrics,
@@ -140,9 +146,11 @@ impl ConnectorContext {
             db: db.clone(),
             relay,
         };
+        let leaser = Leaser::new(db.clone(), &config.leases, metrics.clone(), None);
         ConnectorContext {
             producer,
             ingest,
+            leaser,
             component: Component::detached("connector"),
             topics: config.kafka.topics.clone(),
             catalog: db.clone(),
@@ -154,6 +162,21 @@ impl ConnectorContext {
             shutdown,
             metrics,
         }
+    }
+}
+
+impl ConnectorContext {
+    /// Runs `work` only while this replica holds the lease `name` (see
+    /// `onhand_core::lease`), until shutdown or the work's own end, whose result it
+    /// answers. `work` gets this context with a `shutdown` that also fires when the lease
+    /// is lost; it is called again each time the lease is taken again, and must resume
+    /// from what it committed (a cursor, a file still in the inbox).
+    pub async fn leased<F, Fut>(&self, name: &'static str, mut work: F) -> Result<(), ConnectorError>
+    where
+        F: FnMut(ConnectorContext) -> Fut,
+        Fut: std::future::Future<Output = Result<(), ConnectorError>>,
+    {
+        self.leaser.run(name, &self.shutdown, |stop| work(ConnectorContext { shutdown: stop, ..self.clone() })).await
     }
 }
 

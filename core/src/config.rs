@@ -20,6 +20,7 @@ pub struct Config {
     pub query: QueryConfig,
     pub reservations: ReservationConfig,
     pub sources: SourcesConfig,
+    pub leases: LeaseConfig,
     /// Which locations serve each sales channel, by channel name.
     pub channels: BTreeMap<String, ChannelConfig>,
     /// Each connector's section, `[connectors.NAME]`, as written: the connector reads it
@@ -38,6 +39,7 @@ impl Default for Config {
             query: QueryConfig::default(),
             reservations: ReservationConfig::default(),
             sources: SourcesConfig::default(),
+            leases: LeaseConfig::default(),
             connectors: BTreeMap::new(),
             channels: BTreeMap::from([(
                 "all".to_string(),
@@ -248,6 +250,30 @@ impl Default for SourcesConfig {
     }
 }
 
+/// The leases that let one replica at a time run each poller and inbox (`lease`), when
+/// several `onhand serve` share the connectors' sections.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LeaseConfig {
+    /// How long a lease holds without being renewed: its holder renews it every third of
+    /// this, and when the holder dies another replica takes over after at most this long
+    /// (and one more third, its next try). From 1000 to 300000.
+    pub ttl_ms: u64,
+}
+
+impl LeaseConfig {
+    /// The shortest `ttl_ms`: a renewal must fit well within a third of it.
+    pub const TTL_MS_MIN: u64 = 1_000;
+    /// The longest `ttl_ms`: work must not stand still longer after its holder died.
+    pub const TTL_MS_MAX: u64 = 300_000;
+}
+
+impl Default for LeaseConfig {
+    fn default() -> Self {
+        Self { ttl_ms: 15_000 }
+    }
+}
+
 /// The locations whose stock a sales channel may sell.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
 #[serde(deny_unknown_fields, default)]
@@ -355,6 +381,13 @@ impl Config {
                 "http.unverified_per_address_per_s and http.unverified_per_address_burst must be 1 or more",
             );
         }
+        if !(LeaseConfig::TTL_MS_MIN..=LeaseConfig::TTL_MS_MAX).contains(&self.leases.ttl_ms) {
+            return Err(ConfigError::Invalid(format!(
+                "leases.ttl_ms must be {} to {}",
+                LeaseConfig::TTL_MS_MIN,
+                LeaseConfig::TTL_MS_MAX
+            )));
+        }
         if self.http.api_key_max_age_s < self.http.api_key_cache_ttl_s {
             return invalid("http.api_key_max_age_s must be at least http.api_key_cache_ttl_s");
         }
@@ -388,5 +421,20 @@ mod tests {
         assert!(matches!(config.check(), Err(ConfigError::Invalid(m)) if m.contains("kafka.brokers")));
         config.kafka.brokers = "localhost:9092".into();
         assert!(config.check().is_ok());
+    }
+
+    #[test]
+    fn a_lease_ttl_out_of_range_is_refused() {
+        let mut config = Config::default();
+        config.database.url = "postgres://localhost/onhand".into();
+        config.kafka.brokers = "localhost:9092".into();
+        for (ttl_ms, valid) in [(999, false), (1_000, true), (15_000, true), (300_000, true), (300_001, false)] {
+            config.leases.ttl_ms = ttl_ms;
+            let checked = config.check();
+            assert_eq!(checked.is_ok(), valid, "{ttl_ms}: {checked:?}");
+            if let Err(ConfigError::Invalid(m)) = checked {
+                assert!(m.contains("leases.ttl_ms"), "{m}");
+            }
+        }
     }
 }

@@ -26,6 +26,9 @@ pub enum State {
     Running,
     /// Alive, but it cannot make progress, for this reason.
     Blocked(String),
+    /// Up and waiting: the work it would do runs on another replica, which holds its
+    /// lease (`lease`), for this reason.
+    Standby(String),
     /// It failed on an error that may pass, and starts again after a pause.
     Restarting(String),
     /// It failed on an error that needs a person.
@@ -40,6 +43,7 @@ impl State {
             State::Starting => "starting",
             State::Running => "running",
             State::Blocked(_) => "blocked",
+            State::Standby(_) => "standby",
             State::Restarting(_) => "restarting",
             State::Failed(_) => "failed",
             State::Done => "done",
@@ -48,14 +52,14 @@ impl State {
 
     fn detail(&self) -> Option<&str> {
         match self {
-            State::Blocked(why) | State::Restarting(why) | State::Failed(why) => Some(why),
+            State::Blocked(why) | State::Standby(why) | State::Restarting(why) | State::Failed(why) => Some(why),
             _ => None,
         }
     }
 
-    /// Running or finished as intended.
+    /// Running, standing by for another replica, or finished as intended.
     fn is_up(&self) -> bool {
-        matches!(self, State::Running | State::Done)
+        matches!(self, State::Running | State::Standby(_) | State::Done)
     }
 }
 
@@ -85,9 +89,10 @@ pub struct Component {
 /// A component as `GET /readyz` shows it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, utoipa::ToSchema)]
 pub struct ComponentReport {
-    /// `starting`, `running`, `blocked`, `restarting`, `failed` or `done`.
+    /// `starting`, `running`, `blocked`, `standby` (another replica holds its lease),
+    /// `restarting`, `failed` or `done`.
     pub state: &'static str,
-    /// Why it is blocked, restarting or failed.
+    /// Why it is blocked, standing by, restarting or failed.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub detail: Option<String>,
     pub since: DateTime<Utc>,
@@ -234,6 +239,8 @@ mod tests {
         ledger.blocked("no partitions");
         assert!(!health.readiness().ready, "a blocked critical component is not ready");
         ledger.running();
+        sink.set(State::Standby("another replica holds the lease".into()));
+        assert!(health.readiness().ready && !health.readiness().degraded, "a standby is up");
         sink.set(State::Failed("bad token".into()));
         assert!(!health.readiness().ready, "a failed component needs a person");
     }

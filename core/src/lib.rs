@@ -11,6 +11,7 @@
 //! - [`reservation`]: checkouts' promises of units, held by the database.
 //! - [`relay`]: how levels and movements the API writes reach Kafka (the outbox).
 //! - [`ingest`]: how a movement an edge accepts is made safe before the answer.
+//! - [`lease`]: pollers and inboxes run on one replica at a time, under a lease.
 //! - [`freshness`]: how far behind each source (store agent, connector) is.
 //! - [`history`]: a level over time, from its movements under the ledger's rules.
 //! - [`api`]: the HTTP API.
@@ -42,6 +43,7 @@ pub mod health;
 pub mod history;
 pub mod ingest;
 pub mod kafka;
+pub mod lease;
 pub mod ledger;
 pub mod ops;
 pub mod product;

@@ -57,6 +57,8 @@ pub struct Registered {
     pub ledger_refused_batches_total: IntCounter,
     pub dlq_truncated_total: IntCounter,
     pub dead_letters_total: IntCounterVec,
+    pub lease_held: IntGaugeVec,
+    pub lease_takeovers_total: IntCounterVec,
 }
 
 impl Default for Metrics {
@@ -236,6 +238,24 @@ impl Metrics {
                 "Records sent to the dead-letter topic by any component (the ledger, connectors), by reason code \
                  (docs/events.md; a code outside that list counts as other).",
                 &["reason_code"],
+            ),
+            lease_held: {
+                let g = IntGaugeVec::new(
+                    Opts::new(
+                        "onhand_lease_held",
+                        "1 while this replica holds the lease of a poller or inbox (and runs it), by lease name.",
+                    ),
+                    &["name"],
+                )
+                .expect("a valid metric");
+                registry.register(Box::new(g.clone())).expect("a metric registered once");
+                g
+            },
+            lease_takeovers_total: counter_vec(
+                "onhand_lease_takeovers_total",
+                "Times this replica took a lease over from a holder that let it expire (died, or lost the \
+                 database), by lease name.",
+                &["name"],
             ),
             registry,
         }))

@@ -69,7 +69,19 @@ impl Connector for Erp {
         NAME
     }
 
+    /// Polls, or follows Debezium, only while this replica holds the lease `erp`: the
+    /// journal is read by one replica at a time, from the cursor the last holder saved.
     async fn run(self: Arc<Self>, context: ConnectorContext) -> Result<(), ConnectorError> {
+        context.leased(LEASE, |context| Arc::clone(&self).capture(context)).await
+    }
+}
+
+/// The lease under which one replica at a time captures the journal, in either mode (a
+/// switch of modes never runs both).
+const LEASE: &str = "erp";
+
+impl Erp {
+    async fn capture(self: Arc<Self>, context: ConnectorContext) -> Result<(), ConnectorError> {
         if self.config.mode == Mode::Debezium {
             let follower = debezium::Follower {
                 context,

@@ -115,7 +115,14 @@ impl Poller {
             if let Err(reason) = self.look_back(cursor, &mut look_back).await {
                 warn!(reason, "erp look-back re-scan failed; the next one tries again");
             }
-            let wait = match self.poll_once(cursor).await {
+            // A stop (the shutdown, or the lease lost to another replica) may cut a batch
+            // anywhere: its cursor is saved only after Kafka acknowledged it, so the next
+            // run, here or on the replica that holds the lease now, reads it again.
+            let polled = tokio::select! {
+                _ = self.context.shutdown.cancelled() => return,
+                polled = self.poll_once(cursor) => polled,
+            };
+            let wait = match polled {
                 Ok(Some((next, ids))) => {
                     look_back.produced.extend(ids);
                     cursor = next;

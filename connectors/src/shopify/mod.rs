@@ -70,6 +70,9 @@ impl Shopify {
     }
 }
 
+/// The lease under which one replica at a time reconciles the orders.
+const RECONCILE_LEASE: &str = "shopify.reconcile";
+
 #[async_trait]
 impl Connector for Shopify {
     fn name(&self) -> &'static str {
@@ -81,7 +84,9 @@ impl Connector for Shopify {
         vec![ScopedRoutes { scope: None, router: source::routes(self.shared(context)) }]
     }
 
-    /// Runs the reconciliation and, when configured, the sink, until shutdown.
+    /// Runs the reconciliation, on one replica at a time (the lease `shopify.reconcile`),
+    /// and, when configured, the sink, until shutdown. The sink runs on every replica: its
+    /// consumer group shares the stock topic's partitions between them.
     async fn run(self: Arc<Self>, context: ConnectorContext) -> Result<(), ConnectorError> {
         let shared = self.shared(&context);
         let sink = async {
@@ -90,8 +95,22 @@ impl Connector for Shopify {
                 None => Ok(()),
             }
         };
-        let ((), sink) = tokio::join!(source::reconcile(Arc::clone(&shared)), sink);
+        let reconcile = async {
+            if !self.config.reconcile.enabled {
+                return Ok(());
+            }
+            context
+                .leased(RECONCILE_LEASE, |context| {
+                    let shared = self.shared(&context);
+                    async move {
+                        source::reconcile(shared).await;
+                        Ok(())
+                    }
+                })
+                .await
+        };
+        let (reconciled, sink) = tokio::join!(reconcile, sink);
         sink.map_err(|e| ConnectorError { connector: NAME, message: e.to_string(), retryable: e.is_retryable() })?;
-        Ok(())
+        reconciled
     }
 }

@@ -28,6 +28,9 @@ pub use self::{
 };
 use crate::contract::{section, Connector, ConnectorContext, ConnectorError, ConnectorKind};
 
+/// The lease under which one replica at a time takes the inbox's files.
+const LEASE: &str = "wms";
+
 /// The WMS connector, as the registry lists it.
 pub const KIND: ConnectorKind = ConnectorKind {
     name: NAME,
@@ -55,8 +58,11 @@ impl Connector for Wms {
         NAME
     }
 
+    /// Watches the inbox only while this replica holds the lease `wms`: replicas sharing an
+    /// inbox take each file once, and a file left half-produced by a holder that died stays
+    /// in the inbox for the next one.
     async fn run(self: Arc<Self>, context: ConnectorContext) -> Result<(), ConnectorError> {
-        source::run(Arc::clone(&self.config), self.metrics.clone(), context).await
+        context.leased(LEASE, |context| source::run(Arc::clone(&self.config), self.metrics.clone(), context)).await
     }
 }
 

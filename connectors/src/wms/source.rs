@@ -243,7 +243,7 @@ impl Taker {
     /// is moved aside with the reason. Either way the files after it are taken.
     async fn take_ready_files(&self, waiting: &mut Waiting) -> Result<(), WmsError> {
         let inbox = self.config.inbox.clone();
-        let entries = tokio::task::spawn_blocking(move || scan(&inbox)).await.expect("the scan does not panic")?;
+        let entries = joined(tokio::task::spawn_blocking(move || scan(&inbox)).await)?;
         waiting.files.retain(|name, _| entries.iter().any(|e| &e.name == name));
         for entry in ready_files(&entries, self.config.done_marker_required) {
             if self.context.shutdown.is_cancelled() {
@@ -285,14 +285,15 @@ impl Taker {
         let errors = dir.join(format!(".{name}.errors.json.tmp"));
         let error = LineError { line: 0, code: reason.code(), message: reason.to_string() };
         let file_name = name.to_string();
-        tokio::task::spawn_blocking(move || {
-            let mut file = ErrorsFile::new(errors.clone(), &file_name);
-            file.push(&error).map_err(WmsError::io(&errors))?;
-            let errors = file.finish(0, "").map_err(WmsError::io(&errors))?.expect("one error was written");
-            move_file(&from, &dir, Some(&errors))
-        })
-        .await
-        .expect("moving a file does not panic")
+        joined(
+            tokio::task::spawn_blocking(move || {
+                let mut file = ErrorsFile::new(errors.clone(), &file_name);
+                file.push(&error).map_err(WmsError::io(&errors))?;
+                let errors = file.finish(0, "").map_err(WmsError::io(&errors))?.expect("one error was written");
+                move_file(&from, &dir, Some(&errors))
+            })
+            .await,
+        )
     }
 
     #[instrument(skip_all, fields(file = name))]
@@ -320,9 +321,7 @@ impl Taker {
         self.metrics.file_lines.set(0);
         produced?;
         let (from, to) = (path, self.config.archive_dir());
-        let destination = tokio::task::spawn_blocking(move || move_file(&from, &to, None))
-            .await
-            .expect("moving a file does not panic")?;
+        let destination = joined(tokio::task::spawn_blocking(move || move_file(&from, &to, None)).await)?;
         self.metrics.files_total.with_label_values(&["archived"]).inc();
         info!(lines = checked.lines, archived = %destination.display(), "wms file produced and archived");
         Ok(())
@@ -342,9 +341,7 @@ impl Taker {
             location_default: self.location_default.clone(),
         };
         let name = name.to_string();
-        tokio::task::spawn_blocking(move || work(&taker, &name, now, &taker.context.shutdown))
-            .await
-            .expect("reading a wms file does not panic")
+        joined(tokio::task::spawn_blocking(move || work(&taker, &name, now, &taker.context.shutdown)).await)
     }
 
     fn file_context<'a>(&'a self, name: &'a str, sha256: &'a str, now: DateTime<Utc>) -> FileContext<'a> {
@@ -402,9 +399,7 @@ impl Taker {
     async fn move_rejected(&self, name: &str, checked: &Checked) -> Result<PathBuf, WmsError> {
         let (from, dir) = (self.config.inbox.join(name), self.config.rejected_dir());
         let errors = checked.errors.clone().expect("a rejected file has errors");
-        tokio::task::spawn_blocking(move || move_file(&from, &dir, Some(&errors)))
-            .await
-            .expect("moving a file does not panic")
+        joined(tokio::task::spawn_blocking(move || move_file(&from, &dir, Some(&errors))).await)
     }
 
     /// The second pass: reads the file on a blocking thread into batches of records and
@@ -481,6 +476,17 @@ impl Taker {
             let _ = batches.blocking_send(batch);
         }
         Ok(())
+    }
+}
+
+/// The end of a step run on a blocking thread. A step the runtime cancelled before it ran
+/// (the process is stopping) is a stop, which leaves the file where it is; a panic goes on
+/// as the panic it was, for the supervisor to report and restart.
+pub(super) fn joined<T>(joined: Result<Result<T, WmsError>, tokio::task::JoinError>) -> Result<T, WmsError> {
+    match joined {
+        Ok(result) => result,
+        Err(e) if e.is_panic() => std::panic::resume_unwind(e.into_panic()),
+        Err(_) => Err(WmsError::Stopped),
     }
 }
 

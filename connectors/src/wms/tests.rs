@@ -8,7 +8,7 @@ use onhand_core::event::{LocationId, MovementKind};
 
 use super::{
     mapping::*,
-    source::{csv_reader, file_backoff, kafka_retryable, move_file, ready_files, send_backoff, Entry},
+    source::{csv_reader, file_backoff, joined, kafka_retryable, move_file, ready_files, send_backoff, Entry},
     WmsConfig,
 };
 
@@ -289,4 +289,19 @@ proptest::proptest! {
         let dc = LocationId::parse("dc-sp").unwrap();
         read_file(&snapshot, Some(&dc));
     }
+}
+
+/// A blocking step the runtime cancelled as the process stopped is a clean stop, not a
+/// panic of the scan; a step that panicked still panics.
+#[tokio::test]
+async fn a_cancelled_blocking_step_is_a_stop() {
+    use super::source::WmsError;
+    let never = tokio::spawn(std::future::pending::<Result<(), WmsError>>());
+    never.abort();
+    let cancelled = never.await.expect_err("aborted");
+    assert!(cancelled.is_cancelled());
+    assert!(matches!(joined::<()>(Err(cancelled)), Err(WmsError::Stopped)));
+    let panicked = tokio::spawn(async { panic!("a bug") }).await.map(|()| Ok::<(), WmsError>(()));
+    let unwound = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| joined(panicked)));
+    assert!(unwound.is_err(), "a panic is not turned into a stop");
 }

@@ -52,6 +52,11 @@ pub(super) trait Dialect: Driver {
     /// Run first in that transaction: what makes every other writer of `stock_levels`,
     /// the ledger first, wait until it ends. (SQLite's write lock is taken by its begin.)
     const PAUSE_WRITERS: &'static [&'static str];
+    /// The database's clock now, as its column of a time holds it: leases expire by it,
+    /// never by a replica's clock.
+    const NOW: &'static str;
+    /// The database's clock plus `$3` milliseconds, as `NOW`.
+    const NOW_PLUS_MS_3: &'static str;
 
     async fn begin_write(pool: &Pool<Self>) -> Result<Transaction<'static, Self>, DbError> {
         Ok(pool.begin_with(Self::BEGIN_WRITE).await?)

@@ -12,6 +12,7 @@
 //!   and saved offsets), for `onhand doctor`.
 //! - `audit.rs`: the [`Audit`] role, `onhand verify`'s one consistent read of everything
 //!   and `onhand rebuild`'s write of recomputed levels while the ledger waits.
+//! - `leases.rs`: the [`Leases`] role, which replica does a piece of work that must run once.
 //! - `sql.rs`: `SqlDb<D>`, every method of `Db` written once over the database's
 //!   `Dialect` `D`.
 //! - `dialect.rs`: the `Dialect` trait, what PostgreSQL and SQLite do differently, and the
@@ -49,6 +50,7 @@ mod batch;
 mod dialect;
 mod driver;
 mod history;
+mod leases;
 mod postgres;
 mod reservations;
 pub mod schema;
@@ -480,6 +482,36 @@ pub struct SavedOffset {
     pub updated_at: DateTime<Utc>,
 }
 
+/// Leases: which replica does a piece of work that must run in one place at a time (a
+/// poller, an inbox), for `lease::Leaser`. Every time is the database's clock, so replicas
+/// whose clocks disagree still agree on who holds a lease.
+#[async_trait]
+pub trait Leases: Send + Sync + std::fmt::Debug {
+    /// Takes the lease `name` for `holder` until `ttl` from now, or renews it, in one
+    /// conditional write: when it is free, expired, or `holder`'s already. Answers the lease
+    /// when `holder` holds it now, `None` when another holder does.
+    async fn acquire_lease(&self, name: &str, holder: &str, ttl: std::time::Duration)
+        -> Result<Option<Lease>, DbError>;
+    /// Gives the lease up when `holder` holds it, so that another may take it at once;
+    /// answers whether it did.
+    async fn release_lease(&self, name: &str, holder: &str) -> Result<bool, DbError>;
+    /// The lease `name` as it is, expired or not, if anyone ever took it.
+    async fn lease(&self, name: &str) -> Result<Option<Lease>, DbError>;
+}
+
+/// A lease as the database has it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Lease {
+    pub name: String,
+    pub holder: String,
+    /// When `holder` took it (a renewal keeps it).
+    pub acquired_at: DateTime<Utc>,
+    /// When it is free for another to take, unless renewed before.
+    pub expires_at: DateTime<Utc>,
+    /// The holder whose expired lease `holder` took over, if it was not free.
+    pub taken_from: Option<String>,
+}
+
 /// What `History::movements` selects: each filter is optional, and they all apply.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct MovementQuery {
@@ -537,6 +569,9 @@ pub trait Db:
     + History
     + MovementLookups
     + Audit
+}
+
+    + Leases
 {
 }
 

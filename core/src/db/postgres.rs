@@ -72,6 +72,8 @@ impl Dialect for Postgres {
     // table, at most the lock timeout; the ledger's next write waits for the rebuild.
     const PAUSE_WRITERS: &'static [&'static str] =
         &["SET LOCAL lock_timeout = '60s'", "LOCK TABLE stock_levels IN SHARE ROW EXCLUSIVE MODE"];
+    const NOW: &'static str = "now()";
+    const NOW_PLUS_MS_3: &'static str = "(now() + CAST($3 AS DOUBLE PRECISION) * interval '1 millisecond')";
 
     fn ledger(tx: &mut PgConnection) -> Box<dyn LedgerTx + '_> {
         Box::new(PgLedgerTx { tx })

@@ -80,6 +80,10 @@ impl Dialect for Sqlite {
     // The one write lock, held to the end: no other writer, the ledger first, can begin.
     const BEGIN_REBUILD: &'static str = "BEGIN IMMEDIATE";
     const PAUSE_WRITERS: &'static [&'static str] = &[];
+    // Microseconds since the Unix epoch, as `Time` stores them; julianday keeps milliseconds.
+    const NOW: &'static str = "CAST(ROUND((julianday('now') - 2440587.5) * 86400000.0) * 1000 AS INTEGER)";
+    const NOW_PLUS_MS_3: &'static str =
+        "(CAST(ROUND((julianday('now') - 2440587.5) * 86400000.0) * 1000 AS INTEGER) + $3 * 1000)";
 
     fn ledger(tx: &mut SqliteConnection) -> Box<dyn LedgerTx + '_> {
         Box::new(SqliteLedgerTx { tx })

@@ -798,6 +798,44 @@ async fn a_rebuild_writes_the_levels_asked_keeping_reserved_units_and_policies(d
     assert_eq!((level(&*db, "SKU-9", "s9").await.on_hand, level(&*db, "SKU-1", "s1").await.on_hand), (7, 40));
 }
 
+async fn a_lease_is_held_by_one_holder_until_it_expires_or_is_released(db: Arc<dyn Db>) {
+    let ttl = std::time::Duration::from_millis(300);
+    let a = db.acquire_lease("erp", "a", ttl).await.unwrap().expect("a free lease is taken");
+    assert_eq!((a.holder.as_str(), a.taken_from.as_deref()), ("a", None));
+    assert!(a.expires_at > a.acquired_at, "{a:?}");
+    assert_eq!(db.acquire_lease("erp", "b", ttl).await.unwrap(), None, "held by a");
+    assert!(db.acquire_lease("wms", "b", ttl).await.unwrap().is_some(), "another lease is free");
+    let renewed = db.acquire_lease("erp", "a", ttl).await.unwrap().expect("its holder renews it");
+    assert_eq!(renewed.acquired_at, a.acquired_at, "a renewal keeps when it was taken");
+    assert!(renewed.expires_at >= a.expires_at);
+    assert!(!db.release_lease("erp", "b").await.unwrap(), "b holds nothing to release");
+    tokio::time::sleep(ttl + std::time::Duration::from_millis(100)).await;
+    let b = db.acquire_lease("erp", "b", ttl).await.unwrap().expect("an expired lease is taken over");
+    assert_eq!((b.holder.as_str(), b.taken_from.as_deref()), ("b", Some("a")));
+    assert_eq!(db.acquire_lease("erp", "a", ttl).await.unwrap(), None, "a lost it");
+    assert_eq!(db.lease("erp").await.unwrap().map(|l| l.holder), Some("b".to_string()));
+    tokio::time::sleep(ttl + std::time::Duration::from_millis(100)).await;
+    let own = db.acquire_lease("erp", "b", ttl).await.unwrap().expect("its holder takes its own expired lease");
+    assert_eq!(own.taken_from, None, "taking one's own expired lease again is no takeover");
+    assert!(own.acquired_at > b.acquired_at);
+    assert!(db.release_lease("erp", "b").await.unwrap());
+    assert_eq!(db.lease("erp").await.unwrap(), None);
+    let again = db.acquire_lease("erp", "a", ttl).await.unwrap().expect("a released lease is free at once");
+    assert_eq!(again.taken_from, None, "taking a released lease is no takeover");
+}
+
+async fn of_many_replicas_asking_at_once_one_holds_the_lease(db: Arc<dyn Db>) {
+    let asking = (0..8).map(|i| {
+        let db = Arc::clone(&db);
+        tokio::spawn(async move {
+            db.acquire_lease("inbox", &format!("replica-{i}"), std::time::Duration::from_secs(30)).await.unwrap()
+        })
+    });
+    let held: Vec<Lease> = futures::future::join_all(asking).await.into_iter().filter_map(|r| r.unwrap()).collect();
+    assert_eq!(held.len(), 1, "{held:?}");
+    assert_eq!(db.lease("inbox").await.unwrap().map(|l| l.holder), Some(held[0].holder.clone()));
+}
+
 macro_rules! contract {
     ($backend:ident, $open:expr) => {
         mod $backend {
@@ -830,7 +868,9 @@ macro_rules! contract {
                 a_levels_history_starts_from_its_last_count,
                 recorded_event_ids_are_found,
                 the_audit_reads_levels_then_each_levels_movements_in_ledger_order,
-                a_rebuild_writes_the_levels_asked_keeping_reserved_units_and_policies);
+                a_rebuild_writes_the_levels_asked_keeping_reserved_units_and_policies,
+                a_lease_is_held_by_one_holder_until_it_expires_or_is_released,
+                of_many_replicas_asking_at_once_one_holds_the_lease);
         }
     };
     (@each $open:expr; $($case:ident),*) => {
