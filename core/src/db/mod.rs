@@ -569,8 +569,6 @@ pub trait Db:
     + History
     + MovementLookups
     + Audit
-}
-
     + Leases
 {
 }
