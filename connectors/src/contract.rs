@@ -8,16 +8,24 @@
 //! - [`ConnectorContext`]: what the process hands a connector's routes and task.
 //! - [`ConnectorError`]: why a connector could not be built, or stopped, and whether running
 //!   it again may help.
+//! - [`SourceHealth`]: how a connector says, on each success and error, whether its source
+//!   is healthy, for `GET /v1/sources`.
 
-use std::sync::Arc;
+use std::{
+    collections::HashMap,
+    sync::{Arc, Mutex, PoisonError},
+    time::{Duration, Instant},
+};
 
 use async_trait::async_trait;
+use chrono::Utc;
 pub use onhand_core::api::ScopedRoutes;
 use onhand_core::{
     cache::StockCache,
     clock::Clock,
     config::{Config, Topics},
-    db::{Catalog, ConnectorState, Db, Sources, StockReads},
+    db::{Catalog, ConnectorState, Db, Signals, Sources, StockReads},
+    freshness::SourceUpdate,
     health::{Component, Failure},
     ingest::{Durability, Ingest},
     kafka::Producer,
@@ -26,6 +34,7 @@ use onhand_core::{
 };
 use prometheus::{core::Collector, IntCounter, IntCounterVec, IntGauge, Opts, Registry};
 use tokio_util::sync::CancellationToken;
+use tracing::warn;
 
 /// A connector failed. `retryable` says whether running it again may succeed (the outside
 /// system or Kafka was unreachable) or a person must act (bad configuration).
@@ -99,6 +108,8 @@ pub struct ConnectorContext {
     pub cursors: Arc<dyn ConnectorState>,
     /// The sources' progress, which a connector reports.
     pub sources: Arc<dyn Sources>,
+    /// Where the connector says, on each success and error, whether its source is healthy.
+    pub health: SourceHealth,
     /// The stock levels as the API answers them.
     pub cache: StockCache,
     /// The whole configuration: a connector reads its own section, and the Kafka settings
@@ -148,7 +159,8 @@ impl ConnectorContext {
             catalog: db.clone(),
             stock: db.clone(),
             cursors: db.clone(),
-            sources: db,
+            sources: db.clone(),
+            health: SourceHealth::new(db.clone(), db),
             cache,
             config: Arc::new(config.clone()),
             shutdown,
@@ -160,6 +172,85 @@ impl ConnectorContext {
 impl std::fmt::Debug for ConnectorContext {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("ConnectorContext").field("topics", &self.topics).finish_non_exhaustive()
+    }
+}
+
+/// How a connector reports its source's health in `GET /v1/sources` (`healthy`, `detail`,
+/// `last_error`): [`ok`](Self::ok) after each success, [`error`](Self::error) after each
+/// failure. Only a change is written, so a connector may call it on every request or poll;
+/// an error still failing is written again every [`ERROR_REFRESH`], so that
+/// `last_error_at` says it goes on. Shared by every clone of the context.
+#[derive(Clone)]
+pub struct SourceHealth {
+    sources: Arc<dyn Sources>,
+    signals: Arc<dyn Signals>,
+    /// What was last written for each source: its error (`None` when healthy) and when.
+    reported: Arc<Mutex<HashMap<String, (Option<String>, Instant)>>>,
+}
+
+/// How often an error that goes on is written again.
+pub const ERROR_REFRESH: Duration = Duration::from_secs(60);
+/// The most sources whose reports are remembered (stores are sources): past it, every
+/// report is written.
+const REPORTED_MAX: usize = 10_000;
+
+impl SourceHealth {
+    pub fn new(sources: Arc<dyn Sources>, signals: Arc<dyn Signals>) -> SourceHealth {
+        SourceHealth { sources, signals, reported: Arc::default() }
+    }
+
+    /// `source` works: its health is written when it was not healthy before.
+    pub async fn ok(&self, source: &str) {
+        if self.unchanged(source, None) {
+            return;
+        }
+        let update = SourceUpdate::Health { healthy: true, detail: None };
+        match self.sources.update_source(source, &update, Utc::now()).await {
+            Ok(_) => self.remember(source, None),
+            Err(e) => warn!(error = %e, source, "source health not recorded"),
+        }
+    }
+
+    /// `source` failed with `error` (for people: no secrets, no payloads): it is unhealthy
+    /// with this detail, and this is its last error.
+    pub async fn error(&self, source: &str, error: impl std::fmt::Display) {
+        let error = error.to_string();
+        if self.unchanged(source, Some(&error)) {
+            return;
+        }
+        let now = Utc::now();
+        let update = SourceUpdate::Health { healthy: false, detail: Some(error.clone()) };
+        let written = match self.sources.update_source(source, &update, now).await {
+            Ok(_) => self.signals.record_error(source, &error, now).await,
+            Err(e) => Err(e),
+        };
+        match written {
+            Ok(()) => self.remember(source, Some(error)),
+            Err(e) => warn!(error = %e, source, "source health not recorded"),
+        }
+    }
+
+    /// Whether `error` is what was last written for `source` (recently, for an error).
+    fn unchanged(&self, source: &str, error: Option<&str>) -> bool {
+        let reported = self.reported.lock().unwrap_or_else(PoisonError::into_inner);
+        match reported.get(source) {
+            Some((None, _)) => error.is_none(),
+            Some((Some(last), at)) => error == Some(last.as_str()) && at.elapsed() < ERROR_REFRESH,
+            None => false,
+        }
+    }
+
+    fn remember(&self, source: &str, error: Option<String>) {
+        let mut reported = self.reported.lock().unwrap_or_else(PoisonError::into_inner);
+        if reported.len() < REPORTED_MAX || reported.contains_key(source) {
+            reported.insert(source.to_string(), (error, Instant::now()));
+        }
+    }
+}
+
+impl std::fmt::Debug for SourceHealth {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SourceHealth").finish_non_exhaustive()
     }
 }
 

@@ -30,7 +30,7 @@ use crate::{
     backoff::Backoff,
     config::{KafkaConfig, QueryConfig},
     db::StockReads,
-    event::{Sku, StockLevel},
+    event::{Sku, SourceSystem, StockLevel},
     kafka,
     telemetry::Metrics,
 };
@@ -281,10 +281,13 @@ impl StockCache {
 
     /// Applies a level from the stock topic (or written by this instance) to a cached SKU,
     /// under the cache's lock of the SKU. An older or equal version changes nothing; an
-    /// uncached SKU is left to its next read.
-    pub async fn apply(&self, level: StockLevel) {
+    /// uncached SKU is left to its next read, which finds the level in the database.
+    /// Answers whether reads now see this version: false when the cache held it or a newer
+    /// one already.
+    pub async fn apply(&self, level: StockLevel) -> bool {
         self.missing.invalidate(&level.sku).await;
-        self.entries
+        let result = self
+            .entries
             .entry_by_ref(&level.sku)
             .and_compute_with(|current| {
                 let op = match current.map(|e| e.into_value()) {
@@ -310,6 +313,17 @@ impl StockCache {
                 std::future::ready(op)
             })
             .await;
+        !matches!(result, CompResult::Unchanged(_))
+    }
+}
+
+impl StockCache {
+    /// Counts how long a movement recorded at `recorded_at` took to reach this cache: once
+    /// per level version, when reads start to see it. A clock behind the recorder's counts
+    /// as no time at all.
+    fn observe_propagation(&self, recorded_at: DateTime<Utc>, source: SourceSystem) {
+        let seconds = (Utc::now() - recorded_at).num_microseconds().unwrap_or(i64::MAX).max(0) as f64 / 1e6;
+        self.metrics.query_propagation_seconds.with_label_values(&[source.as_str()]).observe(seconds);
     }
 }
 
@@ -371,7 +385,14 @@ async fn follow(consumer: &StreamConsumer, cache: &StockCache, shutdown: &Cancel
         };
         match message {
             Ok(message) => match message.payload().map(serde_json::from_slice::<StockLevel>) {
-                Some(Ok(level)) => cache.apply(level).await,
+                Some(Ok(level)) => {
+                    let came_from = level.last_recorded_at.zip(level.last_source);
+                    if cache.apply(level).await {
+                        if let Some((recorded_at, source)) = came_from {
+                            cache.observe_propagation(recorded_at, source);
+                        }
+                    }
+                }
                 Some(Err(e)) => warn!(error = %e, offset = message.offset(), "unreadable stock level skipped"),
                 None => {}
             },
@@ -399,6 +420,8 @@ mod tests {
             last_movement_at: None,
             last_event_id: None,
             last_count_at: None,
+            last_recorded_at: None,
+            last_source: None,
             updated_at: Utc::now().trunc_subsecs(6),
         }
     }
