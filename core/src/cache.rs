@@ -458,7 +458,9 @@ mod tests {
                 let mut tasks = Vec::new();
                 for (i, version) in versions.iter().enumerate() {
                     let (applying, version) = (cache.clone(), *version);
-                    tasks.push(tokio::spawn(async move { applying.apply(level(version)).await }));
+                    tasks.push(tokio::spawn(async move {
+                        applying.apply(level(version)).await;
+                    }));
                     if i < reads {
                         let (reading, sku) = (cache.clone(), sku.clone());
                         tasks.push(tokio::spawn(async move { reading.get(&sku).await.map(|_| ()).unwrap() }));

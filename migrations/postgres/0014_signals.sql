@@ -13,4 +13,4 @@ CREATE TABLE source_signals (
 -- The levels the signals count every few seconds: few, when all is well, so that counting
 -- them reads these indexes and never the whole table.
 CREATE INDEX IF NOT EXISTS stock_levels_negative ON stock_levels (sku) WHERE on_hand < 0;
-CREATE INDEX IF NOT EXISTS stock_levels_overreserved ON stock_levels (sku) WHERE reserved > on_hand;
+CREATE INDEX IF NOT EXISTS stock_levels_overreserved ON stock_levels (sku) WHERE reserved > 0 AND reserved > on_hand;

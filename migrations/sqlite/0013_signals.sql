@@ -9,4 +9,4 @@ CREATE TABLE source_signals (
 ) WITHOUT ROWID;
 
 CREATE INDEX IF NOT EXISTS stock_levels_negative ON stock_levels (sku) WHERE on_hand < 0;
-CREATE INDEX IF NOT EXISTS stock_levels_overreserved ON stock_levels (sku) WHERE reserved > on_hand;
+CREATE INDEX IF NOT EXISTS stock_levels_overreserved ON stock_levels (sku) WHERE reserved > 0 AND reserved > on_hand;

@@ -86,7 +86,7 @@ impl<D: Dialect> Signals for SqlDb<D> {
         // Each condition is the predicate of its partial index, written alike.
         let row = query::<D>(
             "SELECT (SELECT COUNT(*) FROM stock_levels WHERE on_hand < 0) AS negative,
-                    (SELECT COUNT(*) FROM stock_levels WHERE reserved > on_hand) AS overreserved",
+                    (SELECT COUNT(*) FROM stock_levels WHERE reserved > 0 AND reserved > on_hand) AS overreserved",
         )
         .fetch_one(self.conn().await?)
         .await?;

@@ -565,11 +565,11 @@ async fn duplicates_and_the_newest_movement_of_a_level_are_told_by_source(db: Ar
     from_erp.movement.source.system = SourceSystem::Erp;
     from_erp.movement.recorded_at = at(50);
     let applied = db.apply_batch(&batch(vec![envelope("a", "s1", Receipt, 5, 0), from_erp.clone()], 2)).await.unwrap();
-    let level = &applied.levels[0];
-    assert_eq!((level.last_recorded_at, level.last_source), (Some(at(50)), Some(SourceSystem::Erp)));
+    let written = &applied.levels[0];
+    assert_eq!((written.last_recorded_at, written.last_source), (Some(at(50)), Some(SourceSystem::Erp)));
     let again = db.apply_batch(&batch(vec![from_erp.clone(), from_erp, envelope("a", "s1", Receipt, 5, 0)], 3)).await;
     let counted: Vec<(SourceSystem, u64)> = again.unwrap().duplicates_by_source.into_iter().collect();
-    assert_eq!(counted, vec![(SourceSystem::Api, 1), (SourceSystem::Erp, 2)]);
+    assert_eq!(counted, vec![(SourceSystem::Erp, 2), (SourceSystem::Api, 1)]);
     let read = level(&*db, "SKU-1", "s1").await;
     assert_eq!((read.last_recorded_at, read.last_source), (None, None), "the database keeps no trace of it");
 }

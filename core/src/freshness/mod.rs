@@ -199,6 +199,7 @@ pub struct SourceReport {
     pub last_movement_age_seconds: Option<i64>,
     /// The last error its connector reported, kept after it recovered.
     pub last_error: Option<String>,
+    /// When the connector reported `last_error` (again every minute while it goes on).
     pub last_error_at: Option<DateTime<Utc>>,
 }
 
