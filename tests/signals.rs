@@ -175,7 +175,8 @@ async fn the_ledgers_lag_rises_while_movements_wait_and_falls_to_zero_once_appli
     };
     let mut records: Vec<(String, Vec<u8>)> = (0..4)
         .map(|i| {
-            let m = movement(&format!("api-{i}"), &format!("SKU-{i}"), "dc", MovementKind::Receipt, 1, chrono::Utc::now());
+            let m =
+                movement(&format!("api-{i}"), &format!("SKU-{i}"), "dc", MovementKind::Receipt, 1, chrono::Utc::now());
             (m.sku.to_string(), m.to_json())
         })
         .collect();

@@ -184,9 +184,11 @@ impl std::fmt::Debug for ConnectorContext {
 pub struct SourceHealth {
     sources: Arc<dyn Sources>,
     signals: Arc<dyn Signals>,
-    /// What was last written for each source: its error (`None` when healthy) and when.
-    reported: Arc<Mutex<HashMap<String, (Option<String>, Instant)>>>,
+    reported: Arc<Mutex<HashMap<String, Reported>>>,
 }
+
+/// What was last written for a source: its error (`None` when healthy), and when.
+type Reported = (Option<String>, Instant);
 
 /// How often an error that goes on is written again.
 pub const ERROR_REFRESH: Duration = Duration::from_secs(60);

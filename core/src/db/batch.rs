@@ -229,7 +229,9 @@ async fn write_in_rounds(
             outcome.superseded += plan.superseded.len() as u64;
             superseded.extend(plan.superseded);
         }
-        outcome.levels.extend(writes.iter().filter(|w| written.contains(&w.key)).map(|w| w.level(updated_at, &by_key[&w.key])));
+        outcome
+            .levels
+            .extend(writes.iter().filter(|w| written.contains(&w.key)).map(|w| w.level(updated_at, &by_key[&w.key])));
         outcome.conflicts_retried += conflicts.len() as u64;
         pending = conflicts;
     }

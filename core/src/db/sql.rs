@@ -11,10 +11,9 @@ use super::{
     dialect::{api_key, product, stock_level, Dialect},
     driver::{query, Cells, List, Time},
     reservations::{self, load_reservation, ReservationTx},
-    signals,
-    Applied, Batch, Catalog, Closed, ConnectorState, Db, DbError, Keys, LedgerWrites, MovementLookups, NewReservation,
-    Outbox, OutboxRecord, PartitionOffset, Ping, Published, ReservationRecords, Reserved, Sources, SqlDb,
-    StockPolicies, StockPolicy, StockReads,
+    signals, Applied, Batch, Catalog, Closed, ConnectorState, Db, DbError, Keys, LedgerWrites, MovementLookups,
+    NewReservation, Outbox, OutboxRecord, PartitionOffset, Ping, Published, ReservationRecords, Reserved, Sources,
+    SqlDb, StockPolicies, StockPolicy, StockReads,
 };
 use crate::{
     auth::ApiKey,

@@ -525,7 +525,8 @@ async fn what_was_heard_from_each_source_is_kept_newest_first(db: Arc<dyn Db>) {
     db.record_error("erp", "the journal is unreachable", at(30)).await.unwrap();
     db.record_error("shopify-sink", &"x".repeat(2000), at(31)).await.unwrap();
     let signals = db.source_signals().await.unwrap();
-    let seen: Vec<(&str, Option<DateTime<Utc>>, Option<&str>, Option<DateTime<Utc>>)> = signals
+    type Seen<'a> = (&'a str, Option<DateTime<Utc>>, Option<&'a str>, Option<DateTime<Utc>>);
+    let seen: Vec<Seen> = signals
         .iter()
         .map(|s| (s.source.as_str(), s.last_movement_at, s.last_error.as_deref().map(|e| &e[..4]), s.last_error_at))
         .collect();

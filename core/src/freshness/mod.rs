@@ -329,7 +329,10 @@ mod tests {
             .iter()
             .map(|r| (r.state.source.as_str(), r.last_movement_age_seconds, r.last_error.as_deref()))
             .collect();
-        assert_eq!(seen, vec![("api", Some(60), None), ("erp", Some(90), Some("journal down")), ("pos:s1", None, None)]);
+        assert_eq!(
+            seen,
+            vec![("api", Some(60), None), ("erp", Some(90), Some("journal down")), ("pos:s1", None, None)]
+        );
         assert_eq!(reports[0].state.last_heard_at, at(40), "heard when it last sent");
     }
 
