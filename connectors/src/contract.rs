@@ -304,3 +304,41 @@ impl<'a> Registrar<'a> {
         })
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use onhand_core::db::{self, Db, Signals, Sources};
+
+    use super::SourceHealth;
+
+    async fn database() -> (Arc<dyn Db>, tempfile::TempDir) {
+        let dir = tempfile::tempdir().unwrap();
+        let url = format!("sqlite://{}", dir.path().join("onhand.db").display());
+        (db::open(&url, 2).await.unwrap(), dir)
+    }
+
+    async fn state(db: &Arc<dyn Db>, name: &str) -> (bool, Option<String>, Option<String>) {
+        let source = db.sources().await.unwrap().into_iter().find(|s| s.source == name).unwrap();
+        let heard = db.source_signals().await.unwrap().into_iter().find(|s| s.source == name);
+        (source.healthy, source.detail, heard.and_then(|h| h.last_error))
+    }
+
+    #[tokio::test]
+    async fn a_source_fails_recovers_and_keeps_its_last_error() {
+        let (db, _dir) = database().await;
+        let health = SourceHealth::new(db.clone(), db.clone());
+        health.ok("wms").await;
+        assert_eq!(state(&db, "wms").await, (true, None, None));
+        health.error("wms", "file a.csv rejected").await;
+        let failing = (false, Some("file a.csv rejected".to_string()), Some("file a.csv rejected".to_string()));
+        assert_eq!(state(&db, "wms").await, failing);
+        // A clone shares what was reported: the same error is not written again.
+        let heard_at = db.sources().await.unwrap()[0].last_heard_at;
+        health.clone().error("wms", "file a.csv rejected").await;
+        assert_eq!(db.sources().await.unwrap()[0].last_heard_at, heard_at, "written once");
+        health.ok("wms").await;
+        assert_eq!(state(&db, "wms").await, (true, None, Some("file a.csv rejected".to_string())));
+    }
+}

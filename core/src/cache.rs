@@ -426,6 +426,24 @@ mod tests {
         }
     }
 
+    /// A level is timed to the cache once, when reads start to see its version: an old or
+    /// repeated version is not.
+    #[tokio::test]
+    async fn applying_says_whether_reads_see_the_version_now() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = SqliteDb::connect(&format!("sqlite://{}", dir.path().join("t.db").display())).await.unwrap();
+        let cache = StockCache::new(Arc::new(db), &QueryConfig::default(), Metrics::new());
+        assert!(cache.apply(level(1)).await, "an uncached sku is read from the database, which has it");
+        cache
+            .entries
+            .insert(Sku::parse("SKU-1").unwrap(), Entry::new(vec![level(2)], Utc::now(), Instant::now()))
+            .await;
+        assert!(!cache.apply(level(2)).await, "the same version again");
+        assert!(!cache.apply(level(1)).await, "an older version");
+        assert!(cache.apply(level(3)).await);
+        assert_eq!(cache.entries.get(&Sku::parse("SKU-1").unwrap()).await.unwrap().levels[0].version, 3);
+    }
+
     proptest! {
         #![proptest_config(ProptestConfig::with_cases(24))]
 
