@@ -4,13 +4,13 @@
 
 use std::{net::SocketAddr, path::Path, sync::Arc, time::Duration};
 
-use onhand_connectors::{registry, Connector, ConnectorContext};
+use onhand_connectors::{registry, Connector, ConnectorContext, SourceHealth};
 use onhand_core::{
     api::{self, ApiContext},
     cache::{self, StockCache},
     clock::Clock,
     config::Config,
-    db::{Db, DbError, Ping, Sources},
+    db::{Db, DbError, Ping, Signals, Sources},
     health::{Component, Failure, Health, State},
     ingest::{Durability, Ingest},
     kafka::{self, EmbeddedKafka},
@@ -145,6 +145,7 @@ impl App {
             stock: db.clone(),
             cursors: db.clone(),
             sources: db.clone(),
+            health: SourceHealth::new(db.clone(), db.clone()),
             cache: cache.clone(),
             config: Arc::new(config.clone()),
             shutdown: supervisor.shutdown().child_token(),
@@ -158,6 +159,7 @@ impl App {
                 catalog: db.clone(),
                 policies: db.clone(),
                 freshness: db.clone(),
+                signals: db.clone(),
                 history: db.clone(),
                 ingest,
                 metrics: metrics.clone(),
@@ -315,11 +317,20 @@ fn spawn_background(
     let (relaying, expiring) = (engine.relay.clone(), engine.reservations.clone());
     supervisor.spawn(Task::new("relay"), move |_, stop| relaying.clone().run(stop));
     supervisor.spawn(Task::new("reservation_expiry"), move |_, stop| expiring.clone().run_expiry(stop));
-    let watched: Arc<dyn Sources> = db.clone();
+    let (watched, heard): (Arc<dyn Sources>, Arc<dyn Signals>) = (db.clone(), db.clone());
     let (watch_metrics, sources) = (metrics.clone(), config.sources.clone());
     supervisor.spawn(Task::new("source_watch"), move |_, stop| {
-        onhand_core::freshness::watch::run(Arc::clone(&watched), watch_metrics.clone(), sources.clone(), stop)
+        let (db, signals) = (Arc::clone(&watched), Arc::clone(&heard));
+        onhand_core::freshness::watch::run(db, signals, watch_metrics.clone(), sources.clone(), stop)
     });
+    let lag = onhand_core::lag::LagWatch {
+        kafka: config.kafka.clone(),
+        group_id: config.ledger.group_id.clone(),
+        ledger: db.clone(),
+        signals: db.clone(),
+        metrics: metrics.clone(),
+    };
+    supervisor.spawn(Task::new("ledger_lag"), move |_, stop| lag.clone().run(stop));
     let (followed, kafka_config) = (engine.cache.clone(), config.kafka.clone());
     supervisor.spawn(Task::new("cache_follower"), move |_, stop| {
         cache::follow_stock_topic(kafka_config.clone(), followed.clone(), stop)

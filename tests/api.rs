@@ -125,6 +125,7 @@ async fn health_readiness_and_metrics_answer() {
         ("relay", "running"),
         ("reservation_expiry", "running"),
         ("source_watch", "running"),
+        ("ledger_lag", "running"),
         ("cache_follower", "running"),
         ("cache_preload", "done"),
     ] {

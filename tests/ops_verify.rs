@@ -210,12 +210,13 @@ async fn onhand_dev_is_verified_and_rebuilt_too() {
     let data = tempfile::tempdir().unwrap();
     let addr = free_addr();
     let dev = Process::dev(addr, data.path(), data.path(), "dev");
-    eventually("onhand dev answers", 120, || async {
+    let key = eventually("onhand dev answers", 120, || async {
         let response = reqwest::get(format!("http://{addr}/readyz")).await.ok()?;
-        response.status().is_success().then_some(())
+        // The admin key is written once the service is up: wait for both.
+        let key = std::fs::read_to_string(data.path().join("dev-api-key")).ok()?;
+        response.status().is_success().then(|| key.trim().to_string())
     })
     .await;
-    let key = std::fs::read_to_string(data.path().join("dev-api-key")).unwrap().trim().to_string();
     let movement = json!({
         "event_id": "dev-1", "source": { "system": "api", "instance": "test", "ref": "dev-1" },
         "sku": "SKU-DEV", "location": "store-001", "kind": "receipt", "quantity": 10,

@@ -9,16 +9,24 @@
 //!   [`ConnectorContext::leased`], how a poller or an inbox runs on one replica at a time.
 //! - [`ConnectorError`]: why a connector could not be built, or stopped, and whether running
 //!   it again may help.
+//! - [`SourceHealth`]: how a connector says, on each success and error, whether its source
+//!   is healthy, for `GET /v1/sources`.
 
-use std::sync::Arc;
+use std::{
+    collections::HashMap,
+    sync::{Arc, Mutex, PoisonError},
+    time::{Duration, Instant},
+};
 
 use async_trait::async_trait;
+use chrono::Utc;
 pub use onhand_core::api::ScopedRoutes;
 use onhand_core::{
     cache::StockCache,
     clock::Clock,
     config::{Config, Topics},
-    db::{Catalog, ConnectorState, Db, Sources, StockReads},
+    db::{Catalog, ConnectorState, Db, Signals, Sources, StockReads},
+    freshness::SourceUpdate,
     health::{Component, Failure},
     ingest::{Durability, Ingest},
     kafka::Producer,
@@ -28,6 +36,7 @@ use onhand_core::{
 };
 use prometheus::{core::Collector, IntCounter, IntCounterVec, IntGauge, Opts, Registry};
 use tokio_util::sync::CancellationToken;
+use tracing::warn;
 
 /// A connector failed. `retryable` says whether running it again may succeed (the outside
 /// system or Kafka was unreachable) or a person must act (bad configuration).
@@ -101,6 +110,8 @@ pub struct ConnectorContext {
     pub cursors: Arc<dyn ConnectorState>,
     /// The sources' progress, which a connector reports.
     pub sources: Arc<dyn Sources>,
+    /// Where the connector says, on each success and error, whether its source is healthy.
+    pub health: SourceHealth,
     /// The stock levels as the API answers them.
     pub cache: StockCache,
     /// The whole configuration: a connector reads its own section, and the Kafka settings
@@ -156,7 +167,8 @@ impl ConnectorContext {
             catalog: db.clone(),
             stock: db.clone(),
             cursors: db.clone(),
-            sources: db,
+            sources: db.clone(),
+            health: SourceHealth::new(db.clone(), db),
             cache,
             config: Arc::new(config.clone()),
             shutdown,
@@ -183,6 +195,87 @@ impl ConnectorContext {
 impl std::fmt::Debug for ConnectorContext {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("ConnectorContext").field("topics", &self.topics).finish_non_exhaustive()
+    }
+}
+
+/// How a connector reports its source's health in `GET /v1/sources` (`healthy`, `detail`,
+/// `last_error`): [`ok`](Self::ok) after each success, [`error`](Self::error) after each
+/// failure. Only a change is written, so a connector may call it on every request or poll;
+/// an error still failing is written again every [`ERROR_REFRESH`], so that
+/// `last_error_at` says it goes on. Shared by every clone of the context.
+#[derive(Clone)]
+pub struct SourceHealth {
+    sources: Arc<dyn Sources>,
+    signals: Arc<dyn Signals>,
+    reported: Arc<Mutex<HashMap<String, Reported>>>,
+}
+
+/// What was last written for a source: its error (`None` when healthy), and when.
+type Reported = (Option<String>, Instant);
+
+/// How often an error that goes on is written again.
+pub const ERROR_REFRESH: Duration = Duration::from_secs(60);
+/// The most sources whose reports are remembered (stores are sources): past it, every
+/// report is written.
+const REPORTED_MAX: usize = 10_000;
+
+impl SourceHealth {
+    pub fn new(sources: Arc<dyn Sources>, signals: Arc<dyn Signals>) -> SourceHealth {
+        SourceHealth { sources, signals, reported: Arc::default() }
+    }
+
+    /// `source` works: its health is written when it was not healthy before.
+    pub async fn ok(&self, source: &str) {
+        if self.unchanged(source, None) {
+            return;
+        }
+        let update = SourceUpdate::Health { healthy: true, detail: None };
+        match self.sources.update_source(source, &update, Utc::now()).await {
+            Ok(_) => self.remember(source, None),
+            Err(e) => warn!(error = %e, source, "source health not recorded"),
+        }
+    }
+
+    /// `source` failed with `error` (for people: no secrets, no payloads): it is unhealthy
+    /// with this detail, and this is its last error.
+    pub async fn error(&self, source: &str, error: impl std::fmt::Display) {
+        let error = error.to_string();
+        if self.unchanged(source, Some(&error)) {
+            return;
+        }
+        let now = Utc::now();
+        let update = SourceUpdate::Health { healthy: false, detail: Some(error.clone()) };
+        let written = match self.sources.update_source(source, &update, now).await {
+            Ok(_) => self.signals.record_error(source, &error, now).await,
+            Err(e) => Err(e),
+        };
+        match written {
+            Ok(()) => self.remember(source, Some(error)),
+            Err(e) => warn!(error = %e, source, "source health not recorded"),
+        }
+    }
+
+    /// Whether `error` is what was last written for `source` (recently, for an error).
+    fn unchanged(&self, source: &str, error: Option<&str>) -> bool {
+        let reported = self.reported.lock().unwrap_or_else(PoisonError::into_inner);
+        match reported.get(source) {
+            Some((None, _)) => error.is_none(),
+            Some((Some(last), at)) => error == Some(last.as_str()) && at.elapsed() < ERROR_REFRESH,
+            None => false,
+        }
+    }
+
+    fn remember(&self, source: &str, error: Option<String>) {
+        let mut reported = self.reported.lock().unwrap_or_else(PoisonError::into_inner);
+        if reported.len() < REPORTED_MAX || reported.contains_key(source) {
+            reported.insert(source.to_string(), (error, Instant::now()));
+        }
+    }
+}
+
+impl std::fmt::Debug for SourceHealth {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SourceHealth").finish_non_exhaustive()
     }
 }
 
@@ -232,5 +325,43 @@ impl<'a> Registrar<'a> {
             message: format!("its metrics cannot be registered: {e}"),
             retryable: false,
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use onhand_core::db::{self, Db, Signals, Sources};
+
+    use super::SourceHealth;
+
+    async fn database() -> (Arc<dyn Db>, tempfile::TempDir) {
+        let dir = tempfile::tempdir().unwrap();
+        let url = format!("sqlite://{}", dir.path().join("onhand.db").display());
+        (db::open(&url, 2).await.unwrap(), dir)
+    }
+
+    async fn state(db: &Arc<dyn Db>, name: &str) -> (bool, Option<String>, Option<String>) {
+        let source = db.sources().await.unwrap().into_iter().find(|s| s.source == name).unwrap();
+        let heard = db.source_signals().await.unwrap().into_iter().find(|s| s.source == name);
+        (source.healthy, source.detail, heard.and_then(|h| h.last_error))
+    }
+
+    #[tokio::test]
+    async fn a_source_fails_recovers_and_keeps_its_last_error() {
+        let (db, _dir) = database().await;
+        let health = SourceHealth::new(db.clone(), db.clone());
+        health.ok("wms").await;
+        assert_eq!(state(&db, "wms").await, (true, None, None));
+        health.error("wms", "file a.csv rejected").await;
+        let failing = (false, Some("file a.csv rejected".to_string()), Some("file a.csv rejected".to_string()));
+        assert_eq!(state(&db, "wms").await, failing);
+        // A clone shares what was reported: the same error is not written again.
+        let heard_at = db.sources().await.unwrap()[0].last_heard_at;
+        health.clone().error("wms", "file a.csv rejected").await;
+        assert_eq!(db.sources().await.unwrap()[0].last_heard_at, heard_at, "written once");
+        health.ok("wms").await;
+        assert_eq!(state(&db, "wms").await, (true, None, Some("file a.csv rejected".to_string())));
     }
 }

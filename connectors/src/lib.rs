@@ -32,7 +32,7 @@ use onhand_core::config::Config;
 use prometheus::Registry;
 
 pub use self::contract::{
-    section, Build, Connector, ConnectorContext, ConnectorError, ConnectorKind, Registrar, ScopedRoutes,
+    section, Build, Connector, ConnectorContext, ConnectorError, ConnectorKind, Registrar, ScopedRoutes, SourceHealth,
 };
 
 /// Every connector this build knows: the one place a new connector is added.

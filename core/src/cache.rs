@@ -30,7 +30,7 @@ use crate::{
     backoff::Backoff,
     config::{KafkaConfig, QueryConfig},
     db::StockReads,
-    event::{Sku, StockLevel},
+    event::{Sku, SourceSystem, StockLevel},
     kafka,
     telemetry::Metrics,
 };
@@ -281,10 +281,13 @@ impl StockCache {
 
     /// Applies a level from the stock topic (or written by this instance) to a cached SKU,
     /// under the cache's lock of the SKU. An older or equal version changes nothing; an
-    /// uncached SKU is left to its next read.
-    pub async fn apply(&self, level: StockLevel) {
+    /// uncached SKU is left to its next read, which finds the level in the database.
+    /// Answers whether reads now see this version: false when the cache held it or a newer
+    /// one already.
+    pub async fn apply(&self, level: StockLevel) -> bool {
         self.missing.invalidate(&level.sku).await;
-        self.entries
+        let result = self
+            .entries
             .entry_by_ref(&level.sku)
             .and_compute_with(|current| {
                 let op = match current.map(|e| e.into_value()) {
@@ -310,6 +313,17 @@ impl StockCache {
                 std::future::ready(op)
             })
             .await;
+        !matches!(result, CompResult::Unchanged(_))
+    }
+}
+
+impl StockCache {
+    /// Counts how long a movement recorded at `recorded_at` took to reach this cache: once
+    /// per level version, when reads start to see it. A clock behind the recorder's counts
+    /// as no time at all.
+    fn observe_propagation(&self, recorded_at: DateTime<Utc>, source: SourceSystem) {
+        let seconds = (Utc::now() - recorded_at).num_microseconds().unwrap_or(i64::MAX).max(0) as f64 / 1e6;
+        self.metrics.query_propagation_seconds.with_label_values(&[source.as_str()]).observe(seconds);
     }
 }
 
@@ -371,7 +385,14 @@ async fn follow(consumer: &StreamConsumer, cache: &StockCache, shutdown: &Cancel
         };
         match message {
             Ok(message) => match message.payload().map(serde_json::from_slice::<StockLevel>) {
-                Some(Ok(level)) => cache.apply(level).await,
+                Some(Ok(level)) => {
+                    let came_from = level.last_recorded_at.zip(level.last_source);
+                    if cache.apply(level).await {
+                        if let Some((recorded_at, source)) = came_from {
+                            cache.observe_propagation(recorded_at, source);
+                        }
+                    }
+                }
                 Some(Err(e)) => warn!(error = %e, offset = message.offset(), "unreadable stock level skipped"),
                 None => {}
             },
@@ -399,8 +420,28 @@ mod tests {
             last_movement_at: None,
             last_event_id: None,
             last_count_at: None,
+            last_recorded_at: None,
+            last_source: None,
             updated_at: Utc::now().trunc_subsecs(6),
         }
+    }
+
+    /// A level is timed to the cache once, when reads start to see its version: an old or
+    /// repeated version is not.
+    #[tokio::test]
+    async fn applying_says_whether_reads_see_the_version_now() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = SqliteDb::connect(&format!("sqlite://{}", dir.path().join("t.db").display())).await.unwrap();
+        let cache = StockCache::new(Arc::new(db), &QueryConfig::default(), Metrics::new());
+        assert!(cache.apply(level(1)).await, "an uncached sku is read from the database, which has it");
+        cache
+            .entries
+            .insert(Sku::parse("SKU-1").unwrap(), Entry::new(vec![level(2)], Utc::now(), Instant::now()))
+            .await;
+        assert!(!cache.apply(level(2)).await, "the same version again");
+        assert!(!cache.apply(level(1)).await, "an older version");
+        assert!(cache.apply(level(3)).await);
+        assert_eq!(cache.entries.get(&Sku::parse("SKU-1").unwrap()).await.unwrap().levels[0].version, 3);
     }
 
     proptest! {
@@ -435,7 +476,9 @@ mod tests {
                 let mut tasks = Vec::new();
                 for (i, version) in versions.iter().enumerate() {
                     let (applying, version) = (cache.clone(), *version);
-                    tasks.push(tokio::spawn(async move { applying.apply(level(version)).await }));
+                    tasks.push(tokio::spawn(async move {
+                        applying.apply(level(version)).await;
+                    }));
                     if i < reads {
                         let (reading, sku) = (cache.clone(), sku.clone());
                         tasks.push(tokio::spawn(async move { reading.get(&sku).await.map(|_| ()).unwrap() }));

@@ -216,7 +216,9 @@ identifier!(
 );
 
 /// The system a movement comes from.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, JsonSchema, utoipa::ToSchema)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize, JsonSchema, utoipa::ToSchema,
+)]
 #[serde(rename_all = "kebab-case")]
 pub enum SourceSystem {
     Pos,
@@ -225,6 +227,30 @@ pub enum SourceSystem {
     Wms,
     Api,
     StoreAgent,
+}
+
+impl SourceSystem {
+    /// Every system, in the order of their names: the fixed set of a metric's `source` label.
+    pub const ALL: [SourceSystem; 6] = [
+        SourceSystem::Api,
+        SourceSystem::Erp,
+        SourceSystem::Pos,
+        SourceSystem::Shopify,
+        SourceSystem::StoreAgent,
+        SourceSystem::Wms,
+    ];
+
+    /// The name events spell it with (`store-agent`), and a metric's `source` label.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            SourceSystem::Pos => "pos",
+            SourceSystem::Shopify => "shopify",
+            SourceSystem::Erp => "erp",
+            SourceSystem::Wms => "wms",
+            SourceSystem::Api => "api",
+            SourceSystem::StoreAgent => "store-agent",
+        }
+    }
 }
 
 /// Where a movement was first recorded, for audit and for tracing it back.
@@ -629,6 +655,14 @@ pub struct StockLevel {
     pub last_count_at: Option<DateTime<Utc>>,
     /// When this level was last written.
     pub updated_at: DateTime<Utc>,
+    /// `recorded_at` of the newest movement this version applied, when the ledger
+    /// publishes it: readers measure from it how long a movement took to reach them.
+    /// Absent on levels read from the database or written by others than the ledger.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_recorded_at: Option<DateTime<Utc>>,
+    /// The system of that movement, next to `last_recorded_at`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_source: Option<SourceSystem>,
 }
 
 fn stock_level_id(schema: &mut Schema) {

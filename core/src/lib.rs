@@ -5,6 +5,7 @@
 //! - [`kafka`]: client settings, the idempotent producer, topic creation, the embedded
 //!   mock cluster of `onhand dev`.
 //! - [`ledger`]: the consumer that applies movements exactly once, and its rules.
+//! - [`lag`]: how far behind the ledger is per partition, and the levels that need a look.
 //! - [`publish`]: the one way a written level reaches the stock topic.
 //! - [`db`]: persistence: the role traits (`Db` is all of them), on PostgreSQL or SQLite.
 //! - [`cache`]: the read side's cache of stock levels, kept fresh by the stock topic.
@@ -43,6 +44,7 @@ pub mod health;
 pub mod history;
 pub mod ingest;
 pub mod kafka;
+pub mod lag;
 pub mod lease;
 pub mod ledger;
 pub mod ops;

@@ -154,6 +154,8 @@ mod tests {
             last_movement_at: None,
             last_event_id: None,
             last_count_at: None,
+            last_recorded_at: None,
+            last_source: None,
             updated_at: Utc::now(),
         }
     }

@@ -8,9 +8,11 @@
 use std::sync::Arc;
 
 use prometheus::{
-    exponential_buckets, Encoder, Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts,
-    Registry, TextEncoder,
+    exponential_buckets, Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
+    IntGaugeVec, Opts, Registry, TextEncoder,
 };
+
+use crate::event::SourceSystem;
 
 /// Every metric, behind one `Arc`: a clone is one reference count, as cheap as handing
 /// the metrics to every request and task needs it to be.
@@ -59,6 +61,14 @@ pub struct Registered {
     pub dead_letters_total: IntCounterVec,
     pub lease_held: IntGaugeVec,
     pub lease_takeovers_total: IntCounterVec,
+    pub ledger_duplicates_total: IntCounterVec,
+    pub ledger_conflicts_total: IntCounterVec,
+    pub ledger_behind_movements: IntGaugeVec,
+    pub ledger_behind_seconds: IntGaugeVec,
+    pub ledger_negative_levels: IntGauge,
+    pub ledger_overreserved_levels: IntGauge,
+    pub query_propagation_seconds: HistogramVec,
+    pub source_last_movement_age_seconds: IntGaugeVec,
 }
 
 impl Default for Metrics {
@@ -96,6 +106,32 @@ impl Metrics {
             registry.register(Box::new(g.clone())).expect("a metric registered once");
             g
         };
+
+        // Every system is a series from the start, so that a rate over it is defined
+        // before the first event.
+        let by_system = |name: &str, help: &str| {
+            let c = counter_vec(name, help, &["source"]);
+            for system in SourceSystem::ALL {
+                c.with_label_values(&[system.as_str()]);
+            }
+            c
+        };
+        let by_partition = |name: &str, help: &str| {
+            let g = IntGaugeVec::new(Opts::new(name, help), &["partition"]).expect("a valid metric");
+            registry.register(Box::new(g.clone())).expect("a metric registered once");
+            g
+        };
+        let propagation = HistogramVec::new(
+            HistogramOpts::new(
+                "onhand_query_propagation_seconds",
+                "Time from a movement's recorded_at to its level in this instance's cache, by the movement's \
+                 source system.",
+            )
+            .buckets(exponential_buckets(0.01, 2.0, 16).expect("valid buckets")),
+            &["source"],
+        )
+        .expect("a valid metric");
+        registry.register(Box::new(propagation.clone())).expect("a metric registered once");
 
         let gauge_vec = |name: &str, help: &str| {
             let g = IntGaugeVec::new(Opts::new(name, help), &["source"]).expect("a valid metric");
@@ -256,6 +292,37 @@ impl Metrics {
                 "Times this replica took a lease over from a holder that let it expire (died, or lost the \
                  database), by lease name.",
                 &["name"],
+            ),
+            ledger_duplicates_total: by_system(
+                "onhand_ledger_duplicates_total",
+                "Movements skipped because their event_id was already recorded, by source system.",
+            ),
+            ledger_conflicts_total: by_system(
+                "onhand_ledger_conflicts_total",
+                "Stock level writes that lost a compare-and-set and were redone, by the source system of the \
+                 level's newest movement.",
+            ),
+            ledger_behind_movements: by_partition(
+                "onhand_ledger_behind_movements",
+                "Records of a partition of the movements topic after the ledger's saved offset (its high \
+                 watermark less the offset the database holds).",
+            ),
+            ledger_behind_seconds: by_partition(
+                "onhand_ledger_behind_seconds",
+                "Age of the oldest record of a partition the ledger has not applied yet; 0 when none waits.",
+            ),
+            ledger_negative_levels: gauge(
+                "onhand_ledger_negative_levels",
+                "Stock levels whose on_hand is below zero (sales recorded before the stock that covered them).",
+            ),
+            ledger_overreserved_levels: gauge(
+                "onhand_ledger_overreserved_levels",
+                "Stock levels whose reserved units are more than their on_hand.",
+            ),
+            query_propagation_seconds: propagation,
+            source_last_movement_age_seconds: gauge_vec(
+                "onhand_source_last_movement_age_seconds",
+                "Seconds since the newest movement the ledger recorded from a source (a store, a connector).",
             ),
             registry,
         }))

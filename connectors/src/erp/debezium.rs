@@ -21,7 +21,7 @@ use super::{
     encodings,
     mapping::{self, Codes, JournalRow},
     metrics::ErpMetrics,
-    source::{deliver, PRODUCER_LINGER},
+    source::{deliver, PRODUCER_LINGER, SOURCE},
 };
 use crate::contract::ConnectorContext;
 
@@ -136,6 +136,7 @@ impl Follower {
                 Ok(message) => message,
                 Err(e) => {
                     warn!(error = %e, "debezium topic read failed; trying again");
+                    self.context.health.error(SOURCE, format!("the debezium topic cannot be read: {e}")).await;
                     tokio::time::sleep(Duration::from_secs(1)).await;
                     continue;
                 }
@@ -158,6 +159,7 @@ impl Follower {
                 };
                 let Err(e) = outcome else { break };
                 warn!(error = %e, "erp change not delivered; trying again");
+                self.context.health.error(SOURCE, format!("an erp change is not delivered: {e}")).await;
                 component.blocked(format!("an erp change is not delivered: {e}"));
                 blocked = true;
                 producer.renew();
@@ -169,6 +171,7 @@ impl Follower {
             if blocked {
                 component.running();
             }
+            self.context.health.ok(SOURCE).await;
             if let Err(e) = consumer.commit_message(&message, CommitMode::Async) {
                 warn!(error = %e, "debezium offset not committed; the change may be read again");
             }

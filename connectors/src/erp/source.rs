@@ -8,14 +8,11 @@ use std::time::Duration;
 use chrono::{DateTime, Utc};
 use futures::future::join_all;
 use onhand_core::event::Movement;
-use onhand_core::{
-    freshness::SourceUpdate,
-    kafka::{dead_letter, DeadLetter, Producer},
-};
+use onhand_core::kafka::{dead_letter, DeadLetter, Producer};
 use rdkafka::{error::KafkaError, producer::FutureRecord};
 use serde::{Deserialize, Serialize};
 use sqlx::{PgPool, Row};
-use tracing::{info, warn};
+use tracing::warn;
 
 use super::{
     config::ErpConfig,
@@ -110,7 +107,6 @@ impl Poller {
         let mut look_back =
             LookBack { started_at: cursor, produced: Default::default(), scanned_at: tokio::time::Instant::now() };
         let mut backoff = self.config.retry_backoff();
-        let mut healthy: Option<bool> = None;
         loop {
             if let Err(reason) = self.look_back(cursor, &mut look_back).await {
                 warn!(reason, "erp look-back re-scan failed; the next one tries again");
@@ -127,19 +123,19 @@ impl Poller {
                     look_back.produced.extend(ids);
                     cursor = next;
                     backoff.reset();
-                    self.report(&mut healthy, true, None).await;
+                    self.context.health.ok(SOURCE).await;
                     Duration::ZERO
                 }
                 Ok(None) => {
                     backoff.reset();
-                    self.report(&mut healthy, true, None).await;
+                    self.context.health.ok(SOURCE).await;
                     Duration::from_millis(self.config.poll_interval_ms)
                 }
                 Err(reason) => {
                     self.producer.renew();
                     let pause = backoff.fail();
                     warn!(reason, retry_in_ms = pause.as_millis() as u64, "erp poll failed; the cursor stays");
-                    self.report(&mut healthy, false, Some(reason)).await;
+                    self.context.health.error(SOURCE, &reason).await;
                     pause
                 }
             };
@@ -272,23 +268,6 @@ impl Poller {
                 }
             }
             return Cursor::default();
-        }
-    }
-
-    /// Tells the sources' table when the health changes.
-    async fn report(&self, healthy: &mut Option<bool>, now_healthy: bool, detail: Option<String>) {
-        if *healthy == Some(now_healthy) {
-            return;
-        }
-        let update = SourceUpdate::Health { healthy: now_healthy, detail };
-        match self.context.sources.update_source(SOURCE, &update, Utc::now()).await {
-            Ok(_) => {
-                if now_healthy && healthy.is_some() {
-                    info!("erp connector healthy again");
-                }
-                *healthy = Some(now_healthy);
-            }
-            Err(e) => warn!(error = %e, "erp health not recorded"),
         }
     }
 }

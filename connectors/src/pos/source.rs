@@ -130,6 +130,13 @@ async fn sales(
         .collect();
 
     let results = deliver(&state.context, &store, &body, mapped, agent.is_some()).await;
+    let health = &state.context.health;
+    let source = format!("pos:{store}");
+    if results.iter().any(|r| r.status == "failed") {
+        health.error(&source, "kafka did not acknowledge every line of the store's feed").await;
+    } else {
+        health.ok(&source).await;
+    }
     if results.iter().any(|r| r.status == "failed") {
         let body = json!({ "error": { "code": "kafka_unavailable", "message": "kafka did not acknowledge every line; send them again" }, "results": results });
         return Ok((StatusCode::SERVICE_UNAVAILABLE, [("retry-after", "1")], Json(body)).into_response());

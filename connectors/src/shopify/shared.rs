@@ -13,6 +13,13 @@ use super::{
 };
 use crate::contract::ConnectorContext;
 
+/// The name of the webhooks and the reconciliation in `GET /v1/sources`: that of the
+/// movements they produce (`freshness::source_name`).
+pub const SOURCE: &str = "shopify";
+/// The name of the sink in `GET /v1/sources`: it produces no movements, and its health is
+/// apart from that of the orders coming in.
+pub const SINK_SOURCE: &str = "shopify-sink";
+
 /// What the route, the reconciliation and the sink share.
 #[derive(Debug)]
 pub struct Shared {

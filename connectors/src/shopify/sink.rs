@@ -38,7 +38,7 @@ use super::{
     client::{AdminError, SetQuantity},
     config::{SinkConfig, NAME},
     mapping::INVENTORY_ITEM_ATTRIBUTE,
-    shared::{pushed_key, Shared, ShopifyError},
+    shared::{pushed_key, Shared, ShopifyError, SINK_SOURCE},
 };
 
 /// The SKUs waiting for a push, each once. A SKU marked again while its push is under way
@@ -217,14 +217,14 @@ impl Sink {
         let taken = self.pending.take(self.config.batch_size_max);
         let planned = match self.plan(taken).await {
             Ok(planned) => planned,
-            Err(e) => return self.failed(&e, 0),
+            Err(e) => return self.failed(&e, 0).await,
         };
         let unknown: Vec<u64> =
             planned.iter().map(|p| p.inventory_item_id).filter(|i| !self.known.contains_key(i)).collect();
         if !unknown.is_empty() {
             match self.shared.admin.read_available(&unknown, self.config.location_id).await {
                 Ok(read) => self.known.extend(read),
-                Err(e) => return self.failed(&e.into(), planned.len()),
+                Err(e) => return self.failed(&e.into(), planned.len()).await,
             }
         }
         let mut to_set = Vec::new();
@@ -242,7 +242,9 @@ impl Sink {
                 Some(held) => to_set.push((p, held)),
             }
         }
-        if !to_set.is_empty() {
+        if to_set.is_empty() {
+            self.shared.context.health.ok(SINK_SOURCE).await;
+        } else {
             self.push(to_set).await;
         }
     }
@@ -285,9 +287,10 @@ impl Sink {
         let key = idempotency_key(&key_parts);
         let outcome = match self.shared.admin.set_available(&quantities, self.config.location_id, &key).await {
             Ok(outcome) => outcome,
-            Err(e) => return self.failed(&e.into(), to_set.len()),
+            Err(e) => return self.failed(&e.into(), to_set.len()).await,
         };
         self.backoff.reset();
+        self.shared.context.health.ok(SINK_SOURCE).await;
         for (i, message) in &outcome.rejected {
             let (p, _) = &to_set[*i];
             error!(sku = %p.sku, inventory_item_id = p.inventory_item_id, message = %message, "shopify refused the quantity");
@@ -325,14 +328,16 @@ impl Sink {
         self.pending.done(&p.sku, p.generation);
     }
 
-    fn failed(&mut self, e: &ShopifyError, items: usize) {
+    async fn failed(&mut self, e: &ShopifyError, items: usize) {
         let wait = match e {
+            // Shopify's rate limit at work, not a fault.
             ShopifyError::Admin(AdminError::Throttled { wait_ms }) => {
                 self.count("throttled", items);
                 Duration::from_millis(*wait_ms)
             }
             _ => {
                 self.count("failed", items);
+                self.shared.context.health.error(SINK_SOURCE, format!("a push to shopify failed: {e}")).await;
                 self.backoff.fail()
             }
         };

@@ -35,7 +35,7 @@ use super::{
     config::{ManualChanges, NAME},
     mapping::{self, Catalog, Fact, LevelUpdate, Mapped, SeenUpdates, Verdict},
     payloads,
-    shared::{pushed_key, Shared, ShopifyError},
+    shared::{pushed_key, Shared, ShopifyError, SOURCE},
 };
 
 /// The route Shopify's webhook subscriptions point at.
@@ -161,12 +161,14 @@ async fn webhook(State(shared): State<Arc<Shared>>, headers: HeaderMap, body: By
         }
         Ok(Some((movements, dead_letters))) => {
             count("accepted");
+            shared.context.health.ok(SOURCE).await;
             Json(json!({ "status": "accepted", "movements": movements, "dead_letters": dead_letters })).into_response()
         }
         Err(e) => {
             // Shopify delivers the webhook again when the answer is not 2xx.
             warn!(error = %e, "webhook not accepted; shopify will deliver it again");
             count("failed");
+            shared.context.health.error(SOURCE, format!("a webhook was not accepted: {e}")).await;
             let message = "the webhook could not be recorded; deliver it again";
             refuse(StatusCode::SERVICE_UNAVAILABLE, "unavailable", message)
         }
@@ -345,11 +347,13 @@ pub async fn reconcile(shared: Arc<Shared>) {
         match reconcile_round(&shared).await {
             Ok(()) => {
                 backoff.reset();
+                shared.context.health.ok(SOURCE).await;
                 wait = Duration::from_secs(config.interval_s);
             }
             Err(e) => {
                 let pause = backoff.fail();
                 warn!(error = %e, retry_in_ms = pause.as_millis() as u64, "shopify reconciliation failed");
+                shared.context.health.error(SOURCE, format!("the reconciliation failed: {e}")).await;
                 wait = if e.is_retryable() { pause } else { Duration::from_secs(config.interval_s) };
             }
         }

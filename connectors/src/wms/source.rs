@@ -85,6 +85,19 @@ impl WmsError {
 /// The longest pause between two attempts at a file that failed.
 const FILE_RETRY_MAX: Duration = Duration::from_secs(300);
 
+/// The name of the WMS in `GET /v1/sources`: that of the movements it produces
+/// (`freshness::source_name`).
+pub(super) const SOURCE: &str = "wms";
+
+/// What became of a file taken from the inbox.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Taken {
+    /// Produced whole and archived (or gone before it was read).
+    Archived,
+    /// Moved to `rejected/` for its bad lines, nothing produced.
+    Rejected { bad_lines: u64 },
+}
+
 /// Runs until `context.shutdown` fires.
 pub(super) async fn run(
     config: Arc<WmsConfig>,
@@ -114,6 +127,7 @@ pub(super) async fn run(
             Err(e) => {
                 // The inbox itself cannot be listed: nothing can be taken until it can.
                 error!(error = %e, "the wms inbox cannot be read; trying again");
+                context.health.error(SOURCE, format!("the inbox cannot be read: {e}")).await;
                 file_backoff(1)
             }
         };
@@ -252,15 +266,25 @@ impl Taker {
             if !waiting.due(&entry.name) {
                 continue;
             }
+            let health = &self.context.health;
             match self.take(&entry.name).await {
-                Ok(()) => waiting.done(&entry.name),
+                Ok(Taken::Archived) => {
+                    waiting.done(&entry.name);
+                    health.ok(SOURCE).await;
+                }
+                Ok(Taken::Rejected { bad_lines }) => {
+                    waiting.done(&entry.name);
+                    health.error(SOURCE, format!("file {} rejected: {bad_lines} bad lines", entry.name)).await;
+                }
                 Err(WmsError::Stopped) => return Err(WmsError::Stopped),
                 Err(e) if e.retryable() => {
                     let pause = waiting.failed(&entry.name);
                     error!(file = %entry.name, error = %e, ?pause, "wms file left in the inbox; taken again later");
+                    health.error(SOURCE, format!("file {} left in the inbox: {e}", entry.name)).await;
                 }
                 Err(e) => {
                     error!(file = %entry.name, error = %e, "wms file cannot be taken; moved to rejected/");
+                    health.error(SOURCE, format!("file {} cannot be taken: {e}", entry.name)).await;
                     match self.move_aside(&entry.name, &e).await {
                         Ok(destination) => {
                             waiting.done(&entry.name);
@@ -297,10 +321,10 @@ impl Taker {
     }
 
     #[instrument(skip_all, fields(file = name))]
-    async fn take(&self, name: &str) -> Result<(), WmsError> {
+    async fn take(&self, name: &str) -> Result<Taken, WmsError> {
         let path = self.config.inbox.join(name);
         let Ok(metadata) = fs::metadata(&path) else {
-            return Ok(()); // taken away since the scan
+            return Ok(Taken::Archived); // taken away since the scan, by another taker
         };
         if metadata.len() > self.config.file_bytes_max {
             return Err(WmsError::TooLarge { path, bytes: metadata.len(), max: self.config.file_bytes_max });
@@ -311,7 +335,7 @@ impl Taker {
             let destination = self.move_rejected(name, &checked).await?;
             self.metrics.files_total.with_label_values(&["rejected"]).inc();
             warn!(bad_lines = checked.bad_lines, lines = checked.lines, rejected = %destination.display(), "wms file rejected");
-            return Ok(());
+            return Ok(Taken::Rejected { bad_lines: checked.bad_lines });
         }
         self.metrics.file_lines.set(i64::try_from(checked.lines).unwrap_or(i64::MAX));
         let produced = tokio::select! {
@@ -324,7 +348,7 @@ impl Taker {
         let destination = joined(tokio::task::spawn_blocking(move || move_file(&from, &to, None)).await)?;
         self.metrics.files_total.with_label_values(&["archived"]).inc();
         info!(lines = checked.lines, archived = %destination.display(), "wms file produced and archived");
-        Ok(())
+        Ok(Taken::Archived)
     }
 
     /// Runs `work` on a blocking thread with a copy of what it needs.

@@ -269,20 +269,20 @@ struct SourcesAnswer {
     as_of: chrono::DateTime<chrono::Utc>,
 }
 
-/// How far behind each source is (store agents' sequences, connectors' health).
+/// How far behind each source is (store agents' sequences, connectors' health), and when
+/// onhand last heard from it (its newest movement, its last error).
 #[utoipa::path(get, path = "/v1/sources", tag = "operations", operation_id = "getSources",
     security(("api_key" = ["stock:read"])), summary = "How far behind each source is",
     responses((status = 200, body = SourcesAnswer), (status = 503, description = "`unavailable`", body = ErrorBody)))]
 async fn sources(State(state): State<ApiState>) -> Result<Json<SourcesAnswer>, ApiError> {
-    let states = state.freshness.sources().await.map_err(|e| {
+    let unavailable = |e: crate::db::DbError| {
         tracing::warn!(error = %e, "sources read failed");
         ApiError::Unavailable("the database")
-    })?;
+    };
+    let states = state.freshness.sources().await.map_err(unavailable)?;
+    let signals = state.signals.source_signals().await.map_err(unavailable)?;
     let now = chrono::Utc::now();
-    Ok(Json(SourcesAnswer {
-        sources: states.into_iter().map(|s| SourceReport::new(s, now, &state.sources)).collect(),
-        as_of: now,
-    }))
+    Ok(Json(SourcesAnswer { sources: SourceReport::all(states, signals, now, &state.sources), as_of: now }))
 }
 
 async fn not_found(uri: Uri) -> ApiError {

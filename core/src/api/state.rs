@@ -7,7 +7,7 @@ use super::auth::Authenticator;
 use crate::{
     cache::StockCache,
     config::{ChannelConfig, HttpConfig, QueryConfig, SourcesConfig},
-    db::{Catalog, History, Keys, Sources, StockPolicies},
+    db::{Catalog, History, Keys, Signals, Sources, StockPolicies},
     health::Health,
     ingest::Ingest,
     relay::Relay,
@@ -25,6 +25,8 @@ pub struct ApiContext {
     pub policies: Arc<dyn StockPolicies>,
     /// The sources' progress (`GET /v1/sources`).
     pub freshness: Arc<dyn Sources>,
+    /// What onhand heard from each source (`GET /v1/sources`).
+    pub signals: Arc<dyn Signals>,
     /// The audit trail (`GET /v1/movements`, a level's history).
     pub history: Arc<dyn History>,
     /// Where accepted movements are made safe before the answer.

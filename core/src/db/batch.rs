@@ -43,7 +43,10 @@ pub(super) struct LevelWrite {
 }
 
 impl LevelWrite {
-    fn level(&self, updated_at: DateTime<Utc>) -> StockLevel {
+    /// The level as written, with the newest recorded of `movements` (those of this write)
+    /// as where its last change came from.
+    fn level(&self, updated_at: DateTime<Utc>, movements: &[&Movement]) -> StockLevel {
+        let newest = movements.iter().max_by_key(|m| m.recorded_at);
         StockLevel {
             sku: self.key.0.clone(),
             location: self.key.1.clone(),
@@ -56,6 +59,8 @@ impl LevelWrite {
             last_event_id: self.state.last_event_id.clone(),
             last_count_at: self.state.last_count.as_ref().map(|c| c.at),
             updated_at,
+            last_recorded_at: newest.map(|m| m.recorded_at),
+            last_source: newest.map(|m| m.source.system),
         }
     }
 }
@@ -102,15 +107,23 @@ pub(super) async fn apply_batch(mut tx: Box<dyn LedgerTx + '_>, batch: &Batch) -
 
     // A re-delivery can put the same event twice in one batch: keep the first.
     let mut seen = HashSet::with_capacity(batch.movements.len());
-    let unique: Vec<&Envelope> = batch.movements.iter().filter(|e| seen.insert(&e.movement.event_id)).collect();
-    outcome.duplicates = (batch.movements.len() - unique.len()) as u64;
+    let mut unique: Vec<&Envelope> = Vec::with_capacity(batch.movements.len());
+    for envelope in &batch.movements {
+        if seen.insert(&envelope.movement.event_id) {
+            unique.push(envelope);
+        } else {
+            outcome.count_duplicate(&envelope.movement);
+        }
+    }
 
     // Inserting in event_id order means two transactions that share events wait for each
     // other in the same order, instead of deadlocking.
     let mut by_id = unique.clone();
     by_id.sort_by(|a, b| a.movement.event_id.cmp(&b.movement.event_id));
     let new_ids = tx.insert_movements(&by_id).await?;
-    outcome.duplicates += (unique.len() - new_ids.len()) as u64;
+    for envelope in unique.iter().filter(|e| !new_ids.contains(&e.movement.event_id)) {
+        outcome.count_duplicate(&envelope.movement);
+    }
 
     let new = NewMovements::sort(&unique, &new_ids);
     outcome.recorded = new.recorded.len() as u64;
@@ -136,6 +149,14 @@ pub(super) async fn apply_batch(mut tx: Box<dyn LedgerTx + '_>, batch: &Batch) -
     }
     tx.save_offsets(&batch.group_id, &batch.topic, &batch.offsets).await?;
     Ok(outcome)
+}
+
+impl Applied {
+    /// Counts `movement` as a duplicate skipped, by its source.
+    fn count_duplicate(&mut self, movement: &Movement) {
+        self.duplicates += 1;
+        *self.duplicates_by_source.entry(movement.source.system).or_default() += 1;
+    }
 }
 
 /// A batch's new movements, by what they do.
@@ -198,6 +219,9 @@ async fn write_in_rounds(
         for key in pending {
             let plan = plans.remove(key).expect("every pending key has a plan");
             if planned.contains(key) && !written.contains(key) {
+                if let Some(newest) = by_key[key].iter().max_by_key(|m| m.recorded_at) {
+                    *outcome.conflicts_by_source.entry(newest.source.system).or_default() += 1;
+                }
                 conflicts.push(key);
                 continue;
             }
@@ -205,7 +229,9 @@ async fn write_in_rounds(
             outcome.superseded += plan.superseded.len() as u64;
             superseded.extend(plan.superseded);
         }
-        outcome.levels.extend(writes.iter().filter(|w| written.contains(&w.key)).map(|w| w.level(updated_at)));
+        outcome
+            .levels
+            .extend(writes.iter().filter(|w| written.contains(&w.key)).map(|w| w.level(updated_at, &by_key[&w.key])));
         outcome.conflicts_retried += conflicts.len() as u64;
         pending = conflicts;
     }

@@ -92,6 +92,10 @@ pub(super) fn stock_level(row: &impl Cells) -> Result<StockLevel, DbError> {
         last_event_id: optional_event_id(row.cell("last_event_id")?)?,
         last_count_at: row.optional_time("last_count_at")?,
         updated_at: row.time("updated_at")?,
+        // The database keeps no trace of where the last movement came from: only the
+        // ledger's publication of a level it just wrote carries it.
+        last_recorded_at: None,
+        last_source: None,
     })
 }
 

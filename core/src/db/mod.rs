@@ -13,6 +13,8 @@
 //! - `audit.rs`: the [`Audit`] role, `onhand verify`'s one consistent read of everything
 //!   and `onhand rebuild`'s write of recomputed levels while the ledger waits.
 //! - `leases.rs`: the [`Leases`] role, which replica does a piece of work that must run once.
+//! - `signals.rs`: the [`Signals`] role, what onhand heard from each source and the levels
+//!   that need a look, and the ledger's `record_heard`.
 //! - `sql.rs`: `SqlDb<D>`, every method of `Db` written once over the database's
 //!   `Dialect` `D`.
 //! - `dialect.rs`: the `Dialect` trait, what PostgreSQL and SQLite do differently, and the
@@ -54,10 +56,11 @@ mod leases;
 mod postgres;
 mod reservations;
 pub mod schema;
+mod signals;
 mod sql;
 mod sqlite;
 
-use std::sync::Arc;
+use std::{collections::BTreeMap, sync::Arc};
 
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
@@ -67,7 +70,7 @@ use crate::{
     auth::ApiKey,
     config::ChannelConfig,
     event::{EventId, LocationId, Movement, Sku, SourceSystem, StockLevel},
-    freshness::{SourceState, SourceUpdate},
+    freshness::{SourceSignals, SourceState, SourceUpdate},
     history::{LevelMovement, Start},
     ledger::rules::{CountMark, Effect, LevelKey, LevelState},
     product::{Product, StoredProduct},
@@ -198,6 +201,10 @@ pub struct Applied {
     pub released: i64,
     /// Level writes that lost a compare-and-set and were redone.
     pub conflicts_retried: u64,
+    /// `duplicates`, by the system of the movement skipped.
+    pub duplicates_by_source: BTreeMap<SourceSystem, u64>,
+    /// `conflicts_retried`, by the system of the newest movement of the level redone.
+    pub conflicts_by_source: BTreeMap<SourceSystem, u64>,
     /// The levels as written, one per sku@location the batch changed.
     pub levels: Vec<StockLevel>,
 }
@@ -234,6 +241,10 @@ pub trait LedgerWrites: Send + Sync + std::fmt::Debug {
     async fn unpublished_levels(&self, written_before: DateTime<Utc>, limit: i64) -> Result<Vec<StockLevel>, DbError>;
     /// How many movements are recorded.
     async fn movement_count(&self) -> Result<i64, DbError>;
+    /// Records when the ledger last recorded a movement of each source (by
+    /// `freshness::source_name`): `recorded_at` of its newest. An older time than the one
+    /// kept changes nothing.
+    async fn record_heard(&self, heard: &[(String, DateTime<Utc>)]) -> Result<(), DbError>;
 }
 
 /// The operator's: which event ids the ledger recorded, for `onhand dlq redrive` to tell
@@ -352,6 +363,30 @@ pub trait Sources: Send + Sync + std::fmt::Debug {
     ) -> Result<SourceState, DbError>;
     /// Every source's state, by name.
     async fn sources(&self) -> Result<Vec<SourceState>, DbError>;
+}
+
+/// What onhand heard from its sources apart from what they say of themselves (the newest
+/// movement the ledger recorded, the last error a connector met), and the levels that
+/// need a look: for `GET /v1/sources` and the signals' metrics.
+#[async_trait]
+pub trait Signals: Send + Sync + std::fmt::Debug {
+    /// Records that the connector of `source` met `error` at `at`; kept after it recovered,
+    /// until the next error. The text is cut to a few hundred characters.
+    async fn record_error(&self, source: &str, error: &str, at: DateTime<Utc>) -> Result<(), DbError>;
+    /// What was heard from every source, by name.
+    async fn source_signals(&self) -> Result<Vec<SourceSignals>, DbError>;
+    /// How many levels are below zero, and how many hold more reserved units than on hand.
+    async fn level_anomalies(&self) -> Result<LevelAnomalies, DbError>;
+}
+
+/// Levels that are not wrong by the rules but deserve a person's look.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct LevelAnomalies {
+    /// Levels with on_hand below zero: sales recorded before the stock that covered them.
+    pub negative: i64,
+    /// Levels whose reserved units are more than their on_hand: a count or a loss took
+    /// units that checkouts hold.
+    pub overreserved: i64,
 }
 
 /// Whether the database answers, for `/readyz`.
@@ -570,6 +605,7 @@ pub trait Db:
     + MovementLookups
     + Audit
     + Leases
+    + Signals
 {
 }
 

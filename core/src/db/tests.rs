@@ -532,6 +532,65 @@ async fn sources_and_location_names_are_kept(db: Arc<dyn Db>) {
     assert_eq!(db.name_locations(&names).await.unwrap(), 0);
 }
 
+async fn what_was_heard_from_each_source_is_kept_newest_first(db: Arc<dyn Db>) {
+    let heard = |source: &str, second| (source.to_string(), at(second));
+    db.record_heard(&[heard("erp", 10), heard("pos:s1", 5)]).await.unwrap();
+    // An older batch recorded after a newer one does not move the time back.
+    db.record_heard(&[heard("erp", 3), heard("pos:s1", 20)]).await.unwrap();
+    db.record_heard(&[]).await.unwrap();
+    db.record_error("erp", "the journal is unreachable", at(30)).await.unwrap();
+    db.record_error("shopify-sink", &"x".repeat(2000), at(31)).await.unwrap();
+    let signals = db.source_signals().await.unwrap();
+    type Seen<'a> = (&'a str, Option<DateTime<Utc>>, Option<&'a str>, Option<DateTime<Utc>>);
+    let seen: Vec<Seen> = signals
+        .iter()
+        .map(|s| (s.source.as_str(), s.last_movement_at, s.last_error.as_deref().map(|e| &e[..4]), s.last_error_at))
+        .collect();
+    assert_eq!(
+        seen,
+        vec![
+            ("erp", Some(at(10)), Some("the "), Some(at(30))),
+            ("pos:s1", Some(at(20)), None, None),
+            ("shopify-sink", None, Some("xxxx"), Some(at(31))),
+        ]
+    );
+    assert_eq!(signals[2].last_error.as_ref().map(String::len), Some(500), "an error is cut short");
+    // A movement heard after the error keeps the error: it is the last one met.
+    db.record_heard(&[heard("erp", 40)]).await.unwrap();
+    let erp = db.source_signals().await.unwrap().remove(0);
+    assert_eq!((erp.last_movement_at, erp.last_error_at), (Some(at(40)), Some(at(30))));
+}
+
+async fn levels_below_zero_and_over_reserved_are_counted(db: Arc<dyn Db>) {
+    assert_eq!(db.level_anomalies().await.unwrap(), LevelAnomalies::default());
+    stock(&*db, "A", "s1", 2).await;
+    stock(&*db, "B", "s1", 5).await;
+    let sold = Envelope { movement: movement("sold", "A", "s1", Sale, 3, at(10)), partition: 0, offset: 9 };
+    db.apply_batch(&batch(vec![sold], 10)).await.unwrap();
+    assert_eq!(db.level_anomalies().await.unwrap(), LevelAnomalies { negative: 1, overreserved: 0 });
+    // Reserved is written by reservations; a count that takes the units away leaves it.
+    let Reserved::Decided { .. } = reserve(&*db, "r1", &config(false, &["s1"]), &[line("B", 4, None)]).await else {
+        panic!("held")
+    };
+    let counted = Envelope { movement: movement("count", "B", "s1", Count, 1, at(20)), partition: 0, offset: 10 };
+    db.apply_batch(&batch(vec![counted], 11)).await.unwrap();
+    assert_eq!(db.level_anomalies().await.unwrap(), LevelAnomalies { negative: 1, overreserved: 1 });
+}
+
+async fn duplicates_and_the_newest_movement_of_a_level_are_told_by_source(db: Arc<dyn Db>) {
+    let mut from_erp = envelope("e", "s1", Receipt, 5, 0);
+    from_erp.movement.source.system = SourceSystem::Erp;
+    from_erp.movement.recorded_at = at(50);
+    let applied = db.apply_batch(&batch(vec![envelope("a", "s1", Receipt, 5, 0), from_erp.clone()], 2)).await.unwrap();
+    let written = &applied.levels[0];
+    assert_eq!((written.last_recorded_at, written.last_source), (Some(at(50)), Some(SourceSystem::Erp)));
+    let again = db.apply_batch(&batch(vec![from_erp.clone(), from_erp, envelope("a", "s1", Receipt, 5, 0)], 3)).await;
+    let counted: Vec<(SourceSystem, u64)> = again.unwrap().duplicates_by_source.into_iter().collect();
+    assert_eq!(counted, vec![(SourceSystem::Erp, 2), (SourceSystem::Api, 1)]);
+    let read = level(&*db, "SKU-1", "s1").await;
+    assert_eq!((read.last_recorded_at, read.last_source), (None, None), "the database keeps no trace of it");
+}
+
 async fn products_are_found_by_an_attribute(db: Arc<dyn Db>) {
     let product = |sku: &str, variant: &str| Product {
         sku: Sku::parse(sku).unwrap(),
@@ -863,6 +922,9 @@ macro_rules! contract {
                 concurrent_reservations_never_promise_the_last_unit_twice,
                 connectors_keep_their_state,
                 sources_and_location_names_are_kept,
+                what_was_heard_from_each_source_is_kept_newest_first,
+                levels_below_zero_and_over_reserved_are_counted,
+                duplicates_and_the_newest_movement_of_a_level_are_told_by_source,
                 products_are_found_by_an_attribute,
                 movements_are_filtered_and_paged_newest_recorded_first,
                 a_levels_history_starts_from_its_last_count,

@@ -4,10 +4,18 @@
 //! the source last said it holds, and since when a gap has lasted. `GET /v1/sources`
 //! answers these. The pure rules are here; the database keeps the state; `watch` keeps the
 //! `onhand_source_*` metrics current.
+//!
+//! Apart from what a source says of itself, onhand keeps what it heard from it
+//! ([`SourceSignals`]): the newest movement the ledger recorded from it, named by
+//! [`source_name`], and the last error its connector met. A store that sends nothing is
+//! then visible by the age of its last movement, whatever its heartbeats say.
 
 pub mod watch;
 
-use crate::config::SourcesConfig;
+use crate::{
+    config::SourcesConfig,
+    event::{Source, SourceSystem},
+};
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
@@ -152,6 +160,29 @@ impl SourceState {
     }
 }
 
+/// The name under which a movement's source is known in `GET /v1/sources`: a store by
+/// itself (`pos:store-012`, whether its till or its store agent sent the movement), any
+/// other system as one (`erp`, `shopify`, `wms`, `api`), as its connector reports its
+/// health.
+pub fn source_name(source: &Source) -> String {
+    match source.system {
+        SourceSystem::Pos | SourceSystem::StoreAgent => format!("pos:{}", source.instance),
+        system => system.as_str().to_string(),
+    }
+}
+
+/// What onhand heard from a source, apart from what the source says of itself.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SourceSignals {
+    /// As [`source_name`] names it.
+    pub source: String,
+    /// `recorded_at` of the newest movement the ledger recorded from it.
+    pub last_movement_at: Option<DateTime<Utc>>,
+    /// The last error its connector met, for people, and when; kept after it recovered.
+    pub last_error: Option<String>,
+    pub last_error_at: Option<DateTime<Utc>>,
+}
+
 /// A source as `GET /v1/sources` answers it: its state and the figures derived from it.
 #[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct SourceReport {
@@ -161,17 +192,62 @@ pub struct SourceReport {
     pub behind_seconds: i64,
     /// Numbers have been missing for longer than `sources.gap_alert_s`.
     pub gap_alert: bool,
+    /// `recorded_at` of the newest movement the ledger recorded from this source; null
+    /// when none was ever recorded.
+    pub last_movement_at: Option<DateTime<Utc>>,
+    /// Seconds since `last_movement_at`: how long the source has been silent.
+    pub last_movement_age_seconds: Option<i64>,
+    /// The last error its connector reported, kept after it recovered.
+    pub last_error: Option<String>,
+    /// When the connector reported `last_error` (again every minute while it goes on).
+    pub last_error_at: Option<DateTime<Utc>>,
 }
 
 impl SourceReport {
-    pub fn new(state: SourceState, now: DateTime<Utc>, config: &SourcesConfig) -> SourceReport {
+    pub fn new(
+        state: SourceState,
+        signals: Option<&SourceSignals>,
+        now: DateTime<Utc>,
+        config: &SourcesConfig,
+    ) -> SourceReport {
         let gap_alert = state.gap_alert(now, chrono::Duration::seconds(config.gap_alert_s as i64));
+        let last_movement_at = signals.and_then(|s| s.last_movement_at);
         SourceReport {
             behind_movements: state.behind_movements(),
             behind_seconds: state.behind_seconds(now),
             gap_alert,
+            last_movement_at,
+            last_movement_age_seconds: last_movement_at.map(|at| (now - at).num_seconds().max(0)),
+            last_error: signals.and_then(|s| s.last_error.clone()),
+            last_error_at: signals.and_then(|s| s.last_error_at),
             state,
         }
+    }
+
+    /// Every source, by name, from what the sources said (`states`) and what onhand heard
+    /// (`signals`): a source that only sent movements (the API, a store without an agent)
+    /// is listed too, heard when it last sent or failed.
+    pub fn all(
+        states: Vec<SourceState>,
+        signals: Vec<SourceSignals>,
+        now: DateTime<Utc>,
+        config: &SourcesConfig,
+    ) -> Vec<SourceReport> {
+        let mut signals: std::collections::BTreeMap<String, SourceSignals> =
+            signals.into_iter().map(|s| (s.source.clone(), s)).collect();
+        let mut reports: Vec<SourceReport> = states
+            .into_iter()
+            .map(|state| {
+                let heard = signals.remove(&state.source);
+                SourceReport::new(state, heard.as_ref(), now, config)
+            })
+            .collect();
+        for (name, heard) in signals {
+            let Some(last_heard_at) = heard.last_movement_at.max(heard.last_error_at) else { continue };
+            reports.push(SourceReport::new(SourceState::new(&name, last_heard_at), Some(&heard), now, config));
+        }
+        reports.sort_by(|a, b| a.state.source.cmp(&b.state.source));
+        reports
     }
 }
 
@@ -235,6 +311,37 @@ mod tests {
             .apply(&received(1, 5), at(1))
             .apply(&heartbeat(i64::MAX), at(2));
         assert_eq!((behind.acked_seq, behind.behind_movements()), (5, i64::MAX - 5));
+    }
+
+    #[test]
+    fn a_report_shows_what_was_heard_and_lists_sources_that_only_sent_movements() {
+        let config = SourcesConfig::default();
+        let heard = |source: &str, movement: Option<i64>, error: Option<&str>| SourceSignals {
+            source: source.into(),
+            last_movement_at: movement.map(at),
+            last_error: error.map(str::to_string),
+            last_error_at: error.map(|_| at(50)),
+        };
+        let states = vec![SourceState::new("erp", at(0)), SourceState::new("pos:s1", at(0))];
+        let signals = vec![heard("api", Some(40), None), heard("erp", Some(10), Some("journal down"))];
+        let reports = SourceReport::all(states, signals, at(100), &config);
+        let seen: Vec<(&str, Option<i64>, Option<&str>)> = reports
+            .iter()
+            .map(|r| (r.state.source.as_str(), r.last_movement_age_seconds, r.last_error.as_deref()))
+            .collect();
+        assert_eq!(
+            seen,
+            vec![("api", Some(60), None), ("erp", Some(90), Some("journal down")), ("pos:s1", None, None)]
+        );
+        assert_eq!(reports[0].state.last_heard_at, at(40), "heard when it last sent");
+    }
+
+    #[test]
+    fn a_store_is_one_source_whether_its_till_or_its_agent_sent() {
+        let source = |system, instance: &str| Source { system, instance: instance.into(), reference: "r".into() };
+        assert_eq!(source_name(&source(SourceSystem::Pos, "s1")), "pos:s1");
+        assert_eq!(source_name(&source(SourceSystem::StoreAgent, "s1")), "pos:s1");
+        assert_eq!(source_name(&source(SourceSystem::Erp, "erp-main")), "erp");
     }
 
     #[test]

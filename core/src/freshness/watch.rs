@@ -1,5 +1,5 @@
 //! The task that keeps the `onhand_source_*` metrics current and warns about lasting gaps,
-//! from the sources' state in the database.
+//! from the sources' state in the database and what onhand heard from them.
 
 use std::{sync::Arc, time::Duration};
 
@@ -7,8 +7,12 @@ use chrono::Utc;
 use tokio_util::sync::CancellationToken;
 use tracing::warn;
 
-use super::{SourceReport, SourceState};
-use crate::{config::SourcesConfig, db::Sources, telemetry::Metrics};
+use super::SourceReport;
+use crate::{
+    config::SourcesConfig,
+    db::{Signals, Sources},
+    telemetry::Metrics,
+};
 
 /// How often the sources' metrics are refreshed.
 const WATCH_INTERVAL: Duration = Duration::from_secs(5);
@@ -17,7 +21,13 @@ const WATCH_INTERVAL: Duration = Duration::from_secs(5);
 const SOURCE_SERIES_MAX: usize = 500;
 
 /// Keeps the sources' metrics current and warns about lasting gaps, until `shutdown`.
-pub async fn run(db: Arc<dyn Sources>, metrics: Metrics, config: SourcesConfig, shutdown: CancellationToken) {
+pub async fn run(
+    db: Arc<dyn Sources>,
+    signals: Arc<dyn Signals>,
+    metrics: Metrics,
+    config: SourcesConfig,
+    shutdown: CancellationToken,
+) {
     let mut interval = tokio::time::interval(WATCH_INTERVAL);
     let mut alerted = std::collections::HashSet::new();
     let mut exported: std::collections::BTreeSet<String> = std::collections::BTreeSet::new();
@@ -27,31 +37,39 @@ pub async fn run(db: Arc<dyn Sources>, metrics: Metrics, config: SourcesConfig, 
             _ = interval.tick() => {}
         }
         let Ok(states) = db.sources().await else { continue };
+        let Ok(heard) = signals.source_signals().await else { continue };
         let now = Utc::now();
-        if states.len() > SOURCE_SERIES_MAX {
+        let reports = SourceReport::all(states, heard, now, &config);
+        if reports.len() > SOURCE_SERIES_MAX {
             warn!(
-                sources = states.len(),
+                sources = reports.len(),
                 max = SOURCE_SERIES_MAX,
                 "more sources than metric series; GET /v1/sources lists them all"
             );
         }
-        // Sorted by name (the database's order): the same sources keep their series.
-        let states: Vec<SourceState> = states.into_iter().take(SOURCE_SERIES_MAX).collect();
-        let current: std::collections::BTreeSet<String> = states.iter().map(|s| s.source.clone()).collect();
+        // Sorted by name: the same sources keep their series.
+        let reports: Vec<SourceReport> = reports.into_iter().take(SOURCE_SERIES_MAX).collect();
+        let current: std::collections::BTreeSet<String> = reports.iter().map(|r| r.state.source.clone()).collect();
         for gone in exported.difference(&current) {
             for gauge in [
                 &metrics.source_behind_movements,
                 &metrics.source_behind_seconds,
                 &metrics.source_gap,
                 &metrics.source_healthy,
+                &metrics.source_last_movement_age_seconds,
             ] {
                 let _ = gauge.remove_label_values(&[gone]);
             }
         }
         exported = current;
-        for state in states {
-            let report = SourceReport::new(state, now, &config);
+        for report in reports {
             let source = report.state.source.as_str();
+            match report.last_movement_age_seconds {
+                Some(age) => metrics.source_last_movement_age_seconds.with_label_values(&[source]).set(age),
+                None => {
+                    let _ = metrics.source_last_movement_age_seconds.remove_label_values(&[source]);
+                }
+            }
             metrics.source_behind_movements.with_label_values(&[source]).set(report.behind_movements);
             metrics.source_behind_seconds.with_label_values(&[source]).set(report.behind_seconds);
             metrics.source_gap.with_label_values(&[source]).set(i64::from(report.gap_alert));

@@ -11,15 +11,20 @@
 //! offsets are saved last. A dead letter is always acknowledged before the offset that
 //! passes its record is saved, so nothing is lost, whatever crashes when.
 
-use std::{collections::HashMap, time::Duration};
+use std::{
+    collections::{BTreeMap, HashMap},
+    time::Duration,
+};
 
+use chrono::{DateTime, Utc};
 use tokio_util::sync::CancellationToken;
 use tracing::{error, warn};
 
 use crate::{
     backoff::Backoff,
     db::{Applied, Batch, DbError, Envelope, LedgerWrites},
-    event::{EventId, InvalidMovement, LocationId, Sku, StockLevel},
+    event::{EventId, InvalidMovement, LocationId, Sku, SourceSystem, StockLevel},
+    freshness,
     health::Component,
     kafka::{self, DeadLetter},
     telemetry::Metrics,
@@ -119,10 +124,17 @@ impl Applier {
                 return Ok(None);
             }
         }
+        let heard = heard(&batch.movements);
         let mut searched = Applied::default();
         loop {
             match self.apply(&batch).await {
-                Ok(Some(applied)) => return Ok(Some(merge(searched, applied))),
+                Ok(Some(applied)) => {
+                    // A signal for people, not part of the batch: a failure only delays it.
+                    if let Err(e) = self.db.record_heard(&heard).await {
+                        warn!(error = %e, "when the sources were last heard from is not recorded");
+                    }
+                    return Ok(Some(merge(searched, applied)));
+                }
                 Ok(None) => return Ok(None),
                 Err(DbError::Refused { event_id, code, reason }) => {
                     let Some(envelope) = take(&mut batch.movements, &event_id) else {
@@ -239,6 +251,16 @@ fn take(movements: &mut Vec<Envelope>, id: &EventId) -> Option<Envelope> {
     Some(taken)
 }
 
+/// The newest `recorded_at` of each source of `movements`, by its name in `/v1/sources`.
+fn heard(movements: &[Envelope]) -> Vec<(String, DateTime<Utc>)> {
+    let mut newest: BTreeMap<String, DateTime<Utc>> = BTreeMap::new();
+    for m in movements.iter().map(|e| &e.movement) {
+        let at = newest.entry(freshness::source_name(&m.source)).or_insert(m.recorded_at);
+        *at = (*at).max(m.recorded_at);
+    }
+    newest.into_iter().collect()
+}
+
 /// Two outcomes as one: the counts add up, and of a level written twice the later
 /// (higher) version is the one to publish.
 fn merge(a: Applied, b: Applied) -> Applied {
@@ -259,6 +281,16 @@ fn merge(a: Applied, b: Applied) -> Applied {
         recorded: a.recorded + b.recorded,
         released: a.released.saturating_add(b.released),
         conflicts_retried: a.conflicts_retried + b.conflicts_retried,
+        duplicates_by_source: add_up(a.duplicates_by_source, b.duplicates_by_source),
+        conflicts_by_source: add_up(a.conflicts_by_source, b.conflicts_by_source),
         levels: newest.into_values().collect(),
     }
+}
+
+/// Two counts by source as one.
+fn add_up(mut a: BTreeMap<SourceSystem, u64>, b: BTreeMap<SourceSystem, u64>) -> BTreeMap<SourceSystem, u64> {
+    for (source, n) in b {
+        *a.entry(source).or_default() += n;
+    }
+    a
 }

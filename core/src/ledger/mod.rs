@@ -503,6 +503,12 @@ impl Ledger {
         m.ledger_movements_superseded_total.inc_by(applied.superseded);
         m.ledger_duplicates_skipped_total.inc_by(applied.duplicates);
         m.ledger_conflicts_retried_total.inc_by(applied.conflicts_retried);
+        for (system, n) in &applied.duplicates_by_source {
+            m.ledger_duplicates_total.with_label_values(&[system.as_str()]).inc_by(*n);
+        }
+        for (system, n) in &applied.conflicts_by_source {
+            m.ledger_conflicts_total.with_label_values(&[system.as_str()]).inc_by(*n);
+        }
         m.ledger_batch_size_movements.observe(movements as f64);
         m.ledger_apply_duration_seconds.observe(elapsed.as_secs_f64());
         debug!(
