@@ -332,7 +332,7 @@ impl<'a> Registrar<'a> {
 mod tests {
     use std::sync::Arc;
 
-    use onhand_core::db::{self, Db, Signals, Sources};
+    use onhand_core::db::{self, Db};
 
     use super::SourceHealth;
 
