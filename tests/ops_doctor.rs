@@ -104,3 +104,61 @@ async fn a_sqlite_database_is_read_without_being_created() {
     assert_eq!(checks(&report, "fail", "does not answer").first().map(|c| c["area"].clone()), Some("database".into()));
     assert!(!missing.exists(), "the doctor created the file it looked for");
 }
+
+/// The broker was lost and its topics made again empty: the ledger's saved offsets are
+/// past the new end, the doctor says so and how to fix it, and the ledger's group moved
+/// back to the earliest records makes it pass again, with every level as it was.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn offsets_past_a_topics_end_are_found_and_moved_back() {
+    onhand_core::skip_without_servers!();
+    let config = test_config(1).await;
+    let app = serve(&config).await;
+    let receipts: Vec<_> = (0..2)
+        .map(|i| movement_json(&format!("lost-{i}"), "7891000100103", "store-1", MovementKind::Receipt, 3, i))
+        .collect();
+    produce(&producer(), &config.kafka.topics.movements, &receipts).await;
+    on_hand_is(&app, "7891000100103", "store-1", 6).await;
+    app.stop().await.unwrap();
+    // What a topic made again looks like to the ledger: its saved offset is beyond the end.
+    let pool = sqlx::PgPool::connect(&config.database.url).await.unwrap();
+    sqlx::query("UPDATE consumer_offsets SET next_offset = 1000").execute(&pool).await.unwrap();
+    pool.close().await;
+
+    let dir = tempfile::tempdir().unwrap();
+    let file = config_file(&config, dir.path()).display().to_string();
+    let before = doctor(vec!["--config".into(), file.clone()]).await;
+    let report = before.json();
+    assert_eq!(before.code, 1, "{report:#}");
+    let past = checks(&report, "fail", "past the end");
+    assert_eq!((past.len(), past[0]["area"].as_str()), (1, Some("ledger")), "{report:#}");
+    assert!(past[0]["fix"].as_str().unwrap().contains("onhand replay group"));
+
+    let group = config.ledger.group_id.clone();
+    let replay = onhand_async(&[
+        "replay",
+        "group",
+        &group,
+        "--topic",
+        "movements",
+        "--to-earliest",
+        "--members-stopped",
+        "--yes",
+        "--config",
+        &file,
+    ])
+    .await;
+    assert_eq!(replay.code, 0, "{}{}", replay.stdout, replay.stderr);
+    let after = tokio::task::spawn_blocking(move || onhand(&["doctor", "--config", &file])).await.unwrap();
+    assert_eq!(after.code, 0, "{}", after.stdout);
+    assert!(after.stdout.contains(&format!("group {group} is 2 movements behind")), "{}", after.stdout);
+
+    // The ledger reads both again as duplicates: the level is what it was.
+    let app = serve(&config).await;
+    until_recorded(&app, 2, 60).await;
+    eventually("both read again", 60, || async {
+        (metric(&app, "onhand_ledger_duplicates_skipped_total") >= 2.0).then_some(())
+    })
+    .await;
+    on_hand_is(&app, "7891000100103", "store-1", 6).await;
+    app.stop().await.unwrap();
+}

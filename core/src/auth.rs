@@ -74,7 +74,7 @@ impl Binding {
     pub fn event_id_prefix(&self) -> String {
         match self {
             Binding::Store(store) => format!("pos:{store}:"),
-            Binding::Source { system, instance } => format!("{}:{instance}:", system_name(*system)),
+            Binding::Source { system, instance } => format!("{}:{instance}:", system.as_str()),
         }
     }
 
@@ -96,22 +96,11 @@ impl Binding {
     }
 }
 
-fn system_name(system: SourceSystem) -> &'static str {
-    match system {
-        SourceSystem::Pos => "pos",
-        SourceSystem::Shopify => "shopify",
-        SourceSystem::Erp => "erp",
-        SourceSystem::Wms => "wms",
-        SourceSystem::Api => "api",
-        SourceSystem::StoreAgent => "store-agent",
-    }
-}
-
 impl fmt::Display for Binding {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             Binding::Store(store) => write!(f, "store:{store}"),
-            Binding::Source { system, instance } => write!(f, "{}:{instance}", system_name(*system)),
+            Binding::Source { system, instance } => write!(f, "{}:{instance}", system.as_str()),
         }
     }
 }

@@ -97,6 +97,10 @@ impl LagWatch {
             .set("group.id", format!("{}-lag", self.group_id))
             .set("enable.auto.commit", "false")
             .set("enable.partition.eof", "false")
+            // It reads one record at a time: no prefetch of a backlog it never reads.
+            .set("fetch.message.max.bytes", "65536")
+            .set("queued.min.messages", "1")
+            .set("queued.max.messages.kbytes", "1024")
             .create()
     }
 

@@ -146,32 +146,26 @@ async fn rewrite_level<D: Dialect>(
     let (sku, location) = &rewrite.key;
     let state = &rewrite.state;
     let count_id = state.last_count.as_ref().map(|c| c.event_id.as_str());
-    let statement = match rewrite.version {
-        Some(version) => query::<D>(concat!(
+    // Both statements take the level's columns as $1 to $8; the update compares $9.
+    let sql = match rewrite.version {
+        Some(_) => concat!(
             "UPDATE stock_levels
              SET on_hand = $3, last_movement_at = $4, last_event_id = $5, last_count_at = $6,
                  last_count_event_id = $7, updated_at = $8, version = version + 1
              WHERE sku = $1 AND location = $2 AND version = $9
              RETURNING ",
             stock_level_columns!()
-        ))
-        .bind(sku.as_str())
-        .bind(location.as_str())
-        .bind(state.on_hand)
-        .bind(state.last_movement_at.map(Time))
-        .bind(state.last_event_id.as_ref().map(EventId::as_str))
-        .bind(state.last_count.as_ref().map(|c| Time(c.at)))
-        .bind(count_id)
-        .bind(updated_at)
-        .bind(version),
-        None => query::<D>(concat!(
+        ),
+        None => concat!(
             "INSERT INTO stock_levels (sku, location, on_hand, version, last_movement_at, last_event_id,
                                        last_count_at, last_count_event_id, updated_at)
              VALUES ($1, $2, $3, 1, $4, $5, $6, $7, $8)
              ON CONFLICT (sku, location) DO NOTHING
              RETURNING ",
             stock_level_columns!()
-        ))
+        ),
+    };
+    let statement = query::<D>(sql)
         .bind(sku.as_str())
         .bind(location.as_str())
         .bind(state.on_hand)
@@ -179,7 +173,10 @@ async fn rewrite_level<D: Dialect>(
         .bind(state.last_event_id.as_ref().map(EventId::as_str))
         .bind(state.last_count.as_ref().map(|c| Time(c.at)))
         .bind(count_id)
-        .bind(updated_at),
+        .bind(updated_at);
+    let statement = match rewrite.version {
+        Some(version) => statement.bind(version),
+        None => statement,
     };
     statement.fetch_optional(&mut *conn).await
 }

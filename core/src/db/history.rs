@@ -30,7 +30,7 @@ impl<D: Dialect> History for SqlDb<D> {
             statement = statement.bind(location.as_str());
         }
         if let Some((system, instance)) = &q.source {
-            statement = statement.bind(system_name(*system)?).bind(instance.as_str());
+            statement = statement.bind(system.as_str()).bind(instance.as_str());
         }
         if let Some(since) = q.since {
             statement = statement.bind(Time(since));
@@ -151,14 +151,6 @@ fn movements_sql<D: Dialect>(q: &MovementQuery) -> String {
          ORDER BY recorded_at DESC, event_id DESC LIMIT {}",
         arg()
     )
-}
-
-/// A source system as events spell it (`store-agent`).
-fn system_name(system: SourceSystem) -> Result<String, DbError> {
-    match serde_json::to_value(system) {
-        Ok(serde_json::Value::String(name)) => Ok(name),
-        _ => Err(corrupt(format!("source system {system:?} has no name"))),
-    }
 }
 
 fn event_id(text: String) -> Result<EventId, DbError> {

@@ -127,7 +127,7 @@ impl LedgerContext {
                     saved = next,
                     end = high,
                     "the saved offset is beyond the partition's end: was the topic recreated? new movements here \
-                     are skipped until a person resets the offsets (docs/consistency.md)"
+                     are skipped until a person moves the offsets back (onhand replay group, docs/operations.md)"
                 );
                 self.metrics.ledger_offsets_beyond_end_total.inc();
                 true
