@@ -13,7 +13,7 @@ use super::{
     DbError, History, MovementQuery, RecordedMovement, SqlDb,
 };
 use crate::{
-    event::{EventId, Movement, SourceSystem},
+    event::{EventId, Movement},
     history::{Change, LevelMovement, Start},
     ledger::rules::{CountMark, Effect, LevelKey},
 };
