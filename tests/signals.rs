@@ -99,10 +99,12 @@ async fn every_connector_reports_its_health_last_movement_and_last_error() {
     let (status, _) =
         http_post(app.local_addr, "/connectors/pos/store-001/sales", "application/x-ndjson", format!("{sale}\n")).await;
     assert_eq!(status, 202);
+    // The WMS's SKU is one no other source reads: a level a read brought into the cache
+    // before its stock record arrived is not timed again when the record comes.
     drop_file(
         inbox.path(),
         "asn.csv",
-        "sku,location,kind,quantity,occurred_at,reference\n7891000100103,dc-sp,receipt,480,2026-11-20T09:10:00-03:00,ASN-1\n",
+        "sku,location,kind,quantity,occurred_at,reference\n7891000100400,dc-sp,receipt,480,2026-11-20T09:10:00-03:00,ASN-1\n",
     );
     let (status, answer) = deliver(app.local_addr, "orders/create", "e-order", ORDERS_CREATE, SECRET).await;
     assert_eq!(status, 200, "{answer}");
@@ -135,7 +137,7 @@ async fn every_connector_reports_its_health_last_movement_and_last_error() {
     drop_file(
         inbox.path(),
         "asn-2.csv",
-        "sku,location,kind,quantity,occurred_at,reference\n7891000100103,dc-sp,receipt,5,2026-11-20T09:10:00-03:00,ASN-2\n",
+        "sku,location,kind,quantity,occurred_at,reference\n7891000100400,dc-sp,receipt,5,2026-11-20T09:10:00-03:00,ASN-2\n",
     );
     let healed = source_where(&app, "wms", "healthy again", |s| s["healthy"] == true).await;
     assert!(healed["last_error"].as_str().unwrap_or_default().contains("bad.csv"), "{healed}");
