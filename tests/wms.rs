@@ -268,7 +268,7 @@ async fn a_million_line_file_goes_through() {
     write_receipts(&inbox.path().join("million.csv.tmp"), lines, 50_000);
     std::fs::rename(inbox.path().join("million.csv.tmp"), inbox.path().join("million.csv")).unwrap();
     let started = std::time::Instant::now();
-    until_exists(inbox.path().join("archive/million.csv"), 300).await;
+    until_exists(inbox.path().join("archive/million.csv"), 600).await;
     eprintln!("a million lines archived in {:?} (debug build)", started.elapsed());
     assert_eq!(records_on(&config.kafka.topics.movements, 3), lines as i64);
     assert_eq!(metric(&app, "onhand_wms_lines_total"), lines as f64);
