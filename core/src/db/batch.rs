@@ -8,7 +8,8 @@ use chrono::{DateTime, SubsecRound, Utc};
 
 use super::{Applied, Batch, DbError, Envelope, PartitionOffset, Published, CONFLICT_ROUNDS_MAX, LEVEL_OUT_OF_RANGE};
 use crate::{
-    event::{EventId, LocationId, Movement, MovementKind, Sku, StockLevel},
+    event::{EventId, LocationId, Movement, MovementKind, Sku, SourceSystem, StockLevel},
+    freshness,
     ledger::rules::{plan_key, KeyPlan, LevelKey, LevelState},
     reservation,
 };
@@ -98,6 +99,14 @@ pub(super) trait LedgerTx: Send {
     /// Records publications; a level's published version never moves backwards.
     async fn mark_published(&mut self, published: &[Published]) -> Result<(), DbError>;
     async fn save_offsets(&mut self, group_id: &str, topic: &str, offsets: &[PartitionOffset]) -> Result<(), DbError>;
+    /// Records, for each source, that a movement of it recorded at that time was heard
+    /// (`source_signals`); an older time than the one kept changes nothing, so that batches
+    /// may commit in any order.
+    async fn record_heard(
+        &mut self,
+        heard: &[(String, DateTime<Utc>)],
+        updated_at: DateTime<Utc>,
+    ) -> Result<(), DbError>;
 }
 
 /// Applies a batch with the steps of `tx`: the one algorithm of both backends. The caller
@@ -148,7 +157,27 @@ pub(super) async fn apply_batch(mut tx: Box<dyn LedgerTx + '_>, batch: &Batch) -
         tx.mark_published(&newest_publications(&batch.published)).await?;
     }
     tx.save_offsets(&batch.group_id, &batch.topic, &batch.offsets).await?;
+    let heard = heard(&unique);
+    if !heard.is_empty() {
+        tx.record_heard(&heard, updated_at).await?;
+    }
     Ok(outcome)
+}
+
+/// The newest `recorded_at` of the batch's movements from each source, by the name
+/// `/v1/sources` gives it: a duplicate too says its source is alive.
+fn heard(movements: &[&Envelope]) -> Vec<(String, DateTime<Utc>)> {
+    let mut newest: BTreeMap<(SourceSystem, &str), DateTime<Utc>> = BTreeMap::new();
+    for m in movements.iter().map(|e| &e.movement) {
+        // A store is one source whoever of its till or agent sent; any other system is one.
+        let key = match m.source.system {
+            SourceSystem::Pos | SourceSystem::StoreAgent => (SourceSystem::Pos, m.source.instance.as_str()),
+            system => (system, ""),
+        };
+        let at = newest.entry(key).or_insert(m.recorded_at);
+        *at = (*at).max(m.recorded_at);
+    }
+    newest.into_iter().map(|((system, instance), at)| (freshness::name_of(system, instance), at)).collect()
 }
 
 impl Applied {

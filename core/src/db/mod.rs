@@ -14,7 +14,7 @@
 //!   and `onhand rebuild`'s write of recomputed levels while the ledger waits.
 //! - `leases.rs`: the [`Leases`] role, which replica does a piece of work that must run once.
 //! - `signals.rs`: the [`Signals`] role, what onhand heard from each source and the levels
-//!   that need a look, and the ledger's `record_heard`.
+//!   that need a look.
 //! - `sql.rs`: `SqlDb<D>`, every method of `Db` written once over the database's
 //!   `Dialect` `D`.
 //! - `dialect.rs`: the `Dialect` trait, what PostgreSQL and SQLite do differently, and the
@@ -241,10 +241,6 @@ pub trait LedgerWrites: Send + Sync + std::fmt::Debug {
     async fn unpublished_levels(&self, written_before: DateTime<Utc>, limit: i64) -> Result<Vec<StockLevel>, DbError>;
     /// How many movements are recorded.
     async fn movement_count(&self) -> Result<i64, DbError>;
-    /// Records when the ledger last recorded a movement of each source (by
-    /// `freshness::source_name`): `recorded_at` of its newest. An older time than the one
-    /// kept changes nothing.
-    async fn record_heard(&self, heard: &[(String, DateTime<Utc>)]) -> Result<(), DbError>;
 }
 
 /// The operator's: which event ids the ledger recorded, for `onhand dlq redrive` to tell

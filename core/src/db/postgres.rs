@@ -401,6 +401,28 @@ impl LedgerTx for PgLedgerTx<'_> {
         .await?;
         Ok(())
     }
+
+    async fn record_heard(
+        &mut self,
+        heard: &[(String, DateTime<Utc>)],
+        updated_at: DateTime<Utc>,
+    ) -> Result<(), DbError> {
+        let (sources, times): (Vec<&str>, Vec<DateTime<Utc>>) = heard.iter().map(|(s, at)| (s.as_str(), *at)).unzip();
+        // GREATEST leaves out a NULL: a source known only by its errors gets its first time.
+        sqlx::query(
+            "INSERT INTO source_signals (source, last_movement_at, updated_at)
+             SELECT s, t, $3 FROM UNNEST($1::text[], $2::timestamptz[]) AS h(s, t)
+             ON CONFLICT (source) DO UPDATE SET
+                 last_movement_at = GREATEST(source_signals.last_movement_at, EXCLUDED.last_movement_at),
+                 updated_at = EXCLUDED.updated_at",
+        )
+        .bind(&sources)
+        .bind(&times)
+        .bind(updated_at)
+        .execute(&mut *self.tx)
+        .await?;
+        Ok(())
+    }
 }
 
 /// A row is written only if its version is still the one the batch read; the rows not

@@ -1,7 +1,6 @@
-//! The [`Signals`] role on both databases, and the ledger's [`record_heard`]: what onhand
-//! heard from each source (`source_signals`, migrations `*_signals.sql`), and the counts of
-//! levels that need a look. Every statement is one both databases accept: the newest time
-//! wins by a `CASE`, not by `GREATEST`, which SQLite lacks.
+//! The [`Signals`] role on both databases: what onhand heard from each source
+//! (`source_signals`, migrations `*_signals.sql`; the ledger writes `last_movement_at` in
+//! each batch's transaction, `batch.rs`), and the counts of levels that need a look.
 
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
@@ -15,34 +14,6 @@ use crate::freshness::SourceSignals;
 
 /// The longest error text kept: what a person reads, not a log.
 const ERROR_CHARS_MAX: usize = 500;
-
-/// Records, for each source, that the ledger recorded a movement of it at `at`; a time
-/// older than the one kept changes nothing, so that batches may record in any order.
-pub(super) async fn record_heard<D: Dialect>(db: &SqlDb<D>, heard: &[(String, DateTime<Utc>)]) -> Result<(), DbError> {
-    if heard.is_empty() {
-        return Ok(());
-    }
-    let now = Utc::now();
-    let mut tx = D::begin_write(db.pool()).await?;
-    for (source, at) in heard {
-        query::<D>(
-            "INSERT INTO source_signals (source, last_movement_at, updated_at) VALUES ($1, $2, $3)
-             ON CONFLICT (source) DO UPDATE SET
-                 last_movement_at = CASE
-                     WHEN source_signals.last_movement_at IS NULL
-                       OR excluded.last_movement_at > source_signals.last_movement_at
-                     THEN excluded.last_movement_at ELSE source_signals.last_movement_at END,
-                 updated_at = excluded.updated_at",
-        )
-        .bind(source.as_str())
-        .bind(Time(*at))
-        .bind(Time(now))
-        .execute(&mut *tx)
-        .await?;
-    }
-    tx.commit().await?;
-    Ok(())
-}
 
 #[async_trait]
 impl<D: Dialect> Signals for SqlDb<D> {

@@ -11,9 +11,9 @@ use super::{
     dialect::{api_key, product, stock_level, Dialect},
     driver::{query, Cells, List, Time},
     reservations::{self, load_reservation, ReservationTx},
-    signals, Applied, Batch, Catalog, Closed, ConnectorState, Db, DbError, Keys, LedgerWrites, MovementLookups,
-    NewReservation, Outbox, OutboxRecord, PartitionOffset, Ping, Published, ReservationRecords, Reserved, Sources,
-    SqlDb, StockPolicies, StockPolicy, StockReads,
+    Applied, Batch, Catalog, Closed, ConnectorState, Db, DbError, Keys, LedgerWrites, MovementLookups, NewReservation,
+    Outbox, OutboxRecord, PartitionOffset, Ping, Published, ReservationRecords, Reserved, Sources, SqlDb,
+    StockPolicies, StockPolicy, StockReads,
 };
 use crate::{
     auth::ApiKey,
@@ -101,10 +101,6 @@ impl<D: Dialect> LedgerWrites for SqlDb<D> {
 
     async fn movement_count(&self) -> Result<i64, DbError> {
         query::<D>("SELECT count(*) AS n FROM movements").fetch_one(self.conn().await?).await?.cell("n")
-    }
-
-    async fn record_heard(&self, heard: &[(String, DateTime<Utc>)]) -> Result<(), DbError> {
-        signals::record_heard(self, heard).await
     }
 }
 

@@ -372,4 +372,29 @@ impl LedgerTx for SqliteLedgerTx<'_> {
         }
         Ok(())
     }
+
+    async fn record_heard(
+        &mut self,
+        heard: &[(String, DateTime<Utc>)],
+        updated_at: DateTime<Utc>,
+    ) -> Result<(), DbError> {
+        for (source, at) in heard {
+            // SQLite's max() of a NULL is NULL: the newer time wins by a CASE.
+            sqlx::query(
+                "INSERT INTO source_signals (source, last_movement_at, updated_at) VALUES (?, ?, ?)
+                 ON CONFLICT (source) DO UPDATE SET
+                     last_movement_at = CASE
+                         WHEN source_signals.last_movement_at IS NULL
+                           OR excluded.last_movement_at > source_signals.last_movement_at
+                         THEN excluded.last_movement_at ELSE source_signals.last_movement_at END,
+                     updated_at = excluded.updated_at",
+            )
+            .bind(source.as_str())
+            .bind(Time(*at))
+            .bind(Time(updated_at))
+            .execute(&mut *self.tx)
+            .await?;
+        }
+        Ok(())
+    }
 }

@@ -533,11 +533,20 @@ async fn sources_and_location_names_are_kept(db: Arc<dyn Db>) {
 }
 
 async fn what_was_heard_from_each_source_is_kept_newest_first(db: Arc<dyn Db>) {
-    let heard = |source: &str, second| (source.to_string(), at(second));
-    db.record_heard(&[heard("erp", 10), heard("pos:s1", 5)]).await.unwrap();
-    // An older batch recorded after a newer one does not move the time back.
-    db.record_heard(&[heard("erp", 3), heard("pos:s1", 20)]).await.unwrap();
-    db.record_heard(&[]).await.unwrap();
+    use crate::event::SourceSystem::{Erp, Pos, StoreAgent};
+    // A movement of `system:instance` the ledger recorded at `second`.
+    let heard = |id: &str, system, instance: &str, second| {
+        let mut e = envelope(id, "s1", Receipt, 1, second);
+        e.movement.source = crate::event::Source { system, instance: instance.into(), reference: id.into() };
+        e.movement.recorded_at = at(second);
+        e
+    };
+    db.apply_batch(&batch(vec![heard("e1", Erp, "erp-main", 10), heard("p1", Pos, "s1", 5)], 2)).await.unwrap();
+    // An older batch recorded after a newer one does not move the time back; a store's
+    // agent and its till are one source.
+    db.apply_batch(&batch(vec![heard("e2", Erp, "erp-main", 3), heard("p2", StoreAgent, "s1", 20)], 4)).await.unwrap();
+    // A duplicate too says its source is alive.
+    db.apply_batch(&batch(vec![heard("p1", Pos, "s1", 5)], 5)).await.unwrap();
     db.record_error("erp", "the journal is unreachable", at(30)).await.unwrap();
     db.record_error("shopify-sink", &"x".repeat(2000), at(31)).await.unwrap();
     let signals = db.source_signals().await.unwrap();
@@ -556,7 +565,7 @@ async fn what_was_heard_from_each_source_is_kept_newest_first(db: Arc<dyn Db>) {
     );
     assert_eq!(signals[2].last_error.as_ref().map(String::len), Some(500), "an error is cut short");
     // A movement heard after the error keeps the error: it is the last one met.
-    db.record_heard(&[heard("erp", 40)]).await.unwrap();
+    db.apply_batch(&batch(vec![heard("e3", Erp, "erp-main", 40)], 6)).await.unwrap();
     let erp = db.source_signals().await.unwrap().remove(0);
     assert_eq!((erp.last_movement_at, erp.last_error_at), (Some(at(40)), Some(at(30))));
 }

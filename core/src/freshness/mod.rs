@@ -165,8 +165,13 @@ impl SourceState {
 /// other system as one (`erp`, `shopify`, `wms`, `api`), as its connector reports its
 /// health.
 pub fn source_name(source: &Source) -> String {
-    match source.system {
-        SourceSystem::Pos | SourceSystem::StoreAgent => format!("pos:{}", source.instance),
+    name_of(source.system, &source.instance)
+}
+
+/// [`source_name`] of a source of `system` whose instance is `instance`.
+pub fn name_of(system: SourceSystem, instance: &str) -> String {
+    match system {
+        SourceSystem::Pos | SourceSystem::StoreAgent => format!("pos:{instance}"),
         system => system.as_str().to_string(),
     }
 }

@@ -16,7 +16,6 @@ use std::{
     time::Duration,
 };
 
-use chrono::{DateTime, Utc};
 use tokio_util::sync::CancellationToken;
 use tracing::{error, warn};
 
@@ -24,7 +23,6 @@ use crate::{
     backoff::Backoff,
     db::{Applied, Batch, DbError, Envelope, LedgerWrites},
     event::{EventId, InvalidMovement, LocationId, Sku, SourceSystem, StockLevel},
-    freshness,
     health::Component,
     kafka::{self, DeadLetter},
     telemetry::Metrics,
@@ -124,17 +122,10 @@ impl Applier {
                 return Ok(None);
             }
         }
-        let heard = heard(&batch.movements);
         let mut searched = Applied::default();
         loop {
             match self.apply(&batch).await {
-                Ok(Some(applied)) => {
-                    // A signal for people, not part of the batch: a failure only delays it.
-                    if let Err(e) = self.db.record_heard(&heard).await {
-                        warn!(error = %e, "when the sources were last heard from is not recorded");
-                    }
-                    return Ok(Some(merge(searched, applied)));
-                }
+                Ok(Some(applied)) => return Ok(Some(merge(searched, applied))),
                 Ok(None) => return Ok(None),
                 Err(DbError::Refused { event_id, code, reason }) => {
                     let Some(envelope) = take(&mut batch.movements, &event_id) else {
@@ -249,16 +240,6 @@ fn take(movements: &mut Vec<Envelope>, id: &EventId) -> Option<Envelope> {
     let taken = movements.remove(position);
     movements.retain(|e| &e.movement.event_id != id);
     Some(taken)
-}
-
-/// The newest `recorded_at` of each source of `movements`, by its name in `/v1/sources`.
-fn heard(movements: &[Envelope]) -> Vec<(String, DateTime<Utc>)> {
-    let mut newest: BTreeMap<String, DateTime<Utc>> = BTreeMap::new();
-    for m in movements.iter().map(|e| &e.movement) {
-        let at = newest.entry(freshness::source_name(&m.source)).or_insert(m.recorded_at);
-        *at = (*at).max(m.recorded_at);
-    }
-    newest.into_iter().collect()
 }
 
 /// Two outcomes as one: the counts add up, and of a level written twice the later
