@@ -31,20 +31,13 @@ async fn dlq(config_file: &Path, args: &[&str]) -> Run {
     let mut all: Vec<String> = vec!["dlq".into()];
     all.extend(args.iter().map(|a| a.to_string()));
     all.extend(["--config".to_string(), config_file.display().to_string()]);
-    tokio::task::spawn_blocking(move || onhand(&all.iter().map(String::as_str).collect::<Vec<_>>())).await.unwrap()
+    onhand_async(&all.iter().map(String::as_str).collect::<Vec<_>>()).await
 }
 
 async fn shopify_config(admin: SocketAddr) -> Config {
     let mut config = test_config(3).await;
-    let section = json!({
-        "shop": "casa-onhand.myshopify.com",
-        "admin_api_url": format!("http://{admin}{GRAPHQL_PATH}"),
-        "access_token": TOKEN,
-        "webhook_secret": SECRET,
-        "location_map": { "24826418": "store-012", "48752903": "dc-sp" },
-        "default_location": "dc-sp",
-        "reconcile": { "interval_s": 3600, "initial_lookback_h": 1 },
-    });
+    let mut section = section(admin);
+    section["reconcile"] = json!({ "interval_s": 3600, "initial_lookback_h": 1 });
     config.connectors.insert("shopify".into(), section);
     config
 }

@@ -36,17 +36,10 @@ const WEB_LOCATION: u64 = 48752903;
 async fn shopify_config(admin: SocketAddr, sink: bool) -> Config {
     let mut config = test_config(3).await;
     config.channels.insert("web".into(), ChannelConfig { all_locations: false, locations: vec!["dc-sp".into()] });
-    let mut section = json!({
-        "shop": "casa-onhand.myshopify.com",
-        "admin_api_url": format!("http://{admin}{GRAPHQL_PATH}"),
-        "access_token": TOKEN,
-        "webhook_secret": SECRET,
-        "location_map": { "24826418": "store-012", "48752903": "dc-sp" },
-        "default_location": "dc-sp",
-        "echo_settle_ms": 300,
-        "reconcile": { "interval_s": 1, "initial_lookback_h": 1 },
-        "http": { "request_timeout_ms": 2000, "backoff_ms_min": 50, "backoff_ms_max": 500 },
-    });
+    let mut section = section(admin);
+    section["echo_settle_ms"] = json!(300);
+    section["reconcile"] = json!({ "interval_s": 1, "initial_lookback_h": 1 });
+    section["http"] = json!({ "request_timeout_ms": 2000, "backoff_ms_min": 50, "backoff_ms_max": 500 });
     if sink {
         section["sink"] = json!({ "channel": "web", "location_id": WEB_LOCATION, "group_id": unique_name("sink"),
             "linger_ms": 50, "batch_size_max": 10 });

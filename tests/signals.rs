@@ -36,21 +36,13 @@ async fn every_connector(inbox: &Path, shopify: std::net::SocketAddr) -> Config 
     config
         .connectors
         .insert("wms".into(), json!({ "inbox": inbox, "scan_interval_ms": 200, "source_instance": "wms-dc-sp" }));
-    config.connectors.insert(
-        "shopify".into(),
-        json!({
-            "shop": "casa-onhand.myshopify.com",
-            "admin_api_url": format!("http://{shopify}{GRAPHQL_PATH}"),
-            "access_token": TOKEN,
-            "webhook_secret": SECRET,
-            "location_map": { "48752903": "dc-sp" },
-            "default_location": "dc-sp",
-            "reconcile": { "interval_s": 1, "initial_lookback_h": 1 },
-            "http": { "request_timeout_ms": 2000, "backoff_ms_min": 50, "backoff_ms_max": 500 },
-            "sink": { "channel": "web", "location_id": 48752903, "group_id": unique_name("sink"),
-                      "linger_ms": 50, "batch_size_max": 10 },
-        }),
-    );
+    let mut section = section(shopify);
+    section["location_map"] = json!({ "48752903": "dc-sp" });
+    section["reconcile"] = json!({ "interval_s": 1, "initial_lookback_h": 1 });
+    section["http"] = json!({ "request_timeout_ms": 2000, "backoff_ms_min": 50, "backoff_ms_max": 500 });
+    section["sink"] = json!({ "channel": "web", "location_id": 48752903, "group_id": unique_name("sink"),
+                              "linger_ms": 50, "batch_size_max": 10 });
+    config.connectors.insert("shopify".into(), section);
     config
 }
 

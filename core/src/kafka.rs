@@ -5,6 +5,7 @@
 pub mod journal;
 
 use std::{
+    collections::BTreeMap,
     path::Path,
     sync::{mpsc, Arc, PoisonError, RwLock},
     thread,
@@ -14,6 +15,7 @@ use std::{
 use rdkafka::{
     admin::{AdminClient, AdminOptions, NewTopic, TopicReplication},
     client::DefaultClientContext,
+    consumer::{BaseConsumer, Consumer},
     error::KafkaError,
     message::{Header, Headers, OwnedHeaders, OwnedMessage, ToBytes},
     mocking::MockCluster,
@@ -394,6 +396,33 @@ impl Producer {
 /// soon as records arrive; a broker that does not (tansu waits out the whole time) would
 /// otherwise add this much to every change's way to the readers.
 pub const FETCH_WAIT_MAX_MS: &str = "50";
+
+/// Each partition's low and high watermark: the oldest offset kept, and the next one to be
+/// written.
+pub type Watermarks = BTreeMap<i32, (i64, i64)>;
+
+/// The [`Watermarks`] of every partition of `topic`, asked with `consumer`; `None` when the brokers know no
+/// such topic, or it has no partition. Blocks for up to `timeout` per request.
+pub fn watermarks(consumer: &BaseConsumer, topic: &str, timeout: Duration) -> Result<Option<Watermarks>, KafkaError> {
+    let metadata = consumer.fetch_metadata(Some(topic), timeout)?;
+    let Some(found) = metadata.topics().iter().find(|t| t.name() == topic && t.error().is_none()) else {
+        return Ok(None);
+    };
+    if found.partitions().is_empty() {
+        return Ok(None);
+    }
+    let mut marks = BTreeMap::new();
+    for partition in found.partitions() {
+        marks.insert(partition.id(), consumer.fetch_watermarks(topic, partition.id(), timeout)?);
+    }
+    Ok(Some(marks))
+}
+
+/// How many records of a partition with the watermarks `(low, high)` a reader whose next
+/// offset is `next` has still to read; without one it starts at the oldest kept.
+pub fn unread((low, high): (i64, i64), next: Option<i64>) -> i64 {
+    high.saturating_sub(next.unwrap_or(low).max(low)).max(0)
+}
 
 /// Creates the movement, stock and dead-letter topics when they are missing. The stock
 /// topic is compacted: only the newest level of each `sku@location` matters.

@@ -174,14 +174,12 @@ fn measure_blocking(
     topic: &str,
     saved: &BTreeMap<i32, i64>,
 ) -> Result<Vec<PartitionLag>, KafkaError> {
-    let metadata = probe.fetch_metadata(Some(topic), BROKER_TIMEOUT)?;
-    let partitions: Vec<i32> = metadata.topics().iter().flat_map(|t| t.partitions().iter().map(|p| p.id())).collect();
-    let mut lags = Vec::with_capacity(partitions.len());
-    for partition in partitions {
-        let (low, high) = probe.fetch_watermarks(topic, partition, BROKER_TIMEOUT)?;
+    let marks = kafka::watermarks(probe, topic, BROKER_TIMEOUT)?.unwrap_or_default();
+    let mut lags = Vec::with_capacity(marks.len());
+    for (partition, (low, high)) in marks {
         // Without a saved offset the ledger starts at the beginning of what is retained.
         let next = saved.get(&partition).copied().unwrap_or(low).max(low);
-        let behind_movements = high.saturating_sub(next).max(0);
+        let behind_movements = kafka::unread((low, high), Some(next));
         let oldest_at = if behind_movements > 0 { oldest_timestamp(probe, topic, partition, next) } else { None };
         lags.push(PartitionLag { partition, behind_movements, oldest_at });
     }

@@ -20,6 +20,20 @@ pub const SECRET: &str = "whsec-e2e";
 pub const TOKEN: &str = "shpat_e2e";
 pub const GRAPHQL_PATH: &str = "/admin/api/2026-04/graphql.json";
 
+/// The `[connectors.shopify]` section every test starts from, against the fake's admin API
+/// at `admin`: the shop, its credentials, and both of its locations mapped (the store's
+/// and the DC's, the default). Each test adds what it needs (reconciliation, the sink).
+pub fn section(admin: SocketAddr) -> Value {
+    json!({
+        "shop": "casa-onhand.myshopify.com",
+        "admin_api_url": format!("http://{admin}{GRAPHQL_PATH}"),
+        "access_token": TOKEN,
+        "webhook_secret": SECRET,
+        "location_map": { "24826418": "store-012", "48752903": "dc-sp" },
+        "default_location": "dc-sp",
+    })
+}
+
 /// One `inventorySetQuantities` quantity Shopify applied: (inventory item, quantity).
 pub type Applied = (u64, i64);
 

@@ -222,20 +222,8 @@ pub async fn marks(config: &KafkaConfig, topic: &str) -> Result<BTreeMap<i32, (i
     blocking(move || watermarks(&reader(&config)?, &topic)).await
 }
 
-fn watermarks(consumer: &BaseConsumer, topic: &str) -> Result<BTreeMap<i32, (i64, i64)>, DlqError> {
-    let metadata = consumer.fetch_metadata(Some(topic), METADATA_TIMEOUT)?;
-    let Some(found) = metadata.topics().iter().find(|t| t.name() == topic && t.error().is_none()) else {
-        return Err(DlqError::NoTopic(topic.to_string()));
-    };
-    if found.partitions().is_empty() {
-        return Err(DlqError::NoTopic(topic.to_string()));
-    }
-    let mut marks = BTreeMap::new();
-    for partition in found.partitions() {
-        let id = partition.id();
-        marks.insert(id, consumer.fetch_watermarks(topic, id, METADATA_TIMEOUT)?);
-    }
-    Ok(marks)
+fn watermarks(consumer: &BaseConsumer, topic: &str) -> Result<kafka::Watermarks, DlqError> {
+    kafka::watermarks(consumer, topic, METADATA_TIMEOUT)?.ok_or_else(|| DlqError::NoTopic(topic.to_string()))
 }
 
 /// Reads `topic` from `starts` to the end it has now, giving each record to `visit`;

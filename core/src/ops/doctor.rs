@@ -16,6 +16,7 @@ use rdkafka::{
 };
 use serde::Serialize;
 
+use super::dlq;
 use crate::{
     config::Config,
     db::{self, schema::Inspection, PartitionOffset},
@@ -306,45 +307,19 @@ async fn topics(config: &Config, metadata: &Metadata, report: &mut Report) {
     }
 }
 
-/// A partition's first and next offsets, and the offset the group saved for it.
-struct Ends {
-    partition: i32,
-    low: i64,
-    high: i64,
-    saved: Option<i64>,
-}
-
 async fn ledger_lag(config: &Config, saved: &[PartitionOffset], report: &mut Report) {
-    let topic = config.kafka.topics.movements.clone();
-    let group = config.ledger.group_id.clone();
-    let config = config.clone();
-    let saved = saved.to_vec();
-    let looked = tokio::task::spawn_blocking(move || -> Result<Vec<Ends>, String> {
-        let consumer = looker(&config).map_err(|e| e.to_string())?;
-        let metadata = consumer.fetch_metadata(Some(&topic), KAFKA_TIMEOUT).map_err(|e| e.to_string())?;
-        let mut rows = Vec::new();
-        for partition in metadata.topics().first().map(|t| t.partitions()).unwrap_or_default() {
-            let (low, high) =
-                consumer.fetch_watermarks(&topic, partition.id(), KAFKA_TIMEOUT).map_err(|e| e.to_string())?;
-            let next = saved.iter().find(|s| s.partition == partition.id()).map(|s| s.next_offset);
-            rows.push(Ends { partition: partition.id(), low, high, saved: next });
-        }
-        Ok(rows)
-    })
-    .await
-    .unwrap_or_else(|e| Err(e.to_string()));
-    let rows = match looked {
-        Ok(rows) => rows,
+    let group = &config.ledger.group_id;
+    let marks = match dlq::marks(&config.kafka, &config.kafka.topics.movements).await {
+        Ok(marks) => marks,
         Err(e) => return report.warn("ledger", format!("the ledger's lag cannot be read: {e}"), "check the brokers"),
     };
     let mut behind: i64 = 0;
     let mut ahead = Vec::new();
-    for Ends { partition, low, high, saved } in rows {
-        let next = saved.unwrap_or(low);
-        if next > high {
-            ahead.push(partition);
-        } else {
-            behind = behind.saturating_add(high - next.max(low));
+    for (&partition, &(low, high)) in &marks {
+        let next = saved.iter().find(|s| s.partition == partition).map(|s| s.next_offset);
+        match next {
+            Some(next) if next > high => ahead.push(partition),
+            _ => behind = behind.saturating_add(kafka::unread((low, high), next)),
         }
     }
     if !ahead.is_empty() {

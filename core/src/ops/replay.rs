@@ -314,18 +314,8 @@ fn members(client: &BaseConsumer, group: &str, asserted: bool) -> Members {
 }
 
 /// Each partition's oldest offset and end.
-fn watermarks(client: &BaseConsumer, topic: &str) -> Result<BTreeMap<i32, (i64, i64)>, ReplayError> {
-    let metadata = client.fetch_metadata(Some(topic), TIMEOUT)?;
-    let found = metadata.topics().iter().find(|t| t.name() == topic && t.error().is_none());
-    let partitions: Vec<i32> = found.map(|t| t.partitions().iter().map(|p| p.id()).collect()).unwrap_or_default();
-    if partitions.is_empty() {
-        return Err(ReplayError::NoTopic(topic.to_string()));
-    }
-    let mut marks = BTreeMap::new();
-    for partition in partitions {
-        marks.insert(partition, client.fetch_watermarks(topic, partition, TIMEOUT)?);
-    }
-    Ok(marks)
+fn watermarks(client: &BaseConsumer, topic: &str) -> Result<kafka::Watermarks, ReplayError> {
+    kafka::watermarks(client, topic, TIMEOUT)?.ok_or_else(|| ReplayError::NoTopic(topic.to_string()))
 }
 
 /// The group's committed offsets in Kafka, where it has any.

@@ -216,7 +216,7 @@ pub async fn lag(
         }
         for (&partition, &(low, high)) in &marks_of[topic] {
             let saved = offsets.get(&partition).copied();
-            let lag = (high - saved.unwrap_or(low).max(low)).max(0);
+            let lag = crate::kafka::unread((low, high), saved);
             report.lag.partitions.push(PartitionLag {
                 group_id: group.to_string(),
                 topic: topic.to_string(),
