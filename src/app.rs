@@ -86,7 +86,10 @@ impl App {
         config.connectors.insert("pos".into(), serde_json::json!({}));
         config.database.url = format!("sqlite://{}", data_dir.join("onhand.db").display());
         let topics = &config.kafka.topics;
-        let embedded = EmbeddedKafka::start(&[&topics.movements, &topics.stock, &topics.dlq], config.kafka.partitions)?;
+        let embedded = EmbeddedKafka::start(
+            &[&topics.movements, &topics.stock, &topics.dlq, &topics.alerts],
+            config.kafka.partitions,
+        )?;
         config.kafka.brokers = embedded.brokers().to_string();
         // For the operator's commands (`onhand verify --dev DATA_DIR`) to find it.
         let brokers_file = data_dir.join(crate::ops::DEV_BROKERS_FILE);

@@ -300,7 +300,8 @@ fn print_dev_banner(app: &App, data_dir: &std::path::Path, key: &str) {
     println!("onhand dev is running");
     println!("  http api   http://{}", app.local_addr);
     println!("  kafka      embedded mock cluster at {} ({} partitions)", c.kafka.brokers, c.kafka.partitions);
-    println!("             topics {}, {}, {}", c.kafka.topics.movements, c.kafka.topics.stock, c.kafka.topics.dlq);
+    let t = &c.kafka.topics;
+    println!("             topics {}, {}, {}, {}", t.movements, t.stock, t.dlq, t.alerts);
     println!("  database   {}", c.database.url);
     println!("  ledger     consumer group {}", c.ledger.group_id);
     println!("  data dir   {}", data_dir.display());

@@ -21,6 +21,8 @@ pub struct Config {
     pub reservations: ReservationConfig,
     pub sources: SourcesConfig,
     pub leases: LeaseConfig,
+    pub alerts: AlertsConfig,
+    pub stream: StreamConfig,
     /// Which locations serve each sales channel, by channel name.
     pub channels: BTreeMap<String, ChannelConfig>,
     /// Each connector's section, `[connectors.NAME]`, as written: the connector reads it
@@ -40,6 +42,8 @@ impl Default for Config {
             reservations: ReservationConfig::default(),
             sources: SourcesConfig::default(),
             leases: LeaseConfig::default(),
+            alerts: AlertsConfig::default(),
+            stream: StreamConfig::default(),
             connectors: BTreeMap::new(),
             channels: BTreeMap::from([(
                 "all".to_string(),
@@ -112,6 +116,8 @@ pub struct Topics {
     pub stock: String,
     /// Records the ledger could not read, with the reason in headers.
     pub dlq: String,
+    /// Alerts' changes (`onhand.alert.v1`), keyed by their subject.
+    pub alerts: String,
 }
 
 impl Default for Topics {
@@ -120,6 +126,7 @@ impl Default for Topics {
             movements: "onhand.movements.v1".into(),
             stock: "onhand.stock.v1".into(),
             dlq: "onhand.movements.dlq.v1".into(),
+            alerts: "onhand.alerts.v1".into(),
         }
     }
 }
@@ -250,6 +257,79 @@ impl Default for SourcesConfig {
     }
 }
 
+/// The alerts component: what raises an alert, and how alerts are pushed to webhooks.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AlertsConfig {
+    /// Whether this process runs the alerts component (its consumer of the stock topic,
+    /// and under a lease its publication, source checks and webhook deliveries).
+    pub enabled: bool,
+    /// The consumer group of the alerts component on the stock topic.
+    pub group_id: String,
+    /// The reorder point of a level that has none of its own: `low_stock` is raised at or
+    /// below it (the default of the stores' stock report too).
+    pub reorder_point_default: i64,
+    /// `low_stock` resolves only once available is above the reorder point plus this, so
+    /// a level hovering around its threshold raises one alert, not one per sale.
+    pub hysteresis: i64,
+    /// A source not heard from for longer than this raises `source_silent`.
+    pub silent_after_s: u64,
+    /// The same, per source: a source's full name (`pos:store-012`, `erp`) or its system
+    /// (`pos`, every store), the full name first.
+    pub silent_after_s_by_source: BTreeMap<String, u64>,
+    /// How many times a webhook delivery is tried before it is dead-lettered.
+    pub webhook_attempts_max: u32,
+    /// How long a webhook receiver has to answer one delivery.
+    pub webhook_timeout_ms: u64,
+}
+
+impl Default for AlertsConfig {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            group_id: "onhand-alerts".into(),
+            reorder_point_default: 5,
+            hysteresis: 2,
+            silent_after_s: 900,
+            silent_after_s_by_source: BTreeMap::new(),
+            webhook_attempts_max: 8,
+            webhook_timeout_ms: 5_000,
+        }
+    }
+}
+
+impl AlertsConfig {
+    /// How long `source` may stay quiet: its own setting, its system's, or the default.
+    pub fn silent_after_s(&self, source: &str) -> u64 {
+        let system = source.split(':').next().unwrap_or(source);
+        self.silent_after_s_by_source
+            .get(source)
+            .or_else(|| self.silent_after_s_by_source.get(system))
+            .copied()
+            .unwrap_or(self.silent_after_s)
+    }
+}
+
+/// The live stream (`GET /v1/stream`, `/v1/ws`): what each API instance keeps for
+/// clients that reconnect, and how far a client may fall behind.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct StreamConfig {
+    /// The newest events kept for clients that reconnect with `Last-Event-ID`.
+    pub replay_events_max: usize,
+    /// The events a client may have waiting; a client further behind is told so and
+    /// disconnected.
+    pub client_buffer_max: usize,
+    /// The most clients connected to one instance at once.
+    pub clients_max: usize,
+}
+
+impl Default for StreamConfig {
+    fn default() -> Self {
+        Self { replay_events_max: 10_000, client_buffer_max: 1_024, clients_max: 5_000 }
+    }
+}
+
 /// The leases that let one replica at a time run each poller and inbox (`lease`), when
 /// several `onhand serve` share the connectors' sections.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -372,6 +452,25 @@ impl Config {
         }
         if self.http.movements_per_request_max == 0 {
             return invalid("http.movements_per_request_max must be 1 or more");
+        }
+        let a = &self.alerts;
+        if !(0..=crate::event::QUANTITY_MAX).contains(&a.reorder_point_default)
+            || !(0..=crate::event::QUANTITY_MAX).contains(&a.hysteresis)
+        {
+            return Err(ConfigError::Invalid(format!(
+                "alerts.reorder_point_default and alerts.hysteresis must be 0 to {}",
+                crate::event::QUANTITY_MAX
+            )));
+        }
+        if a.silent_after_s == 0 || a.silent_after_s_by_source.values().any(|s| *s == 0) {
+            return invalid("alerts.silent_after_s (and each of silent_after_s_by_source) must be 1 or more");
+        }
+        if a.webhook_attempts_max == 0 || a.webhook_timeout_ms == 0 {
+            return invalid("alerts.webhook_attempts_max and alerts.webhook_timeout_ms must be 1 or more");
+        }
+        let s = &self.stream;
+        if s.replay_events_max == 0 || s.client_buffer_max == 0 || s.clients_max == 0 {
+            return invalid("stream.replay_events_max, client_buffer_max and clients_max must be 1 or more");
         }
         if self.http.rate_limit_per_s == 0 || self.http.rate_limit_burst == 0 {
             return invalid("http.rate_limit_per_s and http.rate_limit_burst must be 1 or more");

@@ -13,6 +13,11 @@ use chrono::{DateTime, SubsecRound, Utc};
 use schemars::{json_schema, JsonSchema, Schema, SchemaGenerator};
 use serde::{Deserialize, Serialize};
 
+mod alert;
+pub use alert::{
+    Alert, AlertDetails, AlertEvent, AlertKind, AlertState, Compensation, LevelFigures, ReservationAtRisk, ALERT_SCHEMA,
+};
+
 /// The schema id of a movement event, also its `$id` in `schemas/movement.v1.json`.
 pub const MOVEMENT_SCHEMA: &str = "onhand.movement.v1";
 /// The schema id of a stock level, also its `$id` in `schemas/stock-level.v1.json`.
@@ -692,6 +697,7 @@ pub fn schemas() -> Vec<(&'static str, String)> {
     vec![
         ("movement.v1.json", render(schemars::schema_for!(Movement))),
         ("stock-level.v1.json", render(schemars::schema_for!(StockLevel))),
+        ("alert.v1.json", render(schemars::schema_for!(AlertEvent))),
     ]
 }
 

@@ -424,7 +424,7 @@ pub fn unread((low, high): (i64, i64), next: Option<i64>) -> i64 {
     high.saturating_sub(next.unwrap_or(low).max(low)).max(0)
 }
 
-/// Creates the movement, stock and dead-letter topics when they are missing. The stock
+/// Creates the movement, stock, dead-letter and alert topics when they are missing. The stock
 /// topic is compacted: only the newest level of each `sku@location` matters.
 pub async fn ensure_topics(config: &KafkaConfig) -> Result<(), KafkaSetupError> {
     let admin: AdminClient<DefaultClientContext> = client_config(config).create()?;
@@ -433,6 +433,7 @@ pub async fn ensure_topics(config: &KafkaConfig) -> Result<(), KafkaSetupError> 
         new_topic(&config.topics.movements),
         new_topic(&config.topics.stock).set("cleanup.policy", "compact"),
         new_topic(&config.topics.dlq),
+        new_topic(&config.topics.alerts),
     ];
     let options = AdminOptions::new().operation_timeout(Some(Duration::from_secs(10)));
     for result in admin.create_topics(&topics, &options).await? {
