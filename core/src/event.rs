@@ -13,10 +13,8 @@ use chrono::{DateTime, SubsecRound, Utc};
 use schemars::{json_schema, JsonSchema, Schema, SchemaGenerator};
 use serde::{Deserialize, Serialize};
 
-mod alert;
-pub use alert::{
-    Alert, AlertDetails, AlertEvent, AlertKind, AlertState, Compensation, LevelFigures, ReservationAtRisk, ALERT_SCHEMA,
-};
+pub mod alert;
+pub mod schemas;
 
 /// The schema id of a movement event, also its `$id` in `schemas/movement.v1.json`.
 pub const MOVEMENT_SCHEMA: &str = "onhand.movement.v1";
@@ -685,20 +683,6 @@ impl StockLevel {
     pub fn kafka_key(&self) -> String {
         format!("{}@{}", self.sku, self.location)
     }
-}
-
-/// The JSON Schemas generated from the wire types, by file name under `schemas/`.
-pub fn schemas() -> Vec<(&'static str, String)> {
-    let render = |schema: Schema| {
-        let mut text = serde_json::to_string_pretty(&schema).expect("a schema always serializes");
-        text.push('\n');
-        text
-    };
-    vec![
-        ("movement.v1.json", render(schemars::schema_for!(Movement))),
-        ("stock-level.v1.json", render(schemars::schema_for!(StockLevel))),
-        ("alert.v1.json", render(schemars::schema_for!(AlertEvent))),
-    ]
 }
 
 #[cfg(test)]

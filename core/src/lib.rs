@@ -28,6 +28,7 @@
 //! - [`testing`]: helpers for tests against the real servers of `scripts/test`.
 //! - `fuzzing` (tests only): inputs that hostile clients send, for the parsers' harness.
 
+pub mod alerts;
 pub mod api;
 pub mod auth;
 pub mod backoff;

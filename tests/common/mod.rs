@@ -39,6 +39,7 @@ pub async fn test_config(partitions: i32) -> Config {
     config.kafka.topics.dlq = format!("{prefix}.dlq");
     config.kafka.topics.alerts = format!("{prefix}.alerts");
     config.ledger.group_id = format!("{prefix}.ledger");
+    config.alerts.group_id = format!("{prefix}.alerts");
     config.http.listen = SocketAddr::from(([127, 0, 0, 1], 0));
     config
 }

@@ -42,6 +42,7 @@ impl Process {
             ("ONHAND_KAFKA__TOPICS__MOVEMENTS", topics.movements.clone()),
             ("ONHAND_KAFKA__TOPICS__STOCK", topics.stock.clone()),
             ("ONHAND_KAFKA__TOPICS__DLQ", topics.dlq.clone()),
+            ("ONHAND_KAFKA__TOPICS__ALERTS", topics.alerts.clone()),
             ("ONHAND_LEDGER__GROUP_ID", config.ledger.group_id.clone()),
             ("ONHAND_LEDGER__BATCH_SIZE_MAX", config.ledger.batch_size_max.to_string()),
             ("ONHAND_HTTP__LISTEN", addr.to_string()),

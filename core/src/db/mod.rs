@@ -15,6 +15,8 @@
 //! - `leases.rs`: the [`Leases`] role, which replica does a piece of work that must run once.
 //! - `signals.rs`: the [`Signals`] role, what onhand heard from each source and the levels
 //!   that need a look.
+//! - `alerts.rs`: the [`Alerts`] role, alerts with their events and webhook deliveries
+//!   written in the transaction of each change.
 //! - `sql.rs`: `SqlDb<D>`, every method of `Db` written once over the database's
 //!   `Dialect` `D`.
 //! - `dialect.rs`: the `Dialect` trait, what PostgreSQL and SQLite do differently, and the
@@ -47,6 +49,7 @@ macro_rules! api_key_columns {
     };
 }
 
+mod alerts;
 mod audit;
 mod batch;
 mod dialect;
@@ -69,7 +72,10 @@ use sqlx::{pool::PoolConnection, Database, Pool};
 use crate::{
     auth::ApiKey,
     config::ChannelConfig,
-    event::{EventId, LocationId, Movement, Sku, SourceSystem, StockLevel},
+    event::{
+        alert::{Alert, AlertKind, AlertState, ReservationAtRisk},
+        EventId, LocationId, Movement, Sku, SourceSystem, StockLevel,
+    },
     freshness::{SourceSignals, SourceState, SourceUpdate},
     history::{LevelMovement, Start},
     ledger::rules::{CountMark, Effect, LevelKey, LevelState},
@@ -530,6 +536,168 @@ pub trait Leases: Send + Sync + std::fmt::Debug {
     async fn lease(&self, name: &str) -> Result<Option<Lease>, DbError>;
 }
 
+/// Alerts (`core::alerts`): each change of an alert is written with its event for the
+/// alerts topic (`alert_outbox`) and a delivery for each webhook subscription that wants
+/// it, in one transaction, so that no change is lost or told twice.
+#[async_trait]
+pub trait Alerts: Send + Sync + std::fmt::Debug {
+    /// Decides the alerts of one level version once, and saves the reader's offset after
+    /// it, in one transaction: when `version` is newer than the one decided last for
+    /// `key`, records it, and writes what `decide` answers for the alerts of the level not
+    /// resolved yet (new alerts open, or those alerts resolved). Answers the changes
+    /// written, `None` when this version, or a newer one, was decided already.
+    async fn decide_level(
+        &self,
+        progress: &Progress<'_>,
+        key: &LevelKey,
+        version: i64,
+        decide: &(dyn for<'a> Fn(&'a [Alert]) -> Vec<Alert> + Send + Sync),
+    ) -> Result<Option<Vec<Alert>>, DbError>;
+    /// Saves the reader's offset after a record that decides nothing (unreadable).
+    async fn skip_alert_message(&self, progress: &Progress<'_>) -> Result<(), DbError>;
+    /// Raises `alert` unless an alert of its kind and subject is not resolved yet; answers
+    /// whether it did.
+    async fn raise_alert(&self, alert: &Alert) -> Result<bool, DbError>;
+    /// Resolves the unresolved alert of `kind` about `subject`, if any, and answers it.
+    async fn resolve_alert(&self, kind: AlertKind, subject: &str, now: DateTime<Utc>)
+        -> Result<Option<Alert>, DbError>;
+    /// Marks an open alert seen by `by`.
+    async fn acknowledge_alert(&self, id: &str, by: &str, now: DateTime<Utc>) -> Result<Acknowledged, DbError>;
+    async fn alert(&self, id: &str) -> Result<Option<Alert>, DbError>;
+    /// The alerts `query` selects, by the time they last changed (then id), oldest first.
+    async fn alerts(&self, query: &AlertQuery) -> Result<Vec<Alert>, DbError>;
+    /// The held reservations with units at a level.
+    async fn reservations_at(&self, key: &LevelKey) -> Result<Vec<ReservationAtRisk>, DbError>;
+    /// Alert events waiting for the alerts topic, oldest first, at most `limit`.
+    async fn alert_outbox(&self, limit: i64) -> Result<Vec<OutboxRecord>, DbError>;
+    async fn delete_alert_outbox(&self, ids: &[i64]) -> Result<(), DbError>;
+    async fn create_subscription(&self, subscription: &Subscription) -> Result<(), DbError>;
+    /// Every subscription, oldest first, without secrets.
+    async fn subscriptions(&self) -> Result<Vec<Subscription>, DbError>;
+    /// Deletes a subscription and its delivery log; answers whether it existed.
+    async fn delete_subscription(&self, id: &str) -> Result<bool, DbError>;
+    /// A subscription's newest deliveries first, at most `limit`; `None` without it.
+    async fn deliveries(&self, subscription_id: &str, limit: i64) -> Result<Option<Vec<Delivery>>, DbError>;
+    /// Pending deliveries due at `now`, oldest first, at most `limit`, with where they go.
+    async fn due_deliveries(&self, now: DateTime<Utc>, limit: i64) -> Result<Vec<DueDelivery>, DbError>;
+    /// Records an attempt of a delivery: delivered, to be tried again at `next_at`, or dead.
+    async fn record_attempt(&self, id: i64, attempt: &Attempt) -> Result<(), DbError>;
+}
+
+/// Where a reader of a topic is, saved with what it did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Progress<'a> {
+    pub group_id: &'a str,
+    pub topic: &'a str,
+    pub offset: PartitionOffset,
+}
+
+/// What acknowledging an alert did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Acknowledged {
+    /// It was open and is acknowledged now.
+    Done(Alert),
+    /// It was acknowledged before: nothing changed.
+    Already(Alert),
+    /// It is resolved: there is nothing to acknowledge.
+    Resolved(Alert),
+    NotFound,
+}
+
+/// What `Alerts::alerts` selects: each filter optional, all of them applying.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct AlertQuery {
+    pub location: Option<LocationId>,
+    pub kind: Option<AlertKind>,
+    pub state: Option<AlertState>,
+    /// Changed at or after.
+    pub since: Option<DateTime<Utc>>,
+    pub limit: i64,
+}
+
+/// A webhook subscription to alerts.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Subscription {
+    pub id: String,
+    pub url: String,
+    /// The locations whose alerts it wants; `None`: every location, and the sources' alerts.
+    pub locations: Option<Vec<LocationId>>,
+    /// The kinds it wants; `None`: every kind.
+    pub kinds: Option<Vec<AlertKind>>,
+    /// Signs every delivery; empty when read back, it is never answered.
+    pub secret: String,
+    pub created_at: DateTime<Utc>,
+    pub created_by: String,
+}
+
+impl Subscription {
+    /// Whether this subscription wants `alert`.
+    pub fn wants(&self, alert: &Alert) -> bool {
+        let kind = self.kinds.as_ref().is_none_or(|kinds| kinds.contains(&alert.kind));
+        let location = match (&self.locations, &alert.location) {
+            (None, _) => true,
+            (Some(wanted), Some(location)) => wanted.contains(location),
+            (Some(_), None) => false,
+        };
+        kind && location
+    }
+}
+
+/// One delivery of an alert event to a subscription, as its log shows it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Delivery {
+    pub id: i64,
+    pub event_id: String,
+    pub state: DeliveryState,
+    pub attempts: i32,
+    pub next_at: DateTime<Utc>,
+    pub last_status: Option<i32>,
+    pub last_error: Option<String>,
+    pub created_at: DateTime<Utc>,
+    pub delivered_at: Option<DateTime<Utc>>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DeliveryState {
+    Pending,
+    Delivered,
+    /// Given up after the configured number of attempts.
+    Dead,
+}
+
+impl DeliveryState {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            DeliveryState::Pending => "pending",
+            DeliveryState::Delivered => "delivered",
+            DeliveryState::Dead => "dead",
+        }
+    }
+}
+
+/// A pending delivery with where it goes, for the deliverer.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DueDelivery {
+    pub id: i64,
+    pub url: String,
+    pub secret: String,
+    pub event_id: String,
+    pub payload: String,
+    /// Attempts made before this one.
+    pub attempts: i32,
+}
+
+/// How one attempt of a delivery went.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Attempt {
+    pub state: DeliveryState,
+    pub status: Option<i32>,
+    pub error: Option<String>,
+    pub at: DateTime<Utc>,
+    /// When to try again, for a delivery still pending.
+    pub next_at: DateTime<Utc>,
+}
+
 /// A lease as the database has it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Lease {
@@ -602,6 +770,7 @@ pub trait Db:
     + Audit
     + Leases
     + Signals
+    + Alerts
 {
 }
 

@@ -3,7 +3,7 @@ use std::path::Path;
 use chrono::{TimeZone, Utc};
 use serde_json::{json, Value};
 
-use super::*;
+use super::{schemas::schemas, *};
 
 fn valid() -> Value {
     json!({
