@@ -6,6 +6,7 @@ use std::{net::SocketAddr, path::Path, sync::Arc, time::Duration};
 
 use onhand_connectors::{registry, Connector, ConnectorContext, SourceHealth};
 use onhand_core::{
+    alerts::{delivery::AlertsComponent, follower::Follower},
     api::{self, ApiContext},
     cache::{self, StockCache},
     clock::Clock,
@@ -101,9 +102,16 @@ impl App {
         // The embedded Kafka starts empty every run, so offsets saved by an earlier run
         // point nowhere; the movements that run applied stay recorded in SQLite, and what
         // it accepted without applying is still in the outbox, relayed again.
-        db.reset_consumer_offsets(&config.ledger.group_id, &config.kafka.topics.movements)
-            .await
-            .map_err(|source| StartError::Database { url: config.database.url.clone(), source })?;
+        // The alerts' reader of the stock topic starts over too: the levels it decided stay
+        // decided (by version), so reading them again raises nothing twice.
+        for (group, topic) in [
+            (&config.ledger.group_id, &config.kafka.topics.movements),
+            (&config.alerts.group_id, &config.kafka.topics.stock),
+        ] {
+            db.reset_consumer_offsets(group, topic)
+                .await
+                .map_err(|source| StartError::Database { url: config.database.url.clone(), source })?;
+        }
         // The embedded DLQ is lost at every stop: every dead letter is also kept in a file,
         // and those of earlier runs go back on the fresh topic before anything runs.
         let journal = data_dir.join(crate::ops::DEV_DEAD_LETTERS_FILE);
@@ -164,6 +172,7 @@ impl App {
                 freshness: db.clone(),
                 signals: db.clone(),
                 history: db.clone(),
+                alerts: db.clone(),
                 ingest,
                 metrics: metrics.clone(),
                 http: config.http.clone(),
@@ -179,6 +188,9 @@ impl App {
         );
         for connector in connectors {
             spawn_connector(&mut supervisor, connector, context.clone());
+        }
+        if config.alerts.enabled {
+            spawn_alerts(&mut supervisor, &config, &db, &producer, &metrics, context.leaser.clone())?;
         }
 
         let addr = config.http.listen;
@@ -343,6 +355,51 @@ fn spawn_background(
         let cache = preloaded.clone();
         async move { cache.preload(stop).await }
     });
+}
+
+/// The alerts component, on one replica at a time (the lease `alerts`).
+fn spawn_alerts(
+    supervisor: &mut Supervisor,
+    config: &Config,
+    db: &Arc<dyn Db>,
+    producer: &kafka::Producer,
+    metrics: &Metrics,
+    leaser: Leaser,
+) -> Result<(), StartError> {
+    let http = reqwest::Client::builder().timeout(Duration::from_millis(config.alerts.webhook_timeout_ms)).build()?;
+    let component = AlertsComponent {
+        follower: Follower {
+            alerts: db.clone(),
+            history: db.clone(),
+            stock: db.clone(),
+            offsets: db.clone(),
+            kafka: config.kafka.clone(),
+            config: config.alerts.clone(),
+            channels: config.channels.clone(),
+            metrics: metrics.clone(),
+        },
+        alerts: db.clone(),
+        sources: db.clone(),
+        signals: db.clone(),
+        producer: producer.clone(),
+        produce_timeout: Duration::from_millis(config.kafka.produce_timeout_ms),
+        config: config.alerts.clone(),
+        http,
+    };
+    supervisor.spawn(Task::new("alerts"), move |_, stop| {
+        let (component, leaser) = (component.clone(), leaser.clone());
+        async move {
+            let held = leaser.run("alerts", &stop, |lease| {
+                let component = component.clone();
+                async move {
+                    component.run(lease).await;
+                    Ok::<(), std::convert::Infallible>(())
+                }
+            });
+            let Ok(()) = held.await;
+        }
+    });
+    Ok(())
 }
 
 /// Runs a connector under supervision, as the component `connector:NAME`: started again

@@ -40,6 +40,8 @@ pub enum StartError {
     Bind { addr: SocketAddr, source: std::io::Error },
     #[error(transparent)]
     Connector(#[from] onhand_connectors::ConnectorError),
+    #[error("the webhook client cannot be built: {0}")]
+    Webhooks(#[from] reqwest::Error),
 }
 
 /// Opens the configured database with a pool of `connections_max` and runs its

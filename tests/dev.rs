@@ -63,6 +63,38 @@ async fn an_accepted_movement_survives_a_stop_and_a_kill_of_onhand_dev() {
     assert!(dev.terminate());
 }
 
+/// The alerts component runs in `onhand dev` too, on SQLite: a crossing raises its alert
+/// once, and a kill and a restart (the embedded Kafka starts empty) raise nothing twice.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn onhand_dev_raises_an_alert_once_through_a_kill() {
+    let dir = tempfile::tempdir().unwrap();
+    let addr = process::free_addr();
+    let (dev, key) = start_dev(addr, dir.path(), "dev-alerts-0").await;
+    post_movement(addr, &key, "dev-alert-receipt", "receipt", 10).await;
+    post_movement(addr, &key, "dev-alert-sale", "sale", 8).await;
+    let low_stock = |key: String| async move {
+        let (status, body) = http_get_as(addr, "/v1/alerts?location=store-001&kind=low_stock", Some(&key)).await;
+        assert_eq!(status, 200, "{body}");
+        body["alerts"].as_array().unwrap().clone()
+    };
+    let raised = eventually("low_stock raised in onhand dev", 60, || async {
+        let found = low_stock(key.clone()).await;
+        (found.len() == 1).then(|| found[0].clone())
+    })
+    .await;
+    assert_eq!(raised["state"], "open");
+    dev.kill();
+    let (dev, key) = start_dev(addr, dir.path(), "dev-alerts-1").await;
+    post_movement(addr, &key, "dev-alert-sale-2", "sale", 1).await;
+    eventually("the sale applied after the kill", 60, || async {
+        (on_hand(addr, &key).await == Some(1)).then_some(())
+    })
+    .await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_eq!(low_stock(key.clone()).await, vec![raised]);
+    assert!(dev.terminate());
+}
+
 /// A store agent deletes what the central service answered 202 for: the central `onhand
 /// dev` must keep it through a kill, or the store's sales vanish.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]

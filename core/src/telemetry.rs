@@ -61,6 +61,9 @@ pub struct Registered {
     pub dead_letters_total: IntCounterVec,
     pub lease_held: IntGaugeVec,
     pub lease_takeovers_total: IntCounterVec,
+    pub alerts_raised_total: IntCounterVec,
+    pub alerts_resolved_total: IntCounterVec,
+    pub alert_deliveries_total: IntCounterVec,
     pub ledger_duplicates_total: IntCounterVec,
     pub ledger_conflicts_total: IntCounterVec,
     pub ledger_behind_movements: IntGaugeVec,
@@ -69,6 +72,17 @@ pub struct Registered {
     pub ledger_overreserved_levels: IntGauge,
     pub query_propagation_seconds: HistogramVec,
     pub source_last_movement_age_seconds: IntGaugeVec,
+}
+
+impl Metrics {
+    /// Counts an alert this replica raised or resolved.
+    pub fn count_alert(&self, alert: &crate::event::alert::Alert) {
+        let counter = match alert.state {
+            crate::event::alert::AlertState::Resolved => &self.alerts_resolved_total,
+            _ => &self.alerts_raised_total,
+        };
+        counter.with_label_values(&[alert.kind.as_str()]).inc();
+    }
 }
 
 impl Default for Metrics {
@@ -292,6 +306,23 @@ impl Metrics {
                 "Times this replica took a lease over from a holder that let it expire (died, or lost the \
                  database), by lease name.",
                 &["name"],
+            ),
+            alerts_raised_total: counter_vec(
+                "onhand_alerts_raised_total",
+                "Alerts this replica raised, by kind (low_stock, out_of_stock, oversold, \
+                 reservation_exceeds_stock, source_silent).",
+                &["kind"],
+            ),
+            alerts_resolved_total: counter_vec(
+                "onhand_alerts_resolved_total",
+                "Alerts this replica resolved, by kind.",
+                &["kind"],
+            ),
+            alert_deliveries_total: counter_vec(
+                "onhand_alert_deliveries_total",
+                "Webhook delivery attempts, by outcome: delivered, retried (to be tried again) or dead (tries \
+                 exhausted).",
+                &["outcome"],
             ),
             ledger_duplicates_total: by_system(
                 "onhand_ledger_duplicates_total",

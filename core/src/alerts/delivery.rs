@@ -13,6 +13,7 @@
 use std::{collections::BTreeMap, sync::Arc, time::Duration};
 
 use chrono::{DateTime, Utc};
+use futures::StreamExt;
 use hmac::{Hmac, Mac};
 use rdkafka::producer::FutureRecord;
 use sha2::Sha256;
@@ -31,6 +32,8 @@ use crate::{
 const EVERY: Duration = Duration::from_millis(500);
 /// How many outbox records or deliveries one round takes.
 const ROUND_MAX: i64 = 200;
+/// How many webhook deliveries are tried at once.
+const DELIVERIES_IN_FLIGHT: usize = 16;
 /// The longest wait between two tries of a delivery.
 const RETRY_MAX: Duration = Duration::from_secs(600);
 
@@ -90,9 +93,11 @@ impl AlertsComponent {
                 let alert = silent(&source, last_heard_at, silent_after_s, now);
                 if self.alerts.raise_alert(&alert).await? {
                     info!(alert = %alert.id, source = %source, "source silent");
+                    self.follower.metrics.count_alert(&alert);
                 }
             } else if let Some(alert) = self.alerts.resolve_alert(AlertKind::SourceSilent, &source, now).await? {
                 info!(alert = %alert.id, source = %source, "source heard from again");
+                self.follower.metrics.count_alert(&alert);
             }
         }
         Ok(())
@@ -117,16 +122,30 @@ impl AlertsComponent {
         Ok(heard)
     }
 
-    /// Makes one attempt of every delivery due.
+    /// Makes one attempt of every delivery due, a few at a time, so that one slow
+    /// receiver does not hold the others back by more than its timeout.
     async fn deliver(&self) -> Result<(), DbError> {
-        for due in self.alerts.due_deliveries(Utc::now(), ROUND_MAX).await? {
-            let attempt = self.attempt(&due).await;
-            if attempt.state == DeliveryState::Dead {
-                warn!(delivery = due.id, url = %due.url, error = ?attempt.error, status = ?attempt.status, "webhook delivery dead");
-            }
+        let due = self.alerts.due_deliveries(Utc::now(), ROUND_MAX).await?;
+        let mut attempts =
+            futures::stream::iter(due).map(|due| self.attempt_owned(due)).buffer_unordered(DELIVERIES_IN_FLIGHT);
+        while let Some((due, attempt)) = attempts.next().await {
+            let outcome = match attempt.state {
+                DeliveryState::Delivered => "delivered",
+                DeliveryState::Pending => "retried",
+                DeliveryState::Dead => {
+                    warn!(delivery = due.id, url = %due.url, error = ?attempt.error, status = ?attempt.status, "webhook delivery dead");
+                    "dead"
+                }
+            };
+            self.follower.metrics.alert_deliveries_total.with_label_values(&[outcome]).inc();
             self.alerts.record_attempt(due.id, &attempt).await?;
         }
         Ok(())
+    }
+
+    async fn attempt_owned(&self, due: DueDelivery) -> (DueDelivery, Attempt) {
+        let attempt = self.attempt(&due).await;
+        (due, attempt)
     }
 
     async fn attempt(&self, due: &DueDelivery) -> Attempt {

@@ -25,6 +25,7 @@ use crate::{
         StockLevel,
     },
     kafka,
+    telemetry::Metrics,
 };
 
 /// How many of a level's newest movements an `oversold` alert looks through for those
@@ -41,6 +42,7 @@ pub struct Follower {
     pub kafka: KafkaConfig,
     pub config: AlertsConfig,
     pub channels: BTreeMap<String, ChannelConfig>,
+    pub metrics: Metrics,
 }
 
 impl Follower {
@@ -156,6 +158,7 @@ impl Follower {
         if let Some(changes) = self.alerts.decide_level(progress, &key, level.version, &decide_with).await? {
             for alert in changes {
                 info!(alert = %alert.id, kind = %alert.kind, subject = %alert.subject, state = alert.state.as_str(), "alert");
+                self.metrics.count_alert(&alert);
             }
         }
         Ok(())

@@ -68,7 +68,7 @@ pub fn condition(kind: AlertKind, level: &StockLevel, thresholds: Thresholds) ->
         AlertKind::LowStock => Condition::Between,
         AlertKind::OutOfStock => holds(available == 0),
         AlertKind::Oversold => holds(level.on_hand < 0),
-        AlertKind::ReservationExceedsStock => holds(level.reserved > level.on_hand),
+        AlertKind::ReservationExceedsStock => holds(level.reserved > 0 && level.reserved > level.on_hand),
         AlertKind::SourceSilent => Condition::Between,
     }
 }

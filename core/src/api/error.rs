@@ -71,6 +71,14 @@ pub enum ApiError {
     TooManyPoints(String),
     #[error("more than {0} movements occurred in this window: ask a shorter one")]
     WindowTooLarge(i64),
+    #[error("no alert {0:?}")]
+    AlertNotFound(String),
+    #[error("{0}")]
+    AlertResolved(String),
+    #[error("{0}")]
+    InvalidSubscription(String),
+    #[error("no subscription {0:?}")]
+    SubscriptionNotFound(String),
     #[error("no route for {0}")]
     NotFound(String),
     #[error("{0} is unavailable, retry later")]
@@ -125,6 +133,10 @@ impl ApiError {
             ApiError::InvalidCursor(_) => (StatusCode::UNPROCESSABLE_ENTITY, "invalid_cursor"),
             ApiError::TooManyPoints(_) => (StatusCode::UNPROCESSABLE_ENTITY, "too_many_points"),
             ApiError::WindowTooLarge(_) => (StatusCode::UNPROCESSABLE_ENTITY, "window_too_large"),
+            ApiError::AlertNotFound(_) => (StatusCode::NOT_FOUND, "alert_not_found"),
+            ApiError::AlertResolved(_) => (StatusCode::CONFLICT, "alert_resolved"),
+            ApiError::InvalidSubscription(_) => (StatusCode::UNPROCESSABLE_ENTITY, "invalid_subscription"),
+            ApiError::SubscriptionNotFound(_) => (StatusCode::NOT_FOUND, "subscription_not_found"),
             ApiError::NotFound(_) => (StatusCode::NOT_FOUND, "not_found"),
             ApiError::Unavailable(_) => (StatusCode::SERVICE_UNAVAILABLE, "unavailable"),
             ApiError::MissingApiKey => (StatusCode::UNAUTHORIZED, "missing_api_key"),

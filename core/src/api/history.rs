@@ -16,6 +16,7 @@ use sha2::{Digest, Sha256};
 
 use super::{
     error::{ApiError, ErrorBody},
+    params::{parse_limit, parse_time, Params},
     state::ApiState,
     stock,
 };
@@ -124,7 +125,7 @@ pub(super) async fn movements(
         since: params.parse("since", parse_time)?,
         until: params.parse("until", parse_time)?,
         after: None,
-        limit: params.parse("limit", parse_limit)?.unwrap_or(LIMIT_DEFAULT),
+        limit: params.parse("limit", |v| parse_limit(v, LIMIT_MAX))?.unwrap_or(LIMIT_DEFAULT),
     };
     let fingerprint = fingerprint(&query);
     query.after = params.parse_with("cursor", |v| Cursor::decode(v, &fingerprint), ApiError::InvalidCursor)?;
@@ -225,56 +226,6 @@ pub(super) async fn level(
 fn unavailable(e: DbError) -> ApiError {
     tracing::warn!(error = %e, "history read failed");
     ApiError::Unavailable("the database")
-}
-
-/// A request's query parameters: each one known and given once.
-struct Params(Vec<(String, String)>);
-
-impl Params {
-    fn new(
-        query: Result<Query<Vec<(String, String)>>, QueryRejection>,
-        known: &[&'static str],
-    ) -> Result<Params, ApiError> {
-        let Query(pairs) = query.map_err(|e| ApiError::InvalidParameter { name: "query", message: e.body_text() })?;
-        for (i, (name, _)) in pairs.iter().enumerate() {
-            let Some(name) = known.iter().find(|known| *known == name) else {
-                let message = format!("unknown parameter {name:?}, expected one of {}", known.join(", "));
-                return Err(ApiError::InvalidParameter { name: "query", message });
-            };
-            if pairs[..i].iter().any(|(earlier, _)| earlier == name) {
-                return Err(ApiError::InvalidParameter { name, message: "is given more than once".into() });
-            }
-        }
-        Ok(Params(pairs))
-    }
-
-    /// The parameter `name` read by `read`, whose error names it as `invalid_parameter`.
-    fn parse<T>(&self, name: &'static str, read: impl Fn(&str) -> Result<T, String>) -> Result<Option<T>, ApiError> {
-        self.parse_with(name, read, |message| ApiError::InvalidParameter { name, message })
-    }
-
-    fn parse_with<T>(
-        &self,
-        name: &str,
-        read: impl Fn(&str) -> Result<T, String>,
-        refuse: impl Fn(String) -> ApiError,
-    ) -> Result<Option<T>, ApiError> {
-        let value = self.0.iter().find(|(n, _)| n == name).map(|(_, v)| v.as_str());
-        value.map(read).transpose().map_err(refuse)
-    }
-}
-
-fn parse_time(text: &str) -> Result<DateTime<Utc>, String> {
-    DateTime::parse_from_rfc3339(text)
-        .map(|t| t.with_timezone(&Utc))
-        .map_err(|e| format!("{text:?} is not an RFC 3339 time ({e}), for example 2026-11-20T09:00:00Z"))
-}
-
-fn parse_limit(text: &str) -> Result<i64, String> {
-    match text.parse::<i64>() {
-        Ok(n) if (1..=LIMIT_MAX).contains(&n) => Ok(n),
-        _ => Err(format!("{text:?} is not a number from 1 to {LIMIT_MAX}")),
-    }
 }
 
 /// `SYSTEM:INSTANCE`, as a movement's `source` has them.
@@ -391,6 +342,5 @@ mod tests {
         assert_eq!(parse_source("store-agent:store-012"), Ok((SourceSystem::StoreAgent, "store-012".into())));
         assert!(parse_source("store:store-012").is_err());
         assert!(parse_source("erp:").is_err());
-        assert!(parse_limit("0").is_err() && parse_limit("1001").is_err() && parse_limit("x").is_err());
     }
 }

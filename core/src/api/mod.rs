@@ -3,11 +3,14 @@
 //!
 //! - `stock:read`: `GET /v1/stock/{sku}`, `GET /v1/stock/{sku}/{location}`,
 //!   `POST /v1/stock/query`, `GET /v1/availability/{sku}?channel=NAME`,
-//!   `GET /v1/products/{sku}`, `GET /v1/movements`, `GET /v1/stock/{sku}/{location}/history`.
+//!   `GET /v1/products/{sku}`, `GET /v1/movements`, `GET /v1/stock/{sku}/{location}/history`,
+//!   `GET /v1/alerts`, `GET /v1/alerts/{id}`, `POST /v1/alerts/{id}/ack`.
 //! - `movements:write`: `POST /v1/movements`.
 //! - `reservations:write`: `POST /v1/reservations`, `GET /v1/reservations/{id}`,
 //!   `POST /v1/reservations/{id}/commit`, `POST /v1/reservations/{id}/cancel`.
-//! - `admin`: `PUT /v1/products/{sku}`, `PUT /v1/stock/{sku}/{location}/policy`.
+//! - `admin`: `PUT /v1/products/{sku}`, `PUT /v1/stock/{sku}/{location}/policy`,
+//!   `POST /v1/subscriptions`, `GET /v1/subscriptions`, `DELETE /v1/subscriptions/{id}`,
+//!   `GET /v1/subscriptions/{id}/deliveries`.
 //! - open: `GET /healthz`, `GET /readyz`, `GET /metrics`.
 //!
 //! The modules:
@@ -22,12 +25,16 @@
 //! - `history`: the audit trail of movements, and a level over time.
 //! - `products`: the product catalog.
 //! - `reservations`: holding units for checkouts, committing and cancelling them.
+//! - `alerts`: alerts, their acknowledgement, and webhook subscriptions to them.
+//! - `params`: query parameters, read strictly.
 
+mod alerts;
 mod auth;
 mod error;
 mod extract;
 mod history;
 mod movements;
+mod params;
 mod products;
 mod reservations;
 mod state;
@@ -123,14 +130,22 @@ fn route_groups() -> Vec<(Option<Scope>, OpenApiRouter<ApiState>)> {
         .routes(routes!(products::get))
         .routes(routes!(sources))
         .routes(routes!(history::movements))
-        .routes(routes!(history::level));
+        .routes(routes!(history::level))
+        .routes(routes!(alerts::list))
+        .routes(routes!(alerts::get))
+        .routes(routes!(alerts::acknowledge));
     let movements_write = OpenApiRouter::new().routes(routes!(movements::post));
     let reservations_write = OpenApiRouter::new()
         .routes(routes!(reservations::create))
         .routes(routes!(reservations::get))
         .routes(routes!(reservations::commit))
         .routes(routes!(reservations::cancel));
-    let admin = OpenApiRouter::new().routes(routes!(stock::put_policy)).routes(routes!(products::put));
+    let admin = OpenApiRouter::new()
+        .routes(routes!(stock::put_policy))
+        .routes(routes!(products::put))
+        .routes(routes!(alerts::subscribe, alerts::subscriptions))
+        .routes(routes!(alerts::unsubscribe))
+        .routes(routes!(alerts::deliveries));
     let open = OpenApiRouter::new().routes(routes!(healthz)).routes(routes!(readyz)).routes(routes!(metrics));
     vec![
         (Some(Scope::StockRead), stock_read),
@@ -156,6 +171,7 @@ fn route_groups() -> Vec<(Option<Scope>, OpenApiRouter<ApiState>)> {
         (name = "stock", description = "What is on hand and available, and stock policies"),
         (name = "products", description = "The product catalog"),
         (name = "reservations", description = "Units held for checkouts"),
+        (name = "alerts", description = "Alerts raised from stock levels and sources, and webhooks that push them"),
         (name = "operations", description = "Health, readiness and metrics; no key needed"),
     )
 )]
@@ -318,6 +334,13 @@ mod tests {
             ("/v1/sources", "get", Some("stock:read")),
             ("/v1/movements", "get", Some("stock:read")),
             ("/v1/stock/{sku}/{location}/history", "get", Some("stock:read")),
+            ("/v1/alerts", "get", Some("stock:read")),
+            ("/v1/alerts/{id}", "get", Some("stock:read")),
+            ("/v1/alerts/{id}/ack", "post", Some("stock:read")),
+            ("/v1/subscriptions", "post", Some("admin")),
+            ("/v1/subscriptions", "get", Some("admin")),
+            ("/v1/subscriptions/{id}", "delete", Some("admin")),
+            ("/v1/subscriptions/{id}/deliveries", "get", Some("admin")),
         ];
         let json = serde_json::to_value(&doc).unwrap();
         for (path, method, scope) in expected {

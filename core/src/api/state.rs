@@ -7,7 +7,7 @@ use super::auth::Authenticator;
 use crate::{
     cache::StockCache,
     config::{ChannelConfig, HttpConfig, QueryConfig, SourcesConfig},
-    db::{Catalog, History, Keys, Signals, Sources, StockPolicies},
+    db::{Alerts, Catalog, History, Keys, Signals, Sources, StockPolicies},
     health::Health,
     ingest::Ingest,
     relay::Relay,
@@ -29,6 +29,8 @@ pub struct ApiContext {
     pub signals: Arc<dyn Signals>,
     /// The audit trail (`GET /v1/movements`, a level's history).
     pub history: Arc<dyn History>,
+    /// Alerts and their webhook subscriptions (`/v1/alerts`, `/v1/subscriptions`).
+    pub alerts: Arc<dyn Alerts>,
     /// Where accepted movements are made safe before the answer.
     pub ingest: Ingest,
     pub metrics: Metrics,

@@ -904,6 +904,151 @@ async fn of_many_replicas_asking_at_once_one_holds_the_lease(db: Arc<dyn Db>) {
     assert_eq!(db.lease("inbox").await.unwrap().map(|l| l.holder), Some(held[0].holder.clone()));
 }
 
+fn alert_level(location: &str, on_hand: i64, version: i64) -> StockLevel {
+    StockLevel {
+        sku: Sku::parse("SKU-1").unwrap(),
+        location: LocationId::parse(location).unwrap(),
+        on_hand,
+        reserved: 0,
+        safety_stock: 0,
+        reorder_point: None,
+        version,
+        last_movement_at: None,
+        last_event_id: None,
+        last_count_at: None,
+        last_recorded_at: None,
+        last_source: None,
+        updated_at: at(0),
+    }
+}
+
+fn low_stock(level: &StockLevel) -> crate::event::alert::Alert {
+    let thresholds = crate::alerts::Thresholds { reorder_point: 5, hysteresis: 2 };
+    let evidence = crate::alerts::Evidence::default();
+    crate::alerts::raise(AlertKind::LowStock, level, thresholds, &evidence, &BTreeMap::new(), at(10))
+}
+
+fn alerts_progress(next_offset: i64) -> Progress<'static> {
+    Progress { group_id: "alerts", topic: "stock", offset: PartitionOffset { partition: 0, next_offset } }
+}
+
+async fn a_level_version_is_decided_once_with_the_readers_offset(db: Arc<dyn Db>) {
+    let level = alert_level("store-1", 3, 2);
+    let key = (level.sku.clone(), level.location.clone());
+    let raised = low_stock(&level);
+    let raise = |unresolved: &[crate::event::alert::Alert]| {
+        assert!(unresolved.is_empty());
+        vec![raised.clone()]
+    };
+    let written = db.decide_level(&alerts_progress(5), &key, 2, &raise).await.unwrap();
+    assert_eq!(written, Some(vec![raised.clone()]));
+    // The same version, or an older one, read again: decided already, nothing written.
+    let never = |_: &[crate::event::alert::Alert]| -> Vec<crate::event::alert::Alert> { panic!("decided twice") };
+    assert_eq!(db.decide_level(&alerts_progress(6), &key, 2, &never).await.unwrap(), None);
+    assert_eq!(db.decide_level(&alerts_progress(7), &key, 1, &never).await.unwrap(), None);
+    assert_eq!(
+        db.consumer_offsets("alerts", "stock").await.unwrap(),
+        vec![PartitionOffset { partition: 0, next_offset: 7 }]
+    );
+    // A newer version sees the alert not resolved yet.
+    let sees = |unresolved: &[crate::event::alert::Alert]| {
+        assert_eq!(unresolved, std::slice::from_ref(&raised));
+        Vec::new()
+    };
+    assert_eq!(db.decide_level(&alerts_progress(8), &key, 3, &sees).await.unwrap(), Some(vec![]));
+    // An offset is never saved backwards.
+    db.skip_alert_message(&alerts_progress(4)).await.unwrap();
+    assert_eq!(db.consumer_offsets("alerts", "stock").await.unwrap()[0].next_offset, 8);
+    // Raised once: the same kind and subject again is refused.
+    assert!(!db.raise_alert(&raised).await.unwrap());
+    let all = db.alerts(&AlertQuery { limit: 10, ..AlertQuery::default() }).await.unwrap();
+    assert_eq!(all, vec![raised.clone()]);
+    let outbox = db.alert_outbox(10).await.unwrap();
+    assert_eq!(outbox.len(), 1);
+    assert_eq!(outbox[0].key, "SKU-1@store-1");
+    db.delete_alert_outbox(&[outbox[0].id]).await.unwrap();
+    assert!(db.alert_outbox(10).await.unwrap().is_empty());
+}
+
+async fn an_alert_is_acknowledged_once_and_resolved_once(db: Arc<dyn Db>) {
+    let raised = low_stock(&alert_level("store-1", 3, 1));
+    assert!(db.raise_alert(&raised).await.unwrap());
+    let Acknowledged::Done(seen) = db.acknowledge_alert(&raised.id, "key-1", at(20)).await.unwrap() else {
+        panic!("acknowledged")
+    };
+    assert_eq!((seen.state, seen.acknowledged_by.as_deref()), (AlertState::Acknowledged, Some("key-1")));
+    assert_eq!(db.acknowledge_alert(&raised.id, "key-2", at(21)).await.unwrap(), Acknowledged::Already(seen));
+    let resolved = db.resolve_alert(AlertKind::LowStock, "SKU-1@store-1", at(30)).await.unwrap().unwrap();
+    assert_eq!((resolved.state, resolved.resolved_at), (AlertState::Resolved, Some(at(30))));
+    assert_eq!(db.resolve_alert(AlertKind::LowStock, "SKU-1@store-1", at(31)).await.unwrap(), None);
+    assert!(matches!(db.acknowledge_alert(&raised.id, "key-1", at(40)).await.unwrap(), Acknowledged::Resolved(_)));
+    assert_eq!(db.acknowledge_alert("alr_missing", "key-1", at(40)).await.unwrap(), Acknowledged::NotFound);
+    // Each change went to the outbox; the next crossing may raise again.
+    assert_eq!(db.alert_outbox(10).await.unwrap().len(), 3);
+    assert_eq!(db.alert(&raised.id).await.unwrap(), Some(resolved));
+    let again = crate::event::alert::Alert { id: "alr_0000000000000000000000ff".into(), ..raised };
+    assert!(db.raise_alert(&again).await.unwrap());
+    let by = |query: AlertQuery| {
+        let db = Arc::clone(&db);
+        async move { db.alerts(&AlertQuery { limit: 10, ..query }).await.unwrap().len() }
+    };
+    assert_eq!(by(AlertQuery { state: Some(AlertState::Open), ..AlertQuery::default() }).await, 1);
+    assert_eq!(
+        by(AlertQuery { location: Some(LocationId::parse("store-2").unwrap()), ..AlertQuery::default() }).await,
+        0
+    );
+    assert_eq!(by(AlertQuery { kind: Some(AlertKind::Oversold), ..AlertQuery::default() }).await, 0);
+    assert_eq!(by(AlertQuery { since: Some(at(25)), ..AlertQuery::default() }).await, 1);
+}
+
+async fn subscriptions_get_a_delivery_of_what_they_want(db: Arc<dyn Db>) {
+    let subscription = |id: &str, locations: Option<Vec<&str>>, kinds: Option<Vec<AlertKind>>| Subscription {
+        id: id.into(),
+        url: format!("https://hooks.example/{id}"),
+        locations: locations.map(|l| l.into_iter().map(|l| LocationId::parse(l).unwrap()).collect()),
+        kinds,
+        secret: format!("secret-of-{id}"),
+        created_at: at(0),
+        created_by: "key-1".into(),
+    };
+    db.create_subscription(&subscription("sub_a", Some(vec!["store-1"]), None)).await.unwrap();
+    db.create_subscription(&subscription("sub_b", None, Some(vec![AlertKind::SourceSilent]))).await.unwrap();
+    let listed = db.subscriptions().await.unwrap();
+    assert_eq!(listed.iter().map(|s| s.id.as_str()).collect::<Vec<_>>(), ["sub_a", "sub_b"]);
+    assert!(listed.iter().all(|s| s.secret.is_empty()), "secrets are never read back");
+    assert_eq!(listed[0].locations, subscription("sub_a", Some(vec!["store-1"]), None).locations);
+
+    let raised = low_stock(&alert_level("store-1", 3, 1));
+    assert!(db.raise_alert(&raised).await.unwrap());
+    let due = db.due_deliveries(at(10), 10).await.unwrap();
+    assert_eq!(due.len(), 1, "{due:?}");
+    assert_eq!((due[0].url.as_str(), due[0].secret.as_str()), ("https://hooks.example/sub_a", "secret-of-sub_a"));
+    assert_eq!(due[0].event_id, format!("{}:open", raised.id));
+    let later = Attempt {
+        state: DeliveryState::Pending,
+        status: Some(500),
+        error: Some("answered 500".into()),
+        at: at(10),
+        next_at: at(11),
+    };
+    db.record_attempt(due[0].id, &later).await.unwrap();
+    assert!(db.due_deliveries(at(10), 10).await.unwrap().is_empty());
+    let again = db.due_deliveries(at(11), 10).await.unwrap();
+    assert_eq!(again[0].attempts, 1);
+    let delivered =
+        Attempt { state: DeliveryState::Delivered, status: Some(204), error: None, at: at(11), next_at: at(11) };
+    db.record_attempt(again[0].id, &delivered).await.unwrap();
+    assert!(db.due_deliveries(at(100), 10).await.unwrap().is_empty());
+    let log = db.deliveries("sub_a", 10).await.unwrap().unwrap();
+    assert_eq!((log.len(), log[0].state, log[0].attempts), (1, DeliveryState::Delivered, 2));
+    assert_eq!(log[0].delivered_at, Some(at(11)));
+    assert_eq!(db.deliveries("sub_b", 10).await.unwrap(), Some(vec![]));
+
+    assert!(db.delete_subscription("sub_a").await.unwrap());
+    assert!(!db.delete_subscription("sub_a").await.unwrap());
+    assert_eq!(db.deliveries("sub_a", 10).await.unwrap(), None);
+}
+
 macro_rules! contract {
     ($backend:ident, $open:expr) => {
         mod $backend {
@@ -941,7 +1086,10 @@ macro_rules! contract {
                 the_audit_reads_levels_then_each_levels_movements_in_ledger_order,
                 a_rebuild_writes_the_levels_asked_keeping_reserved_units_and_policies,
                 a_lease_is_held_by_one_holder_until_it_expires_or_is_released,
-                of_many_replicas_asking_at_once_one_holds_the_lease);
+                of_many_replicas_asking_at_once_one_holds_the_lease,
+                a_level_version_is_decided_once_with_the_readers_offset,
+                an_alert_is_acknowledged_once_and_resolved_once,
+                subscriptions_get_a_delivery_of_what_they_want);
         }
     };
     (@each $open:expr; $($case:ident),*) => {
