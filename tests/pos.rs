@@ -282,3 +282,76 @@ async fn a_store_agent_killed_mid_forward_loses_nothing() {
     agent.stop().await;
     central.stop().await.unwrap();
 }
+
+async fn agent_alerts(agent: SocketAddr) -> Vec<Value> {
+    let (status, body) = http_get(agent, "/alerts").await;
+    assert_eq!(status, 200, "{body}");
+    body["alerts"].as_array().unwrap().clone()
+}
+
+/// The store's alerts reach its agent while the link is up, answer there during a cut,
+/// and the changes made during the cut arrive when the link returns.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_store_agent_receives_its_alerts_and_serves_them_through_a_cut() {
+    onhand_core::skip_without_servers!();
+    let central = serve(&pos_config().await).await;
+    receive(central.local_addr, "SKU-B", "store-001", 10).await;
+    receive(central.local_addr, "SKU-B", "store-002", 1).await;
+    let network = Proxy::start(central.local_addr).await;
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = agent_config(network.addr, dir.path());
+    config.alerts_interval = Duration::from_millis(200);
+    let agent = Agent::start(config).await.unwrap();
+    let (status, _) = http_send_raw(
+        agent.local_addr,
+        "/connectors/pos/store-001/sales",
+        &[("content-type", "application/x-ndjson")],
+        sale("B1", 1, "SKU-B", 7),
+    )
+    .await;
+    assert_eq!(status, 202);
+    let low = eventually("the store's low_stock at its agent", 60, || async {
+        let kept = agent_alerts(agent.local_addr).await;
+        kept.into_iter().find(|a| a["kind"] == "low_stock" && a["subject"] == "SKU-B@store-001")
+    })
+    .await;
+    assert_eq!(low["state"], "open");
+
+    network.cut();
+    receive_again(central.local_addr, "SKU-B", "store-001", 20).await;
+    eventually("low_stock resolved at the central service", 60, || async {
+        let (_, found) = http_get(central.local_addr, &format!("/v1/alerts/{}", low["id"].as_str().unwrap())).await;
+        (found["state"] == "resolved").then_some(())
+    })
+    .await;
+    let during = agent_alerts(agent.local_addr).await;
+    assert!(during.iter().any(|a| a["id"] == low["id"] && a["state"] == "open"), "the last known: {during:?}");
+
+    network.restore();
+    eventually("the resolution reached the agent", 60, || async {
+        let kept = agent_alerts(agent.local_addr).await;
+        kept.iter().any(|a| a["id"] == low["id"] && a["state"] == "resolved").then_some(())
+    })
+    .await;
+    let kept = agent_alerts(agent.local_addr).await;
+    assert!(kept.iter().all(|a| a["location"] == "store-001"), "only the store's own: {kept:?}");
+    let (status, body) = http_get(agent.local_addr, "/alerts?state=lost").await;
+    assert_eq!((status, body["error"]["code"].as_str()), (422, Some("invalid_parameter")));
+    let (status, open) = http_get(agent.local_addr, "/alerts?state=open").await;
+    assert_eq!(status, 200);
+    assert!(open["alerts"].as_array().unwrap().iter().all(|a| a["state"] == "open"));
+    agent.stop().await;
+    central.stop().await.unwrap();
+}
+
+/// Another receipt of `quantity`, with an event id of its own.
+async fn receive_again(addr: SocketAddr, sku: &str, location: &str, quantity: i64) {
+    let movement = json!({
+        "event_id": format!("receipt-again-{sku}-{location}"),
+        "source": { "system": "api", "instance": "test", "ref": "r2" },
+        "sku": sku, "location": location, "kind": "receipt", "quantity": quantity,
+        "occurred_at": "2026-11-20T10:00:00Z"
+    });
+    let (status, answer) = http_post(addr, "/v1/movements", "application/json", movement.to_string()).await;
+    assert_eq!(status, 202, "{answer}");
+}

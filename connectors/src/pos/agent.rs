@@ -9,9 +9,13 @@
 //! was acknowledged; a line sent twice (a crash between the answer and the delete) counts
 //! once, because its event id comes from the till's transaction and line. The store reads
 //! its own stock at `GET /v1/stock/{sku}`: the last level read from the central service,
-//! with the lines not forwarded yet applied on top.
+//! with the lines not forwarded yet applied on top, and its alerts at `GET /alerts`, as
+//! last received from the central service (`agent/alerts.rs`).
+
+mod alerts;
 
 use std::{
+    collections::BTreeMap,
     net::SocketAddr,
     path::{Path as FsPath, PathBuf},
     str::FromStr,
@@ -21,7 +25,7 @@ use std::{
 
 use axum::{
     body::Bytes,
-    extract::{Path, State},
+    extract::{Path, Query, State},
     http::{HeaderMap, StatusCode},
     response::{IntoResponse, Response},
     routing::{get, post},
@@ -31,7 +35,7 @@ use chrono::{DateTime, Utc};
 use onhand_core::{
     api::ApiError,
     backoff::Backoff,
-    event::{LocationId, Movement, Sku, SourceSystem},
+    event::{alert::AlertState, LocationId, Movement, Sku, SourceSystem},
 };
 use serde_json::json;
 use sqlx::{
@@ -66,6 +70,8 @@ pub struct AgentConfig {
     pub heartbeat_interval: Duration,
     /// The longest wait between two attempts to reach the central service.
     pub retry_max: Duration,
+    /// How often the store's alerts are asked of the central service.
+    pub alerts_interval: Duration,
     /// The store location of a stock report's `id_loja`, as in `[connectors.pos]`.
     pub store_location_format: String,
     /// The reorder point when a level has none, for the stock report's alert.
@@ -181,6 +187,7 @@ impl AgentConfig {
             forward_batch_max: 500,
             heartbeat_interval: Duration::from_secs(10),
             retry_max: Duration::from_secs(30),
+            alerts_interval: Duration::from_secs(5),
             store_location_format: "store-{id_loja}".into(),
             reorder_point_default: 5,
             local_auth: LocalAuth::Off,
@@ -233,6 +240,7 @@ impl Agent {
             .route("/connectors/pos/{store}/sales", post(sales))
             .route("/connectors/pos/stock-report", post(stock_report))
             .route("/v1/stock/{sku}", get(local_stock))
+            .route("/alerts", get(local_alerts))
             .route_layer(axum::middleware::from_fn_with_state(shared.clone(), local_token))
             .route("/healthz", get(|| async { Json(json!({ "status": "ok" })) }))
             .with_state(shared.clone());
@@ -244,8 +252,17 @@ impl Agent {
             }
         });
         let forwarder = tokio::spawn(forward(shared.clone(), shutdown.clone()));
+        let feed = alerts::Feed {
+            pool: shared.outbox.clone(),
+            http: shared.http.clone(),
+            central_url: shared.config.central_url.clone(),
+            api_key: shared.config.api_key.clone(),
+            store: shared.config.store.clone(),
+            every: shared.config.alerts_interval,
+        };
+        let alerts = tokio::spawn(feed.run(shutdown.clone()));
         info!(%local_addr, store = %shared.config.store, epoch = %shared.epoch, "store agent running");
-        Ok(Agent { local_addr, shutdown, tasks: vec![server, forwarder] })
+        Ok(Agent { local_addr, shutdown, tasks: vec![server, forwarder, alerts] })
     }
 
     /// Stops serving and forwarding; what is in the outbox stays there for the next start.
@@ -446,6 +463,28 @@ async fn local_stock(
         "sku": sku, "location": shared.config.store, "on_hand": on_hand,
         "central_on_hand": central_on_hand, "pending_lines": pending.len(), "as_of": as_of, "stale": stale,
     })))
+}
+
+/// The store's alerts as last received from the central service, newest change first
+/// (`?state=open|acknowledged|resolved` for one state): they answer during a cut too.
+async fn local_alerts(
+    State(shared): State<Shared>,
+    Query(query): Query<BTreeMap<String, String>>,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    if let Some(unknown) = query.keys().find(|k| k.as_str() != "state") {
+        let message = format!("unknown parameter {unknown:?}, expected state");
+        return Err(ApiError::InvalidParameter { name: "query", message });
+    }
+    let state = query.get("state").map(String::as_str);
+    if let Some(state) = state.filter(|s| AlertState::parse(s).is_none()) {
+        let message = format!("{state:?} is not an alert state: open, acknowledged or resolved");
+        return Err(ApiError::InvalidParameter { name: "state", message });
+    }
+    let kept = alerts::kept(&shared.outbox, state).await.map_err(|e| {
+        warn!(error = %e, "alerts not read");
+        ApiError::Unavailable("the store agent's database")
+    })?;
+    Ok(Json(json!({ "store": shared.config.store, "alerts": kept })))
 }
 
 /// The level as the central service has it now, remembered for later; `None` when it
