@@ -275,7 +275,7 @@ pub struct AlertsConfig {
     /// A source not heard from for longer than this raises `source_silent`.
     pub silent_after_s: u64,
     /// The same, per source: a source's full name (`pos:store-012`, `erp`) or its system
-    /// (`pos`, every store), the full name first.
+    /// (`pos`, every store), the full name first; 0 turns the check off for it.
     pub silent_after_s_by_source: BTreeMap<String, u64>,
     /// How many times a webhook delivery is tried before it is dead-lettered.
     pub webhook_attempts_max: u32,

@@ -89,7 +89,7 @@ impl AlertsComponent {
         let now = Utc::now();
         for (source, last_heard_at) in self.last_heard().await? {
             let silent_after_s = self.config.silent_after_s(&source);
-            if is_silent(last_heard_at, silent_after_s, now) {
+            if is_silent(&source, last_heard_at, silent_after_s, now) {
                 let alert = silent(&source, last_heard_at, silent_after_s, now);
                 if self.alerts.raise_alert(&alert).await? {
                     info!(alert = %alert.id, source = %source, "source silent");

@@ -273,8 +273,13 @@ pub fn silent(source: &str, last_heard_at: DateTime<Utc>, silent_after_s: u64, n
     }
 }
 
-/// Whether a source last heard at `last_heard_at` is silent at `now`.
-pub fn is_silent(last_heard_at: DateTime<Utc>, silent_after_s: u64, now: DateTime<Utc>) -> bool {
+/// Whether a source last heard at `last_heard_at` is silent at `now`. The API's callers
+/// write when they have something, so their silence is no news; an interval of 0 turns
+/// the check off for a source.
+pub fn is_silent(source: &str, last_heard_at: DateTime<Utc>, silent_after_s: u64, now: DateTime<Utc>) -> bool {
+    if silent_after_s == 0 || source == SourceSystem::Api.as_str() {
+        return false;
+    }
     let allowed = chrono::Duration::seconds(i64::try_from(silent_after_s).unwrap_or(i64::MAX / 1_000_000));
     now.signed_duration_since(last_heard_at) > allowed
 }

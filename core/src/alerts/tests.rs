@@ -133,9 +133,12 @@ fn without_stock_nearby_the_latest_online_sale_is_cancelled_or_the_level_counted
 #[test]
 fn a_source_is_silent_only_past_its_interval() {
     let heard = Utc.timestamp_opt(1_700_000_000, 0).unwrap();
-    assert!(!is_silent(heard, 60, heard + chrono::Duration::seconds(60)));
-    assert!(is_silent(heard, 60, heard + chrono::Duration::seconds(61)));
-    assert!(!is_silent(heard, u64::MAX, heard + chrono::Duration::days(10_000)));
+    assert!(!is_silent("erp", heard, 60, heard + chrono::Duration::seconds(60)));
+    assert!(is_silent("erp", heard, 60, heard + chrono::Duration::seconds(61)));
+    assert!(!is_silent("erp", heard, u64::MAX, heard + chrono::Duration::days(10_000)));
+    // Off for a source whose interval is 0, and for the API's callers.
+    assert!(!is_silent("pos:store-1", heard, 0, heard + chrono::Duration::days(1)));
+    assert!(!is_silent("api", heard, 60, heard + chrono::Duration::days(1)));
     let alert = silent("pos:store-012", heard, 60, heard + chrono::Duration::seconds(90));
     assert_eq!(alert.location, Some(LocationId::parse("store-012").unwrap()));
     assert_eq!(alert.subject, "pos:store-012");
