@@ -17,8 +17,12 @@ async fn pos_config() -> Config {
 }
 
 async fn receive(addr: SocketAddr, sku: &str, location: &str, quantity: i64) {
+    receive_as(addr, &format!("receipt-{sku}-{location}"), sku, location, quantity).await;
+}
+
+async fn receive_as(addr: SocketAddr, id: &str, sku: &str, location: &str, quantity: i64) {
     let movement = json!({
-        "event_id": format!("receipt-{sku}-{location}"),
+        "event_id": id,
         "source": { "system": "api", "instance": "test", "ref": "r" },
         "sku": sku, "location": location, "kind": "receipt", "quantity": quantity,
         "occurred_at": "2026-11-20T10:00:00Z"
@@ -318,7 +322,7 @@ async fn a_store_agent_receives_its_alerts_and_serves_them_through_a_cut() {
     assert_eq!(low["state"], "open");
 
     network.cut();
-    receive_again(central.local_addr, "SKU-B", "store-001", 20).await;
+    receive_as(central.local_addr, "receipt-again", "SKU-B", "store-001", 20).await;
     eventually("low_stock resolved at the central service", 60, || async {
         let (_, found) = http_get(central.local_addr, &format!("/v1/alerts/{}", low["id"].as_str().unwrap())).await;
         (found["state"] == "resolved").then_some(())
@@ -342,16 +346,4 @@ async fn a_store_agent_receives_its_alerts_and_serves_them_through_a_cut() {
     assert!(open["alerts"].as_array().unwrap().iter().all(|a| a["state"] == "open"));
     agent.stop().await;
     central.stop().await.unwrap();
-}
-
-/// Another receipt of `quantity`, with an event id of its own.
-async fn receive_again(addr: SocketAddr, sku: &str, location: &str, quantity: i64) {
-    let movement = json!({
-        "event_id": format!("receipt-again-{sku}-{location}"),
-        "source": { "system": "api", "instance": "test", "ref": "r2" },
-        "sku": sku, "location": location, "kind": "receipt", "quantity": quantity,
-        "occurred_at": "2026-11-20T10:00:00Z"
-    });
-    let (status, answer) = http_post(addr, "/v1/movements", "application/json", movement.to_string()).await;
-    assert_eq!(status, 202, "{answer}");
 }

@@ -406,24 +406,10 @@ mod tests {
     use proptest::prelude::*;
 
     use super::*;
-    use crate::{db::SqliteDb, event::LocationId};
+    use crate::db::SqliteDb;
 
     fn level(version: i64) -> StockLevel {
-        StockLevel {
-            sku: Sku::parse("SKU-1").unwrap(),
-            location: LocationId::parse("s1").unwrap(),
-            on_hand: version,
-            reserved: 0,
-            safety_stock: 0,
-            reorder_point: None,
-            version,
-            last_movement_at: None,
-            last_event_id: None,
-            last_count_at: None,
-            last_recorded_at: None,
-            last_source: None,
-            updated_at: Utc::now().trunc_subsecs(6),
-        }
+        StockLevel { updated_at: Utc::now().trunc_subsecs(6), ..crate::testing::stock_level("s1", version, version) }
     }
 
     /// A level is timed to the cache once, when reads start to see its version: an old or

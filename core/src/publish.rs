@@ -138,25 +138,15 @@ mod tests {
     use super::*;
     use crate::{
         config::KafkaConfig,
-        event::{LocationId, Sku},
         kafka::{self, EmbeddedKafka},
     };
 
     fn level(location: &str, version: i64) -> StockLevel {
         StockLevel {
-            sku: Sku::parse("SKU-1").unwrap(),
-            location: LocationId::parse(location).unwrap(),
-            on_hand: 7,
             reserved: 1,
             safety_stock: 2,
-            reorder_point: None,
-            version,
-            last_movement_at: None,
-            last_event_id: None,
-            last_count_at: None,
-            last_recorded_at: None,
-            last_source: None,
             updated_at: Utc::now(),
+            ..crate::testing::stock_level(location, 7, version)
         }
     }
 

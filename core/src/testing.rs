@@ -18,7 +18,7 @@ use sqlx::{Connection, PgConnection};
 use crate::{
     auth::{ApiKey, Scopes, Token},
     db::{DbError, Keys},
-    event::{EventId, LocationId, Movement, MovementKind, Sku, Source, SourceSystem},
+    event::{EventId, LocationId, Movement, MovementKind, Sku, Source, SourceSystem, StockLevel},
 };
 
 /// An admin key with a fixed value, so that test helpers send it without being told.
@@ -139,6 +139,26 @@ pub async fn create_database(server_url: &str, name: &str) -> Result<String, sql
 /// A fixed instant plus `seconds`, for movements whose order in time matters.
 pub fn at(seconds: i64) -> DateTime<Utc> {
     Utc.with_ymd_and_hms(2026, 11, 20, 9, 0, 0).single().expect("a valid date") + chrono::Duration::seconds(seconds)
+}
+
+/// A level of `SKU-1` at `location` with `on_hand` units and nothing else set, at
+/// `version`, updated at [`at`]`(0)`; tests change the fields they need.
+pub fn stock_level(location: &str, on_hand: i64, version: i64) -> StockLevel {
+    StockLevel {
+        sku: Sku::parse("SKU-1").expect("a valid test sku"),
+        location: LocationId::parse(location).expect("a valid test location"),
+        on_hand,
+        reserved: 0,
+        safety_stock: 0,
+        reorder_point: None,
+        version,
+        last_movement_at: None,
+        last_event_id: None,
+        last_count_at: None,
+        last_recorded_at: None,
+        last_source: None,
+        updated_at: at(0),
+    }
 }
 
 /// A valid movement from the API source.

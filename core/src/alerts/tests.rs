@@ -2,23 +2,13 @@ use chrono::TimeZone;
 use proptest::prelude::*;
 
 use super::*;
-use crate::event::{LocationId, Sku};
+use crate::testing::stock_level;
 
 fn level(location: &str, on_hand: i64, reserved: i64) -> StockLevel {
     StockLevel {
-        sku: Sku::parse("SKU-1").unwrap(),
-        location: LocationId::parse(location).unwrap(),
-        on_hand,
         reserved,
-        safety_stock: 0,
-        reorder_point: None,
-        version: 7,
-        last_movement_at: None,
-        last_event_id: None,
-        last_count_at: None,
-        last_recorded_at: None,
-        last_source: None,
         updated_at: Utc.timestamp_opt(1_700_000_000, 0).unwrap(),
+        ..stock_level(location, on_hand, 7)
     }
 }
 

@@ -905,21 +905,7 @@ async fn of_many_replicas_asking_at_once_one_holds_the_lease(db: Arc<dyn Db>) {
 }
 
 fn alert_level(location: &str, on_hand: i64, version: i64) -> StockLevel {
-    StockLevel {
-        sku: Sku::parse("SKU-1").unwrap(),
-        location: LocationId::parse(location).unwrap(),
-        on_hand,
-        reserved: 0,
-        safety_stock: 0,
-        reorder_point: None,
-        version,
-        last_movement_at: None,
-        last_event_id: None,
-        last_count_at: None,
-        last_recorded_at: None,
-        last_source: None,
-        updated_at: at(0),
-    }
+    crate::testing::stock_level(location, on_hand, version)
 }
 
 fn low_stock(level: &StockLevel) -> crate::event::alert::Alert {
