@@ -228,10 +228,10 @@ fn unavailable(e: DbError) -> ApiError {
 }
 
 /// A request's query parameters: each one known and given once.
-struct Params(Vec<(String, String)>);
+pub(super) struct Params(Vec<(String, String)>);
 
 impl Params {
-    fn new(
+    pub(super) fn new(
         query: Result<Query<Vec<(String, String)>>, QueryRejection>,
         known: &[&'static str],
     ) -> Result<Params, ApiError> {
@@ -249,7 +249,11 @@ impl Params {
     }
 
     /// The parameter `name` read by `read`, whose error names it as `invalid_parameter`.
-    fn parse<T>(&self, name: &'static str, read: impl Fn(&str) -> Result<T, String>) -> Result<Option<T>, ApiError> {
+    pub(super) fn parse<T>(
+        &self,
+        name: &'static str,
+        read: impl Fn(&str) -> Result<T, String>,
+    ) -> Result<Option<T>, ApiError> {
         self.parse_with(name, read, |message| ApiError::InvalidParameter { name, message })
     }
 

@@ -8,7 +8,10 @@
 //! - `reservations:write`: `POST /v1/reservations`, `GET /v1/reservations/{id}`,
 //!   `POST /v1/reservations/{id}/commit`, `POST /v1/reservations/{id}/cancel`.
 //! - `admin`: `PUT /v1/products/{sku}`, `PUT /v1/stock/{sku}/{location}/policy`.
-//! - open: `GET /healthz`, `GET /readyz`, `GET /metrics`.
+//! - `stock:read` too: `GET /v1/stream` (SSE), `GET /v1/stream/stats`, and `GET /v1/ws`, which
+//!   checks its key itself (a header, or its first message).
+//! - open: `GET /healthz`, `GET /readyz`, `GET /metrics`, `GET /dashboard` (its page and
+//!   assets; its data calls need a key).
 //!
 //! The modules:
 //!
@@ -22,8 +25,11 @@
 //! - `history`: the audit trail of movements, and a level over time.
 //! - `products`: the product catalog.
 //! - `reservations`: holding units for checkouts, committing and cancelling them.
+//! - `stream`: the live stream (SSE, WebSocket) and its flow.
+//! - `dashboard`: the dashboard's page and assets, embedded in the binary.
 
 mod auth;
+mod dashboard;
 mod error;
 mod extract;
 mod history;
@@ -32,6 +38,7 @@ mod products;
 mod reservations;
 mod state;
 mod stock;
+mod stream;
 
 use std::{collections::BTreeMap, sync::Arc, time::Duration};
 
@@ -85,7 +92,8 @@ pub fn router(context: ApiContext, connector_routes: Vec<ScopedRoutes>) -> Route
     let document = Bytes::from(openapi.to_pretty_json().expect("the OpenAPI document always serializes"));
     let mut router = router
         .route("/openapi.json", get(move || async move { ([(CONTENT_TYPE, "application/json")], document) }))
-        .with_state(state);
+        .with_state(state)
+        .merge(dashboard::routes());
     for ScopedRoutes { scope, router: routes } in connector_routes {
         router = router.merge(match scope {
             Some(scope) => routes.route_layer(middleware::from_fn_with_state(keys.require(scope), auth::require)),
@@ -123,7 +131,9 @@ fn route_groups() -> Vec<(Option<Scope>, OpenApiRouter<ApiState>)> {
         .routes(routes!(products::get))
         .routes(routes!(sources))
         .routes(routes!(history::movements))
-        .routes(routes!(history::level));
+        .routes(routes!(history::level))
+        .routes(routes!(stream::stream))
+        .routes(routes!(stream::stats));
     let movements_write = OpenApiRouter::new().routes(routes!(movements::post));
     let reservations_write = OpenApiRouter::new()
         .routes(routes!(reservations::create))
@@ -132,6 +142,8 @@ fn route_groups() -> Vec<(Option<Scope>, OpenApiRouter<ApiState>)> {
         .routes(routes!(reservations::cancel));
     let admin = OpenApiRouter::new().routes(routes!(stock::put_policy)).routes(routes!(products::put));
     let open = OpenApiRouter::new().routes(routes!(healthz)).routes(routes!(readyz)).routes(routes!(metrics));
+    // The WebSocket admits its key itself: a browser sends it as the first message.
+    let open = open.routes(routes!(stream::ws));
     vec![
         (Some(Scope::StockRead), stock_read),
         (Some(Scope::MovementsWrite), movements_write),
@@ -157,6 +169,7 @@ fn route_groups() -> Vec<(Option<Scope>, OpenApiRouter<ApiState>)> {
         (name = "products", description = "The product catalog"),
         (name = "reservations", description = "Units held for checkouts"),
         (name = "operations", description = "Health, readiness and metrics; no key needed"),
+        (name = "stream", description = "Levels, alerts and sources' health as they change"),
     )
 )]
 struct ApiDoc;
@@ -318,6 +331,9 @@ mod tests {
             ("/v1/sources", "get", Some("stock:read")),
             ("/v1/movements", "get", Some("stock:read")),
             ("/v1/stock/{sku}/{location}/history", "get", Some("stock:read")),
+            ("/v1/stream", "get", Some("stock:read")),
+            ("/v1/stream/stats", "get", Some("stock:read")),
+            ("/v1/ws", "get", Some("stock:read")),
         ];
         let json = serde_json::to_value(&doc).unwrap();
         for (path, method, scope) in expected {
