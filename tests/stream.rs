@@ -8,7 +8,7 @@ use std::time::Duration;
 use chrono::Utc;
 use common::*;
 use futures::{SinkExt, StreamExt};
-use onhand_core::event::{LocationId, Sku, StockLevel};
+use onhand_core::event::{alert::AlertState, LocationId, Sku, StockLevel};
 use serde_json::{json, Value};
 use tokio_tungstenite::tungstenite::{self, protocol::frame::coding::CloseCode};
 
@@ -402,5 +402,40 @@ async fn the_flow_counts_what_the_stream_saw() {
     assert_eq!(stats["levels_by_location"]["s9"], 5);
     let (status, body) = http_get(app.local_addr, "/v1/stream/stats?window_s=0").await;
     assert_eq!((status, body["error"]["code"].as_str()), (422, Some("invalid_parameter")));
+    app.stop().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn an_alert_on_the_alerts_topic_reaches_the_stream() {
+    onhand_core::skip_without_servers!();
+    let config = test_config(1).await;
+    let app = serve(&config).await;
+    let mut alerts = subscribe(&app, "kind=alert&location=s1", None).await;
+    let producer = producer();
+    // The hub reads the topic from its end: alerts go on until the first arrives.
+    let mut n = 0;
+    let first = loop {
+        n += 1;
+        let event = common::stream::alert_event(&format!("alr_{n}"), "SKU-AL", "s1", AlertState::Open);
+        produce(&producer, &config.kafka.topics.alerts, &[(event.alert.subject.clone(), event.to_json())]).await;
+        if let Ok(Some(event)) = tokio::time::timeout(Duration::from_secs(2), alerts.next(60)).await {
+            break event;
+        }
+        assert!(n < 30, "no alert streamed after {n}");
+    };
+    assert_eq!(first.event, "alert");
+    assert_eq!((first.data["kind"].as_str(), first.data["subject"].as_str()), (Some("low_stock"), Some("SKU-AL@s1")));
+    assert!(first.data["event_id"].as_str().unwrap().ends_with(":open"));
+    // Garbage on the topic is skipped, and what follows still arrives.
+    produce(&producer, &config.kafka.topics.alerts, &[("x".into(), b"{not an alert".to_vec())]).await;
+    let resolved = common::stream::alert_event("alr_last", "SKU-AL", "s1", AlertState::Resolved);
+    produce(&producer, &config.kafka.topics.alerts, &[(resolved.alert.subject.clone(), resolved.to_json())]).await;
+    loop {
+        let event = alerts.next(60).await.expect("the stream goes on");
+        if event.data["id"] == "alr_last" {
+            assert_eq!(event.data["state"], "resolved");
+            break;
+        }
+    }
     app.stop().await.unwrap();
 }
