@@ -201,12 +201,11 @@ pub(super) async fn ws(
         let subscription = asked.subscribe(&state)?;
         return Ok(upgrade.on_upgrade(move |socket| serve_socket(socket, subscription)));
     }
-    // Refused before the upgrade when it is already known; the place is taken once the
-    // key is admitted.
-    if state.stream.clients() >= state.stream.clients_max() {
-        return Err(ApiError::TooManyStreamClients(state.stream.clients_max()));
-    }
-    Ok(upgrade.on_upgrade(move |socket| authenticate_then_serve(socket, state, asked, client)))
+    // The place is taken before the key is read, so that sockets waiting for their key
+    // are counted among the clients too; the events published meanwhile wait in the
+    // channel like any client's.
+    let subscription = asked.subscribe(&state)?;
+    Ok(upgrade.on_upgrade(move |socket| authenticate_then_serve(socket, state, subscription, client)))
 }
 
 /// Counts a refused key as the routes' middleware does.
@@ -225,7 +224,7 @@ struct AuthMessage {
 async fn authenticate_then_serve(
     mut socket: WebSocket,
     state: ApiState,
-    asked: Asked,
+    subscription: Subscription,
     client: Option<std::net::IpAddr>,
 ) {
     let key = match tokio::time::timeout(AUTH_WAIT, socket.recv()).await {
@@ -236,12 +235,9 @@ async fn authenticate_then_serve(
         let refused = admitted(&state, Err::<(), _>(ApiError::MissingApiKey));
         return close(socket, 1008, refused.err().map_or("missing_api_key", |e| e.code())).await;
     };
-    if let Err(e) = admitted(&state, state.auth.admit_key(&auth, client, Scope::StockRead).await) {
-        return close(socket, 1008, e.code()).await;
-    }
-    match asked.subscribe(&state) {
-        Ok(subscription) => serve_socket(socket, subscription).await,
-        Err(e) => close(socket, 1013, e.code()).await,
+    match admitted(&state, state.auth.admit_key(&auth, client, Scope::StockRead).await) {
+        Ok(_) => serve_socket(socket, subscription).await,
+        Err(e) => close(socket, 1008, e.code()).await,
     }
 }
 
