@@ -439,3 +439,25 @@ async fn an_alert_on_the_alerts_topic_reaches_the_stream() {
     }
     app.stop().await.unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_websocket_that_does_not_read_is_closed_as_a_slow_consumer() {
+    onhand_core::skip_without_servers!();
+    let mut config = test_config(1).await;
+    config.stream.client_buffer_max = 4;
+    let app = serve(&config).await;
+    let mut request = format!("ws://{}/v1/ws", app.local_addr).into_client_request_checked();
+    request.headers_mut().insert("authorization", format!("Bearer {TEST_API_KEY}").parse().unwrap());
+    let (mut socket, _) = tokio_tungstenite::connect_async(request).await.expect("admitted by its header");
+    for n in 0..50_000 {
+        app.stream.publish_level(&level("SKU-SLOW-WITH-A-LONGER-NAME", "store-with-a-long-name", n));
+    }
+    let closed = loop {
+        match ws_next(&mut socket).await {
+            Ok(_) => {}
+            Err(closed) => break closed,
+        }
+    };
+    assert_eq!(closed, (CloseCode::Again, "slow_consumer".to_string()));
+    app.stop().await.unwrap();
+}
