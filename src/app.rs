@@ -19,6 +19,7 @@ use onhand_core::{
     ledger::{self, FaultInjection, LedgerError, LedgerHandle, LedgerParts},
     relay::{Forget, Relay},
     reservation::service::Reservations,
+    stream::Hub,
     supervisor::{Supervisor, Task, TaskFailure},
     telemetry::Metrics,
 };
@@ -45,6 +46,8 @@ pub struct App {
     pub metrics: Metrics,
     pub db: Arc<dyn Db>,
     pub health: Health,
+    /// The live stream's hub, which tests publish to directly.
+    pub stream: Hub,
     /// Every task but the ledger, and the shutdown token of all.
     supervisor: Supervisor,
     /// The ledger stays outside the supervisor: it runs on a thread of its own (librdkafka
@@ -146,6 +149,7 @@ impl App {
         let engine = Engine::new(&config, &db, &producer, &metrics, &options.clock, mode);
         spawn_background(&mut supervisor, &config, &db, &metrics, &engine);
         let Engine { cache, relay, ingest, reservations } = engine;
+        let stream = spawn_stream(&mut supervisor, &config, &db, &metrics);
 
         let context = ConnectorContext {
             producer: producer.clone(),
@@ -183,6 +187,7 @@ impl App {
                 relay,
                 reservations,
                 sources: config.sources.clone(),
+                stream: stream.clone(),
             },
             routes,
         );
@@ -204,7 +209,7 @@ impl App {
         });
         stop_on_failure.disarm();
         info!(%local_addr, "http api listening");
-        Ok(App { local_addr, config, metrics, db, health, supervisor, ledger, _embedded: embedded })
+        Ok(App { local_addr, config, metrics, db, health, stream, supervisor, ledger, _embedded: embedded })
     }
 
     pub fn ledger(&self) -> Option<&LedgerHandle> {
@@ -400,6 +405,29 @@ fn spawn_alerts(
         }
     });
     Ok(())
+}
+
+/// The live stream's hub and the tasks that feed it: the stock and alerts topics from
+/// their end, and the sources' health polled from the database. Each ends at shutdown, and
+/// so does every client's stream.
+fn spawn_stream(supervisor: &mut Supervisor, config: &Config, db: &Arc<dyn Db>, metrics: &Metrics) -> Hub {
+    use onhand_core::stream;
+    let hub = Hub::new(&config.stream, metrics.clone(), supervisor.shutdown().child_token());
+    let (levels, alerts, sources) = (hub.clone(), hub.clone(), hub.clone());
+    let (stock_kafka, alerts_kafka) = (config.kafka.clone(), config.kafka.clone());
+    supervisor.spawn(Task::new("stream_levels"), move |_, stop| {
+        stream::follow_levels(levels.clone(), stock_kafka.clone(), stop)
+    });
+    supervisor.spawn(Task::new("stream_alerts"), move |_, stop| {
+        stream::follow_alerts(alerts.clone(), alerts_kafka.clone(), stop)
+    });
+    let (watched, heard): (Arc<dyn Sources>, Arc<dyn Signals>) = (db.clone(), db.clone());
+    let sources_config = config.sources.clone();
+    supervisor.spawn(Task::new("stream_sources"), move |_, stop| {
+        let (db, signals) = (Arc::clone(&watched), Arc::clone(&heard));
+        stream::watch_sources(sources.clone(), db, signals, sources_config.clone(), stop)
+    });
+    hub
 }
 
 /// Runs a connector under supervision, as the component `connector:NAME`: started again

@@ -19,15 +19,10 @@ use moka::{
     future::Cache,
     ops::compute::{CompResult, Op},
 };
-use rdkafka::{
-    consumer::{Consumer, StreamConsumer},
-    ClientConfig, Message, Offset, TopicPartitionList,
-};
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
 use crate::{
-    backoff::Backoff,
     config::{KafkaConfig, QueryConfig},
     db::StockReads,
     event::{Sku, SourceSystem, StockLevel},
@@ -330,62 +325,13 @@ impl StockCache {
 /// Follows the stock topic from its end and applies every level to the cache, until
 /// `shutdown`. It reads every partition (no consumer group): each instance needs all.
 pub async fn follow_stock_topic(config: KafkaConfig, cache: StockCache, shutdown: CancellationToken) {
-    let mut backoff = Backoff::new(Duration::from_millis(200), Duration::from_secs(10));
-    loop {
-        match subscribe_from_end(&config).await {
-            Ok(consumer) => {
-                info!(topic = %config.topics.stock, "following the stock topic");
-                follow(&consumer, &cache, &shutdown).await;
-                return;
-            }
-            Err(e) => {
-                warn!(error = %e, "cannot follow the stock topic; retrying");
-                tokio::select! {
-                    _ = shutdown.cancelled() => return,
-                    _ = tokio::time::sleep(backoff.fail()) => {}
-                }
-            }
-        }
-    }
-}
-
-async fn subscribe_from_end(config: &KafkaConfig) -> Result<StreamConsumer, rdkafka::error::KafkaError> {
-    let consumer: StreamConsumer = kafka::client_config(config)
-        .set("group.id", "onhand-stock-cache")
-        .set("enable.auto.commit", "false")
-        .set("enable.partition.eof", "false")
-        .set("fetch.wait.max.ms", kafka::FETCH_WAIT_MAX_MS)
-        .create()?;
     let topic = config.topics.stock.clone();
-    let probe: ClientConfig = kafka::client_config(config);
-    let metadata = tokio::task::spawn_blocking(move || {
-        let client: rdkafka::consumer::BaseConsumer = probe.create()?;
-        client.fetch_metadata(Some(&topic), Duration::from_secs(10))
-    })
-    .await
-    .map_err(|_| rdkafka::error::KafkaError::Canceled)??;
-    let mut partitions = TopicPartitionList::new();
-    for topic in metadata.topics() {
-        for partition in topic.partitions() {
-            partitions.add_partition_offset(topic.name(), partition.id(), Offset::End)?;
-        }
-    }
-    if partitions.count() == 0 {
-        return Err(rdkafka::error::KafkaError::MetadataFetch(rdkafka::types::RDKafkaErrorCode::UnknownTopic));
-    }
-    consumer.assign(&partitions)?;
-    Ok(consumer)
-}
-
-async fn follow(consumer: &StreamConsumer, cache: &StockCache, shutdown: &CancellationToken) {
-    loop {
-        let message = tokio::select! {
-            _ = shutdown.cancelled() => return,
-            message = consumer.recv() => message,
-        };
-        match message {
-            Ok(message) => match message.payload().map(serde_json::from_slice::<StockLevel>) {
-                Some(Ok(level)) => {
+    kafka::follow::follow(&config, &topic, "onhand-stock-cache", shutdown, |payload, offset| {
+        let level = serde_json::from_slice::<StockLevel>(payload);
+        let cache = &cache;
+        async move {
+            match level {
+                Ok(level) => {
                     let came_from = level.last_recorded_at.zip(level.last_source);
                     if cache.apply(level).await {
                         if let Some((recorded_at, source)) = came_from {
@@ -393,12 +339,11 @@ async fn follow(consumer: &StreamConsumer, cache: &StockCache, shutdown: &Cancel
                         }
                     }
                 }
-                Some(Err(e)) => warn!(error = %e, offset = message.offset(), "unreadable stock level skipped"),
-                None => {}
-            },
-            Err(e) => warn!(error = %e, "stock topic read failed"),
+                Err(e) => warn!(error = %e, offset, "unreadable stock level skipped"),
+            }
         }
-    }
+    })
+    .await;
 }
 
 #[cfg(test)]

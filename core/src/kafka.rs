@@ -2,6 +2,7 @@
 //! in-process mock cluster of `onhand dev`. Only standard Kafka client behaviour is used:
 //! no transactions, no broker-specific features.
 
+pub mod follow;
 pub mod journal;
 
 use std::{

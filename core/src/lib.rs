@@ -15,6 +15,7 @@
 //! - [`lease`]: pollers and inboxes run on one replica at a time, under a lease.
 //! - [`freshness`]: how far behind each source (store agent, connector) is.
 //! - [`history`]: a level over time, from its movements under the ledger's rules.
+//! - [`stream`]: the live stream's hub: levels, alerts and sources' health, fanned out.
 //! - [`api`]: the HTTP API.
 //! - [`ops`]: the operator's work: verify, rebuild, replay, dead-letter re-drive, doctor.
 //! - [`backoff`]: the pauses of every retrying loop.
@@ -53,6 +54,7 @@ pub mod product;
 pub mod publish;
 pub mod relay;
 pub mod reservation;
+pub mod stream;
 pub mod supervisor;
 pub mod telemetry;
 #[doc(hidden)]

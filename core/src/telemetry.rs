@@ -72,6 +72,10 @@ pub struct Registered {
     pub ledger_overreserved_levels: IntGauge,
     pub query_propagation_seconds: HistogramVec,
     pub source_last_movement_age_seconds: IntGaugeVec,
+    pub stream_clients: IntGauge,
+    pub stream_events_published_total: IntCounterVec,
+    pub stream_events_sent_total: IntCounterVec,
+    pub stream_slow_consumers_total: IntCounter,
 }
 
 impl Metrics {
@@ -354,6 +358,25 @@ impl Metrics {
             source_last_movement_age_seconds: gauge_vec(
                 "onhand_source_last_movement_age_seconds",
                 "Seconds since the newest movement the ledger recorded from a source (a store, a connector).",
+            ),
+            stream_clients: gauge(
+                "onhand_stream_clients",
+                "Clients of the live stream (GET /v1/stream, /v1/ws) connected to this instance.",
+            ),
+            stream_events_published_total: counter_vec(
+                "onhand_stream_events_published_total",
+                "Events the live stream's hub published, by kind (level, alert, source).",
+                &["kind"],
+            ),
+            stream_events_sent_total: counter_vec(
+                "onhand_stream_events_sent_total",
+                "Events sent to the live stream's clients (one per client), by kind (level, alert, source).",
+                &["kind"],
+            ),
+            stream_slow_consumers_total: counter(
+                "onhand_stream_slow_consumers_total",
+                "Live stream clients disconnected because they fell more than stream.client_buffer_max events \
+                 behind.",
             ),
             registry,
         }))

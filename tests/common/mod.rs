@@ -24,6 +24,7 @@ use serde_json::Value;
 pub mod ops;
 pub mod process;
 pub mod shopify;
+pub mod stream;
 
 /// A configuration for one test: the suite's broker, a fresh database, topics and a
 /// consumer group no other test uses, the HTTP API on a free port.

@@ -26,7 +26,7 @@ use std::{
 
 use axum::{
     extract::{ConnectInfo, Request, State},
-    http::{header::AUTHORIZATION, HeaderMap},
+    http::{header::AUTHORIZATION, HeaderMap, HeaderValue},
     middleware::Next,
     response::Response,
 };
@@ -181,7 +181,7 @@ impl Authenticator {
 
     /// The principal of a request from `client` that may do what `scope` guards, or why
     /// not.
-    async fn admit(
+    pub(super) async fn admit(
         &self,
         headers: &HeaderMap,
         client: Option<IpAddr>,
@@ -198,6 +198,18 @@ impl Authenticator {
             return Err(ApiError::InsufficientScope(scope));
         }
         Ok(Arc::clone(&cached.principal))
+    }
+
+    /// As [`admit`](Self::admit), for a key sent in another way than the `Authorization`
+    /// header (a WebSocket's first message: browsers cannot set headers there).
+    pub(super) async fn admit_key(
+        &self,
+        key: &str,
+        client: Option<IpAddr>,
+        scope: Scope,
+    ) -> Result<Arc<Principal>, ApiError> {
+        let value = HeaderValue::from_str(&format!("Bearer {}", key.trim())).map_err(|_| ApiError::InvalidApiKey)?;
+        self.admit(&HeaderMap::from_iter([(AUTHORIZATION, value)]), client, scope).await
     }
 
     async fn verify(&self, headers: &HeaderMap, client: Option<IpAddr>) -> Result<Arc<Cached>, ApiError> {

@@ -83,6 +83,8 @@ pub enum ApiError {
     NotFound(String),
     #[error("{0} is unavailable, retry later")]
     Unavailable(&'static str),
+    #[error("{0} live stream clients are connected to this instance, the most it takes; retry later")]
+    TooManyStreamClients(usize),
     #[error("this route needs an api key, sent as the header authorization: bearer <key>")]
     MissingApiKey,
     #[error("the api key is not valid, or it was revoked")]
@@ -139,6 +141,7 @@ impl ApiError {
             ApiError::SubscriptionNotFound(_) => (StatusCode::NOT_FOUND, "subscription_not_found"),
             ApiError::NotFound(_) => (StatusCode::NOT_FOUND, "not_found"),
             ApiError::Unavailable(_) => (StatusCode::SERVICE_UNAVAILABLE, "unavailable"),
+            ApiError::TooManyStreamClients(_) => (StatusCode::SERVICE_UNAVAILABLE, "too_many_stream_clients"),
             ApiError::MissingApiKey => (StatusCode::UNAUTHORIZED, "missing_api_key"),
             ApiError::InvalidApiKey => (StatusCode::UNAUTHORIZED, "invalid_api_key"),
             ApiError::InsufficientScope(_) => (StatusCode::FORBIDDEN, "insufficient_scope"),

@@ -11,7 +11,10 @@
 //! - `admin`: `PUT /v1/products/{sku}`, `PUT /v1/stock/{sku}/{location}/policy`,
 //!   `POST /v1/subscriptions`, `GET /v1/subscriptions`, `DELETE /v1/subscriptions/{id}`,
 //!   `GET /v1/subscriptions/{id}/deliveries`.
-//! - open: `GET /healthz`, `GET /readyz`, `GET /metrics`.
+//! - `stock:read` too: `GET /v1/stream` (SSE), `GET /v1/stream/stats`, and `GET /v1/ws`, which
+//!   checks its key itself (a header, or its first message).
+//! - open: `GET /healthz`, `GET /readyz`, `GET /metrics`, `GET /dashboard` (its page and
+//!   assets; its data calls need a key).
 //!
 //! The modules:
 //!
@@ -27,9 +30,12 @@
 //! - `reservations`: holding units for checkouts, committing and cancelling them.
 //! - `alerts`: alerts, their acknowledgement, and webhook subscriptions to them.
 //! - `params`: query parameters, read strictly.
+//! - `stream`: the live stream (SSE, WebSocket) and its flow.
+//! - `dashboard`: the dashboard's page and assets, embedded in the binary.
 
 mod alerts;
 mod auth;
+mod dashboard;
 mod error;
 mod extract;
 mod history;
@@ -39,6 +45,7 @@ mod products;
 mod reservations;
 mod state;
 mod stock;
+mod stream;
 
 use std::{collections::BTreeMap, sync::Arc, time::Duration};
 
@@ -92,7 +99,8 @@ pub fn router(context: ApiContext, connector_routes: Vec<ScopedRoutes>) -> Route
     let document = Bytes::from(openapi.to_pretty_json().expect("the OpenAPI document always serializes"));
     let mut router = router
         .route("/openapi.json", get(move || async move { ([(CONTENT_TYPE, "application/json")], document) }))
-        .with_state(state);
+        .with_state(state)
+        .merge(dashboard::routes());
     for ScopedRoutes { scope, router: routes } in connector_routes {
         router = router.merge(match scope {
             Some(scope) => routes.route_layer(middleware::from_fn_with_state(keys.require(scope), auth::require)),
@@ -133,7 +141,9 @@ fn route_groups() -> Vec<(Option<Scope>, OpenApiRouter<ApiState>)> {
         .routes(routes!(history::level))
         .routes(routes!(alerts::list))
         .routes(routes!(alerts::get))
-        .routes(routes!(alerts::acknowledge));
+        .routes(routes!(alerts::acknowledge))
+        .routes(routes!(stream::stream))
+        .routes(routes!(stream::stats));
     let movements_write = OpenApiRouter::new().routes(routes!(movements::post));
     let reservations_write = OpenApiRouter::new()
         .routes(routes!(reservations::create))
@@ -147,6 +157,8 @@ fn route_groups() -> Vec<(Option<Scope>, OpenApiRouter<ApiState>)> {
         .routes(routes!(alerts::unsubscribe))
         .routes(routes!(alerts::deliveries));
     let open = OpenApiRouter::new().routes(routes!(healthz)).routes(routes!(readyz)).routes(routes!(metrics));
+    // The WebSocket admits its key itself: a browser sends it as the first message.
+    let open = open.routes(routes!(stream::ws));
     vec![
         (Some(Scope::StockRead), stock_read),
         (Some(Scope::MovementsWrite), movements_write),
@@ -173,6 +185,7 @@ fn route_groups() -> Vec<(Option<Scope>, OpenApiRouter<ApiState>)> {
         (name = "reservations", description = "Units held for checkouts"),
         (name = "alerts", description = "Alerts raised from stock levels and sources, and webhooks that push them"),
         (name = "operations", description = "Health, readiness and metrics; no key needed"),
+        (name = "stream", description = "Levels, alerts and sources' health as they change"),
     )
 )]
 struct ApiDoc;
@@ -341,6 +354,9 @@ mod tests {
             ("/v1/subscriptions", "get", Some("admin")),
             ("/v1/subscriptions/{id}", "delete", Some("admin")),
             ("/v1/subscriptions/{id}/deliveries", "get", Some("admin")),
+            ("/v1/stream", "get", Some("stock:read")),
+            ("/v1/stream/stats", "get", Some("stock:read")),
+            ("/v1/ws", "get", Some("stock:read")),
         ];
         let json = serde_json::to_value(&doc).unwrap();
         for (path, method, scope) in expected {

@@ -43,6 +43,8 @@ pub struct ApiContext {
     pub relay: Relay,
     pub reservations: Reservations,
     pub sources: SourcesConfig,
+    /// The live stream's hub (`GET /v1/stream`, `/v1/ws`).
+    pub stream: crate::stream::Hub,
 }
 
 impl std::fmt::Debug for ApiContext {
