@@ -22,14 +22,18 @@ use std::{
     collections::{BTreeMap, BTreeSet, HashMap, VecDeque},
     sync::{
         atomic::{AtomicUsize, Ordering},
-        Arc, Mutex, PoisonError,
+        Arc, Mutex, OnceLock, PoisonError,
     },
     time::{Duration, Instant},
 };
 
+use axum::body::Bytes;
 use chrono::{DateTime, Utc};
 use serde::Serialize;
-use tokio::sync::broadcast::{self, error::RecvError};
+use tokio::sync::broadcast::{
+    self,
+    error::{RecvError, TryRecvError},
+};
 use tokio_util::sync::CancellationToken;
 use tracing::warn;
 
@@ -80,6 +84,16 @@ pub struct StreamEvent {
     pub data: String,
     /// When the hub published it, for the delay to each client.
     pub published_at: Instant,
+    /// The event as a transport writes it, rendered once for every client.
+    rendered: OnceLock<Bytes>,
+}
+
+impl StreamEvent {
+    /// The event as `render` writes it, rendered by the first client that sends it: a
+    /// thousand clients cost one rendering, not a thousand.
+    pub fn rendered(&self, render: impl FnOnce(&StreamEvent) -> Bytes) -> Bytes {
+        self.rendered.get_or_init(|| render(self)).clone()
+    }
 }
 
 /// What a client asked to see: each set empty means every value.
@@ -272,6 +286,7 @@ impl Hub {
             location,
             data,
             published_at: Instant::now(),
+            rendered: OnceLock::new(),
         });
         ring.events.push_back(Arc::clone(&event));
         while ring.events.len() > self.0.config.replay_events_max {
@@ -398,6 +413,29 @@ impl Subscription {
                     return Next::SlowConsumer;
                 }
                 Err(RecvError::Closed) => return Next::Closed,
+            }
+        }
+    }
+
+    /// The next event that is ready now, without waiting: `None` when none is. A
+    /// transport drains what is ready into one write.
+    pub fn try_next(&mut self) -> Option<Next> {
+        if self.shutdown.is_cancelled() {
+            return Some(Next::Closed);
+        }
+        if let Some(event) = self.backlog.pop_front() {
+            return Some(Next::Event(event));
+        }
+        loop {
+            match self.live.try_recv() {
+                Ok(event) if self.filter.matches(&event) => return Some(Next::Event(event)),
+                Ok(_) => {}
+                Err(TryRecvError::Empty) => return None,
+                Err(TryRecvError::Lagged(_)) => {
+                    self.metrics.stream_slow_consumers_total.inc();
+                    return Some(Next::SlowConsumer);
+                }
+                Err(TryRecvError::Closed) => return Some(Next::Closed),
             }
         }
     }

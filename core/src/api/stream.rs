@@ -9,17 +9,18 @@
 use std::{convert::Infallible, net::SocketAddr, time::Duration};
 
 use axum::{
+    body::Body,
     body::Bytes,
     extract::{
         rejection::QueryRejection,
         ws::{CloseFrame, Message, WebSocket, WebSocketUpgrade},
         ConnectInfo, Query, State,
     },
-    http::HeaderMap,
-    response::{
-        sse::{Event, KeepAlive, Sse},
-        IntoResponse, Response,
+    http::{
+        header::{CACHE_CONTROL, CONTENT_TYPE},
+        HeaderMap, HeaderName,
     },
+    response::{IntoResponse, Response},
     Extension, Json,
 };
 use futures::{Stream, StreamExt};
@@ -133,35 +134,67 @@ pub(super) async fn stream(
     State(state): State<ApiState>,
     headers: HeaderMap,
     query: Result<Query<Vec<(String, String)>>, QueryRejection>,
-) -> Result<impl IntoResponse, ApiError> {
+) -> Result<Response, ApiError> {
     let subscription = Asked::read(&headers, query)?.subscribe(&state)?;
-    let events = sse_events(subscription);
-    let keep_alive = KeepAlive::new().interval(KEEP_ALIVE).text("keep-alive");
-    // Proxies that buffer answers (nginx) would hold the events back.
-    Ok(([("x-accel-buffering", "no")], Sse::new(events).keep_alive(keep_alive)))
+    let headers = [
+        (CONTENT_TYPE, "text/event-stream"),
+        (CACHE_CONTROL, "no-cache"),
+        // Proxies that buffer answers (nginx) would hold the events back.
+        (HeaderName::from_static("x-accel-buffering"), "no"),
+    ];
+    Ok((headers, Body::from_stream(sse_events(subscription))).into_response())
 }
 
-fn sse_event(event: &StreamEvent) -> Event {
-    Event::default().id(&event.id).event(event.kind.as_str()).data(&event.data)
+/// One Server-Sent Event. The data is JSON on one line, the id and name need no escaping.
+fn sse_frame(id: Option<&str>, name: &str, data: &str) -> Bytes {
+    let id = id.map(|id| format!("id: {id}\n")).unwrap_or_default();
+    Bytes::from(format!("{id}event: {name}\ndata: {data}\n\n"))
 }
+
+fn sse_event(event: &StreamEvent) -> Bytes {
+    event.rendered(|e| sse_frame(Some(&e.id), e.kind.as_str(), &e.data))
+}
+
+/// The most bytes of events ready at once that go out in one write.
+const SSE_WRITE_BYTES_MAX: usize = 64 * 1024;
 
 /// The client's events: a `reset` when it asked for one the hub cannot resume from, then
 /// what it missed and live, until it is a slow consumer (a last `slow_consumer` event) or
-/// the server stops.
-fn sse_events(subscription: Subscription) -> impl Stream<Item = Result<Event, Infallible>> {
+/// the server stops. The events ready at once go out together, each rendered once for
+/// every client (axum's `Sse` would render and write each one for each client); an idle
+/// stream gets a comment every [`KEEP_ALIVE`].
+fn sse_events(subscription: Subscription) -> impl Stream<Item = Result<Bytes, Infallible>> {
     let reset = subscription
         .reset
-        .map(|reset| Ok(Event::default().id(&subscription.newest_id).event("reset").data(reset_data(reset.as_str()))));
+        .map(|reset| Ok(sse_frame(Some(&subscription.newest_id), "reset", &reset_data(reset.as_str()))));
     let live = futures::stream::unfold(Some(subscription), |subscription| async move {
         let mut subscription = subscription?;
-        match subscription.next().await {
-            Next::Event(event) => {
-                subscription.sent(&event);
-                Some((Ok(sse_event(&event)), Some(subscription)))
+        let first = tokio::select! {
+            next = subscription.next() => next,
+            _ = tokio::time::sleep(KEEP_ALIVE) => {
+                return Some((Ok(Bytes::from_static(b": keep-alive\n\n")), Some(subscription)));
             }
-            Next::SlowConsumer => Some((Ok(Event::default().event("slow_consumer").data(slow_consumer_data())), None)),
-            Next::Closed => None,
+        };
+        let mut write: Vec<u8> = Vec::new();
+        let mut next = Some(first);
+        while let Some(step) = next.take() {
+            match step {
+                Next::Event(event) => {
+                    subscription.sent(&event);
+                    write.extend_from_slice(&sse_event(&event));
+                }
+                Next::SlowConsumer => {
+                    write.extend_from_slice(&sse_frame(None, "slow_consumer", &slow_consumer_data()));
+                    return Some((Ok(Bytes::from(write)), None));
+                }
+                Next::Closed if write.is_empty() => return None,
+                Next::Closed => return Some((Ok(Bytes::from(write)), None)),
+            }
+            if write.len() < SSE_WRITE_BYTES_MAX {
+                next = subscription.try_next();
+            }
         }
+        Some((Ok(Bytes::from(write)), Some(subscription)))
     });
     futures::stream::iter(reset).chain(live)
 }
