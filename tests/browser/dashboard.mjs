@@ -1,20 +1,22 @@
 // The dashboard in a real browser, driven by tests/dashboard.rs:
 //
-//   node tests/browser/dashboard.mjs URL KEY SKU LOCATION ON_HAND_AFTER ALERT_ID SCREENSHOT
+//   node tests/browser/dashboard.mjs URL KEY SKU LOCATION ON_HAND_AFTER ALERT_KIND SCREENSHOT
 //
 // Opens URL/dashboard, enters KEY, loads SKU and waits for its level at LOCATION; then
-// prints READY (the Rust test then posts a movement and publishes an alert) and waits for
-// the on_hand cell to show ON_HAND_AFTER and for the alert ALERT_ID to be listed, then
-// saves a screenshot. Exits 0 on success, 1 with the reason on stderr otherwise.
+// prints READY (the Rust test then posts a movement through the API) and waits, at most
+// CHANGE_MS (2 s) from then, for the on_hand cell to show ON_HAND_AFTER and for an alert of
+// ALERT_KIND about SKU@LOCATION to be listed, without a reload; acknowledges it with its
+// button, then saves a screenshot. Exits 0 on success, 1 with the reason on stderr otherwise.
 // CHROMIUM (default /usr/bin/chromium) names the browser.
 import { chromium } from "playwright-core";
 
-const [url, key, sku, location, onHandAfter, alertId, screenshot] = process.argv.slice(2);
+const [url, key, sku, location, onHandAfter, alertKind, screenshot] = process.argv.slice(2);
 if (!screenshot) {
-  console.error("usage: dashboard.mjs URL KEY SKU LOCATION ON_HAND_AFTER ALERT_ID SCREENSHOT");
+  console.error("usage: dashboard.mjs URL KEY SKU LOCATION ON_HAND_AFTER ALERT_KIND SCREENSHOT");
   process.exit(2);
 }
 const WAIT_MS = 60_000;
+const CHANGE_MS = Number(process.env.CHANGE_MS || 2_000);
 
 const browser = await chromium.launch({
   executablePath: process.env.CHROMIUM || "/usr/bin/chromium",
@@ -46,15 +48,28 @@ try {
   await page.waitForSelector(onHand, { timeout: WAIT_MS });
   const before = await page.textContent(onHand);
   console.log(`READY ${before}`);
+  const ready = Date.now();
 
   await page.waitForFunction(
     ([selector, expected]) => document.querySelector(selector)?.textContent === expected,
     [onHand, onHandAfter],
-    { timeout: WAIT_MS },
+    { timeout: CHANGE_MS },
   );
-  const alert = `#alerts li[data-alert-id="${alertId}"]`;
-  await page.waitForSelector(alert, { timeout: WAIT_MS });
+  const changedMs = Date.now() - ready;
+  const alert = `#alerts li[data-kind="${alertKind}"][data-state="open"]`;
+  await page.waitForFunction(
+    ([selector, subject]) => [...document.querySelectorAll(selector)].some((li) => li.querySelector(".subject")?.textContent === subject),
+    [alert, `${sku}@${location}`],
+    { timeout: Math.max(CHANGE_MS - changedMs, 1) },
+  );
+  const alertMs = Date.now() - ready;
+  // The level over time is drawn from the database, and the propagation told.
+  await page.waitForSelector("#history-card:not([hidden])", { timeout: WAIT_MS });
+  const propagation = await page.textContent("#propagation");
+  if (!propagation.includes("median")) throw new Error(`no propagation figures: ${propagation}`);
   const alertText = await page.textContent(alert);
+  await page.click(`${alert} button.ack`);
+  await page.waitForSelector(`#alerts li[data-kind="${alertKind}"][data-state="acknowledged"]`, { timeout: WAIT_MS });
   // The key stays in this tab: a reload connects again without asking.
   const kept = await page.evaluate(() => sessionStorage.getItem("onhand.dashboard.key"));
   if (kept !== key) throw new Error("the key is not kept in sessionStorage");
@@ -65,7 +80,7 @@ try {
   const allowed = (p) => p.includes("chart.umd.min.js.map"); // a source map the page does not need
   const serious = problems.filter((p) => !allowed(p));
   if (serious.length) throw new Error(serious.join("\n"));
-  console.log(`OK on_hand ${before} -> ${onHandAfter}; alert: ${alertText.trim()}`);
+  console.log(`OK on_hand ${before} -> ${onHandAfter} in ${changedMs} ms; alert in ${alertMs} ms: ${alertText.trim()}`);
 } catch (error) {
   failed = true;
   console.error(`FAILED: ${error.message}`);

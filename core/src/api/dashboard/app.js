@@ -9,6 +9,9 @@ const LEVELS_MAX = 500;
 const ALERTS_MAX = 200;
 const FLOW_SECONDS = 120;
 const RECONNECT_MS_MAX = 15000;
+/// The window of the level-over-time chart and of the propagation figures.
+const HOUR_MS = 3600 * 1000;
+const DELAYS_MAX = 20000;
 
 const $ = (selector) => document.querySelector(selector);
 
@@ -22,6 +25,8 @@ const state = {
   sources: new Map(), // source name -> li
   flow: new Map(), // unix second -> { levels, alerts }
   chart: null,
+  delays: [], // [arrived at ms, commit-to-page ms], the last hour
+  history: null, // { sku, chart, byLocation: Map(location -> dataset) }
 };
 
 // ---- the key -------------------------------------------------------------------------
@@ -39,7 +44,9 @@ function start() {
   $("#watch-form").addEventListener("submit", (event) => {
     event.preventDefault();
     const skus = $("#watch-skus").value.split(/[\s,]+/).filter(Boolean);
-    loadLevels(skus).catch(showProblem);
+    loadLevels(skus)
+      .then(() => skus.length && loadHistory(skus[0]))
+      .catch(showProblem);
   });
   const saved = sessionStorage.getItem(KEY_STORAGE);
   if (saved) connectWith(saved);
@@ -107,8 +114,19 @@ async function reloadState() {
     const body = await sources.json();
     for (const report of body.sources) {
       const status = !report.healthy ? "failing" : report.gap_alert ? "gap" : "healthy";
-      showSource({ source: report.source, status, last_heard_at: report.last_heard_at, detail: report.detail });
+      showSource({
+        source: report.source,
+        status,
+        last_heard_at: report.last_heard_at,
+        behind_movements: report.behind_movements,
+        detail: report.detail,
+      });
     }
+  }
+  // The alerts not resolved yet, which the stream only tells as they change.
+  for (const wanted of ["open", "acknowledged"]) {
+    const listed = await api(`/v1/alerts?state=${wanted}&limit=${ALERTS_MAX}`);
+    if (listed.ok) for (const alert of (await listed.json()).alerts) showAlert(alert);
   }
   const stats = await api(`/v1/stream/stats?window_s=${FLOW_SECONDS}`);
   if (stats.ok) {
@@ -209,7 +227,9 @@ function handle(event) {
   switch (event.type) {
     case "level":
       countFlow("levels");
+      notePropagation(data);
       showLevel(data, true);
+      extendHistory(data);
       break;
     case "alert":
       countFlow("alerts");
@@ -300,6 +320,12 @@ function showAlert(alert) {
         span.className = part;
         li.appendChild(span);
       }
+      const ack = document.createElement("button");
+      ack.type = "button";
+      ack.className = "ack";
+      ack.textContent = "Acknowledge";
+      ack.addEventListener("click", () => acknowledge(alert.id, ack));
+      li.appendChild(ack);
       $("#alerts").prepend(li);
       state.alerts.set(alert.id, li);
       if (state.alerts.size > ALERTS_MAX) {
@@ -314,9 +340,21 @@ function showAlert(alert) {
     li.querySelector(".kind").textContent = alert.kind;
     li.querySelector(".subject").textContent = alert.subject;
     li.querySelector(".message").textContent = alert.message || "";
+    li.querySelector(".ack").hidden = alert.state !== "open";
   }
   $("#alerts-empty").hidden = state.alerts.size > 0;
   $("#alerts-count").textContent = state.alerts.size ? `${state.alerts.size}` : "";
+}
+
+/// Marks an alert seen (POST /v1/alerts/{id}/ack); the answer is the alert as it is now.
+async function acknowledge(id, button) {
+  button.disabled = true;
+  try {
+    const response = await api(`/v1/alerts/${encodeURIComponent(id)}/ack`, { method: "POST" });
+    showAlert(await response.json());
+  } catch (e) {
+    button.disabled = false;
+  }
 }
 
 function showSource(source) {
@@ -335,7 +373,9 @@ function showSource(source) {
   }
   li.dataset.status = source.status;
   li.querySelector(".badge").textContent = source.status;
-  li.querySelector(".name").textContent = source.detail ? `${source.source}: ${source.detail}` : source.source;
+  const behind = source.behind_movements > 0 ? ` (${source.behind_movements} movements behind)` : "";
+  li.querySelector(".name").textContent =
+    (source.detail ? `${source.source}: ${source.detail}` : source.source) + behind;
   li.querySelector(".heard").textContent = source.last_heard_at
     ? `heard ${new Date(source.last_heard_at).toLocaleTimeString()}`
     : "";
@@ -390,6 +430,100 @@ function drawFlow() {
   chart.data.datasets[0].data = levels;
   chart.data.datasets[1].data = alerts;
   chart.update("none");
+}
+
+// ---- propagation ---------------------------------------------------------------------
+
+/// How long a level took from its commit (`updated_at`) to this page, by this browser's
+/// clock; the median and the worst of the last hour are shown under the flow.
+function notePropagation(level) {
+  const committed = Date.parse(level && level.updated_at);
+  if (Number.isNaN(committed)) return;
+  const now = Date.now();
+  state.delays.push([now, Math.max(0, now - committed)]);
+  while (state.delays.length && (state.delays[0][0] < now - HOUR_MS || state.delays.length > DELAYS_MAX)) {
+    state.delays.shift();
+  }
+  const sorted = state.delays.map(([, ms]) => ms).sort((a, b) => a - b);
+  const at = (q) => sorted[Math.min(sorted.length - 1, Math.floor(q * sorted.length))];
+  $("#propagation").textContent =
+    `Propagation, commit to this page, last hour: median ${at(0.5)} ms, p99 ${at(0.99)} ms, ` +
+    `worst ${sorted[sorted.length - 1]} ms over ${sorted.length} level changes.`;
+}
+
+// ---- a SKU's level over time ---------------------------------------------------------
+
+/// The first loaded SKU's on_hand per location over the last hour, from the database
+/// (GET /v1/stock/{sku}/{location}/history), then live from the stream.
+async function loadHistory(sku) {
+  if (typeof Chart === "undefined") return;
+  const locations = [...state.levels.values()].filter((e) => e.level.sku === sku).map((e) => e.level.location);
+  if (!locations.length) return;
+  if (state.history) state.history.chart.destroy();
+  const chart = new Chart($("#history-chart"), {
+    type: "line",
+    data: { datasets: [] },
+    options: {
+      animation: false,
+      maintainAspectRatio: false,
+      parsing: false,
+      scales: {
+        x: {
+          type: "linear",
+          min: Date.now() - HOUR_MS,
+          max: Date.now() + 60 * 1000,
+          ticks: { maxTicksLimit: 8, callback: (ms) => new Date(ms).toLocaleTimeString() },
+        },
+        y: { beginAtZero: true, ticks: { precision: 0 } },
+      },
+    },
+  });
+  const history = { sku, chart, byLocation: new Map() };
+  state.history = history;
+  $("#history-card").hidden = false;
+  $("#history-sku").textContent = `${sku}, last hour, by location`;
+  const since = new Date(Date.now() - HOUR_MS).toISOString();
+  for (const location of locations.slice(0, 12)) {
+    const path = `/v1/stock/${encodeURIComponent(sku)}/${encodeURIComponent(location)}/history`;
+    const response = await api(`${path}?since=${encodeURIComponent(since)}&step=1m`);
+    if (!response.ok) continue;
+    const body = await response.json();
+    const points = [{ x: Date.parse(body.since), y: body.start_on_hand }];
+    for (const point of body.points) points.push({ x: Date.parse(point.at), y: point.on_hand });
+    historyDataset(location).data.push(...points);
+  }
+  // What changed while the history was read is in the table already: the chart ends there.
+  for (const entry of state.levels.values()) {
+    if (entry.level.sku === sku && history.byLocation.has(entry.level.location)) {
+      historyDataset(entry.level.location).data.push({ x: Date.now(), y: entry.level.on_hand });
+    }
+  }
+  chart.update("none");
+}
+
+const HISTORY_COLOURS = ["#2563eb", "#b91c1c", "#15803d", "#a16207", "#7c3aed", "#0e7490"];
+
+function historyDataset(location) {
+  const history = state.history;
+  let dataset = history.byLocation.get(location);
+  if (!dataset) {
+    const colour = HISTORY_COLOURS[history.byLocation.size % HISTORY_COLOURS.length];
+    dataset = { label: location, data: [], borderColor: colour, backgroundColor: colour, stepped: true, pointRadius: 0 };
+    history.byLocation.set(location, dataset);
+    history.chart.data.datasets.push(dataset);
+  }
+  return dataset;
+}
+
+function extendHistory(level) {
+  const history = state.history;
+  if (!history || !level || level.sku !== history.sku) return;
+  const dataset = historyDataset(level.location);
+  dataset.data.push({ x: Date.now(), y: level.on_hand });
+  const first = Date.now() - HOUR_MS;
+  while (dataset.data.length > 1 && dataset.data[0].x < first) dataset.data.shift();
+  Object.assign(history.chart.options.scales.x, { min: first, max: Date.now() + 60 * 1000 });
+  history.chart.update("none");
 }
 
 start();
