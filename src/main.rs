@@ -305,6 +305,7 @@ fn print_dev_banner(app: &App, data_dir: &std::path::Path, key: &str) {
     println!("  database   {}", c.database.url);
     println!("  ledger     consumer group {}", c.ledger.group_id);
     println!("  data dir   {}", data_dir.display());
+    println!("  dashboard  http://{}/dashboard   (paste the api key below once)", app.local_addr);
     println!("  api key    {key}");
     println!("             admin, kept in {}", data_dir.join(onhand::keys::DEV_KEY_FILE).display());
     println!(

@@ -36,13 +36,15 @@ async fn onhand_dev_takes_a_movement_and_shows_the_new_level() {
     // Keep draining stdout after the banner: a closed pipe would kill onhand.
     let (found, banner) = tokio::sync::oneshot::channel();
     std::thread::spawn(move || {
-        let (mut found, mut addr) = (Some(found), None);
+        let (mut found, mut addr, mut dashboard) = (Some(found), None, false);
         for line in stdout.lines().map_while(Result::ok) {
             if let Some(a) = line.trim().strip_prefix("http api   http://") {
                 addr = Some(a.to_string());
             }
+            // The dashboard's address, for a new user to open.
+            dashboard |= addr.as_ref().is_some_and(|a| line.contains(&format!("dashboard  http://{a}/dashboard")));
             if let Some(key) = line.trim().strip_prefix("api key    ") {
-                if let (Some(found), Some(addr)) = (found.take(), addr.clone()) {
+                if let (true, Some(found), Some(addr)) = (dashboard, found.take(), addr.clone()) {
                     let _ = found.send((addr, key.to_string()));
                 }
             }
@@ -50,7 +52,7 @@ async fn onhand_dev_takes_a_movement_and_shows_the_new_level() {
     });
     let (addr, key) = tokio::time::timeout(std::time::Duration::from_secs(60), banner)
         .await
-        .expect("onhand dev prints where its api listens and its api key")
+        .expect("onhand dev prints where its api and dashboard listen, and its api key")
         .unwrap();
     let addr = addr.parse().unwrap();
     let saved = std::fs::read_to_string(data_dir.path().join("dev-api-key")).unwrap();

@@ -197,7 +197,7 @@ pub enum Next {
 const EVENT_ID_LEN_MAX: usize = 64;
 /// How many seconds of flow the hub counts, and how many locations per second at most
 /// (the others count as `other`): a location's name comes from outside.
-const FLOW_SECONDS_MAX: usize = 600;
+const FLOW_SECONDS_MAX: usize = 3_600;
 const FLOW_LOCATIONS_MAX: usize = 100;
 
 /// The fan-out: cheap to clone.

@@ -332,7 +332,7 @@ pub(super) struct StatsQuery {
 #[utoipa::path(
     get, path = "/v1/stream/stats", operation_id = "streamStats", tag = "stream", security(("api_key" = ["stock:read"])),
     summary = "Level and alert changes per second that this instance's stream saw (the dashboard's chart)",
-    params(("window_s" = Option<usize>, Query, description = "1 to 600 seconds, default 120")),
+    params(("window_s" = Option<usize>, Query, description = "1 to 3600 seconds, default 120")),
     responses((status = 200, body = FlowStats), (status = 422, description = "`invalid_parameter`", body = ErrorBody))
 )]
 pub(super) async fn stats(
@@ -341,8 +341,8 @@ pub(super) async fn stats(
 ) -> Result<Json<FlowStats>, ApiError> {
     let Query(query) = query.map_err(|e| ApiError::InvalidParameter { name: "window_s", message: e.body_text() })?;
     let window_s = query.window_s.unwrap_or(120);
-    if !(1..=600).contains(&window_s) {
-        return Err(ApiError::InvalidParameter { name: "window_s", message: "must be 1 to 600".into() });
+    if !(1..=3_600).contains(&window_s) {
+        return Err(ApiError::InvalidParameter { name: "window_s", message: "must be 1 to 3600".into() });
     }
     Ok(Json(state.stream.flow_stats(window_s)))
 }

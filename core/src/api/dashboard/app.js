@@ -7,7 +7,9 @@
 const KEY_STORAGE = "onhand.dashboard.key";
 const LEVELS_MAX = 500;
 const ALERTS_MAX = 200;
-const FLOW_SECONDS = 120;
+const FLOW_SECONDS = 3600;
+/// The flow is drawn in steps of this many seconds, each the mean rate of its step.
+const FLOW_STEP_S = 30;
 const RECONNECT_MS_MAX = 15000;
 /// The window of the level-over-time chart and of the propagation figures.
 const HOUR_MS = 3600 * 1000;
@@ -406,7 +408,7 @@ function setupChart() {
       animation: false,
       maintainAspectRatio: false,
       interaction: { mode: "index", intersect: false },
-      scales: { y: { beginAtZero: true, ticks: { precision: 0 } }, x: { ticks: { maxTicksLimit: 8 } } },
+      scales: { y: { beginAtZero: true }, x: { ticks: { maxTicksLimit: 8 } } },
     },
   });
   setInterval(drawFlow, 1000);
@@ -418,11 +420,18 @@ function drawFlow() {
   const labels = [];
   const levels = [];
   const alerts = [];
-  for (let at = now - FLOW_SECONDS + 1; at <= now; at++) {
-    const second = state.flow.get(at) || { levels: 0, alerts: 0 };
-    labels.push(new Date(at * 1000).toLocaleTimeString());
-    levels.push(second.levels);
-    alerts.push(second.alerts);
+  const end = now - (now % FLOW_STEP_S) + FLOW_STEP_S; // the step now is in ends here
+  for (let step = end - FLOW_SECONDS; step < end; step += FLOW_STEP_S) {
+    let [stepLevels, stepAlerts] = [0, 0];
+    for (let at = step; at < step + FLOW_STEP_S; at++) {
+      const second = state.flow.get(at);
+      if (second) [stepLevels, stepAlerts] = [stepLevels + second.levels, stepAlerts + second.alerts];
+    }
+    // The current step is divided by the seconds it has had so far.
+    const seconds = Math.max(1, Math.min(FLOW_STEP_S, now - step + 1));
+    labels.push(new Date(step * 1000).toLocaleTimeString());
+    levels.push(+(stepLevels / seconds).toFixed(2));
+    alerts.push(+(stepAlerts / seconds).toFixed(2));
   }
   for (const at of state.flow.keys()) if (at <= now - FLOW_SECONDS) state.flow.delete(at);
   const chart = state.chart;
