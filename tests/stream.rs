@@ -8,7 +8,7 @@ use std::time::Duration;
 use chrono::Utc;
 use common::*;
 use futures::{SinkExt, StreamExt};
-use onhand_core::event::{alert::AlertState, LocationId, Sku, StockLevel};
+use onhand_core::event::{alert::AlertState, Sku, StockLevel};
 use serde_json::{json, Value};
 use tokio_tungstenite::tungstenite::{self, protocol::frame::coding::CloseCode};
 
@@ -78,21 +78,8 @@ async fn subscribe(app: &onhand::app::App, query: &str, last: Option<&str>) -> S
 }
 
 fn level(sku: &str, location: &str, on_hand: i64) -> StockLevel {
-    StockLevel {
-        sku: Sku::parse(sku).unwrap(),
-        location: LocationId::parse(location).unwrap(),
-        on_hand,
-        reserved: 0,
-        safety_stock: 0,
-        reorder_point: None,
-        version: on_hand,
-        last_movement_at: None,
-        last_event_id: None,
-        last_count_at: None,
-        last_recorded_at: None,
-        last_source: None,
-        updated_at: Utc::now(),
-    }
+    let base = onhand_core::testing::stock_level(location, on_hand, on_hand);
+    StockLevel { sku: Sku::parse(sku).unwrap(), updated_at: Utc::now(), ..base }
 }
 
 fn receipt(id: &str, sku: &str, quantity: i64) -> String {

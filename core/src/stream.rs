@@ -593,7 +593,7 @@ mod tests {
     use chrono::SubsecRound;
 
     use super::*;
-    use crate::event::{LocationId, Sku};
+    use crate::event::Sku;
 
     fn hub(replay: usize, buffer: usize, clients: usize) -> Hub {
         let config = StreamConfig { replay_events_max: replay, client_buffer_max: buffer, clients_max: clients };
@@ -601,21 +601,8 @@ mod tests {
     }
 
     fn level(sku: &str, location: &str, on_hand: i64) -> StockLevel {
-        StockLevel {
-            sku: Sku::parse(sku).unwrap(),
-            location: LocationId::parse(location).unwrap(),
-            on_hand,
-            reserved: 1,
-            safety_stock: 0,
-            reorder_point: None,
-            version: on_hand,
-            last_movement_at: None,
-            last_event_id: None,
-            last_count_at: None,
-            last_recorded_at: None,
-            last_source: None,
-            updated_at: Utc::now().trunc_subsecs(6),
-        }
+        let base = crate::testing::stock_level(location, on_hand, on_hand);
+        StockLevel { sku: Sku::parse(sku).unwrap(), reserved: 1, updated_at: Utc::now().trunc_subsecs(6), ..base }
     }
 
     async fn seqs(subscription: &mut Subscription, n: usize) -> Vec<u64> {

@@ -93,21 +93,8 @@ async fn read(mut response: reqwest::Response, start: Instant) -> anyhow::Result
 }
 
 fn level(sku: &Sku, location: &LocationId, on_hand: i64, version: i64) -> StockLevel {
-    StockLevel {
-        sku: sku.clone(),
-        location: location.clone(),
-        on_hand,
-        reserved: 0,
-        safety_stock: 0,
-        reorder_point: None,
-        version,
-        last_movement_at: None,
-        last_event_id: None,
-        last_count_at: None,
-        last_recorded_at: None,
-        last_source: None,
-        updated_at: Utc::now(),
-    }
+    let base = onhand_core::testing::stock_level(location.as_str(), on_hand, version);
+    StockLevel { sku: sku.clone(), updated_at: Utc::now(), ..base }
 }
 
 #[tokio::main]
