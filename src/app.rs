@@ -142,9 +142,12 @@ impl App {
         // the token, the tasks as the supervisor is dropped.
         let stop_on_failure = supervisor.shutdown().clone().drop_guard();
         let watched: Arc<dyn Ping> = db.clone();
-        supervisor.spawn(Task::new("database").critical(), move |component, stop| {
-            api::watch_database(Arc::clone(&watched), component, stop)
-        });
+        // A replica without the ledger answers reads from its cache, marked stale, while the
+        // database is down: it stays ready (degraded), so a load balancer keeps sending it
+        // reads instead of leaving the sales channels with no answer at all.
+        let database = Task::new("database");
+        let database = if config.ledger.enabled { database.critical() } else { database };
+        supervisor.spawn(database, move |component, stop| api::watch_database(Arc::clone(&watched), component, stop));
         let ledger = start_ledger(&config, &metrics, &health, supervisor.shutdown(), options.faults).await?;
         let engine = Engine::new(&config, &db, &producer, &metrics, &options.clock, mode);
         spawn_background(&mut supervisor, &config, &db, &metrics, &engine);
@@ -201,7 +204,7 @@ impl App {
         let addr = config.http.listen;
         let listener = TcpListener::bind(addr).await.map_err(|source| StartError::Bind { addr, source })?;
         let local_addr = listener.local_addr().map_err(|source| StartError::Bind { addr, source })?;
-        let router = api::finish(router);
+        let router = api::finish(router, metrics.clone());
         // Run once: its listener cannot be bound again, so any failure of the server is final.
         supervisor.spawn_once(Task::new("http").critical(), move |_, stop| async move {
             let served = api::serve(listener, router, stop.clone()).await;
@@ -441,7 +444,7 @@ pub(crate) fn spawn_connector(supervisor: &mut Supervisor, connector: Arc<dyn Co
 
 /// The HTTP server's end: at shutdown it is done; an error, or an end before shutdown,
 /// is a failure for good (nothing answers any more).
-fn server_outcome(served: std::io::Result<()>, stop: &CancellationToken) -> Result<(), Failure> {
+pub(crate) fn server_outcome(served: std::io::Result<()>, stop: &CancellationToken) -> Result<(), Failure> {
     let message = match served {
         Err(e) => format!("the http server stopped: {e}"),
         Ok(()) if !stop.is_cancelled() => "the http server stopped before shutdown".to_string(),

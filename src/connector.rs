@@ -4,12 +4,21 @@
 //! (created when missing), the database, a stock cache, its `[connectors.NAME]` section.
 
 use onhand_connectors::{registry, ConnectorContext, ConnectorError};
-use onhand_core::{config::Config, health::Health, supervisor::Supervisor, telemetry::Metrics};
+use std::net::SocketAddr;
+
+use onhand_core::{
+    api,
+    config::Config,
+    health::Health,
+    supervisor::{Supervisor, Task},
+    telemetry::Metrics,
+};
+use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tracing::info;
 
 use crate::{
-    app::{spawn_connector, StartError},
+    app::{server_outcome, spawn_connector, StartError},
     boot,
 };
 
@@ -27,10 +36,14 @@ pub fn only(mut config: Config, name: &str, overrides: serde_json::Map<String, s
 
 /// Runs connector `name` until `shutdown` fires or it stops on its own. Refuses to start,
 /// naming the cause, when the section, the database or the brokers are not right.
+///
+/// With `listen`, it also serves `/healthz`, `/readyz` and `/metrics` there (for a
+/// container's probes and Prometheus), and then runs until `shutdown`.
 pub async fn run(
     config: Config,
     name: &str,
     overrides: serde_json::Map<String, serde_json::Value>,
+    listen: Option<SocketAddr>,
     shutdown: CancellationToken,
 ) -> Result<(), StartError> {
     config.check()?;
@@ -43,7 +56,16 @@ pub async fn run(
     })?;
     let db = boot::db(&config, config.database.connections_max).await?;
     let producer = boot::kafka(&config).await?;
-    let mut supervisor = Supervisor::new(Health::new(metrics.clone()), shutdown.clone());
+    let health = Health::new(metrics.clone());
+    let mut supervisor = Supervisor::new(health.clone(), shutdown.clone());
+    if let Some(addr) = listen {
+        let listener = TcpListener::bind(addr).await.map_err(|source| StartError::Bind { addr, source })?;
+        let router = api::operations(health, metrics.clone());
+        supervisor.spawn_once(Task::new("http").critical(), move |_, stop| async move {
+            let served = api::serve(listener, router, stop.clone()).await;
+            server_outcome(served, &stop)
+        });
+    }
     let context = ConnectorContext::standalone(&config, db, producer, metrics, shutdown);
     info!(connector = connector.name(), "connector running on its own");
     // Supervised as inside `onhand serve`: a passing failure restarts it; one that needs a

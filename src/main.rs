@@ -15,8 +15,18 @@ use tracing_subscriber::EnvFilter;
 #[derive(Debug, Parser)]
 #[command(name = "onhand", version, about = "Real-time, multi-channel inventory")]
 struct Cli {
+    /// How log lines are written to stderr: `text` for a person, `json` (one object a line,
+    /// with the fields of the request or task each line belongs to) for a log pipeline.
+    #[arg(long, global = true, value_enum, env = "ONHAND_LOG_FORMAT", default_value_t = LogFormat::Text)]
+    log_format: LogFormat,
     #[command(subcommand)]
     command: Command,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum LogFormat {
+    Text,
+    Json,
 }
 
 #[derive(Debug, Subcommand)]
@@ -86,6 +96,8 @@ enum ConnectorCommand {
         /// The directory the WMS drops files into; replaces [connectors.wms] inbox.
         #[arg(long)]
         inbox: Option<PathBuf>,
+        #[command(flatten)]
+        listen: Listen,
         /// A TOML file (see deploy/onhand.toml); ONHAND_SECTION__FIELD and DATABASE_URL override it.
         #[arg(long, env = "ONHAND_CONFIG")]
         config: Option<PathBuf>,
@@ -95,7 +107,18 @@ enum ConnectorCommand {
         /// A TOML file with [connectors.erp] (see deploy/onhand.toml); the environment overrides it.
         #[arg(long, env = "ONHAND_CONFIG")]
         config: Option<PathBuf>,
+        #[command(flatten)]
+        listen: Listen,
     },
+}
+
+/// Where a connector running on its own serves `/healthz`, `/readyz` and `/metrics`.
+#[derive(Debug, clap::Args)]
+struct Listen {
+    /// Serve /healthz, /readyz and /metrics on this address (e.g. 0.0.0.0:9090), for
+    /// probes and Prometheus; none by default.
+    #[arg(long = "listen", env = "ONHAND_CONNECTOR_LISTEN")]
+    addr: Option<SocketAddr>,
 }
 
 #[derive(Debug, Subcommand)]
@@ -148,11 +171,17 @@ enum KeysCommand {
 
 #[tokio::main]
 async fn main() -> ExitCode {
-    tracing_subscriber::fmt()
+    let cli = Cli::parse();
+    let logs = tracing_subscriber::fmt()
         .with_env_filter(EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")))
-        .with_writer(std::io::stderr)
-        .init();
-    let command = Cli::parse().command;
+        .with_writer(std::io::stderr);
+    match cli.log_format {
+        LogFormat::Text => logs.init(),
+        // Each line: timestamp, level, target, the event's fields at the top level, and
+        // `spans`, the fields of every span it is in (a request's `request_id`, ...).
+        LogFormat::Json => logs.json().flatten_event(true).with_current_span(false).with_span_list(true).init(),
+    }
+    let command = cli.command;
     // The operator's commands end with a code scripts act on (`ops::Exit`), 2 for an error.
     let error = if matches!(command, Command::Operation(_)) { ops::EXIT_ERROR } else { 1 };
     match run(command).await {
@@ -174,15 +203,16 @@ async fn run(command: Command) -> anyhow::Result<Exit> {
             return Ok(Exit::Ok);
         }
         Command::Keys { command } => return keys(command).await.map(|()| Exit::Ok),
-        Command::Connector { connector: ConnectorCommand::Wms { inbox, config } } => {
+        Command::Connector { connector: ConnectorCommand::Wms { inbox, config, listen } } => {
             let mut overrides = serde_json::Map::new();
             if let Some(inbox) = inbox {
                 overrides.insert("inbox".into(), serde_json::json!(inbox));
             }
-            return connector(Config::load(config.as_deref())?, "wms", overrides).await.map(|()| Exit::Ok);
+            return connector(Config::load(config.as_deref())?, "wms", overrides, listen.addr).await.map(|()| Exit::Ok);
         }
-        Command::Connector { connector: ConnectorCommand::Erp { config } } => {
-            return connector(Config::load(config.as_deref())?, "erp", serde_json::Map::new()).await.map(|()| Exit::Ok);
+        Command::Connector { connector: ConnectorCommand::Erp { config, listen } } => {
+            let config = Config::load(config.as_deref())?;
+            return connector(config, "erp", serde_json::Map::new(), listen.addr).await.map(|()| Exit::Ok);
         }
         Command::StoreAgent { store, central, key_file, listen, data_dir, local_tokens, no_local_auth } => {
             let store =
@@ -254,6 +284,7 @@ async fn connector(
     config: Config,
     name: &str,
     overrides: serde_json::Map<String, serde_json::Value>,
+    listen: Option<SocketAddr>,
 ) -> anyhow::Result<()> {
     let shutdown = CancellationToken::new();
     let stop = shutdown.clone();
@@ -261,7 +292,7 @@ async fn connector(
         shutdown_signal().await;
         stop.cancel();
     });
-    onhand::connector::run(config, name, overrides, shutdown).await?;
+    onhand::connector::run(config, name, overrides, listen, shutdown).await?;
     Ok(())
 }
 

@@ -162,3 +162,52 @@ async fn offsets_past_a_topics_end_are_found_and_moved_back() {
     on_hand_is(&app, "7891000100103", "store-1", 6).await;
     app.stop().await.unwrap();
 }
+
+/// onhand creates its topics with the configured retention and `min.insync.replicas`, and
+/// the doctor warns when a topic holds fewer replicas, or fewer in sync, than the
+/// configuration asks for.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn topics_are_created_with_the_configured_settings_and_checked_against_them() {
+    use rdkafka::admin::{AdminClient, AdminOptions, ResourceSpecifier};
+    onhand_core::skip_without_servers!();
+    let mut config = test_config(1).await;
+    config.kafka.retention_ms.movements = 2 * 86_400_000;
+    config.kafka.retention_ms.dlq = 3 * 86_400_000;
+    onhand_core::kafka::ensure_topics(&config.kafka).await.unwrap();
+
+    let admin: AdminClient<_> = onhand_core::kafka::client_config(&config.kafka).create().unwrap();
+    let topics = &config.kafka.topics;
+    let resources: Vec<_> = [&topics.movements, &topics.dlq, &topics.stock].map(|t| ResourceSpecifier::Topic(t)).into();
+    let described = admin.describe_configs(&resources, &AdminOptions::new()).await.unwrap();
+    let settings: Vec<_> = described
+        .iter()
+        .map(|resource| {
+            let resource = resource.as_ref().unwrap();
+            let value = |key| resource.get(key).and_then(|e| e.value.clone());
+            (value("retention.ms"), value("min.insync.replicas"), value("cleanup.policy"))
+        })
+        .collect();
+    let some = |s: &str| Some(s.to_string());
+    assert_eq!((&settings[0].0, &settings[0].1), (&some("172800000"), &some("1")));
+    assert_eq!((&settings[1].0, &settings[1].1), (&some("259200000"), &some("1")));
+    assert_eq!(settings[2].2, some("compact"));
+
+    // Asked of a cluster of three with two in sync, this one-broker topic falls short.
+    let dir = tempfile::tempdir().unwrap();
+    let file = config_file(&config, dir.path());
+    let text = std::fs::read_to_string(&file).unwrap().replacen(
+        "[kafka]\n",
+        "[kafka]\nreplication_factor = 3\nmin_insync_replicas = 2\n",
+        1,
+    );
+    std::fs::write(&file, text).unwrap();
+    let report = doctor(vec!["--config".into(), file.display().to_string()]).await.json();
+    let movements = &topics.movements;
+    let short = checks(&report, "warn", &format!("topic {movements} has 1 replica(s) per partition"));
+    assert_eq!(short.len(), 1, "{report:#}");
+    let insync = checks(&report, "warn", &format!("topic {movements} has min.insync.replicas=1"));
+    assert_eq!(insync.len(), 1, "{report:#}");
+    assert!(insync[0]["fix"].as_str().unwrap().contains("min.insync.replicas=2"), "{report:#}");
+    let retention = checks(&report, "warn", &format!("topic {movements} keeps records 2.0 days"));
+    assert_eq!(retention.len(), 1, "{report:#}");
+}

@@ -154,8 +154,13 @@ async fn with_the_database_down_reads_are_stale_then_fresh_again() {
     config.database.url = config.database.url.replace(&upstream.to_string(), &proxy.addr.to_string());
     let app = serve(&config).await;
     let addr = app.local_addr;
+    // A replica without the ledger, as an API role runs.
+    let mut replica_config = config.clone();
+    replica_config.ledger.enabled = false;
+    let replica = serve(&replica_config).await;
     post(addr, json!([receipt("d-1", "SKU-D", "s1", 9)])).await;
     stock_once(addr, "SKU-D", 9).await;
+    stock_once(replica.local_addr, "SKU-D", 9).await;
 
     proxy.cut();
     let stale = eventually("a stale answer", 30, || async {
@@ -164,6 +169,23 @@ async fn with_the_database_down_reads_are_stale_then_fresh_again() {
     })
     .await;
     assert_eq!(stale["on_hand"], 9, "the last known level: {stale}");
+    // The ledger's process is not ready without its database; the API replica is, degraded,
+    // so that a load balancer keeps sending it the reads it answers stale.
+    let ready = |addr| async move { http_get(addr, "/readyz").await };
+    let (status, body) = eventually("the ledger's process unready", 30, || async {
+        let answer = ready(addr).await;
+        (answer.0 == 503).then_some(answer)
+    })
+    .await;
+    assert_eq!((status, &body["components"]["database"]["critical"]), (503, &json!(true)), "{body}");
+    let (status, body) = eventually("the replica degraded", 30, || async {
+        let answer = ready(replica.local_addr).await;
+        (answer.1["status"] == "degraded").then_some(answer)
+    })
+    .await;
+    assert_eq!((status, &body["components"]["database"]["critical"]), (200, &json!(false)), "{body}");
+    let (status, body) = http_get(replica.local_addr, "/v1/stock/SKU-D").await;
+    assert_eq!((status, &body["stale"], &body["on_hand"]), (200, &json!(true), &json!(9)), "{body}");
     let (status, never_seen) = http_get(addr, "/v1/stock/SKU-NEVER").await;
     assert_eq!((status, never_seen["error"]["code"].as_str()), (503, Some("stock_unavailable")));
 
@@ -174,5 +196,6 @@ async fn with_the_database_down_reads_are_stale_then_fresh_again() {
     })
     .await;
     assert_eq!(fresh["on_hand"], 9);
+    replica.stop().await.unwrap();
     app.stop().await.unwrap();
 }

@@ -289,9 +289,11 @@ async fn onhand_connector_wms_runs_the_connector_on_its_own() {
     onhand_core::skip_without_servers!();
     let inbox = tempfile::tempdir().unwrap();
     let config = test_config(3).await;
+    let listen = common::process::free_addr();
     let child = Command::new(env!("CARGO_BIN_EXE_onhand"))
         .args(["connector", "wms", "--inbox"])
         .arg(inbox.path())
+        .args(["--listen", &listen.to_string()])
         .env("DATABASE_URL", &config.database.url)
         .env("ONHAND_KAFKA__BROKERS", &config.kafka.brokers)
         .env("ONHAND_KAFKA__PARTITIONS", "3")
@@ -316,4 +318,15 @@ async fn onhand_connector_wms_runs_the_connector_on_its_own() {
     ids.sort();
     let sha256 = hex::encode(sha2::Sha256::digest(MOVEMENTS));
     assert_eq!(ids, (2..=5).map(|line| format!("wms:{sha256}:{line}")).collect::<Vec<_>>());
+
+    // Its probes and Prometheus read it at --listen.
+    let (status, ready) = eventually("the connector ready", 30, || async {
+        let answer = http_get(listen, "/readyz").await;
+        (answer.0 == 200).then_some(answer)
+    })
+    .await;
+    assert_eq!((status, &ready["components"]["connector:wms"]["state"]), (200, &json!("running")), "{ready}");
+    assert_eq!(http_get(listen, "/healthz").await.0, 200);
+    let metrics = reqwest::get(format!("http://{listen}/metrics")).await.unwrap().text().await.unwrap();
+    assert!(metrics.contains("onhand_wms_lines_total 4"), "{metrics}");
 }

@@ -81,6 +81,12 @@ pub struct KafkaConfig {
     pub partitions: i32,
     /// Replication factor of the topics onhand creates; 3 on a production cluster.
     pub replication_factor: i32,
+    /// `min.insync.replicas` of the topics onhand creates: with `acks=all`, how many
+    /// replicas hold a record before it counts as written. 2 with a replication factor of
+    /// 3: an accepted movement survives the loss of a broker, and writes go on through it.
+    pub min_insync_replicas: i32,
+    /// How long the topics onhand creates keep their records (`retention.ms`).
+    pub retention_ms: Retention,
     /// How long a produce may wait for the brokers' acknowledgement.
     pub produce_timeout_ms: u64,
     /// Extra librdkafka properties for every client (TLS, SASL, ...).
@@ -99,10 +105,35 @@ impl Default for KafkaConfig {
             topics: Topics::default(),
             partitions: 12,
             replication_factor: 1,
+            min_insync_replicas: 1,
+            retention_ms: Retention::default(),
             produce_timeout_ms: 10_000,
             client: BTreeMap::new(),
             dead_letter_journal: None,
         }
+    }
+}
+
+/// How long each topic keeps its records, in milliseconds (`retention.ms`; -1 keeps them
+/// forever). The stock topic is compacted instead: its newest level of each key is kept.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Retention {
+    /// At least as long as the longest outage to replay after (`onhand replay`) and the
+    /// longest the ledger may be down: a movement that expires unread is lost to it.
+    pub movements: i64,
+    /// As long as an operator may take to redrive a dead letter (`onhand dlq`).
+    pub dlq: i64,
+    /// Alerts' changes: their readers follow the topic's end; the database keeps alerts.
+    pub alerts: i64,
+}
+
+const HOUR_MS: i64 = 3_600_000;
+const DAY_MS: i64 = 24 * HOUR_MS;
+
+impl Default for Retention {
+    fn default() -> Self {
+        Self { movements: 14 * DAY_MS, dlq: 30 * DAY_MS, alerts: 7 * DAY_MS }
     }
 }
 
@@ -430,6 +461,16 @@ impl Config {
         }
         if self.kafka.partitions < 1 {
             return invalid("kafka.partitions must be 1 or more");
+        }
+        let k = &self.kafka;
+        if k.replication_factor < 1 || !(1..=k.replication_factor).contains(&k.min_insync_replicas) {
+            return invalid("kafka.replication_factor must be 1 or more, and kafka.min_insync_replicas 1 to it");
+        }
+        let r = &k.retention_ms;
+        if [r.movements, r.dlq, r.alerts].iter().any(|&ms| ms != -1 && ms < HOUR_MS) {
+            return invalid(
+                "kafka.retention_ms: each topic keeps its records an hour (3600000) or more, or -1 (forever)",
+            );
         }
         if self.ledger.batch_size_max == 0 || self.ledger.batch_size_max > 50_000 {
             return invalid("ledger.batch_size_max must be 1 to 50000");

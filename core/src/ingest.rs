@@ -19,7 +19,13 @@ use futures::future::join_all;
 use rdkafka::producer::FutureRecord;
 use tracing::warn;
 
-use crate::{db::Outbox, event::Movement, kafka::Producer, relay::Relay};
+use crate::{
+    db::Outbox,
+    event::Movement,
+    kafka::{self, Producer},
+    relay::Relay,
+    telemetry,
+};
 
 /// Where an accepted movement is safe before its answer.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -90,13 +96,16 @@ impl Ingest {
             IngestError::Database
         })?;
         let relay = self.relay.clone();
-        tokio::spawn(async move { relay.send_outbox(&records).await });
+        tokio::spawn(telemetry::with_request_id(async move { relay.send_outbox(&records).await }));
         Ok(())
     }
 
     async fn produce(&self, m: &Movement) -> Result<(), IngestError> {
         let payload = m.to_json();
-        let record = FutureRecord::to(&self.movements_topic).key(m.kafka_key()).payload(&payload);
+        let mut record = FutureRecord::to(&self.movements_topic).key(m.kafka_key()).payload(&payload);
+        if let Some(headers) = kafka::request_headers() {
+            record = record.headers(headers);
+        }
         self.producer.send(record, self.produce_timeout).await.map(|_| ()).map_err(|(e, _)| {
             warn!(error = %e, event_id = %m.event_id, "movement not acknowledged by kafka");
             IngestError::Kafka

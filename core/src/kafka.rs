@@ -425,16 +425,33 @@ pub fn unread((low, high): (i64, i64), next: Option<i64>) -> i64 {
     high.saturating_sub(next.unwrap_or(low).max(low)).max(0)
 }
 
-/// Creates the movement, stock, dead-letter and alert topics when they are missing. The stock
-/// topic is compacted: only the newest level of each `sku@location` matters.
+/// The headers of a movement produced while an HTTP request is served: the request's id,
+/// which the ledger logs beside the movement's.
+pub fn request_headers() -> Option<OwnedHeaders> {
+    let id = crate::telemetry::request_id()?;
+    Some(
+        OwnedHeaders::new()
+            .insert(Header { key: crate::telemetry::REQUEST_ID_KAFKA_HEADER, value: Some(id.as_bytes()) }),
+    )
+}
+
+/// Creates the movement, stock, dead-letter and alert topics when they are missing, with
+/// the configured replication, `min.insync.replicas` and retention. The stock topic is
+/// compacted: only the newest level of each `sku@location` matters. A topic that exists is
+/// left as it is (`onhand doctor` says when its settings fall short).
 pub async fn ensure_topics(config: &KafkaConfig) -> Result<(), KafkaSetupError> {
     let admin: AdminClient<DefaultClientContext> = client_config(config).create()?;
-    let new_topic = |name| NewTopic::new(name, config.partitions, TopicReplication::Fixed(config.replication_factor));
+    let (insync, retention) = (config.min_insync_replicas.to_string(), &config.retention_ms);
+    let [movements, dlq, alerts] = [retention.movements, retention.dlq, retention.alerts].map(|ms| ms.to_string());
+    let new_topic = |name| {
+        NewTopic::new(name, config.partitions, TopicReplication::Fixed(config.replication_factor))
+            .set("min.insync.replicas", &insync)
+    };
     let topics = [
-        new_topic(&config.topics.movements),
+        new_topic(&config.topics.movements).set("retention.ms", &movements),
         new_topic(&config.topics.stock).set("cleanup.policy", "compact"),
-        new_topic(&config.topics.dlq),
-        new_topic(&config.topics.alerts),
+        new_topic(&config.topics.dlq).set("retention.ms", &dlq),
+        new_topic(&config.topics.alerts).set("retention.ms", &alerts),
     ];
     let options = AdminOptions::new().operation_timeout(Some(Duration::from_secs(10)));
     for result in admin.create_topics(&topics, &options).await? {

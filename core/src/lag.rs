@@ -85,6 +85,7 @@ impl LagWatch {
                 Ok(anomalies) => {
                     self.metrics.ledger_negative_levels.set(anomalies.negative);
                     self.metrics.ledger_overreserved_levels.set(anomalies.overreserved);
+                    self.metrics.reservations_held_units.set(anomalies.reserved);
                 }
                 Err(e) => warn!(error = %e, "the levels that need a look cannot be counted now"),
             }

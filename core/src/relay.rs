@@ -29,7 +29,7 @@ use crate::{
     config::Topics,
     db::{Outbox, OutboxRecord},
     event::StockLevel,
-    kafka::Producer,
+    kafka::{self, Producer},
     publish,
 };
 
@@ -93,7 +93,10 @@ impl Relay {
     /// [`Forget`]). Answers whether every record was sent.
     pub async fn send_outbox(&self, records: &[OutboxRecord]) -> bool {
         let sends = records.iter().map(|r| async move {
-            let record = FutureRecord::to(&self.topics.movements).key(&r.key).payload(&r.payload);
+            let mut record = FutureRecord::to(&self.topics.movements).key(&r.key).payload(&r.payload);
+            if let Some(headers) = kafka::request_headers() {
+                record = record.headers(headers);
+            }
             match self.producer.send(record, self.produce_timeout).await {
                 Ok(_) => Some(r.id),
                 Err((e, _)) => {

@@ -14,6 +14,32 @@ use prometheus::{
 
 use crate::event::SourceSystem;
 
+tokio::task_local! {
+    /// The id of the HTTP request being served (`api::observe`), for what it produces.
+    pub static REQUEST_ID: Arc<str>;
+}
+
+/// The Kafka header in which a movement produced while a request was served carries the
+/// request's id to the ledger's log lines.
+pub const REQUEST_ID_KAFKA_HEADER: &str = "onhand-request-id";
+
+/// The id of the request being served, if this task serves one.
+pub fn request_id() -> Option<Arc<str>> {
+    REQUEST_ID.try_with(Arc::clone).ok()
+}
+
+/// `work`, carrying the id of the request being served (if any) into the task that
+/// spawns it.
+pub fn with_request_id<F: std::future::Future>(work: F) -> impl std::future::Future<Output = F::Output> {
+    let id = request_id();
+    async move {
+        match id {
+            Some(id) => REQUEST_ID.scope(id, work).await,
+            None => work.await,
+        }
+    }
+}
+
 /// Every metric, behind one `Arc`: a clone is one reference count, as cheap as handing
 /// the metrics to every request and task needs it to be.
 #[derive(Debug, Clone)]
@@ -76,6 +102,10 @@ pub struct Registered {
     pub stream_events_published_total: IntCounterVec,
     pub stream_events_sent_total: IntCounterVec,
     pub stream_slow_consumers_total: IntCounter,
+    pub http_requests_total: IntCounterVec,
+    pub http_request_duration_seconds: HistogramVec,
+    pub reservations_held_units: IntGauge,
+    pub build_info: IntGaugeVec,
 }
 
 impl Metrics {
@@ -150,6 +180,23 @@ impl Metrics {
         )
         .expect("a valid metric");
         registry.register(Box::new(propagation.clone())).expect("a metric registered once");
+
+        // The route is its template (`/v1/stock/{sku}`), so the labels stay a small set.
+        let http_duration = HistogramVec::new(
+            HistogramOpts::new(
+                "onhand_http_request_duration_seconds",
+                "Time to answer an HTTP request, by route and method.",
+            )
+            .buckets(exponential_buckets(0.000_5, 2.0, 16).expect("valid buckets")),
+            &["route", "method"],
+        )
+        .expect("a valid metric");
+        registry.register(Box::new(http_duration.clone())).expect("a metric registered once");
+        let build_info =
+            IntGaugeVec::new(Opts::new("onhand_build_info", "1, labelled with the running version."), &["version"])
+                .expect("a valid metric");
+        registry.register(Box::new(build_info.clone())).expect("a metric registered once");
+        build_info.with_label_values(&[env!("CARGO_PKG_VERSION")]).set(1);
 
         let gauge_vec = |name: &str, help: &str| {
             let g = IntGaugeVec::new(Opts::new(name, help), &["source"]).expect("a valid metric");
@@ -378,6 +425,17 @@ impl Metrics {
                 "Live stream clients disconnected because they fell more than stream.client_buffer_max events \
                  behind.",
             ),
+            http_requests_total: counter_vec(
+                "onhand_http_requests_total",
+                "HTTP requests answered, by route, method and status code.",
+                &["route", "method", "status"],
+            ),
+            http_request_duration_seconds: http_duration,
+            reservations_held_units: gauge(
+                "onhand_reservations_held_units",
+                "Units reserved by checkouts over every level, counted from the database every 5 s.",
+            ),
+            build_info,
             registry,
         }))
     }

@@ -29,6 +29,7 @@
 //! - `products`: the product catalog.
 //! - `reservations`: holding units for checkouts, committing and cancelling them.
 //! - `alerts`: alerts, their acknowledgement, and webhook subscriptions to them.
+//! - `observe`: each request's id, span and metrics.
 //! - `params`: query parameters, read strictly.
 //! - `stream`: the live stream (SSE, WebSocket) and its flow.
 //! - `dashboard`: the dashboard's page and assets, embedded in the binary.
@@ -40,6 +41,7 @@ mod error;
 mod extract;
 mod history;
 mod movements;
+mod observe;
 mod params;
 mod products;
 mod reservations;
@@ -62,7 +64,6 @@ use serde::Serialize;
 use serde_json::json;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
-use tower_http::trace::TraceLayer;
 use utoipa::OpenApi as _;
 use utoipa_axum::{router::OpenApiRouter, routes};
 
@@ -73,7 +74,7 @@ pub use self::{
     extract::idempotency_key,
     state::{ApiContext, ApiState},
 };
-use crate::{auth::Scope, db::Ping, freshness::SourceReport, health::Readiness};
+use crate::{auth::Scope, db::Ping, freshness::SourceReport, health::Readiness, telemetry::Metrics};
 
 /// The routes of the API and the connectors' routes, which [`finish`] then wraps. Each
 /// group of routes needs one scope, checked by its `route_layer`; a connector's routes
@@ -210,13 +211,13 @@ impl utoipa::Modify for BearerKeys {
 
 /// Wraps every route with the common layers. Layers apply to the routes present when they
 /// are added, so this comes after every `merge`.
-pub fn finish(router: Router) -> Router {
+pub fn finish(router: Router, metrics: Metrics) -> Router {
     router
         .fallback(not_found)
         // The movements route reads its body itself, up to its own limit; every other
         // route takes a small body at most (`extract::SmallBody`).
         .layer(DefaultBodyLimit::max(SMALL_BODY_BYTES_MAX))
-        .layer(TraceLayer::new_for_http())
+        .layer(middleware::from_fn_with_state(metrics, observe::observe))
 }
 
 /// Serves until `shutdown` fires, then finishes the requests in flight.
@@ -240,7 +241,11 @@ async fn healthz() -> impl IntoResponse {
     responses((status = 200, description = "ready: `status` is `ok`, or `degraded` when an optional component is not running", body = ReadyAnswer),
               (status = 503, description = "a critical component does not run, or one failed for good", body = ReadyAnswer)))]
 async fn readyz(State(state): State<ApiState>) -> impl IntoResponse {
-    let Readiness { ready, degraded, components } = state.health.readiness();
+    ready_answer(&state.health)
+}
+
+fn ready_answer(health: &crate::health::Health) -> (StatusCode, Json<ReadyAnswer>) {
+    let Readiness { ready, degraded, components } = health.readiness();
     let (status, text) = match (ready, degraded) {
         (false, _) => (StatusCode::SERVICE_UNAVAILABLE, "unavailable"),
         (true, true) => (StatusCode::OK, "degraded"),
@@ -289,7 +294,20 @@ pub async fn watch_database(db: Arc<dyn Ping>, component: crate::health::Compone
 #[utoipa::path(get, path = "/metrics", operation_id = "metrics", tag = "operations", summary = "Prometheus metrics",
     responses((status = 200, description = "the text exposition format", content_type = "text/plain")))]
 async fn metrics(State(state): State<ApiState>) -> impl IntoResponse {
-    ([(CONTENT_TYPE, "text/plain; version=0.0.4")], state.metrics.render())
+    exposition(&state.metrics)
+}
+
+fn exposition(metrics: &Metrics) -> impl IntoResponse {
+    ([(CONTENT_TYPE, "text/plain; version=0.0.4")], metrics.render())
+}
+
+/// The operational routes alone, `/healthz`, `/readyz` and `/metrics`, for a process that
+/// serves no API (`onhand connector NAME --listen`): what its probes and Prometheus read.
+pub fn operations(health: crate::health::Health, metrics: Metrics) -> Router {
+    Router::new()
+        .route("/healthz", get(healthz))
+        .route("/readyz", get(move || async move { ready_answer(&health) }))
+        .route("/metrics", get(move || async move { exposition(&metrics) }))
 }
 
 #[derive(Debug, Serialize, utoipa::ToSchema)]

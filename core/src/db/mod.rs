@@ -377,11 +377,13 @@ pub trait Signals: Send + Sync + std::fmt::Debug {
     async fn record_error(&self, source: &str, error: &str, at: DateTime<Utc>) -> Result<(), DbError>;
     /// What was heard from every source, by name.
     async fn source_signals(&self) -> Result<Vec<SourceSignals>, DbError>;
-    /// How many levels are below zero, and how many hold more reserved units than on hand.
+    /// How many levels are below zero, how many hold more reserved units than on hand,
+    /// and the units reserved over all.
     async fn level_anomalies(&self) -> Result<LevelAnomalies, DbError>;
 }
 
-/// Levels that are not wrong by the rules but deserve a person's look.
+/// Levels that are not wrong by the rules but deserve a person's look, and the units
+/// checkouts hold.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct LevelAnomalies {
     /// Levels with on_hand below zero: sales recorded before the stock that covered them.
@@ -389,6 +391,8 @@ pub struct LevelAnomalies {
     /// Levels whose reserved units are more than their on_hand: a count or a loss took
     /// units that checkouts hold.
     pub overreserved: i64,
+    /// The units reserved over every level.
+    pub reserved: i64,
 }
 
 /// Whether the database answers, for `/readyz`.

@@ -57,10 +57,15 @@ impl<D: Dialect> Signals for SqlDb<D> {
         // Each condition is the predicate of its partial index, written alike.
         let row = query::<D>(
             "SELECT (SELECT COUNT(*) FROM stock_levels WHERE on_hand < 0) AS negative,
-                    (SELECT COUNT(*) FROM stock_levels WHERE reserved > 0 AND reserved > on_hand) AS overreserved",
+                    (SELECT COUNT(*) FROM stock_levels WHERE reserved > 0 AND reserved > on_hand) AS overreserved,
+                    (SELECT CAST(COALESCE(SUM(reserved), 0) AS BIGINT) FROM stock_levels WHERE reserved > 0) AS reserved",
         )
         .fetch_one(self.conn().await?)
         .await?;
-        Ok(LevelAnomalies { negative: row.cell("negative")?, overreserved: row.cell("overreserved")? })
+        Ok(LevelAnomalies {
+            negative: row.cell("negative")?,
+            overreserved: row.cell("overreserved")?,
+            reserved: row.cell("reserved")?,
+        })
     }
 }

@@ -35,7 +35,7 @@ use futures::future::join_all;
 use rdkafka::{
     consumer::{BaseConsumer, CommitMode, Consumer},
     error::KafkaError,
-    message::BorrowedMessage,
+    message::{BorrowedMessage, Headers as _},
     producer::Producer as _,
     Message, Offset, TopicPartitionList,
 };
@@ -54,7 +54,7 @@ use crate::{
     health::{Component, State},
     kafka,
     publish::{self, Acknowledged},
-    telemetry::Metrics,
+    telemetry::{self, Metrics},
 };
 
 #[derive(Debug, thiserror::Error)]
@@ -155,8 +155,18 @@ pub async fn spawn(
 }
 
 /// Reads one record of the movements topic into a movement, or the reason it is refused.
+/// Each record's ids are logged at debug level: its event and correlation ids, and the id
+/// of the HTTP request that produced it (its `onhand-request-id` header), which join the
+/// API's log lines to the ledger's.
 fn read(message: &BorrowedMessage<'_>) -> Result<Envelope, Rejected> {
     let (partition, offset) = (message.partition(), message.offset());
+    let request_id = message.headers().and_then(|headers| {
+        headers
+            .iter()
+            .find(|h| h.key == telemetry::REQUEST_ID_KAFKA_HEADER)
+            .and_then(|h| h.value)
+            .map(String::from_utf8_lossy)
+    });
     let movement = match message.payload() {
         Some(bytes) => Movement::from_json(bytes).map_err(|reason| (reason, bytes.to_vec())),
         None => Err((
@@ -164,6 +174,25 @@ fn read(message: &BorrowedMessage<'_>) -> Result<Envelope, Rejected> {
             Vec::new(),
         )),
     };
+    match &movement {
+        Ok(m) => debug!(
+            partition,
+            offset,
+            event_id = %m.event_id,
+            correlation_id = m.correlation_id.as_deref(),
+            request_id = request_id.as_deref(),
+            "movement read"
+        ),
+        Err((reason, _)) => {
+            debug!(
+                partition,
+                offset,
+                code = reason.code.as_str(),
+                request_id = request_id.as_deref(),
+                "record unreadable"
+            )
+        }
+    }
     movement.map(|movement| Envelope { movement, partition, offset }).map_err(|(reason, payload)| {
         Rejected::unreadable(partition, offset, message.key().map(<[u8]>::to_vec), payload, reason)
     })

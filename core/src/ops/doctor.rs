@@ -248,6 +248,15 @@ async fn topics(config: &Config, metadata: &Metadata, report: &mut Report) {
                     report.ok("kafka", format!("topic {name}: {} partitions", topic.partitions().len()));
                     present.push(name.clone());
                 }
+                let replicas = topic.partitions().iter().map(|p| p.replicas().len()).min().unwrap_or(0);
+                let wanted = usize::try_from(config.kafka.replication_factor).unwrap_or(0);
+                if replicas < wanted {
+                    report.warn(
+                        "kafka",
+                        format!("topic {name} has {replicas} replica(s) per partition, kafka.replication_factor asks {wanted}"),
+                        "reassign its partitions to more brokers (kafka-reassign-partitions.sh); docs/operations.md, \"Topics\"",
+                    );
+                }
             }
         }
     }
@@ -276,6 +285,20 @@ async fn topics(config: &Config, metadata: &Metadata, report: &mut Report) {
             continue;
         };
         let setting = |key: &str| resource.get(key).and_then(|entry| entry.value.clone());
+        let insync: Option<i32> = setting("min.insync.replicas").and_then(|v| v.parse().ok());
+        if let Some(n) = insync.filter(|&n| n < config.kafka.min_insync_replicas) {
+            report.warn(
+                "kafka",
+                format!(
+                    "topic {name} has min.insync.replicas={n}, kafka.min_insync_replicas asks {}: an accepted write may live on fewer brokers",
+                    config.kafka.min_insync_replicas
+                ),
+                format!(
+                    "kafka-configs.sh --alter --entity-type topics --entity-name {name} --add-config min.insync.replicas={}",
+                    config.kafka.min_insync_replicas
+                ),
+            );
+        }
         if name == &names.stock {
             let policy = setting("cleanup.policy").unwrap_or_default();
             if policy.split(',').any(|p| p.trim() == "compact") {

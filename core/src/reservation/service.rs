@@ -16,7 +16,7 @@ use crate::{
     db::{Closed, Closing, DbError, NewReservation, OutboxRecord, ReservationRecords, Reserved},
     event::{StockLevel, QUANTITY_MAX},
     relay::Relay,
-    telemetry::Metrics,
+    telemetry::{self, Metrics},
 };
 
 /// How many times a transaction that failed on a passing error (a deadlock detected by
@@ -184,12 +184,12 @@ impl Reservations {
             return;
         }
         let relay = self.relay.clone();
-        tokio::spawn(async move {
+        tokio::spawn(telemetry::with_request_id(async move {
             relay.publish_levels(&levels).await;
             if !outbox.is_empty() {
                 relay.send_outbox(&outbox).await;
             }
-        });
+        }));
     }
 
     /// Checks what the database cannot: the channel, the bounds, and that each given location
