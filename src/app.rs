@@ -10,13 +10,14 @@ use onhand_core::{
     api::{self, ApiContext},
     cache::{self, StockCache},
     clock::Clock,
-    config::Config,
+    config::{Config, ConfigError},
     db::{Db, DbError, Ping, Signals, Sources},
     health::{Component, Failure, Health, State},
     ingest::{Durability, Ingest},
     kafka::{self, EmbeddedKafka},
     lease::Leaser,
     ledger::{self, FaultInjection, LedgerError, LedgerHandle, LedgerParts},
+    order::worker::{EventRelay, OrderWorker},
     relay::{Forget, Relay},
     reservation::service::Reservations,
     stream::Hub,
@@ -79,19 +80,28 @@ impl App {
     /// `onhand dev`: Kafka in process (librdkafka's mock cluster), an SQLite file in
     /// `data_dir`, and everything else as in production. What it accepts is written to
     /// SQLite before it answers, so a stop or a kill loses nothing (see `ingest`).
-    pub async fn dev(listen: SocketAddr, data_dir: &Path) -> Result<App, StartError> {
+    ///
+    /// `business` is a configuration file's business settings, when one is given: its
+    /// channels, orders (regions, calendars) and alerts replace the defaults; everything
+    /// about infrastructure stays dev's own.
+    pub async fn dev(listen: SocketAddr, data_dir: &Path, business: Option<Config>) -> Result<App, StartError> {
         std::fs::create_dir_all(data_dir).map_err(|source| StartError::Database {
             url: data_dir.display().to_string(),
             source: DbError::Database(sqlx::Error::Io(source)),
         })?;
         let mut config = Config::default();
+        if let Some(file) = business {
+            config.channels = file.channels;
+            config.orders = file.orders;
+            config.alerts = file.alerts;
+        }
         config.http.listen = listen;
         // The store feeds need nothing outside onhand, so dev serves them.
         config.connectors.insert("pos".into(), serde_json::json!({}));
         config.database.url = format!("sqlite://{}", data_dir.join("onhand.db").display());
         let topics = &config.kafka.topics;
         let embedded = EmbeddedKafka::start(
-            &[&topics.movements, &topics.stock, &topics.dlq, &topics.alerts],
+            &[&topics.movements, &topics.stock, &topics.dlq, &topics.alerts, &topics.orders],
             config.kafka.partitions,
         )?;
         config.kafka.brokers = embedded.brokers().to_string();
@@ -101,6 +111,7 @@ impl App {
             url: brokers_file.display().to_string(),
             source: DbError::Database(sqlx::Error::Io(source)),
         })?;
+        config.check()?;
         let db = boot::db(&config, config.database.connections_max).await?;
         // The embedded Kafka starts empty every run, so offsets saved by an earlier run
         // point nowhere; the movements that run applied stay recorded in SQLite, and what
@@ -152,6 +163,8 @@ impl App {
         let engine = Engine::new(&config, &db, &producer, &metrics, &options.clock, mode);
         spawn_background(&mut supervisor, &config, &db, &metrics, &engine);
         let Engine { cache, relay, ingest, reservations } = engine;
+        let orders_reservations = reservations.clone();
+        let order_events = EventRelay::new(db.clone(), producer.clone(), config.kafka.clone());
         let stream = spawn_stream(&mut supervisor, &config, &db, &metrics);
 
         let context = ConnectorContext {
@@ -191,6 +204,11 @@ impl App {
                 reservations,
                 sources: config.sources.clone(),
                 stream: stream.clone(),
+                orders: db.clone(),
+                db: db.clone(),
+                orders_config: config.orders.clone(),
+                order_events: order_events.clone(),
+                clock: options.clock.clone(),
             },
             routes,
         );
@@ -199,6 +217,10 @@ impl App {
         }
         if config.alerts.enabled {
             spawn_alerts(&mut supervisor, &config, &db, &producer, &metrics, context.leaser.clone())?;
+        }
+        if config.orders.enabled {
+            let parts = (&orders_reservations, &order_events);
+            spawn_order_workers(&mut supervisor, &config, &db, &metrics, &options.clock, parts)?;
         }
 
         let addr = config.http.listen;
@@ -366,6 +388,34 @@ fn spawn_background(
 }
 
 /// The alerts component, on one replica at a time (the lease `alerts`).
+/// The order workers (`core/src/order/worker.rs`): the process's member of the orders
+/// topic's consumer group, restarted with backoff when Kafka refuses it.
+fn spawn_order_workers(
+    supervisor: &mut Supervisor,
+    config: &Config,
+    db: &Arc<dyn Db>,
+    metrics: &Metrics,
+    clock: &Clock,
+    (reservations, events): (&Reservations, &EventRelay),
+) -> Result<(), StartError> {
+    let calendars = onhand_core::order::schedule::calendars(&config.orders).map_err(ConfigError::Invalid)?;
+    let worker = OrderWorker {
+        db: db.clone(),
+        reservations: reservations.clone(),
+        producer: events.producer(),
+        kafka: config.kafka.clone(),
+        config: config.orders.clone(),
+        channels: config.channels.clone(),
+        calendars,
+        metrics: metrics.clone(),
+        clock: clock.clone(),
+        events: events.clone(),
+        sweeps: Default::default(),
+    };
+    supervisor.spawn(Task::new("order_workers"), move |component, stop| worker.clone().run(component, stop));
+    Ok(())
+}
+
 fn spawn_alerts(
     supervisor: &mut Supervisor,
     config: &Config,

@@ -37,6 +37,10 @@ enum Command {
         listen: SocketAddr,
         #[arg(long, default_value = ".onhand-dev")]
         data_dir: PathBuf,
+        /// A TOML file whose [channels], [orders] and [alerts] sections replace dev's
+        /// defaults (the sales channels, delivery calendars and regions, alert thresholds).
+        #[arg(long)]
+        config: Option<PathBuf>,
     },
     /// Runs against a Kafka cluster and PostgreSQL, configured by a file and the environment.
     Serve {
@@ -241,8 +245,9 @@ async fn run(command: Command) -> anyhow::Result<Exit> {
             agent.stop().await;
             return Ok(Exit::Ok);
         }
-        Command::Dev { listen, data_dir } => {
-            let app = App::dev(listen, &data_dir).await?;
+        Command::Dev { listen, data_dir, config } => {
+            let business = config.map(|file| Config::read(Some(&file))).transpose()?;
+            let app = App::dev(listen, &data_dir, business).await?;
             let key = onhand::keys::dev_key(&*app.db, &data_dir).await?;
             print_dev_banner(&app, &data_dir, &key);
             app

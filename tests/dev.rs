@@ -147,3 +147,52 @@ async fn sales_through_a_store_agent_survive_a_kill_of_onhand_dev() {
     agent.stop().await;
     assert!(dev.terminate());
 }
+
+/// An order in `onhand dev`, with the channels and calendars of a file: received, decided
+/// by the workers through the embedded Kafka, its unit sold.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn onhand_dev_takes_an_order_with_the_calendars_of_a_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("business.toml");
+    std::fs::write(
+        &file,
+        "[channels.web]\nlocations = [\"store-001\"]\n\n[orders.calendars.store-001]\n\
+         days = [\"mon\", \"tue\", \"wed\", \"thu\", \"fri\", \"sat\", \"sun\"]\nslots = [\"am\"]\ncapacity = { standard = 5 }\n",
+    )
+    .unwrap();
+    let addr = common::process::free_addr();
+    let data = dir.path().join("data");
+    let file = file.display().to_string();
+    let process = Process::dev_with(addr, &data, &["--config", &file], dir.path(), "dev");
+    eventually("onhand dev answers", 120, || async {
+        let response = reqwest::get(format!("http://{addr}/healthz")).await.ok()?;
+        response.status().is_success().then_some(())
+    })
+    .await;
+    let key = std::fs::read_to_string(data.join("dev-api-key")).unwrap().trim().to_string();
+    post_movement(addr, &key, "dev-order-stock", "receipt", 2).await;
+    eventually("the receipt applied", 60, || async { (on_hand(addr, &key).await == Some(2)).then_some(()) }).await;
+    let order = json!({
+        "channel": "web", "customer": "c-1", "lines": [{"sku": "SKU-DEV", "quantity": 1}],
+        "payment": {"method": "card", "token": "tok_dev_0001"},
+        "delivery": {"method": "standard", "address": {"line1": "Rua A, 1", "city": "São Paulo", "postal_code": "01310-100", "country": "BR"}}
+    });
+    let placed = reqwest::Client::new()
+        .post(format!("http://{addr}/v1/orders"))
+        .bearer_auth(&key)
+        .header("idempotency-key", "dev-1")
+        .json(&order)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(placed.status(), 202);
+    let id = placed.json::<Value>().await.unwrap()["id"].as_str().unwrap().to_string();
+    let decided = eventually("the order decided", 60, || async {
+        let (status, body) = http_get_as(addr, &format!("/v1/orders/{id}"), Some(&key)).await;
+        (status == 200 && body["status"] != "received").then_some(body)
+    })
+    .await;
+    assert_eq!(decided["status"], "scheduled", "{decided}\n{}", process.log_tail());
+    eventually("the sale applied", 60, || async { (on_hand(addr, &key).await == Some(1)).then_some(()) }).await;
+    assert!(process.terminate());
+}

@@ -157,10 +157,13 @@ pub enum Scope {
     ReservationsWrite,
     /// Catalog and stock policy writes, and everything else.
     Admin,
+    /// Orders: checkouts placed, read and cancelled.
+    OrdersWrite,
 }
 
 impl Scope {
-    pub const ALL: [Scope; 4] = [Scope::StockRead, Scope::MovementsWrite, Scope::ReservationsWrite, Scope::Admin];
+    pub const ALL: [Scope; 5] =
+        [Scope::StockRead, Scope::MovementsWrite, Scope::ReservationsWrite, Scope::Admin, Scope::OrdersWrite];
 
     pub fn as_str(self) -> &'static str {
         match self {
@@ -168,6 +171,7 @@ impl Scope {
             Scope::MovementsWrite => "movements:write",
             Scope::ReservationsWrite => "reservations:write",
             Scope::Admin => "admin",
+            Scope::OrdersWrite => "orders:write",
         }
     }
 

@@ -23,6 +23,7 @@ pub struct Config {
     pub leases: LeaseConfig,
     pub alerts: AlertsConfig,
     pub stream: StreamConfig,
+    pub orders: OrdersConfig,
     /// Which locations serve each sales channel, by channel name.
     pub channels: BTreeMap<String, ChannelConfig>,
     /// Each connector's section, `[connectors.NAME]`, as written: the connector reads it
@@ -44,6 +45,7 @@ impl Default for Config {
             leases: LeaseConfig::default(),
             alerts: AlertsConfig::default(),
             stream: StreamConfig::default(),
+            orders: OrdersConfig::default(),
             connectors: BTreeMap::new(),
             channels: BTreeMap::from([(
                 "all".to_string(),
@@ -126,6 +128,8 @@ pub struct Retention {
     pub dlq: i64,
     /// Alerts' changes: their readers follow the topic's end; the database keeps alerts.
     pub alerts: i64,
+    /// Orders: the database keeps each order; the topic is their queue.
+    pub orders: i64,
 }
 
 const HOUR_MS: i64 = 3_600_000;
@@ -133,7 +137,7 @@ const DAY_MS: i64 = 24 * HOUR_MS;
 
 impl Default for Retention {
     fn default() -> Self {
-        Self { movements: 14 * DAY_MS, dlq: 30 * DAY_MS, alerts: 7 * DAY_MS }
+        Self { movements: 14 * DAY_MS, dlq: 30 * DAY_MS, alerts: 7 * DAY_MS, orders: 7 * DAY_MS }
     }
 }
 
@@ -149,6 +153,8 @@ pub struct Topics {
     pub dlq: String,
     /// Alerts' changes (`onhand.alert.v1`), keyed by their subject.
     pub alerts: String,
+    /// Orders waiting for a decision and their changes, keyed by order id (`docs/orders.md`).
+    pub orders: String,
 }
 
 impl Default for Topics {
@@ -158,6 +164,7 @@ impl Default for Topics {
             stock: "onhand.stock.v1".into(),
             dlq: "onhand.movements.dlq.v1".into(),
             alerts: "onhand.alerts.v1".into(),
+            orders: "onhand.orders.v1".into(),
         }
     }
 }
@@ -361,6 +368,62 @@ impl Default for StreamConfig {
     }
 }
 
+/// Orders (`docs/orders.md`): where an order is fulfilled from and when it can be
+/// delivered.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct OrdersConfig {
+    /// Run the order workers in this process: a consumer group of the orders topic (run
+    /// several to share its partitions).
+    pub enabled: bool,
+    pub group_id: String,
+    /// How old the oldest order waiting for a decision may be before `POST /v1/orders`
+    /// answers 503 `order_queue_saturated` instead of queueing one more.
+    pub queue_age_max_s: u64,
+    /// How long an order's units stay held between its reservation and its commit (a
+    /// worker that dies in between leaves them held this long at most).
+    pub hold_ttl_s: u64,
+    /// How many days ahead a delivery may be promised before an order is rejected with
+    /// `no_delivery_capacity`.
+    pub horizon_days: u32,
+    /// By postal-code prefix, the locations to fulfil from, best first (`"013" =
+    /// ["store-012", "dc-01"]`); the longest matching prefix wins. Locations of the channel
+    /// that no region names come after them.
+    pub regions: BTreeMap<String, Vec<String>>,
+    /// By location, when it dispatches and how much; a location without a calendar is
+    /// never chosen to fulfil an order.
+    pub calendars: BTreeMap<String, CalendarConfig>,
+}
+
+impl Default for OrdersConfig {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            group_id: "onhand-orders".into(),
+            queue_age_max_s: 30,
+            hold_ttl_s: 300,
+            horizon_days: 14,
+            regions: BTreeMap::new(),
+            calendars: BTreeMap::new(),
+        }
+    }
+}
+
+/// A location's delivery calendar.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
+#[serde(deny_unknown_fields, default)]
+pub struct CalendarConfig {
+    /// The days it dispatches: `mon` to `sun`.
+    pub days: Vec<String>,
+    /// The delivery slots of each such day, in order (`"09:00-13:00"`).
+    pub slots: Vec<String>,
+    /// By method (`standard`, `express`, `pickup`), how many orders each slot takes; a
+    /// method not named is not offered from this location.
+    pub capacity: BTreeMap<String, u32>,
+    /// By method, how many days after the order its first slot can be (0: the same day).
+    pub lead_days: BTreeMap<String, u32>,
+}
+
 /// The leases that let one replica at a time run each poller and inbox (`lease`), when
 /// several `onhand serve` share the connectors' sections.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -467,7 +530,7 @@ impl Config {
             return invalid("kafka.replication_factor must be 1 or more, and kafka.min_insync_replicas 1 to it");
         }
         let r = &k.retention_ms;
-        if [r.movements, r.dlq, r.alerts].iter().any(|&ms| ms != -1 && ms < HOUR_MS) {
+        if [r.movements, r.dlq, r.alerts, r.orders].iter().any(|&ms| ms != -1 && ms < HOUR_MS) {
             return invalid(
                 "kafka.retention_ms: each topic keeps its records an hour (3600000) or more, or -1 (forever)",
             );
@@ -490,6 +553,18 @@ impl Config {
             return invalid(
                 "reservations: ttl_s_default must be 1 to ttl_s_max, lines_max and expiry_interval_ms 1 or more",
             );
+        }
+        let o = &self.orders;
+        if o.hold_ttl_s > self.reservations.ttl_s_max {
+            return invalid("orders.hold_ttl_s must be at most reservations.ttl_s_max");
+        }
+        if o.queue_age_max_s == 0 || o.hold_ttl_s == 0 || o.horizon_days == 0 || o.horizon_days > 366 {
+            return invalid("orders: queue_age_max_s and hold_ttl_s must be 1 or more, horizon_days 1 to 366");
+        }
+        for (prefix, locations) in &self.orders.regions {
+            if let Some(bad) = locations.iter().find(|l| crate::event::LocationId::parse(l.as_str()).is_err()) {
+                return Err(ConfigError::Invalid(format!("orders.regions.{prefix}: {bad:?} is not a location id")));
+            }
         }
         if self.http.movements_per_request_max == 0 {
             return invalid("http.movements_per_request_max must be 1 or more");

@@ -435,14 +435,15 @@ pub fn request_headers() -> Option<OwnedHeaders> {
     )
 }
 
-/// Creates the movement, stock, dead-letter and alert topics when they are missing, with
+/// Creates the movement, stock, dead-letter, alert and order topics when they are missing, with
 /// the configured replication, `min.insync.replicas` and retention. The stock topic is
 /// compacted: only the newest level of each `sku@location` matters. A topic that exists is
 /// left as it is (`onhand doctor` says when its settings fall short).
 pub async fn ensure_topics(config: &KafkaConfig) -> Result<(), KafkaSetupError> {
     let admin: AdminClient<DefaultClientContext> = client_config(config).create()?;
     let (insync, retention) = (config.min_insync_replicas.to_string(), &config.retention_ms);
-    let [movements, dlq, alerts] = [retention.movements, retention.dlq, retention.alerts].map(|ms| ms.to_string());
+    let [movements, dlq, alerts, orders] =
+        [retention.movements, retention.dlq, retention.alerts, retention.orders].map(|ms| ms.to_string());
     let new_topic = |name| {
         NewTopic::new(name, config.partitions, TopicReplication::Fixed(config.replication_factor))
             .set("min.insync.replicas", &insync)
@@ -452,6 +453,7 @@ pub async fn ensure_topics(config: &KafkaConfig) -> Result<(), KafkaSetupError> 
         new_topic(&config.topics.stock).set("cleanup.policy", "compact"),
         new_topic(&config.topics.dlq).set("retention.ms", &dlq),
         new_topic(&config.topics.alerts).set("retention.ms", &alerts),
+        new_topic(&config.topics.orders).set("retention.ms", &orders),
     ];
     let options = AdminOptions::new().operation_timeout(Some(Duration::from_secs(10)));
     for result in admin.create_topics(&topics, &options).await? {

@@ -106,6 +106,13 @@ pub struct Registered {
     pub http_request_duration_seconds: HistogramVec,
     pub reservations_held_units: IntGauge,
     pub build_info: IntGaugeVec,
+    pub orders_received_total: IntCounterVec,
+    pub orders_decided_total: IntCounterVec,
+    pub orders_decision_seconds: Histogram,
+    pub orders_waiting: IntGauge,
+    pub orders_oldest_waiting_seconds: IntGauge,
+    pub orders_unsettled_total: IntCounter,
+    pub orders_back_in_stock_told_total: IntCounter,
 }
 
 impl Metrics {
@@ -436,6 +443,37 @@ impl Metrics {
                 "Units reserved by checkouts over every level, counted from the database every 5 s.",
             ),
             build_info,
+            orders_received_total: counter_vec(
+                "onhand_orders_received_total",
+                "Orders posted, by outcome (received, replayed, invalid, saturated, failed).",
+                &["outcome"],
+            ),
+            orders_decided_total: counter_vec(
+                "onhand_orders_decided_total",
+                "Orders the workers decided, by outcome (scheduled, or the reason of a rejection).",
+                &["outcome"],
+            ),
+            orders_decision_seconds: histogram(
+                "onhand_orders_decision_seconds",
+                "Time from an order's receipt to its decision.",
+                exponential_buckets(0.005, 2.0, 16).expect("valid buckets"),
+            ),
+            orders_waiting: gauge(
+                "onhand_orders_waiting",
+                "Orders received and not decided yet, counted from the database every 5 s.",
+            ),
+            orders_oldest_waiting_seconds: gauge(
+                "onhand_orders_oldest_waiting_seconds",
+                "Age of the oldest order not decided yet; 0 when none waits.",
+            ),
+            orders_unsettled_total: counter(
+                "onhand_orders_unsettled_total",
+                "Scheduled orders whose units could not be committed (held longer than orders.hold_ttl_s).",
+            ),
+            orders_back_in_stock_told_total: counter(
+                "onhand_orders_back_in_stock_told_total",
+                "Customers told that a SKU they waited for is available again (onhand.back-in-stock.v1).",
+            ),
             registry,
         }))
     }

@@ -27,6 +27,7 @@ impl Servers {
         config.kafka.topics.stock = format!("{prefix}.stock");
         config.kafka.topics.dlq = format!("{prefix}.dlq");
         config.kafka.topics.alerts = format!("{prefix}.alerts");
+        config.kafka.topics.orders = format!("{prefix}.orders");
         config.ledger.group_id = format!("{prefix}.ledger");
         config.http.listen = SocketAddr::from(([127, 0, 0, 1], 0));
         // The benchmarks measure the service, not the limiter's refusals: the per-key limit

@@ -39,8 +39,10 @@ pub async fn test_config(partitions: i32) -> Config {
     config.kafka.topics.stock = format!("{prefix}.stock");
     config.kafka.topics.dlq = format!("{prefix}.dlq");
     config.kafka.topics.alerts = format!("{prefix}.alerts");
+    config.kafka.topics.orders = format!("{prefix}.orders");
     config.ledger.group_id = format!("{prefix}.ledger");
     config.alerts.group_id = format!("{prefix}.alerts");
+    config.orders.group_id = format!("{prefix}.orders");
     config.http.listen = SocketAddr::from(([127, 0, 0, 1], 0));
     config
 }

@@ -53,15 +53,17 @@ pub async fn onhand_async(args: &[&str]) -> Run {
 pub fn config_file(config: &Config, dir: &Path) -> PathBuf {
     let topics = &config.kafka.topics;
     let mut text = format!(
-        "[database]\nurl = {:?}\n\n[kafka]\nbrokers = {:?}\n\n[kafka.topics]\nmovements = {:?}\nstock = {:?}\ndlq = {:?}\nalerts = {:?}\n\n\
-         [ledger]\ngroup_id = {:?}\n",
+        "[database]\nurl = {:?}\n\n[kafka]\nbrokers = {:?}\n\n[kafka.topics]\nmovements = {:?}\nstock = {:?}\ndlq = {:?}\nalerts = {:?}\norders = {:?}\n\n\
+         [ledger]\ngroup_id = {:?}\n\n[orders]\ngroup_id = {:?}\n",
         config.database.url,
         config.kafka.brokers,
         topics.movements,
         topics.stock,
         topics.dlq,
         topics.alerts,
-        config.ledger.group_id
+        topics.orders,
+        config.ledger.group_id,
+        config.orders.group_id
     );
     for (name, section) in &config.connectors {
         text.push_str(&toml_section(&format!("connectors.{name}"), section));

@@ -43,7 +43,10 @@ impl Process {
             ("ONHAND_KAFKA__TOPICS__STOCK", topics.stock.clone()),
             ("ONHAND_KAFKA__TOPICS__DLQ", topics.dlq.clone()),
             ("ONHAND_KAFKA__TOPICS__ALERTS", topics.alerts.clone()),
+            ("ONHAND_KAFKA__TOPICS__ORDERS", topics.orders.clone()),
             ("ONHAND_LEDGER__GROUP_ID", config.ledger.group_id.clone()),
+            ("ONHAND_ALERTS__GROUP_ID", config.alerts.group_id.clone()),
+            ("ONHAND_ORDERS__GROUP_ID", config.orders.group_id.clone()),
             ("ONHAND_LEDGER__BATCH_SIZE_MAX", config.ledger.batch_size_max.to_string()),
             ("ONHAND_HTTP__LISTEN", addr.to_string()),
         ];
@@ -54,8 +57,16 @@ impl Process {
 
     /// `onhand dev` on `data_dir`, listening on `addr`.
     pub fn dev(addr: SocketAddr, data_dir: &Path, log_dir: &Path, name: &str) -> Process {
+        Self::dev_with(addr, data_dir, &[], log_dir, name)
+    }
+
+    /// As [`Process::dev`], with more arguments (`--config FILE`).
+    pub fn dev_with(addr: SocketAddr, data_dir: &Path, more: &[&str], log_dir: &Path, name: &str) -> Process {
         let data_dir = data_dir.display().to_string();
-        Self::spawn(&["dev", "--listen", &addr.to_string(), "--data-dir", &data_dir], &[], addr, log_dir, name)
+        let listen = addr.to_string();
+        let args: Vec<&str> =
+            ["dev", "--listen", &listen, "--data-dir", &data_dir].into_iter().chain(more.iter().copied()).collect();
+        Self::spawn(&args, &[], addr, log_dir, name)
     }
 
     fn spawn(args: &[&str], env: &[(&str, String)], addr: SocketAddr, log_dir: &Path, name: &str) -> Process {

@@ -79,6 +79,12 @@ pub enum ApiError {
     InvalidSubscription(String),
     #[error("no subscription {0:?}")]
     SubscriptionNotFound(String),
+    #[error("no order {0:?}")]
+    OrderNotFound(String),
+    #[error("{0}")]
+    OrderNotCancellable(String),
+    #[error("no back-in-stock wish {0:?}")]
+    BackInStockNotFound(String),
     #[error("no route for {0}")]
     NotFound(String),
     #[error("{0} is unavailable, retry later")]
@@ -139,6 +145,9 @@ impl ApiError {
             ApiError::AlertResolved(_) => (StatusCode::CONFLICT, "alert_resolved"),
             ApiError::InvalidSubscription(_) => (StatusCode::UNPROCESSABLE_ENTITY, "invalid_subscription"),
             ApiError::SubscriptionNotFound(_) => (StatusCode::NOT_FOUND, "subscription_not_found"),
+            ApiError::OrderNotFound(_) => (StatusCode::NOT_FOUND, "order_not_found"),
+            ApiError::OrderNotCancellable(_) => (StatusCode::CONFLICT, "order_not_cancellable"),
+            ApiError::BackInStockNotFound(_) => (StatusCode::NOT_FOUND, "back_in_stock_not_found"),
             ApiError::NotFound(_) => (StatusCode::NOT_FOUND, "not_found"),
             ApiError::Unavailable(_) => (StatusCode::SERVICE_UNAVAILABLE, "unavailable"),
             ApiError::TooManyStreamClients(_) => (StatusCode::SERVICE_UNAVAILABLE, "too_many_stream_clients"),

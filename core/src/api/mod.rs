@@ -8,6 +8,8 @@
 //! - `movements:write`: `POST /v1/movements`.
 //! - `reservations:write`: `POST /v1/reservations`, `GET /v1/reservations/{id}`,
 //!   `POST /v1/reservations/{id}/commit`, `POST /v1/reservations/{id}/cancel`.
+//! - `orders:write`: `POST /v1/orders`, `GET /v1/orders/{id}`, `POST /v1/orders/{id}/cancel`,
+//!   `GET /v1/orders/queue`, `POST /v1/back-in-stock`, `GET /v1/back-in-stock/{id}`.
 //! - `admin`: `PUT /v1/products/{sku}`, `PUT /v1/stock/{sku}/{location}/policy`,
 //!   `POST /v1/subscriptions`, `GET /v1/subscriptions`, `DELETE /v1/subscriptions/{id}`,
 //!   `GET /v1/subscriptions/{id}/deliveries`.
@@ -28,6 +30,7 @@
 //! - `history`: the audit trail of movements, and a level over time.
 //! - `products`: the product catalog.
 //! - `reservations`: holding units for checkouts, committing and cancelling them.
+//! - `orders`: checkouts placed on the order queue, and where each order is.
 //! - `alerts`: alerts, their acknowledgement, and webhook subscriptions to them.
 //! - `observe`: each request's id, span and metrics.
 //! - `params`: query parameters, read strictly.
@@ -42,6 +45,7 @@ mod extract;
 mod history;
 mod movements;
 mod observe;
+mod orders;
 mod params;
 mod products;
 mod reservations;
@@ -151,6 +155,14 @@ fn route_groups() -> Vec<(Option<Scope>, OpenApiRouter<ApiState>)> {
         .routes(routes!(reservations::get))
         .routes(routes!(reservations::commit))
         .routes(routes!(reservations::cancel));
+    // The queue's route before the order's, so that `queue` is not read as an order id.
+    let orders_write = OpenApiRouter::new()
+        .routes(routes!(orders::create))
+        .routes(routes!(orders::get_queue))
+        .routes(routes!(orders::get))
+        .routes(routes!(orders::cancel))
+        .routes(routes!(orders::watch_back_in_stock))
+        .routes(routes!(orders::get_back_in_stock));
     let admin = OpenApiRouter::new()
         .routes(routes!(stock::put_policy))
         .routes(routes!(products::put))
@@ -164,6 +176,7 @@ fn route_groups() -> Vec<(Option<Scope>, OpenApiRouter<ApiState>)> {
         (Some(Scope::StockRead), stock_read),
         (Some(Scope::MovementsWrite), movements_write),
         (Some(Scope::ReservationsWrite), reservations_write),
+        (Some(Scope::OrdersWrite), orders_write),
         (Some(Scope::Admin), admin),
         (None, open),
     ]
@@ -375,6 +388,12 @@ mod tests {
             ("/v1/stream", "get", Some("stock:read")),
             ("/v1/stream/stats", "get", Some("stock:read")),
             ("/v1/ws", "get", Some("stock:read")),
+            ("/v1/orders", "post", Some("orders:write")),
+            ("/v1/orders/{id}", "get", Some("orders:write")),
+            ("/v1/orders/{id}/cancel", "post", Some("orders:write")),
+            ("/v1/orders/queue", "get", Some("orders:write")),
+            ("/v1/back-in-stock", "post", Some("orders:write")),
+            ("/v1/back-in-stock/{id}", "get", Some("orders:write")),
         ];
         let json = serde_json::to_value(&doc).unwrap();
         for (path, method, scope) in expected {

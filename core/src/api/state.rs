@@ -45,6 +45,13 @@ pub struct ApiContext {
     pub sources: SourcesConfig,
     /// The live stream's hub (`GET /v1/stream`, `/v1/ws`).
     pub stream: crate::stream::Hub,
+    /// Orders (`/v1/orders`), their queue's limit and the topic the workers read.
+    pub orders: Arc<dyn crate::db::Orders>,
+    /// Every role, for the order's cancel (its order, its outbox).
+    pub db: Arc<dyn crate::db::Db>,
+    pub orders_config: crate::config::OrdersConfig,
+    pub order_events: crate::order::worker::EventRelay,
+    pub clock: crate::clock::Clock,
 }
 
 impl std::fmt::Debug for ApiContext {

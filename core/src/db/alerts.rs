@@ -195,22 +195,11 @@ impl<D: Dialect> Alerts for SqlDb<D> {
     }
 
     async fn alert_outbox(&self, limit: i64) -> Result<Vec<OutboxRecord>, DbError> {
-        let rows = query::<D>("SELECT seq, key, payload FROM alert_outbox ORDER BY seq LIMIT $1")
-            .bind(limit)
-            .fetch_all(self.conn().await?)
-            .await?;
-        rows.iter()
-            .map(|row| Ok(OutboxRecord { id: row.cell("seq")?, key: row.cell("key")?, payload: row.cell("payload")? }))
-            .collect()
+        events_waiting(self, "alert_outbox", limit).await
     }
 
     async fn delete_alert_outbox(&self, ids: &[i64]) -> Result<(), DbError> {
-        let mut tx = D::begin_write(&self.pool).await?;
-        for id in ids {
-            query::<D>("DELETE FROM alert_outbox WHERE seq = $1").bind(*id).execute(&mut *tx).await?;
-        }
-        tx.commit().await?;
-        Ok(())
+        forget_events(self, "alert_outbox", ids).await
     }
 
     async fn create_subscription(&self, s: &Subscription) -> Result<(), DbError> {
@@ -394,8 +383,36 @@ async fn write_change<D: Dialect>(tx: &mut sqlx::Transaction<'static, D>, alert:
     Ok(true)
 }
 
+/// The oldest events of an event outbox (`alert_outbox`, `order_outbox`: a `seq`, a `key`
+/// and a `payload`), at most `limit`.
+pub(super) async fn events_waiting<D: Dialect>(
+    db: &SqlDb<D>,
+    table: &'static str,
+    limit: i64,
+) -> Result<Vec<OutboxRecord>, DbError> {
+    let sql = format!("SELECT seq, key, payload FROM {table} ORDER BY seq LIMIT $1");
+    let rows = query::<D>(&sql).bind(limit).fetch_all(db.conn().await?).await?;
+    rows.iter()
+        .map(|row| Ok(OutboxRecord { id: row.cell("seq")?, key: row.cell("key")?, payload: row.cell("payload")? }))
+        .collect()
+}
+
+/// Deletes events of an event outbox once they are sent.
+pub(super) async fn forget_events<D: Dialect>(db: &SqlDb<D>, table: &'static str, ids: &[i64]) -> Result<(), DbError> {
+    let sql = format!("DELETE FROM {table} WHERE seq = $1");
+    let mut tx = D::begin_write(&db.pool).await?;
+    for id in ids {
+        query::<D>(&sql).bind(*id).execute(&mut *tx).await?;
+    }
+    tx.commit().await?;
+    Ok(())
+}
+
 /// Saves where a reader is; an offset never moves back.
-async fn save_progress<D: Dialect>(tx: &mut sqlx::Transaction<'static, D>, p: &Progress<'_>) -> Result<(), DbError> {
+pub(super) async fn save_progress<D: Dialect>(
+    tx: &mut sqlx::Transaction<'static, D>,
+    p: &Progress<'_>,
+) -> Result<(), DbError> {
     query::<D>(
         "INSERT INTO consumer_offsets (group_id, topic, partition, next_offset, updated_at) VALUES ($1, $2, $3, $4, $5)
          ON CONFLICT (group_id, topic, partition) DO UPDATE

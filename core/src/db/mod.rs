@@ -56,6 +56,7 @@ mod dialect;
 mod driver;
 mod history;
 mod leases;
+mod orders;
 mod postgres;
 mod reservations;
 pub mod schema;
@@ -775,7 +776,166 @@ pub trait Db:
     + Leases
     + Signals
     + Alerts
+    + Orders
 {
+}
+
+/// An order as `POST /v1/orders` received it, before any decision.
+#[derive(Debug, Clone)]
+pub struct NewOrder<'a> {
+    pub id: &'a str,
+    /// Who sent it (the API key): idempotency keys are theirs alone.
+    pub owner: &'a str,
+    pub idempotency_key: &'a str,
+    pub channel: &'a str,
+    /// The order as checked, as canonical JSON: the same key with another order is refused.
+    pub request: &'a str,
+    /// Its `received` event (`onhand.order.v1`), written to the order outbox with it.
+    pub event: &'a str,
+    pub now: DateTime<Utc>,
+}
+
+/// What recording a received order did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Received {
+    /// It is new, waiting for a decision.
+    New(OrderRecord),
+    /// The key was used before with the same order: the order as it is now.
+    Replayed(OrderRecord),
+    /// The key was used before with another order.
+    KeyReused,
+}
+
+/// An order as stored.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OrderRecord {
+    pub id: String,
+    pub owner: String,
+    pub channel: String,
+    pub status: crate::order::OrderStatus,
+    /// The order as checked (JSON).
+    pub request: String,
+    /// What the worker decided (JSON), once it did.
+    pub decision: Option<String>,
+    pub reservation_id: Option<String>,
+    pub received_at: DateTime<Utc>,
+    pub decided_at: Option<DateTime<Utc>>,
+}
+
+/// The orders waiting for a decision.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct OrderQueue {
+    pub waiting: i64,
+    pub oldest_received_at: Option<DateTime<Utc>>,
+}
+
+/// One order of a delivery slot, booked only while the slot has room.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Booking<'a> {
+    pub location: &'a str,
+    pub method: &'a str,
+    pub date: chrono::NaiveDate,
+    pub slot: &'a str,
+    pub capacity: u32,
+}
+
+/// A worker's decision on a received order.
+#[derive(Debug, Clone)]
+pub struct OrderDecision<'a> {
+    pub id: &'a str,
+    /// `scheduled` or `rejected`.
+    pub status: crate::order::OrderStatus,
+    /// The decision as answered (JSON).
+    pub decision: &'a str,
+    pub reservation_id: Option<&'a str>,
+    /// The slot a scheduled order takes.
+    pub booking: Option<Booking<'a>>,
+    /// The decision's event (`onhand.order.v1`), written to the order outbox with it.
+    pub event: &'a str,
+    pub now: DateTime<Utc>,
+}
+
+/// A customer's wish to be told when a SKU is available again in a channel.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, utoipa::ToSchema)]
+pub struct BackInStock {
+    pub id: String,
+    #[serde(skip)]
+    pub owner: String,
+    pub channel: String,
+    #[schema(value_type = String)]
+    pub sku: Sku,
+    pub customer: String,
+    pub created_at: DateTime<Utc>,
+    /// When the customer was told (the `onhand.back-in-stock.v1` event); null until then.
+    pub notified_at: Option<DateTime<Utc>>,
+}
+
+/// What writing a decision did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Decided {
+    Done,
+    /// The order was decided already (or is unknown): nothing was written.
+    Already,
+    /// The slot filled up meanwhile: nothing was written; choose another.
+    SlotFull,
+}
+
+/// Orders (`docs/orders.md`): received, queued and decided exactly once.
+#[async_trait]
+pub trait Orders: Send + Sync + std::fmt::Debug {
+    /// Records a received order, or answers the one its owner's idempotency key recorded.
+    async fn receive_order(&self, new: &NewOrder<'_>) -> Result<Received, DbError>;
+    async fn order(&self, id: &str) -> Result<Option<OrderRecord>, DbError>;
+    /// How many orders wait for a decision, and since when the oldest does.
+    async fn order_queue(&self) -> Result<OrderQueue, DbError>;
+    /// The ids of orders received before `before` still waiting, oldest first, at most
+    /// `limit`: the ones to put on the orders topic again.
+    async fn waiting_orders(&self, before: DateTime<Utc>, limit: i64) -> Result<Vec<String>, DbError>;
+    /// The orders booked per slot for `method` at `location` from `from` to `to`, both
+    /// included.
+    async fn booked_slots(
+        &self,
+        location: &str,
+        method: &str,
+        from: chrono::NaiveDate,
+        to: chrono::NaiveDate,
+    ) -> Result<Vec<(chrono::NaiveDate, String, u32)>, DbError>;
+    /// Writes the decision on a received order, its slot's booking and the worker's
+    /// offset (when given) in one transaction, or nothing (see [`Decided`]); the offset is
+    /// saved whatever the outcome but `SlotFull`.
+    async fn decide_order(
+        &self,
+        decision: &OrderDecision<'_>,
+        progress: Option<&Progress<'_>>,
+    ) -> Result<Decided, DbError>;
+    /// Cancels an order that is `from` (received or scheduled) in one transaction: its
+    /// status, the booking it took given back, and `returns` (the movements that put a
+    /// committed order's units back) written to the outbox. `None` when the order is no
+    /// longer `from`: read it again.
+    async fn cancel_order(
+        &self,
+        id: &str,
+        from: crate::order::OrderStatus,
+        booking: Option<Booking<'_>>,
+        returns: &[Movement],
+        event: &str,
+        now: DateTime<Utc>,
+    ) -> Result<Option<Vec<OutboxRecord>>, DbError>;
+    /// Records a customer's wish to hear when `sku` is available again in `channel`, or
+    /// answers the one recorded before for the same owner, channel, SKU and customer.
+    async fn watch_back_in_stock(&self, watch: &BackInStock) -> Result<BackInStock, DbError>;
+    async fn back_in_stock(&self, id: &str) -> Result<Option<BackInStock>, DbError>;
+    /// The wishes not told yet, oldest first, at most `limit`.
+    async fn waiting_back_in_stock(&self, limit: i64) -> Result<Vec<BackInStock>, DbError>;
+    /// Marks a wish told and writes its event to the order outbox, once: `false` when it
+    /// was told already.
+    async fn notify_back_in_stock(&self, id: &str, event: &str, now: DateTime<Utc>) -> Result<bool, DbError>;
+    /// Order events waiting for the orders topic, oldest first, at most `limit`.
+    async fn order_outbox(&self, limit: i64) -> Result<Vec<OutboxRecord>, DbError>;
+    async fn delete_order_outbox(&self, ids: &[i64]) -> Result<(), DbError>;
+    /// Orders scheduled since `since` whose reservation is still held (a worker stopped
+    /// between the decision and the commit), as (order id, reservation id), at most `limit`.
+    async fn unsettled_orders(&self, since: DateTime<Utc>, limit: i64) -> Result<Vec<(String, String)>, DbError>;
 }
 
 /// A movement waiting in the outbox for the movements topic.

@@ -1035,6 +1035,95 @@ async fn subscriptions_get_a_delivery_of_what_they_want(db: Arc<dyn Db>) {
     assert_eq!(db.deliveries("sub_a", 10).await.unwrap(), None);
 }
 
+fn new_order<'a>(id: &'a str, key: &'a str, request: &'a str, second: i64) -> NewOrder<'a> {
+    NewOrder { id, owner: "key-1", idempotency_key: key, channel: "web", request, event: "{\"e\":1}", now: at(second) }
+}
+
+fn scheduled<'a>(id: &'a str, slot: &'a str, capacity: u32) -> OrderDecision<'a> {
+    OrderDecision {
+        id,
+        status: crate::order::OrderStatus::Scheduled,
+        decision: r#"{"location":"dc-01"}"#,
+        reservation_id: Some("r-1"),
+        booking: Some(Booking {
+            location: "dc-01",
+            method: "standard",
+            date: chrono::NaiveDate::from_ymd_opt(2026, 12, 7).unwrap(),
+            slot,
+            capacity,
+        }),
+        event: "{\"e\":2}",
+        now: at(20),
+    }
+}
+
+fn order_progress(next_offset: i64) -> Progress<'static> {
+    Progress { group_id: "orders", topic: "orders", offset: PartitionOffset { partition: 0, next_offset } }
+}
+
+async fn an_order_is_received_once_per_key_and_decided_once(db: Arc<dyn Db>) {
+    use crate::order::OrderStatus;
+    assert_eq!(db.order_queue().await.unwrap(), OrderQueue::default());
+    let Received::New(first) = db.receive_order(&new_order("o-1", "k1", "{}", 1)).await.unwrap() else { panic!("new") };
+    assert_eq!((first.status, first.received_at, first.decided_at), (OrderStatus::Received, at(1), None));
+    // The key again: the same order is the one recorded; another order is refused.
+    let Received::Replayed(again) = db.receive_order(&new_order("o-2", "k1", "{}", 2)).await.unwrap() else {
+        panic!("replayed")
+    };
+    assert_eq!(again.id, "o-1");
+    assert_eq!(db.receive_order(&new_order("o-3", "k1", r#"{"x":1}"#, 3)).await.unwrap(), Received::KeyReused);
+    assert!(matches!(db.receive_order(&new_order("o-4", "k2", "{}", 4)).await.unwrap(), Received::New(_)));
+    assert_eq!(db.order_queue().await.unwrap(), OrderQueue { waiting: 2, oldest_received_at: Some(at(1)) });
+    assert_eq!(db.waiting_orders(at(4), 10).await.unwrap(), ["o-1"]);
+    assert_eq!(db.waiting_orders(at(5), 10).await.unwrap(), ["o-1", "o-4"]);
+
+    assert_eq!(db.decide_order(&scheduled("o-1", "am", 5), Some(&order_progress(1))).await.unwrap(), Decided::Done);
+    // Delivered again, or taken by a second worker: nothing more is written, the offset is saved.
+    assert_eq!(db.decide_order(&scheduled("o-1", "am", 5), Some(&order_progress(2))).await.unwrap(), Decided::Already);
+    assert_eq!(db.consumer_offsets("orders", "orders").await.unwrap()[0].next_offset, 2);
+    let decided = db.order("o-1").await.unwrap().unwrap();
+    assert_eq!(
+        (decided.status, decided.reservation_id.as_deref(), decided.decided_at),
+        (OrderStatus::Scheduled, Some("r-1"), Some(at(20)))
+    );
+    assert_eq!(decided.decision.as_deref(), Some(r#"{"location":"dc-01"}"#));
+    let monday = chrono::NaiveDate::from_ymd_opt(2026, 12, 7).unwrap();
+    assert_eq!(db.booked_slots("dc-01", "standard", monday, monday).await.unwrap(), [(monday, "am".to_string(), 1)]);
+    assert_eq!(db.order_queue().await.unwrap(), OrderQueue { waiting: 1, oldest_received_at: Some(at(4)) });
+    assert_eq!(db.order("o-404").await.unwrap(), None);
+    // An event for each change written, none for a replay or a decision taken again.
+    let events = db.order_outbox(10).await.unwrap();
+    let keys: Vec<(&str, &str)> = events.iter().map(|e| (e.key.as_str(), e.payload.as_str())).collect();
+    assert_eq!(keys, [("o-1", "{\"e\":1}"), ("o-4", "{\"e\":1}"), ("o-1", "{\"e\":2}")]);
+    db.delete_order_outbox(&[events[0].id, events[1].id]).await.unwrap();
+    assert_eq!(db.order_outbox(10).await.unwrap().len(), 1);
+}
+
+async fn a_slot_never_takes_more_orders_than_its_capacity(db: Arc<dyn Db>) {
+    let ids: Vec<String> = (0..10).map(|i| format!("o-{i}")).collect();
+    for (i, id) in ids.iter().enumerate() {
+        let key = format!("k{i}");
+        db.receive_order(&new_order(id, &key, "{}", i as i64)).await.unwrap();
+    }
+    let decisions = ids.iter().map(|id| {
+        let db = Arc::clone(&db);
+        let id = id.clone();
+        tokio::spawn(async move { db.decide_order(&scheduled(&id, "am", 3), None).await.unwrap() })
+    });
+    let outcomes: Vec<Decided> = futures::future::join_all(decisions).await.into_iter().map(Result::unwrap).collect();
+    assert_eq!(outcomes.iter().filter(|d| **d == Decided::Done).count(), 3, "{outcomes:?}");
+    assert_eq!(outcomes.iter().filter(|d| **d == Decided::SlotFull).count(), 7, "{outcomes:?}");
+    // A full slot wrote nothing: those orders still wait, and take the next slot.
+    assert_eq!(db.order_queue().await.unwrap().waiting, 7);
+    let waiting = db.waiting_orders(at(100), 10).await.unwrap();
+    assert_eq!(db.decide_order(&scheduled(&waiting[0], "pm", 3), None).await.unwrap(), Decided::Done);
+    let monday = chrono::NaiveDate::from_ymd_opt(2026, 12, 7).unwrap();
+    let booked = db.booked_slots("dc-01", "standard", monday, monday).await.unwrap();
+    assert_eq!(booked, [(monday, "am".to_string(), 3), (monday, "pm".to_string(), 1)]);
+    // A slot without capacity takes none.
+    assert_eq!(db.decide_order(&scheduled(&waiting[1], "eve", 0), None).await.unwrap(), Decided::SlotFull);
+}
+
 macro_rules! contract {
     ($backend:ident, $open:expr) => {
         mod $backend {
@@ -1075,7 +1164,9 @@ macro_rules! contract {
                 of_many_replicas_asking_at_once_one_holds_the_lease,
                 a_level_version_is_decided_once_with_the_readers_offset,
                 an_alert_is_acknowledged_once_and_resolved_once,
-                subscriptions_get_a_delivery_of_what_they_want);
+                subscriptions_get_a_delivery_of_what_they_want,
+                an_order_is_received_once_per_key_and_decided_once,
+                a_slot_never_takes_more_orders_than_its_capacity);
         }
     };
     (@each $open:expr; $($case:ident),*) => {

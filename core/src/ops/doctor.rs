@@ -226,7 +226,7 @@ async fn brokers(config: &Config, report: &mut Report) -> Option<Metadata> {
 async fn topics(config: &Config, metadata: &Metadata, report: &mut Report) {
     let names = &config.kafka.topics;
     let mut present = Vec::new();
-    for name in [&names.movements, &names.stock, &names.dlq, &names.alerts] {
+    for name in [&names.movements, &names.stock, &names.dlq, &names.alerts, &names.orders] {
         match metadata.topics().iter().find(|t| t.name() == name.as_str()) {
             None => report.fail(
                 "kafka",
