@@ -33,7 +33,11 @@ async fn orders_config(capacity: u32) -> Config {
     let mut config = test_config(3).await;
     config.channels.insert(
         "web".into(),
-        ChannelConfig { all_locations: false, locations: vec!["dc-01".into(), "store-001".into(), "store-002".into()] },
+        ChannelConfig {
+            all_locations: false,
+            locations: vec!["dc-01".into(), "store-001".into(), "store-002".into()],
+            hold: false,
+        },
     );
     for location in ["dc-01", "store-001", "store-002"] {
         config.orders.calendars.insert(location.into(), calendar(capacity));
@@ -381,5 +385,49 @@ async fn order_workers_killed_mid_queue_and_restarted_schedule_each_order_once()
         .sum();
     assert_eq!(booked as usize, ORDERS, "one booking per order");
     assert!(workers.terminate(), "a stop with SIGTERM ends cleanly");
+    app.stop().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_cart_holds_its_units_where_the_channel_holds_and_its_order_converts_the_hold() {
+    onhand_core::skip_without_servers!();
+    let mut config = orders_config(10).await;
+    config.channels.get_mut("web").unwrap().hold = true;
+    let app = serve(&config).await;
+    stock(&app, json!([movement("h1", "CHAIR", "dc-01", 3)]), "CHAIR", "dc-01", 3).await;
+
+    let cart = json!({"channel": "web", "lines": [{"sku": "CHAIR", "quantity": 2}]});
+    let (status, held) = http_send(Method::PUT, app.local_addr, "/v1/carts/cart-1", &[], Some(cart)).await;
+    assert_eq!((status, &held["hold"]["status"]), (200, &json!("held")), "{held}");
+    assert_eq!(held["lines"][0]["available"], 1, "the held units are no longer available to others: {held}");
+    // Another cart cannot take what this one holds.
+    let greedy = json!({"channel": "web", "lines": [{"sku": "CHAIR", "quantity": 2}]});
+    let (_, short) = http_send(Method::PUT, app.local_addr, "/v1/carts/cart-2", &[], Some(greedy)).await;
+    assert_eq!((&short["hold"], &short["short_lines"][0]["sku"]), (&Value::Null, &json!("CHAIR")), "{short}");
+
+    let mut from_cart = order(json!([]), to_address());
+    from_cart["cart"] = json!("cart-1");
+    from_cart.as_object_mut().unwrap().remove("lines");
+    let (status, placed) = place(app.local_addr, "cart-order-1", &from_cart).await;
+    assert_eq!(status, 202, "{placed}");
+    let decided = decided(app.local_addr, placed["id"].as_str().unwrap()).await;
+    assert_eq!(decided["status"], "scheduled", "{decided}");
+    on_hand_is(&app, "CHAIR", "dc-01", 1).await;
+    let (_, after) = http_get(app.local_addr, "/v1/carts/cart-1").await;
+    assert_ne!(after["hold"]["status"], "held", "the order converted the hold: {after}");
+
+    let (status, missing) = place(
+        app.local_addr,
+        "cart-order-2",
+        &json!({
+        "channel": "web", "customer": "c", "cart": "no-such-cart",
+        "payment": {"method": "pix", "token": "pix_7f3a9c2e1b"}, "delivery": to_address()}),
+    )
+    .await;
+    assert_eq!((status, &missing["errors"][0]["field"]), (422, &json!("cart")), "{missing}");
+    let (status, _) = http_send(Method::DELETE, app.local_addr, "/v1/carts/cart-2", &[], None).await;
+    assert_eq!(status, 204);
+    let (status, gone) = http_get(app.local_addr, "/v1/carts/cart-2").await;
+    assert_eq!((status, &gone["error"]["code"]), (404, &json!("cart_not_found")), "{gone}");
     app.stop().await.unwrap();
 }

@@ -49,7 +49,7 @@ impl Default for Config {
             connectors: BTreeMap::new(),
             channels: BTreeMap::from([(
                 "all".to_string(),
-                ChannelConfig { all_locations: true, locations: Vec::new() },
+                ChannelConfig { all_locations: true, locations: Vec::new(), hold: false },
             )]),
         }
     }
@@ -383,6 +383,8 @@ pub struct OrdersConfig {
     /// How long an order's units stay held between its reservation and its commit (a
     /// worker that dies in between leaves them held this long at most).
     pub hold_ttl_s: u64,
+    /// How long a cart's soft hold keeps its units, in a channel with `hold = true`.
+    pub cart_hold_ttl_s: u64,
     /// How many days ahead a delivery may be promised before an order is rejected with
     /// `no_delivery_capacity`.
     pub horizon_days: u32,
@@ -402,6 +404,7 @@ impl Default for OrdersConfig {
             group_id: "onhand-orders".into(),
             queue_age_max_s: 30,
             hold_ttl_s: 300,
+            cart_hold_ttl_s: 900,
             horizon_days: 14,
             regions: BTreeMap::new(),
             calendars: BTreeMap::new(),
@@ -456,6 +459,10 @@ pub struct ChannelConfig {
     pub all_locations: bool,
     /// The locations that serve it, when not all do.
     pub locations: Vec<String>,
+    /// Putting lines in a cart (`PUT /v1/carts/{id}`) holds their units for
+    /// `orders.cart_hold_ttl_s` (a reservation its order converts), rather than only
+    /// telling what is available.
+    pub hold: bool,
 }
 
 impl ChannelConfig {
@@ -555,8 +562,11 @@ impl Config {
             );
         }
         let o = &self.orders;
-        if o.hold_ttl_s > self.reservations.ttl_s_max {
-            return invalid("orders.hold_ttl_s must be at most reservations.ttl_s_max");
+        if o.hold_ttl_s > self.reservations.ttl_s_max || o.cart_hold_ttl_s > self.reservations.ttl_s_max {
+            return invalid("orders.hold_ttl_s and orders.cart_hold_ttl_s must be at most reservations.ttl_s_max");
+        }
+        if o.cart_hold_ttl_s == 0 {
+            return invalid("orders.cart_hold_ttl_s must be 1 or more");
         }
         if o.queue_age_max_s == 0 || o.hold_ttl_s == 0 || o.horizon_days == 0 || o.horizon_days > 366 {
             return invalid("orders: queue_age_max_s and hold_ttl_s must be 1 or more, horizon_days 1 to 366");

@@ -47,3 +47,15 @@ CREATE TABLE back_in_stock (
     UNIQUE (owner, channel, sku, customer)
 );
 CREATE INDEX back_in_stock_waiting ON back_in_stock (sku) WHERE notified_at IS NULL;
+
+-- Carts: a customer's lines before checkout, and the soft hold on them when the channel
+-- holds (a reservation, its id here).
+CREATE TABLE carts (
+    id             TEXT PRIMARY KEY,
+    owner          TEXT NOT NULL,
+    channel        TEXT NOT NULL,
+    -- The lines as checked (JSON).
+    lines          TEXT NOT NULL,
+    reservation_id TEXT,
+    updated_at     INTEGER NOT NULL
+);

@@ -85,6 +85,8 @@ pub enum ApiError {
     OrderNotCancellable(String),
     #[error("no back-in-stock wish {0:?}")]
     BackInStockNotFound(String),
+    #[error("no cart {0:?}")]
+    CartNotFound(String),
     #[error("no route for {0}")]
     NotFound(String),
     #[error("{0} is unavailable, retry later")]
@@ -148,6 +150,7 @@ impl ApiError {
             ApiError::OrderNotFound(_) => (StatusCode::NOT_FOUND, "order_not_found"),
             ApiError::OrderNotCancellable(_) => (StatusCode::CONFLICT, "order_not_cancellable"),
             ApiError::BackInStockNotFound(_) => (StatusCode::NOT_FOUND, "back_in_stock_not_found"),
+            ApiError::CartNotFound(_) => (StatusCode::NOT_FOUND, "cart_not_found"),
             ApiError::NotFound(_) => (StatusCode::NOT_FOUND, "not_found"),
             ApiError::Unavailable(_) => (StatusCode::SERVICE_UNAVAILABLE, "unavailable"),
             ApiError::TooManyStreamClients(_) => (StatusCode::SERVICE_UNAVAILABLE, "too_many_stream_clients"),

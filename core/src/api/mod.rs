@@ -9,7 +9,8 @@
 //! - `reservations:write`: `POST /v1/reservations`, `GET /v1/reservations/{id}`,
 //!   `POST /v1/reservations/{id}/commit`, `POST /v1/reservations/{id}/cancel`.
 //! - `orders:write`: `POST /v1/orders`, `GET /v1/orders/{id}`, `POST /v1/orders/{id}/cancel`,
-//!   `GET /v1/orders/queue`, `POST /v1/back-in-stock`, `GET /v1/back-in-stock/{id}`.
+//!   `GET /v1/orders/queue`, `PUT|GET|DELETE /v1/carts/{id}`, `POST /v1/back-in-stock`,
+//!   `GET /v1/back-in-stock/{id}`.
 //! - `admin`: `PUT /v1/products/{sku}`, `PUT /v1/stock/{sku}/{location}/policy`,
 //!   `POST /v1/subscriptions`, `GET /v1/subscriptions`, `DELETE /v1/subscriptions/{id}`,
 //!   `GET /v1/subscriptions/{id}/deliveries`.
@@ -31,6 +32,7 @@
 //! - `products`: the product catalog.
 //! - `reservations`: holding units for checkouts, committing and cancelling them.
 //! - `orders`: checkouts placed on the order queue, and where each order is.
+//! - `carts`: a customer's lines before checkout, soft-held where the channel holds.
 //! - `alerts`: alerts, their acknowledgement, and webhook subscriptions to them.
 //! - `observe`: each request's id, span and metrics.
 //! - `params`: query parameters, read strictly.
@@ -39,6 +41,7 @@
 
 mod alerts;
 mod auth;
+mod carts;
 mod dashboard;
 mod error;
 mod extract;
@@ -161,6 +164,7 @@ fn route_groups() -> Vec<(Option<Scope>, OpenApiRouter<ApiState>)> {
         .routes(routes!(orders::get_queue))
         .routes(routes!(orders::get))
         .routes(routes!(orders::cancel))
+        .routes(routes!(carts::put, carts::get, carts::delete))
         .routes(routes!(orders::watch_back_in_stock))
         .routes(routes!(orders::get_back_in_stock));
     let admin = OpenApiRouter::new()
@@ -394,6 +398,9 @@ mod tests {
             ("/v1/orders/queue", "get", Some("orders:write")),
             ("/v1/back-in-stock", "post", Some("orders:write")),
             ("/v1/back-in-stock/{id}", "get", Some("orders:write")),
+            ("/v1/carts/{id}", "put", Some("orders:write")),
+            ("/v1/carts/{id}", "get", Some("orders:write")),
+            ("/v1/carts/{id}", "delete", Some("orders:write")),
         ];
         let json = serde_json::to_value(&doc).unwrap();
         for (path, method, scope) in expected {

@@ -18,6 +18,7 @@ use tracing::warn;
 
 use super::{
     auth::Principal,
+    carts,
     error::{ApiError, ErrorDetail},
     extract::SmallBody,
     state::ApiState,
@@ -130,18 +131,42 @@ pub(super) async fn create(
 ) -> Result<Response, ApiError> {
     let count = |outcome: &str| state.metrics.orders_received_total.with_label_values(&[outcome]).inc();
     let key = super::extract::idempotency_key(&headers)?.ok_or(ApiError::IdempotencyKeyRequired)?;
-    let raw: RawOrder = serde_json::from_slice(&body).map_err(|e| {
+    let mut raw: RawOrder = serde_json::from_slice(&body).map_err(|e| {
         count("invalid");
         ApiError::InvalidBody(e.to_string())
     })?;
-    let order = match OrderRequest::check(raw, &state.channels) {
-        Ok(order) => order,
-        Err(errors) => {
-            count("invalid");
-            let message = format!("{} field(s) of the order are wrong; nothing was received", errors.len());
-            let error = ErrorDetail { code: "invalid_order", message: message.into() };
-            return Ok((StatusCode::UNPROCESSABLE_ENTITY, Json(InvalidOrderAnswer { error, errors })).into_response());
+    let invalid = |errors: Vec<FieldError>| {
+        count("invalid");
+        let message = format!("{} field(s) of the order are wrong; nothing was received", errors.len());
+        let error = ErrorDetail { code: "invalid_order", message: message.into() };
+        Ok((StatusCode::UNPROCESSABLE_ENTITY, Json(InvalidOrderAnswer { error, errors })).into_response())
+    };
+    // An order from a cart takes the cart's lines, and converts its hold.
+    let mut hold = None;
+    if let Some(cart_id) = raw.cart.clone() {
+        let wrong = |message: String| vec![FieldError { field: "cart".into(), code: "invalid_cart", message }];
+        if !raw.lines.is_empty() {
+            return invalid(wrong("give lines or a cart, not both".into()));
         }
+        let Some(cart) = carts::for_order(&state, &principal, &cart_id).await? else {
+            return invalid(wrong(format!("no cart {cart_id:?}")));
+        };
+        if cart.channel != raw.channel {
+            return invalid(wrong(format!("the cart is for channel {:?}", cart.channel)));
+        }
+        let lines: Vec<crate::order::OrderLine> = serde_json::from_str(&cart.lines).map_err(|e| {
+            warn!(cart = %cart_id, error = %e, "a stored cart cannot be read");
+            ApiError::Unavailable("the cart store")
+        })?;
+        raw.lines = lines
+            .into_iter()
+            .map(|l| crate::order::RawLine { sku: l.sku.to_string(), quantity: l.quantity, in_cart: l.in_cart })
+            .collect();
+        hold = cart.reservation_id;
+    }
+    let order = match OrderRequest::check(raw, &state.channels) {
+        Ok(order) => OrderRequest { hold, ..order },
+        Err(errors) => return invalid(errors),
     };
     let figures = queue(&state).await?;
     if figures.saturated {

@@ -870,6 +870,17 @@ pub struct BackInStock {
     pub notified_at: Option<DateTime<Utc>>,
 }
 
+/// A cart as stored: its lines as checked (JSON) and its hold, if any.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CartRecord {
+    pub id: String,
+    pub owner: String,
+    pub channel: String,
+    pub lines: String,
+    pub reservation_id: Option<String>,
+    pub updated_at: DateTime<Utc>,
+}
+
 /// What writing a decision did.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Decided {
@@ -930,6 +941,12 @@ pub trait Orders: Send + Sync + std::fmt::Debug {
     /// Marks a wish told and writes its event to the order outbox, once: `false` when it
     /// was told already.
     async fn notify_back_in_stock(&self, id: &str, event: &str, now: DateTime<Utc>) -> Result<bool, DbError>;
+    /// Writes a cart (new or replaced), unless another owner has one of this id: then
+    /// answers that one, unchanged.
+    async fn put_cart(&self, cart: &CartRecord) -> Result<CartRecord, DbError>;
+    async fn cart(&self, id: &str) -> Result<Option<CartRecord>, DbError>;
+    /// Deletes a cart; answers whether there was one.
+    async fn delete_cart(&self, id: &str) -> Result<bool, DbError>;
     /// Order events waiting for the orders topic, oldest first, at most `limit`.
     async fn order_outbox(&self, limit: i64) -> Result<Vec<OutboxRecord>, DbError>;
     async fn delete_order_outbox(&self, ids: &[i64]) -> Result<(), DbError>;

@@ -11,8 +11,8 @@ use super::{
     corrupt,
     dialect::Dialect,
     driver::{query, Cells, Time},
-    BackInStock, Booking, DbError, Decided, NewOrder, OrderDecision, OrderQueue, OrderRecord, Orders, OutboxRecord,
-    Progress, Received, SqlDb,
+    BackInStock, Booking, CartRecord, DbError, Decided, NewOrder, OrderDecision, OrderQueue, OrderRecord, Orders,
+    OutboxRecord, Progress, Received, SqlDb,
 };
 use crate::{
     event::{Movement, Sku},
@@ -20,6 +20,7 @@ use crate::{
 };
 
 const ORDER_COLUMNS: &str = "id, owner, channel, status, request, decision, reservation_id, received_at, decided_at";
+const CART_COLUMNS: &str = "id, owner, channel, lines, reservation_id, updated_at";
 const WATCH_COLUMNS: &str = "id, owner, channel, sku, customer, created_at, notified_at";
 const DAY_FORMAT: &str = "%Y-%m-%d";
 
@@ -254,6 +255,43 @@ impl<D: Dialect> Orders for SqlDb<D> {
         Ok(told == 1)
     }
 
+    async fn put_cart(&self, cart: &CartRecord) -> Result<CartRecord, DbError> {
+        let mut tx = D::begin_write(&self.pool).await?;
+        query::<D>(
+            "INSERT INTO carts (id, owner, channel, lines, reservation_id, updated_at) VALUES ($1, $2, $3, $4, $5, $6)
+             ON CONFLICT (id) DO UPDATE SET channel = excluded.channel, lines = excluded.lines,
+                 reservation_id = excluded.reservation_id, updated_at = excluded.updated_at
+             WHERE carts.owner = excluded.owner",
+        )
+        .bind(cart.id.as_str())
+        .bind(cart.owner.as_str())
+        .bind(cart.channel.as_str())
+        .bind(cart.lines.as_str())
+        .bind(cart.reservation_id.as_deref())
+        .bind(Time(cart.updated_at))
+        .execute(&mut *tx)
+        .await?;
+        let row = query::<D>(&format!("SELECT {CART_COLUMNS} FROM carts WHERE id = $1"))
+            .bind(cart.id.as_str())
+            .fetch_one(&mut *tx)
+            .await?;
+        tx.commit().await?;
+        cart_record(&row)
+    }
+
+    async fn cart(&self, id: &str) -> Result<Option<CartRecord>, DbError> {
+        let sql = format!("SELECT {CART_COLUMNS} FROM carts WHERE id = $1");
+        let row = query::<D>(&sql).bind(id).fetch_optional(self.conn().await?).await?;
+        row.as_ref().map(cart_record).transpose()
+    }
+
+    async fn delete_cart(&self, id: &str) -> Result<bool, DbError> {
+        let mut tx = D::begin_write(&self.pool).await?;
+        let deleted = query::<D>("DELETE FROM carts WHERE id = $1").bind(id).execute(&mut *tx).await?;
+        tx.commit().await?;
+        Ok(deleted == 1)
+    }
+
     async fn order_outbox(&self, limit: i64) -> Result<Vec<OutboxRecord>, DbError> {
         events_waiting(self, "order_outbox", limit).await
     }
@@ -290,6 +328,17 @@ async fn order_event<D: Dialect>(
         .execute(&mut **tx)
         .await?;
     Ok(())
+}
+
+fn cart_record(row: &impl Cells) -> Result<CartRecord, DbError> {
+    Ok(CartRecord {
+        id: row.cell("id")?,
+        owner: row.cell("owner")?,
+        channel: row.cell("channel")?,
+        lines: row.cell("lines")?,
+        reservation_id: row.cell("reservation_id")?,
+        updated_at: row.time("updated_at")?,
+    })
 }
 
 fn watch(row: &impl Cells) -> Result<BackInStock, DbError> {

@@ -247,7 +247,11 @@ async fn levels_stay_unpublished_until_their_publication_is_recorded(db: Arc<dyn
 }
 
 fn config(all: bool, locations: &[&str]) -> crate::config::ChannelConfig {
-    crate::config::ChannelConfig { all_locations: all, locations: locations.iter().map(|l| l.to_string()).collect() }
+    crate::config::ChannelConfig {
+        all_locations: all,
+        locations: locations.iter().map(|l| l.to_string()).collect(),
+        hold: false,
+    }
 }
 
 fn line(sku: &str, quantity: i64, location: Option<&str>) -> reservation::LineRequest {

@@ -116,7 +116,13 @@ pub struct RawOrder {
     pub channel: String,
     /// The customer's reference in the channel (never a name or an e-mail address).
     pub customer: String,
+    /// The lines, or none with `cart`.
+    #[serde(default)]
     pub lines: Vec<RawLine>,
+    /// A cart (`PUT /v1/carts/{id}`) instead of lines: its lines are ordered, and its hold
+    /// is what the order's reservation replaces.
+    #[serde(default)]
+    pub cart: Option<String>,
     pub payment: RawPayment,
     pub delivery: RawDelivery,
 }
@@ -186,6 +192,10 @@ pub struct OrderRequest {
     pub lines: Vec<OrderLine>,
     pub payment: Payment,
     pub delivery: Delivery,
+    /// The hold of the cart it was ordered from, released by the worker just before it
+    /// reserves the order.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub hold: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
@@ -356,10 +366,35 @@ impl OrderRequest {
         let delivery = check_delivery(&raw.delivery, channel, &mut problems);
         match (problems.0.is_empty(), payment, delivery) {
             (true, Some(payment), Some(delivery)) => {
-                Ok(OrderRequest { channel: raw.channel, customer, lines, payment, delivery })
+                Ok(OrderRequest { channel: raw.channel, customer, lines, payment, delivery, hold: None })
             }
             _ => Err(problems.0),
         }
+    }
+}
+
+/// A cart's body as it arrives.
+#[derive(Debug, Clone, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RawCart {
+    pub channel: String,
+    pub lines: Vec<RawLine>,
+}
+
+/// Checks a cart's channel and lines as an order's are checked.
+pub fn check_cart(
+    raw: &RawCart,
+    channels: &std::collections::BTreeMap<String, ChannelConfig>,
+) -> Result<Vec<OrderLine>, Vec<FieldError>> {
+    let mut problems = Problems::default();
+    if !channels.contains_key(&raw.channel) {
+        problems.add("channel", "unknown_channel", format!("no channel is named {:?}", raw.channel));
+    }
+    let lines = check_lines(&raw.lines, &mut problems);
+    if problems.0.is_empty() {
+        Ok(lines)
+    } else {
+        Err(problems.0)
     }
 }
 

@@ -6,8 +6,11 @@ use serde_json::{json, Value};
 use super::*;
 
 fn channels() -> BTreeMap<String, ChannelConfig> {
-    [("web".to_string(), ChannelConfig { all_locations: false, locations: vec!["store-001".into(), "dc-01".into()] })]
-        .into()
+    [(
+        "web".to_string(),
+        ChannelConfig { all_locations: false, locations: vec!["store-001".into(), "dc-01".into()], hold: false },
+    )]
+    .into()
 }
 
 fn order() -> Value {

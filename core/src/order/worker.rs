@@ -171,6 +171,10 @@ impl OrderWorker {
         let Some(channel) = self.channels.get(&request.channel) else {
             return self.write(order, &reject("unknown_channel", Vec::new()), None, &progress, started).await.map(drop);
         };
+        // The cart's soft hold gives way to the order's own reservation, just before it.
+        if let Some(hold) = &request.hold {
+            self.cancel(hold).await;
+        }
         let skus: Vec<Sku> = request.lines.iter().map(|l| l.sku.clone()).collect();
         let levels = self.db.stock_by_skus(&skus).await?;
         let available: BTreeMap<(Sku, LocationId), i64> =
