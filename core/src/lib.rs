@@ -10,8 +10,8 @@
 //! - [`db`]: persistence: the role traits (`Db` is all of them), on PostgreSQL or SQLite.
 //! - [`cache`]: the read side's cache of stock levels, kept fresh by the stock topic.
 //! - [`reservation`]: checkouts' promises of units, held by the database.
-//! - [`order`]: orders as checked at the edge, where they are fulfilled from and when
-//!   they are delivered (in progress: the order flow of `docs/orders.md`).
+//! - [`order`]: orders, carts and back-in-stock wishes: checked at the edge, decided once
+//!   by the order workers, fulfilled from one location in a delivery slot (`docs/orders.md`).
 //! - [`relay`]: how levels and movements the API writes reach Kafka (the outbox).
 //! - [`ingest`]: how a movement an edge accepts is made safe before the answer.
 //! - [`lease`]: pollers and inboxes run on one replica at a time, under a lease.

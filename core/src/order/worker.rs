@@ -204,30 +204,17 @@ impl OrderWorker {
             let ask =
                 ReservationRequest { channel: request.channel.clone(), lines, ttl_s: Some(self.config.hold_ttl_s) };
             let key = format!("order:{}:{location}", order.id);
-            let reservation = match self.reservations.reserve(WORKER_OWNER, &key, &ask).await {
+            let reservation = match self.hold(&order.id, &key, &ask).await? {
                 // A hold taken by a worker that died longer ago than orders.hold_ttl_s has
                 // expired: its replayed answer holds nothing, so hold again under a new key.
-                Ok(Decision::Held(reservation)) if reservation.expires_at <= self.clock.now() => {
+                Some(held) if held.expires_at <= self.clock.now() => {
                     let key = format!("{key}:{}", self.clock.now().timestamp_micros());
-                    match self.reservations.reserve(WORKER_OWNER, &key, &ask).await {
-                        Ok(Decision::Held(reservation)) => reservation,
-                        Ok(Decision::Short(_)) => continue,
-                        Err(ReservationError::Db(e)) => return Err(e),
-                        Err(e) => {
-                            warn!(order = %order.id, error = %e, "an order's reservation was refused; trying the next location");
-                            continue;
-                        }
-                    }
+                    self.hold(&order.id, &key, &ask).await?
                 }
-                Ok(Decision::Held(reservation)) => reservation,
-                // Another writer took the units since the levels were read: the next one.
-                Ok(Decision::Short(_)) => continue,
-                Err(ReservationError::Db(e)) => return Err(e),
-                Err(e) => {
-                    warn!(order = %order.id, error = %e, "an order's reservation was refused; trying the next location");
-                    continue;
-                }
+                held => held,
             };
+            // Another writer took the units since the levels were read: the next one.
+            let Some(reservation) = reservation else { continue };
             for _ in 0..SLOT_ROUNDS_MAX {
                 let outcome = OrderOutcome::Scheduled {
                     location: location.clone(),
@@ -264,6 +251,25 @@ impl OrderWorker {
         }
         let short_lines = self.short_lines(order, &request, channel, &candidates, &levels).await?;
         self.write(order, &reject("out_of_stock", short_lines), None, &progress, started).await.map(drop)
+    }
+
+    /// Reserves an order's lines under `key`: the reservation, or `None` when they are
+    /// short or the reservation is refused (the next candidate is tried).
+    async fn hold(
+        &self,
+        order_id: &str,
+        key: &str,
+        ask: &ReservationRequest,
+    ) -> Result<Option<crate::reservation::Reservation>, DbError> {
+        match self.reservations.reserve(WORKER_OWNER, key, ask).await {
+            Ok(Decision::Held(reservation)) => Ok(Some(reservation)),
+            Ok(Decision::Short(_)) => Ok(None),
+            Err(ReservationError::Db(e)) => Err(e),
+            Err(e) => {
+                warn!(order = %order_id, error = %e, "an order's reservation was refused; trying the next location");
+                Ok(None)
+            }
+        }
     }
 
     /// The lines of a rejected order that no candidate could fill, each with what every
