@@ -460,8 +460,8 @@ fn spawn_alerts(
     Ok(())
 }
 
-/// The live stream's hub and the tasks that feed it: the stock and alerts topics from
-/// their end, and the sources' health polled from the database. Each ends at shutdown, and
+/// The live stream's hub and the tasks that feed it: the stock, alerts and orders topics
+/// from their end, and the sources' health polled from the database. Each ends at shutdown, and
 /// so does every client's stream.
 fn spawn_stream(supervisor: &mut Supervisor, config: &Config, db: &Arc<dyn Db>, metrics: &Metrics) -> Hub {
     use onhand_core::stream;
@@ -474,6 +474,12 @@ fn spawn_stream(supervisor: &mut Supervisor, config: &Config, db: &Arc<dyn Db>, 
     supervisor.spawn(Task::new("stream_alerts"), move |_, stop| {
         stream::follow_alerts(alerts.clone(), alerts_kafka.clone(), stop)
     });
+    if config.orders.enabled {
+        let (orders, orders_kafka) = (hub.clone(), config.kafka.clone());
+        supervisor.spawn(Task::new("stream_orders"), move |_, stop| {
+            stream::follow_orders(orders.clone(), orders_kafka.clone(), stop)
+        });
+    }
     let (watched, heard): (Arc<dyn Sources>, Arc<dyn Signals>) = (db.clone(), db.clone());
     let sources_config = config.sources.clone();
     supervisor.spawn(Task::new("stream_sources"), move |_, stop| {

@@ -8,19 +8,18 @@ mod common;
 use std::{
     collections::{BTreeMap, BTreeSet},
     net::SocketAddr,
-    sync::{Arc, Mutex},
 };
 
-use axum::{body::Bytes, extract::State, http::HeaderMap, http::StatusCode, routing::post, Router};
 use chrono::Utc;
-use common::*;
-use hmac::{Hmac, Mac};
+use common::{
+    webhooks::{receiver, signed_by},
+    *,
+};
 use onhand_core::{
     event::{MovementKind, SourceSystem},
     testing::movement,
 };
 use serde_json::{json, Value};
-use sha2::Sha256;
 
 /// A movement recorded now by the tills of `store`, keyed by its SKU.
 fn till_movement(id: &str, store: &str, kind: MovementKind, quantity: i64) -> (String, Vec<u8>) {
@@ -135,42 +134,6 @@ async fn a_silent_source_is_told_once_and_forgotten_when_heard_from() {
     })
     .await;
     app.stop().await.unwrap();
-}
-
-/// What a webhook receiver saw, and how it answers: the first `failures` requests get a 500.
-#[derive(Default)]
-struct Receiver {
-    requests: Vec<(HeaderMap, Bytes)>,
-    failures: usize,
-}
-
-async fn receiver(failures: usize) -> (String, Arc<Mutex<Receiver>>) {
-    let state = Arc::new(Mutex::new(Receiver { failures, ..Receiver::default() }));
-    async fn hook(State(state): State<Arc<Mutex<Receiver>>>, headers: HeaderMap, body: Bytes) -> StatusCode {
-        let mut state = state.lock().unwrap();
-        state.requests.push((headers, body));
-        if state.requests.len() <= state.failures {
-            StatusCode::INTERNAL_SERVER_ERROR
-        } else {
-            StatusCode::NO_CONTENT
-        }
-    }
-    let router = Router::new().route("/hook", post(hook)).with_state(Arc::clone(&state));
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let url = format!("http://{}/hook", listener.local_addr().unwrap());
-    tokio::spawn(async move { axum::serve(listener, router).await });
-    (url, state)
-}
-
-/// Checks `Onhand-Signature: t=UNIX,v1=HEX` the way docs/alerts.md tells receivers to.
-fn signed_by(secret: &str, headers: &HeaderMap, body: &[u8]) -> bool {
-    let header = headers["onhand-signature"].to_str().unwrap();
-    let (t, v1) = header.split_once(",v1=").unwrap();
-    let t = t.strip_prefix("t=").unwrap();
-    let mut mac = Hmac::<Sha256>::new_from_slice(secret.as_bytes()).unwrap();
-    mac.update(format!("{t}.").as_bytes());
-    mac.update(body);
-    mac.verify_slice(&hex::decode(v1).unwrap()).is_ok()
 }
 
 async fn subscribe(addr: SocketAddr, body: Value) -> (u16, Value) {

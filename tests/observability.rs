@@ -528,9 +528,10 @@ async fn every_rule_and_dashboard_query_returns_data_from_a_live_onhand() {
         return;
     }
     let mut config = test_config(1).await;
-    config
-        .channels
-        .insert("web".into(), ChannelConfig { all_locations: false, locations: vec!["store-1".into()], hold: false });
+    config.channels.insert(
+        "web".into(),
+        ChannelConfig { all_locations: false, locations: vec!["store-1".into()], ..ChannelConfig::default() },
+    );
     config.connectors.insert("pos".into(), json!({}));
     config.reservations.expiry_interval_ms = 100;
     let app = serve(&config).await;

@@ -6,7 +6,10 @@ mod common;
 
 use std::{collections::BTreeMap, time::Duration};
 
-use common::*;
+use common::{
+    webhooks::{self, receiver},
+    *,
+};
 use onhand_core::config::{CalendarConfig, ChannelConfig, Config};
 use reqwest::Method;
 use serde_json::{json, Value};
@@ -36,7 +39,7 @@ async fn orders_config(capacity: u32) -> Config {
         ChannelConfig {
             all_locations: false,
             locations: vec!["dc-01".into(), "store-001".into(), "store-002".into()],
-            hold: false,
+            ..ChannelConfig::default()
         },
     );
     for location in ["dc-01", "store-001", "store-002"] {
@@ -134,6 +137,9 @@ async fn a_hundred_checkouts_for_the_last_three_units_schedule_three_and_reject_
     on_hand_is(&app, "TV-55", "dc-01", 0).await;
     let (_, queue) = http_get(app.local_addr, "/v1/orders/queue").await;
     assert_eq!((queue["waiting"].as_i64(), queue["saturated"].as_bool()), (Some(0), Some(false)), "{queue}");
+    let recent = &queue["recent"];
+    assert_eq!(recent["decided"], json!({"rejected": 97, "scheduled": 3}), "{queue}");
+    assert!(recent["decision_p99_seconds"].as_f64() >= recent["decision_p50_seconds"].as_f64(), "{queue}");
     // Every change is an event on the orders topic: each order's receipt and decision.
     let events = consume_all(&config.kafka.topics.orders, 200);
     let changes: std::collections::BTreeSet<(String, String)> = events
@@ -429,5 +435,83 @@ async fn a_cart_holds_its_units_where_the_channel_holds_and_its_order_converts_t
     assert_eq!(status, 204);
     let (status, gone) = http_get(app.local_addr, "/v1/carts/cart-2").await;
     assert_eq!((status, &gone["error"]["code"]), (404, &json!("cart_not_found")), "{gone}");
+    app.stop().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn an_orders_changes_reach_its_channels_webhook_and_the_live_stream_and_a_payment_it_refuses_is_rejected() {
+    onhand_core::skip_without_servers!();
+    let mut config = orders_config(100).await;
+    let kiosk = ChannelConfig {
+        locations: vec!["dc-01".into()],
+        payment_methods: vec!["card".into()],
+        ..ChannelConfig::default()
+    };
+    config.channels.insert("kiosk".into(), kiosk);
+    let app = serve(&config).await;
+    let addr = app.local_addr;
+    let subscribe = |body: Value| http_post(addr, "/v1/subscriptions", "application/json", body.to_string());
+    let (hook_url, hook) = receiver(0).await;
+    let secret = "the-web-stores-order-secret";
+    let (status, created) = subscribe(json!({"url": hook_url, "channel": "web", "secret": secret})).await;
+    assert_eq!((status, &created["channel"]), (201, &json!("web")), "{created}");
+    for bad in
+        [json!({"url": hook_url, "channel": "nope"}), json!({"url": hook_url, "channel": "web", "kinds": ["oversold"]})]
+    {
+        let (status, body) = subscribe(bad).await;
+        assert_eq!((status, body["error"]["code"].as_str()), (422, Some("invalid_subscription")), "{body}");
+    }
+    let mut stream = common::stream::subscribe(&app, "kind=order", None).await;
+    stock(&app, json!([movement("w1", "LAMP", "dc-01", 10)]), "LAMP", "dc-01", 10).await;
+
+    // The kiosk takes cards only: an order paid by pix is rejected, and goes to no webhook
+    // of the web store.
+    let mut by_pix = order(json!([{"sku": "LAMP", "quantity": 1}]), to_address());
+    by_pix["channel"] = json!("kiosk");
+    let (status, placed) = place(addr, "kiosk-1", &by_pix).await;
+    assert_eq!(status, 202, "{placed}");
+    let refused = decided(addr, placed["id"].as_str().unwrap()).await;
+    assert_eq!(
+        (refused["status"].as_str(), refused["decision"]["reason"].as_str()),
+        (Some("rejected"), Some("invalid_payment"))
+    );
+
+    let (_, placed) = place(addr, "web-1", &order(json!([{"sku": "LAMP", "quantity": 2}]), to_address())).await;
+    let id = placed["id"].as_str().unwrap().to_string();
+    assert_eq!(decided(addr, &id).await["status"], "scheduled");
+
+    // The web store's hook gets the order's two changes, signed, each with its event id.
+    let delivered = eventually("the order's changes delivered to the web store", 60, || {
+        let requests = hook.lock().unwrap().requests.clone();
+        let ids: Vec<String> =
+            requests.iter().map(|(headers, _)| headers["onhand-event-id"].to_str().unwrap().to_string()).collect();
+        async move { (ids.len() >= 2).then_some((ids, requests)) }
+    })
+    .await;
+    let (ids, requests) = delivered;
+    assert_eq!(ids, [format!("{id}:received"), format!("{id}:scheduled")]);
+    for (headers, body) in &requests {
+        assert!(webhooks::signed_by(secret, headers, body), "signed with the subscription's secret");
+        let event: Value = serde_json::from_slice(body).unwrap();
+        assert_eq!((event["type"].as_str(), event["channel"].as_str()), (Some("onhand.order.v1"), Some("web")));
+    }
+
+    // The live stream carries the changes, a scheduled one about its location.
+    let scheduled = loop {
+        let event = stream.next(60).await.expect("the stream goes on");
+        assert_eq!(event.event, "order", "{event:?}");
+        if event.data["order_id"] == id.as_str() && event.data["status"] == "scheduled" {
+            break event;
+        }
+    };
+    assert_eq!(scheduled.data["decision"]["location"], "dc-01");
+
+    // Each worker gauges the records of its partitions not read yet: none once all is read.
+    eventually("the workers' lag per partition gauged at zero", 30, || async {
+        let exposition = app.metrics.render();
+        let series: Vec<&str> = exposition.lines().filter(|l| l.starts_with("onhand_orders_worker_lag{")).collect();
+        (series.len() == 3 && series.iter().all(|l| l.ends_with(" 0"))).then_some(())
+    })
+    .await;
     app.stop().await.unwrap();
 }

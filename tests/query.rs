@@ -37,9 +37,10 @@ async fn stock_once(addr: SocketAddr, sku: &str, on_hand: i64) -> Value {
 async fn reads_show_what_each_channel_may_sell() {
     onhand_core::skip_without_servers!();
     let mut config = test_config(3).await;
-    config
-        .channels
-        .insert("ecommerce".into(), ChannelConfig { all_locations: false, locations: vec!["dc".into()], hold: false });
+    config.channels.insert(
+        "ecommerce".into(),
+        ChannelConfig { all_locations: false, locations: vec!["dc".into()], ..ChannelConfig::default() },
+    );
     let app = serve(&config).await;
     let addr = app.local_addr;
     post(addr, json!([receipt("q-1", "SKU-Q", "store-1", 10), receipt("q-2", "SKU-Q", "dc", 4)])).await;

@@ -36,7 +36,7 @@ async fn level_is(addr: SocketAddr, sku: &str, location: &str, on_hand: i64, res
 }
 
 fn web_channel() -> ChannelConfig {
-    ChannelConfig { all_locations: false, locations: vec!["dc".into(), "store-1".into()], hold: false }
+    ChannelConfig { all_locations: false, locations: vec!["dc".into(), "store-1".into()], ..ChannelConfig::default() }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]

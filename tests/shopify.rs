@@ -35,9 +35,10 @@ const WEB_LOCATION: u64 = 48752903;
 /// A configuration with the Shopify connector pointed at `admin` (the fake, or a proxy).
 async fn shopify_config(admin: SocketAddr, sink: bool) -> Config {
     let mut config = test_config(3).await;
-    config
-        .channels
-        .insert("web".into(), ChannelConfig { all_locations: false, locations: vec!["dc-sp".into()], hold: false });
+    config.channels.insert(
+        "web".into(),
+        ChannelConfig { all_locations: false, locations: vec!["dc-sp".into()], ..ChannelConfig::default() },
+    );
     let mut section = section(admin);
     section["echo_settle_ms"] = json!(300);
     section["reconcile"] = json!({ "interval_s": 1, "initial_lookback_h": 1 });

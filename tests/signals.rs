@@ -31,9 +31,10 @@ const OIL_ITEM: u64 = 271878346596884016;
 /// POS, WMS and Shopify (webhooks, reconciliation and sink) on one service.
 async fn every_connector(inbox: &Path, shopify: std::net::SocketAddr) -> Config {
     let mut config = test_config(3).await;
-    config
-        .channels
-        .insert("web".into(), ChannelConfig { all_locations: false, locations: vec!["dc-sp".into()], hold: false });
+    config.channels.insert(
+        "web".into(),
+        ChannelConfig { all_locations: false, locations: vec!["dc-sp".into()], ..ChannelConfig::default() },
+    );
     config.connectors.insert("pos".into(), json!({}));
     config
         .connectors

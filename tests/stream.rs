@@ -6,76 +6,14 @@ mod common;
 use std::time::Duration;
 
 use chrono::Utc;
-use common::*;
+use common::{
+    stream::{open, subscribe},
+    *,
+};
 use futures::{SinkExt, StreamExt};
 use onhand_core::event::{alert::AlertState, Sku, StockLevel};
 use serde_json::{json, Value};
 use tokio_tungstenite::tungstenite::{self, protocol::frame::coding::CloseCode};
-
-/// One Server-Sent Event.
-#[derive(Debug, Clone, Default)]
-struct SseEvent {
-    id: Option<String>,
-    event: String,
-    data: Value,
-}
-
-/// Reads a `text/event-stream` answer event by event (keep-alive comments skipped).
-struct SseReader {
-    response: reqwest::Response,
-    buffer: String,
-}
-
-impl SseReader {
-    /// The next event, `None` when the stream ended, failing after `seconds` without one.
-    async fn next(&mut self, seconds: u64) -> Option<SseEvent> {
-        let deadline = tokio::time::Instant::now() + Duration::from_secs(seconds);
-        loop {
-            if let Some(end) = self.buffer.find("\n\n") {
-                let block: String = self.buffer.drain(..end + 2).collect();
-                let mut event = SseEvent { event: "message".into(), ..SseEvent::default() };
-                let mut data = String::new();
-                for line in block.lines() {
-                    match line.split_once(':').map(|(k, v)| (k, v.strip_prefix(' ').unwrap_or(v))) {
-                        Some(("id", v)) => event.id = Some(v.to_string()),
-                        Some(("event", v)) => event.event = v.to_string(),
-                        Some(("data", v)) => data.push_str(v),
-                        _ => {}
-                    }
-                }
-                if data.is_empty() && event.id.is_none() {
-                    continue; // a comment: keep-alive
-                }
-                event.data = serde_json::from_str(&data).unwrap_or(Value::String(data));
-                return Some(event);
-            }
-            let chunk = tokio::time::timeout_at(deadline, self.response.chunk())
-                .await
-                .unwrap_or_else(|_| panic!("no event within {seconds}s"));
-            match chunk {
-                Ok(Some(bytes)) => self.buffer.push_str(&String::from_utf8_lossy(&bytes)),
-                Ok(None) | Err(_) => return None,
-            }
-        }
-    }
-}
-
-/// Opens `GET /v1/stream?QUERY` with `key`, and `Last-Event-ID` when given.
-async fn open(app: &onhand::app::App, query: &str, key: Option<&str>, last: Option<&str>) -> reqwest::Response {
-    let url = format!("http://{}/v1/stream?{query}", app.local_addr);
-    let mut request = authorized(reqwest::Client::new().get(url), key);
-    if let Some(last) = last {
-        request = request.header("last-event-id", last);
-    }
-    request.send().await.expect("the api answers")
-}
-
-async fn subscribe(app: &onhand::app::App, query: &str, last: Option<&str>) -> SseReader {
-    let response = open(app, query, Some(TEST_API_KEY), last).await;
-    assert_eq!(response.status(), 200);
-    assert_eq!(response.headers()["content-type"], "text/event-stream");
-    SseReader { response, buffer: String::new() }
-}
 
 fn level(sku: &str, location: &str, on_hand: i64) -> StockLevel {
     let base = onhand_core::testing::stock_level(location, on_hand, on_hand);

@@ -86,7 +86,10 @@ mod tests {
     #[test]
     fn the_registry_builds_known_connectors_and_refuses_unknown_names() {
         let mut config = Config::default();
-        config.channels.insert("web".into(), ChannelConfig { all_locations: true, locations: Vec::new(), hold: false });
+        config.channels.insert(
+            "web".into(),
+            ChannelConfig { all_locations: true, locations: Vec::new(), ..ChannelConfig::default() },
+        );
         assert!(registry(&config).unwrap().is_empty(), "no section, no connector");
         config.connectors.insert("shopify".into(), shopify_section());
         let connectors = registry(&config).unwrap();

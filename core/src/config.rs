@@ -49,7 +49,7 @@ impl Default for Config {
             connectors: BTreeMap::new(),
             channels: BTreeMap::from([(
                 "all".to_string(),
-                ChannelConfig { all_locations: true, locations: Vec::new(), hold: false },
+                ChannelConfig { all_locations: true, ..ChannelConfig::default() },
             )]),
         }
     }
@@ -463,11 +463,22 @@ pub struct ChannelConfig {
     /// `orders.cart_hold_ttl_s` (a reservation its order converts), rather than only
     /// telling what is available.
     pub hold: bool,
+    /// The payment methods the channel takes (of [`PAYMENT_METHODS`]); empty: every one.
+    /// An order paid otherwise is rejected with `invalid_payment`.
+    pub payment_methods: Vec<String>,
 }
+
+/// The payment methods an order may name, as `order::PaymentMethod` spells them.
+pub const PAYMENT_METHODS: [&str; 4] = ["card", "pix", "boleto", "wallet"];
 
 impl ChannelConfig {
     pub fn serves(&self, location: &str) -> bool {
         self.all_locations || self.locations.iter().any(|l| l == location)
+    }
+
+    /// Whether the channel takes payments by `method`.
+    pub fn takes_payment(&self, method: &str) -> bool {
+        self.payment_methods.is_empty() || self.payment_methods.iter().any(|m| m == method)
     }
 
     /// What the channel may sell of a SKU: the availability of its serving locations. The
@@ -549,6 +560,12 @@ impl Config {
             if !channel.all_locations && channel.locations.is_empty() {
                 return Err(ConfigError::Invalid(format!(
                     "channel {name} has no location (set locations or all_locations)"
+                )));
+            }
+            if let Some(bad) = channel.payment_methods.iter().find(|m| !PAYMENT_METHODS.contains(&m.as_str())) {
+                return Err(ConfigError::Invalid(format!(
+                    "channels.{name}.payment_methods: {bad:?} is not one of {}",
+                    PAYMENT_METHODS.join(", ")
                 )));
             }
         }

@@ -1,9 +1,10 @@
 //! The live stream: an in-process fan-out of what changes, to the clients of
 //! `GET /v1/stream` (Server-Sent Events) and `GET /v1/ws` (WebSocket) and the dashboard.
 //!
-//! Three kinds of events: `level` (a stock level as the stock topic carries it, with its
-//! `available`), `alert` (an alert's change as the alerts topic carries it) and `source`
-//! (a source's health, polled from the database and sent when it changes). Each event has
+//! Four kinds of events: `level` (a stock level as the stock topic carries it, with its
+//! `available`), `alert` (an alert's change as the alerts topic carries it), `source` (a
+//! source's health, polled from the database and sent when it changes) and `order` (an
+//! order's change or a back-in-stock notice, as the orders topic carries it). Each event has
 //! the id `{epoch}-{seq}`: the epoch names this hub's life (random, drawn at start), the
 //! sequence grows by one per event. The hub keeps the newest `replay_events_max` events,
 //! so that a client reconnecting with the last id it saw gets what it missed, without a
@@ -15,7 +16,7 @@
 //! bounded by the ring and the channel whatever the clients do. At most `clients_max`
 //! clients are connected at once.
 //!
-//! The hub reads the stock and alerts topics from their end ([`kafka::follow`]), as every
+//! The hub reads the stock, alerts and orders topics from their end ([`kafka::follow`]), as every
 //! instance's cache does: each instance streams what it sees, and shares nothing.
 
 use std::{
@@ -43,6 +44,7 @@ use crate::{
     event::{alert::AlertEvent, StockLevel},
     freshness::SourceReport,
     kafka,
+    order::{BackInStockEvent, OrderEvent, OrderOutcome},
     telemetry::Metrics,
 };
 
@@ -52,16 +54,18 @@ pub enum Kind {
     Level,
     Alert,
     Source,
+    Order,
 }
 
 impl Kind {
-    pub const ALL: [Kind; 3] = [Kind::Level, Kind::Alert, Kind::Source];
+    pub const ALL: [Kind; 4] = [Kind::Level, Kind::Alert, Kind::Source, Kind::Order];
 
     pub fn as_str(self) -> &'static str {
         match self {
             Kind::Level => "level",
             Kind::Alert => "alert",
             Kind::Source => "source",
+            Kind::Order => "order",
         }
     }
 
@@ -269,6 +273,23 @@ impl Hub {
         self.publish(Kind::Alert, alert.alert.sku.as_ref().map(|s| s.to_string()), location, data)
     }
 
+    /// An order's change as the orders topic carries it: about the location a scheduled
+    /// order is fulfilled from.
+    pub fn publish_order(&self, order: &OrderEvent) -> Arc<StreamEvent> {
+        let data = serde_json::to_string(order).expect("an order event always serializes");
+        let location = match &order.decision {
+            Some(OrderOutcome::Scheduled { location, .. }) => Some(location.to_string()),
+            _ => None,
+        };
+        self.publish(Kind::Order, None, location, data)
+    }
+
+    /// A back-in-stock notice as the orders topic carries it: about its SKU.
+    pub fn publish_back_in_stock(&self, told: &BackInStockEvent) -> Arc<StreamEvent> {
+        let data = serde_json::to_string(told).expect("a back-in-stock event always serializes");
+        self.publish(Kind::Order, Some(told.sku.to_string()), None, data)
+    }
+
     pub fn publish_source(&self, source: &SourceHealth) -> Arc<StreamEvent> {
         let data = serde_json::to_string(source).expect("a source always serializes");
         self.publish(Kind::Source, None, None, data)
@@ -473,7 +494,7 @@ impl Flow {
         match kind {
             Kind::Level => second.levels += 1,
             Kind::Alert => second.alerts += 1,
-            Kind::Source => return,
+            Kind::Source | Kind::Order => return,
         }
         if kind == Kind::Level {
             let location = location.unwrap_or("other");
@@ -546,6 +567,33 @@ pub async fn follow_alerts(hub: Hub, config: KafkaConfig, shutdown: Cancellation
                 hub.publish_alert(&alert);
             }
             Err(e) => warn!(error = %e, offset, "unreadable alert not streamed"),
+        }
+        std::future::ready(())
+    })
+    .await;
+}
+
+/// Feeds the hub with every order change and back-in-stock notice of the orders topic
+/// from its end, until `shutdown`.
+pub async fn follow_orders(hub: Hub, config: KafkaConfig, shutdown: CancellationToken) {
+    let topic = config.topics.orders.clone();
+    kafka::follow::follow(&config, &topic, "onhand-stream-orders", shutdown, |payload, offset| {
+        #[derive(serde::Deserialize)]
+        struct Typed {
+            #[serde(rename = "type")]
+            event_type: String,
+        }
+        let typed = serde_json::from_slice::<Typed>(payload).map(|t| t.event_type);
+        let published = match typed.as_deref() {
+            Ok(OrderEvent::TYPE) => serde_json::from_slice::<OrderEvent>(payload).map(|e| drop(hub.publish_order(&e))),
+            Ok(BackInStockEvent::TYPE) => {
+                serde_json::from_slice::<BackInStockEvent>(payload).map(|e| drop(hub.publish_back_in_stock(&e)))
+            }
+            Ok(_) => Ok(()),
+            Err(_) => typed.map(drop),
+        };
+        if let Err(e) = published {
+            warn!(error = %e, offset, "unreadable order event not streamed");
         }
         std::future::ready(())
     })

@@ -113,6 +113,7 @@ pub struct Registered {
     pub orders_oldest_waiting_seconds: IntGauge,
     pub orders_unsettled_total: IntCounter,
     pub orders_back_in_stock_told_total: IntCounter,
+    pub orders_worker_lag: IntGaugeVec,
 }
 
 impl Metrics {
@@ -205,6 +206,15 @@ impl Metrics {
         registry.register(Box::new(build_info.clone())).expect("a metric registered once");
         build_info.with_label_values(&[env!("CARGO_PKG_VERSION")]).set(1);
 
+        let orders_worker_lag = IntGaugeVec::new(
+            Opts::new(
+                "onhand_orders_worker_lag",
+                "Records of the orders topic a worker has not read yet, per partition it holds (every 5 s).",
+            ),
+            &["partition"],
+        )
+        .expect("a valid metric");
+        registry.register(Box::new(orders_worker_lag.clone())).expect("a metric registered once");
         let gauge_vec = |name: &str, help: &str| {
             let g = IntGaugeVec::new(Opts::new(name, help), &["source"]).expect("a valid metric");
             registry.register(Box::new(g.clone())).expect("a metric registered once");
@@ -474,6 +484,7 @@ impl Metrics {
                 "onhand_orders_back_in_stock_told_total",
                 "Customers told that a SKU they waited for is available again (onhand.back-in-stock.v1).",
             ),
+            orders_worker_lag,
             registry,
         }))
     }

@@ -25,6 +25,7 @@ pub mod ops;
 pub mod process;
 pub mod shopify;
 pub mod stream;
+pub mod webhooks;
 
 /// A configuration for one test: the suite's broker, a fresh database, topics and a
 /// consumer group no other test uses, the HTTP API on a free port.

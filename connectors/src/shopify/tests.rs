@@ -38,9 +38,10 @@ fn section() -> Value {
 
 fn full_config() -> Config {
     let mut config = Config::default();
-    config
-        .channels
-        .insert("web".into(), ChannelConfig { all_locations: false, locations: vec!["dc-sp".into()], hold: false });
+    config.channels.insert(
+        "web".into(),
+        ChannelConfig { all_locations: false, locations: vec!["dc-sp".into()], ..ChannelConfig::default() },
+    );
     config
 }
 

@@ -79,7 +79,7 @@ fn channels(entries: &[(&str, &[&str])]) -> BTreeMap<String, ChannelConfig> {
         .iter()
         .map(|(name, locations)| {
             let locations = locations.iter().map(|l| l.to_string()).collect();
-            (name.to_string(), ChannelConfig { all_locations: false, locations, hold: false })
+            (name.to_string(), ChannelConfig { all_locations: false, locations, ..ChannelConfig::default() })
         })
         .collect()
 }

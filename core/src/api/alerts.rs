@@ -2,7 +2,8 @@
 //! `POST /v1/alerts/{id}/ack` (scope `stock:read`: whoever may see an alert may say it was
 //! seen), `POST/GET /v1/subscriptions`, `DELETE /v1/subscriptions/{id}` and
 //! `GET /v1/subscriptions/{id}/deliveries` (scope `admin`). A subscription's secret is
-//! answered once, when it is created, and never again.
+//! answered once, when it is created, and never again. A subscription names a channel to
+//! get that channel's order events instead of alerts, by the same deliveries.
 
 use std::sync::Arc;
 
@@ -139,6 +140,11 @@ pub(super) struct SubscriptionInput {
     /// The kinds it wants; absent: every kind.
     #[serde(default)]
     kinds: Option<Vec<AlertKind>>,
+    /// A sales channel (a `[channels.NAME]` of the configuration): the subscription gets
+    /// that channel's order events (`onhand.order.v1`: each status change of its orders;
+    /// `onhand.back-in-stock.v1`) instead of alerts, and names no locations or kinds.
+    #[serde(default)]
+    channel: Option<String>,
     /// Signs every delivery (16 to 256 characters); absent: one is made and answered once.
     #[serde(default)]
     secret: Option<String>,
@@ -151,6 +157,9 @@ pub(super) struct SubscriptionBody {
     url: String,
     locations: Option<Vec<String>>,
     kinds: Option<Vec<AlertKind>>,
+    /// The channel whose order events it gets, for a subscription to orders.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    channel: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     secret: Option<String>,
     created_at: DateTime<Utc>,
@@ -165,6 +174,7 @@ impl SubscriptionBody {
             url: s.url,
             locations: s.locations.map(|l| l.iter().map(|l| l.to_string()).collect()),
             kinds: s.kinds,
+            channel: s.channel,
             secret: with_secret.then_some(s.secret),
             created_at: s.created_at,
             created_by: s.created_by,
@@ -180,7 +190,7 @@ pub(super) struct SubscriptionsPage {
 #[utoipa::path(
     post, path = "/v1/subscriptions", operation_id = "createSubscription", tag = "alerts",
     security(("api_key" = ["admin"])),
-    summary = "Subscribe a webhook to alerts; the answer carries its secret, the only time it is shown",
+    summary = "Subscribe a webhook to alerts, or to a channel's order events; the answer carries its secret, the only time it is shown",
     request_body = SubscriptionInput,
     responses(
         (status = 201, body = SubscriptionBody),
@@ -195,6 +205,9 @@ pub(super) async fn subscribe(
 ) -> Result<(StatusCode, Json<SubscriptionBody>), ApiError> {
     let input: SubscriptionInput =
         serde_json::from_slice(&body).map_err(|e| ApiError::InvalidSubscription(e.to_string()))?;
+    if let Some(channel) = input.channel.as_ref().filter(|c| !state.channels.contains_key(c.as_str())) {
+        return Err(ApiError::InvalidSubscription(format!("channel {channel:?} is not a configured channel")));
+    }
     let subscription = subscription(input, &principal.key_id).map_err(ApiError::InvalidSubscription)?;
     state.alerts.create_subscription(&subscription).await.map_err(unavailable)?;
     Ok((StatusCode::CREATED, Json(SubscriptionBody::of(subscription, true))))
@@ -302,6 +315,9 @@ fn subscription(input: SubscriptionInput, by: &str) -> Result<Subscription, Stri
     if input.url.len() > URL_LEN_MAX {
         return Err(format!("url is longer than {URL_LEN_MAX} bytes"));
     }
+    if input.channel.is_some() && (input.locations.is_some() || input.kinds.is_some()) {
+        return Err("a subscription to a channel's orders names no locations or kinds".into());
+    }
     let locations = match input.locations {
         None => None,
         Some(names) if names.is_empty() || names.len() > LOCATIONS_MAX => {
@@ -333,6 +349,7 @@ fn subscription(input: SubscriptionInput, by: &str) -> Result<Subscription, Stri
         url: url.to_string(),
         locations,
         kinds,
+        channel: input.channel,
         secret,
         created_at: Utc::now(),
         created_by: by.to_string(),
@@ -386,7 +403,7 @@ mod tests {
     use super::*;
 
     fn input(url: &str) -> SubscriptionInput {
-        SubscriptionInput { url: url.into(), locations: None, kinds: None, secret: None }
+        SubscriptionInput { url: url.into(), locations: None, kinds: None, channel: None, secret: None }
     }
 
     #[test]

@@ -24,7 +24,7 @@ use super::{
     state::ApiState,
 };
 use crate::{
-    db::{BackInStock, NewOrder, OrderRecord, Received},
+    db::{BackInStock, ChannelEvent, NewOrder, OrderRecord, Received},
     order::{
         cancel::{self, Cancelled},
         worker::set_queue_gauges,
@@ -85,7 +85,28 @@ pub(super) struct QueueAnswer {
     /// `orders.queue_age_max_s`: above it, new orders are refused.
     limit_seconds: u64,
     saturated: bool,
+    /// The orders decided over the last 15 minutes (`GET /v1/orders/queue` only).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    recent: Option<RecentFigures>,
 }
+
+/// How many orders per outcome were decided lately, and how long they waited for it
+/// (the last [`RECENT_ORDERS_MAX`] at most).
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub(super) struct RecentFigures {
+    window_seconds: i64,
+    /// By status now: `scheduled`, `rejected`, `cancelled`.
+    decided: std::collections::BTreeMap<&'static str, u64>,
+    /// From `POST` to decision, over the orders counted; absent when none was decided.
+    decision_p50_seconds: Option<f64>,
+    decision_p99_seconds: Option<f64>,
+    /// More orders were decided in the window than were counted.
+    truncated: bool,
+}
+
+/// The window of the queue's recent figures, and the most orders they count.
+const RECENT_WINDOW_S: i64 = 900;
+const RECENT_ORDERS_MAX: i64 = 10_000;
 
 /// The answer of an order refused because the queue is saturated (503).
 #[derive(Debug, Serialize, utoipa::ToSchema)]
@@ -108,6 +129,32 @@ async fn queue(state: &ApiState) -> Result<QueueAnswer, ApiError> {
         oldest_waiting_seconds: oldest,
         limit_seconds: limit,
         saturated: oldest > limit as f64,
+        recent: None,
+    })
+}
+
+async fn recent(state: &ApiState) -> Result<RecentFigures, ApiError> {
+    let since = state.clock.now() - chrono::Duration::seconds(RECENT_WINDOW_S);
+    let decided = state.orders.recent_decisions(since, RECENT_ORDERS_MAX).await.map_err(|e| {
+        warn!(error = %e, "the recent decisions cannot be read");
+        ApiError::Unavailable("the order queue")
+    })?;
+    let mut by_status = std::collections::BTreeMap::new();
+    for d in &decided {
+        *by_status.entry(d.status.as_str()).or_insert(0) += 1;
+    }
+    let mut waited: Vec<f64> = decided.iter().map(|d| d.waited_s).collect();
+    waited.sort_by(f64::total_cmp);
+    let percentile = |p: f64| {
+        let last = waited.len().checked_sub(1)?;
+        waited.get(((last as f64) * p).round() as usize).copied()
+    };
+    Ok(RecentFigures {
+        window_seconds: RECENT_WINDOW_S,
+        decided: by_status,
+        decision_p50_seconds: percentile(0.5),
+        decision_p99_seconds: percentile(0.99),
+        truncated: decided.len() as i64 >= RECENT_ORDERS_MAX,
     })
 }
 
@@ -176,14 +223,15 @@ pub(super) async fn create(
     let request = serde_json::to_string(&order).expect("an order always serializes");
     let id = uuid::Uuid::new_v4().to_string();
     let now = state.clock.now();
-    let event = OrderEvent::new(&id, &order.channel, OrderStatus::Received, None, now).to_json();
+    let event = OrderEvent::new(&id, &order.channel, OrderStatus::Received, None, now);
+    let payload = event.to_json();
     let new = NewOrder {
         id: &id,
         owner: &principal.key_id,
         idempotency_key: key,
         channel: &order.channel,
         request: &request,
-        event: &event,
+        event: ChannelEvent::of_order(&event, &payload),
         now,
     };
     let received = state.orders.receive_order(&new).await.map_err(|e| {
@@ -281,11 +329,13 @@ pub(super) async fn cancel(
 
 #[utoipa::path(
     get, path = "/v1/orders/queue", operation_id = "getOrderQueue", tag = "orders", security(("api_key" = ["orders:write"])),
-    summary = "The order queue: how many wait, and how long the oldest has",
+    summary = "The order queue: how many wait, how long the oldest has, and the decisions of the last 15 minutes",
     responses((status = 200, body = QueueAnswer))
 )]
 pub(super) async fn get_queue(State(state): State<ApiState>) -> Result<Json<QueueAnswer>, ApiError> {
-    queue(&state).await.map(Json)
+    let mut answer = queue(&state).await?;
+    answer.recent = Some(recent(&state).await?);
+    Ok(Json(answer))
 }
 
 /// A wish to be told when a SKU is available again in a channel.

@@ -77,7 +77,9 @@ impl Asked {
             text.split(',')
                 .map(str::trim)
                 .filter(|v| !v.is_empty())
-                .map(|v| Kind::parse(v).ok_or_else(|| format!("{v:?} is not a kind: expected level, alert or source")))
+                .map(|v| {
+                    Kind::parse(v).ok_or_else(|| format!("{v:?} is not a kind: expected level, alert, source or order"))
+                })
                 .collect::<Result<std::collections::BTreeSet<Kind>, String>>()
         })?;
         // The header wins; one that is not text is an id the hub does not know.
@@ -113,14 +115,14 @@ fn slow_consumer_data() -> String {
 #[utoipa::path(
     get, path = "/v1/stream", operation_id = "stream", tag = "stream", security(("api_key" = ["stock:read"])),
     summary = "Levels, alerts and sources' health as they change (Server-Sent Events)",
-    description = "Each event has `id: {epoch}-{seq}`, `event:` its kind (`level`, `alert`, `source`) and `data:` its \
+    description = "Each event has `id: {epoch}-{seq}`, `event:` its kind (`level`, `alert`, `source`, `order`) and `data:` its \
                    JSON. Reconnect with `Last-Event-ID` to get what was missed; an id this instance cannot resume \
                    from gets a `reset` event first. A client too far behind gets `slow_consumer` and is \
                    disconnected. docs/stream.md has the details.",
     params(
         ("sku" = Option<String>, Query, description = "only these SKUs, separated by commas"),
         ("location" = Option<String>, Query, description = "only these locations, separated by commas"),
-        ("kind" = Option<String>, Query, description = "only these kinds: `level`, `alert`, `source`"),
+        ("kind" = Option<String>, Query, description = "only these kinds: `level`, `alert`, `source`, `order`"),
         ("last_event_id" = Option<String>, Query, description = "resume after this id (the `Last-Event-ID` header wins)"),
         ("Last-Event-ID" = Option<String>, Header, description = "resume after this id"),
     ),
@@ -209,7 +211,7 @@ fn sse_events(subscription: Subscription) -> impl Stream<Item = Result<Bytes, In
     params(
         ("sku" = Option<String>, Query, description = "only these SKUs, separated by commas"),
         ("location" = Option<String>, Query, description = "only these locations, separated by commas"),
-        ("kind" = Option<String>, Query, description = "only these kinds: `level`, `alert`, `source`"),
+        ("kind" = Option<String>, Query, description = "only these kinds: `level`, `alert`, `source`, `order`"),
         ("last_event_id" = Option<String>, Query, description = "resume after this id"),
     ),
     responses(

@@ -26,6 +26,9 @@ use crate::{
 /// The longest error text kept in a delivery's log.
 const ERROR_CHARS_MAX: usize = 500;
 
+/// A subscription as read back: never its secret.
+const SUBSCRIPTION_COLUMNS: &str = "id, url, locations, kinds, channel, '' AS secret, created_at, created_by";
+
 #[async_trait]
 impl<D: Dialect> Alerts for SqlDb<D> {
     async fn decide_level(
@@ -204,13 +207,14 @@ impl<D: Dialect> Alerts for SqlDb<D> {
 
     async fn create_subscription(&self, s: &Subscription) -> Result<(), DbError> {
         query::<D>(
-            "INSERT INTO alert_subscriptions (id, url, locations, kinds, secret, created_at, created_by)
-             VALUES ($1, $2, $3, $4, $5, $6, $7)",
+            "INSERT INTO alert_subscriptions (id, url, locations, kinds, channel, secret, created_at, created_by)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
         )
         .bind(s.id.as_str())
         .bind(s.url.as_str())
         .bind(s.locations.as_ref().map(json))
         .bind(s.kinds.as_ref().map(json))
+        .bind(s.channel.as_deref())
         .bind(s.secret.as_str())
         .bind(Time(s.created_at))
         .bind(s.created_by.as_str())
@@ -220,12 +224,8 @@ impl<D: Dialect> Alerts for SqlDb<D> {
     }
 
     async fn subscriptions(&self) -> Result<Vec<Subscription>, DbError> {
-        let rows = query::<D>(
-            "SELECT id, url, locations, kinds, '' AS secret, created_at, created_by FROM alert_subscriptions
-             ORDER BY created_at, id",
-        )
-        .fetch_all(self.conn().await?)
-        .await?;
+        let sql = format!("SELECT {SUBSCRIPTION_COLUMNS} FROM alert_subscriptions ORDER BY created_at, id");
+        let rows = query::<D>(&sql).fetch_all(self.conn().await?).await?;
         rows.iter().map(subscription).collect()
     }
 
@@ -361,26 +361,36 @@ async fn write_change<D: Dialect>(tx: &mut sqlx::Transaction<'static, D>, alert:
         .bind(Time(alert.changed_at))
         .execute(&mut **tx)
         .await?;
-    let rows =
-        query::<D>("SELECT id, url, locations, kinds, '' AS secret, created_at, created_by FROM alert_subscriptions")
-            .fetch_all(&mut **tx)
-            .await?;
+    let sql = format!("SELECT {SUBSCRIPTION_COLUMNS} FROM alert_subscriptions WHERE channel IS NULL");
+    let rows = query::<D>(&sql).fetch_all(&mut **tx).await?;
     for wanting in rows.iter().map(subscription).collect::<Result<Vec<_>, _>>()? {
-        if !wanting.wants(alert) {
-            continue;
+        if wanting.wants(alert) {
+            queue_delivery::<D>(tx, &wanting.id, &event.event_id, &payload, alert.changed_at).await?;
         }
-        query::<D>(
-            "INSERT INTO alert_deliveries (subscription_id, event_id, payload, state, attempts, next_at, created_at)
-             VALUES ($1, $2, $3, 'pending', 0, $4, $4) ON CONFLICT DO NOTHING",
-        )
-        .bind(wanting.id.as_str())
-        .bind(event.event_id.as_str())
-        .bind(payload.as_str())
-        .bind(Time(alert.changed_at))
-        .execute(&mut **tx)
-        .await?;
     }
     Ok(true)
+}
+
+/// A delivery of an event to a webhook subscription, due at once; an event queued for it
+/// before is not queued again.
+pub(super) async fn queue_delivery<D: Dialect>(
+    tx: &mut sqlx::Transaction<'static, D>,
+    subscription_id: &str,
+    event_id: &str,
+    payload: &str,
+    at: DateTime<Utc>,
+) -> Result<(), DbError> {
+    query::<D>(
+        "INSERT INTO alert_deliveries (subscription_id, event_id, payload, state, attempts, next_at, created_at)
+         VALUES ($1, $2, $3, 'pending', 0, $4, $4) ON CONFLICT DO NOTHING",
+    )
+    .bind(subscription_id)
+    .bind(event_id)
+    .bind(payload)
+    .bind(Time(at))
+    .execute(&mut **tx)
+    .await?;
+    Ok(())
 }
 
 /// The oldest events of an event outbox (`alert_outbox`, `order_outbox`: a `seq`, a `key`
@@ -453,6 +463,7 @@ fn subscription(row: &impl Cells) -> Result<Subscription, DbError> {
         url: row.cell("url")?,
         locations,
         kinds,
+        channel: row.cell("channel")?,
         secret: row.cell("secret")?,
         created_at: row.time("created_at")?,
         created_by: row.cell("created_by")?,

@@ -629,6 +629,9 @@ pub struct Subscription {
     pub locations: Option<Vec<LocationId>>,
     /// The kinds it wants; `None`: every kind.
     pub kinds: Option<Vec<AlertKind>>,
+    /// A subscription to this sales channel's order events (its orders' status changes
+    /// and back-in-stock notices) instead of alerts.
+    pub channel: Option<String>,
     /// Signs every delivery; empty when read back, it is never answered.
     pub secret: String,
     pub created_at: DateTime<Utc>,
@@ -638,6 +641,9 @@ pub struct Subscription {
 impl Subscription {
     /// Whether this subscription wants `alert`.
     pub fn wants(&self, alert: &Alert) -> bool {
+        if self.channel.is_some() {
+            return false;
+        }
         let kind = self.kinds.as_ref().is_none_or(|kinds| kinds.contains(&alert.kind));
         let location = match (&self.locations, &alert.location) {
             (None, _) => true,
@@ -790,9 +796,30 @@ pub struct NewOrder<'a> {
     pub channel: &'a str,
     /// The order as checked, as canonical JSON: the same key with another order is refused.
     pub request: &'a str,
-    /// Its `received` event (`onhand.order.v1`), written to the order outbox with it.
-    pub event: &'a str,
+    /// Its `received` event (`onhand.order.v1`), written with it.
+    pub event: ChannelEvent<'a>,
     pub now: DateTime<Utc>,
+}
+
+/// An event about a channel's order or back-in-stock wish, written in the transaction of
+/// the change it tells of: to the order outbox (for the orders topic) and as a delivery to
+/// each webhook subscription of its channel.
+#[derive(Debug, Clone, Copy)]
+pub struct ChannelEvent<'a> {
+    /// The order or wish it is about: the topic's key.
+    pub key: &'a str,
+    /// The event's id (the same however often it is sent).
+    pub id: &'a str,
+    pub channel: &'a str,
+    /// The event's JSON.
+    pub payload: &'a str,
+}
+
+impl<'a> ChannelEvent<'a> {
+    /// An order's event, as `payload` renders it.
+    pub fn of_order(event: &'a crate::order::OrderEvent, payload: &'a str) -> ChannelEvent<'a> {
+        ChannelEvent { key: &event.order_id, id: &event.event_id, channel: &event.channel, payload }
+    }
 }
 
 /// What recording a received order did.
@@ -829,6 +856,14 @@ pub struct OrderQueue {
     pub oldest_received_at: Option<DateTime<Utc>>,
 }
 
+/// An order decided (or cancelled) lately: its status now, and how long it waited for
+/// its decision.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RecentDecision {
+    pub status: crate::order::OrderStatus,
+    pub waited_s: f64,
+}
+
 /// One order of a delivery slot, booked only while the slot has room.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Booking<'a> {
@@ -850,8 +885,8 @@ pub struct OrderDecision<'a> {
     pub reservation_id: Option<&'a str>,
     /// The slot a scheduled order takes.
     pub booking: Option<Booking<'a>>,
-    /// The decision's event (`onhand.order.v1`), written to the order outbox with it.
-    pub event: &'a str,
+    /// The decision's event (`onhand.order.v1`), written with it.
+    pub event: ChannelEvent<'a>,
     pub now: DateTime<Utc>,
 }
 
@@ -899,6 +934,8 @@ pub trait Orders: Send + Sync + std::fmt::Debug {
     async fn order(&self, id: &str) -> Result<Option<OrderRecord>, DbError>;
     /// How many orders wait for a decision, and since when the oldest does.
     async fn order_queue(&self) -> Result<OrderQueue, DbError>;
+    /// The orders decided since `since`, newest first, at most `limit`.
+    async fn recent_decisions(&self, since: DateTime<Utc>, limit: i64) -> Result<Vec<RecentDecision>, DbError>;
     /// The ids of orders received before `before` still waiting, oldest first, at most
     /// `limit`: the ones to put on the orders topic again.
     async fn waiting_orders(&self, before: DateTime<Utc>, limit: i64) -> Result<Vec<String>, DbError>;
@@ -929,7 +966,7 @@ pub trait Orders: Send + Sync + std::fmt::Debug {
         from: crate::order::OrderStatus,
         booking: Option<Booking<'_>>,
         returns: &[Movement],
-        event: &str,
+        event: ChannelEvent<'_>,
         now: DateTime<Utc>,
     ) -> Result<Option<Vec<OutboxRecord>>, DbError>;
     /// Records a customer's wish to hear when `sku` is available again in `channel`, or
@@ -940,7 +977,12 @@ pub trait Orders: Send + Sync + std::fmt::Debug {
     async fn waiting_back_in_stock(&self, limit: i64) -> Result<Vec<BackInStock>, DbError>;
     /// Marks a wish told and writes its event to the order outbox, once: `false` when it
     /// was told already.
-    async fn notify_back_in_stock(&self, id: &str, event: &str, now: DateTime<Utc>) -> Result<bool, DbError>;
+    async fn notify_back_in_stock(
+        &self,
+        id: &str,
+        event: ChannelEvent<'_>,
+        now: DateTime<Utc>,
+    ) -> Result<bool, DbError>;
     /// Writes a cart (new or replaced), unless another owner has one of this id: then
     /// answers that one, unchanged.
     async fn put_cart(&self, cart: &CartRecord) -> Result<CartRecord, DbError>;

@@ -7,12 +7,12 @@ use async_trait::async_trait;
 use chrono::{DateTime, NaiveDate, Utc};
 
 use super::{
-    alerts::{events_waiting, forget_events, save_progress},
+    alerts::{events_waiting, forget_events, queue_delivery, save_progress},
     corrupt,
     dialect::Dialect,
     driver::{query, Cells, Time},
-    BackInStock, Booking, CartRecord, DbError, Decided, NewOrder, OrderDecision, OrderQueue, OrderRecord, Orders,
-    OutboxRecord, Progress, Received, SqlDb,
+    BackInStock, Booking, CartRecord, ChannelEvent, DbError, Decided, NewOrder, OrderDecision, OrderQueue, OrderRecord,
+    Orders, OutboxRecord, Progress, Received, RecentDecision, SqlDb,
 };
 use crate::{
     event::{Movement, Sku},
@@ -42,7 +42,7 @@ impl<D: Dialect> Orders for SqlDb<D> {
         .execute(&mut *tx)
         .await?;
         if inserted == 1 {
-            order_event::<D>(&mut tx, new.id, new.event, new.now).await?;
+            order_event::<D>(&mut tx, &new.event, new.now).await?;
         }
         let sql = format!("SELECT {ORDER_COLUMNS} FROM orders WHERE owner = $1 AND idempotency_key = $2");
         let row = query::<D>(&sql).bind(new.owner).bind(new.idempotency_key).fetch_one(&mut *tx).await?;
@@ -70,6 +70,25 @@ impl<D: Dialect> Orders for SqlDb<D> {
         .fetch_one(self.conn().await?)
         .await?;
         Ok(OrderQueue { waiting: row.cell("waiting")?, oldest_received_at: row.optional_time("oldest")? })
+    }
+
+    async fn recent_decisions(&self, since: DateTime<Utc>, limit: i64) -> Result<Vec<RecentDecision>, DbError> {
+        let rows = query::<D>(
+            "SELECT status, received_at, decided_at FROM orders WHERE decided_at >= $1
+             ORDER BY decided_at DESC LIMIT $2",
+        )
+        .bind(Time(since))
+        .bind(limit)
+        .fetch_all(self.conn().await?)
+        .await?;
+        rows.iter()
+            .map(|row| {
+                let status: String = row.cell("status")?;
+                let status = OrderStatus::parse(&status).ok_or_else(|| corrupt(format!("order status {status:?}")))?;
+                let waited = row.time("decided_at")? - row.time("received_at")?;
+                Ok(RecentDecision { status, waited_s: waited.to_std().map_or(0.0, |d| d.as_secs_f64()) })
+            })
+            .collect()
     }
 
     async fn waiting_orders(&self, before: DateTime<Utc>, limit: i64) -> Result<Vec<String>, DbError> {
@@ -153,7 +172,7 @@ impl<D: Dialect> Orders for SqlDb<D> {
             }
         }
         if outcome == Decided::Done {
-            order_event::<D>(&mut tx, decision.id, decision.event, decision.now).await?;
+            order_event::<D>(&mut tx, &decision.event, decision.now).await?;
         }
         if let Some(progress) = progress {
             save_progress::<D>(&mut tx, progress).await?;
@@ -168,7 +187,7 @@ impl<D: Dialect> Orders for SqlDb<D> {
         from: OrderStatus,
         booking: Option<Booking<'_>>,
         returns: &[Movement],
-        event: &str,
+        event: ChannelEvent<'_>,
         now: DateTime<Utc>,
     ) -> Result<Option<Vec<OutboxRecord>>, DbError> {
         let mut tx = D::begin_write(&self.pool).await?;
@@ -196,7 +215,7 @@ impl<D: Dialect> Orders for SqlDb<D> {
             .await?;
         }
         let records = D::enqueue(&mut tx, returns, now).await?;
-        order_event::<D>(&mut tx, id, event, now).await?;
+        order_event::<D>(&mut tx, &event, now).await?;
         tx.commit().await?;
         Ok(Some(records))
     }
@@ -241,7 +260,12 @@ impl<D: Dialect> Orders for SqlDb<D> {
         rows.iter().map(watch).collect()
     }
 
-    async fn notify_back_in_stock(&self, id: &str, event: &str, now: DateTime<Utc>) -> Result<bool, DbError> {
+    async fn notify_back_in_stock(
+        &self,
+        id: &str,
+        event: ChannelEvent<'_>,
+        now: DateTime<Utc>,
+    ) -> Result<bool, DbError> {
         let mut tx = D::begin_write(&self.pool).await?;
         let told = query::<D>("UPDATE back_in_stock SET notified_at = $2 WHERE id = $1 AND notified_at IS NULL")
             .bind(id)
@@ -249,7 +273,7 @@ impl<D: Dialect> Orders for SqlDb<D> {
             .execute(&mut *tx)
             .await?;
         if told == 1 {
-            order_event::<D>(&mut tx, id, event, now).await?;
+            order_event::<D>(&mut tx, &event, now).await?;
         }
         tx.commit().await?;
         Ok(told == 1)
@@ -314,19 +338,27 @@ impl<D: Dialect> Orders for SqlDb<D> {
     }
 }
 
-/// Writes an order's event to the order outbox, in the transaction of its change.
+/// Writes an order's or a wish's event to the order outbox, and a delivery of it to each
+/// webhook subscription of its channel, in the transaction of its change.
 async fn order_event<D: Dialect>(
     tx: &mut sqlx::Transaction<'static, D>,
-    order_id: &str,
-    payload: &str,
+    event: &ChannelEvent<'_>,
     now: DateTime<Utc>,
 ) -> Result<(), DbError> {
     query::<D>("INSERT INTO order_outbox (key, payload, created_at) VALUES ($1, $2, $3)")
-        .bind(order_id)
-        .bind(payload)
+        .bind(event.key)
+        .bind(event.payload)
         .bind(Time(now))
         .execute(&mut **tx)
         .await?;
+    let subscribed = query::<D>("SELECT id FROM alert_subscriptions WHERE channel = $1 ORDER BY id")
+        .bind(event.channel)
+        .fetch_all(&mut **tx)
+        .await?;
+    for row in &subscribed {
+        let subscription: String = row.cell("id")?;
+        queue_delivery::<D>(tx, &subscription, event.id, event.payload, now).await?;
+    }
     Ok(())
 }
 

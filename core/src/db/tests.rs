@@ -250,7 +250,7 @@ fn config(all: bool, locations: &[&str]) -> crate::config::ChannelConfig {
     crate::config::ChannelConfig {
         all_locations: all,
         locations: locations.iter().map(|l| l.to_string()).collect(),
-        hold: false,
+        ..Default::default()
     }
 }
 
@@ -997,6 +997,7 @@ async fn subscriptions_get_a_delivery_of_what_they_want(db: Arc<dyn Db>) {
         url: format!("https://hooks.example/{id}"),
         locations: locations.map(|l| l.into_iter().map(|l| LocationId::parse(l).unwrap()).collect()),
         kinds,
+        channel: None,
         secret: format!("secret-of-{id}"),
         created_at: at(0),
         created_by: "key-1".into(),
@@ -1039,8 +1040,40 @@ async fn subscriptions_get_a_delivery_of_what_they_want(db: Arc<dyn Db>) {
     assert_eq!(db.deliveries("sub_a", 10).await.unwrap(), None);
 }
 
+/// A subscription naming a channel gets that channel's order events, once each, and no
+/// alerts; an alert subscription gets no order events.
+async fn a_channels_subscription_gets_its_order_events_and_no_alerts(db: Arc<dyn Db>) {
+    let subscription = |id: &str, channel: Option<&str>| Subscription {
+        id: id.into(),
+        url: format!("https://hooks.example/{id}"),
+        locations: None,
+        kinds: None,
+        channel: channel.map(str::to_string),
+        secret: format!("secret-of-{id}"),
+        created_at: at(0),
+        created_by: "key-1".into(),
+    };
+    db.create_subscription(&subscription("sub_web", Some("web"))).await.unwrap();
+    db.create_subscription(&subscription("sub_app", Some("app"))).await.unwrap();
+    db.create_subscription(&subscription("sub_alerts", None)).await.unwrap();
+    let channels: Vec<Option<String>> = db.subscriptions().await.unwrap().into_iter().map(|s| s.channel).collect();
+    assert_eq!(channels, [None, Some("app".into()), Some("web".into())], "sub_alerts, sub_app, sub_web");
+
+    db.receive_order(&new_order("o-1", "k-1", "{}", 1)).await.unwrap();
+    assert_eq!(db.decide_order(&scheduled("o-1", "morning", 5), None).await.unwrap(), Decided::Done);
+    assert!(db.raise_alert(&low_stock(&alert_level("store-1", 3, 1))).await.unwrap());
+    let due = db.due_deliveries(at(100), 10).await.unwrap();
+    let mut got: Vec<(&str, &str)> = due.iter().map(|d| (d.url.as_str(), d.event_id.as_str())).collect();
+    got.sort();
+    assert_eq!(got.len(), 3, "{got:?}");
+    assert_eq!(&got[1..], [("https://hooks.example/sub_web", "e1"), ("https://hooks.example/sub_web", "e2")]);
+    assert!(got[0].0.ends_with("/sub_alerts") && got[0].1.ends_with(":open"), "{got:?}");
+    assert_eq!(db.deliveries("sub_app", 10).await.unwrap(), Some(vec![]));
+}
+
 fn new_order<'a>(id: &'a str, key: &'a str, request: &'a str, second: i64) -> NewOrder<'a> {
-    NewOrder { id, owner: "key-1", idempotency_key: key, channel: "web", request, event: "{\"e\":1}", now: at(second) }
+    let event = ChannelEvent { key: id, id: "e1", channel: "web", payload: "{\"e\":1}" };
+    NewOrder { id, owner: "key-1", idempotency_key: key, channel: "web", request, event, now: at(second) }
 }
 
 fn scheduled<'a>(id: &'a str, slot: &'a str, capacity: u32) -> OrderDecision<'a> {
@@ -1056,7 +1089,7 @@ fn scheduled<'a>(id: &'a str, slot: &'a str, capacity: u32) -> OrderDecision<'a>
             slot,
             capacity,
         }),
-        event: "{\"e\":2}",
+        event: ChannelEvent { key: id, id: "e2", channel: "web", payload: "{\"e\":2}" },
         now: at(20),
     }
 }
@@ -1169,6 +1202,7 @@ macro_rules! contract {
                 a_level_version_is_decided_once_with_the_readers_offset,
                 an_alert_is_acknowledged_once_and_resolved_once,
                 subscriptions_get_a_delivery_of_what_they_want,
+                a_channels_subscription_gets_its_order_events_and_no_alerts,
                 an_order_is_received_once_per_key_and_decided_once,
                 a_slot_never_takes_more_orders_than_its_capacity);
         }

@@ -9,7 +9,7 @@ use chrono::{DateTime, Utc};
 
 use super::{OrderEvent, OrderOutcome, OrderRequest, OrderStatus};
 use crate::{
-    db::{Booking, Db, DbError, OrderRecord},
+    db::{Booking, ChannelEvent, Db, DbError, OrderRecord},
     event::{EventId, Movement, MovementKind, Source, SourceSystem},
     relay::Relay,
     reservation::{
@@ -61,8 +61,10 @@ pub async fn cancel(
             OrderStatus::Cancelled => return Ok(Cancelled::Done(order)),
             OrderStatus::Rejected => return Ok(Cancelled::Refused { order, why: "a rejected order holds nothing" }),
             OrderStatus::Received => {
-                let event = OrderEvent::new(id, &order.channel, OrderStatus::Cancelled, None, now).to_json();
-                db.cancel_order(id, OrderStatus::Received, None, &[], &event, now).await?
+                let event = OrderEvent::new(id, &order.channel, OrderStatus::Cancelled, None, now);
+                let payload = event.to_json();
+                db.cancel_order(id, OrderStatus::Received, None, &[], ChannelEvent::of_order(&event, &payload), now)
+                    .await?
             }
             OrderStatus::Scheduled => {
                 let outcome: OrderOutcome = read(order.decision.as_deref().unwrap_or_default())?;
@@ -87,8 +89,10 @@ pub async fn cancel(
                 };
                 let booking =
                     Booking { location: location.as_str(), method: method.as_str(), date, slot: &slot, capacity: 0 };
-                let event = OrderEvent::new(id, &order.channel, OrderStatus::Cancelled, None, now).to_json();
-                db.cancel_order(id, OrderStatus::Scheduled, Some(booking), &returns, &event, now).await?
+                let event = OrderEvent::new(id, &order.channel, OrderStatus::Cancelled, None, now);
+                let payload = event.to_json();
+                let event = ChannelEvent::of_order(&event, &payload);
+                db.cancel_order(id, OrderStatus::Scheduled, Some(booking), &returns, event, now).await?
             }
         };
         if let Some(records) = done {

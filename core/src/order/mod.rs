@@ -275,6 +275,10 @@ pub struct AvailableAt {
 pub struct OrderEvent {
     #[serde(rename = "type")]
     pub event_type: String,
+    /// `{order_id}:{status}`: an order takes each status once, so an event sent twice
+    /// (the outbox sends at least once) has the same id.
+    #[serde(default)]
+    pub event_id: String,
     pub order_id: String,
     pub channel: String,
     pub status: OrderStatus,
@@ -295,6 +299,7 @@ impl OrderEvent {
     ) -> OrderEvent {
         OrderEvent {
             event_type: Self::TYPE.to_string(),
+            event_id: format!("{order_id}:{}", status.as_str()),
             order_id: order_id.to_string(),
             channel: channel.to_string(),
             status,
@@ -314,6 +319,10 @@ impl OrderEvent {
 pub struct BackInStockEvent {
     #[serde(rename = "type")]
     pub event_type: String,
+    /// `{id}:back_in_stock`: a wish is told once.
+    #[serde(default)]
+    pub event_id: String,
+    /// The wish's id.
     pub id: String,
     pub channel: String,
     pub sku: Sku,

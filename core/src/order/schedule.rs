@@ -235,7 +235,7 @@ mod tests {
 
     #[test]
     fn candidates_are_the_region_s_locations_first_then_the_channel_s_others() {
-        let all = ChannelConfig { all_locations: true, locations: Vec::new(), hold: false };
+        let all = ChannelConfig { all_locations: true, locations: Vec::new(), ..ChannelConfig::default() };
         let calendars: BTreeMap<LocationId, Calendar> = ["dc-01", "store-001", "store-002", "store-003"]
             .into_iter()
             .map(|l| (loc(l), calendar(&["mon", "fri"], &[("standard", 5), ("pickup", 5)], &[])))
@@ -258,8 +258,11 @@ mod tests {
         assert_eq!(order(&delivery(DeliveryMethod::Pickup, "", Some("store-003"))), [loc("store-003")]);
         assert!(order(&delivery(DeliveryMethod::Pickup, "", Some("store-404"))).is_empty());
         // A channel's own locations only.
-        let two =
-            ChannelConfig { all_locations: false, locations: vec!["store-001".into(), "dc-01".into()], hold: false };
+        let two = ChannelConfig {
+            all_locations: false,
+            locations: vec!["store-001".into(), "dc-01".into()],
+            ..ChannelConfig::default()
+        };
         assert_eq!(candidates(&paulista, &two, &regions, &calendars, &known), [loc("store-001"), loc("dc-01")]);
     }
 }

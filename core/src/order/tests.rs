@@ -8,7 +8,11 @@ use super::*;
 fn channels() -> BTreeMap<String, ChannelConfig> {
     [(
         "web".to_string(),
-        ChannelConfig { all_locations: false, locations: vec!["store-001".into(), "dc-01".into()], hold: false },
+        ChannelConfig {
+            all_locations: false,
+            locations: vec!["store-001".into(), "dc-01".into()],
+            ..ChannelConfig::default()
+        },
     )]
     .into()
 }
@@ -131,4 +135,10 @@ proptest! {
         body["delivery"]["address"]["city"] = json!(text);
         let _ = check(body);
     }
+}
+
+#[test]
+fn the_configuration_names_the_payment_methods_orders_name() {
+    let named: Vec<&str> = PaymentMethod::ALL.iter().map(|m| m.as_str()).collect();
+    assert_eq!(named, crate::config::PAYMENT_METHODS);
 }

@@ -24,9 +24,10 @@ use std::{
 
 use chrono::{DateTime, Utc};
 use rdkafka::{
-    consumer::{CommitMode, Consumer, StreamConsumer},
+    consumer::{Consumer, ConsumerContext, StreamConsumer},
     producer::FutureRecord,
-    Message,
+    statistics::Statistics,
+    ClientContext, Message,
 };
 use tokio_util::sync::CancellationToken;
 use tracing::{error, info, warn};
@@ -38,7 +39,7 @@ use super::{
 use crate::{
     clock::Clock,
     config::{ChannelConfig, KafkaConfig, OrdersConfig},
-    db::{Booking, Db, DbError, Decided, OrderDecision, OrderRecord, Orders, PartitionOffset, Progress},
+    db::{Booking, ChannelEvent, Db, DbError, Decided, OrderDecision, OrderRecord, Orders, PartitionOffset, Progress},
     event::{LocationId, Sku},
     health::{Component, Failure},
     kafka::{self, Producer},
@@ -90,13 +91,22 @@ impl OrderWorker {
     /// Consumes the orders topic in the group until `shutdown`, with the sweep beside it.
     pub async fn run(self, component: Component, shutdown: CancellationToken) -> Result<(), Failure> {
         let failure = |message: String| Failure { message, retryable: true };
-        let consumer: StreamConsumer = kafka::client_config(&self.kafka)
+        let context = LagContext {
+            topic: self.kafka.topics.orders.clone(),
+            metrics: self.metrics.clone(),
+            exported: Default::default(),
+        };
+        let consumer: StreamConsumer<LagContext> = kafka::client_config(&self.kafka)
             .set("group.id", &self.config.group_id)
-            .set("enable.auto.commit", "false")
+            // Kafka's offsets follow what was read (every 5 s, and at a rebalance), so
+            // that the group's lag in Kafka's own tools is right; the database decides.
+            .set("enable.auto.commit", "true")
+            .set("enable.auto.offset.store", "false")
             .set("auto.offset.reset", "earliest")
             // A worker that died hands its partitions over within 10 s, not the default 45.
             .set("session.timeout.ms", "10000")
-            .create()
+            .set("statistics.interval.ms", "5000")
+            .create_with_context(context)
             .map_err(|e| failure(format!("order workers: {e}")))?;
         consumer.subscribe(&[&self.kafka.topics.orders]).map_err(|e| failure(format!("order workers: {e}")))?;
         component.running();
@@ -120,6 +130,7 @@ impl OrderWorker {
                     // Only `received` events ask for a decision; the others tell what was decided.
                     let event = message.payload().and_then(|p| serde_json::from_slice::<OrderEvent>(p).ok());
                     let Some(id) = event.filter(|e| e.status == OrderStatus::Received).map(|e| e.order_id) else {
+                        let _ = consumer.store_offset_from_message(&message);
                         continue;
                     };
                     let progress = PartitionOffset { partition: message.partition(), next_offset: message.offset() + 1 };
@@ -133,8 +144,8 @@ impl OrderWorker {
                         }
                     }
                     component.running();
-                    if let Err(e) = consumer.commit_message(&message, CommitMode::Async) {
-                        warn!(error = %e, "order workers: offset not committed to kafka (the database decided the order)");
+                    if let Err(e) = consumer.store_offset_from_message(&message) {
+                        warn!(error = %e, "order workers: offset not stored for kafka (the database decided the order)");
                     }
                 }
             }
@@ -171,6 +182,9 @@ impl OrderWorker {
         let Some(channel) = self.channels.get(&request.channel) else {
             return self.write(order, &reject("unknown_channel", Vec::new()), None, &progress, started).await.map(drop);
         };
+        if !channel.takes_payment(request.payment.method.as_str()) {
+            return self.write(order, &reject("invalid_payment", Vec::new()), None, &progress, started).await.map(drop);
+        }
         // The cart's soft hold gives way to the order's own reservation, just before it.
         if let Some(hold) = &request.hold {
             self.cancel(hold).await;
@@ -363,9 +377,10 @@ impl OrderWorker {
         };
         let body = serde_json::to_string(outcome).expect("an outcome always serializes");
         let now = self.clock.now();
-        let event = OrderEvent::new(&order.id, &order.channel, status, Some(outcome.clone()), now).to_json();
-        let decision =
-            OrderDecision { id: &order.id, status, decision: &body, reservation_id, booking, event: &event, now };
+        let event = OrderEvent::new(&order.id, &order.channel, status, Some(outcome.clone()), now);
+        let payload = event.to_json();
+        let event = ChannelEvent::of_order(&event, &payload);
+        let decision = OrderDecision { id: &order.id, status, decision: &body, reservation_id, booking, event, now };
         let decided = self.db.decide_order(&decision, Some(progress)).await?;
         if decided == Decided::Done {
             self.events.kick();
@@ -476,7 +491,7 @@ impl OrderWorker {
     /// A worker that holds no partition while orders wait leaves the group and joins it
     /// again, which makes any broker rebalance (as the ledger's watchdog does: a member
     /// killed and started again at once may join beside its ghost and get nothing).
-    fn rejoin_if_idle(&self, consumer: &StreamConsumer, oldest_waiting_s: f64) {
+    fn rejoin_if_idle(&self, consumer: &StreamConsumer<LagContext>, oldest_waiting_s: f64) {
         let idle = consumer.assignment().map(|a| a.count() == 0).unwrap_or(false);
         if idle && oldest_waiting_s > REJOIN_AFTER_S {
             warn!(oldest_waiting_s, "the order workers hold no partition while orders wait; rejoining the group");
@@ -487,6 +502,44 @@ impl OrderWorker {
         }
     }
 }
+
+/// The workers' consumer context: from librdkafka's statistics, every 5 s, how many
+/// records of each partition this worker holds it has not read yet (decisions and other
+/// events it skips count as read), as `onhand_orders_worker_lag`. A partition it no longer
+/// holds loses its series.
+#[derive(Debug)]
+pub struct LagContext {
+    topic: String,
+    metrics: Metrics,
+    exported: std::sync::Mutex<BTreeSet<i32>>,
+}
+
+impl ClientContext for LagContext {
+    fn stats(&self, statistics: Statistics) {
+        let gauge = &self.metrics.orders_worker_lag;
+        let partitions = statistics.topics.get(&self.topic).map(|t| &t.partitions);
+        let held: BTreeMap<i32, i64> = partitions
+            .into_iter()
+            .flatten()
+            .filter(|(&partition, stats)| partition >= 0 && stats.desired && stats.hi_offset >= 0)
+            .map(|(&partition, stats)| {
+                // Nothing read yet: what the group committed, else all that is kept, waits.
+                let read = [stats.app_offset, stats.committed_offset, stats.lo_offset].into_iter().find(|o| *o >= 0);
+                (partition, stats.hi_offset.saturating_sub(read.unwrap_or(0)).max(0))
+            })
+            .collect();
+        let mut exported = self.exported.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        for gone in exported.iter().filter(|p| !held.contains_key(p)) {
+            let _ = gauge.remove_label_values(&[&gone.to_string()]);
+        }
+        for (partition, lag) in &held {
+            gauge.with_label_values(&[&partition.to_string()]).set(*lag);
+        }
+        *exported = held.into_keys().collect();
+    }
+}
+
+impl ConsumerContext for LagContext {}
 
 /// Sends the order outbox's events to the orders topic, oldest first, and forgets those
 /// Kafka acknowledged; what fails stays for the next round (the workers' sweep). One
@@ -584,6 +637,7 @@ impl OrderWorker {
             let now = self.clock.now();
             let event = BackInStockEvent {
                 event_type: BackInStockEvent::TYPE.to_string(),
+                event_id: format!("{}:back_in_stock", wish.id),
                 id: wish.id.clone(),
                 channel: wish.channel.clone(),
                 sku: wish.sku.clone(),
@@ -592,7 +646,9 @@ impl OrderWorker {
                 at: now,
             };
             let json = serde_json::to_string(&event).expect("an event always serializes");
-            if self.db.notify_back_in_stock(&wish.id, &json, now).await? {
+            let told_event =
+                ChannelEvent { key: &wish.id, id: &event.event_id, channel: &wish.channel, payload: &json };
+            if self.db.notify_back_in_stock(&wish.id, told_event, now).await? {
                 told += 1;
             }
         }
