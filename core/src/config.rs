@@ -380,6 +380,9 @@ pub struct OrdersConfig {
     /// How old the oldest order waiting for a decision may be before `POST /v1/orders`
     /// answers 503 `order_queue_saturated` instead of queueing one more.
     pub queue_age_max_s: u64,
+    /// How many orders one worker decides at once (1 to 256): those the topic has ready
+    /// are taken together, each decided on its own, and the next ones read once all are.
+    pub in_flight_max: usize,
     /// How long an order's units stay held between its reservation and its commit (a
     /// worker that dies in between leaves them held this long at most).
     pub hold_ttl_s: u64,
@@ -403,6 +406,7 @@ impl Default for OrdersConfig {
             enabled: true,
             group_id: "onhand-orders".into(),
             queue_age_max_s: 30,
+            in_flight_max: 16,
             hold_ttl_s: 300,
             cart_hold_ttl_s: 900,
             horizon_days: 14,
@@ -581,6 +585,9 @@ impl Config {
         let o = &self.orders;
         if o.hold_ttl_s > self.reservations.ttl_s_max || o.cart_hold_ttl_s > self.reservations.ttl_s_max {
             return invalid("orders.hold_ttl_s and orders.cart_hold_ttl_s must be at most reservations.ttl_s_max");
+        }
+        if !(1..=256).contains(&o.in_flight_max) {
+            return invalid("orders.in_flight_max must be 1 to 256");
         }
         if o.cart_hold_ttl_s == 0 {
             return invalid("orders.cart_hold_ttl_s must be 1 or more");

@@ -23,6 +23,7 @@ use std::{
 };
 
 use chrono::{DateTime, Utc};
+use futures::{FutureExt, StreamExt};
 use rdkafka::{
     consumer::{Consumer, ConsumerContext, StreamConsumer},
     producer::FutureRecord,
@@ -106,6 +107,8 @@ impl OrderWorker {
             // A worker that died hands its partitions over within 10 s, not the default 45.
             .set("session.timeout.ms", "10000")
             .set("statistics.interval.ms", "5000")
+            // A customer waits for the decision: no fetch sits out librdkafka's 500 ms.
+            .set("fetch.wait.max.ms", kafka::FETCH_WAIT_MAX_MS)
             .create_with_context(context)
             .map_err(|e| failure(format!("order workers: {e}")))?;
         consumer.subscribe(&[&self.kafka.topics.orders]).map_err(|e| failure(format!("order workers: {e}")))?;
@@ -120,36 +123,63 @@ impl OrderWorker {
                     self.rejoin_if_idle(&consumer, oldest);
                 }
                 message = consumer.recv() => {
-                    let message = match message {
-                        Ok(message) => message,
-                        Err(e) => {
-                            warn!(error = %e, "order workers: kafka consumer error");
-                            continue;
-                        }
-                    };
-                    // Only `received` events ask for a decision; the others tell what was decided.
-                    let event = message.payload().and_then(|p| serde_json::from_slice::<OrderEvent>(p).ok());
-                    let Some(id) = event.filter(|e| e.status == OrderStatus::Received).map(|e| e.order_id) else {
-                        let _ = consumer.store_offset_from_message(&message);
-                        continue;
-                    };
-                    let progress = PartitionOffset { partition: message.partition(), next_offset: message.offset() + 1 };
-                    // A decision that fails for the database is taken again: the message is
-                    // not committed, and the next one waits behind it.
-                    while let Err(e) = self.process(&id, progress).await {
-                        component.blocked(format!("the order {id} cannot be decided now: {e}"));
-                        tokio::select! {
-                            _ = shutdown.cancelled() => return Ok(()),
-                            _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+                    let mut batch = vec![message];
+                    // With it, what the topic has ready now, to decide side by side.
+                    while batch.len() < self.config.in_flight_max {
+                        match consumer.recv().now_or_never() {
+                            Some(message) => batch.push(message),
+                            None => break,
                         }
                     }
+                    let batch: Vec<_> = batch
+                        .into_iter()
+                        .filter_map(|m| m.map_err(|e| warn!(error = %e, "order workers: kafka consumer error")).ok())
+                        .collect();
+                    let mut asked = Vec::with_capacity(batch.len());
+                    for message in &batch {
+                        // Only `received` events ask for a decision; the others tell what was decided.
+                        let event = message.payload().and_then(|p| serde_json::from_slice::<OrderEvent>(p).ok());
+                        if let Some(event) = event.filter(|e| e.status == OrderStatus::Received) {
+                            let next_offset = message.offset() + 1;
+                            asked.push((event.order_id, PartitionOffset { partition: message.partition(), next_offset }));
+                        }
+                    }
+                    let (component, shutdown) = (&component, &shutdown);
+                    let decided = futures::stream::iter(asked)
+                        .map(|(id, progress)| self.decide_until_done(id, progress, component, shutdown))
+                        .buffer_unordered(self.config.in_flight_max);
+                    if decided.any(|done| std::future::ready(!done)).await {
+                        return Ok(()); // shut down: what was not decided is read again
+                    }
                     component.running();
-                    if let Err(e) = consumer.store_offset_from_message(&message) {
-                        warn!(error = %e, "order workers: offset not stored for kafka (the database decided the order)");
+                    // In the order read, so that each partition's stored offset only grows.
+                    for message in &batch {
+                        if let Err(e) = consumer.store_offset_from_message(message) {
+                            warn!(error = %e, "order workers: offset not stored for kafka (the database decided the order)");
+                        }
                     }
                 }
             }
         }
+    }
+
+    /// Decides the order `id`, again every second while the database fails (the batch's
+    /// offsets wait for it); `false` when `shutdown` came first.
+    async fn decide_until_done(
+        &self,
+        id: String,
+        progress: PartitionOffset,
+        component: &Component,
+        shutdown: &CancellationToken,
+    ) -> bool {
+        while let Err(e) = self.process(&id, progress).await {
+            component.blocked(format!("the order {id} cannot be decided now: {e}"));
+            tokio::select! {
+                _ = shutdown.cancelled() => return false,
+                _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+            }
+        }
+        true
     }
 
     /// Decides the order `id` if it waits, or settles it if its commit is due.
@@ -204,7 +234,7 @@ impl OrderWorker {
         let candidates =
             schedule::candidates(&request.delivery, channel, &self.config.regions, &self.calendars, &known);
         let method = request.delivery.method;
-        let mut no_slot = false;
+        let (mut no_slot, mut raced) = (false, false);
         for location in candidates.iter().filter(|l| fits(l)) {
             let Some(mut slot) = self.first_slot(location, method).await? else {
                 no_slot = true;
@@ -228,7 +258,10 @@ impl OrderWorker {
                 held => held,
             };
             // Another writer took the units since the levels were read: the next one.
-            let Some(reservation) = reservation else { continue };
+            let Some(reservation) = reservation else {
+                raced = true;
+                continue;
+            };
             for _ in 0..SLOT_ROUNDS_MAX {
                 let outcome = OrderOutcome::Scheduled {
                     location: location.clone(),
@@ -263,6 +296,8 @@ impl OrderWorker {
                 .await
                 .map(drop);
         }
+        // What other orders took meanwhile is in the levels now, not in those read first.
+        let levels = if raced { self.db.stock_by_skus(&skus).await? } else { levels };
         let short_lines = self.short_lines(order, &request, channel, &candidates, &levels).await?;
         self.write(order, &reject("out_of_stock", short_lines), None, &progress, started).await.map(drop)
     }
@@ -302,11 +337,16 @@ impl OrderWorker {
         let available = |sku: &Sku, location: &LocationId| {
             levels.iter().find(|l| &l.sku == sku && &l.location == location).map_or(0, |l| l.available())
         };
-        let short: Vec<&super::OrderLine> = request
+        let mut short: Vec<&super::OrderLine> = request
             .lines
             .iter()
             .filter(|line| !candidates.iter().any(|c| available(&line.sku, c) >= line.quantity))
             .collect();
+        // Each line fits somewhere, but not all of them at one location, or units freed
+        // since the race: every line is told with what each location has.
+        if short.is_empty() {
+            short = request.lines.iter().collect();
+        }
         let mut suggestions: BTreeMap<Sku, Vec<Suggestion>> = BTreeMap::new();
         let everywhere_short: Vec<LineRequest> = short
             .iter()
