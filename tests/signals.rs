@@ -168,7 +168,10 @@ async fn every_connector_reports_its_health_last_movement_and_last_error() {
     // A bad file: the WMS is unhealthy and says why; the next good file heals it, and the
     // error stays as the last one met.
     drop_file(inbox.path(), "bad.csv", "sku,location,kind,quantity,occurred_at,reference\nX,dc-sp,receipt,0,never,R\n");
-    let failing = source_where(&app, "wms", "unhealthy", |s| s["healthy"] == false).await;
+    // Its health and its last error are two writes: wait for both.
+    let failing =
+        source_where(&app, "wms", "unhealthy with its error", |s| s["healthy"] == false && s["last_error"].is_string())
+            .await;
     assert!(failing["detail"].as_str().unwrap_or_default().contains("bad.csv"), "{failing}");
     assert!(failing["last_error"].as_str().unwrap_or_default().contains("bad.csv"), "{failing}");
     assert!(failing["last_error_at"].is_string(), "{failing}");
