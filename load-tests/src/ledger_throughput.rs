@@ -1,6 +1,10 @@
-//! Ledger throughput: produces N movements to the broker, then starts the ledger on an
-//! empty PostgreSQL database and times how long it takes to apply them all. Prints one
-//! JSON object. Run it against the test servers with:
+//! Ledger throughput: first the floor, the bare cost of the ledger's work in the same
+//! PostgreSQL server (the same movement rows COPYed into the real `movements` table in the
+//! ledger's batch size, one set-based upsert of the levels each batch touches and an offset
+//! row, each batch one durable transaction, on a database of its own), then the ledger
+//! itself: N movements produced to the broker, the ledger started on an empty database and
+//! timed until it applied them all. Prints one JSON object with both and their ratio. Run
+//! it against the test servers with:
 //!
 //! ```text
 //! scripts/services run cargo run --release -p onhand-load-tests --bin ledger-throughput
@@ -22,7 +26,7 @@ use onhand_core::{
     telemetry::Metrics,
     testing::{self, unique_name},
 };
-use onhand_load_tests::{until_recorded, Servers};
+use onhand_load_tests::{drop_database, until_recorded, Servers, Statements};
 use rand::{rngs::StdRng, Rng, SeedableRng};
 use rand_distr::{Distribution, Zipf};
 use rdkafka::producer::{FutureProducer, FutureRecord};
@@ -59,11 +63,23 @@ async fn main() -> anyhow::Result<()> {
     ledger_config.batch_size_max = args.batch_size_max;
     kafka::ensure_topics(&kafka_config).await?;
 
+    let movements = movements(&args)?;
+    let floor_url = testing::create_database(&args.servers.database_url, &format!("{prefix}_floor")).await?;
+    db::open(&floor_url, 1).await?; // the migrations: the real tables and indexes
+    let mut floor_statements = Statements::reset(&floor_url).await;
+    let floor_seconds = floor(&floor_url, &movements, args.batch_size_max, args.partitions).await?;
+    let floor_top = match floor_statements.as_mut() {
+        Some(s) => s.top(8).await?,
+        None => json!(null),
+    };
+    drop(floor_statements);
+
     let produce_started = Instant::now();
-    produce(&kafka_config, &args).await?;
+    produce(&kafka_config, &movements).await?;
     let produce_seconds = produce_started.elapsed().as_secs_f64();
 
     let db = db::open(&database.url, 8).await?;
+    let mut ledger_statements = Statements::reset(&database.url).await;
     let shutdown = CancellationToken::new();
     let metrics = Metrics::new();
     let apply_started = Instant::now();
@@ -75,10 +91,18 @@ async fn main() -> anyhow::Result<()> {
         faults: Default::default(),
     };
     let handle = ledger::spawn(&kafka_config, &ledger_config, parts).await?;
-    until_recorded(&*db, &handle, args.movements).await?;
+    until_recorded(&*db, &handle, &metrics, args.movements).await?;
     let apply_seconds = apply_started.elapsed().as_secs_f64();
     shutdown.cancel();
     handle.join().await?;
+    let ledger_top = match ledger_statements.as_mut() {
+        Some(s) => s.top(16).await?,
+        None => json!(null),
+    };
+    drop((db, ledger_statements));
+    for url in [&floor_url, &database.url] {
+        drop_database(&args.servers.database_url, url).await?;
+    }
 
     let report = json!({
         "benchmark": "ledger_throughput",
@@ -91,7 +115,12 @@ async fn main() -> anyhow::Result<()> {
         "produce_movements_per_s": round(args.movements as f64 / produce_seconds),
         "apply_seconds": round(apply_seconds),
         "movements_per_s": round(args.movements as f64 / apply_seconds),
-        "target_movements_per_s": 20_000,
+        "floor_seconds": round(floor_seconds),
+        "floor_movements_per_s": round(args.movements as f64 / floor_seconds),
+        "ledger_vs_floor": round(floor_seconds / apply_seconds),
+        "target_ledger_vs_floor": 0.8,
+        "ledger_statements": ledger_top,
+        "floor_statements": floor_top,
         "batches": metrics.ledger_apply_duration_seconds.get_sample_count(),
         "database_seconds": round(metrics.ledger_apply_duration_seconds.get_sample_sum()),
     });
@@ -117,14 +146,8 @@ fn kind_of(roll: u32) -> (MovementKind, i64) {
     }
 }
 
-async fn produce(config: &KafkaConfig, args: &Args) -> anyhow::Result<()> {
-    let producer: FutureProducer = kafka::client_config(config)
-        .set("enable.idempotence", "true")
-        .set("acks", "all")
-        .set("partitioner", "murmur2_random")
-        .set("linger.ms", "20")
-        .set("batch.size", "1000000")
-        .create()?;
+/// The benchmark's movements, the same every run.
+fn movements(args: &Args) -> anyhow::Result<Vec<Movement>> {
     let zipf = Zipf::new(args.skus as f64, 1.03)?;
     let mut rng = StdRng::seed_from_u64(42);
     let started = Utc::now();
@@ -138,6 +161,17 @@ async fn produce(config: &KafkaConfig, args: &Args) -> anyhow::Result<()> {
             testing::movement(&format!("bench-{i}"), &sku, &format!("loc-{location:02}"), kind, quantity, at)
         })
         .collect();
+    Ok(movements)
+}
+
+async fn produce(config: &KafkaConfig, movements: &[Movement]) -> anyhow::Result<()> {
+    let producer: FutureProducer = kafka::client_config(config)
+        .set("enable.idempotence", "true")
+        .set("acks", "all")
+        .set("partitioner", "murmur2_random")
+        .set("linger.ms", "20")
+        .set("batch.size", "1000000")
+        .create()?;
     let topic = &config.topics.movements;
     let mut sends = stream::iter(movements.iter().map(|m| {
         let payload = m.to_json();
@@ -151,4 +185,115 @@ async fn produce(config: &KafkaConfig, args: &Args) -> anyhow::Result<()> {
         result.map_err(|(e, _)| e).context("produce a movement")?;
     }
     Ok(())
+}
+
+/// The floor: `movements` written the cheapest way PostgreSQL keeps them, in batches of
+/// `batch` rows, each one transaction with a durable commit: the rows COPYed into
+/// `movements` (as CSV, the event JSON included), one upsert of every level the batch
+/// touches (its summed delta; a count's too, which costs the same), and the offset row.
+/// The batches are encoded before the clock starts: only the database's work is timed.
+/// Answers the seconds it took.
+async fn floor(database_url: &str, movements: &[Movement], batch: usize, partitions: i32) -> anyhow::Result<f64> {
+    use sqlx::Connection;
+    let batches: Vec<FloorBatch> = movements
+        .chunks(batch.max(1))
+        .enumerate()
+        .map(|(n, chunk)| FloorBatch::of(chunk, n * batch, partitions))
+        .collect::<anyhow::Result<_>>()?;
+    let mut conn = sqlx::PgConnection::connect(database_url).await?;
+    let started = Instant::now();
+    for b in &batches {
+        let mut tx = conn.begin().await?;
+        let mut copy = tx
+            .copy_in_raw(
+                "COPY movements (event_id, sku, location, kind, quantity, delta, occurred_at, recorded_at,
+                                 kafka_partition, kafka_offset, event) FROM STDIN (FORMAT csv)",
+            )
+            .await?;
+        copy.send(b.rows.as_bytes()).await?;
+        copy.finish().await?;
+        sqlx::query(
+            "INSERT INTO stock_levels (sku, location, on_hand, version, last_movement_at, last_event_id, updated_at)
+             SELECT sku, location, delta, 1, at, id, now()
+             FROM UNNEST($1::text[], $2::text[], $3::int8[], $4::timestamptz[], $5::text[]) AS t(sku, location, delta, at, id)
+             ON CONFLICT (sku, location) DO UPDATE
+             SET on_hand = stock_levels.on_hand + excluded.on_hand, version = stock_levels.version + 1,
+                 last_movement_at = excluded.last_movement_at, last_event_id = excluded.last_event_id,
+                 updated_at = excluded.updated_at",
+        )
+        .bind(&b.skus)
+        .bind(&b.locations)
+        .bind(&b.deltas)
+        .bind(&b.at)
+        .bind(&b.ids)
+        .execute(&mut *tx)
+        .await?;
+        sqlx::query(
+            "INSERT INTO consumer_offsets (group_id, topic, partition, next_offset, updated_at)
+             VALUES ('floor', 'floor', 0, $1, now())
+             ON CONFLICT (group_id, topic, partition) DO UPDATE SET next_offset = excluded.next_offset",
+        )
+        .bind(b.next_offset)
+        .execute(&mut *tx)
+        .await?;
+        tx.commit().await?;
+    }
+    Ok(started.elapsed().as_secs_f64())
+}
+
+/// One batch of the floor, encoded: its rows as CSV, and each level it touches with its
+/// summed delta and its newest movement.
+struct FloorBatch {
+    rows: String,
+    skus: Vec<String>,
+    locations: Vec<String>,
+    deltas: Vec<i64>,
+    at: Vec<chrono::DateTime<Utc>>,
+    ids: Vec<String>,
+    next_offset: i64,
+}
+
+impl FloorBatch {
+    fn of(chunk: &[Movement], first_offset: usize, partitions: i32) -> anyhow::Result<FloorBatch> {
+        let quoted = |text: &str| format!("\"{}\"", text.replace('"', "\"\""));
+        let mut rows = String::with_capacity(chunk.len() * 512);
+        let mut levels: std::collections::BTreeMap<(&str, &str), (i64, &Movement)> = Default::default();
+        for (i, m) in chunk.iter().enumerate() {
+            let offset = (first_offset + i) as i64;
+            let delta = m.delta().map(|d| d.to_string()).unwrap_or_default();
+            rows.push_str(&format!(
+                "{},{},{},{},{},{},{},{},{},{},{}\n",
+                quoted(m.event_id.as_str()),
+                quoted(m.sku.as_str()),
+                quoted(m.location.as_str()),
+                m.kind.as_str(),
+                m.quantity,
+                delta,
+                m.occurred_at.to_rfc3339(),
+                m.recorded_at.to_rfc3339(),
+                offset % i64::from(partitions.max(1)),
+                offset,
+                quoted(&String::from_utf8(m.to_json())?),
+            ));
+            let level = levels.entry((m.sku.as_str(), m.location.as_str())).or_insert((0, m));
+            *level = (level.0 + m.delta().unwrap_or(m.quantity), m);
+        }
+        let mut b = FloorBatch {
+            rows,
+            skus: Vec::new(),
+            locations: Vec::new(),
+            deltas: Vec::new(),
+            at: Vec::new(),
+            ids: Vec::new(),
+            next_offset: (first_offset + chunk.len()) as i64,
+        };
+        for ((sku, location), (delta, last)) in levels {
+            b.skus.push(sku.to_string());
+            b.locations.push(location.to_string());
+            b.deltas.push(delta);
+            b.at.push(last.occurred_at);
+            b.ids.push(last.event_id.to_string());
+        }
+        Ok(b)
+    }
 }

@@ -4,7 +4,7 @@
 
 use std::net::SocketAddr;
 
-use onhand_core::{config::Config, db::Db, ledger::LedgerHandle, testing};
+use onhand_core::{config::Config, db::Db, ledger::LedgerHandle, telemetry::Metrics, testing};
 use reqwest::header::{HeaderMap, HeaderValue, AUTHORIZATION};
 
 #[derive(Debug, clap::Args)]
@@ -46,15 +46,84 @@ pub async fn client_with_key(db: &dyn Db, builder: reqwest::ClientBuilder) -> an
     Ok(builder.default_headers(HeaderMap::from_iter([(AUTHORIZATION, value)])).build()?)
 }
 
-/// Waits until `db` has recorded `movements`, checking that the ledger is still running.
-pub async fn until_recorded(db: &dyn Db, ledger: &LedgerHandle, movements: u64) -> anyhow::Result<()> {
+/// Waits until `db` has recorded `movements`, checking that the ledger (whose `metrics`
+/// these are) is still running. The ledger's counters are watched; the table is counted
+/// only once they reach the figure: a `count(*)` of a growing table every 100 ms took a
+/// third of the database's time beside the ledger's (`pg_stat_statements`).
+pub async fn until_recorded(
+    db: &dyn Db,
+    ledger: &LedgerHandle,
+    metrics: &Metrics,
+    movements: u64,
+) -> anyhow::Result<()> {
     let expected = i64::try_from(movements)?;
     loop {
-        let recorded = db.movement_count().await?;
-        if recorded >= expected {
-            return Ok(());
+        let counted = metrics.ledger_movements_applied_total.get() + metrics.ledger_movements_superseded_total.get();
+        if counted >= movements {
+            let recorded = db.movement_count().await?;
+            if recorded >= expected {
+                return Ok(());
+            }
         }
-        anyhow::ensure!(!ledger.is_finished(), "the ledger stopped after {recorded} movements");
+        anyhow::ensure!(!ledger.is_finished(), "the ledger stopped after {counted} movements");
         tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+}
+
+/// Drops a database a benchmark created on `server_url` (whatever connections are left).
+pub async fn drop_database(server_url: &str, database_url: &str) -> anyhow::Result<()> {
+    use sqlx::Connection;
+    let name = database_url.rsplit('/').next().unwrap_or_default();
+    anyhow::ensure!(name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_'), "a database name: {name:?}");
+    let mut conn = sqlx::PgConnection::connect(server_url).await?;
+    sqlx::query(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)")).execute(&mut conn).await?;
+    Ok(())
+}
+
+/// Where a database's time went, from `pg_stat_statements` (loaded by `scripts/services`):
+/// what [`Statements::reset`] started counting, per statement.
+#[derive(Debug)]
+pub struct Statements {
+    conn: sqlx::PgConnection,
+}
+
+impl Statements {
+    /// Starts counting afresh in the database at `database_url`; `None` where the
+    /// extension is not loaded.
+    pub async fn reset(database_url: &str) -> Option<Statements> {
+        use sqlx::Connection;
+        let mut conn = sqlx::PgConnection::connect(database_url).await.ok()?;
+        sqlx::query("CREATE EXTENSION IF NOT EXISTS pg_stat_statements").execute(&mut conn).await.ok()?;
+        sqlx::query("SELECT pg_stat_statements_reset()").execute(&mut conn).await.ok()?;
+        Some(Statements { conn })
+    }
+
+    /// The statements of this database since the reset, the costliest first: each one's
+    /// calls, total and mean milliseconds and rows, its text cut to 100 characters.
+    pub async fn top(&mut self, limit: i64) -> anyhow::Result<serde_json::Value> {
+        use sqlx::Row;
+        let rows = sqlx::query(
+            "SELECT regexp_replace(query, '\\s+', ' ', 'g') AS query, calls, total_exec_time, rows
+             FROM pg_stat_statements
+             WHERE dbid = (SELECT oid FROM pg_database WHERE datname = current_database())
+               AND query NOT LIKE '%pg_stat_statements%'
+             ORDER BY total_exec_time DESC LIMIT $1",
+        )
+        .bind(limit)
+        .fetch_all(&mut self.conn)
+        .await?;
+        let mut top = Vec::with_capacity(rows.len());
+        for row in rows {
+            let query: String = row.try_get("query")?;
+            let (calls, total_ms): (i64, f64) = (row.try_get("calls")?, row.try_get("total_exec_time")?);
+            top.push(serde_json::json!({
+                "statement": query.chars().take(100).collect::<String>(),
+                "calls": calls,
+                "total_ms": total_ms.round(),
+                "mean_ms": (total_ms / calls.max(1) as f64 * 100.0).round() / 100.0,
+                "rows": row.try_get::<i64, _>("rows")?,
+            }));
+        }
+        Ok(serde_json::Value::Array(top))
     }
 }

@@ -246,15 +246,16 @@ async fn bare(config: &KafkaConfig, args: &Args, topic: &str, records: &[(String
 async fn apply(config: &Config, db: Arc<dyn db::Db>, lines: u64) -> anyhow::Result<f64> {
     let shutdown = CancellationToken::new();
     let started = Instant::now();
+    let metrics = Metrics::new();
     let parts = LedgerParts {
         db: db.clone(),
-        metrics: Metrics::new(),
+        metrics: metrics.clone(),
         component: Component::detached("ledger"),
         shutdown: shutdown.clone(),
         faults: Default::default(),
     };
     let handle = ledger::spawn(&config.kafka, &config.ledger, parts).await?;
-    until_recorded(&*db, &handle, lines).await?;
+    until_recorded(&*db, &handle, &metrics, lines).await?;
     let seconds = started.elapsed().as_secs_f64();
     shutdown.cancel();
     handle.join().await?;
