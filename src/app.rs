@@ -474,12 +474,11 @@ fn spawn_stream(supervisor: &mut Supervisor, config: &Config, db: &Arc<dyn Db>, 
     supervisor.spawn(Task::new("stream_alerts"), move |_, stop| {
         stream::follow_alerts(alerts.clone(), alerts_kafka.clone(), stop)
     });
-    if config.orders.enabled {
-        let (orders, orders_kafka) = (hub.clone(), config.kafka.clone());
-        supervisor.spawn(Task::new("stream_orders"), move |_, stop| {
-            stream::follow_orders(orders.clone(), orders_kafka.clone(), stop)
-        });
-    }
+    // Every instance, whether it runs order workers or not: an API replica streams orders too.
+    let (orders, orders_kafka) = (hub.clone(), config.kafka.clone());
+    supervisor.spawn(Task::new("stream_orders"), move |_, stop| {
+        stream::follow_orders(orders.clone(), orders_kafka.clone(), stop)
+    });
     let (watched, heard): (Arc<dyn Sources>, Arc<dyn Signals>) = (db.clone(), db.clone());
     let sources_config = config.sources.clone();
     supervisor.spawn(Task::new("stream_sources"), move |_, stop| {

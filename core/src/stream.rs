@@ -578,20 +578,15 @@ pub async fn follow_alerts(hub: Hub, config: KafkaConfig, shutdown: Cancellation
 pub async fn follow_orders(hub: Hub, config: KafkaConfig, shutdown: CancellationToken) {
     let topic = config.topics.orders.clone();
     kafka::follow::follow(&config, &topic, "onhand-stream-orders", shutdown, |payload, offset| {
-        #[derive(serde::Deserialize)]
-        struct Typed {
-            #[serde(rename = "type")]
-            event_type: String,
-        }
-        let typed = serde_json::from_slice::<Typed>(payload).map(|t| t.event_type);
-        let published = match typed.as_deref() {
-            Ok(OrderEvent::TYPE) => serde_json::from_slice::<OrderEvent>(payload).map(|e| drop(hub.publish_order(&e))),
-            Ok(BackInStockEvent::TYPE) => {
-                serde_json::from_slice::<BackInStockEvent>(payload).map(|e| drop(hub.publish_back_in_stock(&e)))
-            }
-            Ok(_) => Ok(()),
-            Err(_) => typed.map(drop),
-        };
+        // The topic carries two types of event, told apart by `type`; any other is left.
+        let published =
+            serde_json::from_slice::<serde_json::Value>(payload).and_then(|event| match event["type"].as_str() {
+                Some(OrderEvent::TYPE) => serde_json::from_value(event).map(|e| drop(hub.publish_order(&e))),
+                Some(BackInStockEvent::TYPE) => {
+                    serde_json::from_value(event).map(|e| drop(hub.publish_back_in_stock(&e)))
+                }
+                _ => Ok(()),
+            });
         if let Err(e) = published {
             warn!(error = %e, offset, "unreadable order event not streamed");
         }

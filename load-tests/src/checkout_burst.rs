@@ -158,15 +158,12 @@ async fn load_levels(database_url: &str, args: &Args) -> anyhow::Result<BTreeMap
             stock.insert((sku.clone(), location.to_string()), on_hand);
         }
     }
-    let (skus, locations, units): (Vec<String>, Vec<String>, Vec<i64>) = stock
-        .iter()
-        .map(|((s, l), n)| (s.clone(), l.clone(), *n))
-        .fold((Vec::new(), Vec::new(), Vec::new()), |(mut s, mut l, mut n), (sku, location, units)| {
-            s.push(sku);
-            l.push(location);
-            n.push(units);
-            (s, l, n)
-        });
+    let (mut skus, mut locations, mut units) = (Vec::new(), Vec::new(), Vec::new());
+    for ((sku, location), on_hand) in &stock {
+        skus.push(sku.as_str());
+        locations.push(location.as_str());
+        units.push(*on_hand);
+    }
     sqlx::query(
         "INSERT INTO stock_levels (sku, location, on_hand, version, published_version, last_movement_at,
                                    last_event_id, updated_at)

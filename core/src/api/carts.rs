@@ -83,8 +83,9 @@ fn admin() -> Caller<'static> {
     Caller { key_id: CART_OWNER, admin: true }
 }
 
-/// The cart `id` when `principal` owns it (an admin sees every cart).
-async fn owned(state: &ApiState, principal: &Principal, id: &str) -> Result<Option<CartRecord>, ApiError> {
+/// The cart `id` when `principal` owns it (an admin sees every cart): the one a cart
+/// route or an order names.
+pub(super) async fn owned(state: &ApiState, principal: &Principal, id: &str) -> Result<Option<CartRecord>, ApiError> {
     let admin = principal.scopes.allows(crate::auth::Scope::Admin);
     Ok(state.orders.cart(id).await.map_err(unavailable)?.filter(|c| admin || c.owner == principal.key_id))
 }
@@ -247,13 +248,4 @@ async fn release(state: &ApiState, reservation_id: &str) {
             warn!(reservation = %reservation_id, error = %e, "a cart's hold not given back; it expires by itself")
         }
     }
-}
-
-/// The lines and hold of the cart an order names, for its owner.
-pub(super) async fn for_order(
-    state: &ApiState,
-    principal: &Principal,
-    id: &str,
-) -> Result<Option<CartRecord>, ApiError> {
-    owned(state, principal, id).await
 }

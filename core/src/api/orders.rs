@@ -195,7 +195,7 @@ pub(super) async fn create(
         if !raw.lines.is_empty() {
             return invalid(wrong("give lines or a cart, not both".into()));
         }
-        let Some(cart) = carts::for_order(&state, &principal, &cart_id).await? else {
+        let Some(cart) = carts::owned(&state, &principal, &cart_id).await? else {
             return invalid(wrong(format!("no cart {cart_id:?}")));
         };
         if cart.channel != raw.channel {

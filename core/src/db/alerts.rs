@@ -373,7 +373,7 @@ async fn write_change<D: Dialect>(tx: &mut sqlx::Transaction<'static, D>, alert:
 
 /// A delivery of an event to a webhook subscription, due at once; an event queued for it
 /// before is not queued again.
-pub(super) async fn queue_delivery<D: Dialect>(
+async fn queue_delivery<D: Dialect>(
     tx: &mut sqlx::Transaction<'static, D>,
     subscription_id: &str,
     event_id: &str,

@@ -7,7 +7,7 @@ use async_trait::async_trait;
 use chrono::{DateTime, NaiveDate, Utc};
 
 use super::{
-    alerts::{events_waiting, forget_events, queue_delivery, save_progress},
+    alerts::{events_waiting, forget_events, save_progress},
     corrupt,
     dialect::Dialect,
     driver::{query, Cells, Time},
@@ -351,14 +351,18 @@ async fn order_event<D: Dialect>(
         .bind(Time(now))
         .execute(&mut **tx)
         .await?;
-    let subscribed = query::<D>("SELECT id FROM alert_subscriptions WHERE channel = $1 ORDER BY id")
-        .bind(event.channel)
-        .fetch_all(&mut **tx)
-        .await?;
-    for row in &subscribed {
-        let subscription: String = row.cell("id")?;
-        queue_delivery::<D>(tx, &subscription, event.id, event.payload, now).await?;
-    }
+    // One statement whatever the number of the channel's subscriptions.
+    query::<D>(
+        "INSERT INTO alert_deliveries (subscription_id, event_id, payload, state, attempts, next_at, created_at)
+         SELECT id, $2, $3, 'pending', 0, $4, $4 FROM alert_subscriptions WHERE channel = $1
+         ON CONFLICT DO NOTHING",
+    )
+    .bind(event.channel)
+    .bind(event.id)
+    .bind(event.payload)
+    .bind(Time(now))
+    .execute(&mut **tx)
+    .await?;
     Ok(())
 }
 

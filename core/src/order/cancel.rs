@@ -57,15 +57,13 @@ pub async fn cancel(
         let Some(order) = db.order(id).await?.filter(|o| caller.admin || o.owner == caller.key_id) else {
             return Ok(Cancelled::NotFound);
         };
+        let cancelled = OrderEvent::new(id, &order.channel, OrderStatus::Cancelled, None, now);
+        let payload = cancelled.to_json();
+        let event = ChannelEvent::of_order(&cancelled, &payload);
         let done = match order.status {
             OrderStatus::Cancelled => return Ok(Cancelled::Done(order)),
             OrderStatus::Rejected => return Ok(Cancelled::Refused { order, why: "a rejected order holds nothing" }),
-            OrderStatus::Received => {
-                let event = OrderEvent::new(id, &order.channel, OrderStatus::Cancelled, None, now);
-                let payload = event.to_json();
-                db.cancel_order(id, OrderStatus::Received, None, &[], ChannelEvent::of_order(&event, &payload), now)
-                    .await?
-            }
+            OrderStatus::Received => db.cancel_order(id, OrderStatus::Received, None, &[], event, now).await?,
             OrderStatus::Scheduled => {
                 let outcome: OrderOutcome = read(order.decision.as_deref().unwrap_or_default())?;
                 let OrderOutcome::Scheduled { location, method, date, slot, reservation_id } = outcome else {
@@ -89,9 +87,6 @@ pub async fn cancel(
                 };
                 let booking =
                     Booking { location: location.as_str(), method: method.as_str(), date, slot: &slot, capacity: 0 };
-                let event = OrderEvent::new(id, &order.channel, OrderStatus::Cancelled, None, now);
-                let payload = event.to_json();
-                let event = ChannelEvent::of_order(&event, &payload);
                 db.cancel_order(id, OrderStatus::Scheduled, Some(booking), &returns, event, now).await?
             }
         };
