@@ -39,7 +39,7 @@ async fn the_same_movement_delivered_three_times_counts_once() {
     assert_eq!((level.on_hand, level.version), (7, 1));
     app.stop().await.unwrap();
     // A clean stop records the publications in flight: nothing is left to republish.
-    assert!(db.unpublished_levels(chrono::Utc::now(), 10).await.unwrap().is_empty());
+    assert!(db.unpublished_levels(chrono::Utc::now(), 10).await.unwrap().levels.is_empty());
 }
 
 /// on_hand per (sku, location).
@@ -100,7 +100,7 @@ async fn a_ledger_killed_after_its_database_commit_restarts_without_loss_or_doub
     // The levels of the batch committed just before the crash were never published by
     // the crashed ledger; the restarted one publishes them and records it.
     eventually("every level published", 60, || async {
-        restarted.db.unpublished_levels(chrono::Utc::now(), 1_000).await.unwrap().is_empty().then_some(())
+        restarted.db.unpublished_levels(chrono::Utc::now(), 1_000).await.unwrap().levels.is_empty().then_some(())
     })
     .await;
     assert_eq!(
@@ -349,6 +349,7 @@ async fn a_saved_offset_beyond_the_partitions_end_is_reported() {
         movements: Vec::new(),
         offsets: vec![onhand_core::db::PartitionOffset { partition: 0, next_offset: 1_000 }],
         published: Vec::new(),
+        settled: Vec::new(),
     };
     db.apply_batch(&batch).await.unwrap();
     let app = serve(&config).await;

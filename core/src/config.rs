@@ -176,15 +176,25 @@ pub struct LedgerConfig {
     pub enabled: bool,
     /// The Kafka consumer group; its offsets live in the database.
     pub group_id: String,
-    /// The most movements applied in one transaction.
+    /// The most movements applied in one transaction while the ledger keeps up.
     pub batch_size_max: usize,
+    /// The most while it is behind: after each full batch the next may be twice as large,
+    /// up to this (at least `batch_size_max`), which costs less per movement; the first
+    /// batch that does not fill brings it back to `batch_size_max`.
+    pub backlog_batch_size_max: usize,
     /// How long a batch waits to fill once its first movement arrived.
     pub linger_ms: u64,
 }
 
 impl Default for LedgerConfig {
     fn default() -> Self {
-        Self { enabled: true, group_id: "onhand-ledger".into(), batch_size_max: 2_000, linger_ms: 20 }
+        Self {
+            enabled: true,
+            group_id: "onhand-ledger".into(),
+            batch_size_max: 2_000,
+            backlog_batch_size_max: 16_000,
+            linger_ms: 20,
+        }
     }
 }
 
@@ -559,6 +569,11 @@ impl Config {
         }
         if self.ledger.batch_size_max == 0 || self.ledger.batch_size_max > 50_000 {
             return invalid("ledger.batch_size_max must be 1 to 50000");
+        }
+        if self.ledger.backlog_batch_size_max < self.ledger.batch_size_max
+            || self.ledger.backlog_batch_size_max > 50_000
+        {
+            return invalid("ledger.backlog_batch_size_max must be ledger.batch_size_max to 50000");
         }
         for (name, channel) in &self.channels {
             if !channel.all_locations && channel.locations.is_empty() {

@@ -46,8 +46,14 @@ struct Args {
     locations: u64,
     #[arg(long, default_value_t = 12)]
     partitions: i32,
+    /// The ledger's batch while it keeps up, and the floor's batch.
     #[arg(long, default_value_t = 2_000)]
     batch_size_max: usize,
+    /// The ledger's largest batch while behind (`ledger.backlog_batch_size_max`): the
+    /// benchmark starts it on a backlog. Give `--batch-size-max`'s value to keep batches
+    /// the floor's size.
+    #[arg(long, default_value_t = 16_000)]
+    backlog_batch_size_max: usize,
     #[command(flatten)]
     servers: Servers,
 }
@@ -61,6 +67,7 @@ async fn main() -> anyhow::Result<()> {
         args.servers.config(&prefix).await?;
     kafka_config.partitions = args.partitions;
     ledger_config.batch_size_max = args.batch_size_max;
+    ledger_config.backlog_batch_size_max = args.backlog_batch_size_max;
     kafka::ensure_topics(&kafka_config).await?;
 
     let movements = movements(&args)?;
@@ -111,6 +118,7 @@ async fn main() -> anyhow::Result<()> {
         "locations": args.locations,
         "partitions": args.partitions,
         "batch_size_max": args.batch_size_max,
+        "backlog_batch_size_max": args.backlog_batch_size_max,
         "produce_seconds": round(produce_seconds),
         "produce_movements_per_s": round(args.movements as f64 / produce_seconds),
         "apply_seconds": round(apply_seconds),

@@ -3,17 +3,19 @@
 //! of recomputed levels in the transaction that read them, while every other writer of
 //! `stock_levels` waits ([`Dialect::PAUSE_WRITERS`]).
 
+use std::collections::BTreeMap;
+
 use async_trait::async_trait;
-use chrono::{SubsecRound, Utc};
+use chrono::{DateTime, SubsecRound, Utc};
 use futures::TryStreamExt;
 
 use super::{
     corrupt,
     dialect::{level_key, stock_level, stored_level, Dialect},
     driver::{query, Cells, Time},
-    Audit, AuditFacts, AuditReader, AuditedLevel, DbError, LevelRewrite, Rebuilding, SavedOffset, SqlDb,
+    Audit, AuditFacts, AuditReader, AuditedLevel, DbError, LevelKey, LevelRewrite, Rebuilding, SavedOffset, SqlDb,
 };
-use crate::event::{EventId, Movement, StockLevel};
+use crate::event::{EventId, LocationId, Movement, Sku, StockLevel};
 
 /// The movements that may change a level: reservation events change none (the ledger
 /// records them only), as `kind` says.
@@ -132,7 +134,24 @@ async fn facts<D: Dialect>(conn: &mut D::Connection) -> Result<AuditFacts, DbErr
         })
     })
     .collect::<Result<Vec<_>, DbError>>()?;
-    Ok(AuditFacts { held, outbox_records: outbox.cell("n")?, outbox_oldest: outbox.optional_time("oldest")?, offsets })
+    let mut owed: BTreeMap<LevelKey, DateTime<Utc>> = BTreeMap::new();
+    for row in
+        query::<D>("SELECT written_at, levels FROM ledger_publications ORDER BY id").fetch_all(&mut *conn).await?
+    {
+        let written_at = row.time("written_at")?;
+        let levels: String = row.cell("levels")?;
+        for (sku, location) in serde_json::from_str::<Vec<(String, String)>>(&levels).map_err(corrupt)? {
+            let key = (Sku::parse(sku).map_err(corrupt)?, LocationId::parse(location).map_err(corrupt)?);
+            owed.entry(key).or_insert(written_at);
+        }
+    }
+    Ok(AuditFacts {
+        held,
+        outbox_records: outbox.cell("n")?,
+        outbox_oldest: outbox.optional_time("oldest")?,
+        owed: owed.into_iter().collect(),
+        offsets,
+    })
 }
 
 /// Writes a level's ledger columns back, bumping its version; its reserved units and

@@ -66,12 +66,25 @@ impl LevelWrite {
     }
 }
 
+/// How a batch's movements go into `movements`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Recording {
+    /// All of them, as if none was recorded before: PostgreSQL COPYs them, and a known
+    /// event_id fails the transaction ([`DbError::is_recorded_before`]), which then runs
+    /// again with `SkipRecorded`. A re-delivery is the rare case; the common one pays for
+    /// no duplicate check.
+    AllNew,
+    /// Each one unless its event_id is recorded.
+    SkipRecorded,
+}
+
 /// The steps of a ledger transaction, in the order [`apply_batch`] takes them, each one
 /// statement or a few in each database's SQL (set-based in PostgreSQL); the algorithm that
 /// strings them together is shared by both.
 #[async_trait]
 pub(super) trait LedgerTx: Send {
-    /// Inserts the movements whose event_id is new and returns those ids.
+    /// Inserts the movements whose event_id is new and returns those ids (with
+    /// [`Recording::AllNew`], all of them or an error).
     async fn insert_movements(&mut self, movements: &[&Envelope]) -> Result<HashSet<EventId>, DbError>;
     /// Settles the lines of committed reservations whose sales are in `sales` (each once)
     /// and answers the units each level releases.
@@ -82,31 +95,43 @@ pub(super) trait LedgerTx: Send {
     ) -> Result<HashMap<LevelKey, i64>, DbError>;
     async fn load_levels(&mut self, keys: &[&LevelKey]) -> Result<HashMap<LevelKey, StoredLevel>, DbError>;
     /// For each count, the sum of the deltas recorded for its level that occurred after it,
-    /// leaving out the movements of this batch. Wide: a sum of any number of deltas.
-    async fn recorded_later(
-        &mut self,
-        counts: &[&Movement],
-        batch_ids: &[&EventId],
-    ) -> Result<HashMap<EventId, i128>, DbError>;
+    /// this batch's included. Wide: a sum of any number of deltas.
+    async fn recorded_later(&mut self, counts: &[&Movement]) -> Result<HashMap<EventId, i128>, DbError>;
     /// Writes the levels whose version still matches and returns the keys written.
     async fn write_levels(
         &mut self,
         writes: &[LevelWrite],
         updated_at: DateTime<Utc>,
     ) -> Result<HashSet<LevelKey>, DbError>;
-    /// Records the effect of movements that did not simply apply: `superseded` or `recorded`.
-    async fn mark_effect(&mut self, event_ids: &[EventId], effect: &str) -> Result<(), DbError>;
-    /// Records publications; a level's published version never moves backwards.
-    async fn mark_published(&mut self, published: &[Published]) -> Result<(), DbError>;
-    async fn save_offsets(&mut self, group_id: &str, topic: &str, offsets: &[PartitionOffset]) -> Result<(), DbError>;
-    /// Records, for each source, that a movement of it recorded at that time was heard
-    /// (`source_signals`); an older time than the one kept changes nothing, so that batches
-    /// may commit in any order.
-    async fn record_heard(
-        &mut self,
-        heard: &[(String, DateTime<Utc>)],
-        updated_at: DateTime<Utc>,
-    ) -> Result<(), DbError>;
+    /// Writes what the batch records after its levels (see [`Closing`]), and answers the
+    /// id of the publication it owes, if it wrote levels.
+    async fn close(&mut self, closing: &Closing<'_>) -> Result<Option<i64>, DbError>;
+}
+
+/// What a batch writes after its levels: one step, so that PostgreSQL takes it in one
+/// statement.
+pub(super) struct Closing<'a> {
+    /// Movements a count made irrelevant: their effect is `superseded`.
+    pub(super) superseded: &'a [EventId],
+    /// Reservation events, which change no level: their effect is `recorded`.
+    pub(super) recorded: &'a [EventId],
+    /// Publications of levels found unpublished (`published_version < version`); a
+    /// level's published version never moves backwards.
+    pub(super) published: &'a [Published],
+    /// Publications owed by earlier batches and now acknowledged: forgotten.
+    pub(super) settled: &'a [i64],
+    /// The levels this batch wrote, as JSON (`[["SKU", "location"], ...]`), kept in
+    /// `ledger_publications` until their publication is acknowledged; `None` when it
+    /// wrote none.
+    pub(super) owed: Option<String>,
+    pub(super) group_id: &'a str,
+    pub(super) topic: &'a str,
+    pub(super) offsets: &'a [PartitionOffset],
+    /// For each source, the newest time a movement of it was recorded that the batch
+    /// heard (`source_signals`); an older time than the one kept changes nothing, so that
+    /// batches may commit in any order.
+    pub(super) heard: &'a [(String, DateTime<Utc>)],
+    pub(super) updated_at: DateTime<Utc>,
 }
 
 /// Applies a batch with the steps of `tx`: the one algorithm of both backends. The caller
@@ -129,7 +154,7 @@ pub(super) async fn apply_batch(mut tx: Box<dyn LedgerTx + '_>, batch: &Batch) -
     // other in the same order, instead of deadlocking.
     let mut by_id = unique.clone();
     by_id.sort_by(|a, b| a.movement.event_id.cmp(&b.movement.event_id));
-    let new_ids = tx.insert_movements(&by_id).await?;
+    let new_ids = if by_id.is_empty() { HashSet::new() } else { tx.insert_movements(&by_id).await? };
     for envelope in unique.iter().filter(|e| !new_ids.contains(&e.movement.event_id)) {
         outcome.count_duplicate(&envelope.movement);
     }
@@ -142,25 +167,25 @@ pub(super) async fn apply_batch(mut tx: Box<dyn LedgerTx + '_>, batch: &Batch) -
     let released =
         if new.sales.is_empty() { HashMap::new() } else { tx.settle_reservation_lines(&new.sales, updated_at).await? };
     outcome.released = released.values().sum();
-    // Only this batch's new movements are left out of the recorded deltas a count adds
-    // (plan_key adds them itself); a re-delivered one was recorded before and counts.
-    let batch_ids: Vec<&EventId> = new_ids.iter().collect();
-    let superseded = write_in_rounds(&mut *tx, &new.by_key, &batch_ids, &released, updated_at, &mut outcome).await?;
+    let superseded = write_in_rounds(&mut *tx, &new.by_key, &released, updated_at, &mut outcome).await?;
 
-    if !superseded.is_empty() {
-        tx.mark_effect(&superseded, "superseded").await?;
-    }
-    if !new.recorded.is_empty() {
-        tx.mark_effect(&new.recorded, "recorded").await?;
-    }
-    if !batch.published.is_empty() {
-        tx.mark_published(&newest_publications(&batch.published)).await?;
-    }
-    tx.save_offsets(&batch.group_id, &batch.topic, &batch.offsets).await?;
-    let heard = heard(&unique);
-    if !heard.is_empty() {
-        tx.record_heard(&heard, updated_at).await?;
-    }
+    let owed = (!outcome.levels.is_empty()).then(|| {
+        let keys: Vec<(&str, &str)> = outcome.levels.iter().map(|l| (l.sku.as_str(), l.location.as_str())).collect();
+        serde_json::to_string(&keys).expect("keys always serialize")
+    });
+    let closing = Closing {
+        superseded: &superseded,
+        recorded: &new.recorded,
+        published: &newest_publications(&batch.published),
+        settled: &batch.settled,
+        owed,
+        group_id: &batch.group_id,
+        topic: &batch.topic,
+        offsets: &batch.offsets,
+        heard: &heard(&unique),
+        updated_at,
+    };
+    outcome.owed.extend(tx.close(&closing).await?);
     Ok(outcome)
 }
 
@@ -222,7 +247,6 @@ impl<'a> NewMovements<'a> {
 async fn write_in_rounds(
     tx: &mut (dyn LedgerTx + '_),
     by_key: &BTreeMap<LevelKey, Vec<&Movement>>,
-    batch_ids: &[&EventId],
     released: &HashMap<LevelKey, i64>,
     updated_at: DateTime<Utc>,
     outcome: &mut Applied,
@@ -239,7 +263,7 @@ async fn write_in_rounds(
         let stored = tx.load_levels(&pending).await?;
         let counts: Vec<&Movement> =
             pending.iter().flat_map(|k| by_key[*k].iter().copied()).filter(|m| m.delta().is_none()).collect();
-        let later = if counts.is_empty() { HashMap::new() } else { tx.recorded_later(&counts, batch_ids).await? };
+        let later = if counts.is_empty() { HashMap::new() } else { recorded_before(tx, &counts, by_key).await? };
         let (mut plans, writes) = plan_writes(&pending, &stored, by_key, &later, released)?;
         let written = tx.write_levels(&writes, updated_at).await?;
         let planned: HashSet<&LevelKey> = writes.iter().map(|w| &w.key).collect();
@@ -265,6 +289,30 @@ async fn write_in_rounds(
         pending = conflicts;
     }
     Ok(superseded)
+}
+
+/// For each count, the sum of the deltas recorded before this batch that occurred after
+/// it: the database's sum less this batch's own new movements, inserted above (plan_key
+/// adds those that came before the count itself). A re-delivered movement is not in
+/// `by_key` and was recorded before: it counts.
+async fn recorded_before(
+    tx: &mut (dyn LedgerTx + '_),
+    counts: &[&Movement],
+    by_key: &BTreeMap<LevelKey, Vec<&Movement>>,
+) -> Result<HashMap<EventId, i128>, DbError> {
+    let mut later = tx.recorded_later(counts).await?;
+    for count in counts {
+        let own: i128 = by_key[&(count.sku.clone(), count.location.clone())]
+            .iter()
+            .filter(|m| m.occurred_at > count.occurred_at)
+            .filter_map(|m| m.delta())
+            .map(i128::from)
+            .sum();
+        if let Some(sum) = later.get_mut(&count.event_id) {
+            *sum = sum.saturating_sub(own);
+        }
+    }
+    Ok(later)
 }
 
 /// The plan of each pending level, from its stored state, and the writes the plans need.
@@ -307,10 +355,11 @@ fn level_write(key: &LevelKey, prior: Option<&StoredLevel>, plan: &KeyPlan, rele
     Some(LevelWrite { key: key.clone(), expected_version: prior.map(|s| s.version), state, allocation, release })
 }
 
-/// The newest acknowledged version of each level: one statement that updates a row from
-/// two source rows applies just one of them, maybe the older.
+/// The newest acknowledged version of each level, by key: one statement that updates a
+/// row from two source rows applies just one of them, maybe the older.
 fn newest_publications(published: &[Published]) -> Vec<Published> {
-    let mut newest: HashMap<(&Sku, &LocationId), i64> = HashMap::with_capacity(published.len());
+    // In key order: two writers recording publications lock the rows in the same order.
+    let mut newest: BTreeMap<(&Sku, &LocationId), i64> = BTreeMap::new();
     for p in published {
         let version = newest.entry((&p.sku, &p.location)).or_default();
         *version = (*version).max(p.version);

@@ -6,7 +6,7 @@ use chrono::{DateTime, Utc};
 use sqlx::{Pool, Transaction};
 
 use super::{
-    batch::{Allocation, LedgerTx, StoredLevel},
+    batch::{Allocation, LedgerTx, Recording, StoredLevel},
     corrupt,
     driver::{Cells, Driver},
     DbError, OutboxRecord,
@@ -62,8 +62,10 @@ pub(super) trait Dialect: Driver {
         Ok(pool.begin_with(Self::BEGIN_WRITE).await?)
     }
 
-    /// The steps of a ledger batch, in the transaction `tx` is the connection of.
-    fn ledger(tx: &mut Self::Connection) -> Box<dyn LedgerTx + '_>;
+    /// The steps of a ledger batch, in the transaction `tx` is the connection of, its
+    /// movements recorded as `recording` says (a database without a faster way to take
+    /// rows that are all new may skip known ones always).
+    fn ledger(tx: &mut Self::Connection, recording: Recording) -> Box<dyn LedgerTx + '_>;
     /// Creates or replaces products; answers how many were new.
     async fn put_products(conn: &mut Self::Connection, products: &[Product]) -> Result<u64, DbError>;
     /// Names the locations that have no name yet; answers how many.

@@ -113,6 +113,13 @@ pub enum DbError {
 }
 
 impl DbError {
+    /// A movement's event_id was recorded already: what a batch recorded as all new
+    /// ([`batch::Recording::AllNew`]) fails with when it holds a re-delivery.
+    fn is_recorded_before(&self) -> bool {
+        matches!(self, DbError::Database(sqlx::Error::Database(e))
+            if e.is_unique_violation() && e.constraint() == Some("movements_pkey"))
+    }
+
     /// Retrying the same operation later may succeed: the database was unreachable, busy or
     /// contended. Bad data or a bug (a constraint, a value out of range, bad SQL) fails the
     /// same way every time, and needs a person.
@@ -174,8 +181,12 @@ pub struct Batch {
     pub movements: Vec<Envelope>,
     /// Saved in the same transaction; a partition's offset never moves backwards.
     pub offsets: Vec<PartitionOffset>,
-    /// Levels whose publication on the stock topic was acknowledged since the last batch.
+    /// Levels found unpublished (`published_version < version`, written by other
+    /// writers than the ledger) whose publication was acknowledged since the last batch.
     pub published: Vec<Published>,
+    /// The publications owed by earlier batches (their `Applied::owed`) that were
+    /// acknowledged since the last batch.
+    pub settled: Vec<i64>,
 }
 
 /// How much of a level is kept back from every channel, and when it is low.
@@ -183,6 +194,16 @@ pub struct Batch {
 pub struct StockPolicy {
     pub safety_stock: i64,
     pub reorder_point: Option<i64>,
+}
+
+/// What the ledger's sweep publishes again ([`LedgerWrites::unpublished_levels`]).
+#[derive(Debug, Default)]
+pub struct Unpublished {
+    /// The levels, each once.
+    pub levels: Vec<StockLevel>,
+    /// The owed publications (`Applied::owed`) whose levels `levels` holds: settled once all
+    /// of them are acknowledged.
+    pub owed: Vec<i64>,
 }
 
 /// A level version that reached the stock topic.
@@ -214,6 +235,10 @@ pub struct Applied {
     pub conflicts_by_source: BTreeMap<SourceSystem, u64>,
     /// The levels as written, one per sku@location the batch changed.
     pub levels: Vec<StockLevel>,
+    /// The publications of `levels` that the batch owes (one per transaction that wrote
+    /// levels): kept in the database until a later batch settles them (`Batch::settled`),
+    /// and published again by the ledger's sweep if none does.
+    pub owed: Vec<i64>,
 }
 
 // The roles of the database: one trait per kind of work, so each component gets the
@@ -244,8 +269,9 @@ pub trait LedgerWrites: Send + Sync + std::fmt::Debug {
         offsets: &[PartitionOffset],
     ) -> Result<Vec<PartitionOffset>, DbError>;
     /// Levels written before `written_before` but not acknowledged on the stock topic yet,
-    /// oldest first, at most `limit`.
-    async fn unpublished_levels(&self, written_before: DateTime<Utc>, limit: i64) -> Result<Vec<StockLevel>, DbError>;
+    /// as they are now: those other writers left unpublished, oldest first, at most
+    /// `limit`, and those of the ledger's owed publications, oldest first, until `limit`.
+    async fn unpublished_levels(&self, written_before: DateTime<Utc>, limit: i64) -> Result<Unpublished, DbError>;
     /// How many movements are recorded.
     async fn movement_count(&self) -> Result<i64, DbError>;
 }
@@ -510,6 +536,9 @@ pub struct AuditFacts {
     pub outbox_records: i64,
     /// When the oldest of them was written.
     pub outbox_oldest: Option<DateTime<Utc>>,
+    /// The levels of the ledger's owed publications (`Applied::owed`), each with when the
+    /// oldest publication that owes it was written.
+    pub owed: Vec<(LevelKey, DateTime<Utc>)>,
     /// Every consumer offset saved, by group, topic and partition.
     pub offsets: Vec<SavedOffset>,
 }

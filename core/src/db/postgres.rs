@@ -5,16 +5,15 @@
 use std::collections::{HashMap, HashSet};
 
 use async_trait::async_trait;
-use chrono::{DateTime, Utc};
+use chrono::{DateTime, SecondsFormat, Utc};
 use sqlx::{postgres::PgPoolOptions, PgConnection, Postgres, Row};
 
 // The domain types too come from `db`, whose contract is written in them.
 use super::{
-    batch::{LedgerTx, LevelWrite, StoredLevel},
+    batch::{Closing, LedgerTx, LevelWrite, Recording, StoredLevel},
     corrupt,
     dialect::{level_key, stored_level, Dialect},
-    DbError, Envelope, EventId, LevelKey, LocationId, Movement, OutboxRecord, PartitionOffset, PostgresDb, Product,
-    Published, Reservation, SqlDb,
+    DbError, Envelope, EventId, LevelKey, LocationId, Movement, OutboxRecord, PostgresDb, Product, Reservation, SqlDb,
 };
 
 /// The migrations under `migrations/postgres`, embedded in the binary.
@@ -75,8 +74,8 @@ impl Dialect for Postgres {
     const NOW: &'static str = "now()";
     const NOW_PLUS_MS_3: &'static str = "(now() + CAST($3 AS DOUBLE PRECISION) * interval '1 millisecond')";
 
-    fn ledger(tx: &mut PgConnection) -> Box<dyn LedgerTx + '_> {
-        Box::new(PgLedgerTx { tx })
+    fn ledger(tx: &mut PgConnection, recording: Recording) -> Box<dyn LedgerTx + '_> {
+        Box::new(PgLedgerTx { tx, recording })
     }
 
     async fn put_products(conn: &mut PgConnection, products: &[Product]) -> Result<u64, DbError> {
@@ -169,15 +168,48 @@ impl Dialect for Postgres {
 /// The steps of a ledger batch, on the connection of its transaction.
 struct PgLedgerTx<'t> {
     tx: &'t mut PgConnection,
+    recording: Recording,
 }
+
+/// The movements as `COPY ... (FORMAT csv)` reads them, in `COPY_MOVEMENTS`'s columns: a
+/// NULL is an empty unquoted field, which no text column can be (ids, SKUs, locations and
+/// kinds are never empty). Times to the microsecond, truncated as sqlx binds them.
+fn copy_rows(movements: &[&Envelope]) -> Result<Vec<u8>, DbError> {
+    let mut rows = csv::WriterBuilder::new().has_headers(false).from_writer(Vec::with_capacity(movements.len() * 512));
+    for e in movements {
+        let m = &e.movement;
+        let time = |t: DateTime<Utc>| t.to_rfc3339_opts(SecondsFormat::Micros, true);
+        let event = serde_json::to_vec(m).expect("a movement always serializes");
+        rows.write_record([
+            m.event_id.as_str().as_bytes(),
+            m.sku.as_str().as_bytes(),
+            m.location.as_str().as_bytes(),
+            m.kind.as_str().as_bytes(),
+            m.quantity.to_string().as_bytes(),
+            m.delta().map(|d| d.to_string()).unwrap_or_default().as_bytes(),
+            time(m.occurred_at).as_bytes(),
+            time(m.recorded_at).as_bytes(),
+            e.partition.to_string().as_bytes(),
+            e.offset.to_string().as_bytes(),
+            &event,
+        ])
+        .map_err(|e| DbError::Corrupt(format!("cannot encode a movement for COPY: {e}")))?;
+    }
+    rows.into_inner().map_err(|e| DbError::Corrupt(format!("cannot encode movements for COPY: {}", e.error())))
+}
+
+/// Movements recorded as they are, the cheapest way PostgreSQL takes rows; a known
+/// event_id fails the whole statement (see [`Recording::AllNew`]).
+const COPY_MOVEMENTS: &str = "COPY movements (event_id, sku, location, kind, quantity, delta, occurred_at, recorded_at,
+                           kafka_partition, kafka_offset, event) FROM STDIN (FORMAT csv)";
 
 fn keys_as_columns<'a>(keys: impl Iterator<Item = &'a LevelKey>) -> (Vec<&'a str>, Vec<&'a str>) {
     keys.map(|(s, l)| (s.as_str(), l.as_str())).unzip()
 }
 
-#[async_trait]
-impl LedgerTx for PgLedgerTx<'_> {
-    async fn insert_movements(&mut self, movements: &[&Envelope]) -> Result<HashSet<EventId>, DbError> {
+impl PgLedgerTx<'_> {
+    /// Inserts the movements whose event_id is new, one statement, and answers those ids.
+    async fn insert_new_movements(&mut self, movements: &[&Envelope]) -> Result<HashSet<EventId>, DbError> {
         let n = movements.len();
         let (mut ids, mut skus, mut locations, mut kinds) =
             (Vec::with_capacity(n), Vec::with_capacity(n), Vec::with_capacity(n), Vec::with_capacity(n));
@@ -223,6 +255,22 @@ impl LedgerTx for PgLedgerTx<'_> {
         .fetch_all(&mut *self.tx)
         .await?;
         inserted.into_iter().map(|id| EventId::parse(id).map_err(corrupt)).collect()
+    }
+}
+
+#[async_trait]
+impl LedgerTx for PgLedgerTx<'_> {
+    async fn insert_movements(&mut self, movements: &[&Envelope]) -> Result<HashSet<EventId>, DbError> {
+        match self.recording {
+            Recording::AllNew => {
+                let rows = copy_rows(movements)?;
+                let mut copy = self.tx.copy_in_raw(COPY_MOVEMENTS).await?;
+                copy.send(rows).await?;
+                copy.finish().await?;
+                Ok(movements.iter().map(|e| e.movement.event_id.clone()).collect())
+            }
+            Recording::SkipRecorded => self.insert_new_movements(movements).await,
+        }
     }
 
     async fn settle_reservation_lines(
@@ -276,16 +324,11 @@ impl LedgerTx for PgLedgerTx<'_> {
         rows.iter().map(stored_level).collect()
     }
 
-    async fn recorded_later(
-        &mut self,
-        counts: &[&Movement],
-        batch_ids: &[&EventId],
-    ) -> Result<HashMap<EventId, i128>, DbError> {
+    async fn recorded_later(&mut self, counts: &[&Movement]) -> Result<HashMap<EventId, i128>, DbError> {
         let ids: Vec<&str> = counts.iter().map(|m| m.event_id.as_str()).collect();
         let skus: Vec<&str> = counts.iter().map(|m| m.sku.as_str()).collect();
         let locations: Vec<&str> = counts.iter().map(|m| m.location.as_str()).collect();
         let times: Vec<DateTime<Utc>> = counts.iter().map(|m| m.occurred_at).collect();
-        let exclude: Vec<&str> = batch_ids.iter().map(|id| id.as_str()).collect();
         let rows = sqlx::query(
             // The sum as text: SUM of int8 is numeric, which a cast back to int8 could
             // overflow, an error that would stop the ledger on this batch for good.
@@ -293,14 +336,13 @@ impl LedgerTx for PgLedgerTx<'_> {
              FROM UNNEST($1::text[], $2::text[], $3::text[], $4::timestamptz[]) AS c(id, sku, location, at)
              LEFT JOIN movements m
                ON m.sku = c.sku AND m.location = c.location AND m.occurred_at > c.at
-              AND m.delta IS NOT NULL AND m.event_id <> ALL($5::text[])
+              AND m.delta IS NOT NULL
              GROUP BY c.id",
         )
         .bind(&ids)
         .bind(&skus)
         .bind(&locations)
         .bind(&times)
-        .bind(&exclude)
         .fetch_all(&mut *self.tx)
         .await?;
         rows.iter()
@@ -319,132 +361,117 @@ impl LedgerTx for PgLedgerTx<'_> {
         writes: &[LevelWrite],
         updated_at: DateTime<Utc>,
     ) -> Result<HashSet<LevelKey>, DbError> {
-        let (updates, inserts): (Vec<&LevelWrite>, Vec<&LevelWrite>) =
-            writes.iter().partition(|w| w.expected_version.is_some());
-        let mut written = HashSet::with_capacity(writes.len());
-        for (sql, group) in [(UPDATE_LEVELS, updates), (INSERT_LEVELS, inserts)] {
-            if group.is_empty() {
-                continue;
-            }
-            let (skus, locations) = keys_as_columns(group.iter().map(|w| &w.key));
-            let expected: Vec<i64> = group.iter().map(|w| w.expected_version.unwrap_or(0)).collect();
-            let on_hand: Vec<i64> = group.iter().map(|w| w.state.on_hand).collect();
-            let last_at: Vec<Option<DateTime<Utc>>> = group.iter().map(|w| w.state.last_movement_at).collect();
-            let last_id: Vec<Option<&str>> =
-                group.iter().map(|w| w.state.last_event_id.as_ref().map(EventId::as_str)).collect();
-            let count_at: Vec<Option<DateTime<Utc>>> =
-                group.iter().map(|w| w.state.last_count.as_ref().map(|c| c.at)).collect();
-            let count_id: Vec<Option<&str>> =
-                group.iter().map(|w| w.state.last_count.as_ref().map(|c| c.event_id.as_str())).collect();
-            let release: Vec<i64> = group.iter().map(|w| w.release).collect();
-            let rows = sqlx::query(sql)
-                .bind(&skus)
-                .bind(&locations)
-                .bind(&expected)
-                .bind(&on_hand)
-                .bind(&last_at)
-                .bind(&last_id)
-                .bind(&count_at)
-                .bind(&count_id)
-                .bind(&release)
-                .bind(updated_at)
-                .fetch_all(&mut *self.tx)
-                .await?;
-            for row in &rows {
-                written.insert(level_key(row)?);
-            }
+        if writes.is_empty() {
+            return Ok(HashSet::new());
         }
-        Ok(written)
-    }
-
-    async fn mark_effect(&mut self, event_ids: &[EventId], effect: &str) -> Result<(), DbError> {
-        let ids: Vec<&str> = event_ids.iter().map(|id| id.as_str()).collect();
-        sqlx::query("UPDATE movements SET effect = $2 WHERE event_id = ANY($1::text[])")
-            .bind(&ids)
-            .bind(effect)
-            .execute(&mut *self.tx)
+        let (skus, locations) = keys_as_columns(writes.iter().map(|w| &w.key));
+        let expected: Vec<Option<i64>> = writes.iter().map(|w| w.expected_version).collect();
+        let on_hand: Vec<i64> = writes.iter().map(|w| w.state.on_hand).collect();
+        let last_at: Vec<Option<DateTime<Utc>>> = writes.iter().map(|w| w.state.last_movement_at).collect();
+        let last_id: Vec<Option<&str>> =
+            writes.iter().map(|w| w.state.last_event_id.as_ref().map(EventId::as_str)).collect();
+        let count_at: Vec<Option<DateTime<Utc>>> =
+            writes.iter().map(|w| w.state.last_count.as_ref().map(|c| c.at)).collect();
+        let count_id: Vec<Option<&str>> =
+            writes.iter().map(|w| w.state.last_count.as_ref().map(|c| c.event_id.as_str())).collect();
+        let release: Vec<i64> = writes.iter().map(|w| w.release).collect();
+        let rows = sqlx::query(WRITE_LEVELS)
+            .bind(&skus)
+            .bind(&locations)
+            .bind(&expected)
+            .bind(&on_hand)
+            .bind(&last_at)
+            .bind(&last_id)
+            .bind(&count_at)
+            .bind(&count_id)
+            .bind(&release)
+            .bind(updated_at)
+            .fetch_all(&mut *self.tx)
             .await?;
-        Ok(())
+        rows.iter().map(level_key).collect()
     }
 
-    async fn mark_published(&mut self, published: &[Published]) -> Result<(), DbError> {
-        let skus: Vec<&str> = published.iter().map(|p| p.sku.as_str()).collect();
-        let locations: Vec<&str> = published.iter().map(|p| p.location.as_str()).collect();
-        let versions: Vec<i64> = published.iter().map(|p| p.version).collect();
-        sqlx::query(
-            "UPDATE stock_levels s SET published_version = u.version
-             FROM UNNEST($1::text[], $2::text[], $3::int8[]) AS u(sku, location, version)
-             WHERE s.sku = u.sku AND s.location = u.location AND s.published_version < u.version",
-        )
-        .bind(&skus)
-        .bind(&locations)
-        .bind(&versions)
-        .execute(&mut *self.tx)
-        .await?;
-        Ok(())
-    }
-
-    async fn save_offsets(&mut self, group_id: &str, topic: &str, offsets: &[PartitionOffset]) -> Result<(), DbError> {
-        let partitions: Vec<i32> = offsets.iter().map(|o| o.partition).collect();
-        let next: Vec<i64> = offsets.iter().map(|o| o.next_offset).collect();
-        sqlx::query(
-            "INSERT INTO consumer_offsets (group_id, topic, partition, next_offset)
-             SELECT $1, $2, p, o FROM UNNEST($3::int4[], $4::int8[]) AS t(p, o)
-             ON CONFLICT (group_id, topic, partition) DO UPDATE
-             SET next_offset = GREATEST(consumer_offsets.next_offset, EXCLUDED.next_offset), updated_at = now()",
-        )
-        .bind(group_id)
-        .bind(topic)
-        .bind(&partitions)
-        .bind(&next)
-        .execute(&mut *self.tx)
-        .await?;
-        Ok(())
-    }
-
-    async fn record_heard(
-        &mut self,
-        heard: &[(String, DateTime<Utc>)],
-        updated_at: DateTime<Utc>,
-    ) -> Result<(), DbError> {
-        let (sources, times): (Vec<&str>, Vec<DateTime<Utc>>) = heard.iter().map(|(s, at)| (s.as_str(), *at)).unzip();
-        // GREATEST leaves out a NULL: a source known only by its errors gets its first time.
-        sqlx::query(
-            "INSERT INTO source_signals (source, last_movement_at, updated_at)
-             SELECT s, t, $3 FROM UNNEST($1::text[], $2::timestamptz[]) AS h(s, t)
-             ON CONFLICT (source) DO UPDATE SET
-                 last_movement_at = GREATEST(source_signals.last_movement_at, EXCLUDED.last_movement_at),
-                 updated_at = EXCLUDED.updated_at",
-        )
-        .bind(&sources)
-        .bind(&times)
-        .bind(updated_at)
-        .execute(&mut *self.tx)
-        .await?;
-        Ok(())
+    async fn close(&mut self, c: &Closing<'_>) -> Result<Option<i64>, DbError> {
+        let ids = |ids: &[EventId]| ids.iter().map(|id| id.as_str().to_owned()).collect::<Vec<String>>();
+        let (partitions, next): (Vec<i32>, Vec<i64>) = c.offsets.iter().map(|o| (o.partition, o.next_offset)).unzip();
+        let (sources, times): (Vec<&str>, Vec<DateTime<Utc>>) = c.heard.iter().map(|(s, at)| (s.as_str(), *at)).unzip();
+        let owed: Option<i64> = sqlx::query_scalar(CLOSE_BATCH)
+            .bind(ids(c.superseded))
+            .bind(ids(c.recorded))
+            .bind(c.published.iter().map(|p| p.sku.as_str()).collect::<Vec<_>>())
+            .bind(c.published.iter().map(|p| p.location.as_str()).collect::<Vec<_>>())
+            .bind(c.published.iter().map(|p| p.version).collect::<Vec<_>>())
+            .bind(c.settled)
+            .bind(c.group_id)
+            .bind(c.topic)
+            .bind(&partitions)
+            .bind(&next)
+            .bind(&sources)
+            .bind(&times)
+            .bind(c.updated_at)
+            .bind(c.owed.as_deref())
+            .fetch_one(&mut *self.tx)
+            .await?;
+        Ok(owed)
     }
 }
 
-/// A row is written only if its version is still the one the batch read; the rows not
-/// returned lost the race and are planned again.
-const UPDATE_LEVELS: &str = "
-    UPDATE stock_levels s
-    SET on_hand = u.on_hand, version = s.version + 1, last_movement_at = u.last_at,
-        last_event_id = u.last_id, last_count_at = u.count_at, last_count_event_id = u.count_id,
-        reserved = s.reserved - u.release, updated_at = $10
-    FROM UNNEST($1::text[], $2::text[], $3::int8[], $4::int8[], $5::timestamptz[], $6::text[],
-                $7::timestamptz[], $8::text[], $9::int8[])
-         AS u(sku, location, expected, on_hand, last_at, last_id, count_at, count_id, release)
-    WHERE s.sku = u.sku AND s.location = u.location AND s.version = u.expected
-    RETURNING s.sku, s.location";
+/// Everything a batch writes after its levels, in one statement (each part a no-op on
+/// empty arrays): movements' effects, publications recorded and settled, the offsets, the
+/// sources heard (GREATEST leaves out a NULL: a source known only by its errors gets its
+/// first time), and the publication the batch owes.
+const CLOSE_BATCH: &str = "
+    WITH superseded AS (
+        UPDATE movements SET effect = 'superseded' WHERE event_id = ANY($1::text[])
+    ), recorded AS (
+        UPDATE movements SET effect = 'recorded' WHERE event_id = ANY($2::text[])
+    ), published AS (
+        UPDATE stock_levels s SET published_version = u.version
+        FROM UNNEST($3::text[], $4::text[], $5::int8[]) AS u(sku, location, version)
+        WHERE s.sku = u.sku AND s.location = u.location AND s.published_version < u.version
+    ), settled AS (
+        DELETE FROM ledger_publications WHERE id = ANY($6::int8[])
+    ), offsets AS (
+        INSERT INTO consumer_offsets (group_id, topic, partition, next_offset)
+        SELECT $7, $8, p, o FROM UNNEST($9::int4[], $10::int8[]) AS t(p, o)
+        ON CONFLICT (group_id, topic, partition) DO UPDATE
+        SET next_offset = GREATEST(consumer_offsets.next_offset, EXCLUDED.next_offset), updated_at = now()
+    ), heard AS (
+        INSERT INTO source_signals (source, last_movement_at, updated_at)
+        SELECT s, t, $13 FROM UNNEST($11::text[], $12::timestamptz[]) AS h(s, t)
+        ON CONFLICT (source) DO UPDATE SET
+            last_movement_at = GREATEST(source_signals.last_movement_at, EXCLUDED.last_movement_at),
+            updated_at = EXCLUDED.updated_at
+    ), owed AS (
+        INSERT INTO ledger_publications (written_at, levels) SELECT $13, $14::text WHERE $14::text IS NOT NULL
+        RETURNING id
+    )
+    SELECT (SELECT id FROM owed)";
 
-/// A new row is written only if no other writer created it first.
-const INSERT_LEVELS: &str = "
-    INSERT INTO stock_levels (sku, location, on_hand, version, last_movement_at, last_event_id,
-                              last_count_at, last_count_event_id, updated_at)
-    SELECT sku, location, on_hand, 1, last_at, last_id, count_at, count_id, $10
-    FROM UNNEST($1::text[], $2::text[], $3::int8[], $4::int8[], $5::timestamptz[], $6::text[],
-                $7::timestamptz[], $8::text[], $9::int8[])
-         AS u(sku, location, expected, on_hand, last_at, last_id, count_at, count_id, release)
-    ON CONFLICT (sku, location) DO NOTHING
-    RETURNING sku, location";
+/// Each level's compare-and-set, one statement: a row with an expected version is updated
+/// only if its version is still the one the batch read, a new one is inserted only if no
+/// other writer created it first; the rows not returned lost the race and are planned
+/// again. The new version counts as published: the batch owes that publication through
+/// `ledger_publications` (see `Closing::owed`).
+const WRITE_LEVELS: &str = "
+    WITH u AS (
+        SELECT * FROM UNNEST($1::text[], $2::text[], $3::int8[], $4::int8[], $5::timestamptz[], $6::text[],
+                             $7::timestamptz[], $8::text[], $9::int8[])
+             AS u(sku, location, expected, on_hand, last_at, last_id, count_at, count_id, release)
+    ), updated AS (
+        UPDATE stock_levels s
+        SET on_hand = u.on_hand, version = s.version + 1, published_version = s.version + 1,
+            last_movement_at = u.last_at, last_event_id = u.last_id, last_count_at = u.count_at,
+            last_count_event_id = u.count_id, reserved = s.reserved - u.release, updated_at = $10
+        FROM u
+        WHERE u.expected IS NOT NULL AND s.sku = u.sku AND s.location = u.location AND s.version = u.expected
+        RETURNING s.sku, s.location
+    ), inserted AS (
+        INSERT INTO stock_levels (sku, location, on_hand, version, published_version, last_movement_at,
+                                  last_event_id, last_count_at, last_count_event_id, updated_at)
+        SELECT sku, location, on_hand, 1, 1, last_at, last_id, count_at, count_id, $10
+        FROM u WHERE u.expected IS NULL
+        ON CONFLICT (sku, location) DO NOTHING
+        RETURNING sku, location
+    )
+    SELECT sku, location FROM updated UNION ALL SELECT sku, location FROM inserted";

@@ -2,18 +2,20 @@
 //! statement whose text both PostgreSQL and SQLite accept is written here once; the
 //! dialect supplies the rest.
 
+use std::collections::{BTreeMap, BTreeSet};
+
 use async_trait::async_trait;
 use chrono::{DateTime, SubsecRound, Utc};
 
 use super::{
-    batch::apply_batch,
+    batch::{apply_batch, Recording},
     corrupt,
     dialect::{api_key, product, stock_level, Dialect},
     driver::{query, Cells, List, Time},
     reservations::{self, load_reservation, ReservationTx},
     Applied, Batch, Catalog, Closed, ConnectorState, Db, DbError, Keys, LedgerWrites, MovementLookups, NewReservation,
     Outbox, OutboxRecord, PartitionOffset, Ping, Published, ReservationRecords, Reserved, Sources, SqlDb,
-    StockPolicies, StockPolicy, StockReads,
+    StockPolicies, StockPolicy, StockReads, Unpublished,
 };
 use crate::{
     auth::ApiKey,
@@ -24,16 +26,28 @@ use crate::{
     reservation::{Reservation, Status},
 };
 
+/// Applies `batch` in one transaction, its movements recorded as `recording` says.
+async fn apply_batch_recording<D: Dialect>(
+    db: &SqlDb<D>,
+    batch: &Batch,
+    recording: Recording,
+) -> Result<Applied, DbError> {
+    let mut tx = D::begin_write(&db.pool).await?;
+    let applied = apply_batch(D::ledger(&mut tx, recording), batch).await?;
+    tx.commit().await?;
+    Ok(applied)
+}
+
 /// Every role below, which makes `SqlDb` the [`Db`] that `open` answers.
 impl<D: Dialect> Db for SqlDb<D> {}
 
 #[async_trait]
 impl<D: Dialect> LedgerWrites for SqlDb<D> {
     async fn apply_batch(&self, batch: &Batch) -> Result<Applied, DbError> {
-        let mut tx = D::begin_write(&self.pool).await?;
-        let applied = apply_batch(D::ledger(&mut tx), batch).await?;
-        tx.commit().await?;
-        Ok(applied)
+        match apply_batch_recording(self, batch, Recording::AllNew).await {
+            Err(e) if e.is_recorded_before() => apply_batch_recording(self, batch, Recording::SkipRecorded).await,
+            applied => applied,
+        }
     }
 
     async fn consumer_offsets(&self, group_id: &str, topic: &str) -> Result<Vec<PartitionOffset>, DbError> {
@@ -86,7 +100,7 @@ impl<D: Dialect> LedgerWrites for SqlDb<D> {
         Ok(moved)
     }
 
-    async fn unpublished_levels(&self, written_before: DateTime<Utc>, limit: i64) -> Result<Vec<StockLevel>, DbError> {
+    async fn unpublished_levels(&self, written_before: DateTime<Utc>, limit: i64) -> Result<Unpublished, DbError> {
         let rows = query::<D>(concat!(
             "SELECT ",
             stock_level_columns!(),
@@ -96,7 +110,39 @@ impl<D: Dialect> LedgerWrites for SqlDb<D> {
         .bind(limit)
         .fetch_all(self.conn().await?)
         .await?;
-        rows.iter().map(stock_level).collect()
+        let mut levels: BTreeMap<LevelKey, StockLevel> = BTreeMap::new();
+        for level in rows.iter().map(stock_level) {
+            let level = level?;
+            levels.insert((level.sku.clone(), level.location.clone()), level);
+        }
+        let rows = query::<D>("SELECT id, levels FROM ledger_publications WHERE written_at < $1 ORDER BY id LIMIT $2")
+            .bind(Time(written_before))
+            .bind(limit)
+            .fetch_all(self.conn().await?)
+            .await?;
+        let (mut owed, mut keys) = (Vec::new(), BTreeSet::new());
+        for row in &rows {
+            if keys.len() as i64 >= limit {
+                break;
+            }
+            let stored: String = row.cell("levels")?;
+            let stored: Vec<(String, String)> = serde_json::from_str(&stored).map_err(corrupt)?;
+            for (sku, location) in stored {
+                keys.insert((Sku::parse(sku).map_err(corrupt)?, LocationId::parse(location).map_err(corrupt)?));
+            }
+            owed.push(row.cell("id")?);
+        }
+        // The levels as they are now: a newer version than the one owed is as good.
+        let skus: Vec<Sku> = keys.iter().map(|(sku, _)| sku.clone()).collect::<BTreeSet<_>>().into_iter().collect();
+        for chunk in skus.chunks(1_000) {
+            for level in self.stock_by_skus(chunk).await? {
+                let key = (level.sku.clone(), level.location.clone());
+                if keys.contains(&key) {
+                    levels.insert(key, level);
+                }
+            }
+        }
+        Ok(Unpublished { levels: levels.into_values().collect(), owed })
     }
 
     async fn movement_count(&self) -> Result<i64, DbError> {
@@ -306,6 +352,7 @@ impl<D: Dialect> Outbox for SqlDb<D> {
             movements: Vec::new(),
             offsets: Vec::new(),
             published,
+            settled: Vec::new(),
         };
         self.apply_batch(&batch).await.map(|_| ())
     }

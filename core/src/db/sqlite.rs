@@ -14,12 +14,12 @@ use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use sqlx::{
     sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous},
-    Row, Sqlite, SqliteConnection,
+    Sqlite, SqliteConnection,
 };
 
 // The domain types too come from `db`, whose contract is written in them.
 use super::{
-    batch::{LedgerTx, LevelWrite, StoredLevel},
+    batch::{Closing, LedgerTx, LevelWrite, Recording, StoredLevel},
     dialect::{stored_level, Dialect},
     driver::Time,
     DbError, Envelope, EventId, LevelKey, LocationId, Movement, OutboxRecord, PartitionOffset, Product, Published,
@@ -85,7 +85,7 @@ impl Dialect for Sqlite {
     const NOW_PLUS_MS_3: &'static str =
         "(CAST(ROUND((julianday('now') - 2440587.5) * 86400000.0) * 1000 AS INTEGER) + $3 * 1000)";
 
-    fn ledger(tx: &mut SqliteConnection) -> Box<dyn LedgerTx + '_> {
+    fn ledger(tx: &mut SqliteConnection, _: Recording) -> Box<dyn LedgerTx + '_> {
         Box::new(SqliteLedgerTx { tx })
     }
 
@@ -259,16 +259,11 @@ impl LedgerTx for SqliteLedgerTx<'_> {
         Ok(levels)
     }
 
-    async fn recorded_later(
-        &mut self,
-        counts: &[&Movement],
-        batch_ids: &[&EventId],
-    ) -> Result<HashMap<EventId, i128>, DbError> {
-        let batch: HashSet<&str> = batch_ids.iter().map(|id| id.as_str()).collect();
+    async fn recorded_later(&mut self, counts: &[&Movement]) -> Result<HashMap<EventId, i128>, DbError> {
         let mut sums = HashMap::with_capacity(counts.len());
         for count in counts {
-            let rows = sqlx::query(
-                "SELECT event_id, delta FROM movements
+            let deltas: Vec<i64> = sqlx::query_scalar(
+                "SELECT delta FROM movements
                  WHERE sku = ? AND location = ? AND occurred_at > ? AND delta IS NOT NULL",
             )
             .bind(count.sku.as_str())
@@ -276,13 +271,7 @@ impl LedgerTx for SqliteLedgerTx<'_> {
             .bind(Time(count.occurred_at))
             .fetch_all(&mut *self.tx)
             .await?;
-            let mut sum = 0i128;
-            for row in rows {
-                if !batch.contains(row.try_get::<&str, _>("event_id")?) {
-                    sum += i128::from(row.try_get::<i64, _>("delta")?);
-                }
-            }
-            sums.insert(count.event_id.clone(), sum);
+            sums.insert(count.event_id.clone(), deltas.into_iter().map(i128::from).sum());
         }
         Ok(sums)
     }
@@ -298,13 +287,15 @@ impl LedgerTx for SqliteLedgerTx<'_> {
                 Some(_) => {
                     "UPDATE stock_levels
                      SET on_hand = ?3, version = version + 1, last_movement_at = ?4, last_event_id = ?5,
-                         last_count_at = ?6, last_count_event_id = ?7, updated_at = ?8, reserved = reserved - ?10
+                         last_count_at = ?6, last_count_event_id = ?7, updated_at = ?8, reserved = reserved - ?10,
+                         published_version = version + 1
                      WHERE sku = ?1 AND location = ?2 AND version = ?9"
                 }
                 None => {
-                    "INSERT INTO stock_levels (sku, location, on_hand, version, last_movement_at, last_event_id,
-                                               last_count_at, last_count_event_id, updated_at)
-                     VALUES (?1, ?2, ?3, 1, ?4, ?5, ?6, ?7, ?8)
+                    "INSERT INTO stock_levels (sku, location, on_hand, version, published_version,
+                                               last_movement_at, last_event_id, last_count_at,
+                                               last_count_event_id, updated_at)
+                     VALUES (?1, ?2, ?3, 1, 1, ?4, ?5, ?6, ?7, ?8)
                      ON CONFLICT (sku, location) DO NOTHING"
                 }
             };
@@ -328,6 +319,28 @@ impl LedgerTx for SqliteLedgerTx<'_> {
         Ok(written)
     }
 
+    async fn close(&mut self, c: &Closing<'_>) -> Result<Option<i64>, DbError> {
+        self.mark_effect(c.superseded, "superseded").await?;
+        self.mark_effect(c.recorded, "recorded").await?;
+        self.mark_published(c.published).await?;
+        for id in c.settled {
+            sqlx::query("DELETE FROM ledger_publications WHERE id = ?").bind(id).execute(&mut *self.tx).await?;
+        }
+        self.save_offsets(c.group_id, c.topic, c.offsets).await?;
+        self.record_heard(c.heard, c.updated_at).await?;
+        let Some(levels) = &c.owed else {
+            return Ok(None);
+        };
+        let id = sqlx::query_scalar("INSERT INTO ledger_publications (written_at, levels) VALUES (?, ?) RETURNING id")
+            .bind(Time(c.updated_at))
+            .bind(levels)
+            .fetch_one(&mut *self.tx)
+            .await?;
+        Ok(Some(id))
+    }
+}
+
+impl SqliteLedgerTx<'_> {
     async fn mark_effect(&mut self, event_ids: &[EventId], effect: &str) -> Result<(), DbError> {
         for id in event_ids {
             sqlx::query("UPDATE movements SET effect = ?2 WHERE event_id = ?1")

@@ -21,6 +21,7 @@ fn batch(movements: Vec<Envelope>, next_offset: i64) -> Batch {
         movements,
         offsets: vec![PartitionOffset { partition: 0, next_offset }],
         published: Vec::new(),
+        settled: Vec::new(),
     }
 }
 
@@ -105,7 +106,7 @@ async fn a_policy_is_part_of_the_level_and_bumps_its_version(db: Arc<dyn Db>) {
     assert_eq!((published.on_hand, published.safety_stock, published.version, published.available()), (10, 2, 2, 8));
     let level = db.set_policy(&key, StockPolicy { safety_stock: 4, reorder_point: None }).await.unwrap();
     assert_eq!((level.on_hand, level.safety_stock, level.reorder_point, level.version), (10, 4, None, 3));
-    assert_eq!(db.unpublished_levels(Utc::now(), 10).await.unwrap().len(), 1, "the policy write is unpublished");
+    assert_eq!(db.unpublished_levels(Utc::now(), 10).await.unwrap().levels.len(), 1, "the policy write is unpublished");
 }
 
 async fn every_level_can_be_paged_through(db: Arc<dyn Db>) {
@@ -221,29 +222,50 @@ async fn two_writers_on_one_row_lose_no_update(db: Arc<dyn Db>) {
 }
 
 async fn levels_stay_unpublished_until_their_publication_is_recorded(db: Arc<dyn Db>) {
-    db.apply_batch(&batch(vec![envelope("a", "s1", Receipt, 5, 0), envelope("b", "s2", Receipt, 6, 1)], 2))
+    let first = db
+        .apply_batch(&batch(vec![envelope("a", "s1", Receipt, 5, 0), envelope("b", "s2", Receipt, 6, 1)], 2))
         .await
         .unwrap();
+    let names = |pending: &Unpublished| -> Vec<(String, i64)> {
+        pending.levels.iter().map(|l| (l.location.to_string(), l.version)).collect()
+    };
+    // The batch owes the publication of both levels it wrote.
     let pending = db.unpublished_levels(Utc::now(), 100).await.unwrap();
-    assert_eq!(pending.len(), 2);
-    // s1 changes again in the batch that records both publications: only s2 is done.
+    assert_eq!(names(&pending), [("s1".into(), 1), ("s2".into(), 1)]);
+    assert_eq!((first.owed.len(), &pending.owed), (1, &first.owed));
+    // s1 changes again in the batch that settles the first publication: only s1, owed
+    // by the second batch, is left, at its new version.
     let mut next = batch(vec![envelope("c", "s1", Sale, 1, 3)], 3);
-    next.published = pending
-        .iter()
-        .map(|l| Published { sku: l.sku.clone(), location: l.location.clone(), version: l.version })
-        .collect();
-    db.apply_batch(&next).await.unwrap();
+    next.settled = first.owed.clone();
+    let second = db.apply_batch(&next).await.unwrap();
     let pending = db.unpublished_levels(Utc::now(), 100).await.unwrap();
-    assert_eq!(pending.iter().map(|l| (l.location.as_str(), l.version)).collect::<Vec<_>>(), [("s1", 2)]);
-    // Acknowledgements of two versions in one batch, the newer first: the newer one counts,
-    // and an older one arriving later does not move the level backwards.
-    let ack = |version| Published { sku: pending[0].sku.clone(), location: pending[0].location.clone(), version };
-    let mut late = batch(vec![], 3);
+    assert_eq!((names(&pending), &pending.owed), (vec![("s1".into(), 2)], &second.owed));
+    // A publication owed is settled once, and written before a time to be swept.
+    let mut settle = batch(vec![], 3);
+    settle.settled = second.owed.clone();
+    db.apply_batch(&settle).await.unwrap();
+    db.apply_batch(&settle).await.unwrap();
+    assert!(db.unpublished_levels(Utc::now(), 100).await.unwrap().levels.is_empty());
+    db.apply_batch(&batch(vec![envelope("d", "s3", Receipt, 1, 3)], 4)).await.unwrap();
+    assert!(db.unpublished_levels(Utc::now() - chrono::Duration::seconds(60), 100).await.unwrap().owed.is_empty());
+
+    // Another writer's level is unpublished by its version until an acknowledgement is
+    // recorded. Acknowledgements of two versions in one batch, the newer first: the newer
+    // one counts, and an older one arriving later does not move the level backwards.
+    let key = (Sku::parse("SKU-1").unwrap(), LocationId::parse("s2").unwrap());
+    db.set_policy(&key, StockPolicy { safety_stock: 1, reorder_point: None }).await.unwrap();
+    let mut settle = batch(vec![], 4);
+    settle.settled = db.unpublished_levels(Utc::now(), 100).await.unwrap().owed;
+    db.apply_batch(&settle).await.unwrap();
+    let pending = db.unpublished_levels(Utc::now(), 100).await.unwrap();
+    assert_eq!((names(&pending), pending.owed.len()), (vec![("s2".into(), 2)], 0));
+    let ack = |version| Published { sku: key.0.clone(), location: key.1.clone(), version };
+    let mut late = batch(vec![], 4);
     late.published = vec![ack(2), ack(1)];
     db.apply_batch(&late).await.unwrap();
     late.published = vec![ack(1)];
     db.apply_batch(&late).await.unwrap();
-    assert!(db.unpublished_levels(Utc::now(), 100).await.unwrap().is_empty());
+    assert!(db.unpublished_levels(Utc::now(), 100).await.unwrap().levels.is_empty());
 }
 
 fn config(all: bool, locations: &[&str]) -> crate::config::ChannelConfig {
@@ -809,10 +831,14 @@ async fn the_audit_reads_levels_then_each_levels_movements_in_ledger_order(db: A
     assert_eq!(kept.counted, (4, 5), "levels, and the movements that may change one");
     let levels: Vec<(String, i64, i64)> =
         kept.levels.iter().map(|l| (level_name(&l.level), l.level.on_hand, l.published_version)).collect();
+    // The ledger's writes are published by the publications their batches owe; the
+    // policy's write (s3) by its version. SKU-2@s1's reservations changed only `reserved`.
     assert_eq!(
         levels,
-        [("SKU-1@s1".into(), 19, 0), ("SKU-1@s2".into(), 3, 0), ("SKU-1@s3".into(), 0, 0), ("SKU-2@s1".into(), 5, 0)]
+        [("SKU-1@s1".into(), 19, 2), ("SKU-1@s2".into(), 3, 1), ("SKU-1@s3".into(), 0, 0), ("SKU-2@s1".into(), 5, 1)]
     );
+    let owed: Vec<String> = facts.owed.iter().map(|((sku, location), _)| format!("{sku}@{location}")).collect();
+    assert_eq!(owed, ["SKU-1@s1", "SKU-1@s2", "SKU-2@s1"]);
     assert_eq!(kept.levels[0].last_count.as_ref().map(|c| c.event_id.as_str()), Some("y"));
     assert_eq!(kept.levels[0].state().on_hand, 19);
     assert_eq!(kept.movements, ["s1:z", "s1:y", "s1:x", "s2:w", "s1:stock-SKU-2-s1"]);
@@ -857,7 +883,7 @@ async fn a_rebuild_writes_the_levels_asked_keeping_reserved_units_and_policies(d
     );
     assert_eq!(written[0], after);
     assert_eq!((level(&*db, "SKU-9", "s9").await.on_hand, written[1].version), (7, 1));
-    assert_eq!(db.unpublished_levels(Utc::now(), 10).await.unwrap().len(), 2, "written, not yet published");
+    assert_eq!(db.unpublished_levels(Utc::now(), 10).await.unwrap().levels.len(), 2, "written, not yet published");
 
     // A version that is not the one stored: nothing at all is written, not even the
     // level before it.

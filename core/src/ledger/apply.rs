@@ -182,6 +182,7 @@ impl Applier {
                 movements: part.clone(),
                 offsets: Vec::new(),
                 published: Vec::new(),
+                settled: Vec::new(),
             };
             match self.apply(&batch).await {
                 Ok(Some(done)) => applied = merge(applied, done),
@@ -265,6 +266,7 @@ fn merge(a: Applied, b: Applied) -> Applied {
         duplicates_by_source: add_up(a.duplicates_by_source, b.duplicates_by_source),
         conflicts_by_source: add_up(a.conflicts_by_source, b.conflicts_by_source),
         levels: newest.into_values().collect(),
+        owed: a.owed.into_iter().chain(b.owed).collect(),
     }
 }
 

@@ -49,7 +49,7 @@ use self::{
 };
 use crate::{
     config::{KafkaConfig, LedgerConfig},
-    db::{Applied, Batch, DbError, Envelope, LedgerWrites, PartitionOffset, Published},
+    db::{Applied, Batch, DbError, Envelope, LedgerWrites, PartitionOffset, Published, Unpublished},
     event::{InvalidMovement, Movement, RejectCode, StockLevel},
     health::{Component, State},
     kafka,
@@ -210,14 +210,54 @@ struct Ledger {
     group_id: String,
     topics: crate::config::Topics,
     batch_size_max: usize,
+    backlog_batch_size_max: usize,
+    /// The most movements the next batch takes: `batch_size_max` while the ledger keeps
+    /// up, doubling after each full batch up to `backlog_batch_size_max`.
+    batch_limit: usize,
     linger: Duration,
     commits: u64,
-    acknowledged_tx: mpsc::Sender<Vec<Published>>,
-    acknowledged_rx: mpsc::Receiver<Vec<Published>>,
+    acknowledged_tx: mpsc::Sender<Settled>,
+    acknowledged_rx: mpsc::Receiver<Settled>,
     /// The tasks collecting acknowledgements of publications.
     acknowledging: Vec<tokio::task::JoinHandle<()>>,
     swept_at: Instant,
     watchdog: Watchdog,
+}
+
+/// Publications acknowledged on the stock topic, for the next batch to record.
+#[derive(Debug, Default)]
+struct Settled {
+    /// Versions of levels found unpublished, now on the topic.
+    published: Vec<Published>,
+    /// Owed publications (`Applied::owed`) whose every level is on the topic.
+    owed: Vec<i64>,
+}
+
+impl Settled {
+    fn is_empty(&self) -> bool {
+        self.published.is_empty() && self.owed.is_empty()
+    }
+
+    fn into_batch(self, group_id: String, topic: String) -> Batch {
+        Batch {
+            group_id,
+            topic,
+            movements: Vec::new(),
+            offsets: Vec::new(),
+            published: self.published,
+            settled: self.owed,
+        }
+    }
+}
+
+/// What acknowledging a publication settles.
+enum Owing {
+    /// A batch's levels, written with their published version already theirs: the
+    /// publications the batch owes.
+    Batch(Vec<i64>),
+    /// The sweep's levels: the versions of those found unpublished, and the owed
+    /// publications it took.
+    Sweep(Vec<i64>),
 }
 
 /// The most unacknowledged levels republished at once; a following sweep takes the rest.
@@ -277,6 +317,8 @@ impl Ledger {
             group_id: config.group_id.clone(),
             topics: kafka_config.topics.clone(),
             batch_size_max: config.batch_size_max,
+            backlog_batch_size_max: config.backlog_batch_size_max.max(config.batch_size_max),
+            batch_limit: config.batch_size_max,
             linger: Duration::from_millis(config.linger_ms),
             commits: 0,
             acknowledged_tx,
@@ -321,16 +363,23 @@ impl Ledger {
         Ok(())
     }
 
-    /// Polls until the batch is full or its linger time is over. A rebalance during the
+    /// Polls until the batch is full or its linger time is over (while behind, when the
+    /// last batch was full: until it is full or nothing more comes). A full batch makes the
+    /// next one's limit twice as large, up to `ledger.backlog_batch_size_max`: a backlog is
+    /// applied in larger transactions, which cost less per movement; a batch that does not
+    /// fill brings the limit back to `ledger.batch_size_max`. A rebalance during the
     /// poll drops what was gathered: the new assignment resumes from the database.
-    fn next_batch(&self) -> Vec<Result<Envelope, Rejected>> {
+    fn next_batch(&mut self) -> Vec<Result<Envelope, Rejected>> {
+        let behind = self.batch_limit > self.batch_size_max;
         let context = self.consumer.context();
         let mut generation = context.generation.load(Ordering::SeqCst);
         let mut records = Vec::new();
         let mut first_at: Option<Instant> = None;
-        while records.len() < self.batch_size_max && !self.shutdown.is_cancelled() {
+        while records.len() < self.batch_limit && !self.shutdown.is_cancelled() {
             let timeout = match first_at {
                 None => Duration::from_millis(100),
+                // Behind, the batch fills from what is fetched already, until nothing comes.
+                Some(_) if behind => self.linger,
                 Some(at) => match self.linger.checked_sub(at.elapsed()) {
                     Some(left) if !left.is_zero() => left,
                     _ => break,
@@ -350,10 +399,15 @@ impl Ledger {
                 }
                 Some(Err(e)) => warn!(error = %e, "kafka consumer error"),
                 // Idle: hand back, so that the loop can record acknowledged publications.
-                None if first_at.is_none() => break,
+                None if first_at.is_none() || behind => break,
                 None => {}
             }
         }
+        self.batch_limit = if records.len() >= self.batch_limit {
+            (self.batch_limit * 2).min(self.backlog_batch_size_max)
+        } else {
+            self.batch_size_max
+        };
         if self.shutdown.is_cancelled() {
             // Nothing of this batch is applied; the next owner reads it again.
             records.clear();
@@ -374,8 +428,10 @@ impl Ledger {
         let (movements, rejected): (Vec<_>, Vec<_>) = records.into_iter().partition(Result::is_ok);
         let movements: Vec<Envelope> = movements.into_iter().flatten().collect();
         let rejected: Vec<Rejected> = rejected.into_iter().filter_map(Result::err).collect();
+        let settled = self.take_acknowledged();
         let batch = Batch {
-            published: self.take_acknowledged(),
+            published: settled.published,
+            settled: settled.owed,
             group_id: self.group_id.clone(),
             topic: self.topics.movements.clone(),
             offsets: offsets
@@ -404,15 +460,17 @@ impl Ledger {
         if self.faults.crash_after_commits == Some(self.commits) {
             return Err(LedgerError::InjectedCrash(self.commits));
         }
-        self.publish(&applied.levels);
+        if !applied.levels.is_empty() {
+            self.publish(&applied.levels, Owing::Batch(applied.owed));
+        }
         self.commit_to_kafka(&offsets);
         Ok(true)
     }
 
     /// Publishes levels without waiting: a task collects the acknowledgements, which the
-    /// next batch records in the database. A level whose publication failed or was never
-    /// recorded stays unpublished there, and is published again when the ledger starts.
-    fn publish(&mut self, levels: &[StockLevel]) {
+    /// next batch records in the database. A publication that failed or was never recorded
+    /// stays owed there, and the sweep publishes its levels again.
+    fn publish(&mut self, levels: &[StockLevel], owing: Owing) {
         // Waits only while the producer's queue is full, as a thread must before it adds more.
         let publications = self.runtime.block_on(publish::enqueue(&self.producer, &self.topics.stock, levels));
         let (acknowledged, metrics) = (self.acknowledged_tx.clone(), self.metrics.clone());
@@ -420,7 +478,16 @@ impl Ledger {
         self.acknowledging.push(self.runtime.spawn(async move {
             let Acknowledged { published, failed } = publications.acknowledged().await;
             metrics.ledger_stock_publish_failures_total.inc_by(failed as u64);
-            let _ = acknowledged.send(published).await;
+            // An owed publication is settled only when every one of its levels is on the topic.
+            let settled = match owing {
+                Owing::Batch(owed) => {
+                    Settled { published: Vec::new(), owed: if failed == 0 { owed } else { Vec::new() } }
+                }
+                Owing::Sweep(owed) => Settled { published, owed: if failed == 0 { owed } else { Vec::new() } },
+            };
+            if !settled.is_empty() {
+                let _ = acknowledged.send(settled).await;
+            }
         }));
     }
 
@@ -430,9 +497,9 @@ impl Ledger {
     fn publish_unacknowledged(&mut self, written_before: DateTime<Utc>) {
         let unpublished = self.db.unpublished_levels(written_before, UNPUBLISHED_SWEEP_MAX);
         match self.runtime.block_on(unpublished) {
-            Ok(levels) if !levels.is_empty() => {
+            Ok(Unpublished { levels, owed }) if !levels.is_empty() || !owed.is_empty() => {
                 info!(levels = levels.len(), "publishing levels whose publication was never acknowledged");
-                self.publish(&levels);
+                self.publish(&levels, Owing::Sweep(owed));
             }
             Ok(_) => {}
             Err(e) => warn!(error = %e, "cannot read unpublished levels; the next sweep tries again"),
@@ -457,14 +524,9 @@ impl Ledger {
         let tasks = std::mem::take(&mut self.acknowledging);
         // The timer must be made inside the runtime, hence the async block.
         let _ = self.runtime.block_on(async { tokio::time::timeout(Duration::from_secs(5), join_all(tasks)).await });
-        let batch = Batch {
-            group_id: self.group_id.clone(),
-            topic: self.topics.movements.clone(),
-            movements: Vec::new(),
-            offsets: Vec::new(),
-            published: self.take_acknowledged(),
-        };
-        if !batch.published.is_empty() {
+        let settled = self.take_acknowledged();
+        if !settled.is_empty() {
+            let batch = settled.into_batch(self.group_id.clone(), self.topics.movements.clone());
             // Shutdown is already cancelled, so this is one attempt: a failure only means
             // that the next start publishes these levels again.
             if let Err(e) = self.runtime.block_on(self.db.apply_batch(&batch)) {
@@ -476,17 +538,11 @@ impl Ledger {
     /// While idle, records the publications acknowledged since the last batch in a batch
     /// of their own, so that a quiet ledger leaves nothing to republish.
     fn record_acknowledged(&mut self) -> Result<(), LedgerError> {
-        let published = self.take_acknowledged();
-        if published.is_empty() {
+        let settled = self.take_acknowledged();
+        if settled.is_empty() {
             return Ok(());
         }
-        let batch = Batch {
-            group_id: self.group_id.clone(),
-            topic: self.topics.movements.clone(),
-            movements: Vec::new(),
-            offsets: Vec::new(),
-            published,
-        };
+        let batch = settled.into_batch(self.group_id.clone(), self.topics.movements.clone());
         self.runtime.block_on(self.applier().run(Vec::new(), batch))?;
         Ok(())
     }
@@ -508,12 +564,13 @@ impl Ledger {
     }
 
     /// The publications acknowledged since the last batch, to record with the next one.
-    fn take_acknowledged(&mut self) -> Vec<Published> {
-        let mut published = Vec::new();
+    fn take_acknowledged(&mut self) -> Settled {
+        let mut settled = Settled::default();
         while let Ok(mut more) = self.acknowledged_rx.try_recv() {
-            published.append(&mut more);
+            settled.published.append(&mut more.published);
+            settled.owed.append(&mut more.owed);
         }
-        published
+        settled
     }
 
     fn commit_to_kafka(&self, offsets: &BTreeMap<i32, i64>) {

@@ -7,7 +7,7 @@
 //! by the size of the difference.
 
 use std::{
-    collections::{BTreeMap, HashMap},
+    collections::{BTreeMap, BTreeSet, HashMap},
     io::Read,
 };
 
@@ -243,6 +243,8 @@ pub(super) struct Checker<'p> {
     found: BTreeMap<LevelKey, AuditedLevel>,
     /// Reserved units of the levels that have any.
     reserved: BTreeMap<LevelKey, i64>,
+    /// The levels counted as unpublished.
+    unpublished: BTreeSet<LevelKey>,
     against: Option<Comparison>,
     report: Report,
     unreported_steps: u64,
@@ -264,6 +266,7 @@ impl<'p> Checker<'p> {
             folds: Folds::default(),
             found: BTreeMap::new(),
             reserved: BTreeMap::new(),
+            unpublished: BTreeSet::new(),
             against: snapshot.map(Comparison::new),
             report: Report::default(),
             unreported_steps: 0,
@@ -328,7 +331,25 @@ impl<'p> Checker<'p> {
         &self.report.drifts
     }
 
+    /// Counts a level not acknowledged on the stock topic, written at `at`, once.
+    fn unpublished(&mut self, key: &LevelKey, at: DateTime<Utc>) {
+        if !self.unpublished.insert(key.clone()) {
+            return;
+        }
+        self.report.unpublished.levels += 1;
+        if at < self.now - self.tolerance.grace {
+            self.report.unpublished.overdue += 1;
+            if self.report.unpublished.overdue_levels.len() < OVERDUE_NAMED_MAX {
+                self.report.unpublished.overdue_levels.push(level_name(key));
+            }
+        }
+    }
+
     fn check_facts(&mut self, facts: AuditFacts) {
+        // The ledger's levels whose publication its batch still owes.
+        for (key, at) in &facts.owed {
+            self.unpublished(key, *at);
+        }
         let mut reserved = std::mem::take(&mut self.reserved);
         for (key, held) in facts.held {
             let units = reserved.remove(&key).unwrap_or(0);
@@ -360,13 +381,7 @@ impl AuditReader for Checker<'_> {
         let level = &audited.level;
         let key = (level.sku.clone(), level.location.clone());
         if audited.published_version < level.version {
-            self.report.unpublished.levels += 1;
-            if level.updated_at < self.now - self.tolerance.grace {
-                self.report.unpublished.overdue += 1;
-                if self.report.unpublished.overdue_levels.len() < OVERDUE_NAMED_MAX {
-                    self.report.unpublished.overdue_levels.push(level_name(&key));
-                }
-            }
+            self.unpublished(&key, level.updated_at);
         }
         if level.reserved != 0 {
             self.reserved.insert(key.clone(), level.reserved);
@@ -639,6 +654,31 @@ mod tests {
             let error = read(text).unwrap_err().to_string();
             assert!(error.starts_with(message), "{error} should start with {message}");
         }
+    }
+
+    #[test]
+    fn a_level_is_unpublished_once_whether_by_its_version_or_owed() {
+        use crate::{
+            ops::Silent,
+            testing::{at, stock_level},
+        };
+        let tolerance = Tolerance { grace: chrono::Duration::seconds(60), lag_max: 0 };
+        let mut checker = Checker::new(&Silent, None, at(600), tolerance);
+        checker.counted(3, 0);
+        let audited = |location, published_version| AuditedLevel {
+            level: stock_level(location, 1, 2),
+            last_count: None,
+            published_version,
+        };
+        // s1 unpublished by its version, s2 and s3 owed by the ledger (s1 too), s3 recently.
+        checker.level(audited("s1", 1));
+        checker.level(audited("s2", 2));
+        checker.level(audited("s3", 2));
+        let key = |location| (Sku::parse("SKU-1").unwrap(), LocationId::parse(location).unwrap());
+        let owed = vec![(key("s1"), at(0)), (key("s2"), at(0)), (key("s3"), at(590))];
+        let report = checker.report(Some(AuditFacts { owed, ..AuditFacts::default() }));
+        assert_eq!((report.unpublished.levels, report.unpublished.overdue), (3, 2));
+        assert_eq!(report.unpublished.overdue_levels, ["SKU-1@s1", "SKU-1@s2"]);
     }
 
     #[test]
