@@ -54,6 +54,10 @@ struct Args {
     /// the floor's size.
     #[arg(long, default_value_t = 16_000)]
     backlog_batch_size_max: usize,
+    /// Leave out the floor: the catch-up benchmark (`--movements 1000000 --no-floor`), the
+    /// ledger started on a backlog of two hours of Black Friday at 5x.
+    #[arg(long)]
+    no_floor: bool,
     #[command(flatten)]
     servers: Servers,
 }
@@ -72,18 +76,25 @@ async fn main() -> anyhow::Result<()> {
 
     let movements = movements(&args)?;
     let floor_url = testing::create_database(&args.servers.database_url, &format!("{prefix}_floor")).await?;
-    db::open(&floor_url, 1).await?; // the migrations: the real tables and indexes
-    let mut floor_statements = Statements::reset(&floor_url).await;
-    let floor_seconds = floor(&floor_url, &movements, args.batch_size_max, args.partitions).await?;
-    let floor_top = match floor_statements.as_mut() {
-        Some(s) => s.top(8).await?,
-        None => json!(null),
+    let (floor_seconds, floor_top) = if args.no_floor {
+        (None, json!(null))
+    } else {
+        db::open(&floor_url, 1).await?; // the migrations: the real tables and indexes
+        let mut floor_statements = Statements::reset(&floor_url).await;
+        let seconds = floor(&floor_url, &movements, args.batch_size_max, args.partitions).await?;
+        let top = match floor_statements.as_mut() {
+            Some(s) => s.top(8).await?,
+            None => json!(null),
+        };
+        (Some(seconds), top)
     };
-    drop(floor_statements);
 
     let produce_started = Instant::now();
     produce(&kafka_config, &movements).await?;
     let produce_seconds = produce_started.elapsed().as_secs_f64();
+    // The process's peak memory from here on is the ledger's (and the benchmark's wait).
+    drop(movements);
+    let memory = PeakMemory::reset();
 
     let db = db::open(&database.url, 8).await?;
     let mut ledger_statements = Statements::reset(&database.url).await;
@@ -123,9 +134,11 @@ async fn main() -> anyhow::Result<()> {
         "produce_movements_per_s": round(args.movements as f64 / produce_seconds),
         "apply_seconds": round(apply_seconds),
         "movements_per_s": round(args.movements as f64 / apply_seconds),
-        "floor_seconds": round(floor_seconds),
-        "floor_movements_per_s": round(args.movements as f64 / floor_seconds),
-        "ledger_vs_floor": round(floor_seconds / apply_seconds),
+        "ledger_peak_rss_mb": memory.peak_mb(),
+        "rss_before_ledger_mb": memory.start_mb,
+        "floor_seconds": floor_seconds.map(round),
+        "floor_movements_per_s": floor_seconds.map(|f| round(args.movements as f64 / f)),
+        "ledger_vs_floor": floor_seconds.map(|f| round(f / apply_seconds)),
         "target_ledger_vs_floor": 0.8,
         "ledger_statements": ledger_top,
         "floor_statements": floor_top,
@@ -304,4 +317,32 @@ impl FloorBatch {
         }
         Ok(b)
     }
+}
+
+/// The process's peak resident memory since [`PeakMemory::reset`] (Linux: `VmHWM` of
+/// `/proc/self/status`, reset by writing 5 to `/proc/self/clear_refs`). The peak starts at
+/// the memory resident then, which holds what the allocator kept of the movements generated
+/// and produced before (`start_mb`).
+struct PeakMemory {
+    reset: bool,
+    start_mb: Option<f64>,
+}
+
+impl PeakMemory {
+    fn reset() -> Self {
+        PeakMemory { reset: std::fs::write("/proc/self/clear_refs", "5").is_ok(), start_mb: status_mb("VmRSS:") }
+    }
+
+    /// In MB; `None` where the kernel does not tell, or the peak could not be reset.
+    fn peak_mb(&self) -> Option<f64> {
+        self.reset.then(|| status_mb("VmHWM:")).flatten()
+    }
+}
+
+/// A figure of `/proc/self/status`, in MB.
+fn status_mb(field: &str) -> Option<f64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let kb: f64 =
+        status.lines().find_map(|l| l.strip_prefix(field))?.trim().trim_end_matches("kB").trim().parse().ok()?;
+    Some(round(kb / 1024.0))
 }

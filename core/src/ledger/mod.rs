@@ -260,6 +260,9 @@ enum Owing {
     Sweep(Vec<i64>),
 }
 
+/// The most batches whose publications may be unacknowledged at once.
+const PUBLICATIONS_IN_FLIGHT_MAX: usize = 4;
+
 /// The most unacknowledged levels republished at once; a following sweep takes the rest.
 const UNPUBLISHED_SWEEP_MAX: i64 = 100_000;
 /// How often the ledger looks for levels whose publication failed, and how old such a level
@@ -471,10 +474,18 @@ impl Ledger {
     /// next batch records in the database. A publication that failed or was never recorded
     /// stays owed there, and the sweep publishes its levels again.
     fn publish(&mut self, levels: &[StockLevel], owing: Owing) {
+        self.acknowledging.retain(|task| !task.is_finished());
+        // The stock topic sets the pace: with too many publications unacknowledged, these
+        // wait for the oldest (at most the produce timeout) rather than piling onto a broker
+        // that is behind, where they would time out and be published again. (Each task
+        // sends one message to a channel of 64 that every batch drains: none blocks there.)
+        while self.acknowledging.len() >= PUBLICATIONS_IN_FLIGHT_MAX {
+            let oldest = self.acknowledging.remove(0);
+            let _ = self.runtime.block_on(oldest);
+        }
         // Waits only while the producer's queue is full, as a thread must before it adds more.
         let publications = self.runtime.block_on(publish::enqueue(&self.producer, &self.topics.stock, levels));
         let (acknowledged, metrics) = (self.acknowledged_tx.clone(), self.metrics.clone());
-        self.acknowledging.retain(|task| !task.is_finished());
         self.acknowledging.push(self.runtime.spawn(async move {
             let Acknowledged { published, failed } = publications.acknowledged().await;
             metrics.ledger_stock_publish_failures_total.inc_by(failed as u64);
