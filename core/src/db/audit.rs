@@ -10,12 +10,13 @@ use chrono::{DateTime, SubsecRound, Utc};
 use futures::TryStreamExt;
 
 use super::{
+    batch::owed_keys,
     corrupt,
     dialect::{level_key, stock_level, stored_level, Dialect},
     driver::{query, Cells, Time},
     Audit, AuditFacts, AuditReader, AuditedLevel, DbError, LevelKey, LevelRewrite, Rebuilding, SavedOffset, SqlDb,
 };
-use crate::event::{EventId, LocationId, Movement, Sku, StockLevel};
+use crate::event::{EventId, Movement, StockLevel};
 
 /// The movements that may change a level: reservation events change none (the ledger
 /// records them only), as `kind` says.
@@ -139,9 +140,7 @@ async fn facts<D: Dialect>(conn: &mut D::Connection) -> Result<AuditFacts, DbErr
         query::<D>("SELECT written_at, levels FROM ledger_publications ORDER BY id").fetch_all(&mut *conn).await?
     {
         let written_at = row.time("written_at")?;
-        let levels: String = row.cell("levels")?;
-        for (sku, location) in serde_json::from_str::<Vec<(String, String)>>(&levels).map_err(corrupt)? {
-            let key = (Sku::parse(sku).map_err(corrupt)?, LocationId::parse(location).map_err(corrupt)?);
+        for key in owed_keys(&row.cell::<String>("levels")?)? {
             owed.entry(key).or_insert(written_at);
         }
     }

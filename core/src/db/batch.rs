@@ -6,7 +6,9 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 use async_trait::async_trait;
 use chrono::{DateTime, SubsecRound, Utc};
 
-use super::{Applied, Batch, DbError, Envelope, PartitionOffset, Published, CONFLICT_ROUNDS_MAX, LEVEL_OUT_OF_RANGE};
+use super::{
+    corrupt, Applied, Batch, DbError, Envelope, PartitionOffset, Published, CONFLICT_ROUNDS_MAX, LEVEL_OUT_OF_RANGE,
+};
 use crate::{
     event::{EventId, LocationId, Movement, MovementKind, Sku, SourceSystem, StockLevel},
     freshness,
@@ -169,10 +171,7 @@ pub(super) async fn apply_batch(mut tx: Box<dyn LedgerTx + '_>, batch: &Batch) -
     outcome.released = released.values().sum();
     let superseded = write_in_rounds(&mut *tx, &new.by_key, &released, updated_at, &mut outcome).await?;
 
-    let owed = (!outcome.levels.is_empty()).then(|| {
-        let keys: Vec<(&str, &str)> = outcome.levels.iter().map(|l| (l.sku.as_str(), l.location.as_str())).collect();
-        serde_json::to_string(&keys).expect("keys always serialize")
-    });
+    let owed = (!outcome.levels.is_empty()).then(|| owed_levels(&outcome.levels));
     let closing = Closing {
         superseded: &superseded,
         recorded: &new.recorded,
@@ -289,6 +288,21 @@ async fn write_in_rounds(
         pending = conflicts;
     }
     Ok(superseded)
+}
+
+/// The levels a publication owes, as `ledger_publications.levels` keeps them:
+/// `[["SKU", "location"], ...]`.
+fn owed_levels(levels: &[StockLevel]) -> String {
+    let keys: Vec<(&str, &str)> = levels.iter().map(|l| (l.sku.as_str(), l.location.as_str())).collect();
+    serde_json::to_string(&keys).expect("keys always serialize")
+}
+
+/// The keys of `ledger_publications.levels`, as [`owed_levels`] wrote them.
+pub(super) fn owed_keys(levels: &str) -> Result<Vec<LevelKey>, DbError> {
+    let keys: Vec<(String, String)> = serde_json::from_str(levels).map_err(corrupt)?;
+    keys.into_iter()
+        .map(|(sku, location)| Ok((Sku::parse(sku).map_err(corrupt)?, LocationId::parse(location).map_err(corrupt)?)))
+        .collect()
 }
 
 /// For each count, the sum of the deltas recorded before this batch that occurred after

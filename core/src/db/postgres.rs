@@ -392,12 +392,11 @@ impl LedgerTx for PgLedgerTx<'_> {
     }
 
     async fn close(&mut self, c: &Closing<'_>) -> Result<Option<i64>, DbError> {
-        let ids = |ids: &[EventId]| ids.iter().map(|id| id.as_str().to_owned()).collect::<Vec<String>>();
         let (partitions, next): (Vec<i32>, Vec<i64>) = c.offsets.iter().map(|o| (o.partition, o.next_offset)).unzip();
         let (sources, times): (Vec<&str>, Vec<DateTime<Utc>>) = c.heard.iter().map(|(s, at)| (s.as_str(), *at)).unzip();
         let owed: Option<i64> = sqlx::query_scalar(CLOSE_BATCH)
-            .bind(ids(c.superseded))
-            .bind(ids(c.recorded))
+            .bind(c.superseded.iter().map(EventId::as_str).collect::<Vec<_>>())
+            .bind(c.recorded.iter().map(EventId::as_str).collect::<Vec<_>>())
             .bind(c.published.iter().map(|p| p.sku.as_str()).collect::<Vec<_>>())
             .bind(c.published.iter().map(|p| p.location.as_str()).collect::<Vec<_>>())
             .bind(c.published.iter().map(|p| p.version).collect::<Vec<_>>())

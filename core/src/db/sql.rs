@@ -8,7 +8,7 @@ use async_trait::async_trait;
 use chrono::{DateTime, SubsecRound, Utc};
 
 use super::{
-    batch::{apply_batch, Recording},
+    batch::{apply_batch, owed_keys, Recording},
     corrupt,
     dialect::{api_key, product, stock_level, Dialect},
     driver::{query, Cells, List, Time},
@@ -125,11 +125,7 @@ impl<D: Dialect> LedgerWrites for SqlDb<D> {
             if keys.len() as i64 >= limit {
                 break;
             }
-            let stored: String = row.cell("levels")?;
-            let stored: Vec<(String, String)> = serde_json::from_str(&stored).map_err(corrupt)?;
-            for (sku, location) in stored {
-                keys.insert((Sku::parse(sku).map_err(corrupt)?, LocationId::parse(location).map_err(corrupt)?));
-            }
+            keys.extend(owed_keys(&row.cell::<String>("levels")?)?);
             owed.push(row.cell("id")?);
         }
         // The levels as they are now: a newer version than the one owed is as good.

@@ -246,7 +246,8 @@ async fn levels_stay_unpublished_until_their_publication_is_recorded(db: Arc<dyn
     db.apply_batch(&settle).await.unwrap();
     db.apply_batch(&settle).await.unwrap();
     assert!(db.unpublished_levels(Utc::now(), 100).await.unwrap().levels.is_empty());
-    db.apply_batch(&batch(vec![envelope("d", "s3", Receipt, 1, 3)], 4)).await.unwrap();
+    let third = db.apply_batch(&batch(vec![envelope("d", "s3", Receipt, 1, 3)], 4)).await.unwrap();
+    assert_eq!(db.unpublished_levels(Utc::now(), 100).await.unwrap().owed, third.owed);
     assert!(db.unpublished_levels(Utc::now() - chrono::Duration::seconds(60), 100).await.unwrap().owed.is_empty());
 
     // Another writer's level is unpublished by its version until an acknowledgement is

@@ -490,12 +490,11 @@ impl Ledger {
             let Acknowledged { published, failed } = publications.acknowledged().await;
             metrics.ledger_stock_publish_failures_total.inc_by(failed as u64);
             // An owed publication is settled only when every one of its levels is on the topic.
-            let settled = match owing {
-                Owing::Batch(owed) => {
-                    Settled { published: Vec::new(), owed: if failed == 0 { owed } else { Vec::new() } }
-                }
-                Owing::Sweep(owed) => Settled { published, owed: if failed == 0 { owed } else { Vec::new() } },
+            let (published, owed) = match owing {
+                Owing::Batch(owed) => (Vec::new(), owed),
+                Owing::Sweep(owed) => (published, owed),
             };
+            let settled = Settled { published, owed: if failed == 0 { owed } else { Vec::new() } };
             if !settled.is_empty() {
                 let _ = acknowledged.send(settled).await;
             }
